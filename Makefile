@@ -1,0 +1,51 @@
+# meshauth — build, test, demo. `make demo` and `make test` are the two
+# set-up commands from the README; both install what they need on a fresh
+# Debian machine (apt-get runs only when a tool is missing).
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export GOTOOLCHAIN := local
+
+# Debian packages the tests use: real curl/openssl for the seed's commands,
+# iptables/iproute2 for network-namespace pods, etcd for the Kubernetes tests.
+TEST_PKGS := curl openssl iptables iproute2 etcd-server ca-certificates
+TEST_TOOLS := curl openssl iptables ip etcd
+
+.PHONY: all build test test-unit demo up deps proto fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+deps:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing test tools (missing:$$missing)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PKGS) >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PKGS) >/dev/null; fi; \
+	fi
+
+# The one test command (README, .ci/run).
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 25m ./...
+
+test-unit:
+	$(GO) test -short ./...
+
+demo: build
+	./$(BIN)/meshctl demo
+
+up: build
+	./$(BIN)/meshctl up
+
+# Regenerate the gRPC stubs (committed). Needs Debian's protobuf-compiler and
+#   go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+#   go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+proto:
+	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=paths=source_relative \
+	  --go-grpc_out=. --go-grpc_opt=paths=source_relative api/meshauth/v1/meshauth.proto
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,163 @@
+// Package policy computes what a sidecar does for a connection, and why.
+//
+// It is the mesh's policy engine: from the config kinds (mesh config,
+// authentication Policy, DestinationRule, RBAC) and the registry it derives
+// each sidecar's Snapshot, and it explains every decision with the objects
+// that made it. It does no I/O: every function is pure, so every decision can
+// be tested and explained.
+package policy
+
+// Snapshot is the effective configuration of one sidecar: everything it needs
+// to serve inbound and outbound traffic. The control plane computes it, the
+// push stream carries it as JSON, and the sidecar swaps it in atomically.
+// A Snapshot is immutable once built.
+type Snapshot struct {
+	// Version identifies the snapshot; sidecars ACK or NACK by version.
+	Version     string      `json:"version"`
+	TrustDomain string      `json:"trustDomain"`
+	Workload    WorkloadRef `json:"workload"`
+
+	// InboundDefault is the server mode for ports not listed in Inbound.
+	InboundDefault ServerMode    `json:"inboundDefault"`
+	Inbound        []InboundPort `json:"inbound,omitempty"`
+
+	// Outbound lists every service this sidecar may call.
+	Outbound []OutboundService `json:"outbound,omitempty"`
+
+	// RBAC holds the authorization rules that concern this workload as a
+	// server. Nil means authorization is off (every authenticated peer, or
+	// every peer in DISABLE/PERMISSIVE plaintext, is allowed).
+	RBAC *RBAC `json:"rbac,omitempty"`
+}
+
+// WorkloadRef names the workload a snapshot is for.
+type WorkloadRef struct {
+	Name           string            `json:"name"`
+	Namespace      string            `json:"namespace"`
+	ServiceAccount string            `json:"serviceAccount"`
+	Labels         map[string]string `json:"labels,omitempty"`
+}
+
+// ServerMode is how a sidecar treats inbound connections on a port.
+type ServerMode string
+
+const (
+	// ServerStrict requires mutual TLS with a verified mesh identity.
+	ServerStrict ServerMode = "STRICT"
+	// ServerPermissive accepts mutual TLS and plaintext on the same port.
+	ServerPermissive ServerMode = "PERMISSIVE"
+	// ServerDisable accepts plaintext only.
+	ServerDisable ServerMode = "DISABLE"
+)
+
+// ClientTLSMode is how a client sidecar connects to a service port,
+// DestinationRule's trafficPolicy.tls.mode.
+type ClientTLSMode string
+
+const (
+	ClientDisable     ClientTLSMode = "DISABLE"
+	ClientSimple      ClientTLSMode = "SIMPLE"
+	ClientMutual      ClientTLSMode = "MUTUAL"
+	ClientIstioMutual ClientTLSMode = "ISTIO_MUTUAL"
+)
+
+// InboundPort is the server side of one workload port (the container port).
+type InboundPort struct {
+	Port uint32     `json:"port"`
+	Mode ServerMode `json:"mode"`
+	// Protocol is "HTTP" (authorization per request, XFCC header) or "TCP".
+	Protocol string `json:"protocol,omitempty"`
+	// Service is the service (name.namespace) this port serves, for RBAC.
+	Service string `json:"service,omitempty"`
+	// DecidedBy names the object that set Mode (kind/namespace/name or
+	// "mesh/authPolicy").
+	DecidedBy string `json:"decidedBy,omitempty"`
+}
+
+// OutboundService is one destination service as seen by a client sidecar.
+type OutboundService struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	// Hosts are every name a caller may use: "httpbin" (same namespace only),
+	// "httpbin.default", "httpbin.default.svc", "httpbin.default.svc.cluster.local".
+	Hosts []string `json:"hosts"`
+	// Address is the service's virtual IP, if any (transparent capture
+	// recovers it with SO_ORIGINAL_DST).
+	Address string         `json:"address,omitempty"`
+	Ports   []OutboundPort `json:"ports"`
+	// Endpoints are the workloads behind the service.
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// ServerIdentities are the SPIFFE IDs allowed to serve this service
+	// (secure naming): the service accounts of its workloads plus any added
+	// by annotation.
+	ServerIdentities []string `json:"serverIdentities,omitempty"`
+}
+
+// OutboundPort is one service port and the client-side TLS settings for it.
+type OutboundPort struct {
+	Name     string `json:"name,omitempty"`
+	Port     uint32 `json:"port"`
+	Protocol string `json:"protocol,omitempty"`
+	// TargetPort is the workload (container) port behind Port.
+	TargetPort uint32        `json:"targetPort"`
+	TLSMode    ClientTLSMode `json:"tlsMode"`
+	// SNI to send, if the DestinationRule sets one.
+	SNI string `json:"sni,omitempty"`
+	// SubjectAltNames, if set by the DestinationRule, replace ServerIdentities.
+	SubjectAltNames []string `json:"subjectAltNames,omitempty"`
+	// DecidedBy names the object that set TLSMode.
+	DecidedBy string `json:"decidedBy,omitempty"`
+}
+
+// Endpoint is one workload instance behind a service.
+type Endpoint struct {
+	Workload       string `json:"workload"`
+	ServiceAccount string `json:"serviceAccount"`
+	// Address is the IP (or host) of the workload. Mesh traffic for service
+	// port P goes to Address:TargetPort, unless Ports overrides it.
+	Address string `json:"address"`
+	// Ports maps a target port to the port the workload's sidecar actually
+	// listens on for it (local mesh, explicit mode, where sidecars cannot
+	// capture the app's port). Empty in transparent mode.
+	Ports map[uint32]uint32 `json:"ports,omitempty"`
+	// Sidecar reports whether the workload has a sidecar.
+	Sidecar bool `json:"sidecar"`
+}
+
+// RBAC is the authorization policy for one workload as a server.
+type RBAC struct {
+	// Rules are the ServiceRole rules bound to subjects; a request is allowed
+	// if any binding matches it.
+	Policies []RBACPolicy `json:"policies"`
+	// DecidedBy names the RbacConfig that turned authorization on.
+	DecidedBy string `json:"decidedBy,omitempty"`
+}
+
+// RBACPolicy is one ServiceRole with the subjects bound to it.
+type RBACPolicy struct {
+	Role     string        `json:"role"`     // namespace/name of the ServiceRole
+	Bindings []string      `json:"bindings"` // namespace/name of the bindings
+	Rules    []RBACRule    `json:"rules"`
+	Subjects []RBACSubject `json:"subjects"`
+}
+
+// RBACRule is one AccessRule of a ServiceRole.
+type RBACRule struct {
+	Services    []string          `json:"services,omitempty"`
+	Methods     []string          `json:"methods,omitempty"`
+	Paths       []string          `json:"paths,omitempty"`
+	Constraints []RBACConstraint  `json:"constraints,omitempty"`
+	Extra       map[string]string `json:"extra,omitempty"`
+}
+
+// RBACConstraint is a ServiceRole constraint (destination.labels[..], destination.port).
+type RBACConstraint struct {
+	Key    string   `json:"key"`
+	Values []string `json:"values"`
+}
+
+// RBACSubject is one subject of a ServiceRoleBinding.
+type RBACSubject struct {
+	User       string            `json:"user,omitempty"`
+	Properties map[string]string `json:"properties,omitempty"`
+}
