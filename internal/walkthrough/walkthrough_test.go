@@ -64,7 +64,7 @@ func TestReporter(t *testing.T) {
 
 func TestQuote(t *testing.T) {
 	got := Quote([]string{"curl", "httpbin:8000/headers", "-w", `%{http_code}\n`})
-	if want := "curl httpbin:8000/headers -w '%{http_code}\n'"; got != want {
+	if want := `curl httpbin:8000/headers -w '%{http_code}\n'`; got != want {
 		t.Errorf("Quote = %q, want %q", got, want)
 	}
 }
