@@ -131,7 +131,7 @@ func (m *mesh) meshctl(args ...string) (string, int) {
 // token creates a join token for ns/sa.
 func (m *mesh) token(ns, sa string) string {
 	m.t.Helper()
-	out, code := m.meshctl("token", "create", "--namespace", ns, "--service-account", sa, "-o", "token")
+	out, code := m.meshctl("token", "create", "--namespace", ns, "--service-account", sa)
 	if code != 0 {
 		m.t.Fatalf("meshctl token create for %s/%s: exit %d", ns, sa, code)
 	}
