@@ -27,18 +27,23 @@ func needPieces(t *testing.T) {
 		bin  string
 		args []string
 		what string
+		flag string // a flag the usage must list
 	}{
-		{"meshd", []string{"control", "--help"}, "meshd control (issue 2/4)"},
-		{"meshd", []string{"sidecar", "--help"}, "meshd sidecar (issue 3)"},
-		{"meshd", []string{"init-net", "--help"}, "meshd init-net (issue 3)"},
-		{"meshctl", []string{"token", "create", "--help"}, "meshctl token create (issue 2)"},
-		{"meshctl", []string{"tls-check", "--help"}, "meshctl tls-check (issue 4)"},
-		{"meshctl", []string{"explain", "--help"}, "meshctl explain (issue 4)"},
+		{"meshd", []string{"control", "--help"}, "meshd control (issue 2)", "--config"},
+		{"meshd", []string{"sidecar", "--help"}, "meshd sidecar (issue 3)", ""},
+		{"meshd", []string{"init-net", "--help"}, "meshd init-net (issue 3)", ""},
+		{"meshctl", []string{"token", "create", "--help"}, "meshctl token create (issue 2)", ""},
+		{"meshctl", []string{"tls-check", "--help"}, "meshctl tls-check (issue 4)", ""},
+		{"meshctl", []string{"explain", "--help"}, "meshctl explain (issue 4)", ""},
+		{"meshctl", []string{"get", "--help"}, "meshctl get (issue 4)", ""},
 	} {
 		out, err := exec.Command(filepath.Join(bin, p.bin), p.args...).CombinedOutput()
 		// cobra prints the parent's help for an unknown subcommand with
 		// exit 0, so check the usage line names the subcommand.
 		want := "Usage:\n  " + p.bin + " " + strings.Join(p.args[:len(p.args)-1], " ")
+		if p.flag != "" && err == nil && !strings.Contains(string(out), p.flag) {
+			t.Skipf("skipping the seed replay: %s has no %s flag yet (issue 4: config from a directory)", p.what, p.flag)
+		}
 		if err != nil || !strings.Contains(string(out), want) {
 			t.Skipf("skipping the seed replay: this build has no %s yet (`%s %s` did not show its usage)", p.what, p.bin, strings.Join(p.args, " "))
 		}
@@ -77,7 +82,7 @@ func newMesh(t *testing.T, c *netns.Cluster, cfg map[string]string) *mesh {
 		m.writeConfig(name, body)
 	}
 	cmd := c.NodeCommand(context.Background(), filepath.Join(bin, "meshd"), "control",
-		"--dir", m.stateDir, "--listen", m.addr, "--config", m.configDir)
+		"--dir", m.stateDir, "--listen", m.addr, "--metrics-listen", "", "--config", m.configDir)
 	cmd.Stdout, cmd.Stderr = prefixWriter(t, "control"), prefixWriter(t, "control")
 	if err := c.Start(cmd); err != nil {
 		t.Fatal(err)
