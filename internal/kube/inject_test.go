@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -206,3 +207,5 @@ func findVolume(vs []corev1.Volume, name string) *corev1.Volume {
 	}
 	return nil
 }
+
+func intOrName(s string) intstr.IntOrString { return intstr.FromString(s) }

@@ -31,6 +31,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"math/big"
 	"net"
@@ -86,6 +87,11 @@ var (
 // API server binary cannot be found, the tests still run and Need skips them
 // with the reason.
 func Main(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		startErr = errors.New("-short: not starting etcd and kube-apiserver")
+		return m.Run()
+	}
 	env, err := Start()
 	if err != nil {
 		startErr = err
@@ -107,7 +113,7 @@ func Need(t testing.TB) *Env {
 	if startErr == nil {
 		startErr = errors.New("kubetest.Main was not called from TestMain")
 	}
-	if os.Getenv(RequireEnv) == "1" {
+	if os.Getenv(RequireEnv) == "1" && !testing.Short() {
 		t.Fatalf("kubernetes test environment required (%s=1) but not available: %v", RequireEnv, startErr)
 	}
 	t.Skipf("skipping: no real kube-apiserver: %v", startErr)
@@ -467,3 +473,8 @@ func tail(b []byte, n int) string {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// CAPEM encodes a certificate as PEM.
+func CAPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
