@@ -160,4 +160,7 @@ type RBACConstraint struct {
 type RBACSubject struct {
 	User       string            `json:"user,omitempty"`
 	Properties map[string]string `json:"properties,omitempty"`
+	// Binding is the namespace/name of the ServiceRoleBinding this subject
+	// comes from, so a decision names the exact binding that allowed it.
+	Binding string `json:"binding,omitempty"`
 }
