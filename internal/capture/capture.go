@@ -11,7 +11,6 @@ package capture
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -99,6 +98,6 @@ func origDst6(fd int) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), port), nil
 }
 
-var errNotLinux = errors.New("capture: only supported on Linux")
 
-var _ = errNotLinux
+
+
