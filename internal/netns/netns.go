@@ -406,3 +406,16 @@ func (c *Cluster) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// NodeIP is the node namespace's address on the bridge: where pods reach
+// things that run "on the node", like the control plane.
+func (c *Cluster) NodeIP() string { return c.cfg.PodSubnet + ".1" }
+
+// NodeNetNS is the node namespace's `ip netns` name.
+func (c *Cluster) NodeNetNS() string { return c.node }
+
+// NodeCommand returns a command that runs in the node namespace (the
+// control plane runs there, reachable from every pod at NodeIP).
+func (c *Cluster) NodeCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", c.node, name}, args...)...)
+}
