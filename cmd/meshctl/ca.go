@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/client"
+)
+
+// dialControl connects to the control plane found through --dir/--addr,
+// with the admin token when admin is set, else with token (may be empty).
+func dialControl(ctx context.Context, admin bool, token string) (*grpc.ClientConn, error) {
+	return client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr, AdminToken: admin, Token: token})
+}
+
+// rpcError turns a gRPC status into the server's message, which already
+// says what was wrong and what to do.
+func rpcError(what string, err error) error {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Errorf("%s: %s (%s)", what, st.Message(), st.Code())
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func init() {
+	caCmd := &cobra.Command{Use: "ca", Short: "inspect and operate the certificate authority"}
+
+	var output string
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "show roots, the signing certificate and counts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			conn, err := dialControl(ctx, true, "")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			resp, err := pb.NewAdminClient(conn).CAStatus(ctx, &pb.CAStatusRequest{})
+			if err != nil {
+				return rpcError("ca status", err)
+			}
+			if output == "json" {
+				_, err := cmd.OutOrStdout().Write(append(resp.StatusJson, '\n'))
+				return err
+			}
+			var st ca.Status
+			if err := json.Unmarshal(resp.StatusJson, &st); err != nil {
+				return fmt.Errorf("ca status: decode: %w", err)
+			}
+			printStatus(cmd.OutOrStdout(), &st)
+			return nil
+		},
+	}
+	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+
+	var overlap time.Duration
+	rotate := &cobra.Command{
+		Use:   "rotate-root",
+		Short: "add a new root to the bundle; it starts signing after --overlap",
+		Long: `rotate-root creates a new self-signed root and adds it to the trust bundle at
+once. Signing switches to it after the overlap, so every sidecar trusts the
+new root before it meets a certificate signed by it. The old root leaves the
+bundle only when every certificate it signed has expired.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			conn, err := dialControl(ctx, true, "")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			resp, err := pb.NewAdminClient(conn).RotateRoot(ctx, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
+			if err != nil {
+				return rpcError("rotate root", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new root sha256:%s\nin the bundle now (version %d); signs from %s\n",
+				resp.NewRootFingerprint, resp.BundleVersion, time.Unix(resp.SigningSwitchAt, 0).UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+	rotate.Flags().DurationVar(&overlap, "overlap", 0, "time the new root is trusted before it signs (default: the server's --rotation-overlap)")
+
+	var serial, id, reason string
+	revoke := &cobra.Command{
+		Use:   "revoke",
+		Short: "revoke a certificate by --serial, or every certificate of --identity",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (serial == "") == (id == "") {
+				return &exitError{2, fmt.Errorf("ca revoke: give exactly one of --serial or --identity")}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			conn, err := dialControl(ctx, true, "")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			resp, err := pb.NewAdminClient(conn).Revoke(ctx, &pb.RevokeRequest{Serial: serial, SpiffeId: id, Reason: reason})
+			if err != nil {
+				return rpcError("revoke", err)
+			}
+			if len(resp.Serials) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "nothing new to revoke (already revoked or expired); bundle version %d\n", resp.BundleVersion)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %d certificate(s): %s\nbundle version %d (pushed to sidecars)\n",
+				len(resp.Serials), strings.Join(resp.Serials, " "), resp.BundleVersion)
+			return nil
+		},
+	}
+	revoke.Flags().StringVar(&serial, "serial", "", "serial number (hex, as `meshctl cert inspect` or openssl prints it)")
+	revoke.Flags().StringVar(&id, "identity", "", "SPIFFE ID: revoke every unexpired certificate issued to it")
+	revoke.Flags().StringVar(&reason, "reason", "", "reason recorded with the revocation")
+
+	caCmd.AddCommand(status, rotate, revoke)
+	root.AddCommand(caCmd)
+}
+
+func printStatus(w io.Writer, st *ca.Status) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Trust domain:\t%s\n", st.TrustDomain)
+	fmt.Fprintf(tw, "Mode:\t%s\n", st.Mode)
+	fmt.Fprintf(tw, "Bundle version:\t%d\n", st.BundleVersion)
+	fmt.Fprintf(tw, "Signing cert:\t%s  sha256:%s\n", st.Signing.Subject, short(st.Signing.Fingerprint))
+	fmt.Fprintf(tw, "  expires:\t%s (%s left)\n", st.Signing.NotAfter.Format(time.RFC3339), left(st.Signing.NotAfter, st.Now))
+	fmt.Fprintf(tw, "Issued:\t%d   Revoked (unexpired): %d   Join tokens: %d\n", st.Issued, st.Revoked, st.JoinTokens)
+	fmt.Fprintf(tw, "Workload TTL:\tdefault %s, max %s\n", st.DefaultTTL, st.MaxTTL)
+	tw.Flush()
+	fmt.Fprintln(w, "Roots in the bundle:")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  STATE\tSHA256\tSUBJECT\tNOT AFTER\tNOTE")
+	for _, r := range st.Roots {
+		note := ""
+		switch r.State {
+		case "pending":
+			note = "signs from " + r.ActivateAt.Format(time.RFC3339)
+		case "retiring":
+			note = "leaves after " + r.LastIssuedNotAfter.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.State, short(r.Fingerprint), r.Subject, r.NotAfter.Format("2006-01-02"), note)
+	}
+	tw.Flush()
+}
+
+func short(fp string) string {
+	if len(fp) > 16 {
+		return fp[:16]
+	}
+	return fp
+}
+
+func left(t, now time.Time) string {
+	d := t.Sub(now)
+	if d <= 0 {
+		return "expired " + (-d).Round(time.Second).String() + " ago"
+	}
+	if d > 72*time.Hour {
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	}
+	return d.Round(time.Second).String()
+}

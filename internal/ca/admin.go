@@ -1,0 +1,276 @@
+package ca
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// JoinTokenPrefix starts every join token, so an authenticator can tell a
+// join token from a Kubernetes JWT without a store lookup.
+const JoinTokenPrefix = "mjt1."
+
+// JoinToken is a created join token; Secret is shown once and never stored.
+type JoinToken struct {
+	Secret    string
+	ID        string
+	SPIFFEID  identity.ID
+	ExpiresAt time.Time
+	Uses      int
+}
+
+// CreateJoinToken makes a token that proves id for ttl (default 1h) and uses
+// (default 1) issuances. Only its SHA-256 is stored: the secret has 256 bits
+// of entropy, so a fast hash is enough and a leaked ca.db yields no usable
+// token.
+func (c *CA) CreateJoinToken(id identity.ID, ttl time.Duration, uses int) (*JoinToken, error) {
+	if id.TrustDomain != c.td {
+		return nil, refuse(KindInvalid, ReasonForeignTrustDomain, "identity %s is not in this CA's trust domain %q", id, c.td)
+	}
+	if ttl == 0 {
+		ttl = time.Hour
+	}
+	if uses == 0 {
+		uses = 1
+	}
+	if ttl < 0 || uses < 0 {
+		return nil, refuse(KindInvalid, "bad_token_request", "TTL %s and uses %d must be positive", ttl, uses)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, internal("token entropy", err)
+	}
+	secret := JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+	h := hashToken(secret)
+	now := c.cfg.Clock()
+	rec := &tokenRecord{ID: h[:12], SPIFFEID: id.String(), ExpiresAt: now.Add(ttl).UTC(), Uses: uses, CreatedAt: now.UTC()}
+	if err := c.store.putToken(h, rec); err != nil {
+		return nil, internal("store join token", err)
+	}
+	c.log.Info("created join token", "token_id", rec.ID, "spiffe_id", id.String(), "expires_at", rec.ExpiresAt, "uses", uses)
+	return &JoinToken{Secret: secret, ID: rec.ID, SPIFFEID: id, ExpiresAt: rec.ExpiresAt, Uses: uses}, nil
+}
+
+// Revoke revokes one serial (lowercase hex) or every unexpired certificate
+// logged for spiffeID; exactly one must be given. The revocations are in the
+// bundle (and so pushed to every sidecar) when it returns.
+func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, error) {
+	serial = strings.ToLower(strings.TrimPrefix(strings.TrimSpace(serial), "0x"))
+	serial = strings.ReplaceAll(serial, ":", "") // openssl prints AB:CD:...
+	serial = strings.TrimLeft(serial, "0")
+	if (serial == "") == (spiffeID == "") {
+		return nil, 0, refuse(KindInvalid, "bad_revoke_request", "give exactly one of --serial or --identity")
+	}
+	if spiffeID != "" {
+		id, err := identity.Parse(spiffeID)
+		if err != nil {
+			return nil, 0, refuse(KindInvalid, "bad_revoke_request", "identity: %v", err)
+		}
+		spiffeID = id.String()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	added, version, err := c.store.revoke(serial, spiffeID, reason, c.cfg.Clock())
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := c.reload(); err != nil {
+		return nil, 0, err
+	}
+	for _, r := range added {
+		c.log.Warn("revoked certificate", "serial", r.Serial, "spiffe_id", r.SPIFFEID, "reason", reason, "bundle_version", version)
+	}
+	return added, version, nil
+}
+
+// Rotation is the outcome of RotateRoot.
+type Rotation struct {
+	NewRoot       string // SHA-256 fingerprint
+	SwitchAt      time.Time
+	BundleVersion uint64
+}
+
+// RotateRoot creates a new self-signed root and adds it to the bundle now.
+// It starts signing after overlap (default Config.RotationOverlap), so every
+// sidecar trusts it before it meets a certificate it signed. The old root
+// stays in the bundle until nothing it signed is still valid (see Tick).
+func (c *CA) RotateRoot(overlap time.Duration) (*Rotation, error) {
+	if c.plugged != nil {
+		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with plugged-in files from %s; rotate by replacing them (with the old and new roots in root-cert.pem) and restarting", c.cfg.CACertsDir)
+	}
+	if overlap < 0 {
+		return nil, refuse(KindInvalid, "bad_overlap", "overlap %s is negative", overlap)
+	}
+	if overlap == 0 {
+		overlap = c.cfg.RotationOverlap
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Clock()
+	for _, a := range c.state.Load().authorities {
+		if a.activateAt.After(now) {
+			return nil, refuse(KindFailedPrecondition, "rotation_pending", "a rotation is already pending: root %s starts signing at %s", identity.Fingerprint(a.root)[:16], a.activateAt.UTC().Format(time.RFC3339))
+		}
+	}
+	rec, err := c.newRoot(now)
+	if err != nil {
+		return nil, err
+	}
+	rec.ActivateAt = now.Add(overlap)
+	version, err := c.store.addAuthority(rec)
+	if err != nil {
+		return nil, internal("store new root", err)
+	}
+	if err := c.reload(); err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(rec.CertDER)
+	if err != nil {
+		return nil, internal("parse new root", err)
+	}
+	fp := identity.Fingerprint(cert)
+	c.log.Warn("root rotation started", "new_root", fp, "signing_switch_at", rec.ActivateAt, "bundle_version", version)
+	return &Rotation{NewRoot: fp, SwitchAt: rec.ActivateAt, BundleVersion: version}, nil
+}
+
+// retireGrace is how long after the signing switch an old root stays at
+// least, covering issuances that were in flight at the switch.
+const retireGrace = time.Minute
+
+// Tick does the CA's time-driven work at the Clock's now: switching signing
+// to a root whose overlap has passed, dropping a root from the bundle once
+// everything it signed has expired, and pruning revocations of expired
+// certificates. Each change bumps the bundle version. The control plane
+// calls it periodically; tests call it after moving their clock.
+func (c *CA) Tick() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Clock()
+	s := c.state.Load()
+	changed := false
+	signer := pickSigner(s.authorities, now)
+	if signer != s.signer {
+		if _, err := c.store.bump(); err != nil {
+			return internal("bump bundle version", err)
+		}
+		c.log.Warn("signing switched to new root", "root", identity.Fingerprint(signer.root))
+		changed = true
+	}
+	if c.plugged == nil {
+		for _, a := range s.authorities {
+			// A root that no longer signs leaves once the last certificate it
+			// signed has expired, and never before it stopped signing.
+			if a == signer || a.activateAt.After(now) || a.maxIssued.Load() >= now.Unix() {
+				continue
+			}
+			// A Sign call that picked the old root just before the switch may
+			// still be committing; give it a minute before the root goes.
+			if now.Before(signer.activateAt.Add(retireGrace)) {
+				continue
+			}
+			if _, err := c.store.retireAuthority(a.id); err != nil {
+				return internal("retire root", err)
+			}
+			c.log.Warn("old root left the bundle", "root", identity.Fingerprint(a.root))
+			changed = true
+		}
+	}
+	n, _, err := c.store.pruneRevocations(now)
+	if err != nil {
+		return internal("prune revocations", err)
+	}
+	if n > 0 {
+		changed = true
+	}
+	if changed {
+		return c.reload()
+	}
+	return nil
+}
+
+// IssuanceLog returns every issuance log record, oldest serial order not
+// guaranteed. It scans the whole log: for audits and tests, not hot paths.
+func (c *CA) IssuanceLog() ([]IssuanceRecord, error) { return c.store.issued() }
+
+// Status describes the CA for `meshctl ca status`.
+type Status struct {
+	TrustDomain   string       `json:"trustDomain"`
+	Mode          string       `json:"mode"` // "self-signed" or "plugged-in"
+	BundleVersion uint64       `json:"bundleVersion"`
+	Roots         []RootStatus `json:"roots"`
+	Signing       CertStatus   `json:"signing"`
+	Issued        int          `json:"issued"`
+	Revoked       int          `json:"revoked"`
+	JoinTokens    int          `json:"joinTokens"`
+	DefaultTTL    string       `json:"defaultTTL"`
+	MaxTTL        string       `json:"maxTTL"`
+	Now           time.Time    `json:"now"`
+}
+
+// RootStatus is one root in the bundle.
+type RootStatus struct {
+	CertStatus
+	// State: "signing", "pending" (trusted, signs from ActivateAt) or
+	// "retiring" (trusted until LastIssuedNotAfter).
+	State              string    `json:"state"`
+	ActivateAt         time.Time `json:"activateAt"`
+	LastIssuedNotAfter time.Time `json:"lastIssuedNotAfter,omitzero"`
+}
+
+// CertStatus names a CA certificate.
+type CertStatus struct {
+	Subject     string    `json:"subject"`
+	Fingerprint string    `json:"sha256"`
+	NotBefore   time.Time `json:"notBefore"`
+	NotAfter    time.Time `json:"notAfter"`
+}
+
+func certStatus(c interface{ String() string }, fp string, nb, na time.Time) CertStatus {
+	return CertStatus{Subject: c.String(), Fingerprint: fp, NotBefore: nb.UTC(), NotAfter: na.UTC()}
+}
+
+// Status reports roots, the signing certificate and counts.
+func (c *CA) Status() (*Status, error) {
+	s := c.state.Load()
+	now := c.cfg.Clock()
+	issued, revoked, tokens, err := c.store.counts()
+	if err != nil {
+		return nil, internal("read counts", err)
+	}
+	st := &Status{
+		TrustDomain: c.td, Mode: "self-signed", BundleVersion: s.bundle.Version,
+		Issued: issued, Revoked: revoked, JoinTokens: tokens,
+		DefaultTTL: c.cfg.DefaultTTL.String(), MaxTTL: c.cfg.MaxTTL.String(), Now: now.UTC(),
+	}
+	if c.plugged != nil {
+		st.Mode = "plugged-in"
+	}
+	signer := pickSigner(s.authorities, now)
+	st.Signing = certStatus(signer.cert.Subject, identity.Fingerprint(signer.cert), signer.cert.NotBefore, signer.cert.NotAfter)
+	for _, a := range s.authorities {
+		rs := RootStatus{CertStatus: certStatus(a.root.Subject, identity.Fingerprint(a.root), a.root.NotBefore, a.root.NotAfter), ActivateAt: a.activateAt.UTC()}
+		switch {
+		case a == signer:
+			rs.State = "signing"
+		case a.activateAt.After(now):
+			rs.State = "pending"
+		default:
+			rs.State = "retiring"
+		}
+		if m := a.maxIssued.Load(); m > 0 {
+			rs.LastIssuedNotAfter = time.Unix(m, 0).UTC()
+		}
+		st.Roots = append(st.Roots, rs)
+	}
+	return st, nil
+}
+
+// String renders a one-line summary, for logs.
+func (r *Rotation) String() string {
+	return fmt.Sprintf("new root %s signs from %s (bundle v%d)", r.NewRoot[:16], r.SwitchAt.UTC().Format(time.RFC3339), r.BundleVersion)
+}

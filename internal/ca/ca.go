@@ -1,0 +1,601 @@
+// Package ca is meshauth's certificate authority: it holds the roots (a
+// self-signed root it creates, or an operator's plugged-in intermediate),
+// signs workload certificates for identities that callers have proven, and
+// keeps the trust bundle, the issuance log, revocations and join tokens in
+// an embedded bbolt store (DIR/ca.db).
+//
+// The CA knows nothing of gRPC: internal/control authenticates callers with
+// the Authenticators here (mTLS renewal, join tokens, and later Kubernetes
+// service-account tokens from internal/kube) and calls Sign with the proven
+// Caller. All time comes from Config.Clock so tests can pin NotBefore and
+// NotAfter exactly and walk through a root rotation.
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// KeyType names the root key algorithm.
+type KeyType string
+
+const (
+	KeyECDSAP256 KeyType = "ecdsa-p256"
+	KeyRSA2048   KeyType = "rsa-2048"
+	KeyRSA3072   KeyType = "rsa-3072"
+)
+
+// Config configures a CA. Zero values get the defaults named on each field.
+type Config struct {
+	// Dir is the state directory; the store is Dir/ca.db. Required.
+	Dir string
+	// TrustDomain is used when the store is new (default cluster.local). An
+	// existing store keeps the trust domain it was created with; a different
+	// value here is refused rather than silently re-rooting the mesh.
+	TrustDomain string
+	// KeyType of self-signed roots (default ecdsa-p256).
+	KeyType KeyType
+	// RootTTL of self-signed roots (default 10 years).
+	RootTTL time.Duration
+	// DefaultTTL of workload certificates when the caller asks for none (24h).
+	DefaultTTL time.Duration
+	// MaxTTL a caller may ask for (90 days).
+	MaxTTL time.Duration
+	// Backdate is subtracted from NotBefore so peers with slightly slow
+	// clocks accept a fresh certificate (default 1 minute).
+	Backdate time.Duration
+	// RotationOverlap is how long a new root is only trusted, not yet used
+	// for signing, so every sidecar has it before the first certificate it
+	// signed appears (default 1h).
+	RotationOverlap time.Duration
+	// CACertsDir, if set, holds the plugged-in CA files (ca-cert.pem,
+	// ca-key.pem, cert-chain.pem, root-cert.pem); the CA signs with them
+	// instead of a self-signed root, and root rotation is the operator's job.
+	CACertsDir string
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
+	// Log (default slog.Default()).
+	Log *slog.Logger
+	// Metrics registers the CA's collectors (default: a private registry,
+	// i.e. metrics are kept but not exported).
+	Metrics prometheus.Registerer
+}
+
+// CA is a running certificate authority. It is safe for concurrent use.
+type CA struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store
+	td      string
+	plugged *authority // non-nil in plugged-in mode
+	metrics *metrics
+
+	// mu serialises changes to state (rotation, revocation, ticks); Sign
+	// only loads the pointer.
+	mu    sync.Mutex
+	state atomic.Pointer[state]
+	// changed is closed and replaced whenever the bundle changes.
+	changed chan struct{}
+
+	peerMu    sync.Mutex
+	peerCache map[[32]byte]peerEntry
+}
+
+// authority is one root (or plugged-in intermediate) the CA can sign with.
+type authority struct {
+	id   uint64
+	cert *x509.Certificate // signs workloads
+	key  crypto.Signer
+	root *x509.Certificate // == cert for self-signed roots
+	// chain is what follows the leaf in a workload's cert-chain.pem: empty
+	// for a self-signed root, the plugged-in CA cert and its intermediates
+	// (not the root) otherwise.
+	chain    []*x509.Certificate
+	chainPEM []string
+	// notAfter bounds every certificate it signs: the earliest NotAfter
+	// along its chain to the root.
+	notAfter, notBefore time.Time
+	activateAt          time.Time
+	// maxIssued is the latest NotAfter of anything it signed (unix seconds).
+	maxIssued atomic.Int64
+}
+
+// state is an immutable view: the authorities and the bundle built from them.
+type state struct {
+	authorities []*authority // oldest first
+	signer      *authority
+	bundle      *TrustBundle
+}
+
+// TrustBundle is the set of roots workloads trust plus the revocation list.
+// It is immutable; the CA replaces it on every change.
+type TrustBundle struct {
+	Version     uint64
+	TrustDomain string
+	// Roots, current signing root first.
+	Roots       []*x509.Certificate
+	RootsPEM    []string
+	Revocations []Revocation
+
+	ident *identity.Bundle
+}
+
+// Identity returns the bundle in identity's form, for verifying peers.
+func (b *TrustBundle) Identity() *identity.Bundle { return b.ident }
+
+// Revocation is one revoked certificate.
+type Revocation struct {
+	Serial    string    `json:"serial"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	NotAfter  time.Time `json:"not_after"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// New opens (or creates) the CA in cfg.Dir. On first start it creates a
+// self-signed root; later starts reuse the stored roots. With CACertsDir set
+// it loads and checks the plugged-in CA and refuses to start if the files
+// are inconsistent.
+func New(cfg Config) (*CA, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("ca: Config.Dir is required")
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = identity.DefaultTrustDomain
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = KeyECDSAP256
+	}
+	if cfg.RootTTL == 0 {
+		cfg.RootTTL = 10 * 365 * 24 * time.Hour
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = 24 * time.Hour
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = 90 * 24 * time.Hour
+	}
+	if cfg.DefaultTTL > cfg.MaxTTL {
+		return nil, fmt.Errorf("ca: default TTL %s is over the maximum TTL %s", cfg.DefaultTTL, cfg.MaxTTL)
+	}
+	if cfg.Backdate == 0 {
+		cfg.Backdate = time.Minute
+	}
+	if cfg.RotationOverlap == 0 {
+		cfg.RotationOverlap = time.Hour
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
+	switch cfg.KeyType {
+	case KeyECDSAP256, KeyRSA2048, KeyRSA3072:
+	default:
+		return nil, fmt.Errorf("ca: key type %q: use %s, %s or %s", cfg.KeyType, KeyECDSAP256, KeyRSA2048, KeyRSA3072)
+	}
+	if _, err := identity.New(cfg.TrustDomain, "x", "x"); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+
+	st, err := openStore(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	c := &CA{cfg: cfg, log: cfg.Log.With("component", "ca"), store: st, changed: make(chan struct{}), peerCache: map[[32]byte]peerEntry{}}
+	if err := c.open(); err != nil {
+		st.close()
+		return nil, err
+	}
+	c.metrics = newMetrics(c)
+	if err := c.metrics.register(cfg.Metrics); err != nil {
+		st.close()
+		return nil, fmt.Errorf("ca: register metrics: %w", err)
+	}
+	return c, nil
+}
+
+func (c *CA) open() error {
+	td, err := c.store.trustDomain(c.cfg.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	if td != c.cfg.TrustDomain {
+		return fmt.Errorf("ca: the store in %s was created for trust domain %q, not %q; use --trust-domain %s or a new state dir", c.cfg.Dir, td, c.cfg.TrustDomain, td)
+	}
+	c.td = td
+	if c.cfg.CACertsDir != "" {
+		a, err := loadPlugged(c.cfg.CACertsDir, c.cfg.Clock())
+		if err != nil {
+			return err
+		}
+		c.plugged = a
+		c.log.Info("using plugged-in CA", "dir", c.cfg.CACertsDir, "subject", a.cert.Subject.String(), "root", identity.Fingerprint(a.root))
+	} else {
+		recs, err := c.store.authorities()
+		if err != nil {
+			return fmt.Errorf("ca: read roots: %w", err)
+		}
+		if len(recs) == 0 {
+			rec, err := c.newRoot(c.cfg.Clock())
+			if err != nil {
+				return err
+			}
+			if _, err := c.store.addAuthority(rec); err != nil {
+				return fmt.Errorf("ca: store new root: %w", err)
+			}
+			c.log.Info("created self-signed root", "trust_domain", td, "key_type", c.cfg.KeyType)
+		}
+	}
+	return c.reload()
+}
+
+// reload rebuilds the state from the store (and the plugged-in authority).
+func (c *CA) reload() error {
+	var auths []*authority
+	if c.plugged != nil {
+		auths = []*authority{c.plugged}
+	} else {
+		recs, err := c.store.authorities()
+		if err != nil {
+			return fmt.Errorf("ca: read roots: %w", err)
+		}
+		for _, r := range recs {
+			a, err := authorityFromRecord(r)
+			if err != nil {
+				return fmt.Errorf("ca: root %d in store: %w", r.ID, err)
+			}
+			auths = append(auths, a)
+		}
+	}
+	maxes, err := c.store.maxNotAfter()
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	// Keep the in-memory high-water marks of the current state: they may be
+	// ahead of a concurrent reader of the store but never behind.
+	prev := map[uint64]int64{}
+	if old := c.state.Load(); old != nil {
+		for _, a := range old.authorities {
+			prev[a.id] = a.maxIssued.Load()
+		}
+	}
+	for _, a := range auths {
+		a.maxIssued.Store(max(maxes[a.id], prev[a.id]))
+	}
+	version, err := c.store.bundleVersion()
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	revs, err := c.store.revocations()
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	s := &state{authorities: auths}
+	s.signer = pickSigner(auths, c.cfg.Clock())
+	b := &TrustBundle{Version: version, TrustDomain: c.td, Revocations: revs}
+	order := []*authority{s.signer}
+	for _, a := range auths {
+		if a != s.signer {
+			order = append(order, a)
+		}
+	}
+	revoked := make(map[string]string, len(revs))
+	for _, r := range revs {
+		revoked[r.Serial] = r.SPIFFEID
+	}
+	for _, a := range order {
+		b.Roots = append(b.Roots, a.root)
+		b.RootsPEM = append(b.RootsPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.root.Raw})))
+	}
+	b.ident = &identity.Bundle{Version: version, TrustDomain: c.td, Roots: b.Roots, Revoked: revoked}
+	s.bundle = b
+	old := c.state.Swap(s)
+	if old == nil || old.bundle.Version != b.Version {
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	return nil
+}
+
+// pickSigner returns the newest authority that has activated; if none has
+// (impossible in practice: the first root activates at creation) the oldest.
+func pickSigner(auths []*authority, now time.Time) *authority {
+	signer := auths[0]
+	for _, a := range auths {
+		if !a.activateAt.After(now) && a.activateAt.After(signer.activateAt) {
+			signer = a
+		}
+	}
+	return signer
+}
+
+func (c *CA) newRoot(now time.Time) (*authorityRecord, error) {
+	var key crypto.Signer
+	var err error
+	switch c.cfg.KeyType {
+	case KeyRSA2048:
+		key, err = rsa.GenerateKey(rand.Reader, 2048)
+	case KeyRSA3072:
+		key, err = rsa.GenerateKey(rand.Reader, 3072)
+	default:
+		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	}
+	if err != nil {
+		return nil, internal("generate root key", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, internal("root serial", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject: pkix.Name{
+			Organization: []string{c.td},
+			CommonName:   "meshauth root " + now.UTC().Format("2006-01-02T15:04:05Z"),
+		},
+		NotBefore:             now.Add(-c.cfg.Backdate),
+		NotAfter:              now.Add(c.cfg.RootTTL),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		// The trust domain as a URI SAN, as SPIRE's roots carry it: lets a
+		// client learn the trust domain from root-cert.pem alone.
+		URIs: []*url.URL{{Scheme: "spiffe", Host: c.td}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, internal("create root certificate", err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, internal("marshal root key", err)
+	}
+	return &authorityRecord{CertDER: der, KeyDER: kder, ActivateAt: now, CreatedAt: now}, nil
+}
+
+func authorityFromRecord(r authorityRecord) (*authority, error) {
+	cert, err := x509.ParseCertificate(r.CertDER)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(r.KeyDER)
+	if err != nil {
+		return nil, fmt.Errorf("parse key: %w", err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok || !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return nil, errors.New("key does not match certificate")
+	}
+	return &authority{id: r.ID, cert: cert, key: key, root: cert, notAfter: cert.NotAfter, notBefore: cert.NotBefore, activateAt: r.ActivateAt}, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	type eq interface{ Equal(crypto.PublicKey) bool }
+	e, ok := a.(eq)
+	return ok && e.Equal(b)
+}
+
+// randomSerial returns a random positive serial of 128 bits (RFC 5280 asks
+// for at least 64 bits of entropy; CA/B Forum practice is more).
+func randomSerial() (*big.Int, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	b[0] |= 0x01 << 6 // non-zero and a fixed length: always 16 bytes
+	b[0] &^= 0x80     // keep DER's leading byte positive (no 17th byte)
+	return new(big.Int).SetBytes(b[:]), nil
+}
+
+// serialBytes parses a lowercase hex serial to the store's key form.
+func serialBytes(s string) ([]byte, bool) {
+	n, ok := new(big.Int).SetString(s, 16)
+	if !ok || n.Sign() <= 0 || n.Text(16) != s {
+		return nil, false
+	}
+	return n.Bytes(), true
+}
+
+// TrustDomain returns the CA's trust domain.
+func (c *CA) TrustDomain() string { return c.td }
+
+// Bundle returns the current trust bundle.
+func (c *CA) Bundle() *TrustBundle { return c.state.Load().bundle }
+
+// Watch returns the current bundle and a channel closed when it is replaced.
+// Loop: b, ch := ca.Watch(); use b; <-ch; repeat.
+func (c *CA) Watch() (*TrustBundle, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state.Load().bundle, c.changed
+}
+
+// Close closes the store.
+func (c *CA) Close() error {
+	c.metrics.unregister(c.cfg.Metrics)
+	return c.store.close()
+}
+
+// Caller is an identity a caller has proven, as an Authenticator returns it.
+type Caller struct {
+	ID identity.ID
+	// Method is how it was proven: "mtls", "join_token", "k8s_token", "self".
+	Method string
+	// Subject names the credential for the issuance log: the serial of the
+	// presented certificate, the join token's id, the ServiceAccount UID.
+	Subject string
+	// tokenHash is set by the join-token authenticator: one use is spent in
+	// the transaction that logs the issuance.
+	tokenHash string
+}
+
+func (c Caller) requester() string {
+	if c.Subject == "" {
+		return c.Method
+	}
+	return c.Method + ":" + c.Subject
+}
+
+// CountRefusal records in the issuance metrics a refusal that happened
+// before Sign, while authenticating the caller, and logs it.
+func (c *CA) CountRefusal(err error) {
+	c.metrics.observe(err, 0)
+	c.log.Info("refused caller", "reason", ReasonOf(err), "error", err)
+}
+
+// Issued is a signed workload certificate.
+type Issued struct {
+	ID identity.ID
+	// ChainPEM is the leaf then the intermediates (not the root).
+	ChainPEM []string
+	// RootsPEM is the current bundle's roots.
+	RootsPEM  []string
+	Serial    string
+	NotBefore time.Time
+	NotAfter  time.Time
+	// Leaf is the DER of the leaf.
+	Leaf []byte
+}
+
+// Sign signs a CSR for caller's proven identity with the requested TTL
+// (0 = default). Each refusal is an *Error naming its reason. The issuance
+// is committed to the log before Sign returns.
+func (c *CA) Sign(ctx context.Context, caller Caller, csrData []byte, ttl time.Duration) (*Issued, error) {
+	start := time.Now() // latency metric only; not CA logic
+	iss, err := c.sign(ctx, caller, csrData, ttl)
+	c.metrics.observe(err, time.Since(start))
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Kind != KindInternal {
+			c.log.Info("refused CSR", "spiffe_id", caller.ID.String(), "requester", caller.requester(), "reason", e.Reason, "error", e.Msg)
+		} else {
+			c.log.Error("signing failed", "spiffe_id", caller.ID.String(), "error", err)
+		}
+	}
+	return iss, err
+}
+
+func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.Duration) (*Issued, error) {
+	if caller.ID.IsZero() {
+		return nil, refuse(KindUnauthenticated, ReasonUnauthenticated, "no proven identity: present a valid workload certificate (mTLS) or a join token")
+	}
+	if caller.ID.TrustDomain != c.td {
+		return nil, refuse(KindDenied, ReasonForeignTrustDomain, "caller identity %s is not in trust domain %q", caller.ID, c.td)
+	}
+	ttl, err := c.checkTTL(ttl)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ParseCSR(csrData)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCSR(csr, caller.ID); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	now := c.cfg.Clock()
+	s := c.state.Load()
+	a := pickSigner(s.authorities, now)
+	notBefore := now.Add(-c.cfg.Backdate)
+	if notBefore.Before(a.notBefore) {
+		notBefore = a.notBefore
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(a.notAfter) {
+		// Never outlive the issuer: a certificate valid past its chain
+		// would fail verification at the end of its life anyway.
+		notAfter = a.notAfter
+	}
+	if !notAfter.After(now) {
+		return nil, internal("signing certificate has expired", fmt.Errorf("issuer NotAfter %s", a.notAfter))
+	}
+	uri := caller.ID.SPIFFE().URL()
+	ku := x509.KeyUsageDigitalSignature
+	if _, isRSA := csr.PublicKey.(*rsa.PublicKey); isRSA {
+		ku |= x509.KeyUsageKeyEncipherment
+	}
+	for attempt := 0; ; attempt++ {
+		serial, err := randomSerial()
+		if err != nil {
+			return nil, internal("serial", err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber:          serial,
+			NotBefore:             notBefore,
+			NotAfter:              notAfter,
+			KeyUsage:              ku,
+			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+			BasicConstraintsValid: true,
+			URIs:                  []*url.URL{uri},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, csr.PublicKey, a.key)
+		if err != nil {
+			return nil, internal("sign certificate", err)
+		}
+		hexSerial := serial.Text(16)
+		rec := &IssuanceRecord{
+			Serial: hexSerial, SPIFFEID: caller.ID.String(),
+			NotBefore: notBefore.Unix(), NotAfter: notAfter.Unix(), IssuedAt: now.Unix(),
+			Requester: caller.requester(), Authority: a.id,
+		}
+		err = c.store.recordIssuance(rec, serial.Bytes(), caller.tokenHash, now)
+		if errors.Is(err, errSerialExists) && attempt < 3 {
+			continue // 2^-126 odds; the certificate is discarded unseen
+		}
+		if err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return nil, e
+			}
+			return nil, internal("record issuance", err)
+		}
+		for {
+			m := a.maxIssued.Load()
+			if m >= notAfter.Unix() || a.maxIssued.CompareAndSwap(m, notAfter.Unix()) {
+				break
+			}
+		}
+		chain := make([]string, 0, 1+len(a.chainPEM))
+		chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+		chain = append(chain, a.chainPEM...)
+		return &Issued{
+			ID: caller.ID, ChainPEM: chain, RootsPEM: s.bundle.RootsPEM, Serial: hexSerial,
+			NotBefore: notBefore, NotAfter: notAfter, Leaf: der,
+		}, nil
+	}
+}
+
+// hashToken returns the store key of a join token secret.
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}

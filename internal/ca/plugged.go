@@ -1,0 +1,162 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// The plugged-in CA files, named as in the seed (Istio's cacerts secret).
+const (
+	FileCACert    = "ca-cert.pem"
+	FileCAKey     = "ca-key.pem"
+	FileCertChain = "cert-chain.pem"
+	FileRootCert  = "root-cert.pem"
+)
+
+// loadPlugged reads and checks an operator's CA. Every refusal names the
+// file and the problem, because the operator has to fix the file.
+func loadPlugged(dir string, now time.Time) (*authority, error) {
+	read := func(name string) ([]byte, string, error) {
+		p := filepath.Join(dir, name)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, p, fmt.Errorf("ca: plugged-in CA: read %s: %w", p, err)
+		}
+		return b, p, nil
+	}
+	certPEM, certPath, err := read(FileCACert)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, keyPath, err := read(FileCAKey)
+	if err != nil {
+		return nil, err
+	}
+	chainPEM, chainPath, err := read(FileCertChain)
+	if err != nil {
+		return nil, err
+	}
+	rootPEM, rootPath, err := read(FileRootCert)
+	if err != nil {
+		return nil, err
+	}
+
+	certs, err := identity.ParseCertsPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", certPath, err)
+	}
+	cert := certs[0]
+	if !cert.IsCA || !cert.BasicConstraintsValid {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s (%s) is not a CA certificate (basicConstraints CA:TRUE missing); use an intermediate CA certificate", certPath, cert.Subject)
+	}
+	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s (%s) lacks the keyCertSign key usage, so it cannot sign certificates", certPath, cert.Subject)
+	}
+	if now.After(cert.NotAfter) {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s expired at %s", certPath, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(cert.NotBefore) {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s is not valid until %s (check the clock)", certPath, cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+
+	key, err := parsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", keyPath, err)
+	}
+	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s does not match the public key of %s; the key and certificate must be a pair", keyPath, certPath)
+	}
+
+	roots, err := identity.ParseCertsPEM(rootPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", rootPath, err)
+	}
+	root := roots[0]
+	if !root.IsCA {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s (%s) is not a CA certificate", rootPath, root.Subject)
+	}
+	chainCerts, err := identity.ParseCertsPEM(chainPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", chainPath, err)
+	}
+	// cert-chain.pem conventionally holds ca-cert.pem and the intermediates
+	// above it, sometimes the root too. Workload chains carry everything but
+	// the root.
+	var chain []*x509.Certificate
+	chain = append(chain, cert)
+	for _, c := range chainCerts {
+		if c.Equal(cert) || c.Equal(root) {
+			continue
+		}
+		chain = append(chain, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	rootPool := x509.NewCertPool()
+	rootPool.AddCert(root)
+	if _, err := cert.Verify(x509.VerifyOptions{
+		Roots: rootPool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return nil, fmt.Errorf("ca: plugged-in CA: %s does not chain to %s through %s: %v", certPath, rootPath, chainPath, err)
+	}
+
+	a := &authority{id: 0, cert: cert, key: key, root: root, chain: chain, notBefore: cert.NotBefore, notAfter: cert.NotAfter, activateAt: time.Time{}}
+	for _, c := range chain {
+		if c.NotAfter.Before(a.notAfter) {
+			a.notAfter = c.NotAfter
+		}
+		if c.NotBefore.After(a.notBefore) {
+			a.notBefore = c.NotBefore
+		}
+		a.chainPEM = append(a.chainPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+	}
+	if root.NotAfter.Before(a.notAfter) {
+		a.notAfter = root.NotAfter
+	}
+	return a, nil
+}
+
+// parsePrivateKeyPEM accepts PKCS#8, SEC 1 (EC) and PKCS#1 (RSA) keys, the
+// three forms openssl writes.
+func parsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
+	for {
+		var blk *pem.Block
+		blk, data = pem.Decode(data)
+		if blk == nil {
+			return nil, errors.New("no PEM private key block found")
+		}
+		var k any
+		var err error
+		switch blk.Type {
+		case "PRIVATE KEY":
+			k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+		case "EC PRIVATE KEY":
+			k, err = x509.ParseECPrivateKey(blk.Bytes)
+		case "RSA PRIVATE KEY":
+			k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
+		case "ENCRYPTED PRIVATE KEY":
+			return nil, errors.New("the key is encrypted; give meshd the unencrypted key (protect the file with mode 0600)")
+		default:
+			continue // e.g. "EC PARAMETERS" before the key
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", blk.Type, err)
+		}
+		s, ok := k.(crypto.Signer)
+		if !ok {
+			return nil, fmt.Errorf("key type %T cannot sign", k)
+		}
+		return s, nil
+	}
+}

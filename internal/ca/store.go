@@ -1,0 +1,446 @@
+package ca
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The CA store is one bbolt file, DIR/ca.db, mode 0600 because it holds the
+// signing keys. Every change that a caller is told about is committed (and
+// fsynced) before the call returns: an issued certificate is in the log
+// before its bytes leave the CA, so after a crash the log holds at least
+// every certificate any client received, and a serial is never reused
+// because the log is checked for it inside the committing transaction.
+var (
+	bucketMeta        = []byte("meta")
+	bucketAuthorities = []byte("authorities")
+	bucketMaxNotAfter = []byte("authority_max_not_after")
+	bucketIssued      = []byte("issued")
+	bucketByIdentity  = []byte("issued_by_identity")
+	bucketRevoked     = []byte("revoked")
+	bucketTokens      = []byte("join_tokens")
+
+	keyBundleVersion = []byte("bundle_version")
+	keyTrustDomain   = []byte("trust_domain")
+)
+
+var errSerialExists = errors.New("ca: serial already in the issuance log")
+
+// IssuanceRecord is one line of the issuance log.
+type IssuanceRecord struct {
+	Serial    string `json:"serial"`
+	SPIFFEID  string `json:"spiffe_id"`
+	NotBefore int64  `json:"not_before"`
+	NotAfter  int64  `json:"not_after"`
+	IssuedAt  int64  `json:"issued_at"`
+	// Requester says who asked and how they proved it, e.g.
+	// "join_token:3f2a9c1b0d4e" or "mtls:<serial of the presented cert>".
+	Requester string `json:"requester"`
+	Authority uint64 `json:"authority"`
+}
+
+// authorityRecord is a self-signed root the CA created. Plugged-in CAs are
+// read from their files on every start and never copied into the store.
+type authorityRecord struct {
+	ID         uint64    `json:"id"`
+	CertDER    []byte    `json:"cert_der"`
+	KeyDER     []byte    `json:"key_der"` // PKCS#8
+	ActivateAt time.Time `json:"activate_at"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// tokenRecord is a join token, stored under the SHA-256 of its secret.
+type tokenRecord struct {
+	ID        string    `json:"id"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Uses      int       `json:"uses"`
+	Used      int       `json:"used"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type store struct {
+	db *bolt.DB
+}
+
+func openStore(dir string) (*store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "ca.db")
+	// The timeout turns "another meshd holds the lock" into an error instead
+	// of a hang.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: locked by another process (is another meshd control running on this dir?)", path)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	// A file that existed with looser permissions is tightened: it holds keys.
+	if err := os.Chmod(path, 0o600); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	// Group concurrent issuances into one fsynced transaction. Callers still
+	// wait for the commit; the delay only bounds how long a lone caller waits
+	// for company.
+	db.MaxBatchDelay = 2 * time.Millisecond
+	db.MaxBatchSize = 512
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketAuthorities, bucketMaxNotAfter, bucketIssued, bucketByIdentity, bucketRevoked, bucketTokens} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error { return s.db.Close() }
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+func u64b(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+// bumpVersion increments the bundle version inside tx and returns the new one.
+func bumpVersion(tx *bolt.Tx) (uint64, error) {
+	m := tx.Bucket(bucketMeta)
+	v := u64(m.Get(keyBundleVersion)) + 1
+	return v, m.Put(keyBundleVersion, u64b(v))
+}
+
+func (s *store) bundleVersion() (v uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v = u64(tx.Bucket(bucketMeta).Get(keyBundleVersion))
+		return nil
+	})
+	return v, err
+}
+
+// trustDomain returns the stored trust domain, storing td if none is.
+func (s *store) trustDomain(td string) (stored string, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		if v := m.Get(keyTrustDomain); v != nil {
+			stored = string(v)
+			return nil
+		}
+		stored = td
+		return m.Put(keyTrustDomain, []byte(td))
+	})
+	return stored, err
+}
+
+func (s *store) authorities() (out []authorityRecord, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAuthorities).ForEach(func(k, v []byte) error {
+			var r authorityRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("authority %d: %w", u64(k), err)
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// addAuthority stores a new root and bumps the bundle version.
+func (s *store) addAuthority(r *authorityRecord) (version uint64, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAuthorities)
+		id, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		r.ID = id
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(u64b(id), v); err != nil {
+			return err
+		}
+		version, err = bumpVersion(tx)
+		return err
+	})
+	return version, err
+}
+
+// retireAuthority removes a root from the store (and so from the bundle).
+func (s *store) retireAuthority(id uint64) (version uint64, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketAuthorities).Delete(u64b(id)); err != nil {
+			return err
+		}
+		version, err = bumpVersion(tx)
+		return err
+	})
+	return version, err
+}
+
+func (s *store) maxNotAfter() (map[uint64]int64, error) {
+	out := map[uint64]int64{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMaxNotAfter).ForEach(func(k, v []byte) error {
+			out[u64(k)] = int64(u64(v))
+			return nil
+		})
+	})
+	return out, err
+}
+
+// recordIssuance commits one issuance log record, spending one use of a
+// join token if tokenHash is set, in one transaction grouped with concurrent
+// callers (bbolt Batch). It returns only after the commit.
+func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		issued := tx.Bucket(bucketIssued)
+		if issued.Get(serial) != nil {
+			return errSerialExists
+		}
+		if tokenHash != "" {
+			if err := spendToken(tx, tokenHash, now); err != nil {
+				return err
+			}
+		}
+		if err := issued.Put(serial, val); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketByIdentity).Put(identityKey(rec.SPIFFEID, rec.Serial), u64b(uint64(rec.NotAfter))); err != nil {
+			return err
+		}
+		mb := tx.Bucket(bucketMaxNotAfter)
+		if u64(mb.Get(u64b(rec.Authority))) < uint64(rec.NotAfter) {
+			return mb.Put(u64b(rec.Authority), u64b(uint64(rec.NotAfter)))
+		}
+		return nil
+	})
+}
+
+func identityKey(spiffeID, serial string) []byte {
+	return []byte(spiffeID + "\x00" + serial)
+}
+
+// Issued returns every issuance log record, for tests and audits.
+func (s *store) issued() (out []IssuanceRecord, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
+			var r IssuanceRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("issuance %x: %w", k, err)
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (s *store) counts() (issued, revoked, tokens int, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		issued = tx.Bucket(bucketIssued).Stats().KeyN
+		revoked = tx.Bucket(bucketRevoked).Stats().KeyN
+		tokens = tx.Bucket(bucketTokens).Stats().KeyN
+		return nil
+	})
+	return
+}
+
+func (s *store) revocations() (out []Revocation, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevoked).ForEach(func(k, v []byte) error {
+			var r Revocation
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("revocation %s: %w", k, err)
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// revoke marks serials revoked. With spiffeID set it revokes every logged,
+// unexpired certificate of that identity; otherwise the one serial, which
+// must be in the log. It returns the new revocations and bundle version.
+func (s *store) revoke(serial, spiffeID, reason string, now time.Time) (added []Revocation, version uint64, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRevoked)
+		add := func(rec IssuanceRecord) error {
+			if rb.Get([]byte(rec.Serial)) != nil {
+				return nil // already revoked
+			}
+			r := Revocation{Serial: rec.Serial, SPIFFEID: rec.SPIFFEID, NotAfter: time.Unix(rec.NotAfter, 0).UTC(), RevokedAt: now.UTC(), Reason: reason}
+			v, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			added = append(added, r)
+			return rb.Put([]byte(rec.Serial), v)
+		}
+		if serial != "" {
+			key, ok := serialBytes(serial)
+			if !ok {
+				return refuse(KindInvalid, "bad_serial", "serial %q is not lowercase hex", serial)
+			}
+			v := tx.Bucket(bucketIssued).Get(key)
+			if v == nil {
+				return refuse(KindNotFound, "unknown_serial", "serial %s is not in the issuance log of this CA", serial)
+			}
+			var rec IssuanceRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			if err := add(rec); err != nil {
+				return err
+			}
+		} else {
+			c := tx.Bucket(bucketByIdentity).Cursor()
+			prefix := []byte(spiffeID + "\x00")
+			found := false
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				found = true
+				na := int64(u64(v))
+				if na < now.Unix() {
+					continue // expired: nothing to revoke
+				}
+				if err := add(IssuanceRecord{Serial: string(k[len(prefix):]), SPIFFEID: spiffeID, NotAfter: na}); err != nil {
+					return err
+				}
+			}
+			if !found {
+				return refuse(KindNotFound, "unknown_identity", "no certificate for %s is in the issuance log of this CA", spiffeID)
+			}
+		}
+		if len(added) == 0 {
+			version = u64(tx.Bucket(bucketMeta).Get(keyBundleVersion))
+			return nil
+		}
+		version, err = bumpVersion(tx)
+		return err
+	})
+	return added, version, err
+}
+
+// pruneRevocations drops revocations of certificates that have expired:
+// an expired certificate is refused anyway, and the list stays short.
+func (s *store) pruneRevocations(now time.Time) (n int, version uint64, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRevoked)
+		var dead [][]byte
+		err := rb.ForEach(func(k, v []byte) error {
+			var r Revocation
+			if json.Unmarshal(v, &r) == nil && r.NotAfter.Before(now) {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range dead {
+			if err := rb.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(dead)
+		if n > 0 {
+			version, err = bumpVersion(tx)
+		}
+		return err
+	})
+	return n, version, err
+}
+
+// setVersion bumps the bundle version for a change that has no record of
+// its own (the signing root switching).
+func (s *store) bump() (version uint64, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		version, err = bumpVersion(tx)
+		return err
+	})
+	return version, err
+}
+
+func (s *store) putToken(hash string, r *tokenRecord) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).Put([]byte(hash), v)
+	})
+}
+
+func (s *store) getToken(hash string) (r *tokenRecord, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTokens).Get([]byte(hash))
+		if v == nil {
+			return nil
+		}
+		r = new(tokenRecord)
+		return json.Unmarshal(v, r)
+	})
+	return r, err
+}
+
+// spendToken checks and spends one use of a join token inside tx, so that
+// the use and the issuance it paid for commit together.
+func spendToken(tx *bolt.Tx, hash string, now time.Time) error {
+	b := tx.Bucket(bucketTokens)
+	v := b.Get([]byte(hash))
+	if v == nil {
+		return refuse(KindUnauthenticated, ReasonTokenUnknown, "join token is not known to this CA (create one with `meshctl token create`)")
+	}
+	var r tokenRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return err
+	}
+	if err := r.usable(now); err != nil {
+		return err
+	}
+	r.Used++
+	nv, err := json.Marshal(&r)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(hash), nv)
+}
+
+func (r *tokenRecord) usable(now time.Time) error {
+	if !now.Before(r.ExpiresAt) {
+		return refuse(KindUnauthenticated, ReasonTokenExpired, "join token %s expired at %s; create a new one with `meshctl token create`", r.ID, r.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if r.Used >= r.Uses {
+		return refuse(KindUnauthenticated, ReasonTokenUsedUp, "join token %s has been used %d of %d times; create a new one with `meshctl token create`", r.ID, r.Used, r.Uses)
+	}
+	return nil
+}

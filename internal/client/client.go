@@ -1,0 +1,187 @@
+// Package client dials the meshauth control plane the way every caller
+// must: over TLS, trusting the mesh's roots (DIR/root-cert.pem or a given
+// bundle) and accepting the server only if it presents the control plane's
+// SPIFFE ID, spiffe://<td>/ns/meshauth-system/sa/meshd. meshctl uses it with
+// the admin token or a join token; the sidecar agent uses it with a join
+// token to bootstrap and with its own certificate to renew.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// DefaultAddr is the control plane's default address.
+const DefaultAddr = "127.0.0.1:15012"
+
+// Options says where the control plane is, what to trust and which
+// credential to present. Zero values get the defaults named.
+type Options struct {
+	// Dir is the control plane's state directory: control.addr, root-cert.pem
+	// and admin.token are read from it when the fields below are empty.
+	Dir string
+	// Addr of the control plane; empty: DIR/control.addr, then DefaultAddr.
+	Addr string
+	// Roots returns the current trust bundle; it is called on every
+	// handshake so a rotating bundle is picked up. Nil: DIR/root-cert.pem.
+	Roots func() *identity.Bundle
+	// TrustDomain of the control plane (default: the trust domain in the
+	// roots' SPIFFE URI SAN, then cluster.local).
+	TrustDomain string
+	// GetClientCertificate supplies the caller's certificate for mTLS
+	// (renewal, Discovery). Nil: no client certificate.
+	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+	// Token is sent as "authorization: Bearer <Token>" on every call.
+	Token string
+	// AdminToken, if set, reads the token from DIR/admin.token (Token wins).
+	AdminToken bool
+	// DialOptions are appended to the gRPC dial options.
+	DialOptions []grpc.DialOption
+}
+
+// Dial returns a connection to the control plane. gRPC connects lazily:
+// a wrong address or trust fails on the first call, with the TLS reason.
+func Dial(ctx context.Context, o Options) (*grpc.ClientConn, error) {
+	if o.Dir == "" {
+		o.Dir = ".meshauth"
+	}
+	addr, err := resolveAddr(o)
+	if err != nil {
+		return nil, err
+	}
+	roots := o.Roots
+	if roots == nil {
+		b, err := LoadRoots(o.Dir, o.TrustDomain)
+		if err != nil {
+			return nil, err
+		}
+		roots = func() *identity.Bundle { return b }
+	}
+	td := o.TrustDomain
+	if td == "" {
+		td = roots().TrustDomain
+	}
+	tdID, err := spiffeid.TrustDomainFromString(td)
+	if err != nil {
+		return nil, fmt.Errorf("client: trust domain %q: %w", td, err)
+	}
+	serverID, err := spiffeid.FromPath(tdID, "/ns/meshauth-system/sa/meshd")
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	source := bundleSource(roots)
+	// go-spiffe's config verifies the server's chain against the bundle and
+	// authorizes exactly the control plane's ID (no hostname checks: the
+	// server's certificate has only the SPIFFE ID).
+	tlsCfg := tlsconfig.TLSClientConfig(source, tlsconfig.AuthorizeID(serverID))
+	tlsCfg.GetClientCertificate = o.GetClientCertificate
+	if tlsCfg.GetClientCertificate == nil {
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &tls.Certificate{}, nil // none: bootstrap or admin call
+		}
+	}
+	tok := o.Token
+	if tok == "" && o.AdminToken {
+		b, err := os.ReadFile(filepath.Join(o.Dir, "admin.token"))
+		if err != nil {
+			return nil, fmt.Errorf("client: read admin token: %w (is --dir the control plane's state dir?)", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+	if tok != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerCreds(tok)))
+	}
+	opts = append(opts, o.DialOptions...)
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+func resolveAddr(o Options) (string, error) {
+	if o.Addr != "" {
+		return o.Addr, nil
+	}
+	b, err := os.ReadFile(filepath.Join(o.Dir, "control.addr"))
+	if err == nil {
+		if a := strings.TrimSpace(string(b)); a != "" {
+			return a, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("client: read %s: %w", filepath.Join(o.Dir, "control.addr"), err)
+	}
+	return DefaultAddr, nil
+}
+
+// LoadRoots reads DIR/root-cert.pem as a bundle. The trust domain is td, or
+// the one named in the roots' SPIFFE URI SAN, or cluster.local.
+func LoadRoots(dir, td string) (*identity.Bundle, error) {
+	p := filepath.Join(dir, "root-cert.pem")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("client: read %s: %w (start `meshd control --dir %s` first, or pass the roots)", p, err, dir)
+	}
+	return BundleFromPEM(data, td)
+}
+
+// BundleFromPEM builds a bundle from PEM roots, learning the trust domain
+// from the roots' URI SAN when td is empty.
+func BundleFromPEM(data []byte, td string) (*identity.Bundle, error) {
+	certs, err := identity.ParseCertsPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("client: roots: %w", err)
+	}
+	if td == "" {
+		td = TrustDomainOf(certs)
+	}
+	return &identity.Bundle{TrustDomain: td, Roots: certs, Revoked: map[string]string{}}, nil
+}
+
+// TrustDomainOf returns the trust domain in the first root with a SPIFFE
+// URI SAN (meshauth's roots carry spiffe://<td>), else cluster.local.
+func TrustDomainOf(roots []*x509.Certificate) string {
+	for _, r := range roots {
+		for _, u := range r.URIs {
+			if u.Scheme == "spiffe" && u.Host != "" {
+				return u.Host
+			}
+		}
+	}
+	return identity.DefaultTrustDomain
+}
+
+// bundleSource adapts a bundle func to go-spiffe's x509bundle.Source.
+type bundleSource func() *identity.Bundle
+
+func (f bundleSource) GetX509BundleForTrustDomain(t spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	b := f()
+	if b == nil || b.TrustDomain != t.Name() {
+		return nil, fmt.Errorf("client: no bundle for trust domain %q", t)
+	}
+	return b.X509Bundle(), nil
+}
+
+type bearerCreds string
+
+func (b bearerCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity keeps tokens off plaintext connections.
+func (bearerCreds) RequireTransportSecurity() bool { return true }

@@ -1,0 +1,518 @@
+// Package control is `meshd control`: one gRPC-over-TLS server on the
+// control-plane port that serves the CertificateAuthority API, the Admin API
+// and (added by the config plane) Discovery.
+//
+// The server presents a certificate its own CA issued for
+// spiffe://<td>/ns/meshauth-system/sa/meshd; clients verify it against the
+// trust bundle and that ID (see internal/client). It requests but does not
+// require client certificates: renewing sidecars present theirs, bootstrap
+// callers bring a join token instead. Admin calls need the admin token that
+// New writes to DIR/admin.token (0600).
+//
+// The state directory holds:
+//
+//	ca.db          the CA store (bbolt, 0600)
+//	admin.token    the admin credential (0600)
+//	root-cert.pem  the current bundle's roots, rewritten on every change
+//	control.addr   the address actually listened on, written after listen
+package control
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// File names in the state directory.
+const (
+	FileAdminToken  = "admin.token"
+	FileRootCert    = "root-cert.pem"
+	FileControlAddr = "control.addr"
+	DefaultListen   = "127.0.0.1:15012"
+	// ServerNamespace and ServerServiceAccount make the control plane's
+	// own identity, spiffe://<td>/ns/meshauth-system/sa/meshd.
+	ServerNamespace      = "meshauth-system"
+	ServerServiceAccount = "meshd"
+)
+
+// ServerID returns the identity the control plane serves with in td.
+func ServerID(td string) identity.ID {
+	id, err := identity.New(td, ServerNamespace, ServerServiceAccount)
+	if err != nil {
+		panic(err) // td was validated by the caller; the names are constants
+	}
+	return id
+}
+
+// ConfigAdmin serves the config half of the Admin service. The config plane
+// (branch control, its own files in this package) provides it, through
+// Config.ConfigAdmin or a plane hook calling SetConfigAdmin; until then the
+// two methods answer Unimplemented.
+type ConfigAdmin interface {
+	ApplyConfig(context.Context, *pb.ApplyConfigRequest) (*pb.ApplyConfigResponse, error)
+	GetState(context.Context, *pb.GetStateRequest) (*pb.GetStateResponse, error)
+}
+
+// Config configures the server. Zero values get the defaults named.
+type Config struct {
+	// Dir is the state directory (default ./.meshauth).
+	Dir string
+	// Listen address (default 127.0.0.1:15012; port 0 picks a free one,
+	// written to DIR/control.addr).
+	Listen string
+	// MetricsListen serves Prometheus /metrics over HTTP; empty disables.
+	MetricsListen string
+	// CA configures the certificate authority; its Dir, Clock, Log and
+	// Metrics default to the server's.
+	CA ca.Config
+	// Authenticators are tried after join tokens and before mTLS (e.g. the
+	// Kubernetes ServiceAccount token reviewer).
+	Authenticators []ca.Authenticator
+	// ConfigAdmin serves Admin.ApplyConfig and Admin.GetState.
+	ConfigAdmin ConfigAdmin
+	// Register hooks run in New after the built-in services are registered:
+	// they add services (Discovery) to s.GRPC() and may SetConfigAdmin.
+	Register []func(s *Server) error
+	// TickInterval is how often the CA's time-driven work runs (10s).
+	TickInterval time.Duration
+	Clock        func() time.Time
+	Log          *slog.Logger
+	// Metrics is the registry the CA and the server register in and that
+	// /metrics serves (default: a new registry with Go and process collectors).
+	Metrics *prometheus.Registry
+}
+
+// planeHooks lets other files of this package join the server without
+// editing this one: a file adds a hook in its init function, and New runs
+// every hook after Config.Register. This is where the Discovery service and
+// the config half of Admin plug in.
+var planeHooks []func(s *Server) error
+
+// Server is a configured control plane.
+type Server struct {
+	cfg        Config
+	log        *slog.Logger
+	ca         *ca.CA
+	grpc       *grpc.Server
+	adminToken string
+	auths      []ca.Authenticator
+
+	mu          sync.Mutex
+	configAdmin ConfigAdmin
+	serving     atomic.Pointer[tls.Certificate]
+	servingVer  uint64
+
+	lis  net.Listener
+	addr atomic.Value // string
+}
+
+// New opens the CA, writes the admin token and root-cert.pem, issues the
+// server's own certificate and registers the services. Call Serve to listen.
+func New(cfg Config) (*Server, error) {
+	if cfg.Dir == "" {
+		cfg.Dir = ".meshauth"
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = 10 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+		cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	cc := cfg.CA
+	cc.Dir = cfg.Dir
+	if cc.Clock == nil {
+		cc.Clock = cfg.Clock
+	}
+	if cc.Log == nil {
+		cc.Log = cfg.Log
+	}
+	if cc.Metrics == nil {
+		cc.Metrics = cfg.Metrics
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("control: state dir: %w", err)
+	}
+	authority, err := ca.New(cc)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "control"), ca: authority, configAdmin: cfg.ConfigAdmin}
+	ok := false
+	defer func() {
+		if !ok {
+			authority.Close()
+		}
+	}()
+	if s.adminToken, err = loadOrCreateAdminToken(filepath.Join(cfg.Dir, FileAdminToken)); err != nil {
+		return nil, err
+	}
+	if err := s.writeRoots(authority.Bundle()); err != nil {
+		return nil, err
+	}
+	if err := s.renewServing(); err != nil {
+		return nil, err
+	}
+	s.auths = append([]ca.Authenticator{authority.JoinTokenAuthenticator()}, cfg.Authenticators...)
+	s.auths = append(s.auths, authority.MTLSAuthenticator())
+
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.serving.Load(), nil
+		},
+		// Request, never require, and do not verify here: bootstrap callers
+		// have no certificate, and the authenticator verifies against the
+		// bundle of the moment (roots rotate, serials get revoked).
+		ClientAuth: tls.RequestClientCert,
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.ChainUnaryInterceptor(s.adminUnary),
+		grpc.ChainStreamInterceptor(s.adminStream),
+	)
+	pb.RegisterCertificateAuthorityServer(s.grpc, &caService{s: s})
+	pb.RegisterAdminServer(s.grpc, &adminService{s: s})
+	for _, hook := range append(append([]func(*Server) error{}, cfg.Register...), planeHooks...) {
+		if err := hook(s); err != nil {
+			return nil, fmt.Errorf("control: register: %w", err)
+		}
+	}
+	ok = true
+	return s, nil
+}
+
+// CA returns the server's certificate authority: the bundle, revocations
+// and Watch for pushing them, VerifyPeer for authenticating sidecars.
+func (s *Server) CA() *ca.CA { return s.ca }
+
+// GRPC returns the gRPC server, for registering more services in a hook.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Log returns the server's logger.
+func (s *Server) Log() *slog.Logger { return s.log }
+
+// Dir returns the state directory.
+func (s *Server) Dir() string { return s.cfg.Dir }
+
+// Metrics returns the Prometheus registry.
+func (s *Server) Metrics() *prometheus.Registry { return s.cfg.Metrics }
+
+// SetConfigAdmin installs the config half of the Admin service.
+func (s *Server) SetConfigAdmin(c ConfigAdmin) {
+	s.mu.Lock()
+	s.configAdmin = c
+	s.mu.Unlock()
+}
+
+// Addr returns the address Serve listens on ("" before it does).
+func (s *Server) Addr() string {
+	a, _ := s.addr.Load().(string)
+	return a
+}
+
+// PeerIdentity returns the verified identity of the mTLS client of a call
+// (ca.VerifyPeer: current bundle, revocation). Discovery uses it so that a
+// sidecar's identity comes from its certificate, never from its request.
+func (s *Server) PeerIdentity(ctx context.Context) (identity.ID, error) {
+	certs := peerCerts(ctx)
+	if len(certs) == 0 {
+		return identity.ID{}, identity.ErrNoCertificate
+	}
+	return s.ca.VerifyPeer(certs)
+}
+
+// Serve listens on cfg.Listen, writes DIR/control.addr, and serves until ctx
+// is done; then it stops gracefully (in-flight calls finish, streams end)
+// and closes the CA.
+func (s *Server) Serve(ctx context.Context) error {
+	defer s.ca.Close()
+	lis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("control: listen %s: %w", s.cfg.Listen, err)
+	}
+	s.lis = lis
+	s.addr.Store(lis.Addr().String())
+	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, FileControlAddr), []byte(lis.Addr().String()+"\n"), 0o644); err != nil {
+		lis.Close()
+		return err
+	}
+	s.log.Info("control plane listening", "addr", lis.Addr().String(), "trust_domain", s.ca.TrustDomain(), "dir", s.cfg.Dir)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.tickLoop(ctx) }()
+	go func() { defer wg.Done(); s.bundleLoop(ctx) }()
+	if s.cfg.MetricsListen != "" {
+		s.serveMetrics(ctx, &wg)
+	}
+
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(lis) }()
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		// GracefulStop waits for streams (WatchTrustBundle, Discovery) that
+		// only end when their context does; Stop after a grace period.
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			s.grpc.Stop()
+		}
+		err = nil
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func (s *Server) serveMetrics(ctx context.Context, wg *sync.WaitGroup) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
+	ml, err := net.Listen("tcp", s.cfg.MetricsListen)
+	if err != nil {
+		// Metrics are not worth refusing to run the CA for; say so loudly.
+		s.log.Warn("metrics listener failed; /metrics is not served", "addr", s.cfg.MetricsListen, "error", err)
+		return
+	}
+	s.log.Info("metrics listening", "addr", ml.Addr().String())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		go func() { <-ctx.Done(); hs.Close() }()
+		_ = hs.Serve(ml)
+	}()
+}
+
+func (s *Server) tickLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.ca.Tick(); err != nil {
+				s.log.Error("CA tick failed", "error", err)
+			}
+			// Renew the server certificate at half its life, as sidecars do.
+			if c := s.serving.Load(); c != nil && c.Leaf != nil {
+				half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
+				if s.cfg.Clock().After(half) {
+					if err := s.renewServing(); err != nil {
+						s.log.Error("renew server certificate failed", "error", err)
+					}
+				}
+			}
+		}
+	}
+}
+
+// bundleLoop keeps root-cert.pem and the server certificate in step with
+// the bundle: after a signing switch the server certificate comes from the
+// new root, so clients that already dropped the old root still connect.
+func (s *Server) bundleLoop(ctx context.Context) {
+	for {
+		b, ch := s.ca.Watch()
+		if err := s.writeRoots(b); err != nil {
+			s.log.Error("write root-cert.pem failed", "error", err)
+		}
+		s.mu.Lock()
+		stale := s.servingVer != b.Version
+		s.mu.Unlock()
+		if stale {
+			if err := s.renewServing(); err != nil {
+				s.log.Error("renew server certificate failed", "error", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
+}
+
+// renewServing issues the server's own certificate through the CA's normal
+// path (so it is logged like any other).
+func (s *Server) renewServing() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("control: server key: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return fmt.Errorf("control: server CSR: %w", err)
+	}
+	version := s.ca.Bundle().Version
+	iss, err := s.ca.Sign(context.Background(), ca.Caller{ID: ServerID(s.ca.TrustDomain()), Method: "self"}, csr, 0)
+	if err != nil {
+		return fmt.Errorf("control: issue server certificate: %w", err)
+	}
+	var cert tls.Certificate
+	for _, p := range iss.ChainPEM {
+		c, err := identity.ParseCertsPEM([]byte(p))
+		if err != nil {
+			return fmt.Errorf("control: server certificate: %w", err)
+		}
+		cert.Certificate = append(cert.Certificate, c[0].Raw)
+		if cert.Leaf == nil {
+			cert.Leaf = c[0]
+		}
+	}
+	cert.PrivateKey = key
+	s.serving.Store(&cert)
+	s.mu.Lock()
+	s.servingVer = version
+	s.mu.Unlock()
+	s.log.Info("server certificate issued", "spiffe_id", iss.ID.String(), "serial", iss.Serial, "not_after", iss.NotAfter)
+	return nil
+}
+
+func (s *Server) writeRoots(b *ca.TrustBundle) error {
+	return writeFileAtomic(filepath.Join(s.cfg.Dir, FileRootCert), []byte(strings.Join(b.RootsPEM, "")), 0o644)
+}
+
+// loadOrCreateAdminToken keeps the admin token across restarts, so scripts
+// and a running meshctl keep working; delete the file to rotate it.
+func loadOrCreateAdminToken(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		tok := strings.TrimSpace(string(b))
+		if tok != "" {
+			if err := os.Chmod(path, 0o600); err != nil {
+				return "", fmt.Errorf("control: chmod %s: %w", path, err)
+			}
+			return tok, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("control: read %s: %w", path, err)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	tok := "mat1." + base64.RawURLEncoding.EncodeToString(b[:])
+	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// writeFileAtomic writes via a temp file and rename, so readers never see
+// a half-written file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("control: write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("control: write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("control: write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("control: write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("control: write %s: %w", path, err)
+	}
+	return nil
+}
+
+func peerCerts(ctx context.Context) []*x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil
+	}
+	return ti.State.PeerCertificates
+}
+
+func bearer(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if tok, ok := strings.CutPrefix(v, "Bearer "); ok {
+			return strings.TrimSpace(tok)
+		}
+	}
+	return ""
+}
+
+// checkAdmin compares in constant time so the token cannot be guessed byte
+// by byte from response timing.
+func (s *Server) checkAdmin(ctx context.Context) error {
+	tok := bearer(ctx)
+	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.adminToken)) != 1 {
+		return statusf(ctx, "unauthenticated", "admin calls need \"authorization: Bearer <admin token>\" from %s (meshctl --dir finds it)", filepath.Join(s.cfg.Dir, FileAdminToken))
+	}
+	return nil
+}
+
+const adminPrefix = "/meshauth.v1.Admin/"
+
+func (s *Server) adminUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if strings.HasPrefix(info.FullMethod, adminPrefix) {
+		if err := s.checkAdmin(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return h(ctx, req)
+}
+
+func (s *Server) adminStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if strings.HasPrefix(info.FullMethod, adminPrefix) {
+		if err := s.checkAdmin(ss.Context()); err != nil {
+			return err
+		}
+	}
+	return h(srv, ss)
+}

@@ -1,0 +1,221 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// ErrorDomain is the ErrorInfo domain of meshauth's gRPC errors; the
+// ErrorInfo reason is the CA's constant reason (ca.Reason*).
+const ErrorDomain = "meshauth.io"
+
+// ReasonFromError returns the meshauth reason carried by a gRPC error, or "".
+func ReasonFromError(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.Domain == ErrorDomain {
+			return ei.Reason
+		}
+	}
+	return ""
+}
+
+// toStatus maps a CA error to a gRPC status. The caller sees the CA's
+// message and reason; an internal cause is logged and replaced by a generic
+// message, so no store or key detail leaks to a client.
+func (s *Server) toStatus(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	var e *ca.Error
+	if !errors.As(err, &e) {
+		s.log.Error("internal error", "error", err)
+		return withReason(codes.Internal, ca.ReasonInternal, "internal error in the control plane; see its log")
+	}
+	code := map[ca.Kind]codes.Code{
+		ca.KindInvalid:            codes.InvalidArgument,
+		ca.KindUnauthenticated:    codes.Unauthenticated,
+		ca.KindDenied:             codes.PermissionDenied,
+		ca.KindNotFound:           codes.NotFound,
+		ca.KindFailedPrecondition: codes.FailedPrecondition,
+		ca.KindInternal:           codes.Internal,
+	}[e.Kind]
+	msg := e.Msg
+	if e.Kind == ca.KindInternal {
+		s.log.Error("internal error", "error", err)
+		msg = e.Msg + " (internal error; see the control plane's log)"
+	}
+	return withReason(code, e.Reason, msg)
+}
+
+func withReason(code codes.Code, reason, msg string) error {
+	st := status.New(code, msg)
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}); err == nil {
+		return d.Err()
+	}
+	return st.Err()
+}
+
+func statusf(_ context.Context, reason, format string, args ...any) error {
+	return withReason(codes.Unauthenticated, reason, fmt.Sprintf(format, args...))
+}
+
+// BundleProto converts a CA bundle to its wire form. The config plane puts
+// it in every Snapshot it pushes.
+func BundleProto(b *ca.TrustBundle) *pb.TrustBundle {
+	out := &pb.TrustBundle{Version: b.Version, TrustDomain: b.TrustDomain, Roots: b.RootsPEM}
+	for _, r := range b.Revocations {
+		out.Revocations = append(out.Revocations, &pb.Revocation{
+			Serial: r.Serial, SpiffeId: r.SPIFFEID, NotAfter: r.NotAfter.Unix(),
+			RevokedAt: r.RevokedAt.Unix(), Reason: r.Reason,
+		})
+	}
+	return out
+}
+
+// BundleFromProto converts the wire form to an identity.Bundle, for clients
+// (the sidecar agent) that verify peers against it.
+func BundleFromProto(b *pb.TrustBundle) (*identity.Bundle, error) {
+	revoked := make(map[string]string, len(b.Revocations))
+	for _, r := range b.Revocations {
+		revoked[r.Serial] = r.SpiffeId
+	}
+	return identity.NewBundle(b.TrustDomain, b.Version, b.Roots, revoked)
+}
+
+type caService struct {
+	pb.UnimplementedCertificateAuthorityServer
+	s *Server
+}
+
+func (c *caService) CreateCertificate(ctx context.Context, req *pb.CreateCertificateRequest) (*pb.CreateCertificateResponse, error) {
+	s := c.s
+	caller, err := ca.Authenticate(ctx, ca.Credentials{PeerCertificates: peerCerts(ctx), BearerToken: bearer(ctx)}, s.auths...)
+	if err != nil {
+		s.ca.CountRefusal(err)
+		return nil, s.toStatus(ctx, err)
+	}
+	// Clamp before converting so a huge value cannot overflow into a valid
+	// duration; the CA then refuses it as over the maximum or negative.
+	const limit = int64(1<<62) / int64(time.Second)
+	ttl := min(max(req.TtlSeconds, -limit), limit)
+	iss, err := s.ca.Sign(ctx, caller, req.Csr, time.Duration(ttl)*time.Second)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &pb.CreateCertificateResponse{CertChain: iss.ChainPEM, Roots: iss.RootsPEM, SpiffeId: iss.ID.String(), Serial: iss.Serial}, nil
+}
+
+func (c *caService) GetTrustBundle(ctx context.Context, _ *pb.GetTrustBundleRequest) (*pb.TrustBundle, error) {
+	return BundleProto(c.s.ca.Bundle()), nil
+}
+
+// WatchTrustBundle sends the bundle now and after every change. Bundles are
+// public (roots and revoked serials), so no credential is needed.
+func (c *caService) WatchTrustBundle(_ *pb.GetTrustBundleRequest, stream grpc.ServerStreamingServer[pb.TrustBundle]) error {
+	ctx := stream.Context()
+	for {
+		b, ch := c.s.ca.Watch()
+		if err := stream.Send(BundleProto(b)); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+		}
+	}
+}
+
+// adminService serves the Admin API. The interceptor has already checked
+// the admin token for every method, including the config methods that the
+// config plane provides.
+type adminService struct {
+	pb.UnimplementedAdminServer
+	s *Server
+}
+
+func (a *adminService) CreateJoinToken(ctx context.Context, req *pb.CreateJoinTokenRequest) (*pb.CreateJoinTokenResponse, error) {
+	id, err := identity.New(a.s.ca.TrustDomain(), req.Namespace, req.ServiceAccount)
+	if err != nil {
+		return nil, withReason(codes.InvalidArgument, "bad_identity", err.Error())
+	}
+	tok, err := a.s.ca.CreateJoinToken(id, time.Duration(req.TtlSeconds)*time.Second, int(req.Uses))
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	return &pb.CreateJoinTokenResponse{Token: tok.Secret, SpiffeId: id.String(), ExpiresAt: tok.ExpiresAt.Unix(), Uses: int32(tok.Uses)}, nil
+}
+
+func (a *adminService) Revoke(ctx context.Context, req *pb.RevokeRequest) (*pb.RevokeResponse, error) {
+	revs, version, err := a.s.ca.Revoke(req.Serial, req.SpiffeId, req.Reason)
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	out := &pb.RevokeResponse{BundleVersion: version}
+	for _, r := range revs {
+		out.Serials = append(out.Serials, r.Serial)
+	}
+	return out, nil
+}
+
+func (a *adminService) RotateRoot(ctx context.Context, req *pb.RotateRootRequest) (*pb.RotateRootResponse, error) {
+	r, err := a.s.ca.RotateRoot(time.Duration(req.OverlapSeconds) * time.Second)
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	return &pb.RotateRootResponse{NewRootFingerprint: r.NewRoot, SigningSwitchAt: r.SwitchAt.Unix(), BundleVersion: r.BundleVersion}, nil
+}
+
+func (a *adminService) CAStatus(ctx context.Context, _ *pb.CAStatusRequest) (*pb.CAStatusResponse, error) {
+	st, err := a.s.ca.Status()
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	js, err := json.Marshal(st)
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	return &pb.CAStatusResponse{StatusJson: js}, nil
+}
+
+// ApplyConfig and GetState belong to the config plane (internal/control,
+// branch control): it installs a ConfigAdmin through Config.ConfigAdmin or a
+// plane hook (see planeHooks). Until then they answer Unimplemented.
+func (a *adminService) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*pb.ApplyConfigResponse, error) {
+	a.s.mu.Lock()
+	c := a.s.configAdmin
+	a.s.mu.Unlock()
+	if c == nil {
+		return nil, status.Error(codes.Unimplemented, "this meshd has no config plane (ApplyConfig)")
+	}
+	return c.ApplyConfig(ctx, req)
+}
+
+func (a *adminService) GetState(ctx context.Context, req *pb.GetStateRequest) (*pb.GetStateResponse, error) {
+	a.s.mu.Lock()
+	c := a.s.configAdmin
+	a.s.mu.Unlock()
+	if c == nil {
+		return nil, status.Error(codes.Unimplemented, "this meshd has no config plane (GetState)")
+	}
+	return c.GetState(ctx, req)
+}
