@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +49,13 @@ const DNSDomain = "cluster.local"
 func Authorize(s *Snapshot, r Request) Decision {
 	if s == nil || s.RBAC == nil {
 		return Decision{Allow: true, Reason: "RBAC is off for this workload"}
+	}
+	if r.Service != "" && slices.Contains(s.RBAC.OffServices, r.Service) {
+		d := Decision{Allow: true, Reason: "RBAC is off for service " + r.Service}
+		if s.RBAC.DecidedBy != "" {
+			d.DecidedBy = []string{s.RBAC.DecidedBy}
+		}
+		return d
 	}
 	for _, p := range s.RBAC.Policies {
 		rule := -1

@@ -131,6 +131,10 @@ type RBAC struct {
 	Policies []RBACPolicy `json:"policies"`
 	// DecidedBy names the RbacConfig that turned authorization on.
 	DecidedBy string `json:"decidedBy,omitempty"`
+	// OffServices lists services (name.namespace) this workload serves for
+	// which the RbacConfig leaves authorization off (ON_WITH_INCLUSION /
+	// ON_WITH_EXCLUSION); requests to them are allowed.
+	OffServices []string `json:"offServices,omitempty"`
 }
 
 // RBACPolicy is one ServiceRole with the subjects bound to it.

@@ -1,0 +1,203 @@
+package config
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// New validates a set of already-decoded objects against each other and
+// returns them as a Config: names unique per kind and namespace, at most one
+// mesh config, MeshPolicy and RbacConfig, no two Policies for the same
+// service port, no two DestinationRules for the same host, and every
+// ServiceRoleBinding's role present. Any problem rejects the whole set.
+func New(objs []any) (*Config, error) {
+	c := &Config{}
+	var errs ErrorList
+	fail := func(o *Object, path, format string, args ...any) {
+		errs = append(errs, &Error{Pos: o.Source, Object: o.Key(), Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	seen := map[string]*Object{}
+	for _, v := range objs {
+		o := objectOf(v)
+		if o == nil {
+			continue
+		}
+		key := canonicalKind(o.Kind) + "/" + o.Ref()
+		if first, ok := seen[key]; ok {
+			fail(o, "metadata.name", "%s is defined twice; first at %s", o.Key(), first.Source)
+			continue
+		}
+		seen[key] = o
+		switch x := v.(type) {
+		case *MeshConfig:
+			if c.Mesh != nil {
+				fail(o, "", "only one MeshConfig is allowed; another is at %s", c.Mesh.Source)
+				continue
+			}
+			c.Mesh = x
+		case *Policy:
+			if x.Kind == KindMeshPolicy {
+				c.MeshPolicy = x
+			} else {
+				c.Policies = append(c.Policies, x)
+			}
+		case *DestinationRule:
+			c.DestinationRules = append(c.DestinationRules, x)
+		case *RbacConfig:
+			if c.RbacConfig != nil {
+				fail(o, "", "only one RbacConfig or ClusterRbacConfig is allowed; another is at %s", c.RbacConfig.Source)
+				continue
+			}
+			c.RbacConfig = x
+		case *ServiceRole:
+			c.ServiceRoles = append(c.ServiceRoles, x)
+		case *ServiceRoleBinding:
+			c.ServiceRoleBindings = append(c.ServiceRoleBindings, x)
+		case *Service:
+			c.Services = append(c.Services, x)
+		case *Workload:
+			c.Workloads = append(c.Workloads, x)
+		}
+	}
+	c.sort()
+
+	// Two policies for the same service port would make the server mode
+	// depend on load order (Istio picked the oldest); refuse instead.
+	targets := map[string]*Policy{}
+	for _, p := range c.Policies {
+		for i, t := range p.Spec.Targets {
+			keys := []string{p.Metadata.Namespace + "/" + t.Name}
+			if len(t.Ports) > 0 {
+				keys = keys[:0]
+				for _, ps := range t.Ports {
+					keys = append(keys, p.Metadata.Namespace+"/"+t.Name+":"+ps.String())
+				}
+			}
+			for _, k := range keys {
+				if first, ok := targets[k]; ok && first != p {
+					errs = append(errs, &Error{Pos: t.Pos, Object: p.Key(), Path: fmt.Sprintf("spec.targets[%d]", i),
+						Msg: fmt.Sprintf("service %s is already targeted by %s at %s; merge the two policies", strings.TrimPrefix(k, p.Metadata.Namespace+"/"), first.Key(), first.Source)})
+					continue
+				}
+				targets[k] = p
+			}
+		}
+	}
+	hosts := map[string]*DestinationRule{}
+	for _, dr := range c.DestinationRules {
+		h := dr.FQDN()
+		if first, ok := hosts[h]; ok {
+			fail(&dr.Object, "spec.host", "host %s is already configured by %s at %s; merge the two rules", h, first.Key(), first.Source)
+			continue
+		}
+		hosts[h] = dr
+	}
+	roles := map[string]bool{}
+	for _, r := range c.ServiceRoles {
+		roles[r.Metadata.Namespace+"/"+r.Metadata.Name] = true
+	}
+	for _, b := range c.ServiceRoleBindings {
+		if !roles[b.Metadata.Namespace+"/"+b.Spec.RoleRef.Name] {
+			fail(&b.Object, "spec.roleRef.name", "ServiceRole %q not found in namespace %s", b.Spec.RoleRef.Name, b.Metadata.Namespace)
+		}
+	}
+	if len(errs) > 0 {
+		errs.Sort()
+		return nil, errs
+	}
+	return c, nil
+}
+
+// canonicalKind folds kinds that share one namespace of names.
+func canonicalKind(k string) string {
+	if k == KindClusterRbacConfig {
+		return KindRbacConfig
+	}
+	return k
+}
+
+// String formats a port selector as its number or name.
+func (p PortSelector) String() string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return strconv.FormatUint(uint64(p.Number), 10)
+}
+
+// FQDN resolves the rule's host the way Istio does for short names: "httpbin"
+// in namespace ns means httpbin.ns.svc.cluster.local. We also expand
+// "name.ns" and "name.ns.svc", which Istio would take literally (and so
+// silently match nothing).
+func (dr *DestinationRule) FQDN() string {
+	return ResolveHost(dr.Spec.Host, dr.Metadata.Namespace)
+}
+
+// ResolveHost expands a short host written in namespace ns to its FQDN.
+func ResolveHost(h, ns string) string {
+	if strings.HasPrefix(h, "*") {
+		return h
+	}
+	switch strings.Count(h, ".") {
+	case 0:
+		return h + "." + ns + ".svc.cluster.local"
+	case 1:
+		return h + ".svc.cluster.local"
+	}
+	if strings.HasSuffix(h, ".svc") {
+		return h + ".cluster.local"
+	}
+	return h
+}
+
+func (c *Config) sort() {
+	sortObjs(c.Policies)
+	sortObjs(c.DestinationRules)
+	sortObjs(c.ServiceRoles)
+	sortObjs(c.ServiceRoleBindings)
+	sortObjs(c.Services)
+	sortObjs(c.Workloads)
+}
+
+type keyed interface{ key() string }
+
+func (o *Object) key() string { return o.Metadata.Namespace + "/" + o.Metadata.Name }
+
+func sortObjs[T keyed](s []T) {
+	sort.SliceStable(s, func(i, j int) bool { return s[i].key() < s[j].key() })
+}
+
+// Apply returns a new Config with objs merged in: an object replaces the
+// one of the same kind, namespace and name. With replace set, every existing
+// object of a kind present in objs is dropped first (the batch is the whole
+// truth for its kinds). The result is validated as a whole; on error c is
+// unchanged and still in force.
+func (c *Config) Apply(objs []any, replace bool) (*Config, error) {
+	batch := map[string]bool{}
+	kindsIn := map[string]bool{}
+	for _, v := range objs {
+		o := objectOf(v)
+		batch[canonicalKind(o.Kind)+"/"+o.Ref()] = true
+		kindsIn[canonicalKind(o.Kind)] = true
+	}
+	var all []any
+	if c != nil {
+		for _, v := range c.Objects() {
+			o := objectOf(v)
+			if batch[canonicalKind(o.Kind)+"/"+o.Ref()] || (replace && kindsIn[canonicalKind(o.Kind)]) {
+				continue
+			}
+			all = append(all, v)
+		}
+	}
+	all = append(all, objs...)
+	n, err := New(all)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		n.Version = c.Version
+	}
+	return n, nil
+}

@@ -1,0 +1,412 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+// MeshAuthPolicy is the DecidedBy value when the mesh-wide authPolicy
+// decided (no Policy, no DestinationRule).
+const MeshAuthPolicy = "mesh/authPolicy"
+
+// Engine answers policy questions for one config over a registry. Build a
+// new Engine when the config changes (the registry may change underneath:
+// per-service results are cached by the registry's per-service generation).
+// It does no I/O; every answer is a function of (config, registry).
+type Engine struct {
+	ix  *index
+	reg *registry.Registry
+
+	mu  sync.Mutex
+	out map[string]outEntry
+}
+
+type outEntry struct {
+	gen uint64
+	svc OutboundService
+}
+
+// New returns an engine over cfg (nil means an empty config) and reg.
+func New(cfg *config.Config, reg *registry.Registry) *Engine {
+	if reg == nil {
+		reg = registry.New()
+	}
+	return &Engine{ix: compile(cfg), reg: reg, out: map[string]outEntry{}}
+}
+
+// Config returns the engine's config.
+func (e *Engine) Config() *config.Config { return e.ix.cfg }
+
+// Registry returns the engine's registry.
+func (e *Engine) Registry() *registry.Registry { return e.reg }
+
+// ModeDecision is a TLS mode and the object that set it.
+type ModeDecision[M ~string] struct {
+	Mode M `json:"mode"`
+	// DecidedBy is kind/namespace/name of the deciding object, or
+	// "mesh/authPolicy".
+	DecidedBy string `json:"decidedBy"`
+	// Why says how the object applied ("port 80 targeted", "namespace
+	// default", "port-level settings for 8080").
+	Why string `json:"why,omitempty"`
+}
+
+// policyMode turns an authentication Policy into a server mode: no peers
+// means no peer authentication (plaintext); an mtls peer means STRICT, or
+// PERMISSIVE when mode says so or peerIsOptional is set.
+func policyMode(p *config.Policy) ServerMode {
+	for _, peer := range p.Spec.Peers {
+		if peer.MTLS == nil {
+			continue
+		}
+		if peer.MTLS.Mode == config.MTLSPermissive || p.Spec.PeerIsOptional {
+			return ServerPermissive
+		}
+		return ServerStrict
+	}
+	return ServerDisable
+}
+
+// ServerMode returns how the sidecars of svc treat inbound connections on
+// service port port: a Policy targeting that port wins over one targeting
+// the service, over the namespace's "default" Policy, over the MeshPolicy,
+// over the mesh config's authPolicy.
+func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[ServerMode] {
+	ix := e.ix
+	key := svc.Key()
+	if p, ok := svc.Port(port); ok {
+		for _, sel := range []string{strconv.FormatUint(uint64(p.Number), 10), p.Name} {
+			if sel == "" {
+				continue
+			}
+			if pol := ix.portPolicy[key+":"+sel]; pol != nil {
+				return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}
+			}
+		}
+	}
+	if pol := ix.svcPolicy[key]; pol != nil {
+		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}
+	}
+	return e.namespaceMode(svc.Namespace)
+}
+
+// namespaceMode is the server mode for a namespace's ports no Policy targets.
+func (e *Engine) namespaceMode(ns string) ModeDecision[ServerMode] {
+	ix := e.ix
+	if pol := ix.nsDefault[ns]; pol != nil {
+		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}
+	}
+	if mp := ix.cfg.MeshPolicy; mp != nil {
+		return ModeDecision[ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}
+	}
+	if ix.cfg.AuthPolicy() == config.AuthPolicyMutualTLS {
+		return ModeDecision[ServerMode]{Mode: ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}
+	}
+	return ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}
+}
+
+// ClientTLS is the client side's decision for one service port.
+type ClientTLS struct {
+	ModeDecision[ClientTLSMode]
+	// Settings are the TLS settings that applied, if a DestinationRule set them.
+	Settings *config.TLSSettings `json:"settings,omitempty"`
+}
+
+// ClientMode returns how a client sidecar connects to svc:port (subset ""
+// for the service as a whole), as Istio looks it up: the DestinationRule for
+// the service's host (exact host, else the most specific wildcard); within
+// it, port-level settings of the subset, the subset's tls, port-level
+// settings of the rule, the rule's tls. With no rule, or a rule that sets no
+// tls at all, ISTIO_MUTUAL if the mesh authPolicy is MUTUAL_TLS and the
+// service is not in mtlsExcludedServices, else DISABLE.
+//
+// The last case departs from Istio 0.8 on purpose: there, a rule that only
+// declared subsets silently switched its clients to plaintext, the cause of
+// the 503s in istio/istio#6279.
+func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) ClientTLS {
+	fqdn := svc.FQDN()
+	p, _ := svc.Port(port)
+	var dr *config.DestinationRule
+	if dr = e.ix.destinationRule(fqdn); dr != nil {
+		type level struct {
+			tp   *config.TrafficPolicy
+			name string
+		}
+		var levels []level
+		if subset != "" {
+			for i := range dr.Spec.Subsets {
+				if ss := &dr.Spec.Subsets[i]; ss.Name == subset && ss.TrafficPolicy != nil {
+					levels = append(levels, level{ss.TrafficPolicy, "subset " + subset})
+				}
+			}
+		}
+		if dr.Spec.TrafficPolicy != nil {
+			levels = append(levels, level{dr.Spec.TrafficPolicy, ""})
+		}
+		for _, l := range levels {
+			for _, pl := range l.tp.PortLevelSettings {
+				if pl.TLS != nil && (pl.Port.Number != 0 && pl.Port.Number == port || pl.Port.Name != "" && pl.Port.Name == p.Name) {
+					return ClientTLS{ModeDecision[ClientTLSMode]{Mode: ClientTLSMode(pl.TLS.Mode), DecidedBy: dr.Key(),
+						Why: strings.TrimSpace(l.name + " port-level settings for " + pl.Port.String())}, pl.TLS}
+				}
+			}
+			if l.tp.TLS != nil {
+				why := "rule-level tls"
+				if l.name != "" {
+					why = l.name + " tls"
+				}
+				return ClientTLS{ModeDecision[ClientTLSMode]{Mode: ClientTLSMode(l.tp.TLS.Mode), DecidedBy: dr.Key(), Why: why}, l.tp.TLS}
+			}
+		}
+	}
+	var d ClientTLS
+	switch {
+	case e.ix.excluded[fqdn]:
+		d.Mode, d.Why = ClientDisable, "service is in mtlsExcludedServices"
+	case e.ix.cfg.AuthPolicy() == config.AuthPolicyMutualTLS:
+		d.Mode, d.Why = ClientIstioMutual, "authPolicy: MUTUAL_TLS"
+	default:
+		d.Mode, d.Why = ClientDisable, "authPolicy: NONE"
+	}
+	d.DecidedBy = MeshAuthPolicy
+	if dr != nil {
+		d.Why = dr.Key() + " sets no tls; " + d.Why
+	}
+	return d
+}
+
+// ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
+// naming): the service accounts of its endpoints that run a sidecar.
+func (e *Engine) ServerIdentities(svc *registry.Service) []string {
+	td := e.ix.cfg.TrustDomain()
+	seen := map[string]bool{}
+	var out []string
+	for _, w := range e.reg.Endpoints(svc.Key()) {
+		if !w.Sidecar {
+			continue
+		}
+		id := "spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// RBACFor reports whether authorization is on for svc, and which object
+// decided.
+func (e *Engine) RBACFor(svc *registry.Service) (bool, string) {
+	rc := e.ix.cfg.RbacConfig
+	if rc == nil {
+		return false, ""
+	}
+	in := func(t *config.RbacTarget) bool {
+		if t == nil {
+			return false
+		}
+		if slices.Contains(t.Namespaces, svc.Namespace) {
+			return true
+		}
+		for _, s := range t.Services {
+			if serviceMatches([]string{s}, svc.Name+"."+svc.Namespace) {
+				return true
+			}
+		}
+		return false
+	}
+	switch rc.Spec.Mode {
+	case config.RbacOn:
+		return true, rc.Key()
+	case config.RbacOnWithInclusion:
+		return in(rc.Spec.Inclusion), rc.Key()
+	case config.RbacOnWithExclusion:
+		return !in(rc.Spec.Exclusion), rc.Key()
+	}
+	return false, rc.Key()
+}
+
+// rbacPolicies converts the roles of ns that can apply to one of services
+// (name.namespace) into the snapshot form, with their bound subjects.
+func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
+	var out []RBACPolicy
+	for _, cr := range e.ix.roles[ns] {
+		relevant := false
+		var rules []RBACRule
+		for _, r := range cr.role.Spec.Rules {
+			for _, s := range services {
+				relevant = relevant || serviceMatches(r.Services, s)
+			}
+			rr := RBACRule{Services: r.Services, Methods: r.Methods, Paths: r.Paths}
+			for _, c := range r.Constraints {
+				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: c.Key, Values: c.Values})
+			}
+			rules = append(rules, rr)
+		}
+		if !relevant || len(cr.bindings) == 0 {
+			continue
+		}
+		p := RBACPolicy{Role: cr.role.Metadata.Namespace + "/" + cr.role.Metadata.Name, Rules: rules}
+		for _, b := range cr.bindings {
+			ref := b.Metadata.Namespace + "/" + b.Metadata.Name
+			p.Bindings = append(p.Bindings, ref)
+			for _, s := range b.Spec.Subjects {
+				p.Subjects = append(p.Subjects, RBACSubject{User: s.User, Properties: s.Properties, Binding: ref})
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// outbound returns the cached outbound entry of a service, recomputing it
+// when the service or its endpoints changed.
+func (e *Engine) outbound(svc *registry.Service) OutboundService {
+	key := svc.Key()
+	gen := e.reg.ServiceGen(key)
+	e.mu.Lock()
+	ent, ok := e.out[key]
+	e.mu.Unlock()
+	if ok && ent.gen == gen {
+		return ent.svc
+	}
+	o := OutboundService{
+		Name:      svc.Name,
+		Namespace: svc.Namespace,
+		Hosts:     []string{svc.Name + "." + svc.Namespace, svc.Name + "." + svc.Namespace + ".svc", svc.FQDN()},
+		Address:   svc.Address,
+	}
+	for _, p := range svc.Ports {
+		c := e.ClientMode(svc, p.Number, "")
+		op := OutboundPort{Name: p.Name, Port: p.Number, Protocol: p.Protocol, TargetPort: p.TargetPort, TLSMode: c.Mode, DecidedBy: c.DecidedBy}
+		if c.Settings != nil {
+			op.SNI = c.Settings.SNI
+			op.SubjectAltNames = c.Settings.SubjectAltNames
+		}
+		o.Ports = append(o.Ports, op)
+	}
+	for _, w := range e.reg.Endpoints(key) {
+		ep := Endpoint{Workload: w.Name, ServiceAccount: w.ServiceAccount, Address: w.Address, Sidecar: w.Sidecar}
+		for _, wp := range w.Ports {
+			if wp.SidecarPort != 0 {
+				if ep.Ports == nil {
+					ep.Ports = map[uint32]uint32{}
+				}
+				ep.Ports[wp.Number] = wp.SidecarPort
+			}
+		}
+		o.Endpoints = append(o.Endpoints, ep)
+	}
+	o.ServerIdentities = e.ServerIdentities(svc)
+	e.mu.Lock()
+	e.out[key] = outEntry{gen: gen, svc: o}
+	e.mu.Unlock()
+	return o
+}
+
+// Snapshot computes the effective configuration of one workload's sidecar:
+// the server mode of each port it serves, the RBAC rules that concern it,
+// and the outbound table of every service in the mesh with endpoints,
+// client TLS mode and allowed server identities. Version is left empty; the
+// push server stamps it.
+func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
+	s := e.inbound(w)
+	svcs := e.reg.Services()
+	s.Outbound = make([]OutboundService, 0, len(svcs))
+	for _, svc := range svcs {
+		o := e.outbound(svc)
+		if svc.Namespace == w.Namespace {
+			// The short name resolves only inside the service's namespace.
+			o.Hosts = append([]string{svc.Name}, o.Hosts...)
+		}
+		s.Outbound = append(s.Outbound, o)
+	}
+	return s
+}
+
+// inbound computes the server half of a snapshot (no outbound table).
+func (e *Engine) inbound(w *registry.Workload) *Snapshot {
+	s := &Snapshot{
+		TrustDomain: e.ix.cfg.TrustDomain(),
+		Workload:    WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: w.Labels},
+	}
+	nsMode := e.namespaceMode(w.Namespace)
+	s.InboundDefault = nsMode.Mode
+	mine := e.reg.ServicesOf(w.Namespace, w.Name)
+	seen := map[uint32]bool{}
+	var rbacOn, rbacOff []string
+	rbacBy := ""
+	for _, svc := range mine {
+		for _, p := range svc.Ports {
+			if seen[p.TargetPort] {
+				continue // first service (by name) wins a shared target port
+			}
+			seen[p.TargetPort] = true
+			m := e.ServerMode(svc, p.Number)
+			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: inboundProtocol(p.Protocol),
+				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy})
+		}
+		on, by := e.RBACFor(svc)
+		rbacBy = by
+		if on {
+			rbacOn = append(rbacOn, svc.Name+"."+svc.Namespace)
+		} else {
+			rbacOff = append(rbacOff, svc.Name+"."+svc.Namespace)
+		}
+	}
+	sort.Slice(s.Inbound, func(i, j int) bool { return s.Inbound[i].Port < s.Inbound[j].Port })
+	if len(rbacOn) > 0 {
+		s.RBAC = &RBAC{DecidedBy: rbacBy, OffServices: rbacOff, Policies: e.rbacPolicies(w.Namespace, rbacOn)}
+	}
+	return s
+}
+
+func inboundProtocol(p string) string {
+	switch p {
+	case "HTTP", "HTTP2", "GRPC":
+		return "HTTP"
+	case "":
+		return ""
+	}
+	return "TCP"
+}
+
+// Compatible reports whether a client in mode c can talk to a server in
+// mode s, with the reason when it cannot. It is Istio's tls-check rule: a
+// STRICT server needs ISTIO_MUTUAL; a plaintext server must not receive
+// ISTIO_MUTUAL; PERMISSIVE accepts anything and is never a conflict.
+func Compatible(s ServerMode, c ClientTLSMode) (bool, string) {
+	switch s {
+	case ServerPermissive:
+		return true, ""
+	case ServerStrict:
+		if c != ClientIstioMutual {
+			return false, fmt.Sprintf("server requires mesh mTLS (STRICT) but the client uses %s", c)
+		}
+	case ServerDisable:
+		if c == ClientIstioMutual {
+			return false, "client sends mesh mTLS (ISTIO_MUTUAL) but the server expects plaintext (DISABLE)"
+		}
+	}
+	return true, ""
+}
+
+// LookupService finds a service by "name", "name.namespace" or an FQDN;
+// a bare name is looked up in defaultNS.
+func (e *Engine) LookupService(host, defaultNS string) *registry.Service {
+	host = strings.TrimSuffix(host, ".svc.cluster.local")
+	host = strings.TrimSuffix(host, ".svc")
+	name, ns, ok := strings.Cut(host, ".")
+	if !ok {
+		ns = defaultNS
+	}
+	return e.reg.Service(ns, name)
+}

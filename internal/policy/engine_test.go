@@ -1,0 +1,408 @@
+package policy
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// load builds an engine from YAML files and inline documents.
+func load(t testing.TB, paths []string, docs ...string) *Engine {
+	t.Helper()
+	files, err := config.ReadPaths(paths...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range docs {
+		files = append(files, config.File{Name: fmt.Sprintf("inline-%d.yaml", i), Content: []byte(d)})
+	}
+	cfg, err := config.Load(files)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	reg := registry.New()
+	ss, ws := registry.FromConfig(cfg)
+	reg.Sync(registry.SourceConfig, ss, ws)
+	return New(cfg, reg)
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := "testdata/" + name
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create it): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (run with -update if intended)\n got:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+// TestIstio08Matrix replays Istio 0.8's e2e authentication matrix:
+// namespace-wide mTLS with mTLS disabled for c and for d port 80; sources a
+// (sidecar) and t (no sidecar); destinations b, c, d on the default port
+// (the first, 80), 80 and 8080. Only t->b and t->d:8080 fail.
+func TestIstio08Matrix(t *testing.T) {
+	e := load(t, []string{"testdata/matrix.yaml", "testdata/matrix-registry.yaml"})
+	var table strings.Builder
+	for _, src := range []string{"a", "t"} {
+		from := e.Registry().Workload("default", src+"-1")
+		for _, dst := range []string{"b", "c", "d"} {
+			svc := e.Registry().Service("default", dst)
+			for _, port := range []uint32{0, 80, 8080} {
+				label := fmt.Sprint(port)
+				if port == 0 {
+					label, port = "default", svc.Ports[0].Number
+				}
+				name := fmt.Sprintf("%s->%s:%s", src, dst, label)
+				x, err := e.Explain(from, svc, port, "GET", "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantFail := (src == "t" && dst == "b") || (src == "t" && dst == "d" && port == 8080)
+				if x.Allow == wantFail {
+					t.Errorf("%s: allow = %v, want %v (%s)", name, x.Allow, !wantFail, x.Reason)
+				}
+				verdict := "ok"
+				if !x.Allow {
+					verdict = "FAIL"
+				}
+				fmt.Fprintf(&table, "%-12s %-4s client %-12s (%s) server %-10s (%s)\n", name, verdict,
+					x.Client.Mode, x.Client.DecidedBy, x.Server.Mode, x.Server.DecidedBy)
+			}
+		}
+	}
+	golden(t, "matrix.golden", table.String())
+}
+
+const meshMTLS = `apiVersion: meshauth.io/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {authPolicy: MUTUAL_TLS}
+`
+
+const httpbin = `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: httpbin}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, number: 8000, targetPort: 80, protocol: HTTP}, {name: grpc, number: 9000}]
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata: {name: httpbin-1, labels: {app: httpbin, version: v1}}
+spec: {serviceAccount: httpbin, address: 10.0.0.2}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata: {name: sleep-1, labels: {app: sleep}}
+spec: {serviceAccount: sleep, address: 10.0.0.3}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata: {name: sleep-1, namespace: legacy, labels: {app: sleep}}
+spec: {address: 10.0.0.4, sidecar: false}
+`
+
+func policy(mode string) string {
+	return `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: httpbin}
+spec:
+  targets: [{name: httpbin}]
+  peers: [{mtls: {mode: ` + mode + `}}]
+`
+}
+
+func dr(mode string) string {
+	return `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy: {tls: {mode: ` + mode + `}}
+`
+}
+
+func TestTLSCheck(t *testing.T) {
+	tests := []struct {
+		name   string
+		docs   []string
+		port   uint32
+		status string
+		server ServerMode
+		client ClientTLSMode
+	}{
+		{"strict policy, DR disable", []string{policy("STRICT"), dr("DISABLE")}, 8000, "CONFLICT", ServerStrict, ClientDisable},
+		{"strict policy, DR simple", []string{policy("STRICT"), dr("SIMPLE")}, 8000, "CONFLICT", ServerStrict, ClientSimple},
+		{"strict policy, DR istio mutual", []string{policy("STRICT"), dr("ISTIO_MUTUAL")}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"permissive, DR disable", []string{policy("PERMISSIVE"), dr("DISABLE")}, 8000, "OK", ServerPermissive, ClientDisable},
+		{"permissive, DR istio mutual", []string{policy("PERMISSIVE"), dr("ISTIO_MUTUAL")}, 8000, "OK", ServerPermissive, ClientIstioMutual},
+		{"permissive, DR simple", []string{policy("PERMISSIVE"), dr("SIMPLE")}, 8000, "OK", ServerPermissive, ClientSimple},
+		{"permissive, no DR, mesh NONE", []string{policy("PERMISSIVE")}, 8000, "OK", ServerPermissive, ClientDisable},
+		{"no DR, mesh MUTUAL_TLS", []string{meshMTLS}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"nothing at all", nil, 8000, "OK", ServerDisable, ClientDisable},
+		{"mesh MUTUAL_TLS, DR disable", []string{meshMTLS, dr("DISABLE")}, 8000, "CONFLICT", ServerStrict, ClientDisable},
+		{"policy without peers, mesh MUTUAL_TLS", []string{meshMTLS, "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  targets: [{name: httpbin}]\n"},
+			8000, "CONFLICT", ServerDisable, ClientIstioMutual},
+		{"excluded service", []string{`apiVersion: meshauth.io/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {authPolicy: MUTUAL_TLS, mtlsExcludedServices: [httpbin.default.svc.cluster.local]}
+`}, 8000, "CONFLICT", ServerStrict, ClientDisable},
+		{"bare mtls is strict", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers:\n  - mtls:\n"},
+			8000, "CONFLICT", ServerStrict, ClientDisable},
+		{"peerIsOptional is permissive", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers: [{mtls: {}}]\n  peerIsOptional: true\n"},
+			8000, "OK", ServerPermissive, ClientDisable},
+		{"port-targeted policy beats service policy", []string{policy("STRICT"),
+			"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p9000}\nspec:\n  targets: [{name: httpbin, ports: [{number: 9000}]}]\n  peers: [{mtls: {mode: PERMISSIVE}}]\n"},
+			9000, "OK", ServerPermissive, ClientDisable},
+		{"port selected by name", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: pgrpc}\nspec:\n  targets: [{name: httpbin, ports: [{name: grpc}]}]\n  peers: [{mtls: {}}]\n"},
+			9000, "CONFLICT", ServerStrict, ClientDisable},
+		{"port-level DR setting", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin.default.svc.cluster.local
+  trafficPolicy:
+    tls: {mode: DISABLE}
+    portLevelSettings: [{port: {number: 8000}, tls: {mode: ISTIO_MUTUAL}}]
+`}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"DR without tls keeps mesh default", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  subsets: [{name: v1, labels: {version: v1}}]
+`}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"exact host beats wildcard", []string{meshMTLS, dr("ISTIO_MUTUAL"), `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: all}
+spec:
+  host: "*.local"
+  trafficPolicy: {tls: {mode: DISABLE}}
+`}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"MeshPolicy strict needs a DR", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: MeshPolicy\nmetadata: {name: default}\nspec:\n  peers: [{mtls: {}}]\n"},
+			8000, "CONFLICT", ServerStrict, ClientDisable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := load(t, nil, append([]string{httpbin}, tc.docs...)...)
+			rows := e.TLSCheck([]*registry.Service{e.Registry().Service("default", "httpbin")})
+			var row *TLSCheckRow
+			for i := range rows {
+				if rows[i].Port == tc.port {
+					row = &rows[i]
+				}
+			}
+			if row == nil {
+				t.Fatalf("no row for port %d", tc.port)
+			}
+			if row.Status != tc.status || row.Server.Mode != tc.server || row.Client.Mode != tc.client {
+				t.Errorf("got %s server %s client %s, want %s server %s client %s\n%s",
+					row.Status, row.Server.Mode, row.Client.Mode, tc.status, tc.server, tc.client, TLSCheckTable(rows))
+			}
+			if row.Server.Mode == ServerPermissive && row.Status == "CONFLICT" {
+				t.Error("PERMISSIVE reported as CONFLICT")
+			}
+		})
+	}
+}
+
+func TestClientModeSubset(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {number: 9000}, tls: {mode: SIMPLE}}]
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: DISABLE}
+      portLevelSettings: [{port: {number: 9000}, tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}}]
+  - name: v2
+    labels: {version: v2}
+`)
+	svc := e.Registry().Service("default", "httpbin")
+	tests := []struct {
+		subset string
+		port   uint32
+		want   ClientTLSMode
+		why    string
+	}{
+		{"", 8000, ClientIstioMutual, "rule-level tls"},
+		{"", 9000, ClientSimple, "port-level settings for 9000"},
+		{"v1", 8000, ClientDisable, "subset v1 tls"},
+		{"v1", 9000, ClientMutual, "subset v1 port-level settings for 9000"},
+		{"v2", 8000, ClientIstioMutual, "rule-level tls"},
+		{"v2", 9000, ClientSimple, "port-level settings for 9000"},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%s_%d", tc.subset, tc.port), func(t *testing.T) {
+			c := e.ClientMode(svc, tc.port, tc.subset)
+			if c.Mode != tc.want || c.Why != tc.why || c.DecidedBy != "DestinationRule/default/httpbin" {
+				t.Errorf("got %s (%s, %s), want %s (%s)", c.Mode, c.DecidedBy, c.Why, tc.want, tc.why)
+			}
+		})
+	}
+}
+
+const rbac = `apiVersion: rbac.istio.io/v1alpha1
+kind: RbacConfig
+metadata: {name: default}
+spec:
+  mode: ON_WITH_INCLUSION
+  inclusion: {services: [httpbin.default.svc.cluster.local]}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: viewer}
+spec:
+  rules:
+  - services: ["httpbin.default.svc.cluster.local"]
+    methods: ["GET"]
+    paths: ["/headers", "/status/*"]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: sleep-views}
+spec:
+  subjects: [{user: "cluster.local/ns/default/sa/sleep"}]
+  roleRef: {kind: ServiceRole, name: viewer}
+`
+
+func TestExplain(t *testing.T) {
+	e := load(t, nil, meshMTLS, httpbin, rbac, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: sleep}
+spec:
+  selector: {app: sleep}
+  ports: [{number: 80}]
+`)
+	httpbinSvc := e.Registry().Service("default", "httpbin")
+	sleepSvc := e.Registry().Service("default", "sleep")
+	sleep := e.Registry().Workload("default", "sleep-1")
+	legacy := e.Registry().Workload("legacy", "sleep-1")
+	tests := []struct {
+		name         string
+		from         *registry.Workload
+		svc          *registry.Service
+		method, path string
+		allow        bool
+		golden       string
+	}{
+		{"sleep GET /headers", sleep, httpbinSvc, "GET", "/headers", true, "explain-allow.golden"},
+		{"sleep POST /headers", sleep, httpbinSvc, "POST", "/headers", false, "explain-rbac-deny.golden"},
+		{"sleep GET /status/418", sleep, httpbinSvc, "GET", "/status/418", true, ""},
+		{"legacy without sidecar", legacy, httpbinSvc, "GET", "/headers", false, "explain-plaintext.golden"},
+		{"httpbin calls sleep (rbac off there)", e.Registry().Workload("default", "httpbin-1"), sleepSvc, "POST", "/", true, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			port := tc.svc.Ports[0].Number
+			x, err := e.Explain(tc.from, tc.svc, port, tc.method, tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if x.Allow != tc.allow {
+				t.Fatalf("allow = %v, want %v\n%s", x.Allow, tc.allow, x.Text())
+			}
+			if tc.golden != "" {
+				golden(t, tc.golden, x.Text())
+			}
+		})
+	}
+	if _, err := e.Explain(sleep, httpbinSvc, 1234, "", ""); err == nil || !strings.Contains(err.Error(), "no port 1234") {
+		t.Errorf("explain to a missing port: %v", err)
+	}
+}
+
+func TestSnapshot(t *testing.T) {
+	e := load(t, nil, meshMTLS, httpbin, rbac, policy("PERMISSIVE"))
+	s := e.Snapshot(e.Registry().Workload("default", "httpbin-1"))
+	if s.InboundDefault != ServerStrict || len(s.Inbound) != 2 {
+		t.Fatalf("inbound: default %s, ports %+v", s.InboundDefault, s.Inbound)
+	}
+	if in := s.Inbound[0]; in.Port != 80 || in.Mode != ServerPermissive || in.Service != "httpbin.default" || in.Protocol != "HTTP" || in.DecidedBy != "Policy/default/httpbin" {
+		t.Errorf("inbound[0] = %+v", in)
+	}
+	if s.RBAC == nil || len(s.RBAC.Policies) != 1 || s.RBAC.Policies[0].Subjects[0].Binding != "default/sleep-views" {
+		t.Fatalf("rbac = %+v", s.RBAC)
+	}
+	if len(s.Outbound) != 1 {
+		t.Fatalf("outbound = %+v", s.Outbound)
+	}
+	o := s.Outbound[0]
+	if o.Hosts[0] != "httpbin" || o.ServerIdentities[0] != "spiffe://cluster.local/ns/default/sa/httpbin" || o.Ports[0].TLSMode != ClientIstioMutual || o.Ports[0].TargetPort != 80 {
+		t.Errorf("outbound = %+v", o)
+	}
+	// From another namespace the short name must not resolve.
+	ls := e.Snapshot(e.Registry().Workload("legacy", "sleep-1"))
+	if ls.Outbound[0].Hosts[0] != "httpbin.default" {
+		t.Errorf("legacy hosts = %v", ls.Outbound[0].Hosts)
+	}
+	// Authorize on the computed snapshot, as the sidecar will.
+	if d := Authorize(s, Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/headers"}); !d.Allow {
+		t.Errorf("sleep GET /headers denied: %s", d.Reason)
+	}
+	if d := Authorize(s, Request{Source: "spiffe://cluster.local/ns/legacy/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/headers"}); d.Allow {
+		t.Errorf("legacy sleep allowed: %s", d.Reason)
+	}
+	// A new endpoint invalidates the cached outbound entry.
+	e.Registry().PutWorkload(&registry.Workload{Name: "httpbin-2", Namespace: "default", ServiceAccount: "httpbin-v2", Labels: map[string]string{"app": "httpbin"}, Address: "10.0.0.9", Sidecar: true})
+	s2 := e.Snapshot(e.Registry().Workload("default", "sleep-1"))
+	if got := len(s2.Outbound[0].ServerIdentities); got != 2 {
+		t.Errorf("after adding an endpoint: %d server identities, want 2", got)
+	}
+}
+
+func TestRbacConfigModes(t *testing.T) {
+	rc := func(spec string) string {
+		return "apiVersion: rbac.istio.io/v1alpha1\nkind: RbacConfig\nmetadata: {name: default}\nspec: " + spec + "\n"
+	}
+	tests := []struct {
+		name string
+		doc  string
+		on   bool
+	}{
+		{"off", rc("{mode: 'OFF'}"), false},
+		{"on", rc("{mode: 'ON'}"), true},
+		{"included by service", rc("{mode: ON_WITH_INCLUSION, inclusion: {services: [httpbin.default.svc.cluster.local]}}"), true},
+		{"included by namespace", rc("{mode: ON_WITH_INCLUSION, inclusion: {namespaces: [default]}}"), true},
+		{"not included", rc("{mode: ON_WITH_INCLUSION, inclusion: {namespaces: [other], services: [ratings.default.svc.cluster.local]}}"), false},
+		{"excluded by service", rc("{mode: ON_WITH_EXCLUSION, exclusion: {services: [httpbin.default.svc.cluster.local]}}"), false},
+		{"excluded by namespace", rc("{mode: ON_WITH_EXCLUSION, exclusion: {namespaces: [default]}}"), false},
+		{"not excluded", rc("{mode: ON_WITH_EXCLUSION, exclusion: {namespaces: [kube-system]}}"), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := load(t, nil, httpbin, tc.doc)
+			on, by := e.RBACFor(e.Registry().Service("default", "httpbin"))
+			if on != tc.on || by != "RbacConfig/default" {
+				t.Errorf("RBACFor = %v, %q; want %v", on, by, tc.on)
+			}
+			s := e.Snapshot(e.Registry().Workload("default", "httpbin-1"))
+			d := Authorize(s, Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/"})
+			// No role grants anything, so the request passes only when RBAC is off.
+			if d.Allow == tc.on {
+				t.Errorf("Authorize allow = %v with rbac on = %v: %s", d.Allow, tc.on, d.Reason)
+			}
+		})
+	}
+}

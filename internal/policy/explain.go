@@ -1,0 +1,181 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+// Explanation is the answer to "what happens when this workload calls that
+// service port, and why": both TLS modes with the objects that set them,
+// whether they fit, the identities the client will accept, and the RBAC
+// decision.
+type Explanation struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Allow is the verdict: TLS modes fit and RBAC allows.
+	Allow bool `json:"allow"`
+	// Reason is one sentence saying what decided the verdict.
+	Reason string `json:"reason"`
+
+	Client       ModeDecision[ClientTLSMode] `json:"client"`
+	ClientProxy  bool                        `json:"clientSidecar"`
+	Server       ModeDecision[ServerMode]    `json:"server"`
+	ServerProxy  bool                        `json:"serverSidecar"`
+	TLSOK        bool                        `json:"tlsOk"`
+	TLSProblem   string                      `json:"tlsProblem,omitempty"`
+	SourceID     string                      `json:"sourceIdentity,omitempty"`
+	ServerIDs    []string                    `json:"serverIdentities,omitempty"`
+	TargetPort   uint32                      `json:"targetPort"`
+	RBAC         Decision                    `json:"rbac"`
+	DecidingObjs []string                    `json:"decidedBy"`
+	Notes        []string                    `json:"notes,omitempty"`
+}
+
+// Explain answers for a call from workload from to svc on service port
+// port (HTTP method and path may be empty for TCP).
+func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port uint32, method, path string) (*Explanation, error) {
+	p, ok := svc.Port(port)
+	if !ok {
+		var ports []string
+		for _, sp := range svc.Ports {
+			ports = append(ports, fmt.Sprint(sp.Number))
+		}
+		return nil, fmt.Errorf("policy: service %s has no port %d (ports: %s)", svc.Key(), port, strings.Join(ports, ", "))
+	}
+	x := &Explanation{
+		From:        from.Name + "." + from.Namespace,
+		To:          fmt.Sprintf("%s:%d", svc.FQDN(), port),
+		ClientProxy: from.Sidecar,
+		TargetPort:  p.TargetPort,
+		ServerIDs:   e.ServerIdentities(svc),
+	}
+	// Client side: without a sidecar the caller speaks plaintext whatever
+	// the DestinationRule says.
+	if from.Sidecar {
+		c := e.ClientMode(svc, port, "")
+		x.Client = c.ModeDecision
+		if c.Settings != nil && len(c.Settings.SubjectAltNames) > 0 {
+			x.ServerIDs = c.Settings.SubjectAltNames
+			x.Notes = append(x.Notes, "subjectAltNames from "+c.DecidedBy+" replace the registry's service accounts")
+		}
+	} else {
+		x.Client = ModeDecision[ClientTLSMode]{Mode: ClientDisable, DecidedBy: "Workload/" + from.Namespace + "/" + from.Name, Why: "no sidecar: the app's plaintext goes out as is"}
+	}
+	// Server side: the endpoints' sidecars apply the Policy; an endpoint
+	// without a sidecar takes plaintext only.
+	eps := e.reg.Endpoints(svc.Key())
+	var withProxy, without []*registry.Workload
+	for _, w := range eps {
+		if w.Sidecar {
+			withProxy = append(withProxy, w)
+		} else {
+			without = append(without, w)
+		}
+	}
+	x.Server = e.ServerMode(svc, port)
+	x.ServerProxy = len(withProxy) > 0
+	switch {
+	case len(eps) == 0:
+		x.Notes = append(x.Notes, "service has no endpoints: the call fails whatever the policy")
+	case len(withProxy) == 0:
+		x.Server = ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: "Workload/" + without[0].Namespace + "/" + without[0].Name, Why: "no sidecar on the endpoints: plaintext only"}
+	case len(without) > 0:
+		x.Notes = append(x.Notes, fmt.Sprintf("%d of %d endpoints run no sidecar and take plaintext only", len(without), len(eps)))
+	}
+	x.TLSOK, x.TLSProblem = Compatible(x.Server.Mode, x.Client.Mode)
+	if x.Client.Mode == ClientIstioMutual {
+		x.SourceID = "spiffe://" + e.ix.cfg.TrustDomain() + "/ns/" + from.Namespace + "/sa/" + from.ServiceAccount
+		if len(x.ServerIDs) == 0 {
+			x.Notes = append(x.Notes, "no server identity is known for the service: secure naming will refuse every endpoint")
+		}
+	}
+	// RBAC runs on the server's sidecar, against a representative endpoint
+	// (constraints on destination labels need one).
+	target := &registry.Workload{Name: svc.Name, Namespace: svc.Namespace}
+	if len(withProxy) > 0 {
+		target = withProxy[0]
+	}
+	var snap *Snapshot
+	if x.ServerProxy {
+		snap = e.inboundFor(target, svc)
+	}
+	x.RBAC = Authorize(snap, Request{Source: x.SourceID, Port: p.TargetPort, Service: svc.Name + "." + svc.Namespace, Method: method, Path: path})
+
+	x.DecidingObjs = appendUnique(nil, x.Client.DecidedBy, x.Server.DecidedBy)
+	x.DecidingObjs = appendUnique(x.DecidingObjs, x.RBAC.DecidedBy...)
+	switch {
+	case len(eps) == 0:
+		x.Reason = "service " + svc.Key() + " has no endpoints"
+	case !x.TLSOK:
+		x.Reason = x.TLSProblem
+	case !x.RBAC.Allow:
+		x.Reason = x.RBAC.Reason
+	default:
+		x.Allow = true
+		x.Reason = fmt.Sprintf("client %s fits server %s; %s", x.Client.Mode, x.Server.Mode, x.RBAC.Reason)
+	}
+	return x, nil
+}
+
+// inboundFor is the server half of target's snapshot; when target is not a
+// registered workload (no endpoints), RBAC is computed for svc alone.
+func (e *Engine) inboundFor(target *registry.Workload, svc *registry.Service) *Snapshot {
+	if e.reg.Workload(target.Namespace, target.Name) != nil {
+		return e.inbound(target)
+	}
+	s := &Snapshot{Workload: WorkloadRef{Name: target.Name, Namespace: target.Namespace}}
+	if on, by := e.RBACFor(svc); on {
+		s.RBAC = &RBAC{DecidedBy: by, Policies: e.rbacPolicies(svc.Namespace, []string{svc.Name + "." + svc.Namespace})}
+	}
+	return s
+}
+
+func appendUnique(s []string, vs ...string) []string {
+	for _, v := range vs {
+		if v != "" && !slices.Contains(s, v) {
+			s = append(s, v)
+		}
+	}
+	return s
+}
+
+// Text renders the explanation for people (meshctl explain).
+func (x *Explanation) Text() string {
+	var b strings.Builder
+	verdict := "DENY"
+	if x.Allow {
+		verdict = "ALLOW"
+	}
+	fmt.Fprintf(&b, "%s  %s -> %s\n", verdict, x.From, x.To)
+	fmt.Fprintf(&b, "  reason:           %s\n", x.Reason)
+	fmt.Fprintf(&b, "  client TLS mode:  %-13s set by %s (%s)\n", x.Client.Mode, x.Client.DecidedBy, x.Client.Why)
+	fmt.Fprintf(&b, "  server mTLS mode: %-13s set by %s (%s)\n", x.Server.Mode, x.Server.DecidedBy, x.Server.Why)
+	tls := "OK"
+	if !x.TLSOK {
+		tls = "CONFLICT: " + x.TLSProblem
+	}
+	fmt.Fprintf(&b, "  TLS:              %s\n", tls)
+	if x.SourceID != "" {
+		fmt.Fprintf(&b, "  client identity:  %s\n", x.SourceID)
+	} else {
+		fmt.Fprintf(&b, "  client identity:  none (plaintext)\n")
+	}
+	if len(x.ServerIDs) > 0 {
+		fmt.Fprintf(&b, "  server identities (secure naming): %s\n", strings.Join(x.ServerIDs, ", "))
+	} else {
+		fmt.Fprintf(&b, "  server identities (secure naming): none known\n")
+	}
+	rb := "ALLOW"
+	if !x.RBAC.Allow {
+		rb = "DENY"
+	}
+	fmt.Fprintf(&b, "  RBAC:             %s: %s\n", rb, x.RBAC.Reason)
+	fmt.Fprintf(&b, "  decided by:       %s\n", strings.Join(x.DecidingObjs, ", "))
+	for _, n := range x.Notes {
+		fmt.Fprintf(&b, "  note:             %s\n", n)
+	}
+	return b.String()
+}

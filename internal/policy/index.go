@@ -1,0 +1,103 @@
+package policy
+
+import (
+	"sort"
+	"strings"
+
+	"github.com/meshauth/meshauth/internal/config"
+)
+
+// index is a config compiled for lookups: every question the engine asks
+// of the config is a map access, never a scan of all objects.
+type index struct {
+	cfg *config.Config
+	// nsDefault: namespace -> its "default" Policy without targets.
+	nsDefault map[string]*config.Policy
+	// svcPolicy: "ns/service" -> Policy targeting the whole service.
+	svcPolicy map[string]*config.Policy
+	// portPolicy: "ns/service:port" -> Policy, port by number or name.
+	portPolicy map[string]*config.Policy
+	// drExact: FQDN -> rule; drWild: wildcard rules, longest suffix first.
+	drExact map[string]*config.DestinationRule
+	drWild  []*config.DestinationRule
+	// excluded: FQDNs in mtlsExcludedServices.
+	excluded map[string]bool
+	// roles: namespace -> roles with their bindings' subjects.
+	roles map[string][]*compiledRole
+}
+
+type compiledRole struct {
+	role     *config.ServiceRole
+	bindings []*config.ServiceRoleBinding
+}
+
+func compile(c *config.Config) *index {
+	if c == nil {
+		c = &config.Config{}
+	}
+	ix := &index{
+		cfg:        c,
+		nsDefault:  map[string]*config.Policy{},
+		svcPolicy:  map[string]*config.Policy{},
+		portPolicy: map[string]*config.Policy{},
+		drExact:    map[string]*config.DestinationRule{},
+		excluded:   map[string]bool{},
+		roles:      map[string][]*compiledRole{},
+	}
+	for _, p := range c.Policies {
+		ns := p.Metadata.Namespace
+		if len(p.Spec.Targets) == 0 {
+			ix.nsDefault[ns] = p
+			continue
+		}
+		for _, t := range p.Spec.Targets {
+			if len(t.Ports) == 0 {
+				ix.svcPolicy[ns+"/"+t.Name] = p
+			}
+			for _, ps := range t.Ports {
+				ix.portPolicy[ns+"/"+t.Name+":"+ps.String()] = p
+			}
+		}
+	}
+	for _, dr := range c.DestinationRules {
+		h := dr.FQDN()
+		if strings.HasPrefix(h, "*") {
+			ix.drWild = append(ix.drWild, dr)
+		} else {
+			ix.drExact[h] = dr
+		}
+	}
+	// Istio picks the most specific wildcard: the longest host wins.
+	sort.SliceStable(ix.drWild, func(i, j int) bool { return len(ix.drWild[i].Spec.Host) > len(ix.drWild[j].Spec.Host) })
+	if c.Mesh != nil {
+		for _, h := range c.Mesh.Spec.MTLSExcludedServices {
+			ix.excluded[h] = true
+		}
+	}
+	byRole := map[string]*compiledRole{}
+	for _, r := range c.ServiceRoles {
+		cr := &compiledRole{role: r}
+		byRole[r.Metadata.Namespace+"/"+r.Metadata.Name] = cr
+		ix.roles[r.Metadata.Namespace] = append(ix.roles[r.Metadata.Namespace], cr)
+	}
+	for _, b := range c.ServiceRoleBindings {
+		if cr := byRole[b.Metadata.Namespace+"/"+b.Spec.RoleRef.Name]; cr != nil {
+			cr.bindings = append(cr.bindings, b)
+		}
+	}
+	return ix
+}
+
+// destinationRule finds the rule for a service FQDN: an exact host first,
+// then the most specific wildcard ("*.ns.svc.cluster.local" before "*.local").
+func (ix *index) destinationRule(fqdn string) *config.DestinationRule {
+	if dr := ix.drExact[fqdn]; dr != nil {
+		return dr
+	}
+	for _, dr := range ix.drWild {
+		if strings.HasSuffix(fqdn, dr.Spec.Host[1:]) {
+			return dr
+		}
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+// TLSCheckRow is one service port in `meshctl tls-check`.
+type TLSCheckRow struct {
+	Host   string                      `json:"host"`
+	Port   uint32                      `json:"port"`
+	Status string                      `json:"status"` // OK or CONFLICT
+	Server ModeDecision[ServerMode]    `json:"server"`
+	Client ModeDecision[ClientTLSMode] `json:"client"`
+	// Problem says why a CONFLICT is one.
+	Problem string `json:"problem,omitempty"`
+}
+
+// TLSCheck compares, for each port of each given service (every service
+// when svcs is nil), the server mode its sidecars enforce with the client
+// mode sidecars use to call it. PERMISSIVE servers are never a CONFLICT.
+func (e *Engine) TLSCheck(svcs []*registry.Service) []TLSCheckRow {
+	if svcs == nil {
+		svcs = e.reg.Services()
+	}
+	var rows []TLSCheckRow
+	for _, svc := range svcs {
+		for _, p := range svc.Ports {
+			r := TLSCheckRow{Host: svc.FQDN(), Port: p.Number, Server: e.ServerMode(svc, p.Number), Client: e.ClientMode(svc, p.Number, "").ModeDecision}
+			ok, why := Compatible(r.Server.Mode, r.Client.Mode)
+			r.Status = "OK"
+			if !ok {
+				r.Status, r.Problem = "CONFLICT", why
+			}
+			rows = append(rows, r)
+		}
+	}
+	return rows
+}
+
+// TLSCheckTable renders rows as the tls-check table.
+func TLSCheckTable(rows []TLSCheckRow) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST:PORT\tSTATUS\tSERVER\tCLIENT\tAUTHN POLICY\tDESTINATION RULE")
+	for _, r := range rows {
+		authn := r.Server.DecidedBy
+		if authn == MeshAuthPolicy {
+			authn = "-"
+		}
+		dr := r.Client.DecidedBy
+		if dr == MeshAuthPolicy {
+			dr = "-"
+		}
+		fmt.Fprintf(tw, "%s:%d\t%s\t%s\t%s\t%s\t%s\n", r.Host, r.Port, r.Status, r.Server.Mode, r.Client.Mode, authn, dr)
+	}
+	tw.Flush()
+	return b.String()
+}
