@@ -116,10 +116,10 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 		w.AppAddr = fmt.Sprintf("127.0.0.1:%d", appPort)
 		w.InboundAddr = fmt.Sprintf("127.0.0.1:%d", inPort)
 		args = append(args, "--inbound", w.InboundAddr+"="+w.AppAddr)
-		if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, appPort, inPort)); err != nil {
+		if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, w.OutboundProxy, appPort, inPort)); err != nil {
 			return nil, err
 		}
-	} else if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, 0, 0)); err != nil {
+	} else if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, w.OutboundProxy, 0, 0)); err != nil {
 		return nil, err
 	}
 	if len(spec.App) > 0 {
@@ -182,7 +182,7 @@ func ready(admin string) error {
 // workloadYAML registers a workload as a Kubernetes Pod would be: its
 // service account, labels (which the Service selects), address, and for a
 // server the app's port and the sidecar port that fronts it.
-func workloadYAML(spec WorkloadSpec, appPort, inPort int) string {
+func workloadYAML(spec WorkloadSpec, proxyURL string, appPort, inPort int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `apiVersion: meshauth.io/v1alpha1
 kind: Workload
@@ -191,10 +191,14 @@ metadata:
   namespace: %s
   labels:
     app: %s
+  annotations:
+    # Where this workload's sidecar proxies outbound calls, so that
+    # meshctl check --reachability can call from it.
+    meshauth.io/outbound-proxy: %s
 spec:
   serviceAccount: %s
   address: 127.0.0.1
-`, spec.Name, spec.Namespace, spec.Name, spec.ServiceAccount)
+`, spec.Name, spec.Namespace, spec.Name, proxyURL, spec.ServiceAccount)
 	if appPort != 0 {
 		fmt.Fprintf(&b, `  ports:
   - name: http
