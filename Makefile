@@ -10,8 +10,13 @@ export GOTOOLCHAIN := local
 # iptables/iproute2 for network-namespace pods, etcd for the Kubernetes tests.
 TEST_PKGS := curl openssl iptables iproute2 etcd-server ca-certificates
 TEST_TOOLS := curl openssl iptables ip etcd
+# The peer proxies and load generator bench/ compares against (its smoke
+# test skips any that are missing, with a message).
+TEST_PKGS += nginx libnginx-mod-stream haproxy stunnel4 wrk
+TEST_TOOLS += nginx haproxy stunnel4 wrk
+FORTIO_VERSION := v1.68.2
 
-.PHONY: all build test test-unit demo up deps proto fuzz bench clean
+.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps clean
 
 all: build
 
@@ -46,6 +51,20 @@ up: build
 proto:
 	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=paths=source_relative \
 	  --go-grpc_out=. --go-grpc_opt=paths=source_relative api/meshauth/v1/meshauth.proto
+
+# Side-by-side benchmarks (about 8 minutes on 2 cores): meshauth's sidecar
+# pair against direct, nginx, haproxy and stunnel, raw limits, and CA
+# issuance against step-ca. Rewrites the "Sidecar side by side" section of
+# BENCHMARKS.md. CI never runs this; it runs bench/'s smoke test.
+bench: deps bench-deps build
+	$(GO) run ./bench -meshd $(BIN)/meshd -out BENCHMARKS.md
+
+# Load generator and CA peer for `make bench`: tools, not module dependencies.
+bench-deps:
+	@gobin=$$($(GO) env GOPATH)/bin; \
+	test -x $$gobin/fortio || command -v fortio >/dev/null || $(GO) install fortio.org/fortio@$(FORTIO_VERSION); \
+	test -x $$gobin/step-ca || CGO_ENABLED=0 $(GO) install github.com/smallstep/certificates/cmd/step-ca@v0.30.2; \
+	test -x $$gobin/step || $(GO) install github.com/smallstep/cli/cmd/step@v0.30.2
 
 clean:
 	rm -rf $(BIN)
