@@ -100,7 +100,9 @@ func (m *Mesh) WriteConfig(name, yaml string) error {
 
 // ControlArgs is the command line StartControl runs, for display.
 func (m *Mesh) ControlArgs() []string {
-	return []string{m.cfg.Meshd, "control", "--dir", m.StateDir, "--listen", "127.0.0.1:0", "--config", m.ConfigDir}
+	// Port 0 everywhere: a demo must not collide with a mesh the user
+	// already runs (meshctl up on 15012) or with another demo.
+	return []string{m.cfg.Meshd, "control", "--dir", m.StateDir, "--listen", "127.0.0.1:0", "--metrics-listen", "", "--config", m.ConfigDir}
 }
 
 // StartControl starts `meshd control` and waits until it has written

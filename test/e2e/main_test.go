@@ -10,6 +10,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -29,9 +30,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	code := func() int {
-		if netns.Available() != nil {
-			return m.Run() // every test skips with the reason
+		if testing.Short() {
+			return m.Run() // every test skips in -short mode
 		}
 		dir, err := os.MkdirTemp("", "meshauth-e2e-bin-")
 		if err != nil {
@@ -50,9 +52,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// needBinaries skips in -short mode and fails if the binaries did not build.
+func needBinaries(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping end-to-end test in -short mode")
+	}
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+}
+
 // needPods skips without root and fails if the binaries did not build.
 func needPods(t *testing.T) {
 	t.Helper()
+	needBinaries(t)
 	if err := netns.Available(); err != nil {
 		t.Skipf("skipping end-to-end pods: %v", err)
 	}

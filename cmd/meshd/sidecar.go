@@ -1,0 +1,436 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/proxy"
+)
+
+// sidecarFlags are the flags of `meshd sidecar`.
+type sidecarFlags struct {
+	workload, namespace, sa, trustDomain string
+	control, controlDir, caRoots         string
+	token, tokenFile                     string
+	certTTL                              time.Duration
+	certsDir                             string
+	staticCerts                          bool
+	snapshot                             string
+	inbound, upstreams                   []string
+	outbound, capture, admin             string
+	transparent, denyUnknown             bool
+	workloadAPI                          string
+	logLevel                             string
+	accessLog                            bool
+	handshakeTimeout, idleTimeout        time.Duration
+}
+
+func init() {
+	var f sidecarFlags
+	cmd := &cobra.Command{
+		Use:   "sidecar [flags] [-- app command...]",
+		Short: "Run the certificate agent and the mTLS proxy for one workload",
+		Long: `sidecar gives one workload a mesh identity and mutual TLS.
+
+The agent generates the workload's key, has the CA (meshd control) sign it
+(join token the first time, its own certificate afterwards), writes
+cert-chain.pem, key.pem and root-cert.pem into --certs-dir, renews at about half
+the lifetime and serves the SPIFFE Workload API on --workload-api.
+
+The proxy serves inbound traffic on explicit listeners (--inbound
+LISTEN=APP, no root needed) or on the capture port (--transparent, after
+meshd init-net), with the mode the policy gives each port (STRICT,
+PERMISSIVE, DISABLE), and outbound traffic as an HTTP proxy on
+--outbound-listen (http_proxy=http://127.0.0.1:15001) or, with --transparent,
+as the iptables redirect target. The policy comes from --snapshot (a JSON
+policy.Snapshot, reloaded on SIGHUP).
+
+With an app command after --, the sidecar starts it, forwards signals, and
+exits with its status.`,
+		Example: `  meshd sidecar --control 127.0.0.1:15012 --control-dir .meshauth --token $(cat join.token) \
+    --namespace default --service-account httpbin --workload httpbin-1 \
+    --certs-dir ./certs/httpbin --snapshot httpbin.json \
+    --inbound 18000=127.0.0.1:8000 --outbound-listen 127.0.0.1:15101 --admin 127.0.0.1:15100`,
+		RunE: func(cmd *cobra.Command, args []string) error { return runSidecar(cmd, f, args) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.workload, "workload", "", "workload (instance) name, for logs and registration")
+	fl.StringVar(&f.namespace, "namespace", "default", "namespace of the workload's identity")
+	fl.StringVar(&f.sa, "service-account", "default", "service account of the workload's identity")
+	fl.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "mesh trust domain")
+	fl.StringVar(&f.control, "control", "", "control plane address (default: CONTROL_DIR/control.addr, then 127.0.0.1:15012)")
+	fl.StringVar(&f.controlDir, "control-dir", "", "control plane state dir, to read control.addr and root-cert.pem")
+	fl.StringVar(&f.caRoots, "ca-roots", "", "PEM roots that the control plane's certificate chains to (default CONTROL_DIR/root-cert.pem, then CERTS_DIR/root-cert.pem)")
+	fl.StringVar(&f.token, "token", "", "join token for the first certificate (prefer --token-file)")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the join token")
+	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default)")
+	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
+	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
+	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: every port STRICT, no outbound services")
+	fl.StringArrayVar(&f.inbound, "inbound", nil, "explicit inbound listener LISTEN=APP, e.g. 18000=127.0.0.1:8000 (the app's port names the policy port); repeatable")
+	fl.StringArrayVar(&f.upstreams, "upstream", nil, "explicit outbound TCP port LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306; repeatable")
+	fl.StringVar(&f.outbound, "outbound-listen", "127.0.0.1:15001", "outbound listener: HTTP proxy, and the capture target with --transparent (empty: off)")
+	fl.StringVar(&f.capture, "inbound-capture", "", "inbound capture listener (default 0.0.0.0:15006 with --transparent)")
+	fl.BoolVar(&f.transparent, "transparent", false, "serve traffic redirected by meshd init-net (SO_ORIGINAL_DST); run as uid 1337")
+	fl.BoolVar(&f.denyUnknown, "deny-unknown", false, "refuse outbound traffic to destinations that are not mesh services (default: pass through)")
+	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "admin listener: /healthz/ready, /certs, /config_dump, /metrics (empty: off)")
+	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR/agent.sock; "off" disables)`)
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
+	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", 90*time.Second, "close connections idle this long")
+	root.AddCommand(cmd)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(s))
+	return l, err
+}
+
+func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
+	level, err := parseLevel(f.logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	access := log
+	if !f.accessLog {
+		access = slog.New(slog.DiscardHandler)
+	}
+	id, err := identity.New(f.trustDomain, f.namespace, f.sa)
+	if err != nil {
+		return err
+	}
+	if f.workload == "" {
+		f.workload = f.sa
+	}
+	log = log.With("workload", f.workload)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg)
+
+	// Policy: a static snapshot until the push client takes over.
+	snap := &policy.Snapshot{TrustDomain: id.TrustDomain, InboundDefault: policy.ServerStrict}
+	if f.snapshot != "" {
+		if snap, err = proxy.LoadSnapshotFile(f.snapshot); err != nil {
+			return err
+		}
+	}
+	if snap.Workload.Name == "" {
+		snap.Workload = policy.WorkloadRef{Name: f.workload, Namespace: f.namespace, ServiceAccount: f.sa}
+	}
+	cfgStore := proxy.NewConfigStore(nil)
+	if err := cfgStore.Set(snap); err != nil {
+		return err
+	}
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+
+	store := agent.NewStore(agent.StoreConfig{
+		Want: id, Log: log,
+		OnRefused: func(what, reason string) { metrics.CertUpdates.WithLabelValues(what, "refused", reason).Inc() },
+	})
+	var ag *agent.Agent
+	if f.staticCerts {
+		if err := loadStaticCerts(store, f.certsDir, id.TrustDomain); err != nil {
+			return err
+		}
+	} else {
+		connect, err := caConnector(f, id, store)
+		if err != nil {
+			return err
+		}
+		ag, err = agent.New(agent.Config{
+			ID: id, Dir: f.certsDir, Connect: connect, Store: store, TTL: f.certTTL,
+			Log: log.With("component", "agent"), Registerer: reg,
+		})
+		if err != nil {
+			return err
+		}
+		go ag.Run(ctx)
+	}
+
+	if f.workloadAPI == "" {
+		f.workloadAPI = filepath.Join(f.certsDir, "agent.sock")
+	}
+	if f.workloadAPI != "off" {
+		if err := os.MkdirAll(filepath.Dir(f.workloadAPI), 0o755); err != nil {
+			return err
+		}
+		api := agent.NewWorkloadAPI(store, log)
+		go func() {
+			if err := api.Serve(ctx, f.workloadAPI); err != nil {
+				log.Error("workload API stopped", "error", err.Error())
+			}
+		}()
+	}
+
+	pcfg := proxy.Config{
+		Certs: store, Policy: cfgStore, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
+		Metrics: metrics, HandshakeTimeout: f.handshakeTimeout, IdleTimeout: f.idleTimeout,
+		Outbound: f.outbound, Transparent: f.transparent, DenyUnknown: f.denyUnknown,
+	}
+	for _, s := range f.inbound {
+		l, a, ok := strings.Cut(s, "=")
+		if !ok || l == "" || a == "" {
+			return fmt.Errorf("--inbound %q: want LISTEN=APP, e.g. 18000=127.0.0.1:8000", s)
+		}
+		if !strings.Contains(l, ":") {
+			l = ":" + l
+		}
+		pcfg.Inbound = append(pcfg.Inbound, proxy.InboundListener{Listen: l, App: a})
+	}
+	for _, s := range f.upstreams {
+		l, svc, ok := strings.Cut(s, "=")
+		if !ok || l == "" || svc == "" {
+			return fmt.Errorf("--upstream %q: want LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306", s)
+		}
+		if !strings.Contains(l, ":") {
+			l = "127.0.0.1:" + l
+		}
+		pcfg.Upstreams = append(pcfg.Upstreams, proxy.Upstream{Listen: l, Service: svc})
+	}
+	if f.transparent {
+		pcfg.InboundCapture = f.capture
+		if pcfg.InboundCapture == "" {
+			pcfg.InboundCapture = ":15006"
+		}
+	}
+	p, err := proxy.New(pcfg)
+	if err != nil {
+		return err
+	}
+	if err := p.Start(); err != nil {
+		return err
+	}
+	defer p.Close()
+
+	if f.admin != "" {
+		l, err := net.Listen("tcp", f.admin)
+		if err != nil {
+			return fmt.Errorf("--admin: %w", err)
+		}
+		extra := func() map[string]any {
+			m := map[string]any{"snapshot_file": f.snapshot}
+			if ag != nil {
+				m["agent"] = ag.Status()
+			}
+			return m
+		}
+		srv := &http.Server{Handler: p.AdminHandler(reg, extra), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	log.Info("sidecar started", "spiffe_id", id.String(), "outbound", addrString(p.OutboundAddr),
+		"inbound", fmt.Sprint(p.InboundAddrs), "capture", addrString(p.CaptureAddr), "admin", f.admin, "transparent", f.transparent)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	var child *exec.Cmd
+	childDone := make(chan error, 1)
+	if len(app) > 0 {
+		child = exec.Command(app[0], app[1:]...)
+		child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := child.Start(); err != nil {
+			return fmt.Errorf("start app %q: %w", app[0], err)
+		}
+		go func() { childDone <- child.Wait() }()
+	}
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reload(log, f, cfgStore, store, metrics)
+				continue
+			}
+			log.Info("shutting down", "signal", sig.String())
+			if child != nil {
+				child.Process.Signal(sig)
+				select {
+				case <-childDone:
+				case <-time.After(10 * time.Second):
+					child.Process.Kill()
+				}
+			}
+			return nil
+		case err := <-childDone:
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				os.Exit(ee.ExitCode())
+			}
+			return err
+		}
+	}
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// reload re-reads the snapshot file and, with --static-certs, the certs.
+// A bad file keeps the last good state.
+func reload(log *slog.Logger, f sidecarFlags, cfg *proxy.ConfigStore, store *agent.Store, m *proxy.Metrics) {
+	if f.snapshot != "" {
+		s, err := proxy.LoadSnapshotFile(f.snapshot)
+		if err == nil {
+			if s.Workload.Name == "" {
+				s.Workload = cfg.Current().Workload
+			}
+			err = cfg.Set(s)
+		}
+		if err != nil {
+			m.ConfigUpdates.WithLabelValues("refused").Inc()
+			log.Error("snapshot reload refused; keeping the last good one", "file", f.snapshot, "error", err.Error())
+		} else {
+			m.ConfigUpdates.WithLabelValues("applied").Inc()
+			log.Info("snapshot reloaded", "file", f.snapshot, "version", s.Version)
+		}
+	}
+	if f.staticCerts {
+		if err := loadStaticCerts(store, f.certsDir, store.Bundle().TrustDomain); err != nil {
+			log.Error("certificate reload refused; keeping the current one", "dir", f.certsDir, "error", err.Error())
+		}
+	}
+}
+
+func loadStaticCerts(store *agent.Store, dir, td string) error {
+	chain, err := os.ReadFile(filepath.Join(dir, agent.ChainFile))
+	if err != nil {
+		return fmt.Errorf("--static-certs: %w", err)
+	}
+	key, err := os.ReadFile(filepath.Join(dir, agent.KeyFile))
+	if err != nil {
+		return fmt.Errorf("--static-certs: %w", err)
+	}
+	roots, err := os.ReadFile(filepath.Join(dir, agent.RootFile))
+	if err != nil {
+		return fmt.Errorf("--static-certs: %w", err)
+	}
+	s, err := agent.NewSVID(chain, key)
+	if err != nil {
+		return fmt.Errorf("--static-certs: %w", err)
+	}
+	b, err := identity.NewBundle(td, 0, []string{string(roots)}, nil)
+	if err != nil {
+		return fmt.Errorf("--static-certs: %w", err)
+	}
+	return store.Set(s, b)
+}
+
+// caConnector returns how the agent reaches the CA: TLS to the control
+// plane, whose certificate must chain to the mesh roots and carry the
+// control plane's SPIFFE ID; with the join token for bootstrap, with the
+// workload certificate for renewal and the bundle stream.
+func caConnector(f sidecarFlags, id identity.ID, store *agent.Store) (agent.ConnectFunc, error) {
+	addr := f.control
+	if addr == "" && f.controlDir != "" {
+		if b, err := os.ReadFile(filepath.Join(f.controlDir, "control.addr")); err == nil {
+			addr = strings.TrimSpace(string(b))
+		}
+	}
+	if addr == "" {
+		addr = "127.0.0.1:15012"
+	}
+	token := f.token
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	rootsFile := f.caRoots
+	if rootsFile == "" && f.controlDir != "" {
+		rootsFile = filepath.Join(f.controlDir, "root-cert.pem")
+	}
+	if rootsFile == "" {
+		rootsFile = filepath.Join(f.certsDir, agent.RootFile)
+	}
+	var initial *identity.Bundle
+	if data, err := os.ReadFile(rootsFile); err == nil {
+		if initial, err = identity.NewBundle(id.TrustDomain, 0, []string{string(data)}, nil); err != nil {
+			return nil, fmt.Errorf("CA roots %s: %w", rootsFile, err)
+		}
+	} else if token != "" {
+		return nil, fmt.Errorf("CA roots: %w (pass --ca-roots or --control-dir so the sidecar can verify the control plane)", err)
+	}
+	td := spiffeid.RequireTrustDomainFromString(id.TrustDomain)
+	serverID := spiffeid.RequireFromPath(td, "/ns/meshauth-system/sa/meshd")
+	bundles := bundleSource(func() *identity.Bundle {
+		if b := store.Bundle(); b != nil {
+			return b
+		}
+		return initial
+	})
+	return func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+		cfg := tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(serverID))
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c := getCert(); mtls && c != nil {
+				return c, nil
+			}
+			return &tls.Certificate{}, nil
+		}
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
+		if !mtls {
+			if token == "" {
+				return nil, nil, errors.New("no valid certificate and no join token (--token or --token-file)")
+			}
+			opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+		}
+		conn, err := grpc.NewClient(addr, opts...)
+		if err != nil {
+			return nil, nil, err
+		}
+		return pb.NewCertificateAuthorityClient(conn), conn, nil
+	}, nil
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// bundleSource adapts the current bundle to go-spiffe's x509bundle.Source.
+type bundleSource func() *identity.Bundle
+
+func (f bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	b := f()
+	if b == nil || b.TrustDomain != td.Name() {
+		return nil, fmt.Errorf("no trust bundle for %q to verify the control plane", td)
+	}
+	return b.X509Bundle(), nil
+}

@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshauth/meshauth/internal/policy"
+)
+
+// handleInboundCaptured serves a connection redirected to the inbound
+// capture port: its original destination port names the workload port.
+func (p *Proxy) handleInboundCaptured(c net.Conn) {
+	dst, err := p.cfg.OriginalDst(c)
+	if err != nil {
+		p.log.Warn("inbound: cannot recover the original destination; closing", "peer", c.RemoteAddr().String(), "error", err.Error())
+		reset(c)
+		return
+	}
+	app := net.JoinHostPort(p.cfg.InboundAppHost, strconv.Itoa(int(dst.Port())))
+	p.handleInbound(c, uint32(dst.Port()), app)
+}
+
+// handleInbound applies the port's mode to one accepted connection.
+func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
+	ip := inboundPort(p.policy.Current(), port)
+	src := c.RemoteAddr().String()
+	p.cached.inConns(ip.Mode).Inc()
+	info := &connInfo{port: port, app: app, mode: string(ip.Mode), service: ip.Service, src: src}
+
+	// A plain TCP port in DISABLE mode is relayed as is, without waiting for
+	// the client to speak first (server-first protocols).
+	if ip.Mode == policy.ServerDisable && strings.EqualFold(ip.Protocol, "TCP") {
+		p.inboundTCP(c, info)
+		return
+	}
+
+	deadline := time.Now().Add(p.cfg.HandshakeTimeout)
+	c.SetDeadline(deadline)
+	kind, pre, err := sniff(c)
+	if err != nil {
+		if ip.Mode != policy.ServerStrict && len(pre) == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Plaintext allowed and the client is silent: a server-first
+			// protocol. Relay it.
+			c.SetDeadline(time.Time{})
+			p.inboundTCP(c, info)
+			return
+		}
+		reason := reasonClosed
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			reason = reasonTimeout
+		case len(pre) > 0 && pre[0] == 0x16:
+			reason = reasonTruncatedHello
+		case len(pre) > 0:
+			reason = reasonNotTLS
+		}
+		p.refuseInbound(c, info, reason, err)
+		return
+	}
+	pc := &peekedConn{Conn: c, buf: pre}
+	switch {
+	case kind == KindTLS && ip.Mode != policy.ServerDisable:
+		p.inboundTLS(pc, info, ip, deadline)
+	case ip.Mode == policy.ServerStrict:
+		reason := reasonNotTLS
+		if kind == KindHTTP {
+			reason = reasonPlaintext
+		}
+		p.refuseInbound(pc, info, reason, nil)
+	default:
+		c.SetDeadline(time.Time{})
+		p.cached.handshake("inbound", "plaintext").Inc()
+		if kind == KindHTTP && !strings.EqualFold(ip.Protocol, "TCP") {
+			p.inConns.put(&infoConn{Conn: pc, info: info})
+			return
+		}
+		p.inboundTCP(pc, info)
+	}
+}
+
+// inboundTLS terminates mTLS. The peer's chain is verified in the TLS
+// config's VerifyConnection; a failure resets the connection with its reason.
+func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort, deadline time.Time) {
+	tc := tlsServer(c, p.serverConf)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		p.refuseInbound(c, info, handshakeReason(err), err)
+		return
+	}
+	c.SetDeadline(time.Time{})
+	cs := tc.ConnectionState()
+	info.tls = true
+	info.peer = peerID(cs)
+	p.cached.handshake("inbound", "ok").Inc()
+	http := cs.NegotiatedProtocol == alpnHTTP1 ||
+		(cs.NegotiatedProtocol == "" && isHTTPProtocol(ip.Protocol, ""))
+	if http {
+		p.inConns.put(&infoConn{Conn: tc, info: info})
+		return
+	}
+	p.inboundTCP(tc, info)
+}
+
+// refuseInbound resets a connection and records why, once, in the log and
+// the metrics.
+func (p *Proxy) refuseInbound(c net.Conn, info *connInfo, reason string, err error) {
+	p.m.Handshakes.WithLabelValues("inbound", "refused", reason).Inc()
+	attrs := []slog.Attr{
+		slog.String("direction", "inbound"),
+		slog.String("peer", info.src),
+		slog.Int("port", int(info.port)),
+		slog.String("tls_mode", info.mode),
+		slog.String("decision", "deny"),
+		slog.String("reason", reason),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	p.access.LogAttrs(context.Background(), slog.LevelWarn, "connection refused", attrs...)
+	reset(c)
+}
+
+// inboundTCP authorizes a whole connection and relays it to the app.
+func (p *Proxy) inboundTCP(c net.Conn, info *connInfo) {
+	dec := policy.Authorize(p.policy.Current(), policy.Request{Source: info.peer, Port: info.port, Service: info.service})
+	if !dec.Allow {
+		p.cached.deny.Inc()
+		p.logConn("inbound", info, info.app, "deny", dec.Reason, 0, 0)
+		c.Close()
+		return
+	}
+	p.cached.allow.Inc()
+	up, err := net.DialTimeout("tcp", info.app, 5*time.Second)
+	if err != nil {
+		p.logConn("inbound", info, info.app, "error", "app unreachable: "+err.Error(), 0, 0)
+		c.Close()
+		return
+	}
+	p.cached.activeIn.Inc()
+	sent, recv := relay(c, up, p.cfg.IdleTimeout)
+	p.cached.activeIn.Dec()
+	p.cached.bytesInUp.Add(float64(sent))
+	p.cached.bytesInDown.Add(float64(recv))
+	p.logConn("inbound", info, info.app, "allow", dec.Reason, sent, recv)
+}
+
+func (p *Proxy) logConn(dir string, info *connInfo, dest, decision, reason string, sent, recv int64) {
+	if !p.access.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	p.access.LogAttrs(context.Background(), slog.LevelInfo, "tcp",
+		slog.String("direction", dir),
+		slog.String("source", sourceName(info)),
+		slog.String("destination", dest),
+		slog.String("tls_mode", info.mode),
+		slog.String("decision", decision),
+		slog.String("reason", reason),
+		slog.Int64("bytes_sent", sent),
+		slog.Int64("bytes_received", recv),
+	)
+}
+
+func sourceName(info *connInfo) string {
+	if info.peer != "" {
+		return info.peer
+	}
+	return info.src
+}
+
+// serveInboundHTTP authorizes one request, replaces any client-sent XFCC
+// with the sidecar's own, and forwards it to the app over a pooled
+// connection.
+func (p *Proxy) serveInboundHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	info := infoFrom(r.Context())
+	dec := policy.Authorize(p.policy.Current(), policy.Request{
+		Source: info.peer, Port: info.port, Service: info.service, Method: r.Method, Path: r.URL.Path,
+	})
+	if !dec.Allow {
+		p.cached.deny.Inc()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set(reasonHeader, "rbac_denied")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, "RBAC: access denied: "+dec.Reason+"\n")
+		p.logRequest("inbound", info, r, info.app, http.StatusForbidden, "deny", dec.Reason, start)
+		return
+	}
+	p.cached.allow.Inc()
+	by := ""
+	if s := p.certs.SVID(); s != nil {
+		by = s.URI
+	}
+	SetXFCC(r.Header, by, info.peer)
+	status, reason := p.forward(w, r, p.appTransport, info.app)
+	p.cached.requests("inbound", status).Inc()
+	p.logRequest("inbound", info, r, info.app, status, "allow", reason, start)
+}
+
+func (p *Proxy) logRequest(dir string, info *connInfo, r *http.Request, dest string, status int, decision, reason string, start time.Time) {
+	if !p.access.Enabled(r.Context(), slog.LevelInfo) {
+		return
+	}
+	p.access.LogAttrs(r.Context(), slog.LevelInfo, "http",
+		slog.String("direction", dir),
+		slog.String("source", sourceName(info)),
+		slog.String("destination", dest),
+		slog.String("tls_mode", info.mode),
+		slog.String("method", r.Method),
+		slog.String("host", r.Host),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", status),
+		slog.String("decision", decision),
+		slog.String("reason", reason),
+		slog.Duration("duration", time.Since(start)),
+	)
+}

@@ -1,0 +1,335 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshauth/meshauth/internal/policy"
+)
+
+// upstream is the pooled transport for one set of client TLS settings.
+// Routes with equal settings share it, so connections to an endpoint are
+// reused across services and snapshots.
+type upstream struct {
+	mode      policy.ClientTLSMode
+	transport *http.Transport
+	httpTLS   *tls.Config // ALPN http/1.1, for pooled HTTP
+	tcpTLS    *tls.Config // ALPN meshauth-tcp, for tunnels
+}
+
+func (u *upstream) closeIdle() { u.transport.CloseIdleConnections() }
+
+func (p *Proxy) upstreamFor(r *route) *upstream {
+	if v, ok := p.transports.Load(r.transportKey); ok {
+		return v.(*upstream)
+	}
+	u := &upstream{mode: r.mode}
+	if r.mode == policy.ClientDisable {
+		u.transport = newPlainTransport(p.cfg.IdleTimeout)
+	} else {
+		u.httpTLS = p.clientTLS(r.allowed, r.sni, alpnHTTP1)
+		u.tcpTLS = p.clientTLS(r.allowed, r.sni, alpnTCP)
+		u.transport = newPlainTransport(p.cfg.IdleTimeout)
+		// The request URL stays http://; the "plain" dial returns an mTLS
+		// connection, so http.Transport pools it like any other and never
+		// tries HTTP/2 or its own TLS.
+		u.transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return p.dialTLS(ctx, addr, u.httpTLS)
+		}
+	}
+	v, _ := p.transports.LoadOrStore(r.transportKey, u)
+	return v.(*upstream)
+}
+
+var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+
+// dialTLS opens an mTLS connection to a server sidecar and records the
+// handshake outcome.
+func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, error) {
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(c, cfg)
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		c.Close()
+		reason := handshakeReason(err)
+		p.m.Handshakes.WithLabelValues("outbound", "refused", reason).Inc()
+		p.log.Warn("outbound mTLS handshake failed", "peer", addr, "reason", reason, "error", err.Error())
+		return nil, &handshakeError{addr: addr, reason: reason, err: err}
+	}
+	p.cached.handshake("outbound", "ok").Inc()
+	return tc, nil
+}
+
+// dialRoute opens a connection for a TCP tunnel to one of the route's
+// endpoints, with the route's TLS mode.
+func (p *Proxy) dialRoute(ctx context.Context, r *route, ep string) (net.Conn, error) {
+	if r.mode == policy.ClientDisable {
+		return dialer.DialContext(ctx, "tcp", ep)
+	}
+	return p.dialTLS(ctx, ep, p.upstreamFor(r).tcpTLS)
+}
+
+// handleOutbound serves a connection on the outbound port: redirected
+// traffic in transparent mode, otherwise the explicit HTTP proxy.
+func (p *Proxy) handleOutbound(c net.Conn) {
+	if p.cfg.Transparent {
+		if dst, err := p.cfg.OriginalDst(c); err == nil && !isLocal(dst, c.LocalAddr()) {
+			p.outboundCaptured(c, dst)
+			return
+		}
+	}
+	p.outConns.put(&infoConn{Conn: c, info: &connInfo{src: c.RemoteAddr().String(), mode: "proxy"}})
+}
+
+func isLocal(dst netip.AddrPort, local net.Addr) bool {
+	la, ok := local.(*net.TCPAddr)
+	return ok && la.AddrPort().Port() == dst.Port() && la.AddrPort().Addr().Unmap() == dst.Addr().Unmap()
+}
+
+// outboundCaptured routes a redirected connection by its original
+// destination: a mesh service (HTTP through the pool, TCP through a tunnel)
+// or, if unknown, straight through.
+func (p *Proxy) outboundCaptured(c net.Conn, dst netip.AddrPort) {
+	host := dst.Addr().Unmap().String()
+	port := uint32(dst.Port())
+	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
+	r := p.routeTable().lookup(host, port)
+	p.outboundConn(c, r, info)
+}
+
+// handleUpstream serves an explicit per-upstream TCP port.
+func (p *Proxy) handleUpstream(c net.Conn, host string, port uint32) {
+	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
+	p.outboundConn(c, p.routeTable().lookup(host, port), info)
+}
+
+func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
+	dest := net.JoinHostPort(info.origHost, strconv.Itoa(int(info.origPort)))
+	if r == nil {
+		info.mode = "passthrough"
+		p.m.Connections.WithLabelValues("outbound", "passthrough").Inc()
+		if p.cfg.DenyUnknown {
+			p.logConn("outbound", info, dest, "deny", "destination is not a mesh service", 0, 0)
+			c.Close()
+			return
+		}
+		up, err := dialer.Dial("tcp", dest)
+		if err != nil {
+			p.logConn("outbound", info, dest, "error", err.Error(), 0, 0)
+			c.Close()
+			return
+		}
+		p.relayOut(c, up, info, dest)
+		return
+	}
+	info.mode = string(r.mode)
+	info.service = r.service
+	p.m.Connections.WithLabelValues("outbound", info.mode).Inc()
+	isHTTP := r.http
+	if !isHTTP {
+		// Protocol not declared as HTTP: sniff briefly so plain HTTP still
+		// gets pooling and per-request routing; a server-first protocol
+		// just waits sniffTimeout.
+		c.SetReadDeadline(time.Now().Add(sniffTimeout))
+		kind, pre, _ := sniff(c)
+		c.SetReadDeadline(time.Time{})
+		c = &peekedConn{Conn: c, buf: pre}
+		isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
+	}
+	if isHTTP {
+		p.outConns.put(&infoConn{Conn: c, info: info})
+		return
+	}
+	ep := r.next()
+	if ep == "" {
+		p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
+		c.Close()
+		return
+	}
+	up, err := p.dialRoute(context.Background(), r, ep)
+	if err != nil {
+		p.logConn("outbound", info, ep, "error", upstreamReason(err), 0, 0)
+		c.Close()
+		return
+	}
+	p.relayOut(c, up, info, ep)
+}
+
+const sniffTimeout = 200 * time.Millisecond
+
+func (p *Proxy) relayOut(c, up net.Conn, info *connInfo, dest string) {
+	p.cached.activeOut.Inc()
+	sent, recv := relay(c, up, p.cfg.IdleTimeout)
+	p.cached.activeOut.Dec()
+	p.cached.bytesOutUp.Add(float64(sent))
+	p.cached.bytesOutDown.Add(float64(recv))
+	p.logConn("outbound", info, dest, "allow", "", sent, recv)
+}
+
+// serveOutboundHTTP is the HTTP forward proxy and the L7 handler of
+// captured HTTP connections.
+func (p *Proxy) serveOutboundHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	info := infoFrom(r.Context())
+	host, port := info.origHost, info.origPort
+	if host == "" {
+		if r.Method == http.MethodConnect {
+			p.connect(w, r, info)
+			return
+		}
+		var err error
+		host, port, err = ProxyTarget(r)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "bad_proxy_request", "meshauth sidecar: "+err.Error())
+			p.logRequest("outbound", info, r, "", http.StatusBadRequest, "deny", "bad_proxy_request", start)
+			return
+		}
+	}
+	r.Header.Del("Proxy-Connection")
+	r.Header.Del("Proxy-Authorization")
+	rt := p.routeTable().lookup(host, port)
+	var (
+		status int
+		reason string
+		dest   string
+	)
+	if rt == nil {
+		dest = net.JoinHostPort(host, strconv.Itoa(int(port)))
+		if p.cfg.DenyUnknown {
+			status, reason = http.StatusBadGateway, "unknown_destination"
+			httpError(w, status, reason, "meshauth sidecar: "+dest+" is not a mesh service and outbound passthrough is off")
+		} else {
+			status, reason = p.forward(w, r, p.appTransport, dest)
+		}
+	} else if dest = rt.next(); dest == "" {
+		status, reason = http.StatusServiceUnavailable, "no_endpoints"
+		httpError(w, status, reason, "meshauth sidecar: service "+rt.service+" has no endpoints")
+	} else {
+		info.mode = string(rt.mode)
+		status, reason = p.forward(w, r, p.upstreamFor(rt).transport, dest)
+	}
+	p.cached.requests("outbound", status).Inc()
+	decision := "allow"
+	if reason != "" {
+		decision = "error"
+	}
+	p.logRequest("outbound", info, r, dest, status, decision, reason, start)
+}
+
+// connect serves an HTTP CONNECT tunnel (https_proxy, or any TCP client that
+// speaks CONNECT) to a mesh service or, if allowed, any host.
+func (p *Proxy) connect(w http.ResponseWriter, r *http.Request, info *connInfo) {
+	start := time.Now()
+	host, port, err := ProxyTarget(r)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "bad_proxy_request", "meshauth sidecar: "+err.Error())
+		return
+	}
+	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	rt := p.routeTable().lookup(host, port)
+	var up net.Conn
+	switch {
+	case rt != nil:
+		info.mode = string(rt.mode)
+		ep := rt.next()
+		if ep == "" {
+			httpError(w, http.StatusServiceUnavailable, "no_endpoints", "meshauth sidecar: service "+rt.service+" has no endpoints")
+			return
+		}
+		dest = ep
+		up, err = p.dialRoute(r.Context(), rt, ep)
+	case p.cfg.DenyUnknown:
+		err = fmt.Errorf("%s is not a mesh service and outbound passthrough is off", dest)
+	default:
+		info.mode = "passthrough"
+		up, err = dialer.DialContext(r.Context(), "tcp", dest)
+	}
+	if err != nil {
+		reason := upstreamReason(err)
+		httpError(w, http.StatusBadGateway, reason, "meshauth sidecar: CONNECT "+dest+": "+err.Error())
+		p.logRequest("outbound", info, r, dest, http.StatusBadGateway, "error", reason, start)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		up.Close()
+		httpError(w, http.StatusInternalServerError, "internal", "meshauth sidecar: cannot hijack connection")
+		return
+	}
+	c, brw, err := hj.Hijack()
+	if err != nil {
+		up.Close()
+		return
+	}
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
+		c.Close()
+		up.Close()
+		return
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		pre, _ := brw.Reader.Peek(n)
+		c = &peekedConn{Conn: c, buf: append([]byte(nil), pre...)}
+	}
+	p.relayOut(c, up, info, dest)
+}
+
+// ProxyTarget returns the destination host and port of a forward-proxy
+// request: the authority of a CONNECT, or the host of an absolute-form URI
+// (http://host[:port]/path). Origin-form requests ("GET /path") are not
+// proxy requests and get an error saying how to use the sidecar.
+func ProxyTarget(r *http.Request) (string, uint32, error) {
+	if r.Method == http.MethodConnect {
+		host, ps, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			return "", 0, fmt.Errorf("CONNECT target %q: want host:port", r.Host)
+		}
+		port, err := parsePort(ps)
+		if err != nil || host == "" {
+			return "", 0, fmt.Errorf("CONNECT target %q: want host:port", r.Host)
+		}
+		return host, port, nil
+	}
+	if r.URL == nil || r.URL.Host == "" {
+		return "", 0, errors.New("not a proxy request (need an absolute URI such as http://httpbin:8000/headers; set http_proxy to this sidecar)")
+	}
+	if r.URL.Scheme != "http" {
+		return "", 0, fmt.Errorf("scheme %q is not supported by the forward proxy (use http://, or CONNECT for TLS)", r.URL.Scheme)
+	}
+	host := r.URL.Hostname()
+	if host == "" {
+		return "", 0, fmt.Errorf("absolute URI %q has no host", r.URL.String())
+	}
+	port := uint32(80)
+	if ps := r.URL.Port(); ps != "" {
+		var err error
+		if port, err = parsePort(ps); err != nil {
+			return "", 0, fmt.Errorf("absolute URI port %q: %w", ps, err)
+		}
+	}
+	return host, port, nil
+}
+
+func parsePort(s string) (uint32, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("port %q is not in 1-65535", s)
+	}
+	return uint32(n), nil
+}
+
+

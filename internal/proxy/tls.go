@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// ALPN protocols between sidecars. "http/1.1" carries pooled HTTP requests
+// (the server sidecar authorizes each request and sets XFCC); alpnTCP marks an
+// opaque byte stream (TCP services, CONNECT tunnels). A peer that offers no
+// ALPN (openssl s_client, curl --no-alpn) is treated by port protocol.
+const (
+	alpnHTTP1 = "http/1.1"
+	alpnTCP   = "meshauth-tcp"
+)
+
+var (
+	// ErrSecureNaming: the server showed a valid mesh certificate whose
+	// identity does not run the service that was called.
+	ErrSecureNaming = errors.New("secure naming: server identity is not allowed to run the service")
+	// ErrNoSVID: the sidecar has no certificate yet (agent not bootstrapped).
+	ErrNoSVID = errors.New("sidecar has no workload certificate yet")
+	// ErrNoBundle: the sidecar has no trust bundle yet.
+	ErrNoBundle = errors.New("sidecar has no trust bundle yet")
+)
+
+// refusal reasons the proxy adds to identity.Reason's labels.
+const (
+	reasonPlaintext      = "plaintext"              // plaintext HTTP on a STRICT port
+	reasonNotTLS         = "not_tls"                // other non-TLS bytes on a STRICT port
+	reasonTruncatedHello = "truncated_client_hello" // TLS record started, then EOF
+	reasonTimeout        = "handshake_timeout"      // nothing or not enough within the deadline
+	reasonClosed         = "closed_before_handshake"
+	reasonSecureNaming   = "secure_naming"
+	reasonNoSVID         = "no_local_certificate"
+	reasonTLSError       = "tls_error"
+)
+
+// handshakeReason names why a TLS handshake failed, for logs and metrics.
+func handshakeReason(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrSecureNaming):
+		return reasonSecureNaming
+	case errors.Is(err, ErrNoSVID), errors.Is(err, ErrNoBundle):
+		return reasonNoSVID
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return reasonTimeout
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return reasonTruncatedHello
+	}
+	if r := identity.Reason(err); r != "other" {
+		return r
+	}
+	var ne *net.OpError
+	if errors.As(err, &ne) && strings.Contains(ne.Err.Error(), "reset") {
+		return reasonTruncatedHello
+	}
+	return reasonTLSError
+}
+
+// serverTLS is the inbound mTLS config. It asks for a client certificate but
+// lets crypto/tls accept any, then verifies it itself in VerifyConnection
+// against the current bundle — roots, trust domain, SPIFFE URI and revocation
+// — so that every refusal has a precise reason and a rotated bundle applies
+// to the next handshake. VerifyConnection also runs on resumed sessions, so
+// a revoked serial cannot come back through a session ticket.
+func (p *Proxy) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.RequestClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			s := p.certs.SVID()
+			if s == nil {
+				return nil, ErrNoSVID
+			}
+			return s.TLS, nil
+		},
+		NextProtos: []string{alpnHTTP1, alpnTCP},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := p.verifyPeer(cs.PeerCertificates)
+			return err
+		},
+	}
+}
+
+func (p *Proxy) verifyPeer(chain []*x509.Certificate) (identity.ID, error) {
+	b := p.certs.Bundle()
+	if b == nil {
+		return identity.ID{}, ErrNoBundle
+	}
+	return b.Verify(chain, p.now())
+}
+
+// peerID returns the identity of an already verified connection. The chain
+// was verified in VerifyConnection, so only the URI needs reading.
+func peerID(cs tls.ConnectionState) string {
+	if len(cs.PeerCertificates) == 0 || len(cs.PeerCertificates[0].URIs) == 0 {
+		return ""
+	}
+	return cs.PeerCertificates[0].URIs[0].String()
+}
+
+// clientTLS is the outbound mTLS config for one set of allowed server
+// identities. The server's chain is verified against the bundle like an
+// inbound peer, then its identity must be one of allowed (secure naming).
+func (p *Proxy) clientTLS(allowed []string, sni, alpn string) *tls.Config {
+	allowed = slices.Clone(allowed)
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Workload certificates carry no DNS names (the seed's reason for
+		// curl -k); the mesh identity check below replaces hostname checks.
+		InsecureSkipVerify: true,
+		ServerName:         sni,
+		NextProtos:         []string{alpn},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			s := p.certs.SVID()
+			if s == nil {
+				return nil, ErrNoSVID
+			}
+			return s.TLS, nil
+		},
+		ClientSessionCache: p.sessions,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			id, err := p.verifyPeer(cs.PeerCertificates)
+			if err != nil {
+				return fmt.Errorf("server certificate: %w", err)
+			}
+			if !slices.Contains(allowed, id.String()) {
+				return fmt.Errorf("%w: got %s, allowed %s", ErrSecureNaming, id, strings.Join(allowed, ", "))
+			}
+			return nil
+		},
+	}
+}
+
+// sessionCache is a TLS client session cache that is emptied whenever the
+// workload certificate changes: a resumed session would otherwise keep
+// presenting the old certificate's identity (and serial) to servers.
+type sessionCache struct {
+	cur atomic.Pointer[sessionCacheGen]
+}
+
+type sessionCacheGen struct {
+	serial string
+	c      tls.ClientSessionCache
+}
+
+func newSessionCache() *sessionCache {
+	s := &sessionCache{}
+	s.cur.Store(&sessionCacheGen{c: tls.NewLRUClientSessionCache(1024)})
+	return s
+}
+
+// reset starts a new cache if serial differs from the current generation's.
+func (s *sessionCache) reset(serial string) {
+	if g := s.cur.Load(); g.serial == serial {
+		return
+	}
+	s.cur.Store(&sessionCacheGen{serial: serial, c: tls.NewLRUClientSessionCache(1024)})
+}
+
+func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) { return s.cur.Load().c.Get(key) }
+func (s *sessionCache) Put(key string, cs *tls.ClientSessionState)     { s.cur.Load().c.Put(key, cs) }
