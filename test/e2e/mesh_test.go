@@ -173,21 +173,25 @@ func (m *mesh) addSidecar(p *netns.Pod, sa string, appPorts ...int) {
 		m.t.Fatal(err)
 	}
 	m.certs[p.Name] = certs
-	tok := m.token(p.Namespace, sa)
-	args := []string{
-		"sidecar",
-		"--control", m.addr,
-		"--token", tok,
-		"--workload", p.Name,
-		"--namespace", p.Namespace,
-		"--service-account", sa,
-		"--certs-dir", certs,
-		"--address", p.IP,
-		"--label", "app=" + p.Name,
-		"--transparent",
+	// The registry entry a cluster has from the Pod: service account,
+	// labels (the Service selects app=<name>), address, container ports.
+	m.writeConfig("workload-"+p.Name+".yaml", workloadConfig(p, sa, appPorts))
+	tokenFile := filepath.Join(m.dir, "token-"+p.Name)
+	if err := os.WriteFile(tokenFile, []byte(m.token(p.Namespace, sa)+"\n"), 0o600); err != nil {
+		m.t.Fatal(err)
 	}
-	if len(ports) > 0 {
-		args = append(args, "--ports", strings.Join(ports, ","))
+	if err := os.Chown(tokenFile, ProxyUID, ProxyUID); err != nil {
+		m.t.Fatal(err)
+	}
+	args := []string{
+		"sidecar", "--transparent",
+		"--control", m.addr, "--control-dir", m.stateDir,
+		"--token-file", tokenFile,
+		"--workload", p.Name, "--namespace", p.Namespace, "--service-account", sa,
+		"--certs-dir", certs,
+		// The Workload API socket lives beside the certs directory, which
+		// holds exactly the seed's three files.
+		"--workload-api", filepath.Join(m.dir, "agent-"+p.Name+".sock"),
 	}
 	cmd := p.CommandAs(ctx, ProxyUID, filepath.Join(bin, "meshd"), args...)
 	cmd.Stdout, cmd.Stderr = prefixWriter(m.t, p.Name+"-sidecar"), prefixWriter(m.t, p.Name+"-sidecar")
@@ -234,4 +238,27 @@ func (w *linePrefixer) Write(p []byte) (int, error) {
 		w.buf = w.buf[i+1:]
 	}
 	return len(p), nil
+}
+
+// workloadConfig is a pod's registry entry.
+func workloadConfig(p *netns.Pod, sa string, ports []int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata:
+  name: %s
+  namespace: %s
+  labels:
+    app: %s
+spec:
+  serviceAccount: %s
+  address: %s
+`, p.Name, p.Namespace, p.Name, sa, p.IP)
+	if len(ports) > 0 {
+		b.WriteString("  ports:\n")
+		for _, port := range ports {
+			fmt.Fprintf(&b, "  - number: %d\n    protocol: HTTP\n", port)
+		}
+	}
+	return b.String()
 }
