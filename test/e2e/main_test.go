@@ -157,6 +157,9 @@ func startApp(t *testing.T, c *netns.Cluster, p *netns.Pod, probe string, name s
 	}
 	if probe != "" {
 		waitFor(t, fmt.Sprintf("%s in pod %s", name, p.Name), func() error {
+			if err := c.Exited(cmd); err != nil {
+				t.Fatal(err)
+			}
 			out, err := p.Command(context.Background(), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", probe).Output()
 			if err != nil {
 				return fmt.Errorf("curl %s: %v", probe, err)

@@ -66,11 +66,16 @@ type mesh struct {
 // config directory's files.
 func newMesh(t *testing.T, c *netns.Cluster, cfg map[string]string) *mesh {
 	t.Helper()
-	dir := t.TempDir()
-	// Sidecars run as uid 1337 and must reach their certs directories.
+	// Not t.TempDir: its parent is private to root, and the sidecars run
+	// as uid 1337 and must reach their certs directories and token files.
+	dir, err := os.MkdirTemp("", "meshauth-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	m := &mesh{t: t, c: c, dir: dir, stateDir: filepath.Join(dir, "control"), configDir: filepath.Join(dir, "config"),
 		addr: c.NodeIP() + ":15012", certs: map[string]string{}, sidecars: map[string]*exec.Cmd{}}
 	for _, d := range []string{m.stateDir, m.configDir} {
@@ -88,6 +93,9 @@ func newMesh(t *testing.T, c *netns.Cluster, cfg map[string]string) *mesh {
 		t.Fatal(err)
 	}
 	waitFor(t, "control plane", func() error {
+		if err := c.Exited(cmd); err != nil {
+			t.Fatal(err)
+		}
 		_, err := os.Stat(filepath.Join(m.stateDir, "control.addr"))
 		return err
 	})
@@ -200,6 +208,9 @@ func (m *mesh) addSidecar(p *netns.Pod, sa string, appPorts ...int) {
 	}
 	m.sidecars[p.Name] = cmd
 	waitFor(m.t, "certificates in "+certs, func() error {
+		if err := m.c.Exited(cmd); err != nil {
+			m.t.Fatal(err)
+		}
 		for _, f := range []string{"cert-chain.pem", "key.pem", "root-cert.pem"} {
 			if _, err := os.Stat(filepath.Join(certs, f)); err != nil {
 				return err
