@@ -143,7 +143,7 @@ func curl(t *testing.T, p *netns.Pod, uid int, args ...string) result {
 
 // seedCurl is the seed's curl command line for a URL.
 func seedCurl(url string, extra ...string) []string {
-	return append([]string{url, "-o", "/dev/null", "-s", "-w", "%{http_code}\n"}, extra...)
+	return append([]string{url, "-o", "/dev/null", "-s", "-w", `%{http_code}\n`}, extra...)
 }
 
 // startApp starts a binary from bin in a pod and waits until addr answers
