@@ -44,6 +44,8 @@ type env struct {
 	clk *clock
 }
 
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
 // start runs a real control plane on 127.0.0.1:0 with TLS, until the test ends.
 func start(t testing.TB, mod func(*control.Config)) *env {
 	t.Helper()
