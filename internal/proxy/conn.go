@@ -57,9 +57,9 @@ func infoFrom(ctx context.Context) *connInfo {
 // connListener feeds connections the proxy already accepted (and perhaps
 // sniffed or TLS-terminated) into an http.Server.
 type connListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
 }
 
 func newConnListener() *connListener {
