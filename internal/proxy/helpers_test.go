@@ -196,3 +196,13 @@ func proxyClient(s *sidecar, keepAlive bool) *http.Client {
 	}
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func mustParseURL(t testing.TB, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
