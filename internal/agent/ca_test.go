@@ -224,4 +224,3 @@ func TestAgentAgainstCA(t *testing.T) {
 type statusError struct{ code int }
 
 func (e *statusError) Error() string { return http.StatusText(e.code) }
-
