@@ -93,6 +93,14 @@ func (p *Proxy) handleOutbound(c net.Conn) {
 			return
 		}
 	}
+	// The explicit proxy speaks for this workload's identity: only the
+	// workload itself (loopback) may use it, never another host that can
+	// reach the port.
+	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ra.IP.IsLoopback() {
+		p.log.Warn("outbound: refusing proxy use from a non-loopback address", "peer", ra.String())
+		reset(c)
+		return
+	}
 	p.outConns.put(&infoConn{Conn: c, info: &connInfo{src: c.RemoteAddr().String(), mode: "proxy"}})
 }
 
