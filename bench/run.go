@@ -311,3 +311,27 @@ func trimNL(b []byte) []byte {
 	}
 	return b
 }
+
+// meshdBinary returns cfg.Meshd, or builds ./cmd/meshd of this module into
+// dir once.
+func (c *config) meshdBinary(dir string) (string, error) {
+	if c.Meshd != "" {
+		if _, err := os.Stat(c.Meshd); err != nil {
+			return "", fmt.Errorf("-meshd %s: %w", c.Meshd, err)
+		}
+		return c.Meshd, nil
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || len(trimNL(out)) == 0 || string(trimNL(out)) == os.DevNull {
+		return "", fmt.Errorf("not inside the meshauth module and no -meshd given")
+	}
+	root := filepath.Dir(string(trimNL(out)))
+	bin := filepath.Join(dir, "meshd")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/meshd")
+	build.Dir = root
+	if b, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/meshd: %w\n%s", err, b)
+	}
+	c.Meshd = bin
+	return bin, nil
+}

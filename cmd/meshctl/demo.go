@@ -182,6 +182,15 @@ func (d *demo) startMesh(ctx context.Context) error {
 	}
 	done(d.sleep.Summary(), nil)
 
+	// The control plane reads new config files on its next poll and pushes
+	// them; sleep's first call must not race that.
+	done = r.Progress("      sleep's sidecar gets httpbin's route from the control plane")
+	if err := d.sleep.WaitOutbound(ctx, "httpbin", "default", 20*time.Second); err != nil {
+		done("", err)
+		return err
+	}
+	done("", nil)
+
 	done = r.Progress("[4/4] legacy sleep with no sidecar (namespace legacy)")
 	d.legacy, err = d.m.Start("legacy-sleep", []string{d.self, "sample", "sleep"}, nil)
 	if err != nil {
@@ -209,7 +218,8 @@ spec:
 func (d *demo) shell(ctx context.Context, line string) (walkthrough.Observation, error) {
 	d.r.Command(line)
 	cmd := exec.CommandContext(ctx, "sh", "-c", line)
-	cmd.Env = append(os.Environ(), "MESHAUTH_DIR="+d.m.StateDir)
+	// "meshctl" in the line is this binary, wherever it was built.
+	cmd.Env = append(os.Environ(), "MESHAUTH_DIR="+d.m.StateDir, "PATH="+filepath.Dir(d.self)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	o, err := walkthrough.Run(cmd)
 	if err != nil {
 		return o, err
@@ -232,7 +242,12 @@ func (d *demo) verify(ctx context.Context) {
 	if o, err := d.run(ctx, "ca", "status"); err != nil {
 		r.Fail("CA is up", err)
 	} else {
-		r.Check("control plane and CA are up", o.Exit == 0 && strings.Contains(o.Stdout, "root"), o.String(), "exit 0 and a root")
+		signing := regexp.MustCompile(`(?m)^Signing cert:\s*(.*)$`).FindStringSubmatch(o.Stdout)
+		got := fmt.Sprintf("exit %d, no signing certificate", o.Exit)
+		if signing != nil {
+			got = fmt.Sprintf("exit %d, signing with %s", o.Exit, strings.TrimSpace(signing[1]))
+		}
+		r.Check("control plane and CA are up", o.Exit == 0 && signing != nil, got, "exit 0 and a signing certificate")
 	}
 
 	r.Section("Verifying service configuration")
@@ -247,7 +262,8 @@ func (d *demo) verify(ctx context.Context) {
 		r.Fail("tls-check", err)
 	} else {
 		ok := o.Exit == 0 && strings.Contains(o.Stdout, "httpbin") && !strings.Contains(o.Stdout, "CONFLICT")
-		r.Check("tls-check shows httpbin with no CONFLICT", ok, o.String(), "exit 0, httpbin listed, no CONFLICT")
+		got := fmt.Sprintf("exit %d, httpbin listed: %v, CONFLICT: %v", o.Exit, strings.Contains(o.Stdout, "httpbin"), strings.Contains(o.Stdout, "CONFLICT"))
+		r.Check("tls-check shows httpbin with no CONFLICT", ok, got, "exit 0, httpbin listed: true, CONFLICT: false")
 	}
 
 	r.Section("Verifying keys and certificates installation")
@@ -303,18 +319,29 @@ func (d *demo) testAuth(ctx context.Context) {
 
 	r.Note("Request from the sleep app to the httpbin service should succeed (200).")
 	r.Note("The app reaches the mesh through its sidecar: http_proxy=%s", d.sleep.OutboundProxy)
-	args := []string{"curl", "httpbin:8000/headers", "-s", "-w", `\n` + seedW}
+	proxyEnv := append(os.Environ(), "http_proxy="+d.sleep.OutboundProxy, "HTTP_PROXY=", "no_proxy=", "NO_PROXY=")
+	args := []string{"curl", "httpbin:8000/headers", "-o", "/dev/null", "-s", "-w", seedW}
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), "http_proxy="+d.sleep.OutboundProxy, "HTTP_PROXY=", "no_proxy=", "NO_PROXY=")
-	o, _ := r.Curl("sleep -> httpbin:8000 through its sidecar", "http_proxy="+d.sleep.OutboundProxy+" "+walkthrough.Quote(args), cmd, wantOK)
+	cmd.Env = proxyEnv
+	r.Curl("sleep -> httpbin:8000 through its sidecar", "http_proxy="+d.sleep.OutboundProxy+" "+walkthrough.Quote(args), cmd, wantOK)
+
+	r.Note("httpbin's /headers shows who called: its sidecar sets X-Forwarded-Client-Cert from the verified peer")
+	args = []string{"curl", "-s", "httpbin:8000/headers"}
+	cmd = exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = proxyEnv
+	r.Command("http_proxy=" + d.sleep.OutboundProxy + " " + walkthrough.Quote(args))
 	wantID := "spiffe://cluster.local/ns/default/sa/sleep"
-	body := o.Stdout
-	xfcc := regexp.MustCompile(`"X-Forwarded-Client-Cert":\s*"([^"]*)"`).FindStringSubmatch(body)
-	got := "no X-Forwarded-Client-Cert header"
-	if xfcc != nil {
-		got = xfcc[1]
+	if o, err := walkthrough.Run(cmd); err != nil {
+		r.Fail("X-Forwarded-Client-Cert", err)
+	} else {
+		r.Output(o)
+		xfcc := regexp.MustCompile(`"X-Forwarded-Client-Cert":\s*"([^"]*)"`).FindStringSubmatch(o.Stdout)
+		got := "no X-Forwarded-Client-Cert header"
+		if xfcc != nil {
+			got = xfcc[1]
+		}
+		r.Check("httpbin saw sleep's identity in X-Forwarded-Client-Cert", xfcc != nil && strings.Contains(xfcc[1], "URI="+wantID), got, "URI="+wantID)
 	}
-	r.Check("httpbin saw sleep's identity in X-Forwarded-Client-Cert", xfcc != nil && strings.Contains(xfcc[1], "URI="+wantID), got, "URI="+wantID)
 
 	// The "proxy container" calls go straight to httpbin's inbound listener
 	// (what the service address reaches when nothing captures it), with the

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,17 +21,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/proxy"
+	"github.com/meshauth/meshauth/internal/push"
 )
 
 // sidecarFlags are the flags of `meshd sidecar`.
@@ -46,6 +45,8 @@ type sidecarFlags struct {
 	outbound, capture, admin             string
 	transparent, denyUnknown             bool
 	workloadAPI                          string
+	labels                               map[string]string
+	address                              string
 	logLevel                             string
 	accessLog                            bool
 	handshakeTimeout, idleTimeout        time.Duration
@@ -92,7 +93,9 @@ exits with its status.`,
 	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default)")
 	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
 	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
-	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: every port STRICT, no outbound services")
+	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: the control plane's push stream, or with --static-certs every port STRICT and no outbound services")
+	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry; repeatable")
+	fl.StringVar(&f.address, "address", "", "workload address for the registry (default: as the control plane sees the connection)")
 	fl.StringArrayVar(&f.inbound, "inbound", nil, "explicit inbound listener LISTEN=APP, e.g. 18000=127.0.0.1:8000 (the app's port names the policy port); repeatable")
 	fl.StringArrayVar(&f.upstreams, "upstream", nil, "explicit outbound TCP port LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306; repeatable")
 	fl.StringVar(&f.outbound, "outbound-listen", "127.0.0.1:15001", "outbound listener: HTTP proxy, and the capture target with --transparent (empty: off)")
@@ -152,6 +155,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		return err
 	}
 
+	var policySrc proxy.ConfigSource = cfgStore
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 
@@ -165,18 +169,45 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 			return err
 		}
 	} else {
-		connect, err := caConnector(f, id, store)
+		cc, err := newControlConn(f, id, store)
 		if err != nil {
 			return err
 		}
 		ag, err = agent.New(agent.Config{
-			ID: id, Dir: f.certsDir, Connect: connect, Store: store, TTL: f.certTTL,
+			ID: id, Dir: f.certsDir, Connect: cc.connectCA, Store: store, TTL: f.certTTL,
 			Log: log.With("component", "agent"), Registerer: reg,
 		})
 		if err != nil {
 			return err
 		}
 		go ag.Run(ctx)
+		if f.snapshot == "" {
+			// Policy from the control plane's push stream, over mTLS
+			// with the workload certificate once the agent has one.
+			conn, err := cc.dial(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			pc := push.NewClient(push.ClientConfig{
+				Conn: conn,
+				Log:  log,
+				Register: func() *pb.Register {
+					return &pb.Register{Workload: f.workload, Labels: f.labels, Address: f.address, Ports: inboundPorts(f.inbound)}
+				},
+			})
+			go func() {
+				for store.SVID() == nil {
+					select {
+					case <-ctx.Done():
+						return
+					case <-store.Changed():
+					}
+				}
+				pc.Run(ctx)
+			}()
+			policySrc = pushSource{pc}
+		}
 	}
 
 	if f.workloadAPI == "" {
@@ -195,7 +226,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	}
 
 	pcfg := proxy.Config{
-		Certs: store, Policy: cfgStore, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
+		Certs: store, Policy: policySrc, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
 		Metrics: metrics, HandshakeTimeout: f.handshakeTimeout, IdleTimeout: f.idleTimeout,
 		Outbound: f.outbound, Transparent: f.transparent, DenyUnknown: f.denyUnknown,
 	}
@@ -292,6 +323,20 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	}
 }
 
+// inboundPorts returns the app ports of --inbound LISTEN=APP flags.
+func inboundPorts(inbound []string) []uint32 {
+	var out []uint32
+	for _, s := range inbound {
+		_, app, _ := strings.Cut(s, "=")
+		if _, ps, err := net.SplitHostPort(app); err == nil {
+			if n, err := strconv.ParseUint(ps, 10, 16); err == nil {
+				out = append(out, uint32(n))
+			}
+		}
+	}
+	return out
+}
+
 func addrString(a net.Addr) string {
 	if a == nil {
 		return ""
@@ -349,27 +394,28 @@ func loadStaticCerts(store *agent.Store, dir, td string) error {
 	return store.Set(s, b)
 }
 
-// caConnector returns how the agent reaches the CA: TLS to the control
-// plane, whose certificate must chain to the mesh roots and carry the
-// control plane's SPIFFE ID; with the join token for bootstrap, with the
-// workload certificate for renewal and the bundle stream.
-func caConnector(f sidecarFlags, id identity.ID, store *agent.Store) (agent.ConnectFunc, error) {
-	addr := f.control
-	if addr == "" && f.controlDir != "" {
-		if b, err := os.ReadFile(filepath.Join(f.controlDir, "control.addr")); err == nil {
-			addr = strings.TrimSpace(string(b))
-		}
+// controlConn holds how the sidecar reaches the control plane: its
+// address, the roots to verify it before the first bundle arrives, and the
+// join token.
+type controlConn struct {
+	addr, dir string
+	token     string
+	initial   *identity.Bundle
+	store     *agent.Store
+}
+
+func newControlConn(f sidecarFlags, id identity.ID, store *agent.Store) (*controlConn, error) {
+	c := &controlConn{addr: f.control, dir: f.controlDir, store: store}
+	if c.dir == "" {
+		c.dir = f.certsDir // client.Dial reads control.addr from it if present
 	}
-	if addr == "" {
-		addr = "127.0.0.1:15012"
-	}
-	token := f.token
+	c.token = f.token
 	if f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("--token-file: %w", err)
 		}
-		token = strings.TrimSpace(string(b))
+		c.token = strings.TrimSpace(string(b))
 	}
 	rootsFile := f.caRoots
 	if rootsFile == "" && f.controlDir != "" {
@@ -378,59 +424,61 @@ func caConnector(f sidecarFlags, id identity.ID, store *agent.Store) (agent.Conn
 	if rootsFile == "" {
 		rootsFile = filepath.Join(f.certsDir, agent.RootFile)
 	}
-	var initial *identity.Bundle
 	if data, err := os.ReadFile(rootsFile); err == nil {
-		if initial, err = identity.NewBundle(id.TrustDomain, 0, []string{string(data)}, nil); err != nil {
-			return nil, fmt.Errorf("CA roots %s: %w", rootsFile, err)
+		if c.initial, err = identity.NewBundle(id.TrustDomain, 0, []string{string(data)}, nil); err != nil {
+			return nil, fmt.Errorf("control plane roots %s: %w", rootsFile, err)
 		}
-	} else if token != "" {
-		return nil, fmt.Errorf("CA roots: %w (pass --ca-roots or --control-dir so the sidecar can verify the control plane)", err)
+	} else {
+		return nil, fmt.Errorf("control plane roots: %w (pass --ca-roots or --control-dir so the sidecar can verify the control plane)", err)
 	}
-	td := spiffeid.RequireTrustDomainFromString(id.TrustDomain)
-	serverID := spiffeid.RequireFromPath(td, "/ns/meshauth-system/sa/meshd")
-	bundles := bundleSource(func() *identity.Bundle {
-		if b := store.Bundle(); b != nil {
-			return b
-		}
-		return initial
-	})
-	return func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
-		cfg := tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(serverID))
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			if c := getCert(); mtls && c != nil {
-				return c, nil
+	return c, nil
+}
+
+// roots is the bundle to verify the control plane with: the agent's current
+// one (it follows root rotations), else the configured roots.
+func (c *controlConn) roots() *identity.Bundle {
+	if b := c.store.Bundle(); b != nil {
+		return b
+	}
+	return c.initial
+}
+
+// dial opens a connection; with mtls it presents the workload certificate,
+// otherwise the join token.
+func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, error) {
+	o := client.Options{Dir: c.dir, Addr: c.addr, Roots: c.roots, TrustDomain: c.initial.TrustDomain}
+	if mtls {
+		o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if s := c.store.SVID(); s != nil {
+				return s.TLS, nil
 			}
 			return &tls.Certificate{}, nil
 		}
-		opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
-		if !mtls {
-			if token == "" {
-				return nil, nil, errors.New("no valid certificate and no join token (--token or --token-file)")
-			}
-			opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+	} else {
+		if c.token == "" {
+			return nil, errors.New("no valid certificate and no join token (--token or --token-file)")
 		}
-		conn, err := grpc.NewClient(addr, opts...)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pb.NewCertificateAuthorityClient(conn), conn, nil
-	}, nil
-}
-
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
-// bundleSource adapts the current bundle to go-spiffe's x509bundle.Source.
-type bundleSource func() *identity.Bundle
-
-func (f bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	b := f()
-	if b == nil || b.TrustDomain != td.Name() {
-		return nil, fmt.Errorf("no trust bundle for %q to verify the control plane", td)
+		o.Token = c.token
 	}
-	return b.X509Bundle(), nil
+	return client.Dial(ctx, o)
 }
+
+// connectCA is the agent's ConnectFunc.
+func (c *controlConn) connectCA(ctx context.Context, mtls bool, _ func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+	conn, err := c.dial(ctx, mtls)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pb.NewCertificateAuthorityClient(conn), conn, nil
+}
+
+// pushSource adapts the push client to the proxy's ConfigSource.
+type pushSource struct{ c *push.Client }
+
+func (p pushSource) Current() *policy.Snapshot {
+	if u := p.c.Current(); u != nil {
+		return u.Snapshot
+	}
+	return nil
+}
+func (p pushSource) Changed() <-chan struct{} { return p.c.Changed() }

@@ -331,5 +331,3 @@ func parsePort(s string) (uint32, error) {
 	}
 	return uint32(n), nil
 }
-
-

@@ -172,5 +172,7 @@ func (s *sessionCache) reset(serial string) {
 	s.cur.Store(&sessionCacheGen{serial: serial, c: tls.NewLRUClientSessionCache(1024)})
 }
 
-func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) { return s.cur.Load().c.Get(key) }
-func (s *sessionCache) Put(key string, cs *tls.ClientSessionState)     { s.cur.Load().c.Put(key, cs) }
+func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
+	return s.cur.Load().c.Get(key)
+}
+func (s *sessionCache) Put(key string, cs *tls.ClientSessionState) { s.cur.Load().c.Put(key, cs) }
