@@ -47,6 +47,10 @@ type sidecarFlags struct {
 	workloadAPI                          string
 	labels                               map[string]string
 	address                              string
+	// Port-number forms, as the Kubernetes injector passes them.
+	inboundPort, outboundPort, adminPort, healthPort int
+	certSource                                       string
+	health                                           string
 	logLevel                             string
 	accessLog                            bool
 	handshakeTimeout, idleTimeout        time.Duration
@@ -108,7 +112,66 @@ exits with its status.`,
 	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
 	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
 	fl.DurationVar(&f.idleTimeout, "idle-timeout", 90*time.Second, "close connections idle this long")
+	// The injector's (and Istio's) port-number flags; each sets the
+	// matching address flag, and --inbound-port/--outbound-port mean
+	// transparent capture.
+	fl.IntVar(&f.inboundPort, "inbound-port", 0, "transparent mode: inbound capture port (sets --inbound-capture :PORT and --transparent)")
+	fl.IntVar(&f.outboundPort, "outbound-port", 0, "transparent mode: outbound capture port (sets --outbound-listen :PORT and --transparent)")
+	fl.IntVar(&f.adminPort, "admin-port", 0, "admin port on 127.0.0.1 (sets --admin)")
+	fl.IntVar(&f.healthPort, "health-port", 0, "health port on all addresses (sets --health :PORT)")
+	fl.StringVar(&f.health, "health", "", "health listener: /healthz/ready and the app probes from $MESHAUTH_APP_PROBERS (empty: off)")
+	fl.StringVar(&f.certSource, "cert-source", "ca", `where certificates come from: "ca" (the agent) or "files" (--certs-dir, written by someone else, e.g. a Secret; re-read when they change)`)
+	fl.StringVar(&f.certsDir, "cert-dir", "/etc/certs", "alias of --certs-dir")
+	fl.StringVar(&f.caRoots, "ca-root", "", "alias of --ca-roots")
+	for _, n := range []string{"cert-dir", "ca-root"} {
+		fl.MarkHidden(n)
+	}
 	root.AddCommand(cmd)
+}
+
+// applyEnvAndAliases fills identity flags from the Downward API variables
+// the injector sets, and turns port-number flags into addresses.
+func applyEnvAndAliases(cmd *cobra.Command, f *sidecarFlags) error {
+	fl := cmd.Flags()
+	for _, e := range []struct {
+		flag, env string
+		dst       *string
+	}{
+		{"workload", "POD_NAME", &f.workload},
+		{"namespace", "POD_NAMESPACE", &f.namespace},
+		{"service-account", "SERVICE_ACCOUNT", &f.sa},
+		{"address", "INSTANCE_IP", &f.address},
+	} {
+		if v := os.Getenv(e.env); v != "" && !fl.Changed(e.flag) {
+			*e.dst = v
+		}
+	}
+	if f.inboundPort != 0 {
+		f.transparent = true
+		f.capture = ":" + strconv.Itoa(f.inboundPort)
+	}
+	if f.outboundPort != 0 {
+		f.transparent = true
+		f.outbound = ":" + strconv.Itoa(f.outboundPort)
+	} else if f.transparent && !fl.Changed("outbound-listen") {
+		// REDIRECT sends IPv4 to 127.0.0.1 and IPv6 to ::1: listen on both.
+		// Explicit proxy use stays loopback-only (see proxy.handleOutbound).
+		f.outbound = ":15001"
+	}
+	if f.adminPort != 0 {
+		f.admin = "127.0.0.1:" + strconv.Itoa(f.adminPort)
+	}
+	if f.healthPort != 0 {
+		f.health = ":" + strconv.Itoa(f.healthPort)
+	}
+	switch f.certSource {
+	case "ca":
+	case "files":
+		f.staticCerts = true
+	default:
+		return fmt.Errorf("--cert-source %q: want ca or files", f.certSource)
+	}
+	return nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -118,6 +181,9 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
+	if err := applyEnvAndAliases(cmd, &f); err != nil {
+		return err
+	}
 	level, err := parseLevel(f.logLevel)
 	if err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -164,15 +230,18 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		OnRefused: func(what, reason string) { metrics.CertUpdates.WithLabelValues(what, "refused", reason).Inc() },
 	})
 	var ag *agent.Agent
+	usePush := f.snapshot == "" && (!f.staticCerts || f.control != "" || f.controlDir != "")
+	var cc *controlConn
+	if !f.staticCerts || usePush {
+		if cc, err = newControlConn(f, id, store); err != nil {
+			return err
+		}
+	}
 	if f.staticCerts {
 		if err := loadStaticCerts(store, f.certsDir, id.TrustDomain); err != nil {
 			return err
 		}
 	} else {
-		cc, err := newControlConn(f, id, store)
-		if err != nil {
-			return err
-		}
 		ag, err = agent.New(agent.Config{
 			ID: id, Dir: f.certsDir, Connect: cc.connectCA, Store: store, TTL: f.certTTL,
 			Log: log.With("component", "agent"), Registerer: reg,
@@ -181,33 +250,33 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 			return err
 		}
 		go ag.Run(ctx)
-		if f.snapshot == "" {
-			// Policy from the control plane's push stream, over mTLS
-			// with the workload certificate once the agent has one.
-			conn, err := cc.dial(ctx, true)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			pc := push.NewClient(push.ClientConfig{
-				Conn: conn,
-				Log:  log,
-				Register: func() *pb.Register {
-					return &pb.Register{Workload: f.workload, Labels: f.labels, Address: f.address, Ports: inboundPorts(f.inbound)}
-				},
-			})
-			go func() {
-				for store.SVID() == nil {
-					select {
-					case <-ctx.Done():
-						return
-					case <-store.Changed():
-					}
-				}
-				pc.Run(ctx)
-			}()
-			policySrc = pushSource{pc}
+	}
+	if usePush {
+		// Policy from the control plane's push stream, over mTLS with the
+		// workload certificate once there is one.
+		conn, err := cc.dial(ctx, true)
+		if err != nil {
+			return err
 		}
+		defer conn.Close()
+		pc := push.NewClient(push.ClientConfig{
+			Conn: conn,
+			Log:  log,
+			Register: func() *pb.Register {
+				return &pb.Register{Workload: f.workload, Labels: f.labels, Address: f.address, Ports: inboundPorts(f.inbound)}
+			},
+		})
+		go func() {
+			for store.SVID() == nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-store.Changed():
+				}
+			}
+			pc.Run(ctx)
+		}()
+		policySrc = pushSource{pc}
 	}
 
 	if f.workloadAPI == "" {
@@ -280,6 +349,22 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		srv := &http.Server{Handler: p.AdminHandler(reg, extra), ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
+	}
+	if f.health != "" {
+		probers, err := proxy.ParseAppProbers(os.Getenv("MESHAUTH_APP_PROBERS"))
+		if err != nil {
+			return err
+		}
+		l, err := net.Listen("tcp", f.health)
+		if err != nil {
+			return fmt.Errorf("--health: %w", err)
+		}
+		srv := &http.Server{Handler: p.HealthHandler(probers), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	if f.staticCerts {
+		go watchStaticCerts(ctx, log, f.certsDir, store)
 	}
 	log.Info("sidecar started", "spiffe_id", id.String(), "outbound", addrString(p.OutboundAddr),
 		"inbound", fmt.Sprint(p.InboundAddrs), "capture", addrString(p.CaptureAddr), "admin", f.admin, "transparent", f.transparent)
@@ -366,6 +451,43 @@ func reload(log *slog.Logger, f sidecarFlags, cfg *proxy.ConfigStore, store *age
 	if f.staticCerts {
 		if err := loadStaticCerts(store, f.certsDir, store.Bundle().TrustDomain); err != nil {
 			log.Error("certificate reload refused; keeping the current one", "dir", f.certsDir, "error", err.Error())
+		}
+	}
+}
+
+// watchStaticCerts re-reads the certs directory when its files change (a
+// Kubernetes Secret volume swaps them atomically). A bad set is refused by
+// the store and the current certificate stays.
+func watchStaticCerts(ctx context.Context, log *slog.Logger, dir string, store *agent.Store) {
+	stamp := func() string {
+		var sb strings.Builder
+		for _, n := range []string{agent.ChainFile, agent.KeyFile, agent.RootFile} {
+			if fi, err := os.Stat(filepath.Join(dir, n)); err == nil {
+				fmt.Fprintf(&sb, "%d/%d;", fi.ModTime().UnixNano(), fi.Size())
+			}
+		}
+		return sb.String()
+	}
+	last := stamp()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s := stamp(); s != last {
+			last = s
+			td := identity.DefaultTrustDomain
+			if b := store.Bundle(); b != nil {
+				td = b.TrustDomain
+			}
+			if err := loadStaticCerts(store, dir, td); err != nil {
+				log.Error("certificate files changed but were refused; keeping the current certificate", "dir", dir, "error", err.Error())
+				continue
+			}
+			log.Info("certificate files reloaded", "dir", dir, "serial", store.SVID().Serial())
 		}
 	}
 }
