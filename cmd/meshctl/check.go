@@ -101,10 +101,24 @@ type checkResult struct {
 // rootWarnWindow is how close to expiry a root gets a WARN.
 const rootWarnWindow = 30 * 24 * time.Hour
 
-// checkState is what GetState returns: the config and the registry.
+// checkState is what GetState returns: the config, the registry and the
+// sidecars connected to the push stream.
 type checkState struct {
 	Config   *config.Config `json:"config"`
 	Registry registry.State `json:"registry"`
+	Sidecars []checkSidecar `json:"sidecars"`
+}
+
+// checkSidecar is one connected sidecar as the control plane sees it: the
+// identity its verified certificate carries and the config versions it was
+// sent and acknowledged.
+type checkSidecar struct {
+	Workload  string `json:"workload"` // namespace/name
+	SPIFFEID  string `json:"spiffeId"`
+	Sent      string `json:"sent"`
+	Acked     string `json:"acked"`
+	Nacked    string `json:"nacked,omitempty"`
+	NackError string `json:"nackError,omitempty"`
 }
 
 func runChecks(ctx context.Context) []checkResult {
@@ -210,6 +224,10 @@ func runChecks(ctx context.Context) []checkResult {
 	}
 
 	// 4. Workloads.
+	connected := map[string]checkSidecar{}
+	for _, sc := range state.Sidecars {
+		connected[sc.Workload] = sc
+	}
 	for _, w := range reg.Workloads() {
 		name := "workload " + w.Key()
 		if !w.Sidecar {
@@ -220,6 +238,21 @@ func runChecks(ctx context.Context) []checkResult {
 		if err != nil {
 			add(name, checkFail, "service account %q: %v", w.ServiceAccount, err)
 			continue
+		}
+		// The push stream: is the sidecar connected with the right
+		// identity, and did it accept the latest config?
+		sc, ok := connected[w.Key()]
+		switch {
+		case !ok:
+			add(name+" config", checkFail, "its sidecar is not connected to the control plane (is it running? see its log)")
+		case sc.SPIFFEID != want.String():
+			add(name+" config", checkFail, "connected as %s, but the workload's service account is %s", sc.SPIFFEID, want)
+		case sc.Nacked != "" && sc.Nacked == sc.Sent:
+			add(name+" config", checkFail, "the sidecar refused config %s: %s (it keeps serving %s)", sc.Nacked, sc.NackError, sc.Acked)
+		case sc.Acked != sc.Sent:
+			add(name+" config", checkWarn, "config %s sent, %s acknowledged so far", sc.Sent, sc.Acked)
+		default:
+			add(name+" config", checkPass, "connected as %s, config %s acknowledged", sc.SPIFFEID, sc.Acked)
 		}
 		addr := probeAddr(w)
 		if addr == "" {

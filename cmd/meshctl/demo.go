@@ -182,6 +182,15 @@ func (d *demo) startMesh(ctx context.Context) error {
 	}
 	done(d.sleep.Summary(), nil)
 
+	// The control plane reads new config files on its next poll and pushes
+	// them; sleep's first call must not race that.
+	done = r.Progress("      sleep's sidecar gets httpbin's route from the control plane")
+	if err := d.sleep.WaitOutbound(ctx, "httpbin", "default", 20*time.Second); err != nil {
+		done("", err)
+		return err
+	}
+	done("", nil)
+
 	done = r.Progress("[4/4] legacy sleep with no sidecar (namespace legacy)")
 	d.legacy, err = d.m.Start("legacy-sleep", []string{d.self, "sample", "sleep"}, nil)
 	if err != nil {
@@ -209,7 +218,8 @@ spec:
 func (d *demo) shell(ctx context.Context, line string) (walkthrough.Observation, error) {
 	d.r.Command(line)
 	cmd := exec.CommandContext(ctx, "sh", "-c", line)
-	cmd.Env = append(os.Environ(), "MESHAUTH_DIR="+d.m.StateDir)
+	// "meshctl" in the line is this binary, wherever it was built.
+	cmd.Env = append(os.Environ(), "MESHAUTH_DIR="+d.m.StateDir, "PATH="+filepath.Dir(d.self)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	o, err := walkthrough.Run(cmd)
 	if err != nil {
 		return o, err

@@ -23,9 +23,11 @@ const (
 	RootCertKey  = "root-cert.pem"
 
 	// CASecret holds the self-signed root in the control plane's namespace.
-	CASecret  = "istio-ca-secret"
-	CACertKey = "ca-cert.pem"
-	CAKeyKey  = "ca-key.pem"
+	CASecret = "istio-ca-secret"
+	// CASecretType is the type of istio-ca-secret, as Citadel wrote it.
+	CASecretType = "istio.io/ca-root"
+	CACertKey    = "ca-cert.pem"
+	CAKeyKey     = "ca-key.pem"
 	// PluggedCASecret ("cacerts") holds an operator-supplied CA:
 	// ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem.
 	PluggedCASecret = "cacerts"

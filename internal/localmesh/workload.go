@@ -1,8 +1,11 @@
 package localmesh
 
 import (
+	"encoding/json"
+
 	"context"
 	"fmt"
+	"github.com/meshauth/meshauth/internal/policy"
 	"net/http"
 	"os"
 	"os/exec"
@@ -239,4 +242,43 @@ func freePorts(n int) ([]int, error) {
 		}
 	}
 	return ports, nil
+}
+
+// WaitOutbound waits until the workload's sidecar has received, from the
+// control plane's push stream, a snapshot that routes to service
+// name.namespace (its admin /config_dump shows the snapshot in force). The
+// control plane picks up config files on its next poll, so a workload that
+// starts right after a config change needs this before it calls out.
+func (w *Workload) WaitOutbound(ctx context.Context, name, namespace string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := http.Client{Timeout: time.Second}
+	err := waitFor(ctx, func() error {
+		if err := w.Proc.Exited(); err != nil {
+			return permanent{err}
+		}
+		resp, err := c.Get("http://" + w.AdminAddr + "/config_dump")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var dump struct {
+			Snapshot *policy.Snapshot `json:"snapshot"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&dump); err != nil {
+			return fmt.Errorf("config_dump: %w", err)
+		}
+		if dump.Snapshot != nil {
+			for _, s := range dump.Snapshot.Outbound {
+				if s.Name == name && s.Namespace == namespace {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("the sidecar's config has no route to %s.%s yet", name, namespace)
+	})
+	if err != nil {
+		return fmt.Errorf("localmesh: %s: %w", w.Spec.Name, err)
+	}
+	return nil
 }

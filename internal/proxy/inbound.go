@@ -24,6 +24,13 @@ func (p *Proxy) handleInboundCaptured(c net.Conn) {
 		reset(c)
 		return
 	}
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && int(dst.Port()) == la.Port {
+		// Not redirected: someone dialled the capture port itself.
+		// Forwarding it to the app's "port 15006" would loop.
+		p.log.Warn("inbound: direct connection to the capture port; closing", "peer", c.RemoteAddr().String())
+		reset(c)
+		return
+	}
 	app := net.JoinHostPort(p.cfg.InboundAppHost, strconv.Itoa(int(dst.Port())))
 	p.handleInbound(c, uint32(dst.Port()), app)
 }

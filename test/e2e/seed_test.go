@@ -257,7 +257,8 @@ func curlBody(t *testing.T, p *netns.Pod, url string) string {
 	t.Helper()
 	out, err := p.Command(context.Background(), "curl", "-s", "--max-time", "10", url).Output()
 	if err != nil {
-		t.Fatalf("pod %s$ curl %s: %v", p.Name, url, err)
+		t.Errorf("pod %s$ curl -s %s: %v", p.Name, url, err)
 	}
+	t.Logf("pod %s$ curl -s %s\n%s", p.Name, url, out)
 	return string(out)
 }
