@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,14 +48,28 @@ spec: {serviceAccount: httpbin, address: 127.0.0.2}
 // env is a real control-plane push server on loopback with mTLS, using an
 // in-memory test CA for the certificates.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ca     *catest.CA
 	reg    *registry.Registry
 	server *Server
 	addr   string
 	grpc   *grpc.Server
 	cancel context.CancelFunc
-	logs   *strings.Builder
+	logs   *lockedBuffer
+	// debounce for the server (tests use a short one).
+	debounce time.Duration
+}
+
+// lockedBuffer is a log sink shared by the server's and clients' handlers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }
 
 func engineFor(t testing.TB, reg *registry.Registry, docs ...string) *policy.Engine {
@@ -72,8 +87,10 @@ func engineFor(t testing.TB, reg *registry.Registry, docs ...string) *policy.Eng
 	return policy.New(cfg, reg)
 }
 
-func newEnv(t *testing.T) *env {
-	e := &env{t: t, ca: catest.New(t), reg: registry.New(), logs: &strings.Builder{}}
+func newEnv(t testing.TB) *env { return newEnvDebounce(t, 5*time.Millisecond) }
+
+func newEnvDebounce(t testing.TB, debounce time.Duration) *env {
+	e := &env{t: t, ca: catest.New(t), reg: registry.New(), logs: &lockedBuffer{}, debounce: debounce}
 	e.start("127.0.0.1:0", engineFor(t, e.reg, meshYAML))
 	return e
 }
@@ -90,7 +107,7 @@ func (e *env) start(addr string, eng *policy.Engine) {
 		MinVersion:   tls.VersionTLS12,
 	}
 	e.server = NewServer(Config{
-		Debounce: 5 * time.Millisecond,
+		Debounce: e.debounce,
 		Log:      slog.New(slog.NewTextHandler(e.logs, nil)),
 		Identity: func(ctx context.Context) (identity.ID, error) {
 			p, _ := peer.FromContext(ctx)
@@ -157,8 +174,10 @@ func (e *env) dial(spiffeID string) *grpc.ClientConn {
 
 func (e *env) client(spiffeID, workload string, validate func(*Update) error) *Client {
 	c := NewClient(ClientConfig{
-		Conn:       e.dial(spiffeID),
-		Register:   func() *pb.Register { return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3"} },
+		Conn: e.dial(spiffeID),
+		Register: func() *pb.Register {
+			return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3"}
+		},
 		Validate:   validate,
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,

@@ -129,6 +129,9 @@ type Registry struct {
 	// that computed results per service can be cached and invalidated.
 	gen     map[string]uint64
 	version uint64
+	// sorted caches Services() until a service changes (workload churn,
+	// the common case, leaves it alone).
+	sorted []*Service
 	notify  chan struct{}
 }
 
@@ -204,6 +207,7 @@ func (r *Registry) PutService(s *Service) {
 func (r *Registry) putService(s *Service) {
 	key := s.Key()
 	r.deleteService(key)
+	r.sorted = nil
 	r.services[key] = s
 	if r.byNS[s.Namespace] == nil {
 		r.byNS[s.Namespace] = map[string]*Service{}
@@ -258,6 +262,7 @@ func (r *Registry) deleteService(key string) bool {
 	}
 	delete(r.endpoints, key)
 	delete(r.services, key)
+	r.sorted = nil
 	delete(r.byNS[old.Namespace], key)
 	r.gen[key]++
 	return true
@@ -484,20 +489,37 @@ func (r *Registry) ServicesOf(namespace, name string) []*Service {
 	for sk := range m {
 		out = append(out, r.services[sk])
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	sort.Slice(out, func(i, j int) bool { return lessNS(out[i].Namespace, out[i].Name, out[j].Namespace, out[j].Name) })
 	return out
 }
 
 // Services returns every service, sorted by namespace then name.
 func (r *Registry) Services() []*Service {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	out := make([]*Service, 0, len(r.services))
-	for _, s := range r.services {
-		out = append(out, s)
+	cached := r.sorted
+	r.mu.RUnlock()
+	if cached == nil {
+		r.mu.Lock()
+		if r.sorted == nil {
+			l := make([]*Service, 0, len(r.services))
+			for _, s := range r.services {
+				l = append(l, s)
+			}
+			sort.Slice(l, func(i, j int) bool { return lessNS(l[i].Namespace, l[i].Name, l[j].Namespace, l[j].Name) })
+			r.sorted = l
+		}
+		cached = r.sorted
+		r.mu.Unlock()
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
-	return out
+	return slices.Clone(cached)
+}
+
+// lessNS orders by namespace, then name, without building "ns/name" keys.
+func lessNS(ns1, n1, ns2, n2 string) bool {
+	if ns1 != ns2 {
+		return ns1 < ns2
+	}
+	return n1 < n2
 }
 
 // ServicesIn returns the services of one namespace, sorted by name.
@@ -520,7 +542,7 @@ func (r *Registry) Workloads() []*Workload {
 	for _, w := range r.workloads {
 		out = append(out, w)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	sort.Slice(out, func(i, j int) bool { return lessNS(out[i].Namespace, out[i].Name, out[j].Namespace, out[j].Name) })
 	return out
 }
 
