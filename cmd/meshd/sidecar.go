@@ -107,7 +107,7 @@ exits with its status.`,
 	fl.BoolVar(&f.transparent, "transparent", false, "serve traffic redirected by meshd init-net (SO_ORIGINAL_DST); run as uid 1337")
 	fl.BoolVar(&f.denyUnknown, "deny-unknown", false, "refuse outbound traffic to destinations that are not mesh services (default: pass through)")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "admin listener: /healthz/ready, /certs, /config_dump, /metrics (empty: off)")
-	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR/agent.sock; "off" disables)`)
+	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR-agent.sock, beside the certs directory; "off" disables)`)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
 	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
@@ -280,7 +280,9 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	}
 
 	if f.workloadAPI == "" {
-		f.workloadAPI = filepath.Join(f.certsDir, "agent.sock")
+		// Beside, not in, the certs directory, which holds exactly the
+		// seed's three files.
+		f.workloadAPI = filepath.Clean(f.certsDir) + "-agent.sock"
 	}
 	if f.workloadAPI != "off" {
 		if err := os.MkdirAll(filepath.Dir(f.workloadAPI), 0o755); err != nil {
