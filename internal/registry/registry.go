@@ -132,7 +132,7 @@ type Registry struct {
 	// sorted caches Services() until a service changes (workload churn,
 	// the common case, leaves it alone).
 	sorted []*Service
-	notify  chan struct{}
+	notify chan struct{}
 }
 
 // New returns an empty registry.
