@@ -53,7 +53,7 @@ and its directory removed when it ends, also on Ctrl-C.`,
 var sampleCmd = &cobra.Command{
 	Use:   "sample httpbin|sleep",
 	Short: "Run a sample app: httpbin (--listen ADDR) or sleep (used by demo and docs/walkthrough.md)",
-	Args:   cobra.ExactArgs(1),
+	Args:  cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
