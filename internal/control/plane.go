@@ -104,6 +104,7 @@ func attachPlane(s *Server) error {
 		if _, err := p.reloadDir(); err != nil {
 			return fmt.Errorf("config %s: %w", pc.ConfigDir, err)
 		}
+		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
 	}
 	pb.RegisterDiscoveryServer(s.GRPC(), p.push)
 	s.SetConfigAdmin(p)

@@ -217,6 +217,14 @@ func (e *Engine) ServerIdentities(svc *registry.Service) []string {
 			out = append(out, id)
 		}
 	}
+	// Identities the service declares on top of its workloads' (Service
+	// annotations in Kubernetes): a VM or a workload being migrated.
+	for _, id := range svc.ServiceAccounts {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
 	sort.Strings(out)
 	return out
 }

@@ -40,6 +40,10 @@ type Service struct {
 	Selector  map[string]string `json:"selector,omitempty"`
 	Address   string            `json:"address,omitempty"`
 	Source    string            `json:"source"`
+	// ServiceAccounts are extra SPIFFE IDs allowed to serve the service
+	// besides its workloads' (the seed's alpha.istio.io/*-serviceaccounts
+	// Service annotations, read by internal/kube).
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
 // Port is one service port.
@@ -400,7 +404,7 @@ func (r *Registry) Sync(source string, services []*Service, workloads []*Workloa
 
 func sameService(a, b *Service) bool {
 	return a.Name == b.Name && a.Namespace == b.Namespace && a.Address == b.Address && a.Source == b.Source &&
-		slices.Equal(a.Ports, b.Ports) && maps.Equal(a.Selector, b.Selector)
+		slices.Equal(a.Ports, b.Ports) && maps.Equal(a.Selector, b.Selector) && slices.Equal(a.ServiceAccounts, b.ServiceAccounts)
 }
 
 func sameWorkload(a, b *Workload) bool {
