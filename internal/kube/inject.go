@@ -37,6 +37,7 @@ const (
 	OutboundPort = 15001
 	AdminPort    = 15000
 	HealthPort   = 15020
+	PromPort     = 15090
 
 	// TokenAudience is the audience of projected tokens; the CA's TokenReview
 	// asks for exactly this audience, so a token minted for anything else
@@ -207,8 +208,9 @@ func (in *Injector) initContainer(spec *corev1.PodSpec) corev1.Container {
 			"--inbound-port", strconv.Itoa(InboundPort),
 			"--outbound-port", strconv.Itoa(OutboundPort),
 			"--inbound-ports", inboundPorts(spec),
-			// kubelet's probes come to the health port in plaintext.
-			"--exclude-inbound-ports", strconv.Itoa(HealthPort),
+			// kubelet's probes come to the health port in plaintext; admin and
+			// metrics ports are the sidecar's own.
+			"--exclude-inbound-ports", fmt.Sprintf("%d,%d,%d", AdminPort, HealthPort, PromPort),
 		},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                &root,
@@ -285,7 +287,7 @@ func (in *Injector) sidecar(probers string) corev1.Container {
 		Args:            args,
 		Env:             env,
 		Ports: []corev1.ContainerPort{
-			{Name: "http-envoy-prom", ContainerPort: 15090, Protocol: corev1.ProtocolTCP},
+			{Name: "http-envoy-prom", ContainerPort: PromPort, Protocol: corev1.ProtocolTCP},
 			{Name: "health", ContainerPort: HealthPort, Protocol: corev1.ProtocolTCP},
 		},
 		ReadinessProbe: &corev1.Probe{

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -371,4 +372,28 @@ func TestClientRejectsMalformedSnapshots(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzClientAccept feeds arbitrary snapshot JSON to the sidecar's accept
+// path: it must never panic, and a rejected snapshot must never replace the
+// good one.
+func FuzzClientAccept(f *testing.F) {
+	good := `{"version":"v1","trustDomain":"cluster.local","workload":{"name":"w","namespace":"default","serviceAccount":"sa"},"inboundDefault":"STRICT"}`
+	f.Add("v2", []byte(strings.Replace(good, "v1", "v2", 1)))
+	f.Add("v2", []byte(`{"version":"v2","workload":{"name":"w","namespace":"n","serviceAccount":"s"},"inboundDefault":"DISABLE","inbound":[{"port":0,"mode":"STRICT"}],"outbound":[{"name":"a","namespace":"b","hosts":["a.b"],"ports":[{"port":80,"targetPort":8080,"tlsMode":"ISTIO_MUTUAL"}],"endpoints":[{"workload":"a-1","address":"10.0.0.1","ports":{"8080":15006}}]}],"rbac":{"policies":[{"role":"n/r","rules":[{"services":["*"]}],"subjects":[{"user":"*"}]}]}}`))
+	f.Add("v3", []byte(`null`))
+	f.Fuzz(func(t *testing.T, version string, js []byte) {
+		c := NewClient(ClientConfig{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err := c.accept(&pb.Snapshot{Version: "v1", SnapshotJson: []byte(good)}); err != nil {
+			t.Fatal(err)
+		}
+		before := c.Current()
+		err := c.accept(&pb.Snapshot{Version: version, SnapshotJson: js})
+		if err != nil && c.Current() != before {
+			t.Fatal("a rejected snapshot replaced the good one")
+		}
+		if err == nil && c.Current().Snapshot.Validate() != nil {
+			t.Fatal("accepted a snapshot that does not validate")
+		}
+	})
 }
