@@ -217,7 +217,13 @@ func (rep *report) targets(b *strings.Builder, m *result, dm func(string) float6
 		return "**no**"
 	}
 	row := func(name string, val, bestVal float64, valS, bestS string, ok bool, bestName string) {
-		w("| %s | %s | %s | %s (%s) | %s |\n", name, valS, met(ok, val), bestS, orNA(bestName), ratio(val, bestVal))
+		if math.IsNaN(val) {
+			valS = "n/a"
+		}
+		if math.IsNaN(bestVal) {
+			bestS, bestName = "n/a", "no peer measured"
+		}
+		w("| %s | %s | %s | %s (%s) | %s |\n", name, valS, met(ok, val), bestS, bestName, ratio(val, bestVal))
 	}
 	// Throughput ratios.
 	for _, t := range []struct {
@@ -239,21 +245,14 @@ func (rep *report) targets(b *strings.Builder, m *result, dm func(string) float6
 			bn, bv = r.v.name, a
 		}
 	}
-	row("added p50 at 1,000 req/s <= 0.6 ms", add, bv, signed(add)+" ms", signed(bv)+" ms", add <= targetAddP50, bn)
+	row(fmt.Sprintf("added p50 at %s req/s <= 0.6 ms", commas(int64(rep.cfg.QPS))), add, bv, signed(add)+" ms", signed(bv)+" ms", add <= targetAddP50, bn)
 	bn, bv = rep.best(mCPU1k, false)
 	row("CPU of both sidecars <= 0.06 vCPU per 1k req/s", m.med(mCPU1k), bv, fmtNum(m.med(mCPU1k), 3), fmtNum(bv, 3), m.med(mCPU1k) <= targetCPU, bn)
 	bn, bv = rep.best(mUpload, true)
 	row("bulk >= 650 MiB/s", m.med(mUpload), bv, fmtNum(m.med(mUpload), 0)+" MiB/s", fmtNum(bv, 0)+" MiB/s", m.med(mUpload) >= targetBulk, bn)
 	bn, bv = rep.best(mRSS, false)
-	row("sidecar RSS <= 15 MB at 1k req/s", m.med(mRSS), bv, fmtNum(m.med(mRSS), 1)+" MB", fmtNum(bv, 1)+" MB", m.med(mRSS) <= targetRSS, bn)
+	row(fmt.Sprintf("sidecar RSS <= 15 MB at %s req/s", commas(int64(rep.cfg.QPS))), m.med(mRSS), bv, fmtNum(m.med(mRSS), 1)+" MB", fmtNum(bv, 1)+" MB", m.med(mRSS) <= targetRSS, bn)
 	w("\n")
-}
-
-func orNA(s string) string {
-	if s == "" {
-		return "n/a"
-	}
-	return s
 }
 
 func signed(x float64) string {
