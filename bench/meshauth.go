@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
@@ -34,6 +36,9 @@ func startMeshauth(ctx context.Context, e *env, cfg *config) (*variant, error) {
 	meshd, err := cfg.meshdBinary(e.dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: meshauth: %v", errSkipped, err)
+	}
+	if out, err := exec.Command(meshd, "sidecar", "--help").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("%w: meshauth: %s has no working sidecar command yet (%v: %s)", errSkipped, meshd, err, firstLine(out))
 	}
 	v := &variant{name: "meshauth", label: "meshauth sidecar pair", proxy: true,
 		target: net.JoinHostPort(meshService+"."+meshNamespace, strconv.Itoa(meshServicePort))}
@@ -117,7 +122,7 @@ func startMeshauth(ctx context.Context, e *env, cfg *config) (*variant, error) {
 			// The peers log nothing per connection; neither does this.
 			"--access-log=false", "--log-level", "warn",
 		}, side.args...)
-		p, err := startProc(e.dir, "meshauth-"+side.sa, meshd, args, nil)
+		p, err := startProc(e.dir, "meshauth-"+side.sa, meshd, args, cfg.MeshdEnv)
 		if err != nil {
 			return nil, err
 		}
@@ -201,4 +206,12 @@ func waitReady(ctx context.Context, admin string, p *proc) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+func firstLine(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
 }

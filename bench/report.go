@@ -133,7 +133,12 @@ func (rep *report) markdown() string {
 	w("Peers run %d worker process/thread per proxy. Figures are medians of %d interleaved runs (the order of variants rotates every run). ", cfg.Workers, cfg.Runs)
 	w("Max req/s: `wrk -t1 -c%d -d%s` (one request per connection: the same with `Connection: close`, so every request is a new client connection). ", cfg.Conns, cfg.Duration)
 	w("Latency: `fortio load -stdclient -qps %d -c %d -t %s` (same client for every variant); the proxies' CPU (utime+stime of both processes and their children from /proc/<pid>/stat) and peak RSS (VmRSS, the larger of the two proxies) are taken during that run. ", cfg.QPS, cfg.Conns, cfg.LatDur)
-	w("Upload: one HTTP POST of %s through the variant, until the backend has read it all.\n\n", sizeName(cfg.UploadSize))
+	w("Upload: one HTTP POST of %s through the variant, until the backend has read it all. ", sizeName(cfg.UploadSize))
+	w("meshauth: two `meshd sidecar` processes whose agents got their certificates from `meshd control` with join tokens (the control plane keeps running, idle, and is not counted); the client uses its sidecar as an explicit HTTP proxy (absolute-URI requests: wrk through a Lua script that sets the absolute URI, fortio and the upload through HTTP_PROXY), the client sidecar pools mTLS connections to the server sidecar (STRICT), which forwards to the backend; access logs off, as the peers log nothing per request by default")
+	if len(cfg.MeshdEnv) > 0 {
+		w("; sidecar environment `%s`", strings.Join(cfg.MeshdEnv, " "))
+	}
+	w(".\n\n")
 
 	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB | %s upload MiB/s |\n", cfg.QPS, sizeName(cfg.UploadSize))
 	w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
