@@ -51,10 +51,9 @@ and its directory removed when it ends, also on Ctrl-C.`,
 // demo` needs nothing but bin/meshctl and bin/meshd. The standalone binaries
 // are samples/httpbin/cmd/httpbin and samples/sleep.
 var sampleCmd = &cobra.Command{
-	Use:    "sample httpbin|sleep",
-	Short:  "Run a sample app (used by demo)",
-	Hidden: true,
-	Args:   cobra.ExactArgs(1),
+	Use:   "sample httpbin|sleep",
+	Short: "Run a sample app: httpbin (--listen ADDR) or sleep (used by demo and docs/walkthrough.md)",
+	Args:  cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -130,14 +129,15 @@ func runDemo(ctx context.Context, out io.Writer) (err error) {
 	}
 	d.verify(ctx)
 	d.testAuth(ctx)
+	d.checkMesh(ctx)
 
 	fails := r.Failures()
-	r.Printf("\n%d observations match the seed, %d differ (%s)\n", r.Passes(), len(fails), time.Since(start).Round(100*time.Millisecond))
+	r.Printf("\n%d observations as expected, %d differ (%s)\n", r.Passes(), len(fails), time.Since(start).Round(100*time.Millisecond))
 	if len(fails) > 0 {
 		for _, f := range fails {
 			r.Printf("  differs: %s\n", f)
 		}
-		return &exitError{code: 1, err: fmt.Errorf("demo: %d observations differ from the seed", len(fails))}
+		return &exitError{code: 1, err: fmt.Errorf("demo: %d observations differ from what the seed shows", len(fails))}
 	}
 	return nil
 }
@@ -149,6 +149,12 @@ func (d *demo) startMesh(ctx context.Context) error {
 	r.Section("Before you begin: a local mesh with global mutual TLS")
 	done := r.Progress("[1/4] control plane (CA, config, registry, push)")
 	if err := d.m.WriteConfig("mesh.yaml", demoMeshConfig); err != nil {
+		done("", err)
+		return err
+	}
+	// The legacy pod is registered up front, like a Pod the API server
+	// knows, so explain and check know it has no sidecar.
+	if err := d.m.WriteConfig("workload-legacy-sleep.yaml", demoLegacyWorkload); err != nil {
 		done("", err)
 		return err
 	}
@@ -182,6 +188,15 @@ func (d *demo) startMesh(ctx context.Context) error {
 	}
 	done(d.sleep.Summary(), nil)
 
+	// The control plane reads new config files on its next poll and pushes
+	// them; sleep's first call must not race that.
+	done = r.Progress("      sleep's sidecar gets httpbin's route from the control plane")
+	if err := d.sleep.WaitOutbound(ctx, "httpbin", "default", 20*time.Second); err != nil {
+		done("", err)
+		return err
+	}
+	done("", nil)
+
 	done = r.Progress("[4/4] legacy sleep with no sidecar (namespace legacy)")
 	d.legacy, err = d.m.Start("legacy-sleep", []string{d.self, "sample", "sleep"}, nil)
 	if err != nil {
@@ -203,13 +218,28 @@ spec:
   authPolicy: MUTUAL_TLS
 `
 
+const demoLegacyWorkload = `# The seed's legacy pod: sleep in namespace legacy, without a sidecar.
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata:
+  name: sleep
+  namespace: legacy
+  labels:
+    app: sleep
+spec:
+  serviceAccount: sleep
+  address: 127.0.0.1
+  sidecar: false
+`
+
 // shell runs a pipeline the way the seed writes it, printing the line, and
 // returns what it observed. A pipeline keeps the seed's own grep so the
 // output is the seed's.
 func (d *demo) shell(ctx context.Context, line string) (walkthrough.Observation, error) {
 	d.r.Command(line)
 	cmd := exec.CommandContext(ctx, "sh", "-c", line)
-	cmd.Env = append(os.Environ(), "MESHAUTH_DIR="+d.m.StateDir)
+	// "meshctl" in the line is this binary, wherever it was built.
+	cmd.Env = append(os.Environ(), "MESHAUTH_DIR="+d.m.StateDir, "PATH="+filepath.Dir(d.self)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	o, err := walkthrough.Run(cmd)
 	if err != nil {
 		return o, err
@@ -232,7 +262,12 @@ func (d *demo) verify(ctx context.Context) {
 	if o, err := d.run(ctx, "ca", "status"); err != nil {
 		r.Fail("CA is up", err)
 	} else {
-		r.Check("control plane and CA are up", o.Exit == 0 && strings.Contains(o.Stdout, "root"), o.String(), "exit 0 and a root")
+		signing := regexp.MustCompile(`(?m)^Signing cert:\s*(.*)$`).FindStringSubmatch(o.Stdout)
+		got := fmt.Sprintf("exit %d, no signing certificate", o.Exit)
+		if signing != nil {
+			got = fmt.Sprintf("exit %d, signing with %s", o.Exit, strings.TrimSpace(signing[1]))
+		}
+		r.Check("control plane and CA are up", o.Exit == 0 && signing != nil, got, "exit 0 and a signing certificate")
 	}
 
 	r.Section("Verifying service configuration")
@@ -242,12 +277,25 @@ func (d *demo) verify(ctx context.Context) {
 	} else {
 		r.Check("mesh-wide authPolicy", strings.Contains(o.Stdout, "MUTUAL_TLS"), strings.TrimSpace(o.Stdout), "authPolicy: MUTUAL_TLS")
 	}
-	r.Note("authentication policies and destination rules, and whether they agree (tls-check)")
+	r.Note("authentication policies (the seed: kubectl get policies.authentication.istio.io -n default -o yaml)")
+	if o, err := d.run(ctx, "get", "policies", "-n", "default", "-o", "yaml"); err != nil {
+		r.Fail("policies", err)
+	} else {
+		r.Check("meshctl get policies answers", o.Exit == 0, fmt.Sprintf("exit %d", o.Exit), "exit 0")
+	}
+	r.Note("destination rules, in every namespace (the seed: kubectl get destinationrules.networking.istio.io --all-namespaces -o yaml)")
+	if o, err := d.run(ctx, "get", "destinationrules", "-o", "yaml"); err != nil {
+		r.Fail("destination rules", err)
+	} else {
+		r.Check("meshctl get destinationrules answers", o.Exit == 0, fmt.Sprintf("exit %d", o.Exit), "exit 0")
+	}
+	r.Note("and whether servers and clients agree, the quick way the seed wished for (tls-check)")
 	if o, err := d.run(ctx, "tls-check"); err != nil {
 		r.Fail("tls-check", err)
 	} else {
 		ok := o.Exit == 0 && strings.Contains(o.Stdout, "httpbin") && !strings.Contains(o.Stdout, "CONFLICT")
-		r.Check("tls-check shows httpbin with no CONFLICT", ok, o.String(), "exit 0, httpbin listed, no CONFLICT")
+		got := fmt.Sprintf("exit %d, httpbin listed: %v, CONFLICT: %v", o.Exit, strings.Contains(o.Stdout, "httpbin"), strings.Contains(o.Stdout, "CONFLICT"))
+		r.Check("tls-check shows httpbin with no CONFLICT", ok, got, "exit 0, httpbin listed: true, CONFLICT: false")
 	}
 
 	r.Section("Verifying keys and certificates installation")
@@ -303,18 +351,29 @@ func (d *demo) testAuth(ctx context.Context) {
 
 	r.Note("Request from the sleep app to the httpbin service should succeed (200).")
 	r.Note("The app reaches the mesh through its sidecar: http_proxy=%s", d.sleep.OutboundProxy)
-	args := []string{"curl", "httpbin:8000/headers", "-s", "-w", `\n` + seedW}
+	proxyEnv := append(os.Environ(), "http_proxy="+d.sleep.OutboundProxy, "HTTP_PROXY=", "no_proxy=", "NO_PROXY=")
+	args := []string{"curl", "httpbin:8000/headers", "-o", "/dev/null", "-s", "-w", seedW}
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), "http_proxy="+d.sleep.OutboundProxy, "HTTP_PROXY=", "no_proxy=", "NO_PROXY=")
-	o, _ := r.Curl("sleep -> httpbin:8000 through its sidecar", "http_proxy="+d.sleep.OutboundProxy+" "+walkthrough.Quote(args), cmd, wantOK)
+	cmd.Env = proxyEnv
+	r.Curl("sleep -> httpbin:8000 through its sidecar", "http_proxy="+d.sleep.OutboundProxy+" "+walkthrough.Quote(args), cmd, wantOK)
+
+	r.Note("httpbin's /headers shows who called: its sidecar sets X-Forwarded-Client-Cert from the verified peer")
+	args = []string{"curl", "-s", "httpbin:8000/headers"}
+	cmd = exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = proxyEnv
+	r.Command("http_proxy=" + d.sleep.OutboundProxy + " " + walkthrough.Quote(args))
 	wantID := "spiffe://cluster.local/ns/default/sa/sleep"
-	body := o.Stdout
-	xfcc := regexp.MustCompile(`"X-Forwarded-Client-Cert":\s*"([^"]*)"`).FindStringSubmatch(body)
-	got := "no X-Forwarded-Client-Cert header"
-	if xfcc != nil {
-		got = xfcc[1]
+	if o, err := walkthrough.Run(cmd); err != nil {
+		r.Fail("X-Forwarded-Client-Cert", err)
+	} else {
+		r.Output(o)
+		xfcc := regexp.MustCompile(`"X-Forwarded-Client-Cert":\s*"([^"]*)"`).FindStringSubmatch(o.Stdout)
+		got := "no X-Forwarded-Client-Cert header"
+		if xfcc != nil {
+			got = xfcc[1]
+		}
+		r.Check("httpbin saw sleep's identity in X-Forwarded-Client-Cert", xfcc != nil && strings.Contains(xfcc[1], "URI="+wantID), got, "URI="+wantID)
 	}
-	r.Check("httpbin saw sleep's identity in X-Forwarded-Client-Cert", xfcc != nil && strings.Contains(xfcc[1], "URI="+wantID), got, "URI="+wantID)
 
 	// The "proxy container" calls go straight to httpbin's inbound listener
 	// (what the service address reaches when nothing captures it), with the
@@ -343,6 +402,18 @@ func (d *demo) testAuth(ctx context.Context) {
 	r.Note("Request from a pod without a sidecar (legacy) fails: it cannot start the TLS the server requires.")
 	args = []string{"curl", "--connect-to", "httpbin.default:8000:" + inbound, "httpbin.default:8000/headers", "-o", "/dev/null", "-s", "-w", seedW}
 	r.Curl("legacy -> httpbin.default:8000 fails", walkthrough.Quote(args), exec.CommandContext(ctx, args[0], args[1:]...), wantReset)
+
+	r.Note("Why: meshctl explain predicts it from the policy alone")
+	if o, err := d.run(ctx, "explain", "--from", "sleep.legacy", "--to", "httpbin.default:8000"); err != nil {
+		r.Fail("explain legacy -> httpbin", err)
+	} else {
+		r.Check("explain predicts the legacy call fails", o.Exit == 1 && strings.HasPrefix(o.Stdout, "DENY"), fmt.Sprintf("exit %d, %s", o.Exit, firstLine(o.Stdout)), "exit 1, DENY")
+	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	return line
 }
 
 // opensslTime is how `openssl x509 -text` prints dates.
@@ -378,4 +449,24 @@ func lastLine(s string) string {
 // and errors only, on stderr, so stdout stays the walkthrough.
 func demoLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// checkMesh runs meshctl check on the demo mesh: every check it makes, plus
+// live reachability compared with meshctl explain.
+func (d *demo) checkMesh(ctx context.Context) {
+	r := d.r
+	r.Section("Checking the whole mesh (meshctl check)")
+	if o, err := d.run(ctx, "check", "--reachability"); err != nil {
+		r.Fail("meshctl check", err)
+	} else {
+		fails := strings.Count(o.Stdout, "\nFAIL ") + boolInt(strings.HasPrefix(o.Stdout, "FAIL "))
+		r.Check("meshctl check --reachability", o.Exit == 0 && fails == 0, fmt.Sprintf("exit %d, %d FAIL lines", o.Exit, fails), "exit 0, 0 FAIL lines")
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

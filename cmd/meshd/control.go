@@ -17,6 +17,7 @@ func init() {
 	var (
 		cfg     control.Config
 		keyType string
+		plane   control.PlaneConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "control",
@@ -25,17 +26,20 @@ func init() {
 
 State lives in --dir: ca.db (CA store), admin.token (0600, for meshctl),
 root-cert.pem (the trust bundle's roots) and control.addr (the address it
-listens on). With --cacerts DIR it signs with an operator's intermediate
+listens on). With --config DIR it loads and watches policy YAML (see
+docs/policy.md) and pushes each sidecar its snapshot. With --cacerts DIR it signs with an operator's intermediate
 (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) instead of a
 self-signed root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.CA.KeyType = ca.KeyType(keyType)
 			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			cfg.Register = append(cfg.Register, control.WithPlane(plane))
 			srv, err := control.New(cfg)
 			if err != nil {
 				return err
 			}
+			defer control.PlaneOf(srv).Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return srv.Serve(ctx)
@@ -56,5 +60,7 @@ self-signed root.`,
 	f.DurationVar(&cfg.CA.MaxTTL, "max-ttl", 90*24*time.Hour, "longest workload certificate TTL a caller may ask")
 	f.DurationVar(&cfg.CA.RotationOverlap, "rotation-overlap", time.Hour, "default time a new root is trusted before it signs")
 	f.DurationVar(&cfg.TickInterval, "tick", 10*time.Second, "how often rotation, root retirement and revocation pruning run")
+	f.StringVar(&plane.ConfigDir, "config", "", "config directory (Policy, DestinationRule, RBAC, Service, Workload YAML), watched; a bad batch is rejected whole")
+	f.DurationVar(&plane.PollInterval, "config-poll", time.Second, "how often --config is checked for changes")
 	root.AddCommand(cmd)
 }

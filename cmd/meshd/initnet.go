@@ -12,11 +12,11 @@ import (
 
 func init() {
 	var (
-		cfg                          capture.Config
-		inbound, exclIn, exclOut     string
-		inclOut, exclCIDR, ipv6      string
-		cleanup, dryRun              bool
-		outPort, inPort              uint16
+		cfg                      capture.Config
+		inbound, exclIn, exclOut string
+		inclOut, exclCIDR, ipv6  string
+		cleanup, dryRun          bool
+		outPort, inPort          uint16
 	)
 	cmd := &cobra.Command{
 		Use:   "init-net",

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,17 +21,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/proxy"
+	"github.com/meshauth/meshauth/internal/push"
 )
 
 // sidecarFlags are the flags of `meshd sidecar`.
@@ -46,6 +45,12 @@ type sidecarFlags struct {
 	outbound, capture, admin             string
 	transparent, denyUnknown             bool
 	workloadAPI                          string
+	labels                               map[string]string
+	address                              string
+	// Port-number forms, as the Kubernetes injector passes them.
+	inboundPort, outboundPort, adminPort, healthPort int
+	certSource                                       string
+	health                                           string
 	logLevel                             string
 	accessLog                            bool
 	handshakeTimeout, idleTimeout        time.Duration
@@ -92,7 +97,9 @@ exits with its status.`,
 	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default)")
 	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
 	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
-	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: every port STRICT, no outbound services")
+	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: the control plane's push stream, or with --static-certs every port STRICT and no outbound services")
+	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry; repeatable")
+	fl.StringVar(&f.address, "address", "", "workload address for the registry (default: as the control plane sees the connection)")
 	fl.StringArrayVar(&f.inbound, "inbound", nil, "explicit inbound listener LISTEN=APP, e.g. 18000=127.0.0.1:8000 (the app's port names the policy port); repeatable")
 	fl.StringArrayVar(&f.upstreams, "upstream", nil, "explicit outbound TCP port LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306; repeatable")
 	fl.StringVar(&f.outbound, "outbound-listen", "127.0.0.1:15001", "outbound listener: HTTP proxy, and the capture target with --transparent (empty: off)")
@@ -100,12 +107,71 @@ exits with its status.`,
 	fl.BoolVar(&f.transparent, "transparent", false, "serve traffic redirected by meshd init-net (SO_ORIGINAL_DST); run as uid 1337")
 	fl.BoolVar(&f.denyUnknown, "deny-unknown", false, "refuse outbound traffic to destinations that are not mesh services (default: pass through)")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "admin listener: /healthz/ready, /certs, /config_dump, /metrics (empty: off)")
-	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR/agent.sock; "off" disables)`)
+	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR-agent.sock, beside the certs directory; "off" disables)`)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
 	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
 	fl.DurationVar(&f.idleTimeout, "idle-timeout", 90*time.Second, "close connections idle this long")
+	// The injector's (and Istio's) port-number flags; each sets the
+	// matching address flag, and --inbound-port/--outbound-port mean
+	// transparent capture.
+	fl.IntVar(&f.inboundPort, "inbound-port", 0, "transparent mode: inbound capture port (sets --inbound-capture :PORT and --transparent)")
+	fl.IntVar(&f.outboundPort, "outbound-port", 0, "transparent mode: outbound capture port (sets --outbound-listen :PORT and --transparent)")
+	fl.IntVar(&f.adminPort, "admin-port", 0, "admin port on 127.0.0.1 (sets --admin)")
+	fl.IntVar(&f.healthPort, "health-port", 0, "health port on all addresses (sets --health :PORT)")
+	fl.StringVar(&f.health, "health", "", "health listener: /healthz/ready and the app probes from $MESHAUTH_APP_PROBERS (empty: off)")
+	fl.StringVar(&f.certSource, "cert-source", "ca", `where certificates come from: "ca" (the agent) or "files" (--certs-dir, written by someone else, e.g. a Secret; re-read when they change)`)
+	fl.StringVar(&f.certsDir, "cert-dir", "/etc/certs", "alias of --certs-dir")
+	fl.StringVar(&f.caRoots, "ca-root", "", "alias of --ca-roots")
+	for _, n := range []string{"cert-dir", "ca-root"} {
+		fl.MarkHidden(n)
+	}
 	root.AddCommand(cmd)
+}
+
+// applyEnvAndAliases fills identity flags from the Downward API variables
+// the injector sets, and turns port-number flags into addresses.
+func applyEnvAndAliases(cmd *cobra.Command, f *sidecarFlags) error {
+	fl := cmd.Flags()
+	for _, e := range []struct {
+		flag, env string
+		dst       *string
+	}{
+		{"workload", "POD_NAME", &f.workload},
+		{"namespace", "POD_NAMESPACE", &f.namespace},
+		{"service-account", "SERVICE_ACCOUNT", &f.sa},
+		{"address", "INSTANCE_IP", &f.address},
+	} {
+		if v := os.Getenv(e.env); v != "" && !fl.Changed(e.flag) {
+			*e.dst = v
+		}
+	}
+	if f.inboundPort != 0 {
+		f.transparent = true
+		f.capture = ":" + strconv.Itoa(f.inboundPort)
+	}
+	if f.outboundPort != 0 {
+		f.transparent = true
+		f.outbound = ":" + strconv.Itoa(f.outboundPort)
+	} else if f.transparent && !fl.Changed("outbound-listen") {
+		// REDIRECT sends IPv4 to 127.0.0.1 and IPv6 to ::1: listen on both.
+		// Explicit proxy use stays loopback-only (see proxy.handleOutbound).
+		f.outbound = ":15001"
+	}
+	if f.adminPort != 0 {
+		f.admin = "127.0.0.1:" + strconv.Itoa(f.adminPort)
+	}
+	if f.healthPort != 0 {
+		f.health = ":" + strconv.Itoa(f.healthPort)
+	}
+	switch f.certSource {
+	case "ca":
+	case "files":
+		f.staticCerts = true
+	default:
+		return fmt.Errorf("--cert-source %q: want ca or files", f.certSource)
+	}
+	return nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -115,6 +181,9 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
+	if err := applyEnvAndAliases(cmd, &f); err != nil {
+		return err
+	}
 	level, err := parseLevel(f.logLevel)
 	if err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -152,6 +221,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		return err
 	}
 
+	var policySrc proxy.ConfigSource = cfgStore
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 
@@ -160,17 +230,20 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		OnRefused: func(what, reason string) { metrics.CertUpdates.WithLabelValues(what, "refused", reason).Inc() },
 	})
 	var ag *agent.Agent
+	usePush := f.snapshot == "" && (!f.staticCerts || f.control != "" || f.controlDir != "")
+	var cc *controlConn
+	if !f.staticCerts || usePush {
+		if cc, err = newControlConn(f, id, store); err != nil {
+			return err
+		}
+	}
 	if f.staticCerts {
 		if err := loadStaticCerts(store, f.certsDir, id.TrustDomain); err != nil {
 			return err
 		}
 	} else {
-		connect, err := caConnector(f, id, store)
-		if err != nil {
-			return err
-		}
 		ag, err = agent.New(agent.Config{
-			ID: id, Dir: f.certsDir, Connect: connect, Store: store, TTL: f.certTTL,
+			ID: id, Dir: f.certsDir, Connect: cc.connectCA, Store: store, TTL: f.certTTL,
 			Log: log.With("component", "agent"), Registerer: reg,
 		})
 		if err != nil {
@@ -178,9 +251,38 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		}
 		go ag.Run(ctx)
 	}
+	if usePush {
+		// Policy from the control plane's push stream, over mTLS with the
+		// workload certificate once there is one.
+		conn, err := cc.dial(ctx, true)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		pc := push.NewClient(push.ClientConfig{
+			Conn: conn,
+			Log:  log,
+			Register: func() *pb.Register {
+				return &pb.Register{Workload: f.workload, Labels: f.labels, Address: f.address, Ports: inboundPorts(f.inbound)}
+			},
+		})
+		go func() {
+			for store.SVID() == nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-store.Changed():
+				}
+			}
+			pc.Run(ctx)
+		}()
+		policySrc = pushSource{pc}
+	}
 
 	if f.workloadAPI == "" {
-		f.workloadAPI = filepath.Join(f.certsDir, "agent.sock")
+		// Beside, not in, the certs directory, which holds exactly the
+		// seed's three files.
+		f.workloadAPI = filepath.Clean(f.certsDir) + "-agent.sock"
 	}
 	if f.workloadAPI != "off" {
 		if err := os.MkdirAll(filepath.Dir(f.workloadAPI), 0o755); err != nil {
@@ -195,7 +297,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	}
 
 	pcfg := proxy.Config{
-		Certs: store, Policy: cfgStore, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
+		Certs: store, Policy: policySrc, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
 		Metrics: metrics, HandshakeTimeout: f.handshakeTimeout, IdleTimeout: f.idleTimeout,
 		Outbound: f.outbound, Transparent: f.transparent, DenyUnknown: f.denyUnknown,
 	}
@@ -250,6 +352,22 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		go srv.Serve(l)
 		defer srv.Close()
 	}
+	if f.health != "" {
+		probers, err := proxy.ParseAppProbers(os.Getenv("MESHAUTH_APP_PROBERS"))
+		if err != nil {
+			return err
+		}
+		l, err := net.Listen("tcp", f.health)
+		if err != nil {
+			return fmt.Errorf("--health: %w", err)
+		}
+		srv := &http.Server{Handler: p.HealthHandler(probers), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	if f.staticCerts {
+		go watchStaticCerts(ctx, log, f.certsDir, store)
+	}
 	log.Info("sidecar started", "spiffe_id", id.String(), "outbound", addrString(p.OutboundAddr),
 		"inbound", fmt.Sprint(p.InboundAddrs), "capture", addrString(p.CaptureAddr), "admin", f.admin, "transparent", f.transparent)
 
@@ -292,6 +410,20 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	}
 }
 
+// inboundPorts returns the app ports of --inbound LISTEN=APP flags.
+func inboundPorts(inbound []string) []uint32 {
+	var out []uint32
+	for _, s := range inbound {
+		_, app, _ := strings.Cut(s, "=")
+		if _, ps, err := net.SplitHostPort(app); err == nil {
+			if n, err := strconv.ParseUint(ps, 10, 16); err == nil {
+				out = append(out, uint32(n))
+			}
+		}
+	}
+	return out
+}
+
 func addrString(a net.Addr) string {
 	if a == nil {
 		return ""
@@ -325,6 +457,43 @@ func reload(log *slog.Logger, f sidecarFlags, cfg *proxy.ConfigStore, store *age
 	}
 }
 
+// watchStaticCerts re-reads the certs directory when its files change (a
+// Kubernetes Secret volume swaps them atomically). A bad set is refused by
+// the store and the current certificate stays.
+func watchStaticCerts(ctx context.Context, log *slog.Logger, dir string, store *agent.Store) {
+	stamp := func() string {
+		var sb strings.Builder
+		for _, n := range []string{agent.ChainFile, agent.KeyFile, agent.RootFile} {
+			if fi, err := os.Stat(filepath.Join(dir, n)); err == nil {
+				fmt.Fprintf(&sb, "%d/%d;", fi.ModTime().UnixNano(), fi.Size())
+			}
+		}
+		return sb.String()
+	}
+	last := stamp()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s := stamp(); s != last {
+			last = s
+			td := identity.DefaultTrustDomain
+			if b := store.Bundle(); b != nil {
+				td = b.TrustDomain
+			}
+			if err := loadStaticCerts(store, dir, td); err != nil {
+				log.Error("certificate files changed but were refused; keeping the current certificate", "dir", dir, "error", err.Error())
+				continue
+			}
+			log.Info("certificate files reloaded", "dir", dir, "serial", store.SVID().Serial())
+		}
+	}
+}
+
 func loadStaticCerts(store *agent.Store, dir, td string) error {
 	chain, err := os.ReadFile(filepath.Join(dir, agent.ChainFile))
 	if err != nil {
@@ -349,27 +518,28 @@ func loadStaticCerts(store *agent.Store, dir, td string) error {
 	return store.Set(s, b)
 }
 
-// caConnector returns how the agent reaches the CA: TLS to the control
-// plane, whose certificate must chain to the mesh roots and carry the
-// control plane's SPIFFE ID; with the join token for bootstrap, with the
-// workload certificate for renewal and the bundle stream.
-func caConnector(f sidecarFlags, id identity.ID, store *agent.Store) (agent.ConnectFunc, error) {
-	addr := f.control
-	if addr == "" && f.controlDir != "" {
-		if b, err := os.ReadFile(filepath.Join(f.controlDir, "control.addr")); err == nil {
-			addr = strings.TrimSpace(string(b))
-		}
+// controlConn holds how the sidecar reaches the control plane: its
+// address, the roots to verify it before the first bundle arrives, and the
+// join token.
+type controlConn struct {
+	addr, dir string
+	token     string
+	initial   *identity.Bundle
+	store     *agent.Store
+}
+
+func newControlConn(f sidecarFlags, id identity.ID, store *agent.Store) (*controlConn, error) {
+	c := &controlConn{addr: f.control, dir: f.controlDir, store: store}
+	if c.dir == "" {
+		c.dir = f.certsDir // client.Dial reads control.addr from it if present
 	}
-	if addr == "" {
-		addr = "127.0.0.1:15012"
-	}
-	token := f.token
+	c.token = f.token
 	if f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("--token-file: %w", err)
 		}
-		token = strings.TrimSpace(string(b))
+		c.token = strings.TrimSpace(string(b))
 	}
 	rootsFile := f.caRoots
 	if rootsFile == "" && f.controlDir != "" {
@@ -378,59 +548,61 @@ func caConnector(f sidecarFlags, id identity.ID, store *agent.Store) (agent.Conn
 	if rootsFile == "" {
 		rootsFile = filepath.Join(f.certsDir, agent.RootFile)
 	}
-	var initial *identity.Bundle
 	if data, err := os.ReadFile(rootsFile); err == nil {
-		if initial, err = identity.NewBundle(id.TrustDomain, 0, []string{string(data)}, nil); err != nil {
-			return nil, fmt.Errorf("CA roots %s: %w", rootsFile, err)
+		if c.initial, err = identity.NewBundle(id.TrustDomain, 0, []string{string(data)}, nil); err != nil {
+			return nil, fmt.Errorf("control plane roots %s: %w", rootsFile, err)
 		}
-	} else if token != "" {
-		return nil, fmt.Errorf("CA roots: %w (pass --ca-roots or --control-dir so the sidecar can verify the control plane)", err)
+	} else {
+		return nil, fmt.Errorf("control plane roots: %w (pass --ca-roots or --control-dir so the sidecar can verify the control plane)", err)
 	}
-	td := spiffeid.RequireTrustDomainFromString(id.TrustDomain)
-	serverID := spiffeid.RequireFromPath(td, "/ns/meshauth-system/sa/meshd")
-	bundles := bundleSource(func() *identity.Bundle {
-		if b := store.Bundle(); b != nil {
-			return b
-		}
-		return initial
-	})
-	return func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
-		cfg := tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(serverID))
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			if c := getCert(); mtls && c != nil {
-				return c, nil
+	return c, nil
+}
+
+// roots is the bundle to verify the control plane with: the agent's current
+// one (it follows root rotations), else the configured roots.
+func (c *controlConn) roots() *identity.Bundle {
+	if b := c.store.Bundle(); b != nil {
+		return b
+	}
+	return c.initial
+}
+
+// dial opens a connection; with mtls it presents the workload certificate,
+// otherwise the join token.
+func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, error) {
+	o := client.Options{Dir: c.dir, Addr: c.addr, Roots: c.roots, TrustDomain: c.initial.TrustDomain}
+	if mtls {
+		o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if s := c.store.SVID(); s != nil {
+				return s.TLS, nil
 			}
 			return &tls.Certificate{}, nil
 		}
-		opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
-		if !mtls {
-			if token == "" {
-				return nil, nil, errors.New("no valid certificate and no join token (--token or --token-file)")
-			}
-			opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+	} else {
+		if c.token == "" {
+			return nil, errors.New("no valid certificate and no join token (--token or --token-file)")
 		}
-		conn, err := grpc.NewClient(addr, opts...)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pb.NewCertificateAuthorityClient(conn), conn, nil
-	}, nil
-}
-
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
-// bundleSource adapts the current bundle to go-spiffe's x509bundle.Source.
-type bundleSource func() *identity.Bundle
-
-func (f bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	b := f()
-	if b == nil || b.TrustDomain != td.Name() {
-		return nil, fmt.Errorf("no trust bundle for %q to verify the control plane", td)
+		o.Token = c.token
 	}
-	return b.X509Bundle(), nil
+	return client.Dial(ctx, o)
 }
+
+// connectCA is the agent's ConnectFunc.
+func (c *controlConn) connectCA(ctx context.Context, mtls bool, _ func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+	conn, err := c.dial(ctx, mtls)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pb.NewCertificateAuthorityClient(conn), conn, nil
+}
+
+// pushSource adapts the push client to the proxy's ConfigSource.
+type pushSource struct{ c *push.Client }
+
+func (p pushSource) Current() *policy.Snapshot {
+	if u := p.c.Current(); u != nil {
+		return u.Snapshot
+	}
+	return nil
+}
+func (p pushSource) Changed() <-chan struct{} { return p.c.Changed() }

@@ -97,7 +97,3 @@ func origDst6(fd int) (netip.AddrPort, error) {
 	port := binary.BigEndian.Uint16(b[2:4])
 	return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), port), nil
 }
-
-
-
-

@@ -74,6 +74,7 @@ type Cluster struct {
 	pods   []*Pod
 	svcs   []*Service
 	procs  []*exec.Cmd
+	done   map[*exec.Cmd]chan struct{}
 	closed bool
 }
 
@@ -326,10 +327,34 @@ func (c *Cluster) Start(cmd *exec.Cmd) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("netns: start %s: %w", strings.Join(cmd.Args, " "), err)
 	}
+	done := make(chan struct{})
 	c.mu.Lock()
 	c.procs = append(c.procs, cmd)
+	if c.done == nil {
+		c.done = map[*exec.Cmd]chan struct{}{}
+	}
+	c.done[cmd] = done
 	c.mu.Unlock()
+	go func() { _ = cmd.Wait(); close(done) }()
 	return nil
+}
+
+// Exited returns a non-nil error describing the exit if a process started
+// with Start has exited, so callers waiting for it to come up can stop at
+// once instead of timing out.
+func (c *Cluster) Exited(cmd *exec.Cmd) error {
+	c.mu.Lock()
+	done := c.done[cmd]
+	c.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return fmt.Errorf("%s exited: %v", strings.Join(cmd.Args, " "), cmd.ProcessState)
+	default:
+		return nil
+	}
 }
 
 // Stop stops one process started with Start: SIGTERM to its group, then
@@ -340,8 +365,12 @@ func (c *Cluster) Stop(cmd *exec.Cmd, grace time.Duration) {
 	}
 	pgid := cmd.Process.Pid
 	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
+	c.mu.Lock()
+	done := c.done[cmd]
+	c.mu.Unlock()
+	if done == nil {
+		return
+	}
 	select {
 	case <-done:
 	case <-time.After(grace):

@@ -26,6 +26,25 @@ type Engine struct {
 
 	mu  sync.Mutex
 	out map[string]outEntry
+
+	// table is the whole outbound table at one registry version, shared by
+	// every snapshot computed at that version (each copies it and adds the
+	// short names of its own namespace). tableMu makes concurrent snapshots
+	// wait for one rebuild instead of all rebuilding.
+	tableMu sync.Mutex
+	table   *outTable
+}
+
+type outTable struct {
+	version uint64
+	list    []OutboundService
+	// nsRange is the [lo, hi) slice of list holding each namespace's
+	// services (list is sorted by namespace, then name).
+	nsRange map[string][2]int
+	// byNS caches, per client namespace, list with that namespace's short
+	// names added. Snapshots share these slices (snapshots are immutable),
+	// so a push to many sidecars of one namespace copies the table once.
+	byNS map[string][]OutboundService
 }
 
 type outEntry struct {
@@ -183,20 +202,27 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 }
 
 // ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
-// naming): the service accounts of its endpoints that run a sidecar.
+// naming): the service accounts of its endpoints that run a sidecar, plus
+// those the service's annotations add.
 func (e *Engine) ServerIdentities(svc *registry.Service) []string {
 	td := e.ix.cfg.TrustDomain()
 	seen := map[string]bool{}
 	var out []string
-	for _, w := range e.reg.Endpoints(svc.Key()) {
-		if !w.Sidecar {
-			continue
-		}
-		id := "spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount
+	add := func(id string) {
 		if !seen[id] {
 			seen[id] = true
 			out = append(out, id)
 		}
+	}
+	for _, w := range e.reg.Endpoints(svc.Key()) {
+		if w.Sidecar {
+			add("spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount)
+		}
+	}
+	// Identities the service declares on top of its workloads' (Service
+	// annotations): a VM or a workload being migrated.
+	for _, id := range svc.ServiceAccounts {
+		add(id)
 	}
 	sort.Strings(out)
 	return out
@@ -319,17 +345,55 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 // push server stamps it.
 func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
 	s := e.inbound(w)
-	svcs := e.reg.Services()
-	s.Outbound = make([]OutboundService, 0, len(svcs))
-	for _, svc := range svcs {
-		o := e.outbound(svc)
-		if svc.Namespace == w.Namespace {
-			// The short name resolves only inside the service's namespace.
-			o.Hosts = append([]string{svc.Name}, o.Hosts...)
-		}
-		s.Outbound = append(s.Outbound, o)
-	}
+	s.Outbound = e.outboundFor(w.Namespace)
 	return s
+}
+
+// outboundFor returns the outbound table as seen from namespace ns: the
+// short name of a service resolves only inside its own namespace.
+func (e *Engine) outboundFor(ns string) []OutboundService {
+	t := e.outboundTable()
+	e.tableMu.Lock()
+	defer e.tableMu.Unlock()
+	r, ok := t.nsRange[ns]
+	if !ok {
+		return t.list
+	}
+	if l, ok := t.byNS[ns]; ok {
+		return l
+	}
+	l := make([]OutboundService, len(t.list))
+	copy(l, t.list)
+	for i := r[0]; i < r[1]; i++ {
+		o := &l[i]
+		o.Hosts = append([]string{o.Name}, o.Hosts...)
+	}
+	t.byNS[ns] = l
+	return l
+}
+
+// outboundTable returns the outbound table for the registry's current
+// version, rebuilding it (from per-service cache entries) when it moved.
+func (e *Engine) outboundTable() *outTable {
+	e.tableMu.Lock()
+	defer e.tableMu.Unlock()
+	v := e.reg.Version()
+	if e.table != nil && e.table.version == v {
+		return e.table
+	}
+	svcs := e.reg.Services()
+	t := &outTable{version: v, list: make([]OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]OutboundService{}}
+	for i, svc := range svcs {
+		r, ok := t.nsRange[svc.Namespace]
+		if !ok {
+			r[0] = i
+		}
+		r[1] = i + 1
+		t.nsRange[svc.Namespace] = r
+		t.list = append(t.list, e.outbound(svc))
+	}
+	e.table = t
+	return t
 }
 
 // inbound computes the server half of a snapshot (no outbound table).

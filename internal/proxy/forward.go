@@ -159,14 +159,14 @@ func tlsServer(c net.Conn, cfg *tls.Config) *tls.Conn { return tls.Server(c, cfg
 // cachedMetrics are label-bound series used on the hot path, so a request
 // does not hash label values.
 type cachedMetrics struct {
-	m                          *Metrics
-	allow, deny                prometheus.Counter
-	activeIn, activeOut        prometheus.Gauge
-	bytesInUp, bytesInDown     prometheus.Counter
-	bytesOutUp, bytesOutDown   prometheus.Counter
-	inByMode                   map[policy.ServerMode]prometheus.Counter
-	hsOK                       map[string]prometheus.Counter
-	req                        map[string]prometheus.Counter
+	m                        *Metrics
+	allow, deny              prometheus.Counter
+	activeIn, activeOut      prometheus.Gauge
+	bytesInUp, bytesInDown   prometheus.Counter
+	bytesOutUp, bytesOutDown prometheus.Counter
+	inByMode                 map[policy.ServerMode]prometheus.Counter
+	hsOK                     map[string]prometheus.Counter
+	req                      map[string]prometheus.Counter
 }
 
 func newCachedMetrics(m *Metrics) cachedMetrics {

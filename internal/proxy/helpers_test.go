@@ -176,8 +176,8 @@ func httpbinService(t testing.TB, addr string, mode policy.ClientTLSMode, identi
 	host, _, _ := net.SplitHostPort(addr)
 	return policy.OutboundService{
 		Name: "httpbin", Namespace: "default",
-		Hosts:   []string{"httpbin", "httpbin.default", "httpbin.default.svc.cluster.local"},
-		Ports:   []policy.OutboundPort{{Name: "http", Port: 8000, TargetPort: 80, Protocol: "HTTP", TLSMode: mode}},
+		Hosts: []string{"httpbin", "httpbin.default", "httpbin.default.svc.cluster.local"},
+		Ports: []policy.OutboundPort{{Name: "http", Port: 8000, TargetPort: 80, Protocol: "HTTP", TLSMode: mode}},
 		Endpoints: []policy.Endpoint{{
 			Workload: "httpbin-1", ServiceAccount: "httpbin", Address: host, Sidecar: true,
 			Ports: map[uint32]uint32{80: portOf(t, addr)},
@@ -190,9 +190,19 @@ func httpbinService(t testing.TB, addr string, mode policy.ClientTLSMode, identi
 func proxyClient(s *sidecar, keepAlive bool) *http.Client {
 	u := "http://" + s.OutboundAddr.String()
 	tr := &http.Transport{
-		Proxy:             func(*http.Request) (*url.URL, error) { return url.Parse(u) },
-		DisableKeepAlives: !keepAlive,
+		Proxy:               func(*http.Request) (*url.URL, error) { return url.Parse(u) },
+		DisableKeepAlives:   !keepAlive,
 		MaxIdleConnsPerHost: 64,
 	}
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func mustParseURL(t testing.TB, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

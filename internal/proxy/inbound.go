@@ -24,6 +24,13 @@ func (p *Proxy) handleInboundCaptured(c net.Conn) {
 		reset(c)
 		return
 	}
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && int(dst.Port()) == la.Port {
+		// Not redirected: someone dialled the capture port itself.
+		// Forwarding it to the app's "port 15006" would loop.
+		p.log.Warn("inbound: direct connection to the capture port; closing", "peer", c.RemoteAddr().String())
+		reset(c)
+		return
+	}
 	app := net.JoinHostPort(p.cfg.InboundAppHost, strconv.Itoa(int(dst.Port())))
 	p.handleInbound(c, uint32(dst.Port()), app)
 }
@@ -183,6 +190,22 @@ func sourceName(info *connInfo) string {
 func (p *Proxy) serveInboundHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	info := infoFrom(r.Context())
+	// The mode was checked when the connection was accepted; a kept-alive
+	// plaintext connection must not outlive a change of its port to
+	// STRICT. Refuse it the way a new plaintext connection is refused.
+	if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				info.mode = string(policy.ServerStrict)
+				p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+				return
+			}
+		}
+		w.Header().Set("Connection", "close")
+		http.Error(w, "mutual TLS required on this port", http.StatusServiceUnavailable)
+		p.logRequest("inbound", info, r, info.app, http.StatusServiceUnavailable, "deny", reasonPlaintext, start)
+		return
+	}
 	dec := policy.Authorize(p.policy.Current(), policy.Request{
 		Source: info.peer, Port: info.port, Service: info.service, Method: r.Method, Path: r.URL.Path,
 	})

@@ -93,6 +93,14 @@ func (p *Proxy) handleOutbound(c net.Conn) {
 			return
 		}
 	}
+	// The explicit proxy speaks for this workload's identity: only the
+	// workload itself (loopback) may use it, never another host that can
+	// reach the port.
+	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ra.IP.IsLoopback() {
+		p.log.Warn("outbound: refusing proxy use from a non-loopback address", "peer", ra.String())
+		reset(c)
+		return
+	}
 	p.outConns.put(&infoConn{Conn: c, info: &connInfo{src: c.RemoteAddr().String(), mode: "proxy"}})
 }
 
@@ -155,7 +163,7 @@ func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
 		p.outConns.put(&infoConn{Conn: c, info: info})
 		return
 	}
-	ep := r.next()
+	ep := endpointFor(r, info)
 	if ep == "" {
 		p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
 		c.Close()
@@ -216,7 +224,7 @@ func (p *Proxy) serveOutboundHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			status, reason = p.forward(w, r, p.appTransport, dest)
 		}
-	} else if dest = rt.next(); dest == "" {
+	} else if dest = endpointFor(rt, info); dest == "" {
 		status, reason = http.StatusServiceUnavailable, "no_endpoints"
 		httpError(w, status, reason, "meshauth sidecar: service "+rt.service+" has no endpoints")
 	} else {
@@ -288,6 +296,21 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request, info *connInfo) 
 	p.relayOut(c, up, info, dest)
 }
 
+// endpointFor picks the endpoint for a request or connection. A captured
+// connection to a service the snapshot lists without endpoints goes to its
+// original destination (the service VIP, which the node translates to an
+// endpoint, as Istio's ORIGINAL_DST cluster does); the TLS mode and secure
+// naming of the service still apply.
+func endpointFor(r *route, info *connInfo) string {
+	if ep := r.next(); ep != "" {
+		return ep
+	}
+	if info.origHost != "" && info.origPort != 0 {
+		return net.JoinHostPort(info.origHost, strconv.Itoa(int(info.origPort)))
+	}
+	return ""
+}
+
 // ProxyTarget returns the destination host and port of a forward-proxy
 // request: the authority of a CONNECT, or the host of an absolute-form URI
 // (http://host[:port]/path). Origin-form requests ("GET /path") are not
@@ -331,5 +354,3 @@ func parsePort(s string) (uint32, error) {
 	}
 	return uint32(n), nil
 }
-
-

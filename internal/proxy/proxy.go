@@ -104,14 +104,14 @@ type Config struct {
 
 // Proxy is the sidecar data plane. Create it with New, then Start.
 type Proxy struct {
-	cfg      Config
-	certs    agent.Source
-	policy   ConfigSource
-	log      *slog.Logger
-	access   *slog.Logger
-	m        *Metrics
-	now      func() time.Time
-	sessions *sessionCache
+	cfg        Config
+	certs      agent.Source
+	policy     ConfigSource
+	log        *slog.Logger
+	access     *slog.Logger
+	m          *Metrics
+	now        func() time.Time
+	sessions   *sessionCache
 	serverConf *tls.Config
 
 	inHTTP   *http.Server
@@ -131,9 +131,9 @@ type Proxy struct {
 	closed    chan struct{}
 
 	// Addresses the listeners actually bound (for ":0" in tests).
-	InboundAddrs []net.Addr
-	CaptureAddr  net.Addr
-	OutboundAddr net.Addr
+	InboundAddrs  []net.Addr
+	CaptureAddr   net.Addr
+	OutboundAddr  net.Addr
 	UpstreamAddrs []net.Addr
 
 	cached cachedMetrics
@@ -200,20 +200,20 @@ func New(cfg Config) (*Proxy, error) {
 	p.appTransport = newPlainTransport(cfg.IdleTimeout)
 	p.inConns = newConnListener()
 	p.inHTTP = &http.Server{
-		Handler:           http.HandlerFunc(p.serveInboundHTTP),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       cfg.IdleTimeout,
-		ConnContext:       connContext,
-		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+		Handler:                      http.HandlerFunc(p.serveInboundHTTP),
+		ReadHeaderTimeout:            30 * time.Second,
+		IdleTimeout:                  cfg.IdleTimeout,
+		ConnContext:                  connContext,
+		ErrorLog:                     slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 		DisableGeneralOptionsHandler: true,
 	}
 	p.outConns = newConnListener()
 	p.outHTTP = &http.Server{
-		Handler:           http.HandlerFunc(p.serveOutboundHTTP),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       cfg.IdleTimeout,
-		ConnContext:       connContext,
-		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+		Handler:                      http.HandlerFunc(p.serveOutboundHTTP),
+		ReadHeaderTimeout:            30 * time.Second,
+		IdleTimeout:                  cfg.IdleTimeout,
+		ConnContext:                  connContext,
+		ErrorLog:                     slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 		DisableGeneralOptionsHandler: true,
 	}
 	return p, nil
@@ -394,4 +394,3 @@ func (p *Proxy) Ready() error {
 	}
 	return nil
 }
-

@@ -64,13 +64,13 @@ func buildRoutes(s *policy.Snapshot) *routeTable {
 		svc := &s.Outbound[i]
 		for _, p := range svc.Ports {
 			r := &route{
-				service: svc.Name + "." + svc.Namespace,
-				port:    p.Port,
-				mode:    p.TLSMode,
+				service:  svc.Name + "." + svc.Namespace,
+				port:     p.Port,
+				mode:     p.TLSMode,
 				http:     isHTTPProtocol(p.Protocol, p.Name),
 				protocol: p.Protocol,
-				sni:     p.SNI,
-				allowed: svc.ServerIdentities,
+				sni:      p.SNI,
+				allowed:  svc.ServerIdentities,
 			}
 			if r.mode == "" {
 				r.mode = policy.ClientIstioMutual

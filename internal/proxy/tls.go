@@ -139,6 +139,9 @@ func (p *Proxy) clientTLS(allowed []string, sni, alpn string) *tls.Config {
 				return fmt.Errorf("server certificate: %w", err)
 			}
 			if !slices.Contains(allowed, id.String()) {
+				if len(allowed) == 0 {
+					return fmt.Errorf("%w: got %s, and the service has no known server identities (no registered workloads or subjectAltNames)", ErrSecureNaming, id)
+				}
 				return fmt.Errorf("%w: got %s, allowed %s", ErrSecureNaming, id, strings.Join(allowed, ", "))
 			}
 			return nil
@@ -172,5 +175,7 @@ func (s *sessionCache) reset(serial string) {
 	s.cur.Store(&sessionCacheGen{serial: serial, c: tls.NewLRUClientSessionCache(1024)})
 }
 
-func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) { return s.cur.Load().c.Get(key) }
-func (s *sessionCache) Put(key string, cs *tls.ClientSessionState)     { s.cur.Load().c.Put(key, cs) }
+func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
+	return s.cur.Load().c.Get(key)
+}
+func (s *sessionCache) Put(key string, cs *tls.ClientSessionState) { s.cur.Load().c.Put(key, cs) }

@@ -18,7 +18,7 @@ func XFCC(by, uri string) string {
 }
 
 func xfccValue(v string) string {
-	if !strings.ContainsAny(v, ";,=\"\\ \t\r\n") {
+	if !needsQuote(v) {
 		return v
 	}
 	var sb strings.Builder
@@ -53,4 +53,16 @@ func SetXFCC(h http.Header, by, uri string) {
 	if uri != "" {
 		h[xfccHeader] = []string{XFCC(by, uri)}
 	}
+}
+
+// needsQuote reports whether v holds an XFCC separator, a quote or
+// backslash, whitespace or a control character.
+func needsQuote(v string) bool {
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c <= ' ' || c == 0x7f || c == ';' || c == ',' || c == '=' || c == '"' || c == '\\':
+			return true
+		}
+	}
+	return false
 }

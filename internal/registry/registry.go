@@ -40,6 +40,10 @@ type Service struct {
 	Selector  map[string]string `json:"selector,omitempty"`
 	Address   string            `json:"address,omitempty"`
 	Source    string            `json:"source"`
+	// ServiceAccounts are extra SPIFFE IDs allowed to serve the service
+	// besides its workloads' (the seed's alpha.istio.io/*-serviceaccounts
+	// Service annotations, read by internal/kube).
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
 // Port is one service port.
@@ -125,7 +129,10 @@ type Registry struct {
 	// that computed results per service can be cached and invalidated.
 	gen     map[string]uint64
 	version uint64
-	notify  chan struct{}
+	// sorted caches Services() until a service changes (workload churn,
+	// the common case, leaves it alone).
+	sorted []*Service
+	notify chan struct{}
 }
 
 // New returns an empty registry.
@@ -200,6 +207,7 @@ func (r *Registry) PutService(s *Service) {
 func (r *Registry) putService(s *Service) {
 	key := s.Key()
 	r.deleteService(key)
+	r.sorted = nil
 	r.services[key] = s
 	if r.byNS[s.Namespace] == nil {
 		r.byNS[s.Namespace] = map[string]*Service{}
@@ -254,6 +262,7 @@ func (r *Registry) deleteService(key string) bool {
 	}
 	delete(r.endpoints, key)
 	delete(r.services, key)
+	r.sorted = nil
 	delete(r.byNS[old.Namespace], key)
 	r.gen[key]++
 	return true
@@ -395,7 +404,8 @@ func (r *Registry) Sync(source string, services []*Service, workloads []*Workloa
 
 func sameService(a, b *Service) bool {
 	return a.Name == b.Name && a.Namespace == b.Namespace && a.Address == b.Address && a.Source == b.Source &&
-		slices.Equal(a.Ports, b.Ports) && maps.Equal(a.Selector, b.Selector)
+		slices.Equal(a.Ports, b.Ports) && maps.Equal(a.Selector, b.Selector) &&
+		slices.Equal(a.ServiceAccounts, b.ServiceAccounts)
 }
 
 func sameWorkload(a, b *Workload) bool {
@@ -412,7 +422,8 @@ func FromConfig(c *config.Config) ([]*Service, []*Workload) {
 		return nil, nil
 	}
 	for _, s := range c.Services {
-		svc := &Service{Name: s.Metadata.Name, Namespace: s.Metadata.Namespace, Selector: s.Spec.Selector, Address: s.Spec.Address}
+		svc := &Service{Name: s.Metadata.Name, Namespace: s.Metadata.Namespace, Selector: s.Spec.Selector, Address: s.Spec.Address,
+			ServiceAccounts: annotatedIdentities(s, c.TrustDomain())}
 		for _, p := range s.Spec.Ports {
 			tp := p.TargetPort
 			if tp == 0 {
@@ -435,6 +446,32 @@ func FromConfig(c *config.Config) ([]*Service, []*Workload) {
 		ws = append(ws, wl)
 	}
 	return ss, ws
+}
+
+// Annotations on a Service that add server identities (secure naming), as
+// in Istio: service account names of the service's namespace, and full
+// SPIFFE IDs (VMs, workloads the registry cannot see).
+const (
+	AnnotationServiceAccounts   = "alpha.istio.io/kubernetes-serviceaccounts"
+	AnnotationCanonicalAccounts = "alpha.istio.io/canonical-serviceaccounts"
+)
+
+func annotatedIdentities(s *config.Service, td string) []string {
+	var out []string
+	for _, sa := range splitList(s.Metadata.Annotations[AnnotationServiceAccounts]) {
+		out = append(out, "spiffe://"+td+"/ns/"+s.Metadata.Namespace+"/sa/"+sa)
+	}
+	return append(out, splitList(s.Metadata.Annotations[AnnotationCanonicalAccounts])...)
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Service returns one service, or nil.
@@ -480,20 +517,37 @@ func (r *Registry) ServicesOf(namespace, name string) []*Service {
 	for sk := range m {
 		out = append(out, r.services[sk])
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	sort.Slice(out, func(i, j int) bool { return lessNS(out[i].Namespace, out[i].Name, out[j].Namespace, out[j].Name) })
 	return out
 }
 
 // Services returns every service, sorted by namespace then name.
 func (r *Registry) Services() []*Service {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	out := make([]*Service, 0, len(r.services))
-	for _, s := range r.services {
-		out = append(out, s)
+	cached := r.sorted
+	r.mu.RUnlock()
+	if cached == nil {
+		r.mu.Lock()
+		if r.sorted == nil {
+			l := make([]*Service, 0, len(r.services))
+			for _, s := range r.services {
+				l = append(l, s)
+			}
+			sort.Slice(l, func(i, j int) bool { return lessNS(l[i].Namespace, l[i].Name, l[j].Namespace, l[j].Name) })
+			r.sorted = l
+		}
+		cached = r.sorted
+		r.mu.Unlock()
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
-	return out
+	return slices.Clone(cached)
+}
+
+// lessNS orders by namespace, then name, without building "ns/name" keys.
+func lessNS(ns1, n1, ns2, n2 string) bool {
+	if ns1 != ns2 {
+		return ns1 < ns2
+	}
+	return n1 < n2
 }
 
 // ServicesIn returns the services of one namespace, sorted by name.
@@ -516,7 +570,7 @@ func (r *Registry) Workloads() []*Workload {
 	for _, w := range r.workloads {
 		out = append(out, w)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	sort.Slice(out, func(i, j int) bool { return lessNS(out[i].Namespace, out[i].Name, out[j].Namespace, out[j].Name) })
 	return out
 }
 

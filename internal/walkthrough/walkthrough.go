@@ -157,6 +157,11 @@ func (r *Reporter) Output(o Observation) {
 	if s := strings.TrimRight(o.Stdout, "\n"); s != "" {
 		fmt.Fprintln(r.w, s)
 	}
+	// stderr matters when something failed (curl is -s, so it is quiet
+	// otherwise): the user sees why, not only that.
+	if s := strings.TrimRight(o.Stderr, "\n"); s != "" {
+		fmt.Fprintln(r.w, s)
+	}
 	if o.Exit != 0 {
 		fmt.Fprintf(r.w, "command terminated with exit code %d\n", o.Exit)
 	}
@@ -165,14 +170,17 @@ func (r *Reporter) Output(o Observation) {
 // Check records whether an observation matched the seed and prints one line
 // with a clear mark. It returns ok.
 func (r *Reporter) Check(what string, ok bool, observed, expected string) bool {
+	if strings.TrimSpace(observed) == "" {
+		observed = "(no output)"
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ok {
 		r.passes++
-		fmt.Fprintf(r.w, "  PASS  %s: observed %s; the seed expects %s\n", what, observed, expected)
+		fmt.Fprintf(r.w, "  PASS  %s: observed %s; expected %s\n", what, observed, expected)
 	} else {
 		r.failures = append(r.failures, what)
-		fmt.Fprintf(r.w, "  FAIL  %s: observed %s; the seed expects %s\n", what, observed, expected)
+		fmt.Fprintf(r.w, "  FAIL  %s: observed %s; expected %s\n", what, observed, expected)
 	}
 	return ok
 }

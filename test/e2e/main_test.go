@@ -143,7 +143,7 @@ func curl(t *testing.T, p *netns.Pod, uid int, args ...string) result {
 
 // seedCurl is the seed's curl command line for a URL.
 func seedCurl(url string, extra ...string) []string {
-	return append([]string{url, "-o", "/dev/null", "-s", "-w", "%{http_code}\n"}, extra...)
+	return append([]string{url, "-o", "/dev/null", "-s", "-w", `%{http_code}\n`}, extra...)
 }
 
 // startApp starts a binary from bin in a pod and waits until addr answers
@@ -157,6 +157,9 @@ func startApp(t *testing.T, c *netns.Cluster, p *netns.Pod, probe string, name s
 	}
 	if probe != "" {
 		waitFor(t, fmt.Sprintf("%s in pod %s", name, p.Name), func() error {
+			if err := c.Exited(cmd); err != nil {
+				t.Fatal(err)
+			}
 			out, err := p.Command(context.Background(), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", probe).Output()
 			if err != nil {
 				return fmt.Errorf("curl %s: %v", probe, err)

@@ -66,11 +66,16 @@ type mesh struct {
 // config directory's files.
 func newMesh(t *testing.T, c *netns.Cluster, cfg map[string]string) *mesh {
 	t.Helper()
-	dir := t.TempDir()
-	// Sidecars run as uid 1337 and must reach their certs directories.
+	// Not t.TempDir: its parent is private to root, and the sidecars run
+	// as uid 1337 and must reach their certs directories and token files.
+	dir, err := os.MkdirTemp("", "meshauth-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	m := &mesh{t: t, c: c, dir: dir, stateDir: filepath.Join(dir, "control"), configDir: filepath.Join(dir, "config"),
 		addr: c.NodeIP() + ":15012", certs: map[string]string{}, sidecars: map[string]*exec.Cmd{}}
 	for _, d := range []string{m.stateDir, m.configDir} {
@@ -88,6 +93,9 @@ func newMesh(t *testing.T, c *netns.Cluster, cfg map[string]string) *mesh {
 		t.Fatal(err)
 	}
 	waitFor(t, "control plane", func() error {
+		if err := c.Exited(cmd); err != nil {
+			t.Fatal(err)
+		}
 		_, err := os.Stat(filepath.Join(m.stateDir, "control.addr"))
 		return err
 	})
@@ -173,21 +181,25 @@ func (m *mesh) addSidecar(p *netns.Pod, sa string, appPorts ...int) {
 		m.t.Fatal(err)
 	}
 	m.certs[p.Name] = certs
-	tok := m.token(p.Namespace, sa)
-	args := []string{
-		"sidecar",
-		"--control", m.addr,
-		"--token", tok,
-		"--workload", p.Name,
-		"--namespace", p.Namespace,
-		"--service-account", sa,
-		"--certs-dir", certs,
-		"--address", p.IP,
-		"--label", "app=" + p.Name,
-		"--transparent",
+	// The registry entry a cluster has from the Pod: service account,
+	// labels (the Service selects app=<name>), address, container ports.
+	m.writeConfig("workload-"+p.Name+".yaml", workloadConfig(p, sa, appPorts))
+	tokenFile := filepath.Join(m.dir, "token-"+p.Name)
+	if err := os.WriteFile(tokenFile, []byte(m.token(p.Namespace, sa)+"\n"), 0o600); err != nil {
+		m.t.Fatal(err)
 	}
-	if len(ports) > 0 {
-		args = append(args, "--ports", strings.Join(ports, ","))
+	if err := os.Chown(tokenFile, ProxyUID, ProxyUID); err != nil {
+		m.t.Fatal(err)
+	}
+	args := []string{
+		"sidecar", "--transparent",
+		"--control", m.addr, "--control-dir", m.stateDir,
+		"--token-file", tokenFile,
+		"--workload", p.Name, "--namespace", p.Namespace, "--service-account", sa,
+		"--certs-dir", certs,
+		// The Workload API socket lives beside the certs directory, which
+		// holds exactly the seed's three files.
+		"--workload-api", filepath.Join(m.dir, "agent-"+p.Name+".sock"),
 	}
 	cmd := p.CommandAs(ctx, ProxyUID, filepath.Join(bin, "meshd"), args...)
 	cmd.Stdout, cmd.Stderr = prefixWriter(m.t, p.Name+"-sidecar"), prefixWriter(m.t, p.Name+"-sidecar")
@@ -196,6 +208,9 @@ func (m *mesh) addSidecar(p *netns.Pod, sa string, appPorts ...int) {
 	}
 	m.sidecars[p.Name] = cmd
 	waitFor(m.t, "certificates in "+certs, func() error {
+		if err := m.c.Exited(cmd); err != nil {
+			m.t.Fatal(err)
+		}
 		for _, f := range []string{"cert-chain.pem", "key.pem", "root-cert.pem"} {
 			if _, err := os.Stat(filepath.Join(certs, f)); err != nil {
 				return err
@@ -234,4 +249,27 @@ func (w *linePrefixer) Write(p []byte) (int, error) {
 		w.buf = w.buf[i+1:]
 	}
 	return len(p), nil
+}
+
+// workloadConfig is a pod's registry entry.
+func workloadConfig(p *netns.Pod, sa string, ports []int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata:
+  name: %s
+  namespace: %s
+  labels:
+    app: %s
+spec:
+  serviceAccount: %s
+  address: %s
+`, p.Name, p.Namespace, p.Name, sa, p.IP)
+	if len(ports) > 0 {
+		b.WriteString("  ports:\n")
+		for _, port := range ports {
+			fmt.Fprintf(&b, "  - number: %d\n    protocol: HTTP\n", port)
+		}
+	}
+	return b.String()
 }

@@ -1,0 +1,447 @@
+package main
+
+// meshctl check: is this mesh healthy, one line per check.
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+var checkFlags struct {
+	output       string
+	reachability bool
+	timeout      time.Duration
+}
+
+var checkCmd = &cobra.Command{
+	Use:   "check",
+	Short: "Check a running mesh: control plane, root, mesh mode, policy conflicts, every workload's certificate",
+	Long: `check verifies a running mesh, one line per check with PASS, WARN, FAIL or
+SKIP, and exits 1 if any check fails:
+
+  - the control plane answers (CA status over the admin API);
+  - every root in the trust bundle is valid (WARN under 30 days left);
+  - the mesh mode (authPolicy) and the policies and destination rules, with
+    any CONFLICT between a server's mode and its clients' (as tls-check);
+  - every registered workload with a sidecar: the certificate its sidecar
+    serves chains to the bundle, is valid now, carries the identity of the
+    workload's service account, is not revoked, and how long it has left.
+
+With --reachability it also calls every service port from every sidecar
+whose outbound proxy it can reach, and compares each result with what
+meshctl explain predicts.`,
+	Args: cobra.NoArgs,
+	RunE: func(cmd *cobra.Command, _ []string) error {
+		switch checkFlags.output {
+		case "text", "json":
+		default:
+			return &exitError{code: 2, err: fmt.Errorf("-o %q: want text or json", checkFlags.output)}
+		}
+		results := runChecks(cmd.Context())
+		if err := printChecks(cmd.OutOrStdout(), results, checkFlags.output); err != nil {
+			return err
+		}
+		var failed []string
+		for _, r := range results {
+			if r.Status == checkFail {
+				failed = append(failed, r.Check)
+			}
+		}
+		if len(failed) > 0 {
+			return &exitError{code: 1, err: fmt.Errorf("check: %d failed: %s", len(failed), strings.Join(failed, "; "))}
+		}
+		return nil
+	},
+}
+
+func init() {
+	checkCmd.Flags().StringVarP(&checkFlags.output, "output", "o", "text", "output format: text or json")
+	checkCmd.Flags().BoolVar(&checkFlags.reachability, "reachability", false, "probe every sidecar source x service port live and compare with meshctl explain")
+	checkCmd.Flags().DurationVar(&checkFlags.timeout, "timeout", 5*time.Second, "limit for each network call")
+	root.AddCommand(checkCmd)
+}
+
+// Check outcomes.
+const (
+	checkPass = "PASS"
+	checkWarn = "WARN"
+	checkFail = "FAIL"
+	checkSkip = "SKIP"
+)
+
+// checkResult is one line of meshctl check.
+type checkResult struct {
+	Check  string `json:"check"`
+	Status string `json:"status"`
+	Detail string `json:"detail"`
+}
+
+// rootWarnWindow is how close to expiry a root gets a WARN.
+const rootWarnWindow = 30 * 24 * time.Hour
+
+// checkState is what GetState returns: the config, the registry and the
+// sidecars connected to the push stream.
+type checkState struct {
+	Config   *config.Config `json:"config"`
+	Registry registry.State `json:"registry"`
+	Sidecars []checkSidecar `json:"sidecars"`
+}
+
+// checkSidecar is one connected sidecar as the control plane sees it: the
+// identity its verified certificate carries and the config versions it was
+// sent and acknowledged.
+type checkSidecar struct {
+	Workload  string `json:"workload"` // namespace/name
+	SPIFFEID  string `json:"spiffeId"`
+	Sent      string `json:"sent"`
+	Acked     string `json:"acked"`
+	Nacked    string `json:"nacked,omitempty"`
+	NackError string `json:"nackError,omitempty"`
+}
+
+func runChecks(ctx context.Context) []checkResult {
+	var out []checkResult
+	add := func(check, st, format string, args ...any) {
+		out = append(out, checkResult{Check: check, Status: st, Detail: fmt.Sprintf(format, args...)})
+	}
+	now := time.Now()
+	tmo := checkFlags.timeout
+
+	conn, err := dialControl(ctx, true, "")
+	if err != nil {
+		add("control plane reachable", checkFail, "%v", err)
+		return out
+	}
+	defer conn.Close()
+	admin := pb.NewAdminClient(conn)
+
+	// 1. The control plane answers.
+	cctx, cancel := context.WithTimeout(ctx, tmo)
+	t0 := time.Now()
+	resp, err := admin.CAStatus(cctx, &pb.CAStatusRequest{})
+	cancel()
+	if err != nil {
+		add("control plane reachable", checkFail, "%v (is meshctl up running? --dir %s)", rpcError("CA status", err), globals.Dir)
+		return out
+	}
+	var st ca.Status
+	if err := json.Unmarshal(resp.StatusJson, &st); err != nil {
+		add("control plane reachable", checkFail, "CA status is not valid JSON: %v", err)
+		return out
+	}
+	add("control plane reachable", checkPass, "CA answered in %s (%s, trust domain %s, bundle v%d)", time.Since(t0).Round(time.Millisecond), st.Mode, st.TrustDomain, st.BundleVersion)
+
+	// 2. Roots.
+	for _, r := range st.Roots {
+		name := fmt.Sprintf("root %s (%s)", short(r.Fingerprint), r.State)
+		left := r.NotAfter.Sub(now)
+		switch {
+		case now.Before(r.NotBefore):
+			add(name, checkFail, "not valid before %s", r.NotBefore.Format(time.RFC3339))
+		case left <= 0:
+			add(name, checkFail, "expired %s; rotate with meshctl ca rotate-root", r.NotAfter.Format(time.RFC3339))
+		case left < rootWarnWindow:
+			add(name, checkWarn, "expires %s (%s left, under 30 days); rotate with meshctl ca rotate-root", r.NotAfter.Format("2006-01-02"), fmtLeft(left))
+		default:
+			add(name, checkPass, "%s, valid until %s (%s left)", r.Subject, r.NotAfter.Format("2006-01-02"), fmtLeft(left))
+		}
+	}
+	if len(st.Roots) == 0 {
+		add("roots", checkFail, "the trust bundle has no roots")
+	}
+
+	// The trust bundle (with revocations) for the workload checks.
+	cctx, cancel = context.WithTimeout(ctx, tmo)
+	tb, err := pb.NewCertificateAuthorityClient(conn).GetTrustBundle(cctx, &pb.GetTrustBundleRequest{})
+	cancel()
+	var bundle *identity.Bundle
+	if err == nil {
+		rev := map[string]string{}
+		for _, r := range tb.Revocations {
+			rev[strings.ToLower(r.Serial)] = r.SpiffeId
+		}
+		bundle, err = identity.NewBundle(tb.TrustDomain, tb.Version, tb.Roots, rev)
+	}
+	if err != nil {
+		add("trust bundle", checkFail, "%v", err)
+	}
+
+	// 3. Config: mesh mode, policies, destination rules, conflicts.
+	cctx, cancel = context.WithTimeout(ctx, tmo)
+	sresp, err := admin.GetState(cctx, &pb.GetStateRequest{})
+	cancel()
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			add("mesh config", checkFail, "this control plane serves no config (GetState unimplemented): %v", err)
+		} else {
+			add("mesh config", checkFail, "%v", rpcError("get state", err))
+		}
+		return out
+	}
+	var state checkState
+	if err := json.Unmarshal(sresp.StateJson, &state); err != nil {
+		add("mesh config", checkFail, "state is not valid JSON: %v", err)
+		return out
+	}
+	cfg := state.Config
+	if cfg == nil {
+		cfg = &config.Config{}
+	}
+	add("mesh mode", checkPass, "authPolicy %s (trust domain %s)", cfg.AuthPolicy(), cfg.TrustDomain())
+	reg := registry.FromState(state.Registry)
+	eng := policy.New(cfg, reg)
+	add("policies and destination rules", checkPass, "%d authentication policies, %d destination rules", len(cfg.Policies), len(cfg.DestinationRules))
+	rows := eng.TLSCheck(nil)
+	for _, r := range rows {
+		name := fmt.Sprintf("tls-check %s:%d", r.Host, r.Port)
+		if r.Status == "OK" {
+			add(name, checkPass, "OK: server %s (%s), client %s (%s)", r.Server.Mode, r.Server.DecidedBy, r.Client.Mode, r.Client.DecidedBy)
+		} else {
+			add(name, checkFail, "%s: server %s (%s), client %s (%s): %s", r.Status, r.Server.Mode, r.Server.DecidedBy, r.Client.Mode, r.Client.DecidedBy, r.Problem)
+		}
+	}
+
+	// 4. Workloads.
+	connected := map[string]checkSidecar{}
+	for _, sc := range state.Sidecars {
+		connected[sc.Workload] = sc
+	}
+	for _, w := range reg.Workloads() {
+		name := "workload " + w.Key()
+		if !w.Sidecar {
+			add(name, checkSkip, "no sidecar: no mesh identity to check")
+			continue
+		}
+		want, err := identity.New(cfg.TrustDomain(), w.Namespace, w.ServiceAccount)
+		if err != nil {
+			add(name, checkFail, "service account %q: %v", w.ServiceAccount, err)
+			continue
+		}
+		// The push stream: is the sidecar connected with the right
+		// identity, and did it accept the latest config?
+		sc, ok := connected[w.Key()]
+		switch {
+		case !ok:
+			add(name+" config", checkFail, "its sidecar is not connected to the control plane (is it running? see its log)")
+		case sc.SPIFFEID != want.String():
+			add(name+" config", checkFail, "connected as %s, but the workload's service account is %s", sc.SPIFFEID, want)
+		case sc.Nacked != "" && sc.Nacked == sc.Sent:
+			add(name+" config", checkFail, "the sidecar refused config %s: %s (it keeps serving %s)", sc.Nacked, sc.NackError, sc.Acked)
+		case sc.Acked != sc.Sent:
+			add(name+" config", checkWarn, "config %s sent, %s acknowledged so far", sc.Sent, sc.Acked)
+		default:
+			add(name+" config", checkPass, "connected as %s, config %s acknowledged", sc.SPIFFEID, sc.Acked)
+		}
+		addr := probeAddr(w)
+		if addr == "" {
+			add(name, checkSkip, "client-only (no inbound port): its certificate cannot be probed from here; %s", want)
+			continue
+		}
+		if bundle == nil {
+			add(name, checkFail, "no trust bundle to verify against")
+			continue
+		}
+		st, detail := checkWorkloadCert(ctx, addr, want, bundle, now, tmo)
+		add(name, st, "%s", detail)
+	}
+
+	if checkFlags.reachability {
+		out = append(out, reachability(ctx, eng, reg, cfg, tmo)...)
+	}
+	return out
+}
+
+// probeAddr is where a workload's sidecar serves inbound TLS: the explicit
+// sidecar port of its first port (local mesh), or the port itself
+// (transparent capture).
+func probeAddr(w *registry.Workload) string {
+	for _, p := range w.Ports {
+		port := p.SidecarPort
+		if port == 0 {
+			port = p.Number
+		}
+		if port != 0 && w.Address != "" {
+			return net.JoinHostPort(w.Address, strconv.Itoa(int(port)))
+		}
+	}
+	return ""
+}
+
+// checkWorkloadCert opens a TLS connection to a sidecar's inbound port and
+// judges the certificate it presents. No client certificate is sent: a
+// STRICT server still shows its certificate before refusing us.
+func checkWorkloadCert(ctx context.Context, addr string, want identity.ID, b *identity.Bundle, now time.Time, tmo time.Duration) (status, detail string) {
+	var chain []*x509.Certificate
+	cfg := &tls.Config{
+		// Verification is done below, with the mesh's rules (SPIFFE ID,
+		// revocation), which crypto/tls's hostname check cannot express.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			chain = cs.PeerCertificates
+			return nil
+		},
+	}
+	d := &net.Dialer{Timeout: tmo}
+	dctx, cancel := context.WithTimeout(ctx, tmo)
+	defer cancel()
+	conn, err := (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(dctx, "tcp", addr)
+	if conn != nil {
+		conn.Close()
+	}
+	if len(chain) == 0 {
+		return checkFail, fmt.Sprintf("no certificate from the sidecar at %s: %v", addr, err)
+	}
+	leaf := chain[0]
+	got, verr := b.Verify(chain, now)
+	if verr != nil {
+		return checkFail, fmt.Sprintf("sidecar at %s: %v (serial %s)", addr, verr, identity.SerialHex(leaf))
+	}
+	if got != want {
+		return checkFail, fmt.Sprintf("sidecar at %s presents %s, but the workload's service account is %s", addr, got, want)
+	}
+	left := leaf.NotAfter.Sub(now)
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	// Rotation happens at about half the lifetime; a certificate with less
+	// than a tenth left means the agent is not renewing.
+	if life > 0 && left < life/10 {
+		return checkWarn, fmt.Sprintf("%s, serial %s, %s left of %s: renewal is overdue (is the CA reachable from the sidecar?)", got, identity.SerialHex(leaf), fmtLeft(left), fmtLeft(life))
+	}
+	return checkPass, fmt.Sprintf("%s, serial %s, valid, not revoked, %s left", got, identity.SerialHex(leaf), fmtLeft(left))
+}
+
+func fmtLeft(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	default:
+		return d.Round(time.Second).String()
+	}
+}
+
+// Workload annotations the local mesh writes so that check can reach a
+// sidecar's outbound proxy (a Kubernetes cluster has no equivalent: there
+// --reachability needs kubectl exec, which meshctl does not do).
+const annotationOutboundProxy = "meshauth.io/outbound-proxy"
+
+// reachability calls every service port from every sidecar source whose
+// outbound proxy is known and compares the outcome with explain.
+func reachability(ctx context.Context, eng *policy.Engine, reg *registry.Registry, cfg *config.Config, tmo time.Duration) []checkResult {
+	var out []checkResult
+	proxies := map[string]string{} // namespace/name -> proxy URL
+	for _, w := range cfg.Workloads {
+		if p := w.Metadata.Annotations[annotationOutboundProxy]; p != "" {
+			ns := w.Metadata.Namespace
+			if ns == "" {
+				ns = "default"
+			}
+			proxies[ns+"/"+w.Metadata.Name] = p
+		}
+	}
+	for _, src := range reg.Workloads() {
+		if !src.Sidecar {
+			continue
+		}
+		proxyURL, ok := proxies[src.Key()]
+		if !ok {
+			out = append(out, checkResult{Check: "reachability from " + src.Key(), Status: checkSkip,
+				Detail: "its outbound proxy address is unknown (annotation " + annotationOutboundProxy + ")"})
+			continue
+		}
+		for _, svc := range reg.Services() {
+			for _, p := range svc.Ports {
+				name := fmt.Sprintf("reachability %s -> %s.%s:%d", src.Key(), svc.Name, svc.Namespace, p.Number)
+				x, err := eng.Explain(src, svc, p.Number, "GET", "/")
+				if err != nil {
+					out = append(out, checkResult{Check: name, Status: checkFail, Detail: err.Error()})
+					continue
+				}
+				live, detail := probeThroughProxy(ctx, proxyURL, fmt.Sprintf("http://%s.%s:%d/", svc.Name, svc.Namespace, p.Number), tmo)
+				pred := "DENY"
+				if x.Allow {
+					pred = "ALLOW"
+				}
+				got := "DENY"
+				if live {
+					got = "ALLOW"
+				}
+				st := checkPass
+				if pred != got {
+					st = checkFail
+				}
+				out = append(out, checkResult{Check: name, Status: st,
+					Detail: fmt.Sprintf("explain predicts %s (%s); live call: %s", pred, x.Reason, detail)})
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Check < out[j].Check })
+	return out
+}
+
+// probeThroughProxy makes one HTTP request through a sidecar's outbound
+// proxy. Any answer from the app counts as reachable; a refusal by either
+// sidecar (502/503/403 from the mesh, or a broken connection) does not.
+func probeThroughProxy(ctx context.Context, proxyURL, target string, tmo time.Duration) (bool, string) {
+	pu, err := url.Parse(proxyURL)
+	if err != nil {
+		return false, "bad proxy URL " + proxyURL
+	}
+	c := &http.Client{Timeout: tmo, Transport: &http.Transport{Proxy: http.ProxyURL(pu), DisableKeepAlives: true}}
+	req, err := http.NewRequestWithContext(ctx, "GET", target, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	switch resp.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusForbidden:
+		return false, fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return true, resp.Status
+}
+
+func printChecks(w io.Writer, results []checkResult, format string) error {
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	width := 0
+	for _, r := range results {
+		width = max(width, len(r.Check))
+	}
+	counts := map[string]int{}
+	for _, r := range results {
+		counts[r.Status]++
+		fmt.Fprintf(w, "%-4s  %-*s  %s\n", r.Status, width, r.Check, r.Detail)
+	}
+	fmt.Fprintf(w, "\n%d checks: %d passed, %d warnings, %d failed, %d skipped\n", len(results), counts[checkPass], counts[checkWarn], counts[checkFail], counts[checkSkip])
+	return nil
+}

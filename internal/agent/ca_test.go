@@ -1,0 +1,226 @@
+package agent_test
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/client"
+	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/proxy"
+)
+
+// controlPlane is a real `meshd control` server, in process, that a test can
+// stop and start again on the same address and state directory.
+type controlPlane struct {
+	dir, addr string
+	srv       *control.Server
+	cancel    context.CancelFunc
+	done      chan error
+}
+
+func (c *controlPlane) start(t *testing.T) {
+	t.Helper()
+	listen := c.addr
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	srv, err := control.New(control.Config{Dir: c.dir, Listen: listen, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.srv, c.cancel, c.done = srv, cancel, make(chan error, 1)
+	go func() { c.done <- srv.Serve(ctx) }()
+	for srv.Addr() == "" {
+		select {
+		case err := <-c.done:
+			t.Fatalf("control plane: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	c.addr = srv.Addr()
+}
+
+func (c *controlPlane) stop(t *testing.T) {
+	t.Helper()
+	if c.cancel == nil {
+		return
+	}
+	c.cancel()
+	if err := <-c.done; err != nil {
+		t.Errorf("control plane Serve: %v", err)
+	}
+	c.cancel = nil
+}
+
+// startAgent runs an agent for id against cp with a join token. TTL is the
+// CA's 1-minute minimum and RenewFraction is small, so the agent renews
+// about every second and a test sees many renewals quickly.
+func startAgent(t *testing.T, ctx context.Context, cp *controlPlane, id identity.ID) (*agent.Agent, string) {
+	t.Helper()
+	tok, err := cp.srv.CA().CreateJoinToken(id, time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := client.LoadRoots(cp.dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := agent.NewStore(agent.StoreConfig{Want: id})
+	connect := func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+		o := client.Options{Dir: cp.dir, Addr: cp.addr, Roots: func() *identity.Bundle {
+			if b := store.Bundle(); b != nil {
+				return b
+			}
+			return roots
+		}}
+		if mtls {
+			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return getCert(), nil }
+		} else {
+			o.Token = tok.Secret
+		}
+		conn, err := client.Dial(ctx, o)
+		if err != nil {
+			return nil, nil, err
+		}
+		return pb.NewCertificateAuthorityClient(conn), conn, nil
+	}
+	dir := filepath.Join(t.TempDir(), "certs")
+	a, err := agent.New(agent.Config{
+		ID: id, Dir: dir, Connect: connect, Store: store, TTL: time.Minute,
+		RenewFraction: 0.02, Jitter: 0.005, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go a.Run(ctx)
+	waitFor(t, func() bool { return store.SVID() != nil }, "first certificate for %s", id)
+	return a, dir
+}
+
+func waitFor(t *testing.T, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: "+format, args...)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAgentAgainstCA runs two agents against the real control plane and a
+// sidecar pair on their certificates. It checks bootstrap with a join
+// token, the certs directory, renewal over mTLS, and that with the CA down
+// traffic keeps flowing on the current certificates, and renewal succeeds
+// again once the CA is back.
+func TestAgentAgainstCA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a control plane")
+	}
+	cp := &controlPlane{dir: t.TempDir()}
+	cp.start(t)
+	defer cp.stop(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	sleepID := identity.MustParse("spiffe://cluster.local/ns/default/sa/sleep")
+	httpbinID := identity.MustParse("spiffe://cluster.local/ns/default/sa/httpbin")
+	sleep, sleepDir := startAgent(t, ctx, cp, sleepID)
+	httpbin, _ := startAgent(t, ctx, cp, httpbinID)
+
+	t.Run("certs directory", func(t *testing.T) {
+		// The files are written right after the store is updated.
+		waitFor(t, func() bool { _, err := os.Stat(filepath.Join(sleepDir, agent.RootFile)); return err == nil }, "root-cert.pem")
+		for name, mode := range map[string]os.FileMode{agent.ChainFile: 0o644, agent.KeyFile: 0o600, agent.RootFile: 0o644} {
+			fi, err := os.Stat(filepath.Join(sleepDir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != mode {
+				t.Errorf("%s mode %v, want %v", name, fi.Mode().Perm(), mode)
+			}
+		}
+		chain, _ := os.ReadFile(filepath.Join(sleepDir, agent.ChainFile))
+		key, _ := os.ReadFile(filepath.Join(sleepDir, agent.KeyFile))
+		s, err := agent.NewSVID(chain, key)
+		if err != nil || s.ID != sleepID {
+			t.Fatalf("files hold %v, %v", s, err)
+		}
+	})
+
+	first := sleep.Store().SVID().Serial()
+	t.Run("renewal over mTLS", func(t *testing.T) {
+		waitFor(t, func() bool { return sleep.Store().SVID().Serial() != first }, "a renewal")
+	})
+
+	// A sidecar pair on the agents' stores.
+	app := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	appL := listen(t)
+	go app.Serve(appL)
+	defer app.Close()
+	srvP := newProxy(t, httpbin.Store(), &policy.Snapshot{TrustDomain: "cluster.local", InboundDefault: policy.ServerStrict},
+		proxy.Config{Inbound: []proxy.InboundListener{{Listen: "127.0.0.1:0", App: appL.Addr().String(), Port: 80}}})
+	inAddr := srvP.InboundAddrs[0].String()
+	cliP := newProxy(t, sleep.Store(), &policy.Snapshot{TrustDomain: "cluster.local", Outbound: []policy.OutboundService{{
+		Name: "httpbin", Namespace: "default", Hosts: []string{"httpbin"},
+		Ports:            []policy.OutboundPort{{Port: 8000, TargetPort: 80, Protocol: "HTTP", TLSMode: policy.ClientIstioMutual}},
+		Endpoints:        []policy.Endpoint{{Address: "127.0.0.1", Ports: map[uint32]uint32{80: portOf(inAddr)}, Sidecar: true}},
+		ServerIdentities: []string{httpbinID.String()},
+	}}}, proxy.Config{Outbound: "127.0.0.1:0"})
+	get := func() error {
+		c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(mustURL("http://" + cliP.OutboundAddr.String())), DisableKeepAlives: true}, Timeout: 5 * time.Second}
+		resp, err := c.Get("http://httpbin:8000/")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return &statusError{resp.StatusCode}
+		}
+		return nil
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("CA down: traffic flows, renewals fail and are retried", func(t *testing.T) {
+		cp.stop(t)
+		down := sleep.Store().SVID().Serial()
+		waitFor(t, func() bool { return sleep.Status()["last_error"] != "" }, "a failed renewal while the CA is down")
+		for i := 0; i < 20; i++ {
+			// New client connections and new upstream handshakes.
+			if err := get(); err != nil {
+				t.Fatalf("request %d with the CA down: %v", i, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if s := sleep.Store().SVID().Serial(); s != down {
+			t.Fatalf("certificate changed from %s to %s while the CA was down", down, s)
+		}
+	})
+	t.Run("CA back: renewal succeeds again", func(t *testing.T) {
+		before := sleep.Store().SVID().Serial()
+		cp.start(t)
+		waitFor(t, func() bool { return sleep.Store().SVID().Serial() != before }, "renewal after the CA returned")
+		waitFor(t, func() bool { return sleep.Status()["last_error"] == "" }, "agent status clear")
+		if err := get(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+type statusError struct{ code int }
+
+func (e *statusError) Error() string { return http.StatusText(e.code) }

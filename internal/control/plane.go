@@ -1,0 +1,463 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+// The config plane joins every Server: Discovery is served and the config
+// half of Admin answers, with or without a config directory.
+func init() { planeHooks = append(planeHooks, attachPlane) }
+
+// PlaneConfig configures the config plane. Zero values get the defaults
+// named.
+type PlaneConfig struct {
+	// ConfigDir is watched for YAML files (*.yaml, *.yml, *.json); every
+	// change reloads the whole directory as one batch. Empty: config comes
+	// from Admin.ApplyConfig only.
+	ConfigDir string
+	// PollInterval is how often ConfigDir is checked for changes (1s).
+	// Polling (not inotify) works on every file system, including the
+	// ConfigMap volumes Kubernetes updates by symlink swap.
+	PollInterval time.Duration
+	// Debounce is the push server's debounce (50ms).
+	Debounce time.Duration
+}
+
+// Plane is the config half of the control plane: the config (directory
+// plus applied batches), the registry, the policy engine and the push
+// server that streams each sidecar its snapshot.
+type Plane struct {
+	s    *Server
+	cfg  PlaneConfig
+	log  *slog.Logger
+	reg  *registry.Registry
+	push *push.Server
+
+	mu      sync.Mutex
+	dirObjs []any // last good batch from ConfigDir
+	dirSum  [32]byte
+	rejects atomic.Uint64
+	applied []any // objects from ApplyConfig, by key, in apply order
+	current *config.Config
+	version uint64
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+var (
+	planesMu sync.Mutex
+	planes   = map[*Server]*Plane{}
+	// planeConfigs holds options set by WithPlane before the plane exists.
+	planeConfigs = map[*Server]PlaneConfig{}
+)
+
+// WithPlane returns a Config.Register hook that configures the config plane
+// (cmd/meshd's --config DIR).
+func WithPlane(pc PlaneConfig) func(*Server) error {
+	return func(s *Server) error {
+		planesMu.Lock()
+		planeConfigs[s] = pc
+		planesMu.Unlock()
+		return nil
+	}
+}
+
+// PlaneOf returns the config plane attached to s.
+func PlaneOf(s *Server) *Plane {
+	planesMu.Lock()
+	defer planesMu.Unlock()
+	return planes[s]
+}
+
+func attachPlane(s *Server) error {
+	planesMu.Lock()
+	pc := planeConfigs[s]
+	delete(planeConfigs, s)
+	planesMu.Unlock()
+	if pc.PollInterval == 0 {
+		pc.PollInterval = time.Second
+	}
+	p := &Plane{s: s, cfg: pc, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
+	p.current = &config.Config{}
+	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log()}, policy.New(p.withTrustDomain(p.current), p.reg))
+	p.push.SetBundle(BundleProto(s.CA().Bundle()))
+	// Config applied through the admin API survives restarts: a restart
+	// that forgot it would silently weaken policy.
+	applied, err := loadApplied(filepath.Join(s.Dir(), FileAppliedConfig))
+	if err != nil {
+		return err
+	}
+	p.applied = applied
+	// A bad directory at start-up stops meshd: running with no policy
+	// would silently mean authPolicy NONE, plaintext everywhere.
+	if pc.ConfigDir != "" {
+		if _, err := p.reloadDir(); err != nil {
+			return fmt.Errorf("config %s: %w", pc.ConfigDir, err)
+		}
+		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
+	} else if len(applied) > 0 {
+		cfg, err := p.combine(nil, applied)
+		if err != nil {
+			return fmt.Errorf("config: %s: %w", FileAppliedConfig, err)
+		}
+		p.install(cfg)
+	}
+	pb.RegisterDiscoveryServer(s.GRPC(), p.push)
+	s.SetConfigAdmin(p)
+	p.registerMetrics(s.Metrics())
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go p.run(ctx)
+	planesMu.Lock()
+	planes[s] = p
+	planesMu.Unlock()
+	return nil
+}
+
+// Close stops the plane's background work (directory watch, bundle watch,
+// push loop).
+func (p *Plane) Close() {
+	p.cancel()
+	<-p.done
+	planesMu.Lock()
+	delete(planes, p.s)
+	planesMu.Unlock()
+}
+
+// Registry is the mesh's registry (Kubernetes sources feed it too).
+func (p *Plane) Registry() *registry.Registry { return p.reg }
+
+// Push is the Discovery server.
+func (p *Plane) Push() *push.Server { return p.push }
+
+// Config returns the config in force.
+func (p *Plane) Config() *config.Config {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.current
+}
+
+func (p *Plane) run(ctx context.Context) {
+	defer close(p.done)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); p.push.Run(ctx) }()
+	go func() { defer wg.Done(); p.watchBundle(ctx) }()
+	if p.cfg.ConfigDir != "" {
+		t := time.NewTicker(p.cfg.PollInterval)
+		defer t.Stop()
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				break loop
+			case <-t.C:
+				if changed, err := p.reloadDir(); err != nil {
+					p.logRejected(err)
+				} else if changed {
+					p.log.Info("config directory applied", "dir", p.cfg.ConfigDir, "config_version", p.Config().Version)
+				}
+			}
+		}
+	}
+	wg.Wait()
+}
+
+// watchBundle sends every new trust bundle (roots, revocations) to the
+// sidecars.
+func (p *Plane) watchBundle(ctx context.Context) {
+	for {
+		b, ch := p.s.CA().Watch()
+		p.push.SetBundle(BundleProto(b))
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
+}
+
+// logRejected logs each error of a rejected batch on its own line, with
+// file:line:column, so it can be found and fixed.
+func (p *Plane) logRejected(err error) {
+	p.rejects.Add(1)
+	var list config.ErrorList
+	if errors.As(err, &list) {
+		for _, e := range list {
+			p.log.Error("config rejected; the last good config stays in force", "at", e.Pos.String(), "object", e.Object, "field", e.Path, "error", e.Msg)
+		}
+		return
+	}
+	p.log.Error("config rejected; the last good config stays in force", "error", err)
+}
+
+// reloadDir reads ConfigDir and installs it if it changed and is valid.
+func (p *Plane) reloadDir() (bool, error) {
+	files, err := config.ReadPaths(p.cfg.ConfigDir)
+	if err != nil {
+		return false, err
+	}
+	h := sha256.New()
+	for _, f := range files {
+		fmt.Fprintf(h, "%s\x00%d\x00", f.Name, len(f.Content))
+		h.Write(f.Content)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sum == p.dirSum {
+		return false, nil
+	}
+	// Remember the content even if it is bad, so a bad file is logged once,
+	// not on every poll; the next edit is tried again.
+	p.dirSum = sum
+	var objs []any
+	var errs config.ErrorList
+	for _, f := range files {
+		o, e := config.Parse(f.Name, f.Content)
+		objs = append(objs, o...)
+		errs = append(errs, e...)
+	}
+	if len(errs) > 0 {
+		errs.Sort()
+		return false, errs
+	}
+	cfg, err := p.combine(objs, p.applied)
+	if err != nil {
+		return false, err
+	}
+	p.dirObjs = objs
+	p.install(cfg)
+	return true, nil
+}
+
+// combine builds the config in force: the directory's objects, then the
+// applied ones over them (an applied object replaces a file's of the same
+// kind, namespace and name).
+func (p *Plane) combine(dir, applied []any) (*config.Config, error) {
+	base, err := config.New(dir)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := base.Apply(applied, false)
+	if err != nil {
+		return nil, err
+	}
+	if td := cfg.TrustDomain(); cfg.Mesh != nil && cfg.Mesh.Spec.TrustDomain != "" && td != p.s.CA().TrustDomain() {
+		return nil, config.ErrorList{{Pos: cfg.Mesh.Source, Object: cfg.Mesh.Key(), Path: "spec.trustDomain",
+			Msg: fmt.Sprintf("trust domain %q differs from the CA's %q (meshd control --trust-domain)", td, p.s.CA().TrustDomain())}}
+	}
+	return cfg, nil
+}
+
+// withTrustDomain fills in the CA's trust domain when the config names none.
+func (p *Plane) withTrustDomain(c *config.Config) *config.Config {
+	td := p.s.CA().TrustDomain()
+	if c.TrustDomain() == td || (c.Mesh != nil && c.Mesh.Spec.TrustDomain != "") {
+		return c
+	}
+	cp := *c
+	mesh := config.MeshConfig{}
+	if c.Mesh != nil {
+		mesh = *c.Mesh
+	} else {
+		mesh.APIVersion, mesh.Kind, mesh.Metadata.Name = config.MeshV1alpha1, config.KindMeshConfig, "mesh"
+	}
+	mesh.Spec.TrustDomain = td
+	cp.Mesh = &mesh
+	return &cp
+}
+
+// install makes cfg the config in force; p.mu is held.
+func (p *Plane) install(cfg *config.Config) {
+	p.version++
+	cfg.Version = p.version
+	p.current = cfg
+	ss, ws := registry.FromConfig(cfg)
+	p.reg.Sync(registry.SourceConfig, ss, ws)
+	p.push.SetEngine(policy.New(p.withTrustDomain(cfg), p.reg))
+}
+
+// ApplyConfig validates a batch and, if all of it (merged with the config
+// in force) is valid, installs it. A bad batch changes nothing and the
+// error lists every problem with file:line:column.
+func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*pb.ApplyConfigResponse, error) {
+	var objs []any
+	var errs config.ErrorList
+	for _, f := range req.Files {
+		o, e := config.Parse(f.Name, f.Content)
+		objs = append(objs, o...)
+		errs = append(errs, e...)
+	}
+	if len(errs) > 0 {
+		errs.Sort()
+		p.rejects.Add(1)
+		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+errs.Error())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	applied := mergeApplied(p.applied, objs, req.Replace)
+	cfg, err := p.combine(p.dirObjs, applied)
+	if err != nil {
+		p.rejects.Add(1)
+		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+err.Error())
+	}
+	if err := saveApplied(filepath.Join(p.s.Dir(), FileAppliedConfig), applied); err != nil {
+		p.log.Error("cannot persist applied config; not applying it", "error", err)
+		return nil, status.Errorf(codes.Internal, "config not applied: cannot save it to the state directory: %v", err)
+	}
+	p.applied = applied
+	p.install(cfg)
+	resp := &pb.ApplyConfigResponse{ConfigVersion: cfg.Version}
+	for _, o := range objs {
+		resp.Applied = append(resp.Applied, config.ObjectOf(o).Key())
+	}
+	p.log.Info("config applied", "config_version", cfg.Version, "objects", strings.Join(resp.Applied, ","))
+	return resp, nil
+}
+
+// registerMetrics exposes the plane on the control plane's /metrics.
+func (p *Plane) registerMetrics(reg *prometheus.Registry) {
+	if reg == nil {
+		return
+	}
+	stat := func(f func(push.Stats) float64) func() float64 {
+		return func() float64 { return f(p.push.Stats()) }
+	}
+	cs := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshauth_config_version", Help: "Version of the config in force (increments on every applied batch)."},
+			func() float64 { return float64(p.Config().Version) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_config_rejected_total", Help: "Config batches rejected (directory or ApplyConfig); the last good config stayed."},
+			func() float64 { return float64(p.rejects.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshauth_push_sidecars_connected", Help: "Sidecars with an open Discovery stream."},
+			stat(func(s push.Stats) float64 { return float64(s.Connected) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_snapshots_sent_total", Help: "Snapshots sent to sidecars."},
+			stat(func(s push.Stats) float64 { return float64(s.Sent) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_acks_total", Help: "Snapshots ACKed by sidecars."},
+			stat(func(s push.Stats) float64 { return float64(s.ACKs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_nacks_total", Help: "Snapshots NACKed (rejected) by sidecars."},
+			stat(func(s push.Stats) float64 { return float64(s.NACKs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_streams_refused_total", Help: "Discovery streams refused (no valid certificate, or a workload claimed under another identity)."},
+			stat(func(s push.Stats) float64 { return float64(s.Refused) })),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			p.log.Warn("metric not registered", "error", err)
+		}
+	}
+}
+
+// FileAppliedConfig holds, in the state directory, every object applied
+// through Admin.ApplyConfig (mode 0600), reloaded at start.
+const FileAppliedConfig = "config-applied.yaml"
+
+func loadApplied(path string) ([]any, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	objs, errs := config.Parse(path, b)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("config: %s (applied config saved by an earlier run; fix or remove it): %w", path, errs)
+	}
+	return objs, nil
+}
+
+func saveApplied(path string, objs []any) error {
+	var buf bytes.Buffer
+	buf.WriteString("# Objects applied with meshctl apply (Admin.ApplyConfig). Written by meshd control.\n")
+	for _, o := range objs {
+		buf.WriteString("---\n")
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(o); err != nil {
+			return err
+		}
+		enc.Close()
+	}
+	return writeFileAtomic(path, buf.Bytes(), 0o600)
+}
+
+func objKey(v any) string {
+	o := config.ObjectOf(v)
+	k := o.Kind
+	if k == config.KindClusterRbacConfig {
+		k = config.KindRbacConfig
+	}
+	return k + "/" + o.Ref()
+}
+
+// mergeApplied upserts batch into old by kind/namespace/name; with replace,
+// old objects of the kinds in batch go first.
+func mergeApplied(old, batch []any, replace bool) []any {
+	inBatch, kinds := map[string]bool{}, map[string]bool{}
+	for _, v := range batch {
+		inBatch[objKey(v)] = true
+		kinds[config.ObjectOf(v).Kind] = true
+	}
+	var out []any
+	for _, v := range old {
+		if inBatch[objKey(v)] || (replace && kinds[config.ObjectOf(v).Kind]) {
+			continue
+		}
+		out = append(out, v)
+	}
+	return append(out, batch...)
+}
+
+// State is what Admin.GetState returns (as JSON): the config in force, the
+// registry and the connected sidecars. meshctl rebuilds a policy engine
+// from it to answer get, tls-check and explain locally.
+type State struct {
+	ConfigVersion uint64               `json:"configVersion"`
+	Config        *config.Config       `json:"config"`
+	Registry      registry.State       `json:"registry"`
+	Sidecars      []push.SidecarStatus `json:"sidecars"`
+}
+
+// Engine rebuilds the policy engine the control plane uses.
+func (st *State) Engine() *policy.Engine {
+	return policy.New(st.Config, registry.FromState(st.Registry))
+}
+
+// GetState returns the State as JSON.
+func (p *Plane) GetState(ctx context.Context, _ *pb.GetStateRequest) (*pb.GetStateResponse, error) {
+	p.mu.Lock()
+	cfg := p.withTrustDomain(p.current)
+	p.mu.Unlock()
+	st := State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status()}
+	js, err := json.Marshal(&st)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode state: %v", err)
+	}
+	return &pb.GetStateResponse{StateJson: js}, nil
+}

@@ -1,0 +1,208 @@
+package kube
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// RootSource says where LoadRoot found the CA.
+type RootSource string
+
+const (
+	// RootPlugged is an operator's CA from the cacerts Secret.
+	RootPlugged RootSource = "cacerts"
+	// RootSelfSigned is the self-signed root kept in istio-ca-secret.
+	RootSelfSigned RootSource = "istio-ca-secret"
+)
+
+// LoadRoot finds the CA's signing key in the control plane's namespace and
+// writes it to dir in the plugged-in CA layout that ca.Config.CACertsDir
+// reads (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem):
+//
+//   - a Secret "cacerts" with those four keys (an operator's intermediate)
+//     wins, as in the seed;
+//   - otherwise the self-signed root in Secret "istio-ca-secret"
+//     (ca-cert.pem, ca-key.pem), created on first start.
+//
+// Keeping the root in a Secret, not on the pod's disk, is what lets the
+// control plane restart or move without re-rooting the mesh. If two
+// replicas race to create istio-ca-secret, the loser reads the winner's.
+func LoadRoot(ctx context.Context, client kubernetes.Interface, namespace, trustDomain, dir string, now time.Time) (RootSource, error) {
+	secrets := client.CoreV1().Secrets(namespace)
+	if s, err := secrets.Get(ctx, PluggedCASecret, metav1.GetOptions{}); err == nil {
+		for _, k := range []string{CACertKey, CAKeyKey, CertChainKey, RootCertKey} {
+			if len(s.Data[k]) == 0 {
+				return "", fmt.Errorf("kube: secret %s/%s has no %s: a plugged-in CA needs ca-cert.pem, ca-key.pem, cert-chain.pem and root-cert.pem", namespace, PluggedCASecret, k)
+			}
+		}
+		return RootPlugged, writeCAFiles(dir, s.Data[CACertKey], s.Data[CAKeyKey], s.Data[CertChainKey], s.Data[RootCertKey])
+	} else if !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("kube: read secret %s/%s: %w", namespace, PluggedCASecret, err)
+	}
+
+	s, err := secrets.Get(ctx, CASecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		certPEM, keyPEM, gerr := newSelfSignedRoot(trustDomain, now)
+		if gerr != nil {
+			return "", gerr
+		}
+		s, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: CASecret, Namespace: namespace},
+			Type:       CASecretType,
+			Data:       map[string][]byte{CACertKey: certPEM, CAKeyKey: keyPEM},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			s, err = secrets.Get(ctx, CASecret, metav1.GetOptions{})
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("kube: root secret %s/%s: %w", namespace, CASecret, err)
+	}
+	cert, key := s.Data[CACertKey], s.Data[CAKeyKey]
+	if len(cert) == 0 || len(key) == 0 {
+		return "", fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", namespace, CASecret, CACertKey, CAKeyKey)
+	}
+	return RootSelfSigned, writeCAFiles(dir, cert, key, cert, cert)
+}
+
+func writeCAFiles(dir string, cert, key, chain, root []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{CACertKey: cert, CAKeyKey: key, CertChainKey: chain, RootCertKey: root} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return fmt.Errorf("kube: write %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// newSelfSignedRoot makes a 10-year ECDSA P-256 root for trustDomain.
+func newSelfSignedRoot(trustDomain string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{trustDomain}, CommonName: "meshauth root CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), nil
+}
+
+// ensureRootConfigMap creates or updates istio-ca-root-cert in ns.
+func ensureRootConfigMap(ctx context.Context, cs kubernetes.Interface, ns, roots string) error {
+	api := cs.CoreV1().ConfigMaps(ns)
+	cm, err := api.Get(ctx, RootCertConfigMap, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = api.Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: RootCertConfigMap, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/part-of": "meshauth"}},
+			Data:       map[string]string{RootCertKey: roots},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // someone else made it; the next round checks it
+		}
+		return err
+	}
+	if err != nil || cm.Data[RootCertKey] == roots {
+		return err
+	}
+	cm = cm.DeepCopy()
+	if cm.Data == nil {
+		cm.Data = map[string]string{}
+	}
+	cm.Data[RootCertKey] = roots
+	_, err = api.Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}
+
+// selfSignedCA makes a throwaway ECDSA CA (the webhook's).
+func selfSignedCA(cn string) (crypto.Signer, *x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	return key, c, err
+}
+
+// servingCert issues a TLS server certificate from ca.
+func servingCert(ca *x509.Certificate, caKey crypto.Signer, dns []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	cn := "meshauth-webhook"
+	if len(dns) > 0 {
+		cn = dns[0]
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
+		DNSNames: dns, IPAddresses: ips,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pemCert(&x509.Certificate{Raw: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), nil
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
