@@ -51,10 +51,9 @@ and its directory removed when it ends, also on Ctrl-C.`,
 // demo` needs nothing but bin/meshctl and bin/meshd. The standalone binaries
 // are samples/httpbin/cmd/httpbin and samples/sleep.
 var sampleCmd = &cobra.Command{
-	Use:    "sample httpbin|sleep",
-	Short:  "Run a sample app (used by demo)",
-	Hidden: true,
-	Args:   cobra.ExactArgs(1),
+	Use:   "sample httpbin|sleep",
+	Short: "Run a sample app: httpbin (--listen ADDR) or sleep (used by demo and docs/walkthrough.md)",
+	Args:  cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -130,6 +129,7 @@ func runDemo(ctx context.Context, out io.Writer) (err error) {
 	}
 	d.verify(ctx)
 	d.testAuth(ctx)
+	d.checkMesh(ctx)
 
 	fails := r.Failures()
 	r.Printf("\n%d observations match the seed, %d differ (%s)\n", r.Passes(), len(fails), time.Since(start).Round(100*time.Millisecond))
@@ -257,7 +257,19 @@ func (d *demo) verify(ctx context.Context) {
 	} else {
 		r.Check("mesh-wide authPolicy", strings.Contains(o.Stdout, "MUTUAL_TLS"), strings.TrimSpace(o.Stdout), "authPolicy: MUTUAL_TLS")
 	}
-	r.Note("authentication policies and destination rules, and whether they agree (tls-check)")
+	r.Note("authentication policies (the seed: kubectl get policies.authentication.istio.io -n default -o yaml)")
+	if o, err := d.run(ctx, "get", "policies", "-n", "default", "-o", "yaml"); err != nil {
+		r.Fail("policies", err)
+	} else {
+		r.Check("meshctl get policies answers", o.Exit == 0, fmt.Sprintf("exit %d", o.Exit), "exit 0")
+	}
+	r.Note("destination rules, in every namespace (the seed: kubectl get destinationrules.networking.istio.io --all-namespaces -o yaml)")
+	if o, err := d.run(ctx, "get", "destinationrules", "-o", "yaml"); err != nil {
+		r.Fail("destination rules", err)
+	} else {
+		r.Check("meshctl get destinationrules answers", o.Exit == 0, fmt.Sprintf("exit %d", o.Exit), "exit 0")
+	}
+	r.Note("and whether servers and clients agree, the quick way the seed wished for (tls-check)")
 	if o, err := d.run(ctx, "tls-check"); err != nil {
 		r.Fail("tls-check", err)
 	} else {
@@ -405,4 +417,24 @@ func lastLine(s string) string {
 // and errors only, on stderr, so stdout stays the walkthrough.
 func demoLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// checkMesh runs meshctl check on the demo mesh: every check it makes, plus
+// live reachability compared with meshctl explain.
+func (d *demo) checkMesh(ctx context.Context) {
+	r := d.r
+	r.Section("Checking the whole mesh (meshctl check)")
+	if o, err := d.run(ctx, "check", "--reachability"); err != nil {
+		r.Fail("meshctl check", err)
+	} else {
+		fails := strings.Count(o.Stdout, "\nFAIL ") + boolInt(strings.HasPrefix(o.Stdout, "FAIL "))
+		r.Check("meshctl check --reachability", o.Exit == 0 && fails == 0, fmt.Sprintf("exit %d, %d FAIL lines", o.Exit, fails), "exit 0, 0 FAIL lines")
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -108,6 +108,9 @@ type authority struct {
 	cert *x509.Certificate // signs workloads
 	key  crypto.Signer
 	root *x509.Certificate // == cert for self-signed roots
+	// otherRoots are further roots of a plugged-in root-cert.pem, trusted
+	// but not the anchor of this authority's chain.
+	otherRoots []*x509.Certificate
 	// chain is what follows the leaf in a workload's cert-chain.pem: empty
 	// for a self-signed root, the plugged-in CA cert and its intermediates
 	// (not the root) otherwise.
@@ -310,8 +313,10 @@ func (c *CA) reload() error {
 		revoked[r.Serial] = r.SPIFFEID
 	}
 	for _, a := range order {
-		b.Roots = append(b.Roots, a.root)
-		b.RootsPEM = append(b.RootsPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.root.Raw})))
+		for _, r := range append([]*x509.Certificate{a.root}, a.otherRoots...) {
+			b.Roots = append(b.Roots, r)
+			b.RootsPEM = append(b.RootsPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})))
+		}
 	}
 	b.ident = &identity.Bundle{Version: version, TrustDomain: c.td, Roots: b.Roots, Revoked: revoked}
 	s.bundle = b

@@ -79,9 +79,14 @@ func loadPlugged(dir string, now time.Time) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", rootPath, err)
 	}
-	root := roots[0]
-	if !root.IsCA {
-		return nil, fmt.Errorf("ca: plugged-in CA: %s (%s) is not a CA certificate", rootPath, root.Subject)
+	// root-cert.pem may hold several roots (the operator's own rotation:
+	// old and new). All go into the bundle; the chain must reach one.
+	rootPool := x509.NewCertPool()
+	for _, r := range roots {
+		if !r.IsCA {
+			return nil, fmt.Errorf("ca: plugged-in CA: %s (%s) is not a CA certificate", rootPath, r.Subject)
+		}
+		rootPool.AddCert(r)
 	}
 	chainCerts, err := identity.ParseCertsPEM(chainPEM)
 	if err != nil {
@@ -90,10 +95,18 @@ func loadPlugged(dir string, now time.Time) (*authority, error) {
 	// cert-chain.pem conventionally holds ca-cert.pem and the intermediates
 	// above it, sometimes the root too. Workload chains carry everything but
 	// the root.
+	isRoot := func(c *x509.Certificate) bool {
+		for _, r := range roots {
+			if c.Equal(r) {
+				return true
+			}
+		}
+		return false
+	}
 	var chain []*x509.Certificate
 	chain = append(chain, cert)
 	for _, c := range chainCerts {
-		if c.Equal(cert) || c.Equal(root) {
+		if c.Equal(cert) || isRoot(c) {
 			continue
 		}
 		chain = append(chain, c)
@@ -102,16 +115,23 @@ func loadPlugged(dir string, now time.Time) (*authority, error) {
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	rootPool := x509.NewCertPool()
-	rootPool.AddCert(root)
-	if _, err := cert.Verify(x509.VerifyOptions{
+	verified, err := cert.Verify(x509.VerifyOptions{
 		Roots: rootPool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s does not chain to %s through %s: %v", certPath, rootPath, chainPath, err)
 	}
+	vchain := verified[0]
+	root := vchain[len(vchain)-1]
+	var others []*x509.Certificate
+	for _, r := range roots {
+		if !r.Equal(root) {
+			others = append(others, r)
+		}
+	}
 
-	a := &authority{id: 0, cert: cert, key: key, root: root, chain: chain, notBefore: cert.NotBefore, notAfter: cert.NotAfter, activateAt: time.Time{}}
+	a := &authority{id: 0, cert: cert, key: key, root: root, otherRoots: others, chain: chain, notBefore: cert.NotBefore, notAfter: cert.NotAfter, activateAt: time.Time{}}
 	for _, c := range chain {
 		if c.NotAfter.Before(a.notAfter) {
 			a.notAfter = c.NotAfter

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/ca/catest"
 )
 
 // opensslCA makes a root and an intermediate with the openssl CLI, as an
@@ -112,7 +113,19 @@ func TestPluggedIn(t *testing.T) {
 	if st.Mode != "plugged-in" {
 		t.Fatalf("mode %q", st.Mode)
 	}
-	_ = work
+
+	// The operator's own rotation: root-cert.pem with a new root before the
+	// old one. Both are in the bundle; the chain still anchors at the old.
+	next := catest.New(t)
+	two := t.TempDir()
+	for _, f := range []string{"ca-cert.pem", "ca-key.pem", "cert-chain.pem"} {
+		copyFile(t, filepath.Join(cacerts, f), filepath.Join(two, f))
+	}
+	os.WriteFile(filepath.Join(two, "root-cert.pem"), append(next.RootPEM(), readFile(t, filepath.Join(work, "root-cert.pem"))...), 0o644)
+	c2 := newCA(t, t.TempDir(), clk, func(cfg *ca.Config) { cfg.CACertsDir = two })
+	if b := c2.Bundle(); len(b.Roots) != 2 || b.Roots[0].Subject.CommonName != "Example Root CA" || !b.Roots[1].Equal(next.Root) {
+		t.Fatalf("two-root bundle: %d roots", len(b.Roots))
+	}
 }
 
 // TestPluggedInRefusals: each broken cacerts dir is refused at start with a

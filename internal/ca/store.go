@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -24,7 +23,6 @@ var (
 	bucketAuthorities = []byte("authorities")
 	bucketMaxNotAfter = []byte("authority_max_not_after")
 	bucketIssued      = []byte("issued")
-	bucketByIdentity  = []byte("issued_by_identity")
 	bucketRevoked     = []byte("revoked")
 	bucketTokens      = []byte("join_tokens")
 
@@ -93,10 +91,10 @@ func openStore(dir string) (*store, error) {
 	// Group concurrent issuances into one fsynced transaction. Callers still
 	// wait for the commit; the delay only bounds how long a lone caller waits
 	// for company.
-	db.MaxBatchDelay = 2 * time.Millisecond
+	db.MaxBatchDelay = 5 * time.Millisecond
 	db.MaxBatchSize = 512
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketAuthorities, bucketMaxNotAfter, bucketIssued, bucketByIdentity, bucketRevoked, bucketTokens} {
+		for _, b := range [][]byte{bucketMeta, bucketAuthorities, bucketMaxNotAfter, bucketIssued, bucketRevoked, bucketTokens} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -234,19 +232,12 @@ func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash str
 		if err := issued.Put(serial, val); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketByIdentity).Put(identityKey(rec.SPIFFEID, rec.Serial), u64b(uint64(rec.NotAfter))); err != nil {
-			return err
-		}
 		mb := tx.Bucket(bucketMaxNotAfter)
 		if u64(mb.Get(u64b(rec.Authority))) < uint64(rec.NotAfter) {
 			return mb.Put(u64b(rec.Authority), u64b(uint64(rec.NotAfter)))
 		}
 		return nil
 	})
-}
-
-func identityKey(spiffeID, serial string) []byte {
-	return []byte(spiffeID + "\x00" + serial)
 }
 
 // Issued returns every issuance log record, for tests and audits.
@@ -323,18 +314,26 @@ func (s *store) revoke(serial, spiffeID, reason string, now time.Time) (added []
 				return err
 			}
 		} else {
-			c := tx.Bucket(bucketByIdentity).Cursor()
-			prefix := []byte(spiffeID + "\x00")
+			// A scan of the log: revoking an identity is a rare admin act,
+			// and an index by identity would cost every issuance a second
+			// random B+tree insert on the hot path.
 			found := false
-			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-				found = true
-				na := int64(u64(v))
-				if na < now.Unix() {
-					continue // expired: nothing to revoke
-				}
-				if err := add(IssuanceRecord{Serial: string(k[len(prefix):]), SPIFFEID: spiffeID, NotAfter: na}); err != nil {
+			err := tx.Bucket(bucketIssued).ForEach(func(_, v []byte) error {
+				var rec IssuanceRecord
+				if err := json.Unmarshal(v, &rec); err != nil {
 					return err
 				}
+				if rec.SPIFFEID != spiffeID {
+					return nil
+				}
+				found = true
+				if rec.NotAfter < now.Unix() {
+					return nil // expired: nothing to revoke
+				}
+				return add(rec)
+			})
+			if err != nil {
+				return err
 			}
 			if !found {
 				return refuse(KindNotFound, "unknown_identity", "no certificate for %s is in the issuance log of this CA", spiffeID)

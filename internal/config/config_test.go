@@ -51,8 +51,11 @@ func TestLoadValid(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadPaths: %v", err)
 	}
-	if c.AuthPolicy() != AuthPolicyMutualTLS {
-		t.Errorf("AuthPolicy = %q", c.AuthPolicy())
+	// Mesh-wide mTLS comes from Istio's own `istio` ConfigMap; the other
+	// Istio mesh settings in it are accepted and ignored.
+	if c.AuthPolicy() != AuthPolicyMutualTLS || c.Mesh.Metadata.Name != "istio" ||
+		len(c.Mesh.Spec.MTLSExcludedServices) != 1 || c.Mesh.Source.String() != "testdata/valid/istio-configmap.yaml:2:1" {
+		t.Errorf("mesh config from the istio ConfigMap = %+v", c.Mesh)
 	}
 	if len(c.Policies) != 2 || len(c.DestinationRules) != 1 || len(c.ServiceRoles) != 1 ||
 		len(c.ServiceRoleBindings) != 1 || len(c.Services) != 1 || len(c.Workloads) != 3 || c.RbacConfig == nil {

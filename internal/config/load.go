@@ -286,9 +286,17 @@ func parseDocument(file string, n *yaml.Node, path string) ([]any, ErrorList) {
 		}
 		return objs, errs
 	}
+	if kind == "ConfigMap" && apiNode != nil && apiNode.Value == "v1" {
+		mc := parseIstioConfigMap(d, n, path)
+		if len(d.errs) > 0 || mc == nil {
+			return nil, d.errs
+		}
+		objectOf(mc).Source = Pos{File: file, Line: n.Line, Column: n.Column}
+		return []any{mc}, nil
+	}
 	k, ok := kinds[kind]
 	if !ok {
-		d.errorf(kindNode, joinPath(path, "kind"), "unsupported kind %q (supported: %s)", kind, strings.Join(KnownKinds(), ", "))
+		d.errorf(kindNode, joinPath(path, "kind"), "unsupported kind %q (supported: %s, and Istio's v1 ConfigMap `istio`)", kind, strings.Join(KnownKinds(), ", "))
 		return nil, d.errs
 	}
 	api := ""

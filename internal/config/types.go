@@ -171,7 +171,7 @@ type PortSelector struct {
 type PeerMethod struct {
 	// MTLS is non-nil when the key is present, including `mtls: {}` and a
 	// bare `mtls:` (null), both of which mean STRICT.
-	MTLS *MutualTLS `json:"mtls,omitempty" yaml:"mtls"`
+	MTLS *MutualTLS `json:"mtls,omitempty" yaml:"mtls,omitempty"`
 	JWT  Raw        `json:"-" yaml:"jwt,omitempty"`
 }
 
@@ -209,10 +209,10 @@ type DestinationRuleSpec struct {
 // load-balancing, connection-pool and outlier settings are accepted (so
 // manifests load) and kept, but meshauth does not act on them.
 type TrafficPolicy struct {
-	LoadBalancer      Raw                  `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
-	ConnectionPool    Raw                  `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
-	OutlierDetection  Raw                  `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
-	TLS               *TLSSettings         `json:"tls,omitempty" yaml:"tls,omitempty"`
+	LoadBalancer      Raw                 `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
+	ConnectionPool    Raw                 `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
+	OutlierDetection  Raw                 `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
+	TLS               *TLSSettings        `json:"tls,omitempty" yaml:"tls,omitempty"`
 	PortLevelSettings []PortTrafficPolicy `json:"portLevelSettings,omitempty" yaml:"portLevelSettings,omitempty"`
 }
 

@@ -119,7 +119,7 @@ func validatePolicy(d *decoder, v *Policy, path string) {
 	s := &v.Spec
 	if v.Kind == KindMeshPolicy {
 		if v.Metadata.Name != "default" {
-			d.fail(joinPath(strings.TrimSuffix(path, "spec"), "metadata.name"), "a MeshPolicy must be named \"default\"")
+			d.fail(joinPath(objPath(path), "metadata.name"), "a MeshPolicy must be named \"default\"")
 		}
 		if len(s.Targets) > 0 {
 			d.fail(path+".targets", "a MeshPolicy applies to the whole mesh and takes no targets")
@@ -242,7 +242,7 @@ func validateTLS(d *decoder, t *TLSSettings, path string) {
 func validateRbacConfig(d *decoder, v *RbacConfig, path string) {
 	s := &v.Spec
 	if v.Metadata.Name != "default" {
-		d.fail(joinPath(strings.TrimSuffix(path, ".spec"), "metadata.name"), "%s is a singleton and must be named \"default\"", v.Kind)
+		d.fail(joinPath(objPath(path), "metadata.name"), "%s is a singleton and must be named \"default\"", v.Kind)
 	}
 	switch s.Mode {
 	case RbacOff, RbacOn:
@@ -399,7 +399,7 @@ func validateBinding(d *decoder, s *ServiceRoleBindingSpec, path string) {
 func validateService(d *decoder, v *Service, path string) {
 	s := &v.Spec
 	if !isName(v.Metadata.Name) {
-		d.fail(joinPath(strings.TrimSuffix(path, ".spec"), "metadata.name"), "service name %q is not a DNS label (lowercase letters, digits and '-', at most 63)", v.Metadata.Name)
+		d.fail(joinPath(objPath(path), "metadata.name"), "service name %q is not a DNS label (lowercase letters, digits and '-', at most 63)", v.Metadata.Name)
 	}
 	if len(s.Ports) == 0 {
 		d.fail(path+".ports", "a Service needs at least one port")
@@ -433,6 +433,35 @@ func validateService(d *decoder, v *Service, path string) {
 			d.fail(path+".address", "address %q is not an IP address", s.Address)
 		}
 	}
+	// Secure-naming annotations must name valid identities: a typo here
+	// would make clients refuse (or accept) the wrong servers.
+	meta := joinPath(objPath(path), "metadata.annotations")
+	for _, sa := range splitList(v.Metadata.Annotations["alpha.istio.io/kubernetes-serviceaccounts"]) {
+		if !isSubdomain(sa) {
+			d.fail(meta+"[alpha.istio.io/kubernetes-serviceaccounts]", "service account %q is not a valid Kubernetes name", sa)
+		}
+	}
+	for _, id := range splitList(v.Metadata.Annotations["alpha.istio.io/canonical-serviceaccounts"]) {
+		if _, err := identity.Parse(id); err != nil {
+			d.fail(meta+"[alpha.istio.io/canonical-serviceaccounts]", "%q is not a workload SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)", id)
+		}
+	}
+}
+
+// objPath turns the path of an object's spec into the object's own path
+// ("spec" -> "", "items[2].spec" -> "items[2]").
+func objPath(specPath string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(specPath, "spec"), ".")
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func checkProtocol(d *decoder, proto, path string) {

@@ -1,18 +1,22 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/config"
@@ -98,12 +102,26 @@ func attachPlane(s *Server) error {
 	p.current = &config.Config{}
 	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log()}, policy.New(p.withTrustDomain(p.current), p.reg))
 	p.push.SetBundle(BundleProto(s.CA().Bundle()))
+	// Config applied through the admin API survives restarts: a restart
+	// that forgot it would silently weaken policy.
+	applied, err := loadApplied(filepath.Join(s.Dir(), FileAppliedConfig))
+	if err != nil {
+		return err
+	}
+	p.applied = applied
 	// A bad directory at start-up stops meshd: running with no policy
 	// would silently mean authPolicy NONE, plaintext everywhere.
 	if pc.ConfigDir != "" {
 		if _, err := p.reloadDir(); err != nil {
 			return fmt.Errorf("config %s: %w", pc.ConfigDir, err)
 		}
+		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
+	} else if len(applied) > 0 {
+		cfg, err := p.combine(nil, applied)
+		if err != nil {
+			return fmt.Errorf("config: %s: %w", FileAppliedConfig, err)
+		}
+		p.install(cfg)
 	}
 	pb.RegisterDiscoveryServer(s.GRPC(), p.push)
 	s.SetConfigAdmin(p)
@@ -302,6 +320,10 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+err.Error())
 	}
+	if err := saveApplied(filepath.Join(p.s.Dir(), FileAppliedConfig), applied); err != nil {
+		p.log.Error("cannot persist applied config; not applying it", "error", err)
+		return nil, status.Errorf(codes.Internal, "config not applied: cannot save it to the state directory: %v", err)
+	}
 	p.applied = applied
 	p.install(cfg)
 	resp := &pb.ApplyConfigResponse{ConfigVersion: cfg.Version}
@@ -310,6 +332,40 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	}
 	p.log.Info("config applied", "config_version", cfg.Version, "objects", strings.Join(resp.Applied, ","))
 	return resp, nil
+}
+
+// FileAppliedConfig holds, in the state directory, every object applied
+// through Admin.ApplyConfig (mode 0600), reloaded at start.
+const FileAppliedConfig = "config-applied.yaml"
+
+func loadApplied(path string) ([]any, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	objs, errs := config.Parse(path, b)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("config: %s (applied config saved by an earlier run; fix or remove it): %w", path, errs)
+	}
+	return objs, nil
+}
+
+func saveApplied(path string, objs []any) error {
+	var buf bytes.Buffer
+	buf.WriteString("# Objects applied with meshctl apply (Admin.ApplyConfig). Written by meshd control.\n")
+	for _, o := range objs {
+		buf.WriteString("---\n")
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(o); err != nil {
+			return err
+		}
+		enc.Close()
+	}
+	return writeFileAtomic(path, buf.Bytes(), 0o600)
 }
 
 func objKey(v any) string {

@@ -204,3 +204,53 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 		t.Errorf("sidecars in state = %+v", st.Sidecars)
 	}
 }
+
+// TestAppliedConfigSurvivesRestart: config applied with meshctl apply is
+// saved in the state directory and in force again after a restart, so a
+// restart never silently weakens policy.
+func TestAppliedConfigSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	run := func() (*control.Server, func()) {
+		srv, err := control.New(control.Config{Dir: dir, Listen: "127.0.0.1:0", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx) }()
+		waitUntil(t, "listening", func() bool { return srv.Addr() != "" })
+		return srv, func() { cancel(); <-done; control.PlaneOf(srv).Close() }
+	}
+	admin := func(srv *control.Server) pb.AdminClient {
+		e := &env{srv: srv, dir: dir}
+		return e.admin(t)
+	}
+	srv, stop := run()
+	ctx := context.Background()
+	if _, err := admin(srv).ApplyConfig(ctx, &pb.ApplyConfigRequest{Files: []*pb.ConfigFile{{Name: "m.yaml", Content: []byte(planeMesh +
+		"---\napiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers:\n  - mtls:\n")}}}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if fi, err := os.Stat(filepath.Join(dir, control.FileAppliedConfig)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("applied config file: %v %v", fi, err)
+	}
+
+	srv, stop = run()
+	defer stop()
+	resp, err := admin(srv).GetState(ctx, &pb.GetStateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st control.State
+	if err := json.Unmarshal(resp.StateJson, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Config.AuthPolicy() != "MUTUAL_TLS" || len(st.Registry.Services) != 1 || len(st.Config.Policies) != 1 {
+		t.Fatalf("after restart: authPolicy %s, %d services, %d policies", st.Config.AuthPolicy(), len(st.Registry.Services), len(st.Config.Policies))
+	}
+	// The bare `mtls:` must still mean STRICT after the save/load round trip.
+	if rows := st.Engine().TLSCheck(nil); rows[0].Server.Mode != policy.ServerStrict || rows[0].Server.DecidedBy != "Policy/default/default" {
+		t.Errorf("after restart: %+v", rows[0])
+	}
+}

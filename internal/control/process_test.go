@@ -34,7 +34,7 @@ var (
 	binErr  error
 )
 
-func binaries(t *testing.T) (meshd, meshctl string) {
+func binaries(t testing.TB) (meshd, meshctl string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the binaries; skipped with -short")
@@ -70,7 +70,7 @@ type proc struct {
 }
 
 // startMeshd runs `meshd control` on 127.0.0.1:0 and waits for control.addr.
-func startMeshd(t *testing.T, meshd, dir string, extra ...string) *proc {
+func startMeshd(t testing.TB, meshd, dir string, extra ...string) *proc {
 	t.Helper()
 	os.Remove(filepath.Join(dir, "control.addr"))
 	args := append([]string{"control", "--dir", dir, "--listen", "127.0.0.1:0", "--metrics-listen", ""}, extra...)

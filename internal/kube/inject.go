@@ -37,6 +37,7 @@ const (
 	OutboundPort = 15001
 	AdminPort    = 15000
 	HealthPort   = 15020
+	PromPort     = 15090
 
 	// TokenAudience is the audience of projected tokens; the CA's TokenReview
 	// asks for exactly this audience, so a token minted for anything else
@@ -69,8 +70,9 @@ const (
 // InjectConfig says what to inject. The zero value of each field means the
 // default given in its comment; NewInjector fills them.
 type InjectConfig struct {
-	// Image is the meshd image for both the init and sidecar containers.
-	// Default "ghcr.io/meshauth/meshd:latest".
+	// Image is the proxy image (meshd built with -tags nokube, see
+	// install/docker/proxy.Dockerfile) for the init and sidecar containers.
+	// Default "ghcr.io/meshauth/proxy:latest".
 	Image string
 	// ImagePullPolicy, default IfNotPresent.
 	ImagePullPolicy corev1.PullPolicy
@@ -93,7 +95,7 @@ type Injector struct {
 // NewInjector fills cfg's defaults.
 func NewInjector(cfg InjectConfig) (*Injector, error) {
 	if cfg.Image == "" {
-		cfg.Image = "ghcr.io/meshauth/meshd:latest"
+		cfg.Image = "ghcr.io/meshauth/proxy:latest"
 	}
 	if cfg.ImagePullPolicy == "" {
 		cfg.ImagePullPolicy = corev1.PullIfNotPresent
@@ -207,8 +209,9 @@ func (in *Injector) initContainer(spec *corev1.PodSpec) corev1.Container {
 			"--inbound-port", strconv.Itoa(InboundPort),
 			"--outbound-port", strconv.Itoa(OutboundPort),
 			"--inbound-ports", inboundPorts(spec),
-			// kubelet's probes come to the health port in plaintext.
-			"--exclude-inbound-ports", strconv.Itoa(HealthPort),
+			// kubelet's probes come to the health port in plaintext; admin and
+			// metrics ports are the sidecar's own.
+			"--exclude-inbound-ports", fmt.Sprintf("%d,%d,%d", AdminPort, HealthPort, PromPort),
 		},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                &root,
@@ -285,7 +288,7 @@ func (in *Injector) sidecar(probers string) corev1.Container {
 		Args:            args,
 		Env:             env,
 		Ports: []corev1.ContainerPort{
-			{Name: "http-envoy-prom", ContainerPort: 15090, Protocol: corev1.ProtocolTCP},
+			{Name: "http-envoy-prom", ContainerPort: PromPort, Protocol: corev1.ProtocolTCP},
 			{Name: "health", ContainerPort: HealthPort, Protocol: corev1.ProtocolTCP},
 		},
 		ReadinessProbe: &corev1.Probe{

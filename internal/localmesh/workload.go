@@ -270,12 +270,12 @@ func (w *Workload) WaitOutbound(ctx context.Context, name, namespace string, tim
 		}
 		if dump.Snapshot != nil {
 			for _, s := range dump.Snapshot.Outbound {
-				if s.Name == name && s.Namespace == namespace {
+				if s.Name == name && s.Namespace == namespace && len(s.Endpoints) > 0 {
 					return nil
 				}
 			}
 		}
-		return fmt.Errorf("the sidecar's config has no route to %s.%s yet", name, namespace)
+		return fmt.Errorf("the sidecar's config has no route with endpoints to %s.%s yet", name, namespace)
 	})
 	if err != nil {
 		return fmt.Errorf("localmesh: %s: %w", w.Spec.Name, err)

@@ -202,20 +202,27 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 }
 
 // ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
-// naming): the service accounts of its endpoints that run a sidecar.
+// naming): the service accounts of its endpoints that run a sidecar, plus
+// those the service's annotations add.
 func (e *Engine) ServerIdentities(svc *registry.Service) []string {
 	td := e.ix.cfg.TrustDomain()
 	seen := map[string]bool{}
 	var out []string
-	for _, w := range e.reg.Endpoints(svc.Key()) {
-		if !w.Sidecar {
-			continue
-		}
-		id := "spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount
+	add := func(id string) {
 		if !seen[id] {
 			seen[id] = true
 			out = append(out, id)
 		}
+	}
+	for _, w := range e.reg.Endpoints(svc.Key()) {
+		if w.Sidecar {
+			add("spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount)
+		}
+	}
+	// Identities the service declares on top of its workloads' (Service
+	// annotations): a VM or a workload being migrated.
+	for _, id := range svc.ServiceAccounts {
+		add(id)
 	}
 	sort.Strings(out)
 	return out

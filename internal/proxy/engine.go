@@ -502,6 +502,14 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 	defer p.cached.activeIn.Dec()
 	p.serveH1(c, info, func(d *dconn) exchangeResult {
 		start := time.Now()
+		// The mode was checked when the connection was accepted; a
+		// kept-alive plaintext connection must not outlive a change of its
+		// port to STRICT. Refuse it as a new plaintext connection is.
+		if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
+			info.mode = string(policy.ServerStrict)
+			p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+			return exchangeResult{}
+		}
 		dec := policy.Authorize(p.policy.Current(), policy.Request{
 			Source: info.peer, Port: info.port, Service: info.service,
 			Method: d.req.str(d.req.method), Path: d.req.path(),

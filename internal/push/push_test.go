@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -176,7 +177,8 @@ func (e *env) client(spiffeID, workload string, validate func(*Update) error) *C
 	c := NewClient(ClientConfig{
 		Conn: e.dial(spiffeID),
 		Register: func() *pb.Register {
-			return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3"}
+			return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3",
+				Ports: []uint32{80}, SidecarPorts: map[uint32]uint32{80: 18080}}
 		},
 		Validate:   validate,
 		MinBackoff: 20 * time.Millisecond,
@@ -217,7 +219,8 @@ func TestPushAckAndUpdate(t *testing.T) {
 	if u.Bundle == nil || len(u.Bundle.Roots) != 1 {
 		t.Errorf("bundle = %+v", u.Bundle)
 	}
-	if w := e.reg.Workload("default", "sleep-1"); w == nil || w.Source != registry.SourceSidecar || w.Address != "127.0.0.3" {
+	if w := e.reg.Workload("default", "sleep-1"); w == nil || w.Source != registry.SourceSidecar || w.Address != "127.0.0.3" ||
+		len(w.Ports) != 1 || w.Ports[0].SidecarPort != 18080 {
 		t.Errorf("registered workload = %+v", w)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -371,4 +374,28 @@ func TestClientRejectsMalformedSnapshots(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzClientAccept feeds arbitrary snapshot JSON to the sidecar's accept
+// path: it must never panic, and a rejected snapshot must never replace the
+// good one.
+func FuzzClientAccept(f *testing.F) {
+	good := `{"version":"v1","trustDomain":"cluster.local","workload":{"name":"w","namespace":"default","serviceAccount":"sa"},"inboundDefault":"STRICT"}`
+	f.Add("v2", []byte(strings.Replace(good, "v1", "v2", 1)))
+	f.Add("v2", []byte(`{"version":"v2","workload":{"name":"w","namespace":"n","serviceAccount":"s"},"inboundDefault":"DISABLE","inbound":[{"port":0,"mode":"STRICT"}],"outbound":[{"name":"a","namespace":"b","hosts":["a.b"],"ports":[{"port":80,"targetPort":8080,"tlsMode":"ISTIO_MUTUAL"}],"endpoints":[{"workload":"a-1","address":"10.0.0.1","ports":{"8080":15006}}]}],"rbac":{"policies":[{"role":"n/r","rules":[{"services":["*"]}],"subjects":[{"user":"*"}]}]}}`))
+	f.Add("v3", []byte(`null`))
+	f.Fuzz(func(t *testing.T, version string, js []byte) {
+		c := NewClient(ClientConfig{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err := c.accept(&pb.Snapshot{Version: "v1", SnapshotJson: []byte(good)}); err != nil {
+			t.Fatal(err)
+		}
+		before := c.Current()
+		err := c.accept(&pb.Snapshot{Version: version, SnapshotJson: js})
+		if err != nil && c.Current() != before {
+			t.Fatal("a rejected snapshot replaced the good one")
+		}
+		if err == nil && c.Current().Snapshot.Validate() != nil {
+			t.Fatal("accepted a snapshot that does not validate")
+		}
+	})
 }

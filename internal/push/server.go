@@ -199,10 +199,11 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 	w := &registry.Workload{Name: reg.Workload, Namespace: id.Namespace, ServiceAccount: id.ServiceAccount,
 		Labels: reg.Labels, Address: addr, Sidecar: true}
 	for _, p := range reg.Ports {
-		if p == 0 || p > 65535 {
-			return status.Errorf(codes.InvalidArgument, "port %d out of range", p)
+		sp := reg.SidecarPorts[p]
+		if p == 0 || p > 65535 || sp > 65535 {
+			return status.Errorf(codes.InvalidArgument, "port %d (sidecar port %d) out of range", p, sp)
 		}
-		w.Ports = append(w.Ports, registry.WorkloadPort{Number: p})
+		w.Ports = append(w.Ports, registry.WorkloadPort{Number: p, SidecarPort: sp})
 	}
 	reger := s.engine.Load().Registry()
 	if _, err := reger.Register(w); err != nil {

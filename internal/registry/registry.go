@@ -40,6 +40,10 @@ type Service struct {
 	Selector  map[string]string `json:"selector,omitempty"`
 	Address   string            `json:"address,omitempty"`
 	Source    string            `json:"source"`
+	// ServiceAccounts are extra SPIFFE IDs allowed to serve the service
+	// besides its workloads' (the seed's alpha.istio.io/*-serviceaccounts
+	// Service annotations, read by internal/kube).
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
 // Port is one service port.
@@ -128,7 +132,7 @@ type Registry struct {
 	// sorted caches Services() until a service changes (workload churn,
 	// the common case, leaves it alone).
 	sorted []*Service
-	notify  chan struct{}
+	notify chan struct{}
 }
 
 // New returns an empty registry.
@@ -400,7 +404,8 @@ func (r *Registry) Sync(source string, services []*Service, workloads []*Workloa
 
 func sameService(a, b *Service) bool {
 	return a.Name == b.Name && a.Namespace == b.Namespace && a.Address == b.Address && a.Source == b.Source &&
-		slices.Equal(a.Ports, b.Ports) && maps.Equal(a.Selector, b.Selector)
+		slices.Equal(a.Ports, b.Ports) && maps.Equal(a.Selector, b.Selector) &&
+		slices.Equal(a.ServiceAccounts, b.ServiceAccounts)
 }
 
 func sameWorkload(a, b *Workload) bool {
@@ -417,7 +422,8 @@ func FromConfig(c *config.Config) ([]*Service, []*Workload) {
 		return nil, nil
 	}
 	for _, s := range c.Services {
-		svc := &Service{Name: s.Metadata.Name, Namespace: s.Metadata.Namespace, Selector: s.Spec.Selector, Address: s.Spec.Address}
+		svc := &Service{Name: s.Metadata.Name, Namespace: s.Metadata.Namespace, Selector: s.Spec.Selector, Address: s.Spec.Address,
+			ServiceAccounts: annotatedIdentities(s, c.TrustDomain())}
 		for _, p := range s.Spec.Ports {
 			tp := p.TargetPort
 			if tp == 0 {
@@ -440,6 +446,32 @@ func FromConfig(c *config.Config) ([]*Service, []*Workload) {
 		ws = append(ws, wl)
 	}
 	return ss, ws
+}
+
+// Annotations on a Service that add server identities (secure naming), as
+// in Istio: service account names of the service's namespace, and full
+// SPIFFE IDs (VMs, workloads the registry cannot see).
+const (
+	AnnotationServiceAccounts   = "alpha.istio.io/kubernetes-serviceaccounts"
+	AnnotationCanonicalAccounts = "alpha.istio.io/canonical-serviceaccounts"
+)
+
+func annotatedIdentities(s *config.Service, td string) []string {
+	var out []string
+	for _, sa := range splitList(s.Metadata.Annotations[AnnotationServiceAccounts]) {
+		out = append(out, "spiffe://"+td+"/ns/"+s.Metadata.Namespace+"/sa/"+sa)
+	}
+	return append(out, splitList(s.Metadata.Annotations[AnnotationCanonicalAccounts])...)
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Service returns one service, or nil.

@@ -177,10 +177,10 @@ func (r *Reporter) Check(what string, ok bool, observed, expected string) bool {
 	defer r.mu.Unlock()
 	if ok {
 		r.passes++
-		fmt.Fprintf(r.w, "  PASS  %s: observed %s; the seed expects %s\n", what, observed, expected)
+		fmt.Fprintf(r.w, "  PASS  %s: observed %s; expected %s\n", what, observed, expected)
 	} else {
 		r.failures = append(r.failures, what)
-		fmt.Fprintf(r.w, "  FAIL  %s: observed %s; the seed expects %s\n", what, observed, expected)
+		fmt.Fprintf(r.w, "  FAIL  %s: observed %s; expected %s\n", what, observed, expected)
 	}
 	return ok
 }

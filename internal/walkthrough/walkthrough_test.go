@@ -55,7 +55,7 @@ func TestReporter(t *testing.T) {
 		t.Errorf("Failures() = %v, want [bad step]", got)
 	}
 	out := buf.String()
-	for _, want := range []string{"$ sh -c 'echo 200'", "  PASS  ok step: observed 200 (exit 0)", "  FAIL  bad step: observed 200 (exit 0); the seed expects 000 (exit 56)"} {
+	for _, want := range []string{"$ sh -c 'echo 200'", "  PASS  ok step: observed 200 (exit 0)", "  FAIL  bad step: observed 200 (exit 0); expected 000 (exit 56)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,28 @@ func TestPolicyDisablesMTLS(t *testing.T) {
 	m.removeConfig("httpbin-policy.yaml")
 	out := m.waitTLSCheck(t, "CONFLICT")
 	t.Logf("tls-check after removing the Policy:\n%s", out)
+
+	// meshctl check sees the same CONFLICT, fails, and says so in JSON.
+	checkOut, code := m.meshctl("check", "-o", "json")
+	if code != 1 {
+		t.Errorf("meshctl check with a CONFLICT: exit %d, want 1", code)
+	}
+	var results []struct{ Check, Status, Detail string }
+	if err := json.Unmarshal([]byte(checkOut), &results); err != nil {
+		t.Fatalf("meshctl check -o json: %v\n%s", err, checkOut)
+	}
+	sawConflict := false
+	for _, r := range results {
+		if strings.HasPrefix(r.Check, "tls-check httpbin.default") && r.Status == "FAIL" && strings.Contains(r.Detail, "CONFLICT") {
+			sawConflict = true
+		}
+		if strings.HasPrefix(r.Check, "workload default/httpbin") && r.Status != "PASS" {
+			t.Errorf("check: %s = %s %s, want PASS (the certificates are fine)", r.Check, r.Status, r.Detail)
+		}
+	}
+	if !sawConflict {
+		t.Errorf("meshctl check -o json has no FAIL for httpbin's CONFLICT:\n%s", checkOut)
+	}
 
 	explain, code := m.meshctl("explain", "--from", "default/sleep", "--to", "httpbin.default:8000")
 	if code != 0 && code != 1 {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshauth/meshauth/internal/netns"
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/walkthrough"
 )
 
@@ -104,7 +106,38 @@ func setupSeed(t *testing.T) *seedPods {
 	startApp(t, c, s.sleep, "", "sleep")
 	// $ kubectl apply -f samples/sleep/sleep.yaml -n legacy
 	startApp(t, c, s.legacy, "", "sleep")
+	// "Wait after the pod status changes to Running": here, until sleep's
+	// sidecar has been pushed httpbin with its endpoint.
+	waitRoute(t, s.sleep, "httpbin", s.httpbin.IP)
 	return s
+}
+
+// waitRoute waits until the pod's sidecar (admin on 127.0.0.1:15000 in the
+// pod) has a route to service name with an endpoint at ip.
+func waitRoute(t *testing.T, p *netns.Pod, name, ip string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("pod %s's sidecar to route to %s", p.Name, name), func() error {
+		out, err := p.Command(context.Background(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:15000/config_dump").Output()
+		if err != nil {
+			return fmt.Errorf("config_dump: %v", err)
+		}
+		var dump struct {
+			Snapshot *policy.Snapshot `json:"snapshot"`
+		}
+		if err := json.Unmarshal(out, &dump); err != nil {
+			return fmt.Errorf("config_dump: %v", err)
+		}
+		if dump.Snapshot != nil {
+			for _, svc := range dump.Snapshot.Outbound {
+				for _, ep := range svc.Endpoints {
+					if svc.Name == name && ep.Address == ip {
+						return nil
+					}
+				}
+			}
+		}
+		return fmt.Errorf("no route to %s with endpoint %s yet", name, ip)
+	})
 }
 
 // check runs a seed curl in a pod and compares it with the seed.
@@ -159,7 +192,8 @@ func TestSeedWalkthrough(t *testing.T) {
 			t.Errorf("meshctl get policies: exit %d", code)
 		}
 		// $ kubectl get destinationrules.networking.istio.io --all-namespaces -o yaml
-		if _, code := m.meshctl("get", "destinationrules", "--all-namespaces", "-o", "yaml"); code != 0 {
+		// (meshctl get lists every namespace unless -n is given)
+		if _, code := m.meshctl("get", "destinationrules", "-o", "yaml"); code != 0 {
 			t.Errorf("meshctl get destinationrules: exit %d", code)
 		}
 		// The quick way the seed wished for.

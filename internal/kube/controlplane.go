@@ -1,0 +1,286 @@
+package kube
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/control"
+)
+
+// ControlConfig configures the control plane in Kubernetes mode (meshd
+// kube-control). Zero values get the defaults named.
+type ControlConfig struct {
+	// REST is how to reach the API server (in-cluster config by default).
+	REST *rest.Config
+	// Namespace is the control plane's own namespace, where the root
+	// (istio-ca-secret or cacerts) and the mesh ConfigMap live
+	// (default $POD_NAMESPACE, then istio-system).
+	Namespace string
+	// Dir is the state directory (CA store, admin token, control.addr and
+	// the config written from the CRDs). Default /var/lib/meshauth.
+	Dir string
+	// Listen is the gRPC/TLS address (default :15012).
+	Listen        string
+	MetricsListen string
+	TrustDomain   string
+	// SecretMode writes the istio.<sa> Secrets (default on; turn off when
+	// every sidecar uses CSR mode, so no private key is kept in etcd).
+	DisableSecrets bool
+	// Namespaces limits the secret controller (empty: all).
+	Namespaces []string
+	// CertTTL of Secret-mode certificates (default 90 days).
+	CertTTL time.Duration
+	// WebhookListen serves the injection webhook over TLS (default :15017;
+	// "-" turns it off).
+	WebhookListen string
+	// WebhookConfig is the MutatingWebhookConfiguration whose caBundle the
+	// control plane sets to its webhook certificate's CA.
+	WebhookConfig string
+	// WebhookHosts are the names and IPs of the webhook's certificate
+	// (default meshauth-control.<namespace>.svc and 127.0.0.1).
+	WebhookHosts []string
+	// Inject configures what the webhook injects.
+	Inject InjectConfig
+	// Ready, if set, is called once everything is started (tests).
+	Ready func(*control.Server)
+	Log   *slog.Logger
+}
+
+// RunControl runs the control plane against a cluster until ctx is done:
+// the CA (root from cacerts or istio-ca-secret; ServiceAccount tokens
+// accepted through TokenReview), the secret controller, the registry from
+// Services/EndpointSlices/Pods, the config from the CRDs and the mesh
+// ConfigMap, and the injection webhook.
+func RunControl(ctx context.Context, cfg ControlConfig) error {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.REST == nil {
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return fmt.Errorf("kube: not in a cluster and no kubeconfig given (--kubeconfig): %w", err)
+		}
+		cfg.REST = rc
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = os.Getenv("POD_NAMESPACE")
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "istio-system"
+	}
+	if cfg.Dir == "" {
+		cfg.Dir = "/var/lib/meshauth"
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = ":15012"
+	}
+	if cfg.WebhookListen == "" {
+		cfg.WebhookListen = ":15017"
+	}
+	if cfg.WebhookConfig == "" {
+		cfg.WebhookConfig = "meshauth-sidecar-injector"
+	}
+	if len(cfg.WebhookHosts) == 0 {
+		cfg.WebhookHosts = []string{"meshauth-control." + cfg.Namespace + ".svc", "127.0.0.1"}
+	}
+	if cfg.Inject.TrustDomain == "" {
+		cfg.Inject.TrustDomain = cfg.TrustDomain
+	}
+	log := cfg.Log.With("component", "kube-control")
+	cs, err := kubernetes.NewForConfig(cfg.REST)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(cfg.REST)
+	if err != nil {
+		return err
+	}
+
+	caDir := filepath.Join(cfg.Dir, "cacerts")
+	src, err := LoadRoot(ctx, cs, cfg.Namespace, cfg.TrustDomain, caDir, time.Now())
+	if err != nil {
+		return err
+	}
+	log.Info("CA root loaded", "source", string(src), "namespace", cfg.Namespace)
+	reviewer, err := NewTokenReviewAuthenticator(TokenReviewConfig{Client: cs, TrustDomain: cfg.TrustDomain, Log: cfg.Log})
+	if err != nil {
+		return err
+	}
+	configDir := filepath.Join(cfg.Dir, "kube-config")
+	if err := os.MkdirAll(configDir, 0o755); err != nil {
+		return err
+	}
+	srv, err := control.New(control.Config{
+		Dir: cfg.Dir, Listen: cfg.Listen, MetricsListen: cfg.MetricsListen,
+		CA:             ca.Config{TrustDomain: cfg.TrustDomain, CACertsDir: caDir},
+		Authenticators: []ca.Authenticator{reviewer},
+		Register:       []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: configDir, PollInterval: 200 * time.Millisecond})},
+		Log:            cfg.Log,
+	})
+	if err != nil {
+		return err
+	}
+	plane := control.PlaneOf(srv)
+	if plane == nil {
+		return errors.New("kube: control plane has no config plane")
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 6)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("control", srv.Serve)
+	if !cfg.DisableSecrets {
+		sc, err := NewSecretController(SecretControllerConfig{Client: cs, CA: srv.CA(), Namespaces: cfg.Namespaces, CertTTL: cfg.CertTTL, Log: cfg.Log})
+		if err != nil {
+			return err
+		}
+		run("secret controller", sc.Run)
+	}
+	cfgSrc, err := NewConfigSource(ConfigSourceConfig{Client: cs, Dynamic: dyn, MeshNamespace: cfg.Namespace, OutFile: filepath.Join(configDir, "kube.yaml"), Log: cfg.Log})
+	if err != nil {
+		return err
+	}
+	run("config source", cfgSrc.Run)
+	regSrc, err := NewRegistrySource(RegistrySourceConfig{Client: cs, Registry: plane.Registry(), TrustDomain: srv.CA().TrustDomain(), Log: cfg.Log})
+	if err != nil {
+		return err
+	}
+	run("registry source", regSrc.Run)
+	run("root publisher", func(ctx context.Context) error { return PublishRoot(ctx, cs, srv.CA(), cfg.Log) })
+	if cfg.WebhookListen != "-" {
+		in, err := NewInjector(cfg.Inject)
+		if err != nil {
+			return err
+		}
+		ws, err := startWebhookServer(ctx, cs, cfg, &Webhook{Injector: in, Log: cfg.Log})
+		if err != nil {
+			return err
+		}
+		defer ws.Close()
+	}
+	if cfg.Ready != nil {
+		cfg.Ready(srv)
+	}
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// startWebhookServer serves the webhook with a certificate from a CA made
+// at start-up, and sets that CA as the caBundle of the webhook
+// configuration, so no certificate has to be shipped in the manifests.
+func startWebhookServer(ctx context.Context, cs kubernetes.Interface, cfg ControlConfig, wh *Webhook) (*http.Server, error) {
+	caKey, caCert, err := selfSignedCA("meshauth-webhook-ca")
+	if err != nil {
+		return nil, err
+	}
+	var ips []net.IP
+	var dns []string
+	for _, h := range cfg.WebhookHosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, h)
+		}
+	}
+	certPEM, keyPEM, err := servingCert(caCert, caKey, dns, ips)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	lis, err := tls.Listen("tcp", cfg.WebhookListen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return nil, fmt.Errorf("kube: webhook listen %s: %w", cfg.WebhookListen, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(WebhookPath, wh)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(lis)
+	if err := SetWebhookCABundle(ctx, cs, cfg.WebhookConfig, pemCert(caCert)); err != nil {
+		cfg.Log.Warn("webhook caBundle not set; injection by label will fail until it is", "config", cfg.WebhookConfig, "error", err)
+	}
+	cfg.Log.Info("injection webhook listening", "addr", lis.Addr().String(), "path", WebhookPath)
+	return srv, nil
+}
+
+// SetWebhookCABundle sets caBundle on every webhook of the named
+// MutatingWebhookConfiguration.
+func SetWebhookCABundle(ctx context.Context, cs kubernetes.Interface, name string, caPEM []byte) error {
+	api := cs.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	for attempt := 0; ; attempt++ {
+		whc, err := api.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for i := range whc.Webhooks {
+			whc.Webhooks[i].ClientConfig.CABundle = caPEM
+		}
+		_, err = api.Update(ctx, whc, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) && attempt < 5 {
+			continue
+		}
+		return err
+	}
+}
+
+// PublishRoot keeps the ConfigMap istio-ca-root-cert (root-cert.pem: the
+// current trust bundle's roots) in every namespace, for CSR-mode sidecars
+// to verify the CA they call. It re-checks every 30 seconds and whenever the
+// bundle changes.
+func PublishRoot(ctx context.Context, cs kubernetes.Interface, authority *ca.CA, log *slog.Logger) error {
+	for {
+		b, changed := authority.Watch()
+		roots := strings.Join(b.RootsPEM, "")
+		nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			for _, ns := range nss.Items {
+				if err := ensureRootConfigMap(ctx, cs, ns.Name, roots); err != nil && ctx.Err() == nil {
+					log.Warn("publish root", "namespace", ns.Name, "error", err)
+				}
+			}
+		} else if ctx.Err() == nil {
+			log.Warn("list namespaces", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-time.After(30 * time.Second):
+		}
+	}
+}

@@ -1,0 +1,303 @@
+package kube
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/kube/kubetest"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/registry"
+)
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+var installCRDsOnce sync.Once
+
+// installCRDs applies install/kubernetes/crds.yaml (CRDManifest) and waits
+// until the API server serves every kind.
+func installCRDs(t *testing.T, env *kubetest.Env) {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(env.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	installCRDsOnce.Do(func() {
+		for _, doc := range splitYAML(CRDManifest()) {
+			var obj map[string]any
+			if err := yaml.Unmarshal(doc, &obj); err != nil {
+				t.Fatal(err)
+			}
+			if obj == nil {
+				continue
+			}
+			u := &unstructured.Unstructured{Object: obj}
+			if _, err := dyn.Resource(crdGVR).Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatalf("create CRD %s: %v", u.GetName(), err)
+			}
+		}
+	})
+	for _, k := range ConfigKinds {
+		kubetest.WaitFor(t, 30*time.Second, "CRD "+k.Plural+" to be served", func() (bool, error) {
+			_, err := dyn.Resource(k.GVR()).List(ctx, metav1.ListOptions{Limit: 1})
+			return err == nil, err
+		})
+	}
+}
+
+// applyYAML creates the objects of a YAML stream with the dynamic client.
+func applyYAML(t *testing.T, dyn dynamic.Interface, ns, src string) {
+	t.Helper()
+	for _, doc := range splitYAML([]byte(src)) {
+		var obj map[string]any
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
+			t.Fatal(err)
+		}
+		if obj == nil {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		var gvr schema.GroupVersionResource
+		namespaced := true
+		for _, k := range ConfigKinds {
+			if k.Kind == u.GetKind() {
+				gvr, namespaced = k.GVR(), k.Namespaced
+			}
+		}
+		if gvr.Resource == "" {
+			t.Fatalf("unknown kind %s", u.GetKind())
+		}
+		var err error
+		if namespaced {
+			_, err = dyn.Resource(gvr).Namespace(ns).Create(context.Background(), u, metav1.CreateOptions{})
+		} else {
+			_, err = dyn.Resource(gvr).Create(context.Background(), u, metav1.CreateOptions{})
+		}
+		if err != nil {
+			t.Fatalf("create %s/%s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+}
+
+// TestControlPlaneOnKubernetes runs `meshd kube-control` (RunControl) against
+// the real API server and checks what the seed's verification looks at: CRD
+// objects reach the policy engine (meshctl tls-check reports them), an
+// invalid object is reported with an event and not applied, the registry
+// knows the service's identities (pods and annotation), Secrets appear.
+func TestControlPlaneOnKubernetes(t *testing.T) {
+	env := kubetest.Need(t)
+	cs := env.Clientset(t)
+	dyn, err := dynamic.NewForConfig(env.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	installCRDs(t, env)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	system := createNamespace(t, cs, "istio-system", nil)
+	if _, err := cs.CoreV1().ConfigMaps(system).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "istio"},
+		// Istio's mesh config carries many other keys; they are ignored.
+		Data: map[string]string{"mesh": "authPolicy: MUTUAL_TLS\nmixerCheckServer: istio-policy:9091\n"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ns := createNamespace(t, cs, "app", nil)
+
+	dir := t.TempDir()
+	ready := make(chan *control.Server, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- RunControl(ctx, ControlConfig{
+			REST: env.RESTConfig(), Namespace: system, Dir: dir,
+			Listen: "127.0.0.1:0", WebhookListen: "127.0.0.1:0", Namespaces: []string{ns},
+			Ready: func(s *control.Server) { ready <- s },
+		})
+	}()
+	var srv *control.Server
+	select {
+	case srv = <-ready:
+	case err := <-done:
+		t.Fatalf("RunControl: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("control plane did not start")
+	}
+	defer func() { cancel(); <-done }()
+
+	// The workload: Service httpbin:8000 -> 80, a pod with a sidecar, and
+	// the seed's annotation adding a VM's service account.
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "httpbin"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "httpbin", Annotations: map[string]string{AnnotationKubeServiceAccounts: "httpbin-vm"}},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "httpbin"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 8000, TargetPort: intOrName("http")}}},
+	}
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := testPod("httpbin", nil)
+	pod.Spec.Containers[0].Ports[0].ContainerPort = 80
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: SidecarName, Image: "meshd"})
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	applyYAML(t, dyn, ns, `
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata:
+  name: default
+spec:
+  peers:
+  - mtls: {}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: default
+spec:
+  host: "*.`+ns+`.svc.cluster.local"
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata:
+  name: bad
+spec:
+  targets:
+  - name: httpbin
+  peers:
+  - mtls:
+      mode: STRICTEST
+`)
+
+	plane := control.PlaneOf(srv)
+	state := func() *control.State {
+		resp, err := plane.GetState(ctx, &pb.GetStateRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st control.State
+		if err := json.Unmarshal(resp.StateJson, &st); err != nil {
+			t.Fatal(err)
+		}
+		return &st
+	}
+	kubetest.WaitFor(t, 30*time.Second, "policy, destination rule and service to reach the control plane", func() (bool, error) {
+		st := state()
+		e := st.Engine()
+		svc := e.LookupService("httpbin."+ns, ns)
+		return svc != nil && len(st.Config.Policies) > 0 && len(st.Config.DestinationRules) > 0 &&
+			len(e.ServerIdentities(svc)) == 2, nil
+	})
+
+	t.Run("policy engine sees the CRD objects", func(t *testing.T) {
+		e := state().Engine()
+		svc := e.LookupService("httpbin."+ns, ns)
+		rows := e.TLSCheck([]*registry.Service{svc})
+		if len(rows) != 1 {
+			t.Fatalf("rows = %+v", rows)
+		}
+		r := rows[0]
+		if r.Status != "OK" || r.Server.Mode != policy.ServerStrict || r.Client.Mode != policy.ClientIstioMutual {
+			t.Errorf("tls-check row = %+v, want OK STRICT ISTIO_MUTUAL", r)
+		}
+		if want := "Policy/" + ns + "/default"; r.Server.DecidedBy != want {
+			t.Errorf("server mode decided by %q, want %q", r.Server.DecidedBy, want)
+		}
+	})
+
+	t.Run("secure naming from pods and annotation", func(t *testing.T) {
+		e := state().Engine()
+		got := e.ServerIdentities(e.LookupService("httpbin."+ns, ns))
+		want := []string{"spiffe://cluster.local/ns/" + ns + "/sa/httpbin", "spiffe://cluster.local/ns/" + ns + "/sa/httpbin-vm"}
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("server identities = %v, want %v", got, want)
+		}
+		if p, ok := e.LookupService("httpbin."+ns, ns).Port(8000); !ok || p.TargetPort != 80 || p.Protocol != "HTTP" {
+			t.Errorf("port 8000 = %+v, want target 80 (named port resolved), HTTP", p)
+		}
+	})
+
+	t.Run("invalid object reported and not applied", func(t *testing.T) {
+		for _, p := range state().Config.Policies {
+			if p.Metadata.Name == "bad" {
+				t.Fatal("invalid Policy bad was applied")
+			}
+		}
+		kubetest.WaitFor(t, 20*time.Second, "InvalidConfig event on Policy bad", func() (bool, error) {
+			evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=" + ReasonInvalidConfig})
+			if err != nil {
+				return false, err
+			}
+			for _, ev := range evs.Items {
+				if ev.InvolvedObject.Name == "bad" && ev.Type == corev1.EventTypeWarning && strings.Contains(ev.Message, "STRICTEST") {
+					t.Logf("event: %s", ev.Message)
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+	})
+
+	t.Run("meshctl tls-check against the cluster", func(t *testing.T) {
+		meshctl := buildMeshctl(t)
+		out, err := exec.Command(meshctl, "--dir", dir, "tls-check", "httpbin."+ns).CombinedOutput()
+		t.Logf("meshctl tls-check httpbin.%s:\n%s", ns, out)
+		if err != nil {
+			t.Fatalf("meshctl tls-check: %v", err)
+		}
+		for _, want := range []string{"httpbin." + ns + ".svc.cluster.local:8000", "OK", "STRICT", "ISTIO_MUTUAL", "Policy/" + ns + "/default", "DestinationRule/" + ns + "/default"} {
+			if !bytes.Contains(out, []byte(want)) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+	})
+
+	t.Run("secret and root ConfigMap", func(t *testing.T) {
+		kubetest.WaitFor(t, 20*time.Second, "istio.httpbin", func() (bool, error) {
+			_, err := cs.CoreV1().Secrets(ns).Get(ctx, "istio.httpbin", metav1.GetOptions{})
+			return err == nil, err
+		})
+		kubetest.WaitFor(t, 20*time.Second, "istio-ca-root-cert", func() (bool, error) {
+			cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, RootCertConfigMap, metav1.GetOptions{})
+			return err == nil && cm.Data[RootCertKey] == strings.Join(srv.CA().Bundle().RootsPEM, ""), err
+		})
+	})
+}
+
+// buildMeshctl builds cmd/meshctl (Go's build cache makes this a relink
+// after the first time) and returns its path.
+func buildMeshctl(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "meshctl")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/meshauth/meshauth/cmd/meshctl")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build meshctl: %v\n%s", err, b)
+	}
+	return out
+}
