@@ -70,7 +70,7 @@ func init() {
 	fl.StringVarP(&f.file, "filename", "f", "", "input YAML file, - for stdin")
 	fl.StringVarP(&f.output, "output", "o", "", "output file (default stdout)")
 	fl.StringVar(&f.mode, "mode", string(kube.SecretMode), "certificate delivery: secret (Secret istio.<sa>, the seed's way) or csr (projected token; key stays in the pod)")
-	fl.StringVar(&f.cfg.Image, "image", "", "meshd image (default ghcr.io/meshauth/meshd:latest)")
+	fl.StringVar(&f.cfg.Image, "image", "", "sidecar/init image (default ghcr.io/meshauth/proxy:latest)")
 	fl.StringVar(&f.cfg.ControlAddr, "control-addr", "", "control plane address (default meshauth-control.istio-system.svc:15012)")
 	fl.StringVar(&f.cfg.TrustDomain, "trust-domain", "", "trust domain (default cluster.local)")
 	root.AddCommand(kubeInjectCmd)

@@ -70,8 +70,9 @@ const (
 // InjectConfig says what to inject. The zero value of each field means the
 // default given in its comment; NewInjector fills them.
 type InjectConfig struct {
-	// Image is the meshd image for both the init and sidecar containers.
-	// Default "ghcr.io/meshauth/meshd:latest".
+	// Image is the proxy image (meshd built with -tags nokube, see
+	// install/docker/proxy.Dockerfile) for the init and sidecar containers.
+	// Default "ghcr.io/meshauth/proxy:latest".
 	Image string
 	// ImagePullPolicy, default IfNotPresent.
 	ImagePullPolicy corev1.PullPolicy
@@ -94,7 +95,7 @@ type Injector struct {
 // NewInjector fills cfg's defaults.
 func NewInjector(cfg InjectConfig) (*Injector, error) {
 	if cfg.Image == "" {
-		cfg.Image = "ghcr.io/meshauth/meshd:latest"
+		cfg.Image = "ghcr.io/meshauth/proxy:latest"
 	}
 	if cfg.ImagePullPolicy == "" {
 		cfg.ImagePullPolicy = corev1.PullIfNotPresent

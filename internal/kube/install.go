@@ -14,8 +14,11 @@ type InstallConfig struct {
 	MTLS bool
 	// Namespace of the control plane (default istio-system, as in the seed).
 	Namespace string
-	// Image of meshd (default ghcr.io/meshauth/meshd:latest).
+	// Image of the control plane's meshd (default ghcr.io/meshauth/meshd:latest).
 	Image string
+	// ProxyImage is what the webhook injects: meshd built with -tags nokube
+	// (default ghcr.io/meshauth/proxy:latest).
+	ProxyImage string
 	// InjectMode is what the webhook injects: secret (default) or csr.
 	InjectMode Mode
 	// TrustDomain (default cluster.local).
@@ -35,6 +38,9 @@ func RenderInstall(cfg InstallConfig) ([]byte, error) {
 	if cfg.Image == "" {
 		cfg.Image = "ghcr.io/meshauth/meshd:latest"
 	}
+	if cfg.ProxyImage == "" {
+		cfg.ProxyImage = "ghcr.io/meshauth/proxy:latest"
+	}
 	if cfg.InjectMode == "" {
 		cfg.InjectMode = SecretMode
 	}
@@ -53,7 +59,7 @@ func RenderInstall(cfg InstallConfig) ([]byte, error) {
 		authPolicy = "MUTUAL_TLS"
 	}
 	err := installTmpl.Execute(&b, map[string]any{
-		"NS": cfg.Namespace, "Image": cfg.Image, "Mode": string(cfg.InjectMode),
+		"NS": cfg.Namespace, "Image": cfg.Image, "ProxyImage": cfg.ProxyImage, "Mode": string(cfg.InjectMode),
 		"TD": cfg.TrustDomain, "AuthPolicy": authPolicy,
 		"ControlAddr": "meshauth-control." + cfg.Namespace + ".svc:15012",
 	})
@@ -180,7 +186,7 @@ spec:
         - --dir=/var/lib/meshauth
         - --trust-domain={{.TD}}
         - --inject-mode={{.Mode}}
-        - --inject-image={{.Image}}
+        - --inject-image={{.ProxyImage}}
         - --inject-control-addr={{.ControlAddr}}
         env:
         - name: POD_NAMESPACE

@@ -177,7 +177,8 @@ func (e *env) client(spiffeID, workload string, validate func(*Update) error) *C
 	c := NewClient(ClientConfig{
 		Conn: e.dial(spiffeID),
 		Register: func() *pb.Register {
-			return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3"}
+			return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3",
+				Ports: []uint32{80}, SidecarPorts: map[uint32]uint32{80: 18080}}
 		},
 		Validate:   validate,
 		MinBackoff: 20 * time.Millisecond,
@@ -218,7 +219,8 @@ func TestPushAckAndUpdate(t *testing.T) {
 	if u.Bundle == nil || len(u.Bundle.Roots) != 1 {
 		t.Errorf("bundle = %+v", u.Bundle)
 	}
-	if w := e.reg.Workload("default", "sleep-1"); w == nil || w.Source != registry.SourceSidecar || w.Address != "127.0.0.3" {
+	if w := e.reg.Workload("default", "sleep-1"); w == nil || w.Source != registry.SourceSidecar || w.Address != "127.0.0.3" ||
+		len(w.Ports) != 1 || w.Ports[0].SidecarPort != 18080 {
 		t.Errorf("registered workload = %+v", w)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -1104,7 +1104,11 @@ type Register struct {
 	Address  string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
 	Ports    []uint32               `protobuf:"varint,4,rep,packed,name=ports,proto3" json:"ports,omitempty"`
 	// Version of the last snapshot the sidecar applied, if any.
-	LastVersion   string `protobuf:"bytes,5,opt,name=last_version,json=lastVersion,proto3" json:"last_version,omitempty"`
+	LastVersion string `protobuf:"bytes,5,opt,name=last_version,json=lastVersion,proto3" json:"last_version,omitempty"`
+	// Explicit (non-iptables) mode: the port the sidecar listens on for each
+	// app port in ports (app port -> sidecar port), so that callers reach the
+	// app through its sidecar. Empty in transparent mode.
+	SidecarPorts  map[uint32]uint32 `protobuf:"bytes,6,rep,name=sidecar_ports,json=sidecarPorts,proto3" json:"sidecar_ports,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1172,6 +1176,13 @@ func (x *Register) GetLastVersion() string {
 		return x.LastVersion
 	}
 	return ""
+}
+
+func (x *Register) GetSidecarPorts() map[uint32]uint32 {
+	if x != nil {
+		return x.SidecarPorts
+	}
+	return nil
 }
 
 type Ack struct {
@@ -1364,16 +1375,20 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x10DiscoveryRequest\x123\n" +
 	"\bregister\x18\x01 \x01(\v2\x15.meshauth.v1.RegisterH\x00R\bregister\x12$\n" +
 	"\x03ack\x18\x02 \x01(\v2\x10.meshauth.v1.AckH\x00R\x03ackB\x06\n" +
-	"\x04kind\"\xef\x01\n" +
+	"\x04kind\"\xfe\x02\n" +
 	"\bRegister\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\x129\n" +
 	"\x06labels\x18\x02 \x03(\v2!.meshauth.v1.Register.LabelsEntryR\x06labels\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05ports\x18\x04 \x03(\rR\x05ports\x12!\n" +
-	"\flast_version\x18\x05 \x01(\tR\vlastVersion\x1a9\n" +
+	"\flast_version\x18\x05 \x01(\tR\vlastVersion\x12L\n" +
+	"\rsidecar_ports\x18\x06 \x03(\v2'.meshauth.v1.Register.SidecarPortsEntryR\fsidecarPorts\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
+	"\x11SidecarPortsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"5\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"{\n" +
@@ -1408,7 +1423,7 @@ func file_api_meshauth_v1_meshauth_proto_rawDescGZIP() []byte {
 	return file_api_meshauth_v1_meshauth_proto_rawDescData
 }
 
-var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
 	(*CreateCertificateRequest)(nil),  // 0: meshauth.v1.CreateCertificateRequest
 	(*CreateCertificateResponse)(nil), // 1: meshauth.v1.CreateCertificateResponse
@@ -1433,6 +1448,7 @@ var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
 	(*Ack)(nil),                       // 20: meshauth.v1.Ack
 	(*Snapshot)(nil),                  // 21: meshauth.v1.Snapshot
 	nil,                               // 22: meshauth.v1.Register.LabelsEntry
+	nil,                               // 23: meshauth.v1.Register.SidecarPortsEntry
 }
 var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
 	4,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
@@ -1440,32 +1456,33 @@ var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
 	19, // 2: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
 	20, // 3: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
 	22, // 4: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
-	3,  // 5: meshauth.v1.Snapshot.bundle:type_name -> meshauth.v1.TrustBundle
-	0,  // 6: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
-	2,  // 7: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	2,  // 8: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	5,  // 9: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
-	7,  // 10: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
-	9,  // 11: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
-	11, // 12: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
-	13, // 13: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
-	16, // 14: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
-	18, // 15: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
-	1,  // 16: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
-	3,  // 17: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
-	3,  // 18: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
-	6,  // 19: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
-	8,  // 20: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
-	10, // 21: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
-	12, // 22: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
-	15, // 23: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
-	17, // 24: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
-	21, // 25: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
-	16, // [16:26] is the sub-list for method output_type
-	6,  // [6:16] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	23, // 5: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
+	3,  // 6: meshauth.v1.Snapshot.bundle:type_name -> meshauth.v1.TrustBundle
+	0,  // 7: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
+	2,  // 8: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	2,  // 9: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	5,  // 10: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
+	7,  // 11: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
+	9,  // 12: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
+	11, // 13: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
+	13, // 14: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
+	16, // 15: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
+	18, // 16: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
+	1,  // 17: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
+	3,  // 18: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
+	3,  // 19: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
+	6,  // 20: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
+	8,  // 21: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
+	10, // 22: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
+	12, // 23: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
+	15, // 24: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
+	17, // 25: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
+	21, // 26: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
+	17, // [17:27] is the sub-list for method output_type
+	7,  // [7:17] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_api_meshauth_v1_meshauth_proto_init() }
@@ -1483,7 +1500,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_meshauth_v1_meshauth_proto_rawDesc), len(file_api_meshauth_v1_meshauth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

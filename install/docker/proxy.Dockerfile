@@ -1,0 +1,21 @@
+# proxy: the image kube-inject and the webhook put in every pod, for the
+# istio-init (meshd init-net) and istio-proxy (meshd sidecar) containers.
+# It is meshd built with -tags nokube: no Kubernetes client code (about 17 MB
+# instead of 56 MB; internal/kube/deps_test.go keeps it that way).
+# Build from the repository root:
+#   docker build -f install/docker/proxy.Dockerfile -t ghcr.io/meshauth/proxy:latest .
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 GOTOOLCHAIN=local go build -tags nokube -trimpath -ldflags=-s -o /out/meshd ./cmd/meshd
+
+# Debian slim, not distroless: meshd init-net runs iptables-restore (and
+# ip6tables-restore) in the pod's network namespace.
+FROM debian:bookworm-slim
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/meshd /usr/local/bin/meshd
+USER 1337:1337
+ENTRYPOINT ["meshd"]
