@@ -12,7 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -57,6 +60,7 @@ type Plane struct {
 	mu      sync.Mutex
 	dirObjs []any // last good batch from ConfigDir
 	dirSum  [32]byte
+	rejects atomic.Uint64
 	applied []any // objects from ApplyConfig, by key, in apply order
 	current *config.Config
 	version uint64
@@ -125,6 +129,7 @@ func attachPlane(s *Server) error {
 	}
 	pb.RegisterDiscoveryServer(s.GRPC(), p.push)
 	s.SetConfigAdmin(p)
+	p.registerMetrics(s.Metrics())
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	go p.run(ctx)
@@ -200,6 +205,7 @@ func (p *Plane) watchBundle(ctx context.Context) {
 // logRejected logs each error of a rejected batch on its own line, with
 // file:line:column, so it can be found and fixed.
 func (p *Plane) logRejected(err error) {
+	p.rejects.Add(1)
 	var list config.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -311,6 +317,7 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	}
 	if len(errs) > 0 {
 		errs.Sort()
+		p.rejects.Add(1)
 		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+errs.Error())
 	}
 	p.mu.Lock()
@@ -318,6 +325,7 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	applied := mergeApplied(p.applied, objs, req.Replace)
 	cfg, err := p.combine(p.dirObjs, applied)
 	if err != nil {
+		p.rejects.Add(1)
 		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+err.Error())
 	}
 	if err := saveApplied(filepath.Join(p.s.Dir(), FileAppliedConfig), applied); err != nil {
@@ -332,6 +340,37 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	}
 	p.log.Info("config applied", "config_version", cfg.Version, "objects", strings.Join(resp.Applied, ","))
 	return resp, nil
+}
+
+// registerMetrics exposes the plane on the control plane's /metrics.
+func (p *Plane) registerMetrics(reg *prometheus.Registry) {
+	if reg == nil {
+		return
+	}
+	stat := func(f func(push.Stats) float64) func() float64 {
+		return func() float64 { return f(p.push.Stats()) }
+	}
+	cs := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshauth_config_version", Help: "Version of the config in force (increments on every applied batch)."},
+			func() float64 { return float64(p.Config().Version) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_config_rejected_total", Help: "Config batches rejected (directory or ApplyConfig); the last good config stayed."},
+			func() float64 { return float64(p.rejects.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshauth_push_sidecars_connected", Help: "Sidecars with an open Discovery stream."},
+			stat(func(s push.Stats) float64 { return float64(s.Connected) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_snapshots_sent_total", Help: "Snapshots sent to sidecars."},
+			stat(func(s push.Stats) float64 { return float64(s.Sent) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_acks_total", Help: "Snapshots ACKed by sidecars."},
+			stat(func(s push.Stats) float64 { return float64(s.ACKs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_nacks_total", Help: "Snapshots NACKed (rejected) by sidecars."},
+			stat(func(s push.Stats) float64 { return float64(s.NACKs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_streams_refused_total", Help: "Discovery streams refused (no valid certificate, or a workload claimed under another identity)."},
+			stat(func(s push.Stats) float64 { return float64(s.Refused) })),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			p.log.Warn("metric not registered", "error", err)
+		}
+	}
 }
 
 // FileAppliedConfig holds, in the state directory, every object applied

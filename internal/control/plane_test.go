@@ -203,6 +203,34 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 	if len(st.Sidecars) != 1 || st.Sidecars[0].SPIFFEID != "spiffe://cluster.local/ns/default/sa/httpbin" {
 		t.Errorf("sidecars in state = %+v", st.Sidecars)
 	}
+	// The plane's metrics on the control plane's registry, once the sidecar
+	// has ACKed the latest snapshot.
+	if err := control.PlaneOf(e.srv).Push().WaitSynced(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := e.srv.Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if g := m.GetGauge(); g != nil {
+				got[mf.GetName()] = g.GetValue()
+			}
+			if c := m.GetCounter(); c != nil {
+				got[mf.GetName()] = c.GetValue()
+			}
+		}
+	}
+	for name, want := range map[string]float64{"meshauth_push_sidecars_connected": 1, "meshauth_config_rejected_total": 1, "meshauth_config_version": 2} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+	if got["meshauth_push_acks_total"] < 2 {
+		t.Errorf("meshauth_push_acks_total = %v, want >= 2", got["meshauth_push_acks_total"])
+	}
 }
 
 // TestAppliedConfigSurvivesRestart: config applied with meshctl apply is

@@ -66,6 +66,8 @@ type Server struct {
 	// gen counts SetEngine/SetBundle calls; a conn records the gen it last
 	// computed under, so WaitSynced knows who has seen the latest config.
 	gen atomic.Uint64
+	// Counters for metrics (Stats).
+	sent, acks, nacks, refused atomic.Uint64
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -174,6 +176,7 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 	ctx := stream.Context()
 	id, err := s.cfg.Identity(ctx)
 	if err != nil {
+		s.refused.Add(1)
 		s.log.Warn("discovery stream refused", "reason", identity.Reason(err), "error", err)
 		return status.Errorf(codes.Unauthenticated, "discovery needs a valid workload certificate (mTLS): %v", err)
 	}
@@ -206,11 +209,13 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 		w.Ports = append(w.Ports, registry.WorkloadPort{Number: p, SidecarPort: sp})
 	}
 	reger := s.engine.Load().Registry()
-	if _, err := reger.Register(w); err != nil {
+	registered, err := reger.Register(w)
+	if err != nil {
+		s.refused.Add(1)
 		s.log.Warn("registration refused", "spiffe_id", id.String(), "workload", reg.Workload, "error", err)
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	defer reger.Unregister(w.Namespace, w.Name)
+	defer reger.UnregisterIf(registered)
 
 	c := &conn{id: id, workload: w.Namespace + "/" + w.Name, kick: make(chan struct{}, 1)}
 	s.mu.Lock()
@@ -249,6 +254,11 @@ func (s *Server) recvAcks(stream pb.Discovery_StreamServer, c *conn) error {
 		a := m.GetAck()
 		if a == nil {
 			return status.Error(codes.InvalidArgument, "after Register, a sidecar sends only Ack messages")
+		}
+		if a.Error == "" {
+			s.acks.Add(1)
+		} else {
+			s.nacks.Add(1)
 		}
 		c.mu.Lock()
 		if a.Error == "" {
@@ -297,6 +307,7 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 	if err := stream.Send(&pb.Snapshot{Version: version, SnapshotJson: js, Bundle: b}); err != nil {
 		return err
 	}
+	s.sent.Add(1)
 	c.mu.Lock()
 	c.sent, c.gen = version, gen
 	c.mu.Unlock()
@@ -338,6 +349,20 @@ func encode(snap *policy.Snapshot, b *pb.TrustBundle) ([]byte, string, error) {
 	}
 	js, err = json.Marshal(snap)
 	return js, version, err
+}
+
+// Stats are the server's counters since it started.
+type Stats struct {
+	Connected                  int
+	Sent, ACKs, NACKs, Refused uint64
+}
+
+// Stats returns the counters, for metrics.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	return Stats{Connected: n, Sent: s.sent.Load(), ACKs: s.acks.Load(), NACKs: s.nacks.Load(), Refused: s.refused.Load()}
 }
 
 // Status lists connected sidecars, by workload.
