@@ -123,7 +123,15 @@ func runFortio(ctx context.Context, dir, fortio string, v *variant, qps, conns i
 	var r latencyResult
 	jsonPath := filepath.Join(dir, "fortio-"+v.name+".json")
 	args := []string{"load", "-qps", strconv.Itoa(qps), "-c", strconv.Itoa(conns), "-t", d.String(),
-		"-r", "0.00001", "-p", "50,90,99", "-stdclient", "-loglevel", "Error", "-json", jsonPath, v.url("/")}
+		"-r", "0.00001", "-p", "50,90,99", "-stdclient", "-loglevel", "Error", "-json", jsonPath}
+	if v.proxy {
+		// fortio resolves the URL's host itself before the first request;
+		// -resolve keeps it from asking DNS for the mesh name. Its dialer
+		// then rewrites only the host of what it dials — the proxy's
+		// address, already 127.0.0.1 — so requests still go to the proxy.
+		args = append(args, "-resolve", "127.0.0.1")
+	}
+	args = append(args, v.url("/"))
 	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, fortio, args...)

@@ -94,6 +94,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	defer func() {
 		for _, v := range started {
 			stopAll(v.procs)
+			stopAll(v.aux)
 		}
 	}()
 	for _, name := range cfg.Variants {
