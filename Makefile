@@ -48,7 +48,7 @@ test: deps build kube-apiserver
 test-unit:
 	$(GO) test -short ./...
 
-demo: build
+demo: deps build
 	./$(BIN)/meshctl demo
 
 up: build

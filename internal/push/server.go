@@ -209,12 +209,13 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 		w.Ports = append(w.Ports, registry.WorkloadPort{Number: p, SidecarPort: sp})
 	}
 	reger := s.engine.Load().Registry()
-	if _, err := reger.Register(w); err != nil {
+	registered, err := reger.Register(w)
+	if err != nil {
 		s.refused.Add(1)
 		s.log.Warn("registration refused", "spiffe_id", id.String(), "workload", reg.Workload, "error", err)
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	defer reger.Unregister(w.Namespace, w.Name)
+	defer reger.UnregisterIf(registered)
 
 	c := &conn{id: id, workload: w.Namespace + "/" + w.Name, kick: make(chan struct{}, 1)}
 	s.mu.Lock()
