@@ -189,6 +189,15 @@ spec:
     tls: {mode: DISABLE}
     portLevelSettings: [{port: {number: 8000}, tls: {mode: ISTIO_MUTUAL}}]
 `}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"port-level DR setting by port name", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {name: grpc}, tls: {mode: DISABLE}}]
+`}, 9000, "CONFLICT", ServerStrict, ClientDisable},
 		{"DR without tls keeps mesh default", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: httpbin}
