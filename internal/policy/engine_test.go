@@ -488,3 +488,48 @@ spec:
 		t.Errorf("explain out of scope: %s", x.Text())
 	}
 }
+
+// TestSelfRegisteredEndpointsNeedAnAdmittedServiceAccount: a sidecar that
+// registers with a declared service's labels but another service account
+// must not become an endpoint or a server identity of that service.
+func TestSelfRegisteredEndpointsNeedAnAdmittedServiceAccount(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: open}
+spec: {selector: {app: open}, ports: [{number: 80}]}
+`)
+	reg := e.Registry()
+	for _, w := range []*registry.Workload{
+		{Name: "evil", Namespace: "default", ServiceAccount: "sleep", Labels: map[string]string{"app": "httpbin"}, Address: "10.6.6.6"},
+		{Name: "httpbin-2", Namespace: "default", ServiceAccount: "httpbin", Labels: map[string]string{"app": "httpbin"}, Address: "10.0.0.9"},
+		{Name: "open-1", Namespace: "default", ServiceAccount: "whoever", Labels: map[string]string{"app": "open"}, Address: "10.0.0.10"},
+	} {
+		if _, err := reg.Register(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(svc string) string {
+		var out []string
+		for _, w := range e.Endpoints(reg.Service("default", svc)) {
+			out = append(out, w.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	if got := names("httpbin"); got != "httpbin-1 httpbin-2" {
+		t.Errorf("httpbin endpoints = %q; the sleep-account registration must be left out", got)
+	}
+	if got := e.ServerIdentities(reg.Service("default", "httpbin")); len(got) != 1 || got[0] != "spiffe://cluster.local/ns/default/sa/httpbin" {
+		t.Errorf("httpbin server identities = %v", got)
+	}
+	if got := names("open"); got != "open-1" {
+		t.Errorf("a service with no declared endpoints admits registered sidecars; got %q", got)
+	}
+	s := e.Snapshot(reg.Workload("default", "sleep-1"))
+	for _, o := range s.Outbound {
+		for _, ep := range o.Endpoints {
+			if ep.Workload == "evil" {
+				t.Errorf("snapshot routes %s to the unadmitted registration", o.Name)
+			}
+		}
+	}
+}

@@ -33,7 +33,7 @@ func (e *Engine) TLSCheck(svcs []*registry.Service) []TLSCheckRow {
 		// Endpoints without a sidecar take plaintext whatever the Policy
 		// says: the case mtlsExcludedServices exists for.
 		var noSidecar *registry.Workload
-		eps := e.reg.Endpoints(svc.Key())
+		eps := e.Endpoints(svc)
 		for i, w := range eps {
 			if w.Sidecar {
 				break
