@@ -51,9 +51,9 @@ type sidecarFlags struct {
 	inboundPort, outboundPort, adminPort, healthPort int
 	certSource                                       string
 	health                                           string
-	logLevel                             string
-	accessLog                            bool
-	handshakeTimeout, idleTimeout        time.Duration
+	logLevel                                         string
+	accessLog                                        bool
+	handshakeTimeout, idleTimeout                    time.Duration
 }
 
 func init() {

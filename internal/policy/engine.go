@@ -38,6 +38,8 @@ type Engine struct {
 type outTable struct {
 	version uint64
 	list    []OutboundService
+	// svcs are the services list was built from, index for index.
+	svcs []*registry.Service
 	// nsRange is the [lo, hi) slice of list holding each namespace's
 	// services (list is sorted by namespace, then name).
 	nsRange map[string][2]int
@@ -345,30 +347,90 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 // push server stamps it.
 func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
 	s := e.inbound(w)
-	s.Outbound = e.outboundFor(w.Namespace)
+	sc := e.SidecarFor(w)
+	s.Outbound = e.outboundFor(w.Namespace, sc)
+	if sc != nil {
+		s.OutboundScope = sc.Key()
+	}
 	return s
 }
 
-// outboundFor returns the outbound table as seen from namespace ns: the
-// short name of a service resolves only inside its own namespace.
-func (e *Engine) outboundFor(ns string) []OutboundService {
+// SidecarFor returns the Sidecar object that scopes w's outbound table: the
+// first (by name) whose workloadSelector matches w, else its namespace's
+// Sidecar without selector; nil when none applies (w sees every service).
+func (e *Engine) SidecarFor(w *registry.Workload) *config.Sidecar {
+	for _, sc := range e.ix.sidecars[w.Namespace] {
+		if registry.Selects(sc.Spec.WorkloadSelector.Labels, w.Labels) {
+			return sc
+		}
+	}
+	return e.ix.nsSidecar[w.Namespace]
+}
+
+// EgressAllows reports whether a Sidecar's egress hosts include svc.
+func EgressAllows(sc *config.Sidecar, svc *registry.Service) bool {
+	fqdn := svc.FQDN()
+	for _, eg := range sc.Spec.Egress {
+		for _, h := range eg.Hosts {
+			ns, host, _ := strings.Cut(h, "/")
+			switch {
+			case ns == "*":
+			case ns == ".":
+				if svc.Namespace != sc.Metadata.Namespace {
+					continue
+				}
+			case ns != svc.Namespace:
+				continue
+			}
+			if host == "*" || (strings.HasPrefix(host, "*.") && strings.HasSuffix(fqdn, host[1:])) {
+				return true
+			}
+			in := ns
+			if ns == "." || ns == "*" {
+				in = sc.Metadata.Namespace
+			}
+			if config.ResolveHost(host, in) == fqdn {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// outboundFor returns the outbound table as seen from namespace ns, scoped
+// by sc when not nil: the short name of a service resolves only inside its
+// own namespace. Results are shared by every snapshot with the same view.
+func (e *Engine) outboundFor(ns string, sc *config.Sidecar) []OutboundService {
 	t := e.outboundTable()
 	e.tableMu.Lock()
 	defer e.tableMu.Unlock()
-	r, ok := t.nsRange[ns]
-	if !ok {
+	if _, ok := t.nsRange[ns]; !ok && sc == nil {
 		return t.list
 	}
-	if l, ok := t.byNS[ns]; ok {
+	key := ns
+	if sc != nil {
+		key = "sidecar:" + sc.Key()
+	}
+	if l, ok := t.byNS[key]; ok {
 		return l
 	}
-	l := make([]OutboundService, len(t.list))
-	copy(l, t.list)
-	for i := r[0]; i < r[1]; i++ {
-		o := &l[i]
-		o.Hosts = append([]string{o.Name}, o.Hosts...)
+	var l []OutboundService
+	if sc == nil {
+		l = make([]OutboundService, len(t.list))
+		copy(l, t.list)
+	} else {
+		for i, svc := range t.svcs {
+			if EgressAllows(sc, svc) {
+				l = append(l, t.list[i])
+			}
+		}
 	}
-	t.byNS[ns] = l
+	for i := range l {
+		if o := &l[i]; o.Namespace == ns {
+			o.Hosts = append([]string{o.Name}, o.Hosts...)
+		}
+	}
+	t.byNS[key] = l
 	return l
 }
 
@@ -382,7 +444,7 @@ func (e *Engine) outboundTable() *outTable {
 		return e.table
 	}
 	svcs := e.reg.Services()
-	t := &outTable{version: v, list: make([]OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]OutboundService{}}
+	t := &outTable{version: v, svcs: svcs, list: make([]OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]OutboundService{}}
 	for i, svc := range svcs {
 		r, ok := t.nsRange[svc.Namespace]
 		if !ok {

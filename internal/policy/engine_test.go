@@ -406,3 +406,67 @@ func TestRbacConfigModes(t *testing.T) {
 		})
 	}
 }
+
+func TestSidecarEgressScope(t *testing.T) {
+	e := load(t, nil, meshMTLS, httpbin, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: ratings, namespace: other}
+spec: {selector: {app: ratings}, ports: [{number: 9080}]}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: reviews, namespace: other}
+spec: {selector: {app: reviews}, ports: [{number: 9080}]}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata: {name: ratings-1, namespace: other, labels: {app: ratings}}
+spec: {serviceAccount: ratings, address: 10.0.1.1}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*", "other/ratings.other.svc.cluster.local"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: sleep-only-local, namespace: default}
+spec:
+  workloadSelector: {labels: {app: sleep}}
+  egress:
+  - hosts: ["./*"]
+`)
+	hosts := func(s *Snapshot) []string {
+		var out []string
+		for _, o := range s.Outbound {
+			out = append(out, o.Hosts[0])
+		}
+		return out
+	}
+	tests := []struct {
+		name, ns, workload string
+		scope              string
+		want               []string
+	}{
+		{"namespace default Sidecar", "default", "httpbin-1", "Sidecar/default/default", []string{"httpbin", "ratings.other"}},
+		{"workload selector wins", "default", "sleep-1", "Sidecar/default/sleep-only-local", []string{"httpbin"}},
+		{"no Sidecar: every service", "other", "ratings-1", "", []string{"httpbin.default", "ratings", "reviews"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := e.Snapshot(e.Registry().Workload(tc.ns, tc.workload))
+			if got := hosts(s); strings.Join(got, " ") != strings.Join(tc.want, " ") || s.OutboundScope != tc.scope {
+				t.Errorf("outbound %v scope %q, want %v scope %q", got, s.OutboundScope, tc.want, tc.scope)
+			}
+		})
+	}
+	x, err := e.Explain(e.Registry().Workload("default", "sleep-1"), e.Registry().Service("other", "ratings"), 9080, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Allow || x.OutOfScope != "Sidecar/default/sleep-only-local" {
+		t.Errorf("explain out of scope: %s", x.Text())
+	}
+}

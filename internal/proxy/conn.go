@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -30,67 +29,6 @@ type connInfo struct {
 	origPort uint32
 	src      string
 }
-
-type ctxKey struct{}
-
-// infoConn carries connInfo through http.Server to the handler.
-type infoConn struct {
-	net.Conn
-	info *connInfo
-}
-
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	if ic, ok := c.(*infoConn); ok {
-		return context.WithValue(ctx, ctxKey{}, ic.info)
-	}
-	return ctx
-}
-
-func infoFrom(ctx context.Context) *connInfo {
-	ci, _ := ctx.Value(ctxKey{}).(*connInfo)
-	if ci == nil {
-		ci = &connInfo{}
-	}
-	return ci
-}
-
-// connListener feeds connections the proxy already accepted (and perhaps
-// sniffed or TLS-terminated) into an http.Server.
-type connListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnListener() *connListener {
-	return &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *connListener) put(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		c.Close()
-		return false
-	}
-}
-
-func (l *connListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *connListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
 
 // peekedConn replays bytes read while sniffing before reading the socket.
 type peekedConn struct {

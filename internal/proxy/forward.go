@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,108 +15,6 @@ import (
 
 // reasonHeader tells a caller why the sidecar, not the app, answered.
 const reasonHeader = "X-Meshauth-Reason"
-
-// hopHeaders are per-connection headers a proxy must not forward (RFC 9110
-// 7.6.1). Proxy-* are the explicit proxy's own.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-func removeHopHeaders(h http.Header) {
-	if c := h["Connection"]; len(c) > 0 {
-		for _, v := range c {
-			for _, f := range strings.Split(v, ",") {
-				if f = strings.TrimSpace(f); f != "" {
-					h.Del(f)
-				}
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		if _, ok := h[k]; ok {
-			delete(h, k)
-		}
-	}
-}
-
-// newPlainTransport is the pooled plaintext transport (to the local app, and
-// for DISABLE / passthrough destinations). Compression is off (a proxy must
-// not change bodies) and no environment proxy is used.
-func newPlainTransport(idle time.Duration) *http.Transport {
-	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          0,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       idle,
-		DisableCompression:    true,
-		ResponseHeaderTimeout: 0,
-		ExpectContinueTimeout: time.Second,
-		ForceAttemptHTTP2:     false,
-	}
-}
-
-// forward sends r to host over rt and copies the response to w. It returns
-// the status written and, for a sidecar-made error, its reason.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt http.RoundTripper, host string) (int, string) {
-	r.URL.Scheme = "http"
-	r.URL.Host = host
-	r.RequestURI = ""
-	// The client may close after this request; the pooled upstream
-	// connection stays open for the next one.
-	r.Close = false
-	removeHopHeaders(r.Header)
-	if r.ContentLength == 0 {
-		r.Body = nil
-	}
-	resp, err := rt.RoundTrip(r)
-	if err != nil {
-		reason := upstreamReason(err)
-		status := http.StatusBadGateway
-		if reason == reasonSecureNaming || reason == "upstream_unreachable" {
-			status = http.StatusServiceUnavailable
-		}
-		if r.Context().Err() != nil {
-			// The client went away; nothing to answer.
-			return 499, "client_closed"
-		}
-		httpError(w, status, reason, "meshauth sidecar: upstream "+host+": "+err.Error())
-		return status, reason
-	}
-	defer resp.Body.Close()
-	h := w.Header()
-	for k, v := range resp.Header {
-		h[k] = v
-	}
-	removeHopHeaders(h)
-	w.WriteHeader(resp.StatusCode)
-	copyBody(w, resp.Body, resp.ContentLength < 0)
-	return resp.StatusCode, ""
-}
-
-// copyBody streams a response body through a pooled buffer, flushing after
-// each read when the length is unknown (server-sent events, chunked streams).
-func copyBody(w http.ResponseWriter, body io.Reader, flush bool) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	f, _ := w.(http.Flusher)
-	for {
-		n, err := body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			if flush && f != nil {
-				f.Flush()
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
 
 func httpError(w http.ResponseWriter, status int, reason, msg string) {
 	h := w.Header()

@@ -3,10 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -86,7 +84,7 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 		c.SetDeadline(time.Time{})
 		p.cached.handshake("inbound", "plaintext").Inc()
 		if kind == KindHTTP && !strings.EqualFold(ip.Protocol, "TCP") {
-			p.inConns.put(&infoConn{Conn: pc, info: info})
+			p.serveInboundH1(pc, info)
 			return
 		}
 		p.inboundTCP(pc, info)
@@ -112,7 +110,7 @@ func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort,
 	http := cs.NegotiatedProtocol == alpnHTTP1 ||
 		(cs.NegotiatedProtocol == "" && isHTTPProtocol(ip.Protocol, ""))
 	if http {
-		p.inConns.put(&infoConn{Conn: tc, info: info})
+		p.serveInboundH1(tc, info)
 		return
 	}
 	p.inboundTCP(tc, info)
@@ -121,7 +119,6 @@ func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort,
 // refuseInbound resets a connection and records why, once, in the log and
 // the metrics.
 func (p *Proxy) refuseInbound(c net.Conn, info *connInfo, reason string, err error) {
-	p.m.Handshakes.WithLabelValues("inbound", "refused", reason).Inc()
 	attrs := []slog.Attr{
 		slog.String("direction", "inbound"),
 		slog.String("peer", info.src),
@@ -134,6 +131,9 @@ func (p *Proxy) refuseInbound(c net.Conn, info *connInfo, reason string, err err
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
 	p.access.LogAttrs(context.Background(), slog.LevelWarn, "connection refused", attrs...)
+	// Counted after the log line is written, so whoever sees the count
+	// also finds the line.
+	p.m.Handshakes.WithLabelValues("inbound", "refused", reason).Inc()
 	reset(c)
 }
 
@@ -182,68 +182,4 @@ func sourceName(info *connInfo) string {
 		return info.peer
 	}
 	return info.src
-}
-
-// serveInboundHTTP authorizes one request, replaces any client-sent XFCC
-// with the sidecar's own, and forwards it to the app over a pooled
-// connection.
-func (p *Proxy) serveInboundHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	info := infoFrom(r.Context())
-	// The mode was checked when the connection was accepted; a kept-alive
-	// plaintext connection must not outlive a change of its port to
-	// STRICT. Refuse it the way a new plaintext connection is refused.
-	if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
-		if hj, ok := w.(http.Hijacker); ok {
-			if c, _, err := hj.Hijack(); err == nil {
-				info.mode = string(policy.ServerStrict)
-				p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
-				return
-			}
-		}
-		w.Header().Set("Connection", "close")
-		http.Error(w, "mutual TLS required on this port", http.StatusServiceUnavailable)
-		p.logRequest("inbound", info, r, info.app, http.StatusServiceUnavailable, "deny", reasonPlaintext, start)
-		return
-	}
-	dec := policy.Authorize(p.policy.Current(), policy.Request{
-		Source: info.peer, Port: info.port, Service: info.service, Method: r.Method, Path: r.URL.Path,
-	})
-	if !dec.Allow {
-		p.cached.deny.Inc()
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set(reasonHeader, "rbac_denied")
-		w.WriteHeader(http.StatusForbidden)
-		io.WriteString(w, "RBAC: access denied: "+dec.Reason+"\n")
-		p.logRequest("inbound", info, r, info.app, http.StatusForbidden, "deny", dec.Reason, start)
-		return
-	}
-	p.cached.allow.Inc()
-	by := ""
-	if s := p.certs.SVID(); s != nil {
-		by = s.URI
-	}
-	SetXFCC(r.Header, by, info.peer)
-	status, reason := p.forward(w, r, p.appTransport, info.app)
-	p.cached.requests("inbound", status).Inc()
-	p.logRequest("inbound", info, r, info.app, status, "allow", reason, start)
-}
-
-func (p *Proxy) logRequest(dir string, info *connInfo, r *http.Request, dest string, status int, decision, reason string, start time.Time) {
-	if !p.access.Enabled(r.Context(), slog.LevelInfo) {
-		return
-	}
-	p.access.LogAttrs(r.Context(), slog.LevelInfo, "http",
-		slog.String("direction", dir),
-		slog.String("source", sourceName(info)),
-		slog.String("destination", dest),
-		slog.String("tls_mode", info.mode),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("path", r.URL.Path),
-		slog.Int("status", status),
-		slog.String("decision", decision),
-		slog.String("reason", reason),
-		slog.Duration("duration", time.Since(start)),
-	)
 }

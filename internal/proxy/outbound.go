@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 
 	"net"
 	"net/http"
@@ -21,31 +20,19 @@ import (
 // Routes with equal settings share it, so connections to an endpoint are
 // reused across services and snapshots.
 type upstream struct {
-	mode      policy.ClientTLSMode
-	transport *http.Transport
-	httpTLS   *tls.Config // ALPN http/1.1, for pooled HTTP
-	tcpTLS    *tls.Config // ALPN meshauth-tcp, for tunnels
+	mode    policy.ClientTLSMode
+	httpTLS *tls.Config // ALPN http/1.1, for pooled HTTP
+	tcpTLS  *tls.Config // ALPN meshauth-tcp, for tunnels
 }
-
-func (u *upstream) closeIdle() { u.transport.CloseIdleConnections() }
 
 func (p *Proxy) upstreamFor(r *route) *upstream {
 	if v, ok := p.transports.Load(r.transportKey); ok {
 		return v.(*upstream)
 	}
 	u := &upstream{mode: r.mode}
-	if r.mode == policy.ClientDisable {
-		u.transport = newPlainTransport(p.cfg.IdleTimeout)
-	} else {
+	if r.mode != policy.ClientDisable {
 		u.httpTLS = p.clientTLS(r.allowed, r.sni, alpnHTTP1)
 		u.tcpTLS = p.clientTLS(r.allowed, r.sni, alpnTCP)
-		u.transport = newPlainTransport(p.cfg.IdleTimeout)
-		// The request URL stays http://; the "plain" dial returns an mTLS
-		// connection, so http.Transport pools it like any other and never
-		// tries HTTP/2 or its own TLS.
-		u.transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return p.dialTLS(ctx, addr, u.httpTLS)
-		}
 	}
 	v, _ := p.transports.LoadOrStore(r.transportKey, u)
 	return v.(*upstream)
@@ -101,7 +88,7 @@ func (p *Proxy) handleOutbound(c net.Conn) {
 		reset(c)
 		return
 	}
-	p.outConns.put(&infoConn{Conn: c, info: &connInfo{src: c.RemoteAddr().String(), mode: "proxy"}})
+	p.serveOutboundH1(c, &connInfo{src: c.RemoteAddr().String(), mode: "proxy"})
 }
 
 func isLocal(dst netip.AddrPort, local net.Addr) bool {
@@ -160,7 +147,7 @@ func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
 		isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
 	}
 	if isHTTP {
-		p.outConns.put(&infoConn{Conn: c, info: info})
+		p.serveOutboundH1(c, info)
 		return
 	}
 	ep := endpointFor(r, info)
@@ -187,113 +174,6 @@ func (p *Proxy) relayOut(c, up net.Conn, info *connInfo, dest string) {
 	p.cached.bytesOutUp.Add(float64(sent))
 	p.cached.bytesOutDown.Add(float64(recv))
 	p.logConn("outbound", info, dest, "allow", "", sent, recv)
-}
-
-// serveOutboundHTTP is the HTTP forward proxy and the L7 handler of
-// captured HTTP connections.
-func (p *Proxy) serveOutboundHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	info := infoFrom(r.Context())
-	host, port := info.origHost, info.origPort
-	if host == "" {
-		if r.Method == http.MethodConnect {
-			p.connect(w, r, info)
-			return
-		}
-		var err error
-		host, port, err = ProxyTarget(r)
-		if err != nil {
-			httpError(w, http.StatusBadRequest, "bad_proxy_request", "meshauth sidecar: "+err.Error())
-			p.logRequest("outbound", info, r, "", http.StatusBadRequest, "deny", "bad_proxy_request", start)
-			return
-		}
-	}
-	r.Header.Del("Proxy-Connection")
-	r.Header.Del("Proxy-Authorization")
-	rt := p.routeTable().lookup(host, port)
-	var (
-		status int
-		reason string
-		dest   string
-	)
-	if rt == nil {
-		dest = net.JoinHostPort(host, strconv.Itoa(int(port)))
-		if p.cfg.DenyUnknown {
-			status, reason = http.StatusBadGateway, "unknown_destination"
-			httpError(w, status, reason, "meshauth sidecar: "+dest+" is not a mesh service and outbound passthrough is off")
-		} else {
-			status, reason = p.forward(w, r, p.appTransport, dest)
-		}
-	} else if dest = endpointFor(rt, info); dest == "" {
-		status, reason = http.StatusServiceUnavailable, "no_endpoints"
-		httpError(w, status, reason, "meshauth sidecar: service "+rt.service+" has no endpoints")
-	} else {
-		info.mode = string(rt.mode)
-		status, reason = p.forward(w, r, p.upstreamFor(rt).transport, dest)
-	}
-	p.cached.requests("outbound", status).Inc()
-	decision := "allow"
-	if reason != "" {
-		decision = "error"
-	}
-	p.logRequest("outbound", info, r, dest, status, decision, reason, start)
-}
-
-// connect serves an HTTP CONNECT tunnel (https_proxy, or any TCP client that
-// speaks CONNECT) to a mesh service or, if allowed, any host.
-func (p *Proxy) connect(w http.ResponseWriter, r *http.Request, info *connInfo) {
-	start := time.Now()
-	host, port, err := ProxyTarget(r)
-	if err != nil {
-		httpError(w, http.StatusBadRequest, "bad_proxy_request", "meshauth sidecar: "+err.Error())
-		return
-	}
-	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
-	rt := p.routeTable().lookup(host, port)
-	var up net.Conn
-	switch {
-	case rt != nil:
-		info.mode = string(rt.mode)
-		ep := rt.next()
-		if ep == "" {
-			httpError(w, http.StatusServiceUnavailable, "no_endpoints", "meshauth sidecar: service "+rt.service+" has no endpoints")
-			return
-		}
-		dest = ep
-		up, err = p.dialRoute(r.Context(), rt, ep)
-	case p.cfg.DenyUnknown:
-		err = fmt.Errorf("%s is not a mesh service and outbound passthrough is off", dest)
-	default:
-		info.mode = "passthrough"
-		up, err = dialer.DialContext(r.Context(), "tcp", dest)
-	}
-	if err != nil {
-		reason := upstreamReason(err)
-		httpError(w, http.StatusBadGateway, reason, "meshauth sidecar: CONNECT "+dest+": "+err.Error())
-		p.logRequest("outbound", info, r, dest, http.StatusBadGateway, "error", reason, start)
-		return
-	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		up.Close()
-		httpError(w, http.StatusInternalServerError, "internal", "meshauth sidecar: cannot hijack connection")
-		return
-	}
-	c, brw, err := hj.Hijack()
-	if err != nil {
-		up.Close()
-		return
-	}
-	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
-		c.Close()
-		up.Close()
-		return
-	}
-	if n := brw.Reader.Buffered(); n > 0 {
-		pre, _ := brw.Reader.Peek(n)
-		c = &peekedConn{Conn: c, buf: append([]byte(nil), pre...)}
-	}
-	p.relayOut(c, up, info, dest)
 }
 
 // endpointFor picks the endpoint for a request or connection. A captured

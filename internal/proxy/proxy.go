@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -114,13 +113,8 @@ type Proxy struct {
 	sessions   *sessionCache
 	serverConf *tls.Config
 
-	inHTTP   *http.Server
-	inConns  *connListener
-	outHTTP  *http.Server
-	outConns *connListener
-
-	appTransport *http.Transport
-	transports   sync.Map // transportKey -> *upstream
+	pool       *connPool // pooled upstream HTTP connections (client side)
+	transports sync.Map  // transportKey -> *upstream (TLS configs)
 
 	routes sync.Mutex
 	table  atomic.Pointer[routeTable]
@@ -197,25 +191,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.cached = newCachedMetrics(p.m)
 	p.serverConf = p.serverTLS()
-	p.appTransport = newPlainTransport(cfg.IdleTimeout)
-	p.inConns = newConnListener()
-	p.inHTTP = &http.Server{
-		Handler:                      http.HandlerFunc(p.serveInboundHTTP),
-		ReadHeaderTimeout:            30 * time.Second,
-		IdleTimeout:                  cfg.IdleTimeout,
-		ConnContext:                  connContext,
-		ErrorLog:                     slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
-		DisableGeneralOptionsHandler: true,
-	}
-	p.outConns = newConnListener()
-	p.outHTTP = &http.Server{
-		Handler:                      http.HandlerFunc(p.serveOutboundHTTP),
-		ReadHeaderTimeout:            30 * time.Second,
-		IdleTimeout:                  cfg.IdleTimeout,
-		ConnContext:                  connContext,
-		ErrorLog:                     slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
-		DisableGeneralOptionsHandler: true,
-	}
+	// Close pooled connections well before the server sidecar's idle
+	// timeout would, so a request rarely meets a connection being closed.
+	p.pool = newConnPool(cfg.IdleTimeout / 2)
 	return p, nil
 }
 
@@ -281,8 +259,6 @@ func (p *Proxy) Start() error {
 		go p.acceptLoop(x.l, x.serve)
 	}
 	p.mu.Unlock()
-	go p.inHTTP.Serve(p.inConns)
-	go p.outHTTP.Serve(p.outConns)
 	go p.watch()
 	return nil
 }
@@ -303,10 +279,7 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
-	p.inHTTP.Close()
-	p.outHTTP.Close()
-	p.appTransport.CloseIdleConnections()
-	p.transports.Range(func(_, v any) bool { v.(*upstream).closeIdle(); return true })
+	p.pool.closeIdle()
 	return nil
 }
 

@@ -84,7 +84,7 @@ func TestRotationUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 		last = s
-		cli.transports.Range(func(_, v any) bool { v.(*upstream).closeIdle(); return true })
+		cli.pool.closeIdle()
 	}
 	close(stop)
 	wg.Wait()

@@ -1,0 +1,690 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/meshauth/meshauth/internal/policy"
+)
+
+// The HTTP engine: one goroutine per downstream connection reads requests
+// with the codec in h1.go and forwards each over an upstream connection —
+// the app (server sidecar, one app connection per downstream connection) or
+// a pooled mTLS connection to the server sidecar (client sidecar). No
+// per-request goroutine unless the request has a body.
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+)
+
+func getReader(r io.Reader) *bufio.Reader {
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func putReader(br *bufio.Reader) { br.Reset(nil); readerPool.Put(br) }
+
+func getWriter(w io.Writer) *bufio.Writer {
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+func putWriter(bw *bufio.Writer) { bw.Reset(nil); writerPool.Put(bw) }
+
+// upConn is an upstream connection with its buffers.
+type upConn struct {
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	reused bool
+	idle   time.Time
+	resp   head
+}
+
+func newUpConn(c net.Conn) *upConn {
+	return &upConn{c: c, br: getReader(c), bw: getWriter(c)}
+}
+
+func (u *upConn) close() {
+	u.c.Close()
+	if u.br != nil {
+		putReader(u.br)
+		putWriter(u.bw)
+		u.br, u.bw = nil, nil
+	}
+}
+
+// connPool keeps idle upstream connections per endpoint, newest first.
+type connPool struct {
+	mu      sync.Mutex
+	idle    map[string][]*upConn
+	maxIdle int
+	timeout time.Duration
+}
+
+func newConnPool(timeout time.Duration) *connPool {
+	return &connPool{idle: map[string][]*upConn{}, maxIdle: 256, timeout: timeout}
+}
+
+func (p *connPool) get(key string) *upConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.idle[key]
+	for len(l) > 0 {
+		u := l[len(l)-1]
+		l = l[:len(l)-1]
+		if time.Since(u.idle) < p.timeout {
+			p.idle[key] = l
+			u.reused = true
+			return u
+		}
+		u.close()
+	}
+	delete(p.idle, key)
+	return nil
+}
+
+func (p *connPool) put(key string, u *upConn) {
+	u.idle = time.Now()
+	p.mu.Lock()
+	if l := p.idle[key]; len(l) < p.maxIdle {
+		p.idle[key] = append(l, u)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	u.close()
+}
+
+// closeIdle closes every idle connection (rotation tests, shutdown).
+func (p *connPool) closeIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, l := range p.idle {
+		for _, u := range l {
+			u.close()
+		}
+		delete(p.idle, k)
+	}
+}
+
+// dconn is one downstream connection being served.
+type dconn struct {
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	req  head
+	info *connInfo
+}
+
+// upstreamSide says how a downstream connection reaches its upstream.
+type upstreamSide interface {
+	// get returns a connection for this request; fresh forces a new one.
+	get(d *dconn, fresh bool) (*upConn, error)
+	// done returns a connection after a request; reusable says whether the
+	// exchange left it clean for another request.
+	done(u *upConn, reusable bool)
+}
+
+// exchangeResult is the outcome of one request.
+type exchangeResult struct {
+	status int
+	reason string // set when the sidecar answered itself
+	// keep: the downstream connection can carry another request.
+	keep bool
+	// upKeep: the upstream connection is clean for another request.
+	upKeep bool
+}
+
+// writeRequest writes the request head to the upstream: origin-form target,
+// end-to-end fields, framing, then the extra fields (XFCC) and a Host if the
+// client sent none.
+func writeRequest(u *upConn, req *head, extra []byte, skip, host string) {
+	w := u.bw
+	w.Write(req.bytesOf(req.method))
+	w.WriteByte(' ')
+	w.Write(req.originForm())
+	w.WriteString(" HTTP/1.1\r\n")
+	if !req.hasHost && host != "" {
+		w.WriteString("Host: ")
+		w.WriteString(host)
+		w.WriteString("\r\n")
+	}
+	req.writeFields(w, skip)
+	req.writeFraming(w)
+	w.Write(extra)
+	w.WriteString("\r\n")
+}
+
+// exchange forwards one request (already read into d.req) and its response.
+func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host string) exchangeResult {
+	req := &d.req
+	isHead := req.methodIs("HEAD")
+	var (
+		u   *upConn
+		err error
+	)
+	for attempt := 0; ; attempt++ {
+		u, err = up.get(d, attempt > 0)
+		if err != nil {
+			return p.localError(d, http.StatusServiceUnavailable, upstreamReason(err), "upstream "+err.Error())
+		}
+		writeRequest(u, req, extra, skip, host)
+		var bodyErr chan error
+		if req.reqHasBody() {
+			// The head goes out now: a client that sent Expect:
+			// 100-continue waits for the app's 100 before sending the body.
+			if err = u.bw.Flush(); err != nil {
+				up.done(u, false)
+				if u.reused && attempt == 0 { // nothing of the body was read yet
+					continue
+				}
+				return p.localError(d, http.StatusBadGateway, "upstream_error", "upstream write: "+err.Error())
+			}
+			// The body goes up while the response comes back, so an app that
+			// answers early (or sends 100 Continue) is not deadlocked.
+			bodyErr = make(chan error, 1)
+			go func() {
+				bp := bufPool.Get().(*[]byte)
+				_, err := relayBody(u.bw, d.br, req, false, *bp)
+				bufPool.Put(bp)
+				if err == nil {
+					err = u.bw.Flush()
+				}
+				bodyErr <- err
+			}()
+		} else if err = u.bw.Flush(); err != nil {
+			up.done(u, false)
+			if u.reused && attempt == 0 {
+				continue // a pooled connection the peer had closed
+			}
+			return p.localError(d, http.StatusBadGateway, "upstream_error", "upstream write: "+err.Error())
+		}
+		res, retry := p.relayResponse(d, u, isHead, bodyErr)
+		if retry && attempt == 0 {
+			up.done(u, false)
+			continue
+		}
+		up.done(u, res.upKeep && res.reason == "")
+		if err := d.bw.Flush(); err != nil {
+			res.keep = false
+		}
+		return res
+	}
+}
+
+// relayResponse reads the upstream's response (and any 1xx before it) and
+// writes it downstream. retry reports a reused connection that failed before
+// any response byte, for a request without a body: safe to send again.
+func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, bodyErr chan error) (exchangeResult, bool) {
+	req := &d.req
+	resp := &u.resp
+	for {
+		err := resp.read(u.br, false)
+		if err != nil {
+			if bodyErr != nil {
+				// Stop the body goroutine before answering.
+				u.c.Close()
+				<-bodyErr
+			} else if u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && len(resp.buf) == 0 {
+				return exchangeResult{}, true
+			}
+			status, reason := http.StatusBadGateway, "upstream_error"
+			if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
+				reason = "upstream_bad_response"
+			}
+			r := p.localError(d, status, reason, "upstream response: "+err.Error())
+			r.keep = false
+			return r, false
+		}
+		if resp.status >= 100 && resp.status < 200 && resp.status != 101 {
+			writeResponseHead(d.bw, resp, "")
+			d.bw.Flush()
+			continue
+		}
+		break
+	}
+	keep := !req.close && req.minor == 1
+	if resp.status == 101 {
+		if !req.upgrade {
+			r := p.localError(d, http.StatusBadGateway, "upstream_bad_response", "upstream switched protocols without an upgrade request")
+			r.keep = false
+			return r, false
+		}
+		writeResponseHead(d.bw, resp, "")
+		if err := d.bw.Flush(); err == nil {
+			// The connection is now a tunnel; bytes already buffered on
+			// either side go first.
+			a := &bufferedConn{Conn: d.c, r: d.br}
+			b := &bufferedConn{Conn: u.c, r: u.br}
+			relay(a, b, p.cfg.IdleTimeout)
+		}
+		return exchangeResult{status: 101, keep: false}, false
+	}
+	hasBody := resp.respHasBody(isHead)
+	untilEOF := hasBody && !resp.chunked && resp.contentLength < 0
+	dechunk := hasBody && resp.chunked && req.minor == 0
+	keep = keep && !untilEOF && !dechunk
+	conn := ""
+	if !keep {
+		conn = "close"
+	}
+	if dechunk {
+		// An HTTP/1.0 client cannot read chunked framing: send the decoded
+		// body and end it by closing.
+		saved := resp.chunked
+		resp.chunked = false
+		writeResponseHead(d.bw, resp, conn)
+		resp.chunked = saved
+	} else {
+		writeResponseHead(d.bw, resp, conn)
+	}
+	var err error
+	if hasBody {
+		bp := bufPool.Get().(*[]byte)
+		if dechunk {
+			_, err = copyAll(d.bw, httputil.NewChunkedReader(u.br), *bp)
+		} else {
+			_, err = relayBody(d.bw, u.br, resp, untilEOF, *bp)
+		}
+		bufPool.Put(bp)
+	}
+	if untilEOF || dechunk {
+		// The body ended with the upstream's close: nothing to release.
+		if ferr := d.bw.Flush(); err == nil {
+			err = ferr
+		}
+	}
+	// Otherwise the last bytes are still buffered: exchange flushes them
+	// after returning the upstream connection.
+	upKeep := !resp.close && !untilEOF
+	if bodyErr != nil {
+		if berr := <-bodyErr; berr != nil {
+			keep, upKeep = false, false
+		}
+	}
+	if err != nil {
+		keep, upKeep = false, false
+	}
+	return exchangeResult{status: resp.status, keep: keep, upKeep: upKeep}, false
+}
+
+// writeResponseHead writes a response head downstream; conn, if set, is the
+// Connection header to send ("close").
+func writeResponseHead(w *bufio.Writer, resp *head, conn string) {
+	w.WriteString("HTTP/1.1 ")
+	w.WriteString(strconv.Itoa(resp.status))
+	w.WriteByte(' ')
+	w.Write(resp.bytesOf(resp.reason))
+	w.WriteString("\r\n")
+	resp.writeFields(w, "")
+	resp.writeFraming(w)
+	if conn != "" {
+		w.WriteString("Connection: ")
+		w.WriteString(conn)
+		w.WriteString("\r\n")
+	}
+	w.WriteString("\r\n")
+}
+
+// localError answers a request on the sidecar's own behalf.
+func (p *Proxy) localError(d *dconn, status int, reason, msg string) exchangeResult {
+	body := "meshauth sidecar: " + msg + "\n"
+	if status == http.StatusForbidden && reason == "rbac_denied" {
+		body = msg + "\n"
+	}
+	keep := !d.req.close && d.req.minor == 1 && !d.req.reqHasBody()
+	w := d.bw
+	w.WriteString("HTTP/1.1 ")
+	w.WriteString(strconv.Itoa(status))
+	w.WriteByte(' ')
+	w.WriteString(http.StatusText(status))
+	w.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\n" + reasonHeader + ": ")
+	w.WriteString(reason)
+	w.WriteString("\r\nContent-Length: ")
+	w.WriteString(strconv.Itoa(len(body)))
+	if !keep {
+		w.WriteString("\r\nConnection: close")
+	}
+	w.WriteString("\r\n\r\n")
+	if !d.req.methodIs("HEAD") {
+		w.WriteString(body)
+	}
+	w.Flush()
+	return exchangeResult{status: status, reason: reason, keep: keep}
+}
+
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && !op.Timeout()
+}
+
+// bufferedConn reads through a bufio.Reader that may hold bytes already.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *bufferedConn) CloseWrite() error {
+	if cw, ok := b.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// serveH1 runs the request loop of one downstream connection. next is
+// called for each request head and does the exchange.
+func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchangeResult) {
+	d := &dconn{c: c, br: getReader(c), bw: getWriter(c), info: info}
+	defer func() {
+		c.Close()
+		putReader(d.br)
+		putWriter(d.bw)
+	}()
+	for {
+		c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
+		err := d.req.read(d.br, true)
+		if err != nil {
+			if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
+				d.req.close = true
+				status := http.StatusBadRequest
+				if errors.Is(err, errHeadTooLarge) {
+					status = http.StatusRequestHeaderFieldsTooLarge
+				}
+				p.localError(d, status, "bad_request", err.Error())
+				p.access.LogAttrs(context.Background(), slog.LevelWarn, "bad request",
+					slog.String("source", sourceName(info)), slog.String("error", err.Error()))
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+				p.log.Debug("reading request", "peer", info.src, "error", err.Error())
+			}
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		res := next(d)
+		if !res.keep {
+			return
+		}
+	}
+}
+
+// logH1 writes the access-log line of one request.
+func (p *Proxy) logH1(dir string, d *dconn, dest string, status int, decision, reason string, start time.Time) {
+	if !p.access.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	info := d.info
+	host := ""
+	if d.req.hasHost {
+		host = d.req.str(d.req.host)
+	}
+	p.access.LogAttrs(context.Background(), slog.LevelInfo, "http",
+		slog.String("direction", dir),
+		slog.String("source", sourceName(info)),
+		slog.String("destination", dest),
+		slog.String("tls_mode", info.mode),
+		slog.String("method", d.req.str(d.req.method)),
+		slog.String("host", host),
+		slog.String("path", d.req.path()),
+		slog.Int("status", status),
+		slog.String("decision", decision),
+		slog.String("reason", reason),
+		slog.Duration("duration", time.Since(start)),
+	)
+}
+
+// ---- server sidecar: inbound HTTP ----
+
+// appSide is the server sidecar's upstream: one connection to the app per
+// downstream connection, kept across its requests.
+type appSide struct {
+	p    *Proxy
+	addr string
+	u    *upConn
+}
+
+func (a *appSide) get(d *dconn, fresh bool) (*upConn, error) {
+	if a.u != nil && !fresh {
+		a.u.reused = true
+		return a.u, nil
+	}
+	if a.u != nil {
+		a.u.close()
+		a.u = nil
+	}
+	c, err := dialer.Dial("tcp", a.addr)
+	if err != nil {
+		return nil, err
+	}
+	a.u = newUpConn(c)
+	return a.u, nil
+}
+
+func (a *appSide) done(u *upConn, reusable bool) {
+	if !reusable && a.u != nil {
+		a.u.close()
+		a.u = nil
+	}
+}
+
+// serveInboundH1 serves HTTP from an accepted (and, for mTLS, verified)
+// inbound connection: per-request authorization, XFCC, forward to the app.
+func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
+	app := &appSide{p: p, addr: info.app}
+	defer func() {
+		if app.u != nil {
+			app.u.close()
+		}
+	}()
+	var xfcc []byte
+	if info.peer != "" {
+		by := ""
+		if s := p.certs.SVID(); s != nil {
+			by = s.URI
+		}
+		xfcc = []byte(xfccHeader + ": " + XFCC(by, info.peer) + "\r\n")
+	}
+	p.cached.activeIn.Inc()
+	defer p.cached.activeIn.Dec()
+	p.serveH1(c, info, func(d *dconn) exchangeResult {
+		start := time.Now()
+		// The mode was checked when the connection was accepted; a
+		// kept-alive plaintext connection must not outlive a change of its
+		// port to STRICT. Refuse it as a new plaintext connection is.
+		if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
+			info.mode = string(policy.ServerStrict)
+			p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+			return exchangeResult{}
+		}
+		dec := policy.Authorize(p.policy.Current(), policy.Request{
+			Source: info.peer, Port: info.port, Service: info.service,
+			Method: d.req.str(d.req.method), Path: d.req.path(),
+		})
+		if !dec.Allow {
+			p.cached.deny.Inc()
+			res := p.localError(d, http.StatusForbidden, "rbac_denied", "RBAC: access denied: "+dec.Reason)
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", dec.Reason, start)
+			return res
+		}
+		p.cached.allow.Inc()
+		// Any X-Forwarded-Client-Cert from the client is dropped (skip) and
+		// the sidecar's own is added: a client never chooses its identity.
+		res := p.exchange(d, app, xfcc, "x-forwarded-client-cert", "")
+		p.cached.requests("inbound", res.status).Inc()
+		decision := "allow"
+		if res.reason != "" {
+			decision = "error"
+		}
+		p.logH1("inbound", d, info.app, res.status, decision, res.reason, start)
+		return res
+	})
+}
+
+// ---- client sidecar: outbound HTTP ----
+
+// poolSide is the client sidecar's upstream for one request: a pooled
+// connection to ep, mTLS or plaintext by the route's mode.
+type poolSide struct {
+	p    *Proxy
+	key  string
+	ep   string
+	dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+func (s *poolSide) get(d *dconn, fresh bool) (*upConn, error) {
+	if !fresh {
+		if u := s.p.pool.get(s.key); u != nil {
+			return u, nil
+		}
+	}
+	c, err := s.dial(context.Background(), s.ep)
+	if err != nil {
+		return nil, err
+	}
+	return newUpConn(c), nil
+}
+
+func (s *poolSide) done(u *upConn, reusable bool) {
+	if reusable {
+		s.p.pool.put(s.key, u)
+		return
+	}
+	u.close()
+}
+
+// serveOutboundH1 is the forward proxy (absolute-form requests, CONNECT) and
+// the L7 handler of captured HTTP connections.
+func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
+	p.cached.activeOut.Inc()
+	defer p.cached.activeOut.Dec()
+	side := &poolSide{p: p}
+	p.serveH1(c, info, func(d *dconn) exchangeResult {
+		start := time.Now()
+		host, port := info.origHost, info.origPort
+		if host == "" {
+			if d.req.methodIs("CONNECT") {
+				p.connectH1(d)
+				return exchangeResult{keep: false}
+			}
+			var err error
+			host, port, err = absoluteTarget(d.req.str(d.req.target))
+			if err != nil {
+				res := p.localError(d, http.StatusBadRequest, "bad_proxy_request", err.Error())
+				p.logH1("outbound", d, "", res.status, "deny", res.reason, start)
+				return res
+			}
+		}
+		hostport := net.JoinHostPort(host, strconv.Itoa(int(port)))
+		rt := p.routeTable().lookup(host, port)
+		var res exchangeResult
+		dest := hostport
+		switch {
+		case rt == nil && p.cfg.DenyUnknown:
+			res = p.localError(d, http.StatusBadGateway, "unknown_destination", hostport+" is not a mesh service and outbound passthrough is off")
+		case rt == nil:
+			info.mode = "passthrough"
+			side.key, side.ep = "plain|"+hostport, hostport
+			side.dial = plainDial
+			res = p.exchange(d, side, nil, "", hostport)
+		default:
+			info.mode = string(rt.mode)
+			dest = endpointFor(rt, info)
+			if dest == "" {
+				res = p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+rt.service+" has no endpoints")
+				break
+			}
+			side.key, side.ep = rt.transportKey+"|"+dest, dest
+			if rt.mode == policy.ClientDisable {
+				side.dial = plainDial
+			} else {
+				cfg := p.upstreamFor(rt).httpTLS
+				side.dial = func(ctx context.Context, addr string) (net.Conn, error) { return p.dialTLS(ctx, addr, cfg) }
+			}
+			res = p.exchange(d, side, nil, "", hostport)
+		}
+		p.cached.requests("outbound", res.status).Inc()
+		decision := "allow"
+		if res.reason != "" {
+			decision = "error"
+		}
+		p.logH1("outbound", d, dest, res.status, decision, res.reason, start)
+		return res
+	})
+}
+
+func plainDial(ctx context.Context, addr string) (net.Conn, error) {
+	return dialer.DialContext(ctx, "tcp", addr)
+}
+
+// connectH1 serves CONNECT host:port: a TCP tunnel to a mesh service (with
+// its TLS mode) or, if allowed, any host.
+func (p *Proxy) connectH1(d *dconn) {
+	start := time.Now()
+	info := d.info
+	target := d.req.str(d.req.target)
+	host, ps, err := net.SplitHostPort(target)
+	port, perr := parsePort(ps)
+	if err != nil || perr != nil || host == "" {
+		d.req.close = true
+		p.localError(d, http.StatusBadRequest, "bad_proxy_request", "CONNECT target "+strconv.Quote(target)+": want host:port")
+		return
+	}
+	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	rt := p.routeTable().lookup(host, port)
+	var up net.Conn
+	switch {
+	case rt != nil:
+		info.mode = string(rt.mode)
+		ep := rt.next()
+		if ep == "" {
+			d.req.close = true
+			p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+rt.service+" has no endpoints")
+			return
+		}
+		dest = ep
+		up, err = p.dialRoute(context.Background(), rt, ep)
+	case p.cfg.DenyUnknown:
+		err = errors.New(dest + " is not a mesh service and outbound passthrough is off")
+	default:
+		info.mode = "passthrough"
+		up, err = dialer.Dial("tcp", dest)
+	}
+	if err != nil {
+		d.req.close = true
+		reason := upstreamReason(err)
+		p.localError(d, http.StatusBadGateway, reason, "CONNECT "+dest+": "+err.Error())
+		p.logH1("outbound", d, dest, http.StatusBadGateway, "error", reason, start)
+		return
+	}
+	d.bw.WriteString("HTTP/1.1 200 Connection Established\r\n\r\n")
+	if err := d.bw.Flush(); err != nil {
+		up.Close()
+		return
+	}
+	p.relayOut(&bufferedConn{Conn: d.c, r: d.br}, up, info, dest)
+}
+
+// absoluteTarget parses a forward-proxy request target "http://host[:port]/..."
+// into host and port. Origin-form targets are not proxy requests.
+func absoluteTarget(t string) (string, uint32, error) {
+	r, err := http.NewRequest(http.MethodGet, t, nil)
+	if err != nil || r.URL.Host == "" {
+		return "", 0, errors.New("not a proxy request (need an absolute URI such as http://httpbin:8000/headers; set http_proxy to this sidecar)")
+	}
+	return ProxyTarget(r)
+}
