@@ -85,6 +85,15 @@ func TestIstio08Matrix(t *testing.T) {
 		}
 	}
 	golden(t, "matrix.golden", table.String())
+
+	// tls-check flags the service whose endpoint has no sidecar: t takes
+	// plaintext only, and the namespace's rule sends it ISTIO_MUTUAL.
+	for _, r := range e.TLSCheck(nil) {
+		wantConflict := strings.HasPrefix(r.Host, "t.")
+		if (r.Status == "CONFLICT") != wantConflict {
+			t.Errorf("tls-check %s:%d = %s (%s), want conflict %v", r.Host, r.Port, r.Status, r.Problem, wantConflict)
+		}
+	}
 }
 
 const meshMTLS = `apiVersion: meshauth.io/v1alpha1
