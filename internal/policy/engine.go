@@ -203,6 +203,42 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 	return d
 }
 
+// Endpoints returns the workloads trusted to serve svc: every endpoint the
+// config or Kubernetes declares, and the self-registered sidecars whose
+// service account the service admits. A sidecar proves only its service
+// account, and anyone holding a certificate of the namespace could
+// register with the service's labels; so when a service has declared
+// endpoints or annotated service accounts, a self-registered endpoint must
+// run as one of those accounts, or it is left out (of routing and of
+// secure naming). A service with neither admits any registered sidecar
+// that its selector matches.
+func (e *Engine) Endpoints(svc *registry.Service) []*registry.Workload {
+	all := e.reg.Endpoints(svc.Key())
+	admitted := map[string]bool{}
+	td := e.ix.cfg.TrustDomain()
+	for _, id := range svc.ServiceAccounts {
+		admitted[id] = true
+	}
+	dynamic := false
+	for _, w := range all {
+		if w.Source == registry.SourceSidecar {
+			dynamic = true
+		} else {
+			admitted["spiffe://"+td+"/ns/"+w.Namespace+"/sa/"+w.ServiceAccount] = true
+		}
+	}
+	if !dynamic || len(admitted) == 0 {
+		return all
+	}
+	out := all[:0:0]
+	for _, w := range all {
+		if w.Source != registry.SourceSidecar || admitted["spiffe://"+td+"/ns/"+w.Namespace+"/sa/"+w.ServiceAccount] {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 // ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
 // naming): the service accounts of its endpoints that run a sidecar, plus
 // those the service's annotations add.
@@ -216,7 +252,7 @@ func (e *Engine) ServerIdentities(svc *registry.Service) []string {
 			out = append(out, id)
 		}
 	}
-	for _, w := range e.reg.Endpoints(svc.Key()) {
+	for _, w := range e.Endpoints(svc) {
 		if w.Sidecar {
 			add("spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount)
 		}
@@ -321,7 +357,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 		}
 		o.Ports = append(o.Ports, op)
 	}
-	for _, w := range e.reg.Endpoints(key) {
+	for _, w := range e.Endpoints(svc) {
 		ep := Endpoint{Workload: w.Name, ServiceAccount: w.ServiceAccount, Address: w.Address, Sidecar: w.Sidecar}
 		for _, wp := range w.Ports {
 			if wp.SidecarPort != 0 {

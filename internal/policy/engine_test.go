@@ -85,6 +85,15 @@ func TestIstio08Matrix(t *testing.T) {
 		}
 	}
 	golden(t, "matrix.golden", table.String())
+
+	// tls-check flags the service whose endpoint has no sidecar: t takes
+	// plaintext only, and the namespace's rule sends it ISTIO_MUTUAL.
+	for _, r := range e.TLSCheck(nil) {
+		wantConflict := strings.HasPrefix(r.Host, "t.")
+		if (r.Status == "CONFLICT") != wantConflict {
+			t.Errorf("tls-check %s:%d = %s (%s), want conflict %v", r.Host, r.Port, r.Status, r.Problem, wantConflict)
+		}
+	}
 }
 
 const meshMTLS = `apiVersion: meshauth.io/v1alpha1
@@ -180,6 +189,15 @@ spec:
     tls: {mode: DISABLE}
     portLevelSettings: [{port: {number: 8000}, tls: {mode: ISTIO_MUTUAL}}]
 `}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"port-level DR setting by port name", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {name: grpc}, tls: {mode: DISABLE}}]
+`}, 9000, "CONFLICT", ServerStrict, ClientDisable},
 		{"DR without tls keeps mesh default", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: httpbin}
@@ -468,5 +486,50 @@ spec:
 	}
 	if x.Allow || x.OutOfScope != "Sidecar/default/sleep-only-local" {
 		t.Errorf("explain out of scope: %s", x.Text())
+	}
+}
+
+// TestSelfRegisteredEndpointsNeedAnAdmittedServiceAccount: a sidecar that
+// registers with a declared service's labels but another service account
+// must not become an endpoint or a server identity of that service.
+func TestSelfRegisteredEndpointsNeedAnAdmittedServiceAccount(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: open}
+spec: {selector: {app: open}, ports: [{number: 80}]}
+`)
+	reg := e.Registry()
+	for _, w := range []*registry.Workload{
+		{Name: "evil", Namespace: "default", ServiceAccount: "sleep", Labels: map[string]string{"app": "httpbin"}, Address: "10.6.6.6"},
+		{Name: "httpbin-2", Namespace: "default", ServiceAccount: "httpbin", Labels: map[string]string{"app": "httpbin"}, Address: "10.0.0.9"},
+		{Name: "open-1", Namespace: "default", ServiceAccount: "whoever", Labels: map[string]string{"app": "open"}, Address: "10.0.0.10"},
+	} {
+		if _, err := reg.Register(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(svc string) string {
+		var out []string
+		for _, w := range e.Endpoints(reg.Service("default", svc)) {
+			out = append(out, w.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	if got := names("httpbin"); got != "httpbin-1 httpbin-2" {
+		t.Errorf("httpbin endpoints = %q; the sleep-account registration must be left out", got)
+	}
+	if got := e.ServerIdentities(reg.Service("default", "httpbin")); len(got) != 1 || got[0] != "spiffe://cluster.local/ns/default/sa/httpbin" {
+		t.Errorf("httpbin server identities = %v", got)
+	}
+	if got := names("open"); got != "open-1" {
+		t.Errorf("a service with no declared endpoints admits registered sidecars; got %q", got)
+	}
+	s := e.Snapshot(reg.Workload("default", "sleep-1"))
+	for _, o := range s.Outbound {
+		for _, ep := range o.Endpoints {
+			if ep.Workload == "evil" {
+				t.Errorf("snapshot routes %s to the unadmitted registration", o.Name)
+			}
+		}
 	}
 }

@@ -72,7 +72,7 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 	}
 	// Server side: the endpoints' sidecars apply the Policy; an endpoint
 	// without a sidecar takes plaintext only.
-	eps := e.reg.Endpoints(svc.Key())
+	eps := e.Endpoints(svc)
 	var withProxy, without []*registry.Workload
 	for _, w := range eps {
 		if w.Sidecar {
