@@ -132,7 +132,7 @@ func (rep *report) markdown() string {
 	w("and each server side is checked to refuse a client without a certificate before anything is measured. ")
 	w("Peers run %d worker process/thread per proxy. Figures are medians of %d interleaved runs (the order of variants rotates every run). ", cfg.Workers, cfg.Runs)
 	w("Max req/s: `wrk -t1 -c%d -d%s` (one request per connection: the same with `Connection: close`, so every request is a new client connection). ", cfg.Conns, cfg.Duration)
-	w("Latency: `fortio load -stdclient -qps %d -c %d -t %s` (same client for every variant); the proxies' CPU (utime+stime of both processes and their children from /proc/<pid>/stat) and peak RSS (VmRSS, the larger of the two proxies) are taken during that run. ", cfg.QPS, cfg.Conns, cfg.LatDur)
+	w("Latency: `fortio load -stdclient -qps %d -c %d -t %s` (same client for every variant); the proxies' CPU (utime+stime of both processes and their children from /proc/<pid>/stat) and peak RSS (VmRSS of the larger of the two proxies, summed over its processes; in brackets its private part, RssAnon, without the mapped binary and shared libraries) are taken during that run. ", cfg.QPS, cfg.Conns, cfg.LatDur)
 	w("Upload: one HTTP POST of %s through the variant, until the backend has read it all. ", sizeName(cfg.UploadSize))
 	w("meshauth: two `meshd sidecar` processes whose agents got their certificates from `meshd control` with join tokens (the control plane keeps running, idle, and is not counted); the client uses its sidecar as an explicit HTTP proxy (absolute-URI requests: wrk through a Lua script that sets the absolute URI, fortio and the upload through HTTP_PROXY), the client sidecar pools mTLS connections to the server sidecar (STRICT), which forwards to the backend; access logs off, as the peers log nothing per request by default")
 	if len(cfg.MeshdEnv) > 0 {
@@ -140,7 +140,7 @@ func (rep *report) markdown() string {
 	}
 	w(".\n\n")
 
-	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB | %s upload MiB/s |\n", cfg.QPS, sizeName(cfg.UploadSize))
+	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB (private) | %s upload MiB/s |\n", cfg.QPS, sizeName(cfg.UploadSize))
 	w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	direct := rep.find("direct")
 	dm := func(metric string) float64 {
@@ -153,7 +153,7 @@ func (rep *report) markdown() string {
 	for _, r := range rep.results {
 		cpu, rss := "-", "-"
 		if len(r.v.procs) > 0 {
-			cpu, rss = fmtNum(r.med(mCPU1k), 3), fmtNum(r.med(mRSS), 1)
+			cpu, rss = fmtNum(r.med(mCPU1k), 3), fmtNum(r.med(mRSS), 1)+" ("+fmtNum(r.med(mAnon), 1)+")"
 		}
 		added := "-"
 		if r.v.name != "direct" {

@@ -309,7 +309,7 @@ func (r *certReport) print(w io.Writer) {
 	fmt.Fprintf(w, "Issuer:      %s\n", r.Issuer)
 	fmt.Fprintf(w, "Serial:      %s\n", r.Serial)
 	fmt.Fprintf(w, "Not before:  %s\n", r.NotBefore.Format(time.RFC3339))
-	fmt.Fprintf(w, "Not after:   %s (%s left)\n", r.NotAfter.Format(time.RFC3339), r.TimeLeft)
+	fmt.Fprintf(w, "Not after:   %s (%s)\n", r.NotAfter.Format(time.RFC3339), r.TimeLeft)
 	fmt.Fprintf(w, "Key:         %s   CA: %v   Ext key usage: %s\n", r.Key, r.IsCA, strings.Join(r.ExtUsage, ", "))
 	for i, c := range r.Chain[1:] {
 		fmt.Fprintf(w, "Chain[%d]:    %s (sha256 %s)\n", i+1, c.Subject, short(c.SHA256))

@@ -369,12 +369,14 @@ func (h *head) respHasBody(head bool) bool {
 	return true
 }
 
-// writeFields writes every end-to-end field of h, skipping hop-by-hop ones and
+// writeFields writes every end-to-end field of h, skipping hop-by-hop ones,
+// Content-Length (writeFraming writes the framing, so copying it here too
+// sent it twice per hop, which strict parsers such as wrk's reject) and
 // those skip names (lowercase).
 func (h *head) writeFields(w *bufio.Writer, skip string) {
 	for _, f := range h.fields {
 		name := h.bytesOf(f.name)
-		if h.hopByHop(name) || (skip != "" && asciiEqualFold(name, skip)) {
+		if h.hopByHop(name) || asciiEqualFold(name, "content-length") || (skip != "" && asciiEqualFold(name, skip)) {
 			continue
 		}
 		w.Write(name)
