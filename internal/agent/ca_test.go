@@ -49,7 +49,11 @@ func (c *controlPlane) start(t *testing.T) {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	c.addr = srv.Addr()
+	if c.addr == "" {
+		// Set once, before any agent reads it; a restart listens on the
+		// same address.
+		c.addr = srv.Addr()
+	}
 }
 
 func (c *controlPlane) stop(t *testing.T) {
