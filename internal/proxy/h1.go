@@ -369,12 +369,13 @@ func (h *head) respHasBody(head bool) bool {
 	return true
 }
 
-// writeFields writes every end-to-end field of h, skipping hop-by-hop ones and
-// those skip names (lowercase).
+// writeFields writes every end-to-end field of h, skipping hop-by-hop ones,
+// the framing fields (see writeFraming) and the one skip names (lowercase).
 func (h *head) writeFields(w *bufio.Writer, skip string) {
 	for _, f := range h.fields {
 		name := h.bytesOf(f.name)
-		if h.hopByHop(name) || (skip != "" && asciiEqualFold(name, skip)) {
+		// Content-Length is framing: writeFraming writes it once.
+		if h.hopByHop(name) || asciiEqualFold(name, "content-length") || (skip != "" && asciiEqualFold(name, skip)) {
 			continue
 		}
 		w.Write(name)
