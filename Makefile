@@ -48,7 +48,7 @@ test: deps build kube-apiserver
 test-unit:
 	$(GO) test -short ./...
 
-demo: build
+demo: deps build
 	./$(BIN)/meshctl demo
 
 up: build
@@ -65,8 +65,8 @@ proto:
 # pair against direct, nginx, haproxy and stunnel, raw limits, and CA
 # issuance against step-ca. Rewrites the "Sidecar side by side" section of
 # BENCHMARKS.md. CI never runs this; it runs bench/'s smoke test.
-bench: deps bench-deps build
-	$(GO) run ./bench -meshd $(BIN)/meshd -out BENCHMARKS.md
+bench: deps bench-deps
+	$(GO) run ./bench -out BENCHMARKS.md
 
 # Load generator and CA peer for `make bench`: tools, not module dependencies.
 bench-deps:

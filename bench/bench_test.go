@@ -35,6 +35,8 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	cfg := config{
 		Out:     out,
+		CA:      true,
+		Raw:     true,
 		Command: "go test ./bench -run TestBenchSmoke",
 		Log:     slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
@@ -76,6 +78,21 @@ func TestBenchSmoke(t *testing.T) {
 			if x := r.med(m); math.IsNaN(x) || x <= 0 {
 				t.Errorf("%s: %s = %v, want a measured positive value", r.v.name, m, x)
 			}
+		}
+	}
+
+	if rep.ca == nil {
+		t.Fatal("no CA comparison in the report")
+	}
+	wantCA := []string{"raw", "meshauth-token", "meshauth-mtls"}
+	if findTool("step-ca") != "" && findTool("step") != "" {
+		wantCA = append(wantCA, "step-ca")
+	} else {
+		t.Log("step-ca not measured: not installed (make bench-deps)")
+	}
+	for _, k := range wantCA {
+		if x := median(rep.ca.rates[k]); math.IsNaN(x) || x <= 0 || rep.ca.errs[k] > 0 {
+			t.Errorf("CA %s: %v certs/s with %d failed calls, want a measured positive rate and no failures; notes: %v", k, x, rep.ca.errs[k], rep.ca.notes)
 		}
 	}
 

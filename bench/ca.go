@@ -193,29 +193,11 @@ func csrFor(uri string) ([]byte, *ecdsa.PrivateKey, error) {
 // startOurCA starts `meshd control`, creates a join token with enough uses,
 // gets one certificate for the mTLS renewal path, and returns both issuers.
 func startOurCA(ctx context.Context, meshd, dir string, workers int) (func(), issuer, issuer, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, nil, err
-	}
-	p, err := startProc(dir, "meshd-control", meshd, []string{"control", "--dir", dir, "--listen", "127.0.0.1:0", "--metrics-listen", ""}, nil)
+	p, err := startControlPlane(ctx, meshd, dir)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	stop := func() { p.stop() }
-	addrFile := filepath.Join(dir, "control.addr")
-	var addr string
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if b, err := os.ReadFile(addrFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
-			addr = string(bytes.TrimSpace(b))
-			break
-		}
-		if p.exited() || time.Now().After(deadline) {
-			return stop, nil, nil, fmt.Errorf("meshd control did not write %s: %v\n%s", addrFile, p.err, p.tail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := waitTCP(ctx, addr, p); err != nil {
-		return stop, nil, nil, err
-	}
 	admin, err := client.Dial(ctx, client.Options{Dir: dir, AdminToken: true})
 	if err != nil {
 		return stop, nil, nil, err
@@ -297,6 +279,7 @@ type stepCA struct {
 // root and intermediate, badger database), adds a JWK provisioner with a
 // key generated here, and starts it.
 func startStepCA(ctx context.Context, bin, stepBin, dir string) (*stepCA, error) {
+	os.RemoveAll(dir) // step ca init wants a fresh STEPPATH
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

@@ -98,6 +98,7 @@ type latencyResult struct {
 	CPU           float64 // vCPU used by both proxies together
 	CPUPer1k      float64 // vCPU of both proxies per 1,000 req/s
 	RSSMax        float64 // MB, the larger proxy of the pair
+	AnonMax       float64 // MB, private anonymous memory of the larger one
 }
 
 // fortioReport is the part of fortio's -json output we read.
@@ -123,7 +124,15 @@ func runFortio(ctx context.Context, dir, fortio string, v *variant, qps, conns i
 	var r latencyResult
 	jsonPath := filepath.Join(dir, "fortio-"+v.name+".json")
 	args := []string{"load", "-qps", strconv.Itoa(qps), "-c", strconv.Itoa(conns), "-t", d.String(),
-		"-r", "0.00001", "-p", "50,90,99", "-stdclient", "-loglevel", "Error", "-json", jsonPath, v.url("/")}
+		"-r", "0.00001", "-p", "50,90,99", "-stdclient", "-loglevel", "Error", "-json", jsonPath}
+	if v.proxy {
+		// fortio resolves the URL's host itself before the first request;
+		// -resolve keeps it from asking DNS for the mesh name. Its dialer
+		// then rewrites only the host of what it dials — the proxy's
+		// address, already 127.0.0.1 — so requests still go to the proxy.
+		args = append(args, "-resolve", "127.0.0.1")
+	}
+	args = append(args, v.url("/"))
 	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, fortio, args...)
@@ -133,7 +142,7 @@ func runFortio(ctx context.Context, dir, fortio string, v *variant, qps, conns i
 	}
 	sampler := startSampler(v.procs)
 	out, err := cmd.CombinedOutput()
-	cpu, wall, rss := sampler.stop()
+	cpu, wall, rss, anon := sampler.stop()
 	if err != nil {
 		return r, fmt.Errorf("fortio %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
@@ -167,6 +176,7 @@ func runFortio(ctx context.Context, dir, fortio string, v *variant, qps, conns i
 			r.CPUPer1k = r.CPU / (r.QPS / 1000)
 		}
 		r.RSSMax = rss / (1 << 20)
+		r.AnonMax = anon / (1 << 20)
 	}
 	return r, nil
 }
@@ -181,6 +191,7 @@ type sampler struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	rss    float64
+	anon   float64
 }
 
 func startSampler(procs []*proc) *sampler {
@@ -207,24 +218,24 @@ func startSampler(procs []*proc) *sampler {
 
 func (s *sampler) sampleRSS() {
 	for _, p := range s.procs {
-		rss := float64(p.rssBytes())
+		rss, anon := p.rssBytes()
 		s.mu.Lock()
-		if rss > s.rss {
-			s.rss = rss
-		}
+		s.rss = max(s.rss, float64(rss))
+		s.anon = max(s.anon, float64(anon))
 		s.mu.Unlock()
 	}
 }
 
-// stop returns CPU seconds used, wall seconds elapsed and peak RSS bytes.
-func (s *sampler) stop() (cpu, wall, rss float64) {
+// stop returns CPU seconds used, wall seconds elapsed, and the peak RSS and
+// peak private anonymous bytes of the largest process.
+func (s *sampler) stop() (cpu, wall, rss, anon float64) {
 	s.sampleRSS()
 	close(s.stopCh)
 	s.wg.Wait()
 	for _, p := range s.procs {
 		cpu += p.cpuSeconds()
 	}
-	return cpu - s.cpu0, time.Since(s.start).Seconds(), s.rss
+	return cpu - s.cpu0, time.Since(s.start).Seconds(), s.rss, s.anon
 }
 
 // httpClient returns a client for v: through the explicit proxy if v has

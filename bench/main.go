@@ -37,10 +37,11 @@ type config struct {
 	CA         bool          // CA issuance comparison
 	CADuration time.Duration
 	CAWorkers  int
-	Out        string // BENCHMARKS.md to update; "" = print only
-	Meshd      string // meshd binary; "" = build it
-	WorkDir    string // "" = a temporary directory, removed afterwards
-	Command    string // the command line, recorded in the report
+	Out        string   // BENCHMARKS.md to update; "" = print only
+	Meshd      string   // meshd binary; "" = build it
+	MeshdEnv   []string // extra environment for the sidecars (experiments, e.g. GOMAXPROCS=1)
+	WorkDir    string   // "" = a temporary directory, removed afterwards
+	Command    string   // the command line, recorded in the report
 	Log        *slog.Logger
 }
 
@@ -101,10 +102,15 @@ func main() {
 	flag.IntVar(&cfg.CAWorkers, "ca-workers", 64, "parallel CA clients")
 	flag.StringVar(&cfg.Out, "out", "BENCHMARKS.md", "markdown file whose section to write (empty: stdout only)")
 	flag.StringVar(&cfg.Meshd, "meshd", "", "meshd binary (default: go build ./cmd/meshd)")
+	var meshdEnv string
+	flag.StringVar(&meshdEnv, "meshd-env", "", "extra KEY=VALUE,... environment for the sidecars (profiling experiments; recorded in the report)")
 	flag.StringVar(&cfg.WorkDir, "work", "", "work directory to keep configs and logs (default: temporary)")
 	flag.BoolVar(&quick, "quick", false, "smoke settings: 1 run, sub-second durations, 16 MiB upload")
 	flag.Parse()
 	cfg.Variants = strings.Split(variants, ",")
+	if meshdEnv != "" {
+		cfg.MeshdEnv = strings.Split(meshdEnv, ",")
+	}
 	if quick {
 		applyQuick(&cfg)
 	}

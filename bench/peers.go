@@ -24,6 +24,9 @@ type variant struct {
 	serverTLS string
 	// procs are the two proxies whose CPU and memory are measured.
 	procs []*proc
+	// aux are other processes the variant needs (meshauth's control
+	// plane), stopped with it but not measured.
+	aux []*proc
 }
 
 // url is the request URL for path on this variant.

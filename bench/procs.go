@@ -152,9 +152,11 @@ func (p *proc) cpuSeconds() float64 {
 	return float64(ticks) / clockTicks
 }
 
-// rssBytes is the resident set of the process tree (VmRSS summed).
-func (p *proc) rssBytes() uint64 {
-	var total uint64
+// rssBytes is the resident set of the process tree (VmRSS summed) and its
+// private anonymous part (RssAnon summed). VmRSS also counts the pages of
+// the binary and shared libraries that are mapped, which other processes
+// share; RssAnon is the memory this process alone costs.
+func (p *proc) rssBytes() (total, anon uint64) {
 	for _, pid := range p.tree() {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
@@ -163,14 +165,18 @@ func (p *proc) rssBytes() uint64 {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			line := sc.Text()
-			if strings.HasPrefix(line, "VmRSS:") {
+			if strings.HasPrefix(line, "VmRSS:") || strings.HasPrefix(line, "RssAnon:") {
 				kb, _ := strconv.ParseUint(strings.Fields(line)[1], 10, 64)
-				total += kb * 1024
+				if line[0] == 'V' {
+					total += kb * 1024
+				} else {
+					anon += kb * 1024
+				}
 			}
 		}
 		f.Close()
 	}
-	return total
+	return total, anon
 }
 
 // freePort returns a loopback port that was free a moment ago. Peers need a

@@ -132,10 +132,15 @@ func (rep *report) markdown() string {
 	w("and each server side is checked to refuse a client without a certificate before anything is measured. ")
 	w("Peers run %d worker process/thread per proxy. Figures are medians of %d interleaved runs (the order of variants rotates every run). ", cfg.Workers, cfg.Runs)
 	w("Max req/s: `wrk -t1 -c%d -d%s` (one request per connection: the same with `Connection: close`, so every request is a new client connection). ", cfg.Conns, cfg.Duration)
-	w("Latency: `fortio load -stdclient -qps %d -c %d -t %s` (same client for every variant); the proxies' CPU (utime+stime of both processes and their children from /proc/<pid>/stat) and peak RSS (VmRSS, the larger of the two proxies) are taken during that run. ", cfg.QPS, cfg.Conns, cfg.LatDur)
-	w("Upload: one HTTP POST of %s through the variant, until the backend has read it all.\n\n", sizeName(cfg.UploadSize))
+	w("Latency: `fortio load -stdclient -qps %d -c %d -t %s` (same client for every variant); the proxies' CPU (utime+stime of both processes and their children from /proc/<pid>/stat) and peak RSS (VmRSS of the larger of the two proxies, summed over its processes; in brackets its private part, RssAnon, without the mapped binary and shared libraries) are taken during that run. ", cfg.QPS, cfg.Conns, cfg.LatDur)
+	w("Upload: one HTTP POST of %s through the variant, until the backend has read it all. ", sizeName(cfg.UploadSize))
+	w("meshauth: two `meshd sidecar` processes whose agents got their certificates from `meshd control` with join tokens (the control plane keeps running, idle, and is not counted); the client uses its sidecar as an explicit HTTP proxy (absolute-URI requests: wrk through a Lua script that sets the absolute URI, fortio and the upload through HTTP_PROXY), the client sidecar pools mTLS connections to the server sidecar (STRICT), which forwards to the backend; access logs off, as the peers log nothing per request by default")
+	if len(cfg.MeshdEnv) > 0 {
+		w("; sidecar environment `%s`", strings.Join(cfg.MeshdEnv, " "))
+	}
+	w(".\n\n")
 
-	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB | %s upload MiB/s |\n", cfg.QPS, sizeName(cfg.UploadSize))
+	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB (private) | %s upload MiB/s |\n", cfg.QPS, sizeName(cfg.UploadSize))
 	w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	direct := rep.find("direct")
 	dm := func(metric string) float64 {
@@ -148,7 +153,7 @@ func (rep *report) markdown() string {
 	for _, r := range rep.results {
 		cpu, rss := "-", "-"
 		if len(r.v.procs) > 0 {
-			cpu, rss = fmtNum(r.med(mCPU1k), 3), fmtNum(r.med(mRSS), 1)
+			cpu, rss = fmtNum(r.med(mCPU1k), 3), fmtNum(r.med(mRSS), 1)+" ("+fmtNum(r.med(mAnon), 1)+")"
 		}
 		added := "-"
 		if r.v.name != "direct" {
@@ -217,7 +222,13 @@ func (rep *report) targets(b *strings.Builder, m *result, dm func(string) float6
 		return "**no**"
 	}
 	row := func(name string, val, bestVal float64, valS, bestS string, ok bool, bestName string) {
-		w("| %s | %s | %s | %s (%s) | %s |\n", name, valS, met(ok, val), bestS, orNA(bestName), ratio(val, bestVal))
+		if math.IsNaN(val) {
+			valS = "n/a"
+		}
+		if math.IsNaN(bestVal) {
+			bestS, bestName = "n/a", "no peer measured"
+		}
+		w("| %s | %s | %s | %s (%s) | %s |\n", name, valS, met(ok, val), bestS, bestName, ratio(val, bestVal))
 	}
 	// Throughput ratios.
 	for _, t := range []struct {
@@ -239,21 +250,14 @@ func (rep *report) targets(b *strings.Builder, m *result, dm func(string) float6
 			bn, bv = r.v.name, a
 		}
 	}
-	row("added p50 at 1,000 req/s <= 0.6 ms", add, bv, signed(add)+" ms", signed(bv)+" ms", add <= targetAddP50, bn)
+	row(fmt.Sprintf("added p50 at %s req/s <= 0.6 ms", commas(int64(rep.cfg.QPS))), add, bv, signed(add)+" ms", signed(bv)+" ms", add <= targetAddP50, bn)
 	bn, bv = rep.best(mCPU1k, false)
 	row("CPU of both sidecars <= 0.06 vCPU per 1k req/s", m.med(mCPU1k), bv, fmtNum(m.med(mCPU1k), 3), fmtNum(bv, 3), m.med(mCPU1k) <= targetCPU, bn)
 	bn, bv = rep.best(mUpload, true)
 	row("bulk >= 650 MiB/s", m.med(mUpload), bv, fmtNum(m.med(mUpload), 0)+" MiB/s", fmtNum(bv, 0)+" MiB/s", m.med(mUpload) >= targetBulk, bn)
 	bn, bv = rep.best(mRSS, false)
-	row("sidecar RSS <= 15 MB at 1k req/s", m.med(mRSS), bv, fmtNum(m.med(mRSS), 1)+" MB", fmtNum(bv, 1)+" MB", m.med(mRSS) <= targetRSS, bn)
+	row(fmt.Sprintf("sidecar RSS <= 15 MB at %s req/s", commas(int64(rep.cfg.QPS))), m.med(mRSS), bv, fmtNum(m.med(mRSS), 1)+" MB", fmtNum(bv, 1)+" MB", m.med(mRSS) <= targetRSS, bn)
 	w("\n")
-}
-
-func orNA(s string) string {
-	if s == "" {
-		return "n/a"
-	}
-	return s
 }
 
 func signed(x float64) string {

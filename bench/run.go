@@ -32,6 +32,7 @@ const (
 	mCPU      = "cpu_vcpu"
 	mCPU1k    = "cpu_per_1k"
 	mRSS      = "rss_mb"
+	mAnon     = "anon_mb"
 	mUpload   = "upload_mibs"
 )
 
@@ -94,6 +95,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	defer func() {
 		for _, v := range started {
 			stopAll(v.procs)
+			stopAll(v.aux)
 		}
 	}()
 	for _, name := range cfg.Variants {
@@ -174,6 +176,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 					r.add(mCPU, l.CPU)
 					r.add(mCPU1k, l.CPUPer1k)
 					r.add(mRSS, l.RSSMax)
+					r.add(mAnon, l.AnonMax)
 				}
 				log.Info("fortio", "variant", r.v.name, "qps", int(l.QPS), "p50_ms", l.P50, "p99_ms", l.P99, "cpu_per_1k", l.CPUPer1k, "rss_mb", l.RSSMax)
 				settle()
@@ -313,7 +316,8 @@ func trimNL(b []byte) []byte {
 }
 
 // meshdBinary returns cfg.Meshd, or builds ./cmd/meshd of this module into
-// dir once.
+// dir once, exactly as install/docker/proxy.Dockerfile builds the sidecar
+// image: static (CGO_ENABLED=0), -tags nokube (no client-go), stripped.
 func (c *config) meshdBinary(dir string) (string, error) {
 	if c.Meshd != "" {
 		if _, err := os.Stat(c.Meshd); err != nil {
@@ -327,8 +331,9 @@ func (c *config) meshdBinary(dir string) (string, error) {
 	}
 	root := filepath.Dir(string(trimNL(out)))
 	bin := filepath.Join(dir, "meshd")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/meshd")
+	build := exec.Command("go", "build", "-tags", "nokube", "-trimpath", "-ldflags=-s", "-o", bin, "./cmd/meshd")
 	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/meshd: %w\n%s", err, b)
 	}

@@ -138,7 +138,7 @@ func printStatus(w io.Writer, st *ca.Status) {
 	fmt.Fprintf(tw, "Mode:\t%s\n", st.Mode)
 	fmt.Fprintf(tw, "Bundle version:\t%d\n", st.BundleVersion)
 	fmt.Fprintf(tw, "Signing cert:\t%s  sha256:%s\n", st.Signing.Subject, short(st.Signing.Fingerprint))
-	fmt.Fprintf(tw, "  expires:\t%s (%s left)\n", st.Signing.NotAfter.Format(time.RFC3339), left(st.Signing.NotAfter, st.Now))
+	fmt.Fprintf(tw, "  expires:\t%s (%s)\n", st.Signing.NotAfter.Format(time.RFC3339), left(st.Signing.NotAfter, st.Now))
 	fmt.Fprintf(tw, "Issued:\t%d   Revoked (unexpired): %d   Join tokens: %d\n", st.Issued, st.Revoked, st.JoinTokens)
 	fmt.Fprintf(tw, "Workload TTL:\tdefault %s, max %s\n", st.DefaultTTL, st.MaxTTL)
 	tw.Flush()
@@ -171,7 +171,7 @@ func left(t, now time.Time) string {
 		return "expired " + (-d).Round(time.Second).String() + " ago"
 	}
 	if d > 72*time.Hour {
-		return fmt.Sprintf("%dd", int(d.Hours()/24))
+		return fmt.Sprintf("%dd left", int(d.Hours()/24))
 	}
-	return d.Round(time.Second).String()
+	return d.Round(time.Second).String() + " left"
 }

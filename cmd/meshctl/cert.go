@@ -28,8 +28,8 @@ func init() {
 	certCmd := &cobra.Command{Use: "cert", Short: "issue and inspect workload certificates"}
 
 	var (
-		ns, sa, token, out, keyType string
-		ttl                         time.Duration
+		ns, sa, token, out, keyType, rootPath string
+		ttl                                   time.Duration
 	)
 	issue := &cobra.Command{
 		Use:   "issue",
@@ -39,12 +39,20 @@ for spiffe://<td>/ns/N/sa/S with the join token as proof, and writes the
 seed's three files into --out: cert-chain.pem, key.pem (mode 0600) and
 root-cert.pem.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			if ns == "" || sa == "" || token == "" || out == "" {
 				return &exitError{2, fmt.Errorf("cert issue: --namespace, --service-account, --token and --out are required")}
 			}
-			roots, err := client.LoadRoots(globals.Dir, "")
-			if err != nil {
+			var roots *identity.Bundle
+			if rootPath != "" {
+				data, err := os.ReadFile(rootPath)
+				if err != nil {
+					return err
+				}
+				if roots, err = client.BundleFromPEM(data, ""); err != nil {
+					return fmt.Errorf("%s: %w", rootPath, err)
+				}
+			} else if roots, err = client.LoadRoots(globals.Dir, ""); err != nil {
 				return err
 			}
 			id, err := identity.New(roots.TrustDomain, ns, sa)
@@ -61,7 +69,8 @@ root-cert.pem.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			conn, err := dialControl(ctx, false, token)
+			conn, err := client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr, Token: token,
+				Roots: func() *identity.Bundle { return roots }})
 			if err != nil {
 				return err
 			}
@@ -100,6 +109,7 @@ root-cert.pem.`,
 	f.StringVar(&token, "token", "", "join token from `meshctl token create`")
 	f.StringVar(&out, "out", "", "directory for cert-chain.pem, key.pem, root-cert.pem")
 	f.DurationVar(&ttl, "ttl", 0, "certificate lifetime (default: the CA's, 24h)")
+	f.StringVar(&rootPath, "ca-root", "", "roots to trust the control plane by (default DIR/root-cert.pem)")
 	f.StringVar(&keyType, "key-type", "ecdsa-p256", "key: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
 
 	var rootFile, output string
@@ -299,7 +309,7 @@ func (r *certReport) print(w io.Writer) {
 	fmt.Fprintf(w, "Issuer:      %s\n", r.Issuer)
 	fmt.Fprintf(w, "Serial:      %s\n", r.Serial)
 	fmt.Fprintf(w, "Not before:  %s\n", r.NotBefore.Format(time.RFC3339))
-	fmt.Fprintf(w, "Not after:   %s (%s left)\n", r.NotAfter.Format(time.RFC3339), r.TimeLeft)
+	fmt.Fprintf(w, "Not after:   %s (%s)\n", r.NotAfter.Format(time.RFC3339), r.TimeLeft)
 	fmt.Fprintf(w, "Key:         %s   CA: %v   Ext key usage: %s\n", r.Key, r.IsCA, strings.Join(r.ExtUsage, ", "))
 	for i, c := range r.Chain[1:] {
 		fmt.Fprintf(w, "Chain[%d]:    %s (sha256 %s)\n", i+1, c.Subject, short(c.SHA256))

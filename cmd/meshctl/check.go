@@ -254,7 +254,11 @@ func runChecks(ctx context.Context) []checkResult {
 		default:
 			add(name+" config", checkPass, "connected as %s, config %s acknowledged", sc.SPIFFEID, sc.Acked)
 		}
-		addr := probeAddr(w)
+		addr, port := probeAddr(w)
+		if addr != "" && inboundMode(eng, w, port) == policy.ServerDisable {
+			add(name, checkSkip, "port %d is DISABLE by policy: its sidecar serves no certificate there to probe; %s", port, want)
+			continue
+		}
 		if addr == "" {
 			add(name, checkSkip, "client-only (no inbound port): its certificate cannot be probed from here; %s", want)
 			continue
@@ -275,18 +279,33 @@ func runChecks(ctx context.Context) []checkResult {
 
 // probeAddr is where a workload's sidecar serves inbound TLS: the explicit
 // sidecar port of its first port (local mesh), or the port itself
-// (transparent capture).
-func probeAddr(w *registry.Workload) string {
+// (transparent capture); port is the workload port it fronts.
+func probeAddr(w *registry.Workload) (addr string, port uint32) {
 	for _, p := range w.Ports {
-		port := p.SidecarPort
-		if port == 0 {
-			port = p.Number
+		listen := p.SidecarPort
+		if listen == 0 {
+			listen = p.Number
 		}
-		if port != 0 && w.Address != "" {
-			return net.JoinHostPort(w.Address, strconv.Itoa(int(port)))
+		if listen != 0 && w.Address != "" {
+			return net.JoinHostPort(w.Address, strconv.Itoa(int(listen))), p.Number
 		}
 	}
-	return ""
+	return "", 0
+}
+
+// inboundMode is the server mode the control plane gives the workload's
+// port, from the same snapshot it pushes to the sidecar.
+func inboundMode(eng *policy.Engine, w *registry.Workload, port uint32) policy.ServerMode {
+	s := eng.Snapshot(w)
+	for _, ip := range s.Inbound {
+		if ip.Port == port {
+			return ip.Mode
+		}
+	}
+	if s.InboundDefault != "" {
+		return s.InboundDefault
+	}
+	return policy.ServerStrict
 }
 
 // checkWorkloadCert opens a TLS connection to a sidecar's inbound port and

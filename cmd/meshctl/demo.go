@@ -96,6 +96,13 @@ type demo struct {
 
 func runDemo(ctx context.Context, out io.Writer) (err error) {
 	start := time.Now()
+	// The seed's commands are real curl and openssl; without them nothing
+	// could be observed.
+	for _, tool := range []string{"curl", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return &exitError{code: 1, err: fmt.Errorf("demo: %s is not installed; the walkthrough runs the seed's real commands (Debian: apt-get install curl openssl, or make deps)", tool)}
+		}
+	}
 	r := walkthrough.NewReporter(out)
 	dir, err := os.MkdirTemp("", "meshauth-demo-")
 	if err != nil {

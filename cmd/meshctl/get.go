@@ -36,6 +36,12 @@ func policyState(ctx context.Context, files []string) (*control.State, error) {
 		reg.Sync(registry.SourceConfig, ss, ws)
 		return &control.State{Config: cfg, Registry: reg.State()}, nil
 	}
+	// --kubeconfig: read the cluster directly (kubestate.go).
+	if clusterState != nil {
+		if st, ok, err := clusterState(ctx); ok {
+			return st, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := dialControl(ctx, true, "")
@@ -68,7 +74,10 @@ var kindAliases = map[string]string{
 	"meshconfig": config.KindMeshConfig,
 	"services": config.KindService, "service": config.KindService, "svc": config.KindService,
 	"workloads": config.KindWorkload, "workload": config.KindWorkload,
-	"sidecars": "Sidecar", "sidecar": "Sidecar",
+	// "sidecars" are the connected sidecars (what operators ask most);
+	// the Sidecar config kind is "sidecarconfigs".
+	"sidecars": "Connected", "sidecar": "Connected",
+	"sidecarconfigs": config.KindSidecar, "sidecarconfig": config.KindSidecar,
 }
 
 func init() {
@@ -78,7 +87,7 @@ func init() {
 		namespace string
 	)
 	cmd := &cobra.Command{
-		Use:   "get policies|destinationrules|serviceroles|servicerolebindings|rbacconfig|meshconfig|services|workloads|sidecars",
+		Use:   "get policies|destinationrules|serviceroles|servicerolebindings|rbacconfig|meshconfig|sidecarconfigs|services|workloads|sidecars",
 		Short: "List config objects, registry entries or connected sidecars",
 		Long: `get lists what the control plane holds. services and workloads come from the
 registry (declared in config, or registered by sidecars, or from Kubernetes);
@@ -88,7 +97,7 @@ With -f it reads files instead of asking the control plane.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, ok := kindAliases[strings.ToLower(args[0])]
 			if !ok {
-				return &exitError{2, fmt.Errorf("get: unknown kind %q (policies, destinationrules, serviceroles, servicerolebindings, rbacconfig, meshconfig, services, workloads, sidecars)", args[0])}
+				return &exitError{2, fmt.Errorf("get: unknown kind %q (policies, destinationrules, serviceroles, servicerolebindings, rbacconfig, meshconfig, sidecarconfigs, services, workloads, sidecars)", args[0])}
 			}
 			st, err := policyState(cmd.Context(), files)
 			if err != nil {
@@ -119,7 +128,7 @@ func printGet(w io.Writer, st *control.State, kind, ns, output string) error {
 				items = append(items, wl)
 			}
 		}
-	case "Sidecar":
+	case "Connected":
 		for _, s := range st.Sidecars {
 			if n, _, _ := strings.Cut(s.Workload, "/"); inNS(n) {
 				items = append(items, s)
@@ -186,7 +195,7 @@ func printTable(w io.Writer, kind string, items []any) error {
 			wl := it.(*registry.Workload)
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", wl.Namespace, wl.Name, wl.ServiceAccount, wl.Address, wl.Sidecar, labels(wl.Labels), wl.Source)
 		}
-	case "Sidecar":
+	case "Connected":
 		fmt.Fprintln(tw, "WORKLOAD\tIDENTITY\tSENT\tACKED\tNACK")
 		for _, it := range items {
 			s := it.(push.SidecarStatus)
@@ -272,6 +281,16 @@ func summary(v any) string {
 		return fmt.Sprintf("%d rule(s)", len(o.Spec.Rules))
 	case *config.ServiceRoleBinding:
 		return fmt.Sprintf("%d subject(s) -> %s", len(o.Spec.Subjects), o.Spec.RoleRef.Name)
+	case *config.Sidecar:
+		var hosts []string
+		for _, e := range o.Spec.Egress {
+			hosts = append(hosts, e.Hosts...)
+		}
+		sel := "namespace"
+		if o.Spec.WorkloadSelector != nil {
+			sel = labels(o.Spec.WorkloadSelector.Labels)
+		}
+		return sel + ": egress " + strings.Join(hosts, ",")
 	case *config.MeshConfig:
 		ap := o.Spec.AuthPolicy
 		if ap == "" {

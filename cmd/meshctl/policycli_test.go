@@ -66,7 +66,7 @@ func TestPolicyCLIGolden(t *testing.T) {
 	}{
 		{"validate ok", []string{"validate", "-f", rbac}, 0, "validate-ok.golden"},
 		{"validate errors", []string{"validate", "-f", "../../internal/config/testdata/invalid/enums.yaml"}, 1, "validate-errors.golden"},
-		{"tls-check matrix", []string{"tls-check", "-f", matrix, "-f", matrixReg}, 0, "tlscheck-matrix.golden"},
+		{"tls-check matrix", []string{"tls-check", "-f", matrix, "-f", matrixReg}, 1, "tlscheck-matrix.golden"},
 		{"tls-check one service", []string{"tls-check", "d", "-f", matrix, "-f", matrixReg}, 0, "tlscheck-d.golden"},
 		{"tls-check conflict", []string{"tls-check", "-f", "testdata/policycli/conflict.yaml"}, 1, "tlscheck-conflict.golden"},
 		{"explain allow", []string{"explain", "-f", rbac, "--from", "sleep-1", "--to", "httpbin:8000", "--method", "GET", "--path", "/status/418"}, 0, "explain-allow.golden"},

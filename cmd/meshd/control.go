@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ func init() {
 	var (
 		cfg     control.Config
 		keyType string
+		cpuProf string
 		plane   control.PlaneConfig
 	)
 	cmd := &cobra.Command{
@@ -33,6 +35,19 @@ self-signed root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.CA.KeyType = ca.KeyType(keyType)
+			if cpuProf != "" {
+				// For profiling the CA under load (BENCHMARKS.md); written
+				// when meshd exits on SIGINT/SIGTERM.
+				f, err := os.Create(cpuProf)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			cfg.Register = append(cfg.Register, control.WithPlane(plane))
 			srv, err := control.New(cfg)
@@ -51,6 +66,8 @@ self-signed root.`,
 		dir = ".meshauth"
 	}
 	f.StringVar(&cfg.Dir, "dir", dir, "state directory (env MESHAUTH_DIR)")
+	f.StringVar(&cpuProf, "cpuprofile", "", "write a CPU profile to this file until exit")
+	f.MarkHidden("cpuprofile")
 	f.StringVar(&cfg.Listen, "listen", control.DefaultListen, "gRPC/TLS listen address (port 0: pick one, see DIR/control.addr)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:15014", "Prometheus /metrics address (empty: off)")
 	f.StringVar(&cfg.CA.TrustDomain, "trust-domain", "cluster.local", "trust domain of every identity this CA signs")

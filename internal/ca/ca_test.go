@@ -196,7 +196,20 @@ func TestRestartKeepsRoot(t *testing.T) {
 	if err != nil || len(log) != 1 || log[0].Serial != iss.Serial {
 		t.Fatalf("issuance log after restart: %v %+v", err, log)
 	}
+	if log[0].Requester != "test" || log[0].SPIFFEID != sleepID.String() || log[0].NotAfter != iss.NotAfter.Unix() {
+		t.Fatalf("log record %+v", log[0])
+	}
+	// Revocations survive a restart too.
+	if _, _, err := c2.Revoke(iss.Serial, "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	v := c2.Bundle().Version
 	c2.Close()
+	c3 := newCA(t, dir, clk, nil)
+	if !c3.Bundle().Identity().IsRevoked(iss.Serial) || c3.Bundle().Version != v {
+		t.Fatalf("after restart: revoked=%v version %d, want %d", c3.Bundle().Identity().IsRevoked(iss.Serial), c3.Bundle().Version, v)
+	}
+	c3.Close()
 
 	// A different trust domain on the same store is refused, not re-rooted.
 	_, err = ca.New(ca.Config{Dir: dir, TrustDomain: "example.org", Clock: clk.now, Log: quietLog()})

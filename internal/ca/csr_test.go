@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -32,6 +33,17 @@ func TestCSRWithOwnURIOrNone(t *testing.T) {
 				t.Fatalf("URIs %v", leaf.URIs)
 			}
 		})
+	}
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := c.Sign(ctx, self(sleepID), csrFor(t, rk), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ku := chainOf(t, iss)[0].KeyUsage; ku != x509.KeyUsageDigitalSignature|x509.KeyUsageKeyEncipherment {
+		t.Fatalf("RSA leaf key usage %v, want digitalSignature+keyEncipherment", ku)
 	}
 	if _, err := c.Sign(ctx, ca.Caller{}, csrFor(t, ecKey(t)), 0); !errors.Is(err, ca.ErrUnauthenticated) {
 		t.Fatalf("no caller: %v", err)

@@ -55,6 +55,8 @@ func New(objs []any) (*Config, error) {
 			c.ServiceRoles = append(c.ServiceRoles, x)
 		case *ServiceRoleBinding:
 			c.ServiceRoleBindings = append(c.ServiceRoleBindings, x)
+		case *Sidecar:
+			c.Sidecars = append(c.Sidecars, x)
 		case *Service:
 			c.Services = append(c.Services, x)
 		case *Workload:
@@ -93,6 +95,18 @@ func New(objs []any) (*Config, error) {
 			continue
 		}
 		hosts[h] = dr
+	}
+	// One namespace-wide Sidecar per namespace, as in Istio.
+	nsSidecar := map[string]*Sidecar{}
+	for _, sc := range c.Sidecars {
+		if sc.Spec.WorkloadSelector != nil {
+			continue
+		}
+		if first, ok := nsSidecar[sc.Metadata.Namespace]; ok {
+			fail(&sc.Object, "spec", "namespace %s already has a Sidecar without workloadSelector (%s at %s); give one a workloadSelector or merge them", sc.Metadata.Namespace, first.Key(), first.Source)
+			continue
+		}
+		nsSidecar[sc.Metadata.Namespace] = sc
 	}
 	roles := map[string]bool{}
 	for _, r := range c.ServiceRoles {
@@ -156,6 +170,7 @@ func (c *Config) sort() {
 	sortObjs(c.DestinationRules)
 	sortObjs(c.ServiceRoles)
 	sortObjs(c.ServiceRoleBindings)
+	sortObjs(c.Sidecars)
 	sortObjs(c.Services)
 	sortObjs(c.Workloads)
 }

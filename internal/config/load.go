@@ -33,6 +33,7 @@ type Config struct {
 	RbacConfig          *RbacConfig           `json:"rbacConfig,omitempty"`
 	ServiceRoles        []*ServiceRole        `json:"serviceRoles,omitempty"`
 	ServiceRoleBindings []*ServiceRoleBinding `json:"serviceRoleBindings,omitempty"`
+	Sidecars            []*Sidecar            `json:"sidecars,omitempty"`
 	Services            []*Service            `json:"services,omitempty"`
 	Workloads           []*Workload           `json:"workloads,omitempty"`
 }
@@ -77,6 +78,9 @@ func (c *Config) Objects() []any {
 	for _, o := range c.ServiceRoleBindings {
 		out = append(out, o)
 	}
+	for _, o := range c.Sidecars {
+		out = append(out, o)
+	}
 	for _, o := range c.Services {
 		out = append(out, o)
 	}
@@ -100,6 +104,8 @@ func objectOf(v any) *Object {
 	case *ServiceRole:
 		return &o.Object
 	case *ServiceRoleBinding:
+		return &o.Object
+	case *Sidecar:
 		return &o.Object
 	case *Service:
 		return &o.Object
@@ -234,6 +240,7 @@ var kinds = map[string]struct {
 	KindClusterRbacConfig:  {[]string{RBACV1alpha1}, func() any { return new(RbacConfig) }},
 	KindServiceRole:        {[]string{RBACV1alpha1, ConfigV1alpha2}, func() any { return new(ServiceRole) }},
 	KindServiceRoleBinding: {[]string{RBACV1alpha1, ConfigV1alpha2}, func() any { return new(ServiceRoleBinding) }},
+	KindSidecar:            {[]string{NetworkingV1a3}, func() any { return new(Sidecar) }},
 	KindService:            {[]string{MeshV1alpha1}, func() any { return new(Service) }},
 	KindWorkload:           {[]string{MeshV1alpha1}, func() any { return new(Workload) }},
 }

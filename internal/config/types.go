@@ -41,6 +41,7 @@ const (
 	KindClusterRbacConfig  = "ClusterRbacConfig"
 	KindServiceRole        = "ServiceRole"
 	KindServiceRoleBinding = "ServiceRoleBinding"
+	KindSidecar            = "Sidecar"
 	KindService            = "Service"
 	KindWorkload           = "Workload"
 )
@@ -250,6 +251,41 @@ type Subset struct {
 	Name          string            `json:"name" yaml:"name"`
 	Labels        map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
 	TrafficPolicy *TrafficPolicy    `json:"trafficPolicy,omitempty" yaml:"trafficPolicy,omitempty"`
+}
+
+// Sidecar is networking.istio.io/v1alpha3 Sidecar (Istio 1.1), reduced to
+// what scales a large mesh: which services a workload's sidecar is told
+// about (egress hosts). Without one, a sidecar knows every service.
+type Sidecar struct {
+	Object `json:",inline" yaml:",inline"`
+	Spec   SidecarSpec `json:"spec" yaml:"spec"`
+}
+
+// SidecarSpec is the Sidecar body.
+type SidecarSpec struct {
+	// WorkloadSelector picks the workloads of the namespace it applies to;
+	// nil means every workload of the namespace without a more specific one.
+	WorkloadSelector *WorkloadSelector `json:"workloadSelector,omitempty" yaml:"workloadSelector,omitempty"`
+	Egress           []EgressListener  `json:"egress" yaml:"egress"`
+	// Ingress and OutboundTrafficPolicy are refused as not supported.
+	Ingress               Raw `json:"-" yaml:"ingress,omitempty"`
+	OutboundTrafficPolicy Raw `json:"-" yaml:"outboundTrafficPolicy,omitempty"`
+}
+
+// WorkloadSelector selects workloads by labels.
+type WorkloadSelector struct {
+	Labels map[string]string `json:"labels" yaml:"labels"`
+}
+
+// EgressListener lists the services a sidecar may reach, as
+// "namespace/dnsName": namespace "*" (any), "." (the Sidecar's own) or a
+// name; dnsName "*", an FQDN, or "*.suffix".
+type EgressListener struct {
+	Hosts []string `json:"hosts" yaml:"hosts"`
+	// Port, Bind and CaptureMode are refused as not supported.
+	Port        Raw    `json:"-" yaml:"port,omitempty"`
+	Bind        string `json:"bind,omitempty" yaml:"bind,omitempty"`
+	CaptureMode string `json:"captureMode,omitempty" yaml:"captureMode,omitempty"`
 }
 
 // RbacConfig is rbac.istio.io/v1alpha1 RbacConfig (a singleton named

@@ -90,6 +90,8 @@ func validateObject(d *decoder, obj any, path string) {
 		validateRole(d, &v.Spec, p("spec"))
 	case *ServiceRoleBinding:
 		validateBinding(d, &v.Spec, p("spec"))
+	case *Sidecar:
+		validateSidecar(d, &v.Spec, p("spec"))
 	case *Service:
 		validateService(d, v, p("spec"))
 	case *Workload:
@@ -394,6 +396,50 @@ func validateBinding(d *decoder, s *ServiceRoleBindingSpec, path string) {
 	if s.RoleRef.Name == "" {
 		d.fail(path+".roleRef.name", "roleRef needs the name of a ServiceRole in the binding's namespace")
 	}
+}
+
+func validateSidecar(d *decoder, s *SidecarSpec, path string) {
+	if s.Ingress.Node != nil {
+		d.fail(path+".ingress", "Sidecar ingress listeners are not supported; meshauth configures inbound from Services and Policies")
+	}
+	if s.OutboundTrafficPolicy.Node != nil {
+		d.fail(path+".outboundTrafficPolicy", "outboundTrafficPolicy is not supported")
+	}
+	if s.WorkloadSelector != nil && len(s.WorkloadSelector.Labels) == 0 {
+		d.fail(path+".workloadSelector.labels", "a workloadSelector needs labels (or remove it to apply to the whole namespace)")
+	}
+	if len(s.Egress) == 0 {
+		d.fail(path+".egress", "a Sidecar needs egress hosts (e.g. [\"./*\", \"istio-system/*\"])")
+	}
+	for i, e := range s.Egress {
+		ep := fmt.Sprintf("%s.egress[%d]", path, i)
+		if e.Port.Node != nil || e.Bind != "" || e.CaptureMode != "" {
+			d.fail(ep, "egress port, bind and captureMode are not supported; list hosts only")
+		}
+		if len(e.Hosts) == 0 {
+			d.fail(ep+".hosts", "an egress listener needs hosts")
+		}
+		for j, h := range e.Hosts {
+			if r := CheckEgressHost(h); r != "" {
+				d.fail(fmt.Sprintf("%s.hosts[%d]", ep, j), "bad egress host %q: %s", h, r)
+			}
+		}
+	}
+}
+
+// CheckEgressHost validates a Sidecar egress host "namespace/dnsName".
+func CheckEgressHost(h string) string {
+	ns, host, ok := strings.Cut(h, "/")
+	if !ok {
+		return `want "namespace/host", e.g. "./*" or "istio-system/*"`
+	}
+	if ns != "*" && ns != "." && !isName(ns) {
+		return fmt.Sprintf("namespace %q is not \"*\", \".\" or a namespace name", ns)
+	}
+	if host == "*" {
+		return ""
+	}
+	return CheckHost(host)
 }
 
 func validateService(d *decoder, v *Service, path string) {

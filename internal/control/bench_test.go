@@ -159,7 +159,13 @@ func cpuTime() time.Duration {
 func BenchmarkIssuanceProcess(b *testing.B) {
 	meshd, _ := binaries(b)
 	dir := b.TempDir()
-	p := startMeshd(b, meshd, dir)
+	// MESHAUTH_BENCH_CPUPROFILE=FILE profiles the meshd process itself.
+	var extra []string
+	prof := os.Getenv("MESHAUTH_BENCH_CPUPROFILE")
+	if prof != "" {
+		extra = []string{"--cpuprofile", prof}
+	}
+	p := startMeshd(b, meshd, dir, extra...)
 	e := &env{dir: dir}
 	cert, _ := e.issueTLS(b, "default", "sleep")
 	csrs := make([][]byte, 64)
@@ -192,6 +198,10 @@ func BenchmarkIssuanceProcess(b *testing.B) {
 	b.ReportMetric(float64(b.N)/wall.Seconds(), "issuances/s")
 	b.ReportMetric(float64(srv.Microseconds())/float64(b.N), "server-cpu-us/op")
 	b.ReportMetric(2*float64(b.N)/srv.Seconds(), "server-2core-issuances/s")
+	if prof != "" {
+		p.cmd.Process.Signal(os.Interrupt) // meshd writes the profile on exit
+		<-p.done
+	}
 }
 
 // procCPU reads a process's user+system CPU time from /proc/PID/stat.

@@ -474,3 +474,44 @@ func TestRotationOverTheAPI(t *testing.T) {
 		t.Fatalf("renewal with an old-root certificate during rotation: %v", err)
 	}
 }
+
+// TestShutdownEndsWatchStreams: stopping the server ends open bundle
+// streams with Unavailable (so clients reconnect) instead of holding
+// GracefulStop until its grace period.
+func TestShutdownEndsWatchStreams(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := control.New(control.Config{Dir: dir, Listen: "127.0.0.1:0", Log: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	for srv.Addr() == "" {
+		time.Sleep(5 * time.Millisecond)
+	}
+	conn, err := client.Dial(context.Background(), client.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := pb.NewCertificateAuthorityClient(conn).WatchTrustBundle(context.Background(), &pb.GetTrustBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream after shutdown: %v, want Unavailable", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	select {
+	case <-srv.Stopping():
+	default:
+		t.Fatal("Stopping not closed")
+	}
+}

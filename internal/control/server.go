@@ -131,6 +131,9 @@ type Server struct {
 
 	lis  net.Listener
 	addr atomic.Value // string
+	// stopping is closed when Serve begins to shut down, so long-lived
+	// streams (WatchTrustBundle, Discovery) end and GracefulStop can finish.
+	stopping chan struct{}
 }
 
 // New opens the CA, writes the admin token and root-cert.pem, issues the
@@ -173,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log.With("component", "control"), ca: authority, configAdmin: cfg.ConfigAdmin}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "control"), ca: authority, configAdmin: cfg.ConfigAdmin, stopping: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -245,6 +248,10 @@ func (s *Server) SetConfigAdmin(c ConfigAdmin) {
 	s.mu.Unlock()
 }
 
+// Stopping returns a channel closed when Serve starts shutting down: a
+// streaming handler returns when it closes.
+func (s *Server) Stopping() <-chan struct{} { return s.stopping }
+
 // Addr returns the address Serve listens on ("" before it does).
 func (s *Server) Addr() string {
 	a, _ := s.addr.Load().(string)
@@ -294,8 +301,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
-		// GracefulStop waits for streams (WatchTrustBundle, Discovery) that
-		// only end when their context does; Stop after a grace period.
+		// GracefulStop waits for streams; the ones that watch Stopping end
+		// now, and Stop cuts any other after a grace period.
+		close(s.stopping)
 		done := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(done) }()
 		select {

@@ -140,6 +140,8 @@ func (c *caService) WatchTrustBundle(_ *pb.GetTrustBundleRequest, stream grpc.Se
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-c.s.stopping:
+			return status.Error(codes.Unavailable, "control plane shutting down; reconnect")
 		case <-ch:
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,7 +19,11 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/kube/kubetest"
 	"github.com/meshauth/meshauth/internal/policy"
@@ -263,8 +266,8 @@ spec:
 		})
 	})
 
+	meshctl := buildMeshctl(t)
 	t.Run("meshctl tls-check against the cluster", func(t *testing.T) {
-		meshctl := buildMeshctl(t)
 		out, err := exec.Command(meshctl, "--dir", dir, "tls-check", "httpbin."+ns).CombinedOutput()
 		t.Logf("meshctl tls-check httpbin.%s:\n%s", ns, out)
 		if err != nil {
@@ -274,6 +277,52 @@ spec:
 			if !bytes.Contains(out, []byte(want)) {
 				t.Errorf("output lacks %q", want)
 			}
+		}
+	})
+
+	t.Run("meshctl --kubeconfig tls-check reads the cluster directly", func(t *testing.T) {
+		cmd := exec.Command(meshctl, "--kubeconfig", env.Kubeconfig(t), "--mesh-namespace", system, "tls-check", "httpbin."+ns)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("meshctl --kubeconfig tls-check: %v", err)
+		}
+		for _, want := range []string{"OK", "STRICT", "ISTIO_MUTUAL", "Policy/" + ns + "/default"} {
+			if !bytes.Contains(stdout.Bytes(), []byte(want)) {
+				t.Errorf("stdout lacks %q", want)
+			}
+		}
+		if !strings.Contains(stderr.String(), "not applied: Policy/"+ns+"/bad") {
+			t.Errorf("stderr does not report the invalid Policy bad")
+		}
+	})
+
+	t.Run("CSR over gRPC with a ServiceAccount token", func(t *testing.T) {
+		// What an injected CSR-mode sidecar does: CreateCertificate with its
+		// projected token as the bearer credential.
+		call := func(token, csrURI string) (*pb.CreateCertificateResponse, error) {
+			conn, err := client.Dial(ctx, client.Options{Dir: dir, Token: token})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			return pb.NewCertificateAuthorityClient(conn).CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: csrFor(t, csrURI), TtlSeconds: 3600})
+		}
+		tok := requestToken(t, cs, ns, "httpbin", TokenAudience)
+		resp, err := call(tok, "")
+		if err != nil {
+			t.Fatalf("own account refused: %v", err)
+		}
+		if want := "spiffe://cluster.local/ns/" + ns + "/sa/httpbin"; resp.SpiffeId != want {
+			t.Errorf("signed %s, want %s", resp.SpiffeId, want)
+		}
+		if _, err := call(tok, "spiffe://cluster.local/ns/"+ns+"/sa/sleep"); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("another account: err = %v, want PermissionDenied", err)
+		}
+		if _, err := call(requestToken(t, cs, ns, "httpbin", "https://kubernetes.default.svc"), ""); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("wrong audience: err = %v, want Unauthenticated", err)
 		}
 	})
 
@@ -289,13 +338,12 @@ spec:
 	})
 }
 
-// buildMeshctl builds cmd/meshctl (Go's build cache makes this a relink
-// after the first time) and returns its path.
+// buildMeshctl builds cmd/meshctl and returns its path. It uses the same
+// environment as `make build`, so Go's build cache makes this a relink.
 func buildMeshctl(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "meshctl")
 	cmd := exec.Command("go", "build", "-o", out, "github.com/meshauth/meshauth/cmd/meshctl")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build meshctl: %v\n%s", err, b)
 	}

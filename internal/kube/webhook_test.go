@@ -3,6 +3,8 @@ package kube
 import (
 	"context"
 	"crypto/tls"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -182,3 +184,5 @@ func containerNames(cs []corev1.Container) []string {
 	}
 	return out
 }
+
+func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -38,6 +38,8 @@ type Engine struct {
 type outTable struct {
 	version uint64
 	list    []OutboundService
+	// svcs are the services list was built from, index for index.
+	svcs []*registry.Service
 	// nsRange is the [lo, hi) slice of list holding each namespace's
 	// services (list is sorted by namespace, then name).
 	nsRange map[string][2]int
@@ -201,6 +203,42 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 	return d
 }
 
+// Endpoints returns the workloads trusted to serve svc: every endpoint the
+// config or Kubernetes declares, and the self-registered sidecars whose
+// service account the service admits. A sidecar proves only its service
+// account, and anyone holding a certificate of the namespace could
+// register with the service's labels; so when a service has declared
+// endpoints or annotated service accounts, a self-registered endpoint must
+// run as one of those accounts, or it is left out (of routing and of
+// secure naming). A service with neither admits any registered sidecar
+// that its selector matches.
+func (e *Engine) Endpoints(svc *registry.Service) []*registry.Workload {
+	all := e.reg.Endpoints(svc.Key())
+	admitted := map[string]bool{}
+	td := e.ix.cfg.TrustDomain()
+	for _, id := range svc.ServiceAccounts {
+		admitted[id] = true
+	}
+	dynamic := false
+	for _, w := range all {
+		if w.Source == registry.SourceSidecar {
+			dynamic = true
+		} else {
+			admitted["spiffe://"+td+"/ns/"+w.Namespace+"/sa/"+w.ServiceAccount] = true
+		}
+	}
+	if !dynamic || len(admitted) == 0 {
+		return all
+	}
+	out := all[:0:0]
+	for _, w := range all {
+		if w.Source != registry.SourceSidecar || admitted["spiffe://"+td+"/ns/"+w.Namespace+"/sa/"+w.ServiceAccount] {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 // ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
 // naming): the service accounts of its endpoints that run a sidecar, plus
 // those the service's annotations add.
@@ -214,7 +252,7 @@ func (e *Engine) ServerIdentities(svc *registry.Service) []string {
 			out = append(out, id)
 		}
 	}
-	for _, w := range e.reg.Endpoints(svc.Key()) {
+	for _, w := range e.Endpoints(svc) {
 		if w.Sidecar {
 			add("spiffe://" + td + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount)
 		}
@@ -319,7 +357,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 		}
 		o.Ports = append(o.Ports, op)
 	}
-	for _, w := range e.reg.Endpoints(key) {
+	for _, w := range e.Endpoints(svc) {
 		ep := Endpoint{Workload: w.Name, ServiceAccount: w.ServiceAccount, Address: w.Address, Sidecar: w.Sidecar}
 		for _, wp := range w.Ports {
 			if wp.SidecarPort != 0 {
@@ -345,30 +383,90 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 // push server stamps it.
 func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
 	s := e.inbound(w)
-	s.Outbound = e.outboundFor(w.Namespace)
+	sc := e.SidecarFor(w)
+	s.Outbound = e.outboundFor(w.Namespace, sc)
+	if sc != nil {
+		s.OutboundScope = sc.Key()
+	}
 	return s
 }
 
-// outboundFor returns the outbound table as seen from namespace ns: the
-// short name of a service resolves only inside its own namespace.
-func (e *Engine) outboundFor(ns string) []OutboundService {
+// SidecarFor returns the Sidecar object that scopes w's outbound table: the
+// first (by name) whose workloadSelector matches w, else its namespace's
+// Sidecar without selector; nil when none applies (w sees every service).
+func (e *Engine) SidecarFor(w *registry.Workload) *config.Sidecar {
+	for _, sc := range e.ix.sidecars[w.Namespace] {
+		if registry.Selects(sc.Spec.WorkloadSelector.Labels, w.Labels) {
+			return sc
+		}
+	}
+	return e.ix.nsSidecar[w.Namespace]
+}
+
+// EgressAllows reports whether a Sidecar's egress hosts include svc.
+func EgressAllows(sc *config.Sidecar, svc *registry.Service) bool {
+	fqdn := svc.FQDN()
+	for _, eg := range sc.Spec.Egress {
+		for _, h := range eg.Hosts {
+			ns, host, _ := strings.Cut(h, "/")
+			switch {
+			case ns == "*":
+			case ns == ".":
+				if svc.Namespace != sc.Metadata.Namespace {
+					continue
+				}
+			case ns != svc.Namespace:
+				continue
+			}
+			if host == "*" || (strings.HasPrefix(host, "*.") && strings.HasSuffix(fqdn, host[1:])) {
+				return true
+			}
+			in := ns
+			if ns == "." || ns == "*" {
+				in = sc.Metadata.Namespace
+			}
+			if config.ResolveHost(host, in) == fqdn {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// outboundFor returns the outbound table as seen from namespace ns, scoped
+// by sc when not nil: the short name of a service resolves only inside its
+// own namespace. Results are shared by every snapshot with the same view.
+func (e *Engine) outboundFor(ns string, sc *config.Sidecar) []OutboundService {
 	t := e.outboundTable()
 	e.tableMu.Lock()
 	defer e.tableMu.Unlock()
-	r, ok := t.nsRange[ns]
-	if !ok {
+	if _, ok := t.nsRange[ns]; !ok && sc == nil {
 		return t.list
 	}
-	if l, ok := t.byNS[ns]; ok {
+	key := ns
+	if sc != nil {
+		key = "sidecar:" + sc.Key()
+	}
+	if l, ok := t.byNS[key]; ok {
 		return l
 	}
-	l := make([]OutboundService, len(t.list))
-	copy(l, t.list)
-	for i := r[0]; i < r[1]; i++ {
-		o := &l[i]
-		o.Hosts = append([]string{o.Name}, o.Hosts...)
+	var l []OutboundService
+	if sc == nil {
+		l = make([]OutboundService, len(t.list))
+		copy(l, t.list)
+	} else {
+		for i, svc := range t.svcs {
+			if EgressAllows(sc, svc) {
+				l = append(l, t.list[i])
+			}
+		}
 	}
-	t.byNS[ns] = l
+	for i := range l {
+		if o := &l[i]; o.Namespace == ns {
+			o.Hosts = append([]string{o.Name}, o.Hosts...)
+		}
+	}
+	t.byNS[key] = l
 	return l
 }
 
@@ -382,7 +480,7 @@ func (e *Engine) outboundTable() *outTable {
 		return e.table
 	}
 	svcs := e.reg.Services()
-	t := &outTable{version: v, list: make([]OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]OutboundService{}}
+	t := &outTable{version: v, svcs: svcs, list: make([]OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]OutboundService{}}
 	for i, svc := range svcs {
 		r, ok := t.nsRange[svc.Namespace]
 		if !ok {

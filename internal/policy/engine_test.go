@@ -85,6 +85,15 @@ func TestIstio08Matrix(t *testing.T) {
 		}
 	}
 	golden(t, "matrix.golden", table.String())
+
+	// tls-check flags the service whose endpoint has no sidecar: t takes
+	// plaintext only, and the namespace's rule sends it ISTIO_MUTUAL.
+	for _, r := range e.TLSCheck(nil) {
+		wantConflict := strings.HasPrefix(r.Host, "t.")
+		if (r.Status == "CONFLICT") != wantConflict {
+			t.Errorf("tls-check %s:%d = %s (%s), want conflict %v", r.Host, r.Port, r.Status, r.Problem, wantConflict)
+		}
+	}
 }
 
 const meshMTLS = `apiVersion: meshauth.io/v1alpha1
@@ -180,6 +189,15 @@ spec:
     tls: {mode: DISABLE}
     portLevelSettings: [{port: {number: 8000}, tls: {mode: ISTIO_MUTUAL}}]
 `}, 8000, "OK", ServerStrict, ClientIstioMutual},
+		{"port-level DR setting by port name", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {name: grpc}, tls: {mode: DISABLE}}]
+`}, 9000, "CONFLICT", ServerStrict, ClientDisable},
 		{"DR without tls keeps mesh default", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: httpbin}
@@ -404,5 +422,114 @@ func TestRbacConfigModes(t *testing.T) {
 				t.Errorf("Authorize allow = %v with rbac on = %v: %s", d.Allow, tc.on, d.Reason)
 			}
 		})
+	}
+}
+
+func TestSidecarEgressScope(t *testing.T) {
+	e := load(t, nil, meshMTLS, httpbin, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: ratings, namespace: other}
+spec: {selector: {app: ratings}, ports: [{number: 9080}]}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: reviews, namespace: other}
+spec: {selector: {app: reviews}, ports: [{number: 9080}]}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata: {name: ratings-1, namespace: other, labels: {app: ratings}}
+spec: {serviceAccount: ratings, address: 10.0.1.1}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*", "other/ratings.other.svc.cluster.local"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: sleep-only-local, namespace: default}
+spec:
+  workloadSelector: {labels: {app: sleep}}
+  egress:
+  - hosts: ["./*"]
+`)
+	hosts := func(s *Snapshot) []string {
+		var out []string
+		for _, o := range s.Outbound {
+			out = append(out, o.Hosts[0])
+		}
+		return out
+	}
+	tests := []struct {
+		name, ns, workload string
+		scope              string
+		want               []string
+	}{
+		{"namespace default Sidecar", "default", "httpbin-1", "Sidecar/default/default", []string{"httpbin", "ratings.other"}},
+		{"workload selector wins", "default", "sleep-1", "Sidecar/default/sleep-only-local", []string{"httpbin"}},
+		{"no Sidecar: every service", "other", "ratings-1", "", []string{"httpbin.default", "ratings", "reviews"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := e.Snapshot(e.Registry().Workload(tc.ns, tc.workload))
+			if got := hosts(s); strings.Join(got, " ") != strings.Join(tc.want, " ") || s.OutboundScope != tc.scope {
+				t.Errorf("outbound %v scope %q, want %v scope %q", got, s.OutboundScope, tc.want, tc.scope)
+			}
+		})
+	}
+	x, err := e.Explain(e.Registry().Workload("default", "sleep-1"), e.Registry().Service("other", "ratings"), 9080, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Allow || x.OutOfScope != "Sidecar/default/sleep-only-local" {
+		t.Errorf("explain out of scope: %s", x.Text())
+	}
+}
+
+// TestSelfRegisteredEndpointsNeedAnAdmittedServiceAccount: a sidecar that
+// registers with a declared service's labels but another service account
+// must not become an endpoint or a server identity of that service.
+func TestSelfRegisteredEndpointsNeedAnAdmittedServiceAccount(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: open}
+spec: {selector: {app: open}, ports: [{number: 80}]}
+`)
+	reg := e.Registry()
+	for _, w := range []*registry.Workload{
+		{Name: "evil", Namespace: "default", ServiceAccount: "sleep", Labels: map[string]string{"app": "httpbin"}, Address: "10.6.6.6"},
+		{Name: "httpbin-2", Namespace: "default", ServiceAccount: "httpbin", Labels: map[string]string{"app": "httpbin"}, Address: "10.0.0.9"},
+		{Name: "open-1", Namespace: "default", ServiceAccount: "whoever", Labels: map[string]string{"app": "open"}, Address: "10.0.0.10"},
+	} {
+		if _, err := reg.Register(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(svc string) string {
+		var out []string
+		for _, w := range e.Endpoints(reg.Service("default", svc)) {
+			out = append(out, w.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	if got := names("httpbin"); got != "httpbin-1 httpbin-2" {
+		t.Errorf("httpbin endpoints = %q; the sleep-account registration must be left out", got)
+	}
+	if got := e.ServerIdentities(reg.Service("default", "httpbin")); len(got) != 1 || got[0] != "spiffe://cluster.local/ns/default/sa/httpbin" {
+		t.Errorf("httpbin server identities = %v", got)
+	}
+	if got := names("open"); got != "open-1" {
+		t.Errorf("a service with no declared endpoints admits registered sidecars; got %q", got)
+	}
+	s := e.Snapshot(reg.Workload("default", "sleep-1"))
+	for _, o := range s.Outbound {
+		for _, ep := range o.Endpoints {
+			if ep.Workload == "evil" {
+				t.Errorf("snapshot routes %s to the unadmitted registration", o.Name)
+			}
+		}
 	}
 }

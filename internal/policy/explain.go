@@ -31,6 +31,9 @@ type Explanation struct {
 	TargetPort   uint32                      `json:"targetPort"`
 	RBAC         Decision                    `json:"rbac"`
 	DecidingObjs []string                    `json:"decidedBy"`
+	// OutOfScope names the Sidecar whose egress hosts leave the service
+	// out of the client's outbound table (the call has no route).
+	OutOfScope string `json:"outOfScope,omitempty"`
 	Notes        []string                    `json:"notes,omitempty"`
 }
 
@@ -61,12 +64,15 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 			x.ServerIDs = c.Settings.SubjectAltNames
 			x.Notes = append(x.Notes, "subjectAltNames from "+c.DecidedBy+" replace the registry's service accounts")
 		}
+		if sc := e.SidecarFor(from); sc != nil && !EgressAllows(sc, svc) {
+			x.OutOfScope = sc.Key()
+		}
 	} else {
 		x.Client = ModeDecision[ClientTLSMode]{Mode: ClientDisable, DecidedBy: "Workload/" + from.Namespace + "/" + from.Name, Why: "no sidecar: the app's plaintext goes out as is"}
 	}
 	// Server side: the endpoints' sidecars apply the Policy; an endpoint
 	// without a sidecar takes plaintext only.
-	eps := e.reg.Endpoints(svc.Key())
+	eps := e.Endpoints(svc)
 	var withProxy, without []*registry.Workload
 	for _, w := range eps {
 		if w.Sidecar {
@@ -107,6 +113,9 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 	x.DecidingObjs = appendUnique(nil, x.Client.DecidedBy, x.Server.DecidedBy)
 	x.DecidingObjs = appendUnique(x.DecidingObjs, x.RBAC.DecidedBy...)
 	switch {
+	case x.OutOfScope != "":
+		x.DecidingObjs = appendUnique([]string{x.OutOfScope}, x.DecidingObjs...)
+		x.Reason = fmt.Sprintf("%s does not list %s in its egress hosts: the client's sidecar has no route to it", x.OutOfScope, svc.FQDN())
 	case len(eps) == 0:
 		x.Reason = "service " + svc.Key() + " has no endpoints"
 	case !x.TLSOK:

@@ -24,6 +24,10 @@ type index struct {
 	excluded map[string]bool
 	// roles: namespace -> roles with their bindings' subjects.
 	roles map[string][]*compiledRole
+	// sidecars: namespace -> Sidecars with a workloadSelector (by name);
+	// nsSidecar: namespace -> its Sidecar without one.
+	sidecars  map[string][]*config.Sidecar
+	nsSidecar map[string]*config.Sidecar
 }
 
 type compiledRole struct {
@@ -43,6 +47,15 @@ func compile(c *config.Config) *index {
 		drExact:    map[string]*config.DestinationRule{},
 		excluded:   map[string]bool{},
 		roles:      map[string][]*compiledRole{},
+		sidecars:   map[string][]*config.Sidecar{},
+		nsSidecar:  map[string]*config.Sidecar{},
+	}
+	for _, sc := range c.Sidecars {
+		if sc.Spec.WorkloadSelector == nil {
+			ix.nsSidecar[sc.Metadata.Namespace] = sc
+		} else {
+			ix.sidecars[sc.Metadata.Namespace] = append(ix.sidecars[sc.Metadata.Namespace], sc)
+		}
 	}
 	for _, p := range c.Policies {
 		ns := p.Metadata.Namespace

@@ -23,6 +23,9 @@ type Snapshot struct {
 
 	// Outbound lists every service this sidecar may call.
 	Outbound []OutboundService `json:"outbound,omitempty"`
+	// OutboundScope names the Sidecar object (kind/namespace/name) that
+	// limited Outbound to its egress hosts; empty means every service.
+	OutboundScope string `json:"outboundScope,omitempty"`
 
 	// RBAC holds the authorization rules that concern this workload as a
 	// server. Nil means authorization is off (every authenticated peer, or

@@ -22,14 +22,32 @@ type TLSCheckRow struct {
 // TLSCheck compares, for each port of each given service (every service
 // when svcs is nil), the server mode its sidecars enforce with the client
 // mode sidecars use to call it. PERMISSIVE servers are never a CONFLICT.
+// A service whose endpoints all run without a sidecar takes plaintext only,
+// whatever its Policy says.
 func (e *Engine) TLSCheck(svcs []*registry.Service) []TLSCheckRow {
 	if svcs == nil {
 		svcs = e.reg.Services()
 	}
 	var rows []TLSCheckRow
 	for _, svc := range svcs {
+		// Endpoints without a sidecar take plaintext whatever the Policy
+		// says: the case mtlsExcludedServices exists for.
+		var noSidecar *registry.Workload
+		eps := e.Endpoints(svc)
+		for i, w := range eps {
+			if w.Sidecar {
+				break
+			}
+			if i == len(eps)-1 {
+				noSidecar = eps[0]
+			}
+		}
 		for _, p := range svc.Ports {
 			r := TLSCheckRow{Host: svc.FQDN(), Port: p.Number, Server: e.ServerMode(svc, p.Number), Client: e.ClientMode(svc, p.Number, "").ModeDecision}
+			if noSidecar != nil {
+				r.Server = ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: "Workload/" + noSidecar.Namespace + "/" + noSidecar.Name,
+					Why: "no sidecar on the endpoints: plaintext only"}
+			}
 			ok, why := Compatible(r.Server.Mode, r.Client.Mode)
 			r.Status = "OK"
 			if !ok {

@@ -233,6 +233,9 @@ func FuzzHead(f *testing.F) {
 		if h2.chunked != h.chunked || h2.contentLength != h.contentLength || h2.upgrade != h.upgrade {
 			t.Fatalf("framing changed: %+v -> %+v for %q", h, h2, b)
 		}
+		if n := countFields(&h2, "content-length"); n > 1 {
+			t.Fatalf("re-serialized head carries Content-Length %d times: %q", n, out.Bytes())
+		}
 		if request && h2.path() != h.path() {
 			t.Fatalf("path changed %q -> %q", h.path(), h2.path())
 		}
@@ -260,4 +263,14 @@ func FuzzChunked(f *testing.F) {
 			t.Fatalf("relay of %q: got %q (%v), Go decodes the input as %q (%v)", b, got, err2, want, err1)
 		}
 	})
+}
+
+func countFields(h *head, name string) int {
+	n := 0
+	for _, f := range h.fields {
+		if asciiEqualFold(h.bytesOf(f.name), name) {
+			n++
+		}
+	}
+	return n
 }

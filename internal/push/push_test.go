@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,6 +60,8 @@ type env struct {
 	logs   *lockedBuffer
 	// debounce for the server (tests use a short one).
 	debounce time.Duration
+	// bundle verifies peers; tests swap it to revoke.
+	bundle atomic.Pointer[identity.Bundle]
 }
 
 // lockedBuffer is a log sink shared by the server's and clients' handlers.
@@ -100,7 +103,9 @@ func newEnvDebounce(t testing.TB, debounce time.Duration) *env {
 // simulate a control-plane restart).
 func (e *env) start(addr string, eng *policy.Engine) {
 	t := e.t
-	bundle := e.ca.Bundle()
+	if e.bundle.Load() == nil {
+		e.bundle.Store(e.ca.Bundle())
+	}
 	srvCert := e.ca.Issue(t, "spiffe://cluster.local/ns/meshauth-system/sa/meshd")
 	tlsCfg := &tls.Config{
 		Certificates: []tls.Certificate{srvCert.TLS},
@@ -113,7 +118,7 @@ func (e *env) start(addr string, eng *policy.Engine) {
 		Identity: func(ctx context.Context) (identity.ID, error) {
 			p, _ := peer.FromContext(ctx)
 			ti, _ := p.AuthInfo.(credentials.TLSInfo)
-			return bundle.Verify(ti.State.PeerCertificates, time.Now())
+			return e.bundle.Load().Verify(ti.State.PeerCertificates, time.Now())
 		},
 	}, eng)
 	e.server.SetBundle(&pb.TrustBundle{Version: 1, TrustDomain: "cluster.local", Roots: []string{string(e.ca.RootPEM())}})
@@ -139,6 +144,15 @@ func (e *env) stop() {
 // dial connects as spiffeID (no certificate when empty), verifying the
 // server against the test CA's root and the control plane's SPIFFE ID.
 func (e *env) dial(spiffeID string) *grpc.ClientConn {
+	var cert *catest.Cert
+	if spiffeID != "" {
+		cert = e.ca.Issue(e.t, spiffeID)
+	}
+	return e.dialCert(cert)
+}
+
+// dialCert connects presenting cert (none when nil).
+func (e *env) dialCert(cert *catest.Cert) *grpc.ClientConn {
 	bundle := e.ca.Bundle()
 	cfg := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
@@ -162,8 +176,8 @@ func (e *env) dial(spiffeID string) *grpc.ClientConn {
 			return nil
 		},
 	}
-	if spiffeID != "" {
-		cfg.Certificates = []tls.Certificate{e.ca.Issue(e.t, spiffeID).TLS}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{cert.TLS}
 	}
 	cc, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
@@ -280,6 +294,39 @@ func TestStreamAuthentication(t *testing.T) {
 	}
 	if e.reg.Workload("default", "httpbin-1").ServiceAccount != "httpbin" {
 		t.Error("a refused registration changed the declared workload")
+	}
+}
+
+// TestRevocationEndsStream: a sidecar whose certificate is revoked while
+// connected loses its stream at the next bundle push, and cannot reconnect.
+func TestRevocationEndsStream(t *testing.T) {
+	e := newEnv(t)
+	cert := e.ca.Issue(t, "spiffe://cluster.local/ns/default/sa/sleep")
+	c := NewClient(ClientConfig{
+		Conn:       e.dialCert(cert),
+		Register:   func() *pb.Register { return &pb.Register{Workload: "sleep-1"} },
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(e.logs, nil)),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "connected", func() bool { return c.Connected() && len(e.server.Status()) == 1 })
+
+	e.bundle.Store(e.ca.Bundle(cert))
+	e.server.SetBundle(&pb.TrustBundle{Version: 2, TrustDomain: "cluster.local", Roots: []string{string(e.ca.RootPEM())},
+		Revocations: []*pb.Revocation{{Serial: cert.Serial(), SpiffeId: "spiffe://cluster.local/ns/default/sa/sleep"}}})
+	waitFor(t, "stream ended", func() bool { return len(e.server.Status()) == 0 })
+	time.Sleep(300 * time.Millisecond) // several reconnect attempts
+	if n := len(e.server.Status()); n != 0 {
+		t.Fatalf("revoked sidecar reconnected (%d streams)", n)
+	}
+	if e.server.Stats().Refused == 0 {
+		t.Error("no refusal counted")
+	}
+	if e.reg.Workload("default", "sleep-1") != nil {
+		t.Error("revoked sidecar's registration stayed in the registry")
 	}
 }
 

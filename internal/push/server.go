@@ -82,6 +82,10 @@ type conn struct {
 	workload string
 	kick     chan struct{}
 
+	// bundleChecked is the bundle version the peer certificate was last
+	// checked against (for revocations that arrive while connected).
+	bundleChecked uint64
+
 	mu      sync.Mutex
 	gen     uint64
 	sent    string
@@ -209,12 +213,13 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 		w.Ports = append(w.Ports, registry.WorkloadPort{Number: p, SidecarPort: sp})
 	}
 	reger := s.engine.Load().Registry()
-	if _, err := reger.Register(w); err != nil {
+	registered, err := reger.Register(w)
+	if err != nil {
 		s.refused.Add(1)
 		s.log.Warn("registration refused", "spiffe_id", id.String(), "workload", reg.Workload, "error", err)
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	defer reger.Unregister(w.Namespace, w.Name)
+	defer reger.UnregisterIf(registered)
 
 	c := &conn{id: id, workload: w.Namespace + "/" + w.Name, kick: make(chan struct{}, 1)}
 	s.mu.Lock()
@@ -288,8 +293,20 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 	if w == nil {
 		return status.Errorf(codes.NotFound, "workload %s left the registry", c.workload)
 	}
-	snap := e.Snapshot(w)
 	b := s.bundle.Load()
+	// A certificate revoked while its stream is open ends the stream: the
+	// revoked workload gets no more policy or endpoints. (Expiry does not:
+	// the sidecar renews its certificate but keeps its TLS connection, and
+	// proved its identity when it connected.)
+	if b != nil && b.Version != c.bundleChecked {
+		c.bundleChecked = b.Version
+		if _, err := s.cfg.Identity(stream.Context()); errors.Is(err, identity.ErrRevoked) {
+			s.refused.Add(1)
+			s.log.Warn("sidecar certificate revoked; ending its discovery stream", "workload", c.workload, "spiffe_id", c.id.String(), "error", err)
+			return status.Errorf(codes.PermissionDenied, "workload certificate revoked: %v", err)
+		}
+	}
+	snap := e.Snapshot(w)
 	js, version, err := encode(snap, b)
 	if err != nil {
 		return status.Errorf(codes.Internal, "encode snapshot: %v", err)

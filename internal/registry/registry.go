@@ -367,6 +367,18 @@ func (r *Registry) Unregister(namespace, name string) {
 	}
 }
 
+// UnregisterIf removes w only if it is still the registered entry: when a
+// sidecar reconnects before its old stream is torn down, the old stream's
+// cleanup must not remove the new registration.
+func (r *Registry) UnregisterIf(w *Workload) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur, ok := r.workloads[w.Key()]; ok && cur == w && cur.Source == SourceSidecar {
+		r.deleteWorkload(w.Key())
+		r.changed()
+	}
+}
+
 // Sync makes the registry's entries of one source exactly the given ones:
 // entries of that source not listed are removed; others are left alone.
 // One notification covers the whole batch.

@@ -82,6 +82,20 @@ func TestRegisterRespectsDeclaredIdentity(t *testing.T) {
 	}
 }
 
+func TestUnregisterIfKeepsANewerRegistration(t *testing.T) {
+	r := New()
+	old, _ := r.Register(&Workload{Name: "sleep-1", Namespace: "default", ServiceAccount: "sleep", Address: "10.0.0.3"})
+	cur, _ := r.Register(&Workload{Name: "sleep-1", Namespace: "default", ServiceAccount: "sleep", Address: "10.0.0.4"})
+	r.UnregisterIf(old) // the old stream ends after the sidecar reconnected
+	if w := r.Workload("default", "sleep-1"); w != cur {
+		t.Fatalf("after the old stream's cleanup: %+v, want the new registration", w)
+	}
+	r.UnregisterIf(cur)
+	if r.Workload("default", "sleep-1") != nil {
+		t.Fatal("UnregisterIf(current) kept the workload")
+	}
+}
+
 func TestSyncReplacesOnlyItsSource(t *testing.T) {
 	r := New()
 	r.Register(&Workload{Name: "dyn", Namespace: "default", ServiceAccount: "sleep"})

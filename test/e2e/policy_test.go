@@ -88,7 +88,10 @@ func TestPolicyDisablesMTLS(t *testing.T) {
 	out := m.waitTLSCheck(t, "CONFLICT")
 	t.Logf("tls-check after removing the Policy:\n%s", out)
 
-	// meshctl check sees the same CONFLICT, fails, and says so in JSON.
+	// Once httpbin's sidecar has applied STRICT (a new plaintext call is
+	// refused), meshctl check sees the same CONFLICT, fails, and says so in
+	// JSON, while the certificates themselves are fine.
+	expect(t, settle(t, s.legacyToHttpbin, matches(wantReset)), wantReset, "legacy -> httpbin, server STRICT again")
 	checkOut, code := m.meshctl("check", "-o", "json")
 	if code != 1 {
 		t.Errorf("meshctl check with a CONFLICT: exit %d, want 1", code)
