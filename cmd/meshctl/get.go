@@ -36,6 +36,12 @@ func policyState(ctx context.Context, files []string) (*control.State, error) {
 		reg.Sync(registry.SourceConfig, ss, ws)
 		return &control.State{Config: cfg, Registry: reg.State()}, nil
 	}
+	// --kubeconfig: read the cluster directly (kubestate.go).
+	if clusterState != nil {
+		if st, ok, err := clusterState(ctx); ok {
+			return st, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := dialControl(ctx, true, "")

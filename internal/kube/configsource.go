@@ -169,48 +169,111 @@ type candidate struct {
 }
 
 func (s *ConfigSource) rebuild(ctx context.Context) {
-	var cands []*candidate
-	rejected := map[string]string{}
-	reject := func(c *candidate, msg string) {
-		rejected[c.key] = msg
-		s.report(ctx, c.u, msg)
-	}
+	objs := map[string][]*unstructured.Unstructured{}
 	for _, k := range ConfigKinds {
 		for _, item := range s.stores[k.Kind].List() {
-			u, ok := item.(*unstructured.Unstructured)
-			if !ok {
-				continue
+			if u, ok := item.(*unstructured.Unstructured); ok {
+				objs[k.Kind] = append(objs[k.Kind], u)
 			}
+		}
+	}
+	var mesh *corev1.ConfigMap
+	if item, ok, _ := s.cmStore.GetByKey(s.cfg.MeshNamespace + "/" + s.cfg.MeshConfigMap); ok {
+		mesh, _ = item.(*corev1.ConfigMap)
+	}
+	res := BuildConfig(objs, mesh)
+	for _, r := range res.Invalid {
+		if r.Object != nil {
+			s.report(ctx, r.Object, r.Message)
+		} else {
+			s.log.Warn("mesh ConfigMap is invalid and not applied", "configmap", s.cfg.MeshNamespace+"/"+s.cfg.MeshConfigMap, "error", r.Message)
+		}
+	}
+	if res.Err != nil {
+		s.log.Error("config rejected; the last good config stays", "error", res.Err)
+		return
+	}
+	s.mu.Lock()
+	s.rejected = res.Rejected()
+	same := bytes.Equal(res.YAML, s.last)
+	s.last = append([]byte(nil), res.YAML...)
+	s.mu.Unlock()
+	if !same {
+		if err := writeFileAtomic(s.cfg.OutFile, res.YAML); err != nil {
+			s.log.Error("write config", "file", s.cfg.OutFile, "error", err)
+			return
+		}
+		s.log.Info("config from cluster", "objects", res.Objects, "rejected", len(res.Invalid))
+	}
+	if s.cfg.OnChange != nil {
+		s.cfg.OnChange(res.Config)
+	}
+}
+
+// Invalid is one object left out of the config, and why.
+type Invalid struct {
+	Key     string                     // Kind/namespace/name
+	Object  *unstructured.Unstructured // nil for the mesh ConfigMap
+	Message string
+}
+
+// BuildResult is what BuildConfig made of the cluster's objects.
+type BuildResult struct {
+	// Config holds every valid object (never nil unless Err is set).
+	Config *config.Config
+	// YAML is the valid objects as one stream, sorted by key.
+	YAML    []byte
+	Objects int
+	Invalid []Invalid
+	// Err is set when the valid objects could not be combined and no
+	// object was to blame (nothing is applied then).
+	Err error
+}
+
+// Rejected returns Invalid as a map from key to message.
+func (r *BuildResult) Rejected() map[string]string {
+	m := map[string]string{}
+	for _, i := range r.Invalid {
+		m[i.Key] = i.Message
+	}
+	return m
+}
+
+// BuildConfig validates the config objects (by kind) and the mesh ConfigMap
+// and returns the valid ones as a config. Each object is checked alone, then
+// all together; objects named by a combined error are dropped and the rest
+// tried again, so one bad object never takes the good ones down.
+func BuildConfig(objs map[string][]*unstructured.Unstructured, mesh *corev1.ConfigMap) *BuildResult {
+	res := &BuildResult{}
+	var cands []*candidate
+	for _, k := range ConfigKinds {
+		for _, u := range objs[k.Kind] {
 			c := &candidate{key: objectKey(k.Kind, u.GetNamespace(), u.GetName()), u: u}
 			doc, err := toConfigYAML(u)
 			if err != nil {
-				reject(c, err.Error())
+				res.Invalid = append(res.Invalid, Invalid{c.key, u, err.Error()})
 				continue
 			}
 			c.doc = doc
-			objs, errs := config.Parse(sourceName(k, u), doc)
+			parsed, errs := config.Parse(sourceName(k, u), doc)
 			if len(errs) > 0 {
-				reject(c, errs.Error())
+				res.Invalid = append(res.Invalid, Invalid{c.key, u, errs.Error()})
 				continue
 			}
-			c.objs = objs
+			c.objs = parsed
 			cands = append(cands, c)
 		}
 	}
-	if mesh := s.meshObject(); mesh != nil {
-		objs, errs := config.Parse(mesh.key, mesh.doc)
+	if mc := meshObject(mesh); mc != nil {
+		parsed, errs := config.Parse(mc.key, mc.doc)
 		if len(errs) > 0 {
-			rejected[mesh.key] = errs.Error()
-			s.log.Warn("mesh ConfigMap is invalid and not applied", "configmap", s.cfg.MeshNamespace+"/"+s.cfg.MeshConfigMap, "error", errs.Error())
+			res.Invalid = append(res.Invalid, Invalid{mc.key, nil, errs.Error()})
 		} else {
-			mesh.objs = objs
-			cands = append(cands, mesh)
+			mc.objs = parsed
+			cands = append(cands, mc)
 		}
 	}
-	// Objects that are fine alone can still clash (two Policies for one
-	// port, a binding to a missing role): drop the ones named in the errors
-	// and try again, so one bad object never takes the good ones down.
-	var cfg *config.Config
+	cfg := &config.Config{}
 	for len(cands) > 0 {
 		var all []any
 		for _, c := range cands {
@@ -223,8 +286,8 @@ func (s *ConfigSource) rebuild(ctx context.Context) {
 		}
 		var list config.ErrorList
 		if !errors.As(err, &list) {
-			s.log.Error("config rejected", "error", err)
-			return
+			res.Err = err
+			return res
 		}
 		bad := map[string][]string{}
 		for _, e := range list {
@@ -233,49 +296,28 @@ func (s *ConfigSource) rebuild(ctx context.Context) {
 		kept := cands[:0]
 		for _, c := range cands {
 			if msgs, ok := bad[c.key]; ok {
-				if c.u != nil {
-					reject(c, strings.Join(msgs, "\n"))
-				} else {
-					rejected[c.key] = strings.Join(msgs, "\n")
-				}
+				res.Invalid = append(res.Invalid, Invalid{c.key, c.u, strings.Join(msgs, "\n")})
 				continue
 			}
 			kept = append(kept, c)
 		}
 		if len(kept) == len(cands) {
-			// No error named an object we hold: give up on this round
-			// rather than loop; the last good file stays in place.
-			s.log.Error("config rejected", "error", err)
-			return
+			// No error named an object we hold: refuse rather than loop.
+			res.Err = err
+			return res
 		}
 		cands = kept
-	}
-	if len(cands) == 0 {
 		cfg = &config.Config{}
 	}
-
 	sort.Slice(cands, func(i, j int) bool { return cands[i].key < cands[j].key })
 	var out bytes.Buffer
-	out.WriteString("# Written by meshd control --kube from the cluster's config objects; do not edit.\n")
+	out.WriteString("# Written by meshd kube-control from the cluster's config objects; do not edit.\n")
 	for _, c := range cands {
 		out.WriteString("---\n")
 		out.Write(c.doc)
 	}
-	s.mu.Lock()
-	s.rejected = rejected
-	same := bytes.Equal(out.Bytes(), s.last)
-	s.last = append([]byte(nil), out.Bytes()...)
-	s.mu.Unlock()
-	if !same {
-		if err := writeFileAtomic(s.cfg.OutFile, out.Bytes()); err != nil {
-			s.log.Error("write config", "file", s.cfg.OutFile, "error", err)
-			return
-		}
-		s.log.Info("config from cluster", "objects", len(cands), "rejected", len(rejected))
-	}
-	if s.cfg.OnChange != nil {
-		s.cfg.OnChange(cfg)
-	}
+	res.Config, res.YAML, res.Objects = cfg, out.Bytes(), len(cands)
+	return res
 }
 
 func objectKey(kind, ns, name string) string {
@@ -314,19 +356,15 @@ func toConfigYAML(u *unstructured.Unstructured) ([]byte, error) {
 // meshObject converts the seed's mesh ConfigMap ("mesh" key, Istio's
 // MeshConfig YAML) to a MeshConfig object, keeping the keys meshauth uses;
 // Istio's other mesh settings (mixer, proxy defaults) are ignored.
-func (s *ConfigSource) meshObject() *candidate {
-	item, ok, _ := s.cmStore.GetByKey(s.cfg.MeshNamespace + "/" + s.cfg.MeshConfigMap)
-	if !ok {
+func meshObject(cm *corev1.ConfigMap) *candidate {
+	if cm == nil {
 		return nil
 	}
-	cm, ok := item.(*corev1.ConfigMap)
-	if !ok {
-		return nil
-	}
-	key := "ConfigMap/" + cm.Namespace + "/" + cm.Name
+	key := config.KindMeshConfig + "/mesh"
 	var mesh map[string]any
 	if err := yaml.Unmarshal([]byte(cm.Data["mesh"]), &mesh); err != nil {
-		return &candidate{key: key, doc: []byte("{invalid: [")} // Parse reports it
+		// config.Parse reports the syntax error with its position.
+		return &candidate{key: key, doc: []byte(cm.Data["mesh"])}
 	}
 	spec := map[string]any{}
 	for _, k := range []string{"authPolicy", "trustDomain", "mtlsExcludedServices"} {
@@ -338,7 +376,7 @@ func (s *ConfigSource) meshObject() *candidate {
 		"apiVersion": config.MeshV1alpha1, "kind": config.KindMeshConfig,
 		"metadata": map[string]any{"name": "mesh"}, "spec": spec,
 	})
-	return &candidate{key: config.KindMeshConfig + "/mesh", doc: doc}
+	return &candidate{key: key, doc: doc}
 }
 
 // report records a Warning event on the object, once per resourceVersion,

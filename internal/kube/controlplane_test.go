@@ -266,8 +266,8 @@ spec:
 		})
 	})
 
+	meshctl := buildMeshctl(t)
 	t.Run("meshctl tls-check against the cluster", func(t *testing.T) {
-		meshctl := buildMeshctl(t)
 		out, err := exec.Command(meshctl, "--dir", dir, "tls-check", "httpbin."+ns).CombinedOutput()
 		t.Logf("meshctl tls-check httpbin.%s:\n%s", ns, out)
 		if err != nil {
@@ -277,6 +277,25 @@ spec:
 			if !bytes.Contains(out, []byte(want)) {
 				t.Errorf("output lacks %q", want)
 			}
+		}
+	})
+
+	t.Run("meshctl --kubeconfig tls-check reads the cluster directly", func(t *testing.T) {
+		cmd := exec.Command(meshctl, "--kubeconfig", env.Kubeconfig(t), "--mesh-namespace", system, "tls-check", "httpbin."+ns)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("meshctl --kubeconfig tls-check: %v", err)
+		}
+		for _, want := range []string{"OK", "STRICT", "ISTIO_MUTUAL", "Policy/" + ns + "/default"} {
+			if !bytes.Contains(stdout.Bytes(), []byte(want)) {
+				t.Errorf("stdout lacks %q", want)
+			}
+		}
+		if !strings.Contains(stderr.String(), "not applied: Policy/"+ns+"/bad") {
+			t.Errorf("stderr does not report the invalid Policy bad")
 		}
 	})
 
