@@ -273,8 +273,13 @@ func (c *SecretController) Reconcile(ctx context.Context, key string) error {
 	}
 	if _, err := secrets.Create(ctx, s, metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
-			// Our cache is behind; the next event for it reconciles again.
-			return fmt.Errorf("create secret %s/%s: %w", ns, s.Name, err)
+			// Our informer only sees Secrets of our type: one of another
+			// type with our name is someone else's, and we leave it.
+			if other, gerr := secrets.Get(ctx, s.Name, metav1.GetOptions{}); gerr == nil && other.Type != SecretType {
+				c.log.Warn("a Secret with the workload secret's name but another type exists; not touching it",
+					"namespace", ns, "secret", s.Name, "type", string(other.Type))
+				return nil
+			}
 		}
 		return fmt.Errorf("create secret %s/%s: %w", ns, s.Name, err)
 	}

@@ -533,3 +533,44 @@ spec: {selector: {app: open}, ports: [{number: 80}]}
 		}
 	}
 }
+
+func TestLint(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: typo}
+spec:
+  targets: [{name: htpbin}, {name: httpbin, ports: [{number: 8080}]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: typo}
+spec:
+  host: htpbin
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: ok}
+spec:
+  host: httpbin
+  trafficPolicy: {portLevelSettings: [{port: {number: 8000}, tls: {mode: DISABLE}}, {port: {name: metrics}, tls: {mode: DISABLE}}]}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: all}
+spec:
+  host: "*.local"
+`)
+	var got []string
+	for _, w := range e.Lint() {
+		got = append(got, w.String())
+	}
+	want := []string{
+		`inline-1.yaml:5:13: Policy/default/typo: warning: target "htpbin" is not a service in namespace default: this part of the policy applies to nothing`,
+		`inline-1.yaml:5:29: Policy/default/typo: warning: service default/httpbin has no port 8080: the port target applies to nothing`,
+		`inline-1.yaml:13:1: DestinationRule/default/ok: warning: service default/httpbin has no port metrics: those port-level settings apply to nothing`,
+		`inline-1.yaml:7:1: DestinationRule/default/typo: warning: host htpbin.default.svc.cluster.local is not a service in the mesh: the rule applies to nothing (an external host needs no rule here)`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Lint:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
