@@ -96,7 +96,7 @@ func ratio(a, b float64) string {
 func (rep *report) best(metric string, higher bool) (string, float64) {
 	name, val := "", math.NaN()
 	for _, r := range rep.results {
-		if r.v.name == "direct" || r.v.name == "meshauth" {
+		if !r.v.peer {
 			continue
 		}
 		x := r.med(metric)
@@ -243,7 +243,7 @@ func (rep *report) targets(b *strings.Builder, m *result, dm func(string) float6
 	add := rep.addedP50(m)
 	bn, bv := "", math.NaN()
 	for _, r := range rep.results {
-		if r.v.name == "direct" || r.v.name == "meshauth" {
+		if !r.v.peer {
 			continue
 		}
 		if a := rep.addedP50(r); !math.IsNaN(a) && (math.IsNaN(bv) || a < bv) {

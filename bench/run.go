@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -273,8 +274,9 @@ func startVariant(ctx context.Context, e *env, cfg *config, name string) (*varia
 	switch name {
 	case "direct":
 		return &variant{name: "direct", label: "direct (no proxy)", addr: e.backend, target: e.backend}, nil
-	case "meshauth":
-		return startMeshauth(ctx, e, cfg)
+	}
+	if name == "meshauth" || strings.HasPrefix(name, "meshauth@") || strings.HasPrefix(name, "meshauth+") {
+		return startMeshauth(ctx, e, cfg, name)
 	}
 	for _, p := range peers {
 		if p.name != name {
