@@ -574,3 +574,31 @@ spec:
 		t.Errorf("Lint:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestDestinationRulesAcrossNamespaces: rules for one host in several
+// namespaces are allowed; the service's own namespace wins for every
+// client, and Lint names the rule that has no effect.
+func TestDestinationRulesAcrossNamespaces(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: from-client-ns, namespace: aaa}
+spec:
+  host: httpbin.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: owner, namespace: default}
+spec:
+  host: httpbin
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+`)
+	c := e.ClientMode(e.Registry().Service("default", "httpbin"), 8000, "")
+	if c.Mode != ClientIstioMutual || c.DecidedBy != "DestinationRule/default/owner" {
+		t.Errorf("client mode = %s by %s, want ISTIO_MUTUAL by the service namespace's rule", c.Mode, c.DecidedBy)
+	}
+	ws := e.Lint()
+	if len(ws) != 1 || ws[0].Object != "DestinationRule/aaa/from-client-ns" || !strings.Contains(ws[0].Msg, "no effect") {
+		t.Errorf("Lint = %v", ws)
+	}
+}

@@ -70,6 +70,20 @@ func (e *Engine) Lint() []Warning {
 			}
 		}
 	}
+	// Rules for the same host in several namespaces: one wins for every
+	// client; say which.
+	for _, svc := range e.reg.Services() {
+		drs := e.ix.drExact[svc.FQDN()]
+		if len(drs) < 2 {
+			continue
+		}
+		win := e.ix.destinationRule(svc.FQDN(), svc.Namespace)
+		for _, dr := range drs {
+			if dr != win {
+				out = append(out, Warning{dr.Source, dr.Key(), fmt.Sprintf("host %s is also configured by %s, which wins for every client: this rule has no effect", svc.FQDN(), win.Key())})
+			}
+		}
+	}
 	if rc := cfg.RbacConfig; rc != nil {
 		for _, t := range []*config.RbacTarget{rc.Spec.Inclusion, rc.Spec.Exclusion} {
 			if t == nil {
