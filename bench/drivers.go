@@ -49,7 +49,7 @@ func runWrk(ctx context.Context, dir string, v *variant, conns int, d time.Durat
 		args = append(args, "-H", "Connection: close")
 	}
 	if v.proxy {
-		script := filepath.Join(dir, "wrk-proxy-"+v.name+".lua")
+		script := filepath.Join(dir, "wrk-proxy-"+fileTag(v.name)+".lua")
 		lua := fmt.Sprintf("wrk.path = %q\nwrk.headers[\"Host\"] = %q\n", v.url("/"), v.target)
 		if err := os.WriteFile(script, []byte(lua), 0o644); err != nil {
 			return wrkResult{}, err
@@ -122,7 +122,7 @@ type fortioReport struct {
 // names a host that is not loopback, because Go never proxies loopback.
 func runFortio(ctx context.Context, dir, fortio string, v *variant, qps, conns int, d time.Duration) (latencyResult, error) {
 	var r latencyResult
-	jsonPath := filepath.Join(dir, "fortio-"+v.name+".json")
+	jsonPath := filepath.Join(dir, "fortio-"+fileTag(v.name)+".json")
 	args := []string{"load", "-qps", strconv.Itoa(qps), "-c", strconv.Itoa(conns), "-t", d.String(),
 		"-r", "0.00001", "-p", "50,90,99", "-stdclient", "-loglevel", "Error", "-json", jsonPath}
 	if v.proxy {
@@ -347,3 +347,13 @@ func runUpload(ctx context.Context, v *variant, size int64) (float64, error) {
 }
 
 var errSkipped = errors.New("skipped")
+
+// fileTag makes a variant name usable in a file name.
+func fileTag(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '_'
+	}, name)
+}

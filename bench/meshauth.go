@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -32,15 +33,35 @@ const (
 // mTLS connections to the server sidecar, which checks the client's
 // identity and forwards to the backend. Certificates come from our CA
 // (`meshd control`): each sidecar's agent gets its own with a join token.
-func startMeshauth(ctx context.Context, e *env, cfg *config) (*variant, error) {
-	meshd, err := cfg.meshdBinary(e.dir)
-	if err != nil {
-		return nil, fmt.Errorf("%w: meshauth: %v", errSkipped, err)
+//
+// spec is "meshauth", or "meshauth@/path/to/meshd" and/or "+KEY=VALUE"
+// suffixes for an A/B pair in the same run (another build, another
+// environment), e.g. "meshauth@/tmp/meshd-before" or "meshauth+GOMAXPROCS=2".
+func startMeshauth(ctx context.Context, e *env, cfg *config, spec string) (*variant, error) {
+	rest := strings.TrimPrefix(spec, "meshauth")
+	parts := strings.Split(rest, "+")
+	bin, extraEnv := strings.TrimPrefix(parts[0], "@"), parts[1:]
+	meshd := bin
+	if meshd == "" {
+		var err error
+		if meshd, err = cfg.meshdBinary(e.dir); err != nil {
+			return nil, fmt.Errorf("%w: meshauth: %v", errSkipped, err)
+		}
+	}
+	env := append(append([]string{}, cfg.MeshdEnv...), extraEnv...)
+	label := "meshauth sidecar pair"
+	if spec != "meshauth" {
+		label += " (" + strings.TrimPrefix(rest, "+") + ")"
+	}
+	// Files and directories of this pair, apart from any other pair's.
+	tag := "meshauth"
+	if spec != "meshauth" {
+		tag = fmt.Sprintf("meshauth-%x", sha256.Sum256([]byte(spec)))[:17]
 	}
 	if out, err := exec.Command(meshd, "sidecar", "--help").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("%w: meshauth: %s has no working sidecar command yet (%v: %s)", errSkipped, meshd, err, firstLine(out))
 	}
-	v := &variant{name: "meshauth", label: "meshauth sidecar pair", proxy: true,
+	v := &variant{name: spec, label: label, proxy: true,
 		target: net.JoinHostPort(meshService+"."+meshNamespace, strconv.Itoa(meshServicePort))}
 	ok := false
 	defer func() {
@@ -52,7 +73,7 @@ func startMeshauth(ctx context.Context, e *env, cfg *config) (*variant, error) {
 
 	// The control plane keeps running (the agents watch its trust bundle)
 	// but is not counted: it is idle while requests flow.
-	cdir := filepath.Join(e.dir, "mesh-control")
+	cdir := filepath.Join(e.dir, tag+"-control")
 	control, err := startControlPlane(ctx, meshd, cdir)
 	if err != nil {
 		return nil, err
@@ -102,12 +123,12 @@ func startMeshauth(ctx context.Context, e *env, cfg *config) (*variant, error) {
 		{"server", serverSnap, []string{"--inbound", v.serverTLS + "=" + e.backend, "--outbound-listen", ""}, v.serverTLS},
 		{"client", clientSnap, []string{"--outbound-listen", v.addr}, v.addr},
 	} {
-		snapPath := filepath.Join(e.dir, "meshauth-"+side.sa+".json")
+		snapPath := filepath.Join(e.dir, tag+"-"+side.sa+".json")
 		b, _ := json.MarshalIndent(side.snap, "", "  ")
 		if err := os.WriteFile(snapPath, b, 0o644); err != nil {
 			return nil, err
 		}
-		certs := filepath.Join(e.dir, "meshauth-certs-"+side.sa)
+		certs := filepath.Join(e.dir, tag+"-certs-"+side.sa)
 		os.RemoveAll(certs) // certificates of an earlier run's CA would not verify
 		adminPort, err := freePort()
 		if err != nil {
@@ -122,7 +143,7 @@ func startMeshauth(ctx context.Context, e *env, cfg *config) (*variant, error) {
 			// The peers log nothing per connection; neither does this.
 			"--access-log=false", "--log-level", "warn",
 		}, side.args...)
-		p, err := startProc(e.dir, "meshauth-"+side.sa, meshd, args, cfg.MeshdEnv)
+		p, err := startProc(e.dir, tag+"-"+side.sa, meshd, args, env)
 		if err != nil {
 			return nil, err
 		}

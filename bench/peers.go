@@ -24,6 +24,8 @@ type variant struct {
 	serverTLS string
 	// procs are the two proxies whose CPU and memory are measured.
 	procs []*proc
+	// peer marks the other proxies (the "best peer" comparisons).
+	peer bool
 	// aux are other processes the variant needs (meshauth's control
 	// plane), stopped with it but not measured.
 	aux []*proc
@@ -91,7 +93,7 @@ func twoPorts() (string, string, error) {
 // startPair writes two config files, starts both sides and waits for them.
 func startPair(ctx context.Context, e *env, name, label, bin string, clientAddr, serverAddr string,
 	confs [2]string, args func(conf string) []string) (*variant, error) {
-	v := &variant{name: name, label: label, addr: clientAddr, target: clientAddr, serverTLS: serverAddr}
+	v := &variant{name: name, label: label, addr: clientAddr, target: clientAddr, serverTLS: serverAddr, peer: true}
 	for i, side := range []string{"server", "client"} {
 		conf := filepath.Join(e.dir, name+"-"+side+".conf")
 		if err := os.WriteFile(conf, []byte(confs[i]), 0o600); err != nil {

@@ -155,18 +155,8 @@ func runChecks(ctx context.Context) []checkResult {
 
 	// 2. Roots.
 	for _, r := range st.Roots {
-		name := fmt.Sprintf("root %s (%s)", short(r.Fingerprint), r.State)
-		left := r.NotAfter.Sub(now)
-		switch {
-		case now.Before(r.NotBefore):
-			add(name, checkFail, "not valid before %s", r.NotBefore.Format(time.RFC3339))
-		case left <= 0:
-			add(name, checkFail, "expired %s; rotate with meshctl ca rotate-root", r.NotAfter.Format(time.RFC3339))
-		case left < rootWarnWindow:
-			add(name, checkWarn, "expires %s (%s left, under 30 days); rotate with meshctl ca rotate-root", r.NotAfter.Format("2006-01-02"), fmtLeft(left))
-		default:
-			add(name, checkPass, "%s, valid until %s (%s left)", r.Subject, r.NotAfter.Format("2006-01-02"), fmtLeft(left))
-		}
+		verdict, detail := checkRoot(r, now)
+		add(fmt.Sprintf("root %s (%s)", short(r.Fingerprint), r.State), verdict, "%s", detail)
 	}
 	if len(st.Roots) == 0 {
 		add("roots", checkFail, "the trust bundle has no roots")
@@ -275,6 +265,20 @@ func runChecks(ctx context.Context) []checkResult {
 		out = append(out, reachability(ctx, eng, reg, cfg, tmo)...)
 	}
 	return out
+}
+
+// checkRoot judges one root of the trust bundle at time now.
+func checkRoot(r ca.RootStatus, now time.Time) (status, detail string) {
+	left := r.NotAfter.Sub(now)
+	switch {
+	case now.Before(r.NotBefore):
+		return checkFail, fmt.Sprintf("not valid before %s", r.NotBefore.Format(time.RFC3339))
+	case left <= 0:
+		return checkFail, fmt.Sprintf("expired %s; rotate with meshctl ca rotate-root", r.NotAfter.Format(time.RFC3339))
+	case left < rootWarnWindow:
+		return checkWarn, fmt.Sprintf("expires %s (%s left, under 30 days); rotate with meshctl ca rotate-root", r.NotAfter.Format("2006-01-02"), fmtLeft(left))
+	}
+	return checkPass, fmt.Sprintf("%s, valid until %s (%s left)", r.Subject, r.NotAfter.Format("2006-01-02"), fmtLeft(left))
 }
 
 // probeAddr is where a workload's sidecar serves inbound TLS: the explicit

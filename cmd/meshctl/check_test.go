@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -90,5 +91,30 @@ func TestFmtLeft(t *testing.T) {
 		if got := fmtLeft(d); got != want {
 			t.Errorf("fmtLeft(%s) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+func TestCheckRoot(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	root := func(nb, na time.Time) ca.RootStatus {
+		return ca.RootStatus{CertStatus: ca.CertStatus{Subject: "CN=root", NotBefore: nb, NotAfter: na}, State: "signing"}
+	}
+	tests := []struct {
+		name string
+		r    ca.RootStatus
+		want string
+	}{
+		{"ten years left", root(now.Add(-time.Hour), now.AddDate(10, 0, 0)), checkPass},
+		{"31 days left", root(now.AddDate(-1, 0, 0), now.AddDate(0, 0, 31)), checkPass},
+		{"29 days left", root(now.AddDate(-1, 0, 0), now.AddDate(0, 0, 29)), checkWarn},
+		{"expired", root(now.AddDate(-1, 0, 0), now.Add(-time.Second)), checkFail},
+		{"not yet valid", root(now.Add(time.Hour), now.AddDate(1, 0, 0)), checkFail},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got, detail := checkRoot(tt.r, now); got != tt.want {
+				t.Errorf("checkRoot = %s (%s), want %s", got, detail, tt.want)
+			}
+		})
 	}
 }

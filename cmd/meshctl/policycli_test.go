@@ -65,6 +65,7 @@ func TestPolicyCLIGolden(t *testing.T) {
 		golden string
 	}{
 		{"validate ok", []string{"validate", "-f", rbac}, 0, "validate-ok.golden"},
+		{"validate warns about a target that names nothing", []string{"validate", "-f", "testdata/policycli/typo.yaml"}, 0, "validate-warnings.golden"},
 		{"validate errors", []string{"validate", "-f", "../../internal/config/testdata/invalid/enums.yaml"}, 1, "validate-errors.golden"},
 		{"tls-check matrix", []string{"tls-check", "-f", matrix, "-f", matrixReg}, 1, "tlscheck-matrix.golden"},
 		{"tls-check one service", []string{"tls-check", "d", "-f", matrix, "-f", matrixReg}, 0, "tlscheck-d.golden"},

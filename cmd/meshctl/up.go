@@ -77,7 +77,9 @@ func runUp(ctx context.Context, out, errOut io.Writer) error {
 
 	cmd := exec.Command(meshd, args...)
 	cmd.Stdout, cmd.Stderr = errOut, errOut // the control plane's log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own process group so Ctrl-C reaches only us and we stop it in order;
+	// Pdeathsig so it does not outlive us if we are killed outright.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	fmt.Fprintf(out, "starting the control plane: %s %s\n", meshd, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("up: start %s: %w", meshd, err)

@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/registry"
 )
 
 func init() {
@@ -20,7 +22,9 @@ func init() {
 (Policy, MeshPolicy, DestinationRule, RbacConfig, ServiceRole,
 ServiceRoleBinding, MeshConfig, Service, Workload), as one batch: unknown
 fields, bad enums, bad hosts, unsupported features and conflicts between
-objects are reported with file:line:column and the field path. It needs no
+objects are reported with file:line:column and the field path. When the
+files include Services, references to services or ports that do not exist
+are reported as warnings (valid, but they apply to nothing). It needs no
 control plane. Exit status 1 if anything is wrong.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -37,6 +41,16 @@ control plane. Exit status 1 if anything is wrong.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "OK: %d objects valid\n", len(cfg.Objects()))
+			// With the mesh's services in the batch, also flag references to
+			// services and ports that do not exist (valid, but no effect).
+			if len(cfg.Services) > 0 {
+				ss, ws := registry.FromConfig(cfg)
+				reg := registry.New()
+				reg.Sync(registry.SourceConfig, ss, ws)
+				for _, w := range policy.New(cfg, reg).Lint() {
+					fmt.Fprintln(cmd.OutOrStdout(), w.String())
+				}
+			}
 			return nil
 		},
 	}

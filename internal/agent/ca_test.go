@@ -49,7 +49,11 @@ func (c *controlPlane) start(t *testing.T) {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	c.addr = srv.Addr()
+	if c.addr == "" {
+		// Set once, before any agent reads it; a restart listens on the
+		// same address.
+		c.addr = srv.Addr()
+	}
 }
 
 func (c *controlPlane) stop(t *testing.T) {
@@ -152,11 +156,19 @@ func TestAgentAgainstCA(t *testing.T) {
 				t.Errorf("%s mode %v, want %v", name, fi.Mode().Perm(), mode)
 			}
 		}
-		chain, _ := os.ReadFile(filepath.Join(sleepDir, agent.ChainFile))
-		key, _ := os.ReadFile(filepath.Join(sleepDir, agent.KeyFile))
-		s, err := agent.NewSVID(chain, key)
-		if err != nil || s.ID != sleepID {
-			t.Fatalf("files hold %v, %v", s, err)
+		// The agent renews about every second here, and the three files
+		// are replaced one by one; a reader can catch a renewal between two
+		// of them, so read until a consistent pair is seen.
+		var s *agent.SVID
+		var err error
+		waitFor(t, func() bool {
+			chain, _ := os.ReadFile(filepath.Join(sleepDir, agent.ChainFile))
+			key, _ := os.ReadFile(filepath.Join(sleepDir, agent.KeyFile))
+			s, err = agent.NewSVID(chain, key)
+			return err == nil
+		}, "a matching cert-chain.pem and key.pem")
+		if s.ID != sleepID {
+			t.Fatalf("files hold %s, want %s", s.ID, sleepID)
 		}
 	})
 

@@ -87,11 +87,14 @@ func New(objs []any) (*Config, error) {
 			}
 		}
 	}
+	// Two rules for one host in one namespace would make the client mode
+	// depend on load order; refuse. Across namespaces it is allowed (and
+	// common in Kubernetes); the engine picks one deterministically.
 	hosts := map[string]*DestinationRule{}
 	for _, dr := range c.DestinationRules {
-		h := dr.FQDN()
+		h := dr.Metadata.Namespace + "/" + dr.FQDN()
 		if first, ok := hosts[h]; ok {
-			fail(&dr.Object, "spec.host", "host %s is already configured by %s at %s; merge the two rules", h, first.Key(), first.Source)
+			fail(&dr.Object, "spec.host", "host %s is already configured by %s at %s in the same namespace; merge the two rules", dr.FQDN(), first.Key(), first.Source)
 			continue
 		}
 		hosts[h] = dr

@@ -206,3 +206,48 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestKubectlForms loads what `kubectl get -o yaml` and `-o json` print: a
+// List with items and server-set metadata, YAML anchors, and JSON.
+func TestKubectlForms(t *testing.T) {
+	list := `apiVersion: v1
+kind: List
+items:
+- apiVersion: authentication.istio.io/v1alpha1
+  kind: Policy
+  metadata:
+    name: default
+    namespace: default
+    uid: 6a3c1e2f-0000-0000-0000-000000000000
+    resourceVersion: "1234"
+    creationTimestamp: "2018-05-17T23:02:11Z"
+    generation: 1
+  spec:
+    peers:
+    - mtls: &strict {mode: STRICT}
+- apiVersion: authentication.istio.io/v1alpha1
+  kind: Policy
+  metadata: {name: default, namespace: legacy}
+  spec:
+    peers:
+    - mtls: *strict
+`
+	js := `{"apiVersion": "networking.istio.io/v1alpha3", "kind": "DestinationRule",
+ "metadata": {"name": "httpbin", "namespace": "default"},
+ "spec": {"host": "httpbin", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}`
+	c, err := Load([]File{{Name: "list.yaml", Content: []byte(list)}, {Name: "dr.json", Content: []byte(js)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Policies) != 2 || c.Policies[1].Metadata.Namespace != "legacy" || c.Policies[1].Spec.Peers[0].MTLS.Mode != MTLSStrict {
+		t.Errorf("policies from a List with an alias: %+v", c.Policies)
+	}
+	if len(c.DestinationRules) != 1 || c.DestinationRules[0].Spec.TrafficPolicy.TLS.Mode != TLSIstioMutual {
+		t.Errorf("DestinationRule from JSON: %+v", c.DestinationRules)
+	}
+	// An error inside a List item points into the item.
+	_, err = Load([]File{{Name: "bad.yaml", Content: []byte(strings.Replace(list, "mode: STRICT", "mode: STRICTLY", 1))}})
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml:15:28: Policy/default/default: items[0].spec.peers[0].mtls.mode: unknown mode \"STRICTLY\"") {
+		t.Errorf("error in a List item: %v", err)
+	}
+}

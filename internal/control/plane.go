@@ -301,7 +301,13 @@ func (p *Plane) install(cfg *config.Config) {
 	p.current = cfg
 	ss, ws := registry.FromConfig(cfg)
 	p.reg.Sync(registry.SourceConfig, ss, ws)
-	p.push.SetEngine(policy.New(p.withTrustDomain(cfg), p.reg))
+	eng := policy.New(p.withTrustDomain(cfg), p.reg)
+	p.push.SetEngine(eng)
+	// Valid config that applies to nothing (a target or host with a typo)
+	// is logged, not rejected: the service may simply not be there yet.
+	for _, w := range eng.Lint() {
+		p.log.Warn("config applies to nothing", "at", w.Pos.String(), "object", w.Object, "warning", w.Msg)
+	}
 }
 
 // ApplyConfig validates a batch and, if all of it (merged with the config

@@ -91,7 +91,9 @@ func (ps *Procs) Start(name string, argv []string, env []string) (*Proc, error) 
 	// Own process group: Stop signals everything the process spawned (a
 	// sidecar's app), and Ctrl-C in the terminal reaches only us, so the
 	// shutdown order stays ours.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the mesh's owner is killed outright (SIGKILL, no
+	// cleanup), its processes still stop instead of lingering.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	fmt.Fprintf(f, "# %s\n", strings.Join(argv, " "))
 	if err := cmd.Start(); err != nil {
 		f.Close()

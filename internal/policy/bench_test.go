@@ -129,3 +129,23 @@ func BenchmarkExplain10kServices(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWarmAllNamespaces computes one snapshot in each of the 100
+// namespaces (every per-namespace view of the outbound table gets built)
+// and reports the heap held by the registry plus the engine's caches.
+func BenchmarkWarmAllNamespaces(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		e, _ := bigMesh(b, 100, 100, 10)
+		for n := 0; n < 100; n++ {
+			_ = e.Snapshot(e.Registry().Workload(fmt.Sprintf("ns-%d", n), "svc-0-0"))
+		}
+		runtime.GC()
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(e)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "registry+engine-MiB")
+	}
+}

@@ -155,7 +155,7 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 	fqdn := svc.FQDN()
 	p, _ := svc.Port(port)
 	var dr *config.DestinationRule
-	if dr = e.ix.destinationRule(fqdn); dr != nil {
+	if dr = e.ix.destinationRule(fqdn, svc.Namespace); dr != nil {
 		type level struct {
 			tp   *config.TrafficPolicy
 			name string

@@ -533,3 +533,72 @@ spec: {selector: {app: open}, ports: [{number: 80}]}
 		}
 	}
 }
+
+func TestLint(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: typo}
+spec:
+  targets: [{name: htpbin}, {name: httpbin, ports: [{number: 8080}]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: typo}
+spec:
+  host: htpbin
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: ok}
+spec:
+  host: httpbin
+  trafficPolicy: {portLevelSettings: [{port: {number: 8000}, tls: {mode: DISABLE}}, {port: {name: metrics}, tls: {mode: DISABLE}}]}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: all}
+spec:
+  host: "*.local"
+`)
+	var got []string
+	for _, w := range e.Lint() {
+		got = append(got, w.String())
+	}
+	want := []string{
+		`inline-1.yaml:5:13: Policy/default/typo: warning: target "htpbin" is not a service in namespace default: this part of the policy applies to nothing`,
+		`inline-1.yaml:5:29: Policy/default/typo: warning: service default/httpbin has no port 8080: the port target applies to nothing`,
+		`inline-1.yaml:13:1: DestinationRule/default/ok: warning: service default/httpbin has no port metrics: those port-level settings apply to nothing`,
+		`inline-1.yaml:7:1: DestinationRule/default/typo: warning: host htpbin.default.svc.cluster.local is not a service in the mesh: the rule applies to nothing (an external host needs no rule here)`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Lint:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestDestinationRulesAcrossNamespaces: rules for one host in several
+// namespaces are allowed; the service's own namespace wins for every
+// client, and Lint names the rule that has no effect.
+func TestDestinationRulesAcrossNamespaces(t *testing.T) {
+	e := load(t, nil, httpbin, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: from-client-ns, namespace: aaa}
+spec:
+  host: httpbin.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: owner, namespace: default}
+spec:
+  host: httpbin
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+`)
+	c := e.ClientMode(e.Registry().Service("default", "httpbin"), 8000, "")
+	if c.Mode != ClientIstioMutual || c.DecidedBy != "DestinationRule/default/owner" {
+		t.Errorf("client mode = %s by %s, want ISTIO_MUTUAL by the service namespace's rule", c.Mode, c.DecidedBy)
+	}
+	ws := e.Lint()
+	if len(ws) != 1 || ws[0].Object != "DestinationRule/aaa/from-client-ns" || !strings.Contains(ws[0].Msg, "no effect") {
+		t.Errorf("Lint = %v", ws)
+	}
+}

@@ -33,8 +33,8 @@ type Explanation struct {
 	DecidingObjs []string                    `json:"decidedBy"`
 	// OutOfScope names the Sidecar whose egress hosts leave the service
 	// out of the client's outbound table (the call has no route).
-	OutOfScope string `json:"outOfScope,omitempty"`
-	Notes        []string                    `json:"notes,omitempty"`
+	OutOfScope string   `json:"outOfScope,omitempty"`
+	Notes      []string `json:"notes,omitempty"`
 }
 
 // Explain answers for a call from workload from to svc on service port

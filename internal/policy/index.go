@@ -17,8 +17,9 @@ type index struct {
 	svcPolicy map[string]*config.Policy
 	// portPolicy: "ns/service:port" -> Policy, port by number or name.
 	portPolicy map[string]*config.Policy
-	// drExact: FQDN -> rule; drWild: wildcard rules, longest suffix first.
-	drExact map[string]*config.DestinationRule
+	// drExact: FQDN -> rules (by namespace/name); drWild: wildcard rules,
+	// longest suffix first.
+	drExact map[string][]*config.DestinationRule
 	drWild  []*config.DestinationRule
 	// excluded: FQDNs in mtlsExcludedServices.
 	excluded map[string]bool
@@ -44,7 +45,7 @@ func compile(c *config.Config) *index {
 		nsDefault:  map[string]*config.Policy{},
 		svcPolicy:  map[string]*config.Policy{},
 		portPolicy: map[string]*config.Policy{},
-		drExact:    map[string]*config.DestinationRule{},
+		drExact:    map[string][]*config.DestinationRule{},
 		excluded:   map[string]bool{},
 		roles:      map[string][]*compiledRole{},
 		sidecars:   map[string][]*config.Sidecar{},
@@ -77,7 +78,7 @@ func compile(c *config.Config) *index {
 		if strings.HasPrefix(h, "*") {
 			ix.drWild = append(ix.drWild, dr)
 		} else {
-			ix.drExact[h] = dr
+			ix.drExact[h] = append(ix.drExact[h], dr)
 		}
 	}
 	// Istio picks the most specific wildcard: the longest host wins.
@@ -101,16 +102,40 @@ func compile(c *config.Config) *index {
 	return ix
 }
 
-// destinationRule finds the rule for a service FQDN: an exact host first,
-// then the most specific wildcard ("*.ns.svc.cluster.local" before "*.local").
-func (ix *index) destinationRule(fqdn string) *config.DestinationRule {
-	if dr := ix.drExact[fqdn]; dr != nil {
-		return dr
+// destinationRule finds the rule for a service FQDN in namespace svcNS: an
+// exact host first, then the most specific wildcard ("*.ns.svc.cluster.local"
+// before "*.local"). Among rules for the same host in several namespaces,
+// the one in the service's own namespace wins, else the first by
+// namespace: one answer for every client, so that a service's client mode
+// is a property of the service (tls-check can state it). Istio 1.1+ would
+// prefer the client's namespace; Lint names the rules that lose.
+func (ix *index) destinationRule(fqdn, svcNS string) *config.DestinationRule {
+	if drs := ix.drExact[fqdn]; len(drs) > 0 {
+		return preferNamespace(drs, svcNS)
 	}
+	var best []*config.DestinationRule
 	for _, dr := range ix.drWild {
-		if strings.HasSuffix(fqdn, dr.Spec.Host[1:]) {
+		if !strings.HasSuffix(fqdn, dr.Spec.Host[1:]) {
+			continue
+		}
+		if len(best) > 0 && len(dr.Spec.Host) < len(best[0].Spec.Host) {
+			break
+		}
+		best = append(best, dr)
+	}
+	if len(best) > 0 {
+		return preferNamespace(best, svcNS)
+	}
+	return nil
+}
+
+// preferNamespace picks the rule in ns, else the first (rules are sorted
+// by namespace/name in the config).
+func preferNamespace(drs []*config.DestinationRule, ns string) *config.DestinationRule {
+	for _, dr := range drs {
+		if dr.Metadata.Namespace == ns {
 			return dr
 		}
 	}
-	return nil
+	return drs[0]
 }

@@ -458,7 +458,10 @@ type appSide struct {
 }
 
 func (a *appSide) get(d *dconn, fresh bool) (*upConn, error) {
-	if a.u != nil && !fresh {
+	// A request with a body cannot be retried once sent, so it does not
+	// go out on an app connection that sat idle long enough for the app
+	// to have closed it.
+	if a.u != nil && !fresh && (!d.req.reqHasBody() || time.Since(a.u.idle) < time.Second) {
 		a.u.reused = true
 		return a.u, nil
 	}
@@ -478,7 +481,9 @@ func (a *appSide) done(u *upConn, reusable bool) {
 	if !reusable && a.u != nil {
 		a.u.close()
 		a.u = nil
+		return
 	}
+	u.idle = time.Now()
 }
 
 // serveInboundH1 serves HTTP from an accepted (and, for mTLS, verified)

@@ -198,6 +198,19 @@ func TestHTTPRaw(t *testing.T) {
 		{"Transfer-Encoding other than chunked", "POST http://httpbin:8000/echo HTTP/1.1\r\nHost: httpbin:8000\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400", ""},
 		{"origin-form to the forward proxy", "GET /echo HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n", "HTTP/1.1 400", ""},
 	}
+	t.Run("one Content-Length after two sidecars", func(t *testing.T) {
+		conn, err := net.Dial("tcp", cli.OutboundAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET http://httpbin:8000/echo HTTP/1.1\r\nHost: httpbin:8000\r\nConnection: close\r\n\r\n")
+		all, _ := io.ReadAll(conn)
+		if n := bytes.Count(bytes.ToLower(all), []byte("\r\ncontent-length:")); n != 1 {
+			t.Fatalf("response has %d Content-Length fields:\n%s", n, all)
+		}
+	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			conn, err := net.Dial("tcp", cli.OutboundAddr.String())

@@ -219,6 +219,17 @@ func FuzzHead(f *testing.F) {
 		if err := h2.read(bufio.NewReader(bytes.NewReader(out.Bytes())), request); err != nil {
 			t.Fatalf("re-parse of %q failed: %v\n(original %q)", out.Bytes(), err, b)
 		}
+		n := 0
+		for _, f := range h2.fields {
+			if asciiEqualFold(h2.bytesOf(f.name), "content-length") || asciiEqualFold(h2.bytesOf(f.name), "transfer-encoding") {
+				n++
+			}
+		}
+		if n > 1 {
+			// Duplicated framing fields are refused by strict parsers (wrk,
+			// many proxies) even when equal.
+			t.Fatalf("written head has %d framing fields: %q", n, out.Bytes())
+		}
 		if h2.chunked != h.chunked || h2.contentLength != h.contentLength || h2.upgrade != h.upgrade {
 			t.Fatalf("framing changed: %+v -> %+v for %q", h, h2, b)
 		}

@@ -370,12 +370,11 @@ func (h *head) respHasBody(head bool) bool {
 }
 
 // writeFields writes every end-to-end field of h, skipping hop-by-hop ones,
-// Content-Length (writeFraming writes the framing, so copying it here too
-// sent it twice per hop, which strict parsers such as wrk's reject) and
-// those skip names (lowercase).
+// the framing fields (see writeFraming) and the one skip names (lowercase).
 func (h *head) writeFields(w *bufio.Writer, skip string) {
 	for _, f := range h.fields {
 		name := h.bytesOf(f.name)
+		// Content-Length is framing: writeFraming writes it once.
 		if h.hopByHop(name) || asciiEqualFold(name, "content-length") || (skip != "" && asciiEqualFold(name, skip)) {
 			continue
 		}

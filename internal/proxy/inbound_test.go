@@ -298,3 +298,49 @@ func TestRBACDeny(t *testing.T) {
 }
 
 var _ = errors.New
+
+// TestRevocationReachesHandshakes: a bundle update that revokes the client's
+// serial takes effect on the next handshake, including one that would resume
+// a session, while the old connection is left alone (it was verified).
+func TestRevocationReachesHandshakes(t *testing.T) {
+	ca := catest.New(t)
+	srv := startServer(t, ca, httpbinID, policy.ServerStrict, sidecarOpts{})
+	client := ca.Issue(t, sleepID)
+	cfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{client.TLS},
+		ClientSessionCache: tls.NewLRUClientSessionCache(8), NextProtos: []string{"http/1.1"}}
+	resumed := false
+	get := func() error {
+		conn, err := tls.Dial("tcp", srv.InboundAddrs[0].String(), cfg)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(conn, "GET /headers HTTP/1.1\r\nHost: httpbin\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		resumed = conn.ConnectionState().DidResume
+		return nil
+	}
+	for i := 0; i < 2; i++ {
+		if err := get(); err != nil {
+			t.Fatalf("before revocation: %v", err)
+		}
+	}
+	if !resumed {
+		t.Fatal("the second connection did not resume its TLS session; the test needs it to")
+	}
+	if err := srv.store.SetBundle(ca.BundleWith(2, nil, client)); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(); err == nil {
+		t.Fatal("a revoked client certificate was accepted after the bundle update")
+	}
+	waitFor(t, func() bool {
+		return counterValue(t, srv.m.Handshakes.WithLabelValues("inbound", "refused", "revoked")) == 1
+	}, "one refusal with reason revoked")
+}
