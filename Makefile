@@ -16,7 +16,7 @@ TEST_PKGS += nginx libnginx-mod-stream haproxy stunnel4 wrk
 TEST_TOOLS += nginx haproxy stunnel4 wrk
 FORTIO_VERSION := v1.68.2
 
-.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps clean kube-apiserver
+.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver
 
 all: build
 
@@ -67,6 +67,10 @@ proto:
 # BENCHMARKS.md. CI never runs this; it runs bench/'s smoke test.
 bench: deps bench-deps
 	$(GO) run ./bench -out BENCHMARKS.md
+
+# The harness's CI check: a few seconds of every installed variant.
+bench-smoke:
+	$(GO) test -count=1 -run TestBenchSmoke ./bench
 
 # Load generator and CA peer for `make bench`: tools, not module dependencies.
 bench-deps:
