@@ -96,7 +96,7 @@ func TestTransparentOnLoopback(t *testing.T) {
 		},
 		// The endpoint's "pod port" is the server sidecar's capture port on
 		// loopback, for both service ports.
-		Endpoints: []policy.Endpoint{{Address: "127.0.0.1", Ports: map[uint32]uint32{appPort: capturePort, echoPort: capturePort}, Sidecar: true}},
+		Endpoints:        []policy.Endpoint{{Address: "127.0.0.1", Ports: map[uint32]uint32{appPort: capturePort, echoPort: capturePort}, Sidecar: true}},
 		ServerIdentities: []string{httpbinID},
 	}
 	cliStore := agent.NewStore(agent.StoreConfig{})
