@@ -131,12 +131,20 @@ func runDemo(ctx context.Context, out io.Writer) (err error) {
 	}()
 
 	if err := d.startMesh(ctx); err != nil {
+		if ctx.Err() != nil {
+			r.Printf("\ninterrupted; stopping everything the demo started\n")
+			return &exitError{code: 130, err: errors.New("demo: interrupted")}
+		}
 		r.Printf("\nthe mesh did not start, so nothing could be observed (rerun with --keep to read the logs in %s)\n", m.LogDir())
 		return &exitError{code: 1, err: errors.New("demo: the local mesh did not start (see above)")}
 	}
 	d.verify(ctx)
 	d.testAuth(ctx)
 	d.checkMesh(ctx)
+	if ctx.Err() != nil {
+		r.Printf("\ninterrupted; the observations above are incomplete\n")
+		return &exitError{code: 130, err: errors.New("demo: interrupted")}
+	}
 
 	fails := r.Failures()
 	r.Printf("\n%d observations as expected, %d differ (%s)\n", r.Passes(), len(fails), time.Since(start).Round(100*time.Millisecond))

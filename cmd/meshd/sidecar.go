@@ -263,7 +263,8 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 			Conn: conn,
 			Log:  log,
 			Register: func() *pb.Register {
-				return &pb.Register{Workload: f.workload, Labels: f.labels, Address: f.address, Ports: inboundPorts(f.inbound)}
+				return &pb.Register{Workload: f.workload, Labels: f.labels, Address: f.address, Ports: inboundPorts(f.inbound),
+					SidecarPorts: inboundSidecarPorts(f.inbound)}
 			},
 		})
 		go func() {
@@ -419,6 +420,26 @@ func inboundPorts(inbound []string) []uint32 {
 			if n, err := strconv.ParseUint(ps, 10, 16); err == nil {
 				out = append(out, uint32(n))
 			}
+		}
+	}
+	return out
+}
+
+// inboundSidecarPorts maps each app port of --inbound LISTEN=APP to the
+// port the sidecar listens on for it, so that callers are sent to the
+// sidecar (explicit mode) and not around it.
+func inboundSidecarPorts(inbound []string) map[uint32]uint32 {
+	out := map[uint32]uint32{}
+	for _, s := range inbound {
+		l, app, _ := strings.Cut(s, "=")
+		if i := strings.LastIndex(l, ":"); i >= 0 {
+			l = l[i+1:]
+		}
+		lp, err1 := strconv.ParseUint(l, 10, 16)
+		_, ap, err2 := net.SplitHostPort(app)
+		a, err3 := strconv.ParseUint(ap, 10, 16)
+		if err1 == nil && err2 == nil && err3 == nil && lp != 0 {
+			out[uint32(a)] = uint32(lp)
 		}
 	}
 	return out

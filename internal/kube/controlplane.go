@@ -17,8 +17,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/control"
@@ -260,9 +262,22 @@ func SetWebhookCABundle(ctx context.Context, cs kubernetes.Interface, name strin
 
 // PublishRoot keeps the ConfigMap istio-ca-root-cert (root-cert.pem: the
 // current trust bundle's roots) in every namespace, for CSR-mode sidecars
-// to verify the CA they call. It re-checks every 30 seconds and whenever the
-// bundle changes.
+// to verify the CA they call. It re-checks when a namespace is created,
+// when the bundle changes, and every 30 seconds (a deleted or edited
+// ConfigMap is repaired then).
 func PublishRoot(ctx context.Context, cs kubernetes.Interface, authority *ca.CA, log *slog.Logger) error {
+	kick := make(chan struct{}, 1)
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	_, _ = factory.Core().V1().Namespaces().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		},
+	})
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
 	for {
 		b, changed := authority.Watch()
 		roots := strings.Join(b.RootsPEM, "")
@@ -280,6 +295,7 @@ func PublishRoot(ctx context.Context, cs kubernetes.Interface, authority *ca.CA,
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-kick:
 		case <-time.After(30 * time.Second):
 		}
 	}

@@ -331,10 +331,15 @@ spec:
 			_, err := cs.CoreV1().Secrets(ns).Get(ctx, "istio.httpbin", metav1.GetOptions{})
 			return err == nil, err
 		})
-		kubetest.WaitFor(t, 20*time.Second, "istio-ca-root-cert", func() (bool, error) {
-			cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, RootCertConfigMap, metav1.GetOptions{})
-			return err == nil && cm.Data[RootCertKey] == strings.Join(srv.CA().Bundle().RootsPEM, ""), err
-		})
+		// A namespace made after start-up gets it too, on creation (the
+		// periodic re-check is every 30s, longer than this wait).
+		late := createNamespace(t, cs, "late", nil)
+		for _, n := range []string{ns, late} {
+			kubetest.WaitFor(t, 15*time.Second, "istio-ca-root-cert in "+n, func() (bool, error) {
+				cm, err := cs.CoreV1().ConfigMaps(n).Get(ctx, RootCertConfigMap, metav1.GetOptions{})
+				return err == nil && cm.Data[RootCertKey] == strings.Join(srv.CA().Bundle().RootsPEM, ""), err
+			})
+		}
 	})
 }
 

@@ -179,3 +179,54 @@ func FuzzWebhook(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMeshConfigMap feeds arbitrary "mesh" data (Istio's MeshConfig YAML,
+// which users edit by hand) through BuildConfig: it must never panic, and
+// whatever it accepts has a valid authPolicy.
+func FuzzMeshConfigMap(f *testing.F) {
+	for _, s := range []string{"authPolicy: MUTUAL_TLS\n", "authPolicy: NONE\nmixerCheckServer: x:9091\n", "authPolicy: [", "trustDomain: example.org\n", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, mesh string) {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": mesh}}
+		res := BuildConfig(nil, cm)
+		if res.Err != nil || len(res.Invalid) > 0 {
+			return
+		}
+		if p := res.Config.AuthPolicy(); p != "NONE" && p != "MUTUAL_TLS" {
+			t.Fatalf("accepted authPolicy %q from %q", p, mesh)
+		}
+	})
+}
+
+func TestMeshConfigMap(t *testing.T) {
+	for _, tc := range []struct {
+		name, mesh, want string
+		invalid          bool
+	}{
+		{"mutual TLS", "authPolicy: MUTUAL_TLS\n", "MUTUAL_TLS", false},
+		{"istio keys ignored", "authPolicy: MUTUAL_TLS\nmixerCheckServer: istio-policy:9091\n", "MUTUAL_TLS", false},
+		{"unset means NONE", "mixerCheckServer: x\n", "NONE", false},
+		{"bad value", "authPolicy: MUTUAL\n", "", true},
+		{"bad YAML", "authPolicy: [\n", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := BuildConfig(nil, &corev1.ConfigMap{Data: map[string]string{"mesh": tc.mesh}})
+			if tc.invalid {
+				if len(res.Invalid) != 1 || res.Invalid[0].Key != "MeshConfig/mesh" {
+					t.Fatalf("invalid = %+v, want the mesh ConfigMap reported", res.Invalid)
+				}
+				if res.Config.Mesh != nil {
+					t.Fatal("invalid mesh config applied")
+				}
+				return
+			}
+			if len(res.Invalid) > 0 {
+				t.Fatalf("rejected: %+v", res.Invalid)
+			}
+			if got := string(res.Config.AuthPolicy()); got != tc.want {
+				t.Errorf("authPolicy = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -84,4 +84,3 @@ func ptrs[T any](items []T) []*T {
 	}
 	return out
 }
-

@@ -357,9 +357,13 @@ func (p *Proxy) Snapshot() *policy.Snapshot { return p.policy.Current() }
 // Ready reports whether the proxy can serve mTLS: it has a certificate, a
 // bundle and a policy snapshot.
 func (p *Proxy) Ready() error {
-	switch {
-	case p.certs.SVID() == nil:
+	switch s := p.certs.SVID(); {
+	case s == nil:
 		return ErrNoSVID
+	case !p.now().Before(s.NotAfter()):
+		// The agent could not renew in time (CA down for a whole
+		// lifetime): peers refuse this certificate, so say so.
+		return fmt.Errorf("workload certificate serial %s expired at %s", s.Serial(), s.NotAfter().UTC().Format(time.RFC3339))
 	case p.certs.Bundle() == nil:
 		return ErrNoBundle
 	case p.policy.Current() == nil:

@@ -66,10 +66,10 @@ func needBinaries(t *testing.T) {
 // needPods skips without root and fails if the binaries did not build.
 func needPods(t *testing.T) {
 	t.Helper()
-	needBinaries(t)
 	if err := netns.Available(); err != nil {
 		t.Skipf("skipping end-to-end pods: %v", err)
 	}
+	needBinaries(t)
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("skipping: the seed's commands need curl (make deps installs it)")
 	}
