@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"net/http/httputil"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -685,11 +687,44 @@ func (p *Proxy) connectH1(d *dconn) {
 }
 
 // absoluteTarget parses a forward-proxy request target "http://host[:port]/..."
-// into host and port. Origin-form targets are not proxy requests.
+// into host and port, without allocating a URL. Origin-form targets are not
+// proxy requests.
 func absoluteTarget(t string) (string, uint32, error) {
-	r, err := http.NewRequest(http.MethodGet, t, nil)
-	if err != nil || r.URL.Host == "" {
+	const scheme = "http://"
+	if len(t) < len(scheme) || !strings.EqualFold(t[:len(scheme)], scheme) {
+		if i := strings.Index(t, "://"); i > 0 {
+			return "", 0, fmt.Errorf("scheme %q is not supported by the forward proxy (use http://, or CONNECT for TLS)", t[:i])
+		}
 		return "", 0, errors.New("not a proxy request (need an absolute URI such as http://httpbin:8000/headers; set http_proxy to this sidecar)")
 	}
-	return ProxyTarget(r)
+	auth := t[len(scheme):]
+	if i := strings.IndexAny(auth, "/?#"); i >= 0 {
+		auth = auth[:i]
+	}
+	if strings.ContainsAny(auth, "@ %") {
+		return "", 0, fmt.Errorf("absolute URI authority %q: user info and escapes are not supported", auth)
+	}
+	host, port := auth, uint32(80)
+	if i := strings.LastIndexByte(auth, ':'); i >= 0 && !strings.HasSuffix(auth, "]") {
+		var err error
+		if port, err = parsePort(auth[i+1:]); err != nil {
+			return "", 0, fmt.Errorf("absolute URI port: %w", err)
+		}
+		host = auth[:i]
+	}
+	if strings.HasPrefix(host, "[") {
+		if !strings.HasSuffix(host, "]") || len(host) < 3 {
+			return "", 0, fmt.Errorf("absolute URI host %q: bad IPv6 literal", host)
+		}
+		host = host[1 : len(host)-1]
+		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil {
+			return "", 0, fmt.Errorf("absolute URI host %q: bad IPv6 literal", host)
+		}
+	} else if strings.ContainsAny(host, "[]:") {
+		return "", 0, fmt.Errorf("absolute URI host %q is malformed", host)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("absolute URI %q has no host", t)
+	}
+	return host, port, nil
 }

@@ -140,8 +140,19 @@ func FuzzProxyRequest(f *testing.F) {
 		// port in range.
 		var h head
 		if h.read(bufio.NewReader(bytes.NewReader(b)), true) == nil && !h.methodIs("CONNECT") {
-			if host, port, err := absoluteTarget(h.str(h.target)); err == nil && (host == "" || port == 0) {
-				t.Fatalf("absoluteTarget(%q) = %q:%d", h.str(h.target), host, port)
+			target := h.str(h.target)
+			host, port, err := absoluteTarget(target)
+			if err == nil && (host == "" || port == 0) {
+				t.Fatalf("absoluteTarget(%q) = %q:%d", target, host, port)
+			}
+			// Differential check against net/url: where both accept, they
+			// must agree on the destination.
+			if err == nil {
+				if r, uerr := http.NewRequest(http.MethodGet, target, nil); uerr == nil && r.URL.Host != "" {
+					if h2, p2, perr := ProxyTarget(r); perr == nil && (!strings.EqualFold(h2, host) || p2 != port) {
+						t.Fatalf("absoluteTarget(%q) = %s:%d, net/url says %s:%d", target, host, port, h2, p2)
+					}
+				}
 			}
 		}
 		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(b)))
