@@ -51,21 +51,26 @@ type caReport struct {
 	d       time.Duration
 	rates   map[string][]float64
 	errs    map[string]int64
-	notes   []string
+	// cpuPerCert is the signing process's CPU per certificate, microseconds.
+	cpuPerCert map[string][]float64
+	notes      []string
 }
 
 // issuer issues one certificate per call; setup happens before timing.
 type issuer func(ctx context.Context, worker int) error
 
 func runCA(ctx context.Context, cfg *config, dir string) *caReport {
-	rep := &caReport{workers: cfg.CAWorkers, d: cfg.CADuration, rates: map[string][]float64{}, errs: map[string]int64{}}
+	rep := &caReport{workers: cfg.CAWorkers, d: cfg.CADuration, rates: map[string][]float64{}, errs: map[string]int64{}, cpuPerCert: map[string][]float64{}}
 	log := cfg.Log
 	issuers := map[string]issuer{}
+	// cpuOf reads the CPU seconds of the process that does the signing, so
+	// each CA's cost per certificate is known apart from the clients'.
+	cpuOf := map[string]func() float64{"raw": selfCPU}
 
 	if meshd, err := cfg.meshdBinary(dir); err != nil {
 		rep.notes = append(rep.notes, fmt.Sprintf("meshauth CA not measured: %v", err))
 	} else {
-		stop, tok, mtls, err := startOurCA(ctx, meshd, filepath.Join(dir, "control"), cfg.CAWorkers)
+		stop, ctl, tok, mtls, err := startOurCA(ctx, meshd, filepath.Join(dir, "control"), cfg.CAWorkers)
 		if stop != nil {
 			defer stop()
 		}
@@ -73,6 +78,7 @@ func runCA(ctx context.Context, cfg *config, dir string) *caReport {
 			rep.notes = append(rep.notes, fmt.Sprintf("meshauth CA not measured: %v", err))
 		} else {
 			issuers["meshauth-token"], issuers["meshauth-mtls"] = tok, mtls
+			cpuOf["meshauth-token"], cpuOf["meshauth-mtls"] = ctl.cpuSeconds, ctl.cpuSeconds
 		}
 	}
 	var sc *stepCA
@@ -89,6 +95,7 @@ func runCA(ctx context.Context, cfg *config, dir string) *caReport {
 		} else {
 			sc = s
 			issuers["step-ca"] = sc.issue
+			cpuOf["step-ca"] = sc.proc.cpuSeconds
 			rep.notes = append(rep.notes, sc.note)
 		}
 	}
@@ -121,7 +128,13 @@ func runCA(ctx context.Context, cfg *config, dir string) *caReport {
 			if row.key == "raw" {
 				workers = runtime.GOMAXPROCS(0)
 			}
+			cpu0 := cpuOf[row.key]()
 			rate, errs, firstErr := measureIssuer(ctx, is, workers, cfg.CADuration)
+			if cpu := cpuOf[row.key]() - cpu0; cpu > 0 && rate > 0 {
+				// The runs last cfg.CADuration plus the last calls' tail;
+				// rate*duration is close enough to the count for a per-cert cost.
+				rep.cpuPerCert[row.key] = append(rep.cpuPerCert[row.key], cpu/(rate*cfg.CADuration.Seconds())*1e6)
+			}
 			rep.rates[row.key] = append(rep.rates[row.key], rate)
 			rep.errs[row.key] += errs
 			if firstErr != nil {
@@ -192,15 +205,15 @@ func csrFor(uri string) ([]byte, *ecdsa.PrivateKey, error) {
 
 // startOurCA starts `meshd control`, creates a join token with enough uses,
 // gets one certificate for the mTLS renewal path, and returns both issuers.
-func startOurCA(ctx context.Context, meshd, dir string, workers int) (func(), issuer, issuer, error) {
+func startOurCA(ctx context.Context, meshd, dir string, workers int) (func(), *proc, issuer, issuer, error) {
 	p, err := startControlPlane(ctx, meshd, dir)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	stop := func() { p.stop() }
 	admin, err := client.Dial(ctx, client.Options{Dir: dir, AdminToken: true})
 	if err != nil {
-		return stop, nil, nil, err
+		return stop, nil, nil, nil, err
 	}
 	defer admin.Close()
 	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -209,15 +222,15 @@ func startOurCA(ctx context.Context, meshd, dir string, workers int) (func(), is
 		Namespace: "bench", ServiceAccount: "issuer", TtlSeconds: 3 * 3600, Uses: 100_000_000,
 	})
 	if err != nil {
-		return stop, nil, nil, fmt.Errorf("create join token: %w", err)
+		return stop, nil, nil, nil, fmt.Errorf("create join token: %w", err)
 	}
 	csr, key, err := csrFor("")
 	if err != nil {
-		return stop, nil, nil, err
+		return stop, nil, nil, nil, err
 	}
 	tokConn, err := client.Dial(ctx, client.Options{Dir: dir, Token: jt.Token})
 	if err != nil {
-		return stop, nil, nil, err
+		return stop, nil, nil, nil, err
 	}
 	tokCA := pb.NewCertificateAuthorityClient(tokConn)
 	call := func(c pb.CertificateAuthorityClient) issuer {
@@ -233,7 +246,7 @@ func startOurCA(ctx context.Context, meshd, dir string, workers int) (func(), is
 	first, err := tokCA.CreateCertificate(tctx, &pb.CreateCertificateRequest{Csr: csr})
 	if err != nil {
 		tokConn.Close()
-		return stop, nil, nil, fmt.Errorf("first certificate: %w", err)
+		return stop, nil, nil, nil, fmt.Errorf("first certificate: %w", err)
 	}
 	var chainPEM []byte
 	for _, c := range first.CertChain {
@@ -243,21 +256,21 @@ func startOurCA(ctx context.Context, meshd, dir string, workers int) (func(), is
 	cert, err := tls.X509KeyPair(chainPEM, pemBlock("PRIVATE KEY", keyDER))
 	if err != nil {
 		tokConn.Close()
-		return stop, nil, nil, fmt.Errorf("load issued certificate: %w", err)
+		return stop, nil, nil, nil, fmt.Errorf("load issued certificate: %w", err)
 	}
 	mtlsConn, err := client.Dial(ctx, client.Options{Dir: dir, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return &cert, nil
 	}})
 	if err != nil {
 		tokConn.Close()
-		return stop, nil, nil, err
+		return stop, nil, nil, nil, err
 	}
 	stopAllCA := func() {
 		tokConn.Close()
 		mtlsConn.Close()
 		p.stop()
 	}
-	return stopAllCA, call(tokCA), call(pb.NewCertificateAuthorityClient(mtlsConn)), nil
+	return stopAllCA, p, call(tokCA), call(pb.NewCertificateAuthorityClient(mtlsConn)), nil
 }
 
 // stepCA is a running step-ca with a JWK provisioner whose key we hold.
@@ -480,15 +493,16 @@ func (r *rawSigner) issue(context.Context, int) error {
 func (c *caReport) markdown(b *strings.Builder) {
 	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	w("### CA issuance against step-ca (same run)\n\n")
-	w("Certificates per second with %d parallel clients for %s per run (the raw limit uses one goroutine per core), medians of interleaved runs. Every certificate is ECDSA P-256 for a SPIFFE ID, 24 h.\n\n", c.workers, c.d)
-	w("| issuer | certs/s | x step-ca | x raw Go limit | failed calls |\n|---|--:|--:|--:|--:|\n")
+	w("Certificates per second with %d parallel clients for %s per run (the raw limit uses one goroutine per core), medians of interleaved runs. Every certificate is ECDSA P-256 for a SPIFFE ID, 24 h. The CPU per certificate is the signing process's own (the CA server from /proc/<pid>/stat; the harness itself for the raw limit), without its clients: it holds when the wall-clock rate is set by whatever else runs on the machine.\n\n", c.workers, c.d)
+	w("| issuer | certs/s | x step-ca | x raw Go limit | signing process CPU per cert | certs per CPU-second of it | failed calls |\n|---|--:|--:|--:|--:|--:|--:|\n")
 	step, raw := median(c.rates["step-ca"]), median(c.rates["raw"])
 	for _, row := range caRows {
 		r := median(c.rates[row.key])
 		if len(c.rates[row.key]) == 0 {
 			continue
 		}
-		w("| %s | %s | %s | %s | %d |\n", row.label, fmtNum(r, 0), ratio(r, step), ratio(r, raw), c.errs[row.key])
+		us := median(c.cpuPerCert[row.key])
+		w("| %s | %s | %s | %s | %s us | %s | %d |\n", row.label, fmtNum(r, 0), ratio(r, step), ratio(r, raw), fmtNum(us, 0), fmtNum(1e6/us, 0), c.errs[row.key])
 	}
 	w("\n")
 	for _, n := range c.notes {

@@ -2,7 +2,10 @@ package kube
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
@@ -21,6 +25,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/control"
@@ -60,9 +66,17 @@ type ControlConfig struct {
 	WebhookHosts []string
 	// Inject configures what the webhook injects.
 	Inject InjectConfig
+	// Identity names this replica in the leader election (default
+	// $POD_NAME, then the host name).
+	Identity string
+	// LeaseDuration of the leader lease (default 15s); RenewDeadline and
+	// RetryPeriod follow client-go's ratios (2/3 and 1/7.5 of it).
+	LeaseDuration time.Duration
 	// Ready, if set, is called once everything is started (tests).
 	Ready func(*control.Server)
-	Log   *slog.Logger
+	// Leading, if set, is called when this replica becomes the leader (tests).
+	Leading func()
+	Log     *slog.Logger
 }
 
 // RunControl runs the control plane against a cluster until ctx is done:
@@ -158,13 +172,19 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		}()
 	}
 	run("control", srv.Serve)
+	// Every replica serves CSRs, the webhook and its sidecars' config; only
+	// the leader writes Secrets and ConfigMaps, so replicas never fight
+	// over them. The lease is in the control plane's namespace.
+	var leaderWork []func(context.Context) error
 	if !cfg.DisableSecrets {
 		sc, err := NewSecretController(SecretControllerConfig{Client: cs, CA: srv.CA(), Namespaces: cfg.Namespaces, CertTTL: cfg.CertTTL, Log: cfg.Log})
 		if err != nil {
 			return err
 		}
-		run("secret controller", sc.Run)
+		leaderWork = append(leaderWork, sc.Run)
 	}
+	leaderWork = append(leaderWork, func(ctx context.Context) error { return PublishRoot(ctx, cs, srv.CA(), cfg.Log) })
+	run("leader election", func(ctx context.Context) error { return lead(ctx, cs, cfg, leaderWork) })
 	cfgSrc, err := NewConfigSource(ConfigSourceConfig{Client: cs, Dynamic: dyn, MeshNamespace: cfg.Namespace, OutFile: filepath.Join(configDir, "kube.yaml"), Log: cfg.Log})
 	if err != nil {
 		return err
@@ -175,7 +195,6 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 	run("registry source", regSrc.Run)
-	run("root publisher", func(ctx context.Context) error { return PublishRoot(ctx, cs, srv.CA(), cfg.Log) })
 	if cfg.WebhookListen != "-" {
 		in, err := NewInjector(cfg.Inject)
 		if err != nil {
@@ -200,11 +219,74 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	return err
 }
 
-// startWebhookServer serves the webhook with a certificate from a CA made
-// at start-up, and sets that CA as the caBundle of the webhook
-// configuration, so no certificate has to be shipped in the manifests.
+// LeaseName is the Lease the control plane replicas elect a leader with.
+const LeaseName = "meshauth-control"
+
+// lead runs work while this replica holds the lease, and campaigns again
+// if it loses it, until ctx is done.
+func lead(ctx context.Context, cs kubernetes.Interface, cfg ControlConfig, work []func(context.Context) error) error {
+	id := cfg.Identity
+	if id == "" {
+		id = os.Getenv("POD_NAME")
+	}
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	d := cfg.LeaseDuration
+	if d == 0 {
+		d = 15 * time.Second
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: LeaseName, Namespace: cfg.Namespace},
+		Client:     cs.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	log := cfg.Log.With("component", "leader-election", "identity", id)
+	for ctx.Err() == nil {
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock: lock, LeaseDuration: d, RenewDeadline: d * 2 / 3, RetryPeriod: d * 2 / 15,
+			ReleaseOnCancel: true, Name: LeaseName,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					log.Info("leading: writing Secrets and root ConfigMaps")
+					if cfg.Leading != nil {
+						cfg.Leading()
+					}
+					var wg sync.WaitGroup
+					for _, w := range work {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							if err := w(ctx); err != nil && ctx.Err() == nil {
+								log.Error("leader work stopped", "error", err)
+							}
+						}()
+					}
+					wg.Wait()
+				},
+				OnStoppedLeading: func() { log.Info("not leading") },
+				OnNewLeader: func(l string) {
+					if l != id {
+						log.Info("another replica leads", "leader", l)
+					}
+				},
+			},
+		})
+		if err != nil {
+			return err
+		}
+		le.Run(ctx) // returns when leadership is lost or ctx is done
+	}
+	return nil
+}
+
+// startWebhookServer serves the webhook with a certificate from the CA in
+// Secret meshauth-webhook-ca (made on first start, shared by all replicas so
+// the caBundle fits whichever replica the API server calls), and sets that
+// CA as the caBundle of the webhook configuration: no certificate has to be
+// shipped in the manifests.
 func startWebhookServer(ctx context.Context, cs kubernetes.Interface, cfg ControlConfig, wh *Webhook) (*http.Server, error) {
-	caKey, caCert, err := selfSignedCA("meshauth-webhook-ca")
+	caKey, caCert, err := webhookCA(ctx, cs, cfg.Namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +320,53 @@ func startWebhookServer(ctx context.Context, cs kubernetes.Interface, cfg Contro
 	}
 	cfg.Log.Info("injection webhook listening", "addr", lis.Addr().String(), "path", WebhookPath)
 	return srv, nil
+}
+
+// WebhookCASecret holds the webhook's CA (tls.crt, tls.key).
+const WebhookCASecret = "meshauth-webhook-ca"
+
+// webhookCA loads the webhook CA from its Secret, creating it if missing.
+// When two replicas race to create it, the loser reads the winner's.
+func webhookCA(ctx context.Context, cs kubernetes.Interface, ns string) (crypto.Signer, *x509.Certificate, error) {
+	api := cs.CoreV1().Secrets(ns)
+	s, err := api.Get(ctx, WebhookCASecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		key, cert, gerr := selfSignedCA("meshauth-webhook-ca")
+		if gerr != nil {
+			return nil, nil, gerr
+		}
+		der, gerr := x509.MarshalPKCS8PrivateKey(key)
+		if gerr != nil {
+			return nil, nil, gerr
+		}
+		s, err = api.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: WebhookCASecret, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/part-of": "meshauth"}},
+			Type:       corev1.SecretTypeTLS,
+			Data: map[string][]byte{
+				corev1.TLSCertKey:       pemCert(cert),
+				corev1.TLSPrivateKeyKey: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+			},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			s, err = api.Get(ctx, WebhookCASecret, metav1.GetOptions{})
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("kube: webhook CA secret %s/%s: %w", ns, WebhookCASecret, err)
+	}
+	pair, err := tls.X509KeyPair(s.Data[corev1.TLSCertKey], s.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return nil, nil, fmt.Errorf("kube: webhook CA secret %s/%s: %w (delete it to have a new one made)", ns, WebhookCASecret, err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	key, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("kube: webhook CA key is not a signer")
+	}
+	return key, cert, nil
 }
 
 // SetWebhookCABundle sets caBundle on every webhook of the named

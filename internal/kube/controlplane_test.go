@@ -354,3 +354,82 @@ func buildMeshctl(t *testing.T) string {
 	}
 	return out
 }
+
+// TestControlPlaneReplicas runs two replicas: one leads and writes Secrets;
+// when it stops, the other takes over. Both use one webhook CA.
+func TestControlPlaneReplicas(t *testing.T) {
+	env := kubetest.Need(t)
+	cs := env.Clientset(t)
+	ctx := context.Background()
+	system := createNamespace(t, cs, "istio-system", nil)
+	ns := createNamespace(t, cs, "replicas", nil)
+	installCRDs(t, env)
+
+	type replica struct {
+		cancel  context.CancelFunc
+		done    chan error
+		leading chan struct{}
+	}
+	start := func(id string) *replica {
+		rctx, cancel := context.WithCancel(ctx)
+		r := &replica{cancel: cancel, done: make(chan error, 1), leading: make(chan struct{}, 1)}
+		ready := make(chan struct{})
+		go func() {
+			r.done <- RunControl(rctx, ControlConfig{
+				REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
+				Listen: "127.0.0.1:0", WebhookListen: "127.0.0.1:0", Namespaces: []string{ns},
+				LeaseDuration: 2 * time.Second,
+				Ready:         func(*control.Server) { close(ready) },
+				Leading:       func() { r.leading <- struct{}{} },
+			})
+		}()
+		select {
+		case <-ready:
+		case err := <-r.done:
+			t.Fatalf("replica %s: %v", id, err)
+		}
+		return r
+	}
+	a := start("a")
+	select {
+	case <-a.leading:
+	case <-time.After(30 * time.Second):
+		t.Fatal("replica a never led")
+	}
+	b := start("b")
+	defer func() { b.cancel(); <-b.done }()
+
+	newSA := func(name string) {
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		kubetest.WaitFor(t, 30*time.Second, "istio."+name, func() (bool, error) {
+			_, err := cs.CoreV1().Secrets(ns).Get(ctx, "istio."+name, metav1.GetOptions{})
+			return err == nil, err
+		})
+	}
+	newSA("first")
+	select {
+	case <-b.leading:
+		t.Fatal("replica b leads while a holds the lease")
+	default:
+	}
+
+	// Both replicas serve the webhook with certificates from one CA.
+	caSecret, err := cs.CoreV1().Secrets(system).Get(ctx, WebhookCASecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(caSecret.Data[corev1.TLSCertKey]) == 0 {
+		t.Fatal("webhook CA secret is empty")
+	}
+
+	a.cancel() // releases the lease (ReleaseOnCancel)
+	<-a.done
+	select {
+	case <-b.leading:
+	case <-time.After(30 * time.Second):
+		t.Fatal("replica b did not take over")
+	}
+	newSA("second")
+}

@@ -133,6 +133,10 @@ rules:
 - apiGroups: [authentication.k8s.io]
   resources: [tokenreviews]
   verbs: [create]
+# Leader election among replicas: only the leader writes Secrets.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
 # The webhook's caBundle is set at start-up to the CA of its certificate.
 - apiGroups: [admissionregistration.k8s.io]
   resources: [mutatingwebhookconfigurations]
@@ -192,6 +196,9 @@ spec:
         - name: POD_NAMESPACE
           valueFrom:
             fieldRef: {fieldPath: metadata.namespace}
+        - name: POD_NAME
+          valueFrom:
+            fieldRef: {fieldPath: metadata.name}
         ports:
         - {name: grpc-ca, containerPort: 15012}
         - {name: https-webhook, containerPort: 15017}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +165,55 @@ func TestInstallAppliesToAPIServer(t *testing.T) {
 			t.Errorf("istio-ca-secret: %v", err)
 		}
 	})
+}
+
+// TestInjectedManifestsAreValid sends every kube-inject golden output to the
+// real API server (server-side dry run), which validates each injected pod
+// template against the Kubernetes schema: a field the injector got wrong is
+// refused here, not in a user's cluster.
+func TestInjectedManifestsAreValid(t *testing.T) {
+	env := kubetest.Need(t)
+	ctx := context.Background()
+	rc := env.RESTConfig()
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	ns := createNamespace(t, env.Clientset(t), "inject-valid", nil)
+	goldens, err := filepath.Glob("testdata/inject/*.golden")
+	if err != nil || len(goldens) == 0 {
+		t.Fatalf("no goldens: %v", err)
+	}
+	for _, g := range goldens {
+		t.Run(filepath.Base(g), func(t *testing.T) {
+			src, err := os.ReadFile(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, doc := range splitYAML(src) {
+				var obj map[string]any
+				if err := yaml.Unmarshal(doc, &obj); err != nil {
+					t.Fatal(err)
+				}
+				if obj == nil {
+					continue
+				}
+				u := &unstructured.Unstructured{Object: obj}
+				gvk := u.GroupVersionKind()
+				m, err := mapper.RESTMapping(schema.GroupKind{Group: gvk.Group, Kind: gvk.Kind}, gvk.Version)
+				if err != nil {
+					t.Fatalf("%s: %v", gvk, err)
+				}
+				_, err = dyn.Resource(m.Resource).Namespace(ns).Create(ctx, u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+				if err != nil {
+					t.Errorf("%s %s refused by the API server: %v", gvk.Kind, u.GetName(), err)
+				}
+			}
+		})
+	}
 }
