@@ -320,8 +320,16 @@ func (zeros) Read(p []byte) (int, error) {
 }
 
 // runUpload POSTs size bytes through v and returns MiB/s, end to end
-// (until the backend has read it all and answered).
-func runUpload(ctx context.Context, v *variant, size int64) (float64, error) {
+// (until the backend has read it all and answered), and the CPU seconds
+// both proxies spent per GiB.
+func runUpload(ctx context.Context, v *variant, size int64) (float64, float64, error) {
+	s := startSampler(v.procs)
+	mibs, err := upload(ctx, v, size)
+	cpu, _, _, _ := s.stop()
+	return mibs, cpu / (float64(size) / (1 << 30)), err
+}
+
+func upload(ctx context.Context, v *variant, size int64) (float64, error) {
 	c := httpClient(v)
 	defer c.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.url("/upload"), io.LimitReader(zeros{}, size))

@@ -140,7 +140,7 @@ func (rep *report) markdown() string {
 	}
 	w(".\n\n")
 
-	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB (private) | %s upload MiB/s |\n", cfg.QPS, sizeName(cfg.UploadSize))
+	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB (private) | %s upload MiB/s (CPU-s of both proxies per GiB) |\n", cfg.QPS, sizeName(cfg.UploadSize))
 	w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	direct := rep.find("direct")
 	dm := func(metric string) float64 {
@@ -152,8 +152,10 @@ func (rep *report) markdown() string {
 	var errNotes []string
 	for _, r := range rep.results {
 		cpu, rss := "-", "-"
+		upload := fmtNum(r.med(mUpload), 0)
 		if len(r.v.procs) > 0 {
 			cpu, rss = fmtNum(r.med(mCPU1k), 3), fmtNum(r.med(mRSS), 1)+" ("+fmtNum(r.med(mAnon), 1)+")"
+			upload += " (" + fmtNum(r.med(mUploadCPU), 2) + ")"
 		}
 		added := "-"
 		if r.v.name != "direct" {
@@ -163,7 +165,7 @@ func (rep *report) markdown() string {
 			fmtNum(r.med(mKA), 0), ratio(r.med(mKA), dm(mKA)),
 			fmtNum(r.med(mClose), 0), ratio(r.med(mClose), dm(mClose)),
 			fmtNum(r.med(mP50), 3), fmtNum(r.med(mP90), 3), fmtNum(r.med(mP99), 3), added,
-			cpu, rss, fmtNum(r.med(mUpload), 0))
+			cpu, rss, upload)
 		for _, k := range []struct{ metric, what string }{{mKAErr, "keep-alive"}, {mCloseErr, "one request per connection"}, {mLatErr, "fixed rate"}} {
 			if n := sum(r.m[k.metric]); n > 0 {
 				errNotes = append(errNotes, fmt.Sprintf("%s: %s errors/non-200 over all runs: %s", r.v.name, k.what, commas(int64(n))))

@@ -22,20 +22,21 @@ func (r *result) add(metric string, x float64) { r.m[metric] = append(r.m[metric
 
 // Metric keys.
 const (
-	mKA       = "keepalive_rps"
-	mKAErr    = "keepalive_errors"
-	mClose    = "close_rps"
-	mCloseErr = "close_errors"
-	mQPS      = "lat_qps"
-	mP50      = "p50_ms"
-	mP90      = "p90_ms"
-	mP99      = "p99_ms"
-	mLatErr   = "lat_errors"
-	mCPU      = "cpu_vcpu"
-	mCPU1k    = "cpu_per_1k"
-	mRSS      = "rss_mb"
-	mAnon     = "anon_mb"
-	mUpload   = "upload_mibs"
+	mKA        = "keepalive_rps"
+	mKAErr     = "keepalive_errors"
+	mClose     = "close_rps"
+	mCloseErr  = "close_errors"
+	mQPS       = "lat_qps"
+	mP50       = "p50_ms"
+	mP90       = "p90_ms"
+	mP99       = "p99_ms"
+	mLatErr    = "lat_errors"
+	mCPU       = "cpu_vcpu"
+	mCPU1k     = "cpu_per_1k"
+	mRSS       = "rss_mb"
+	mAnon      = "anon_mb"
+	mUpload    = "upload_mibs"
+	mUploadCPU = "upload_cpu_s_per_gib"
 )
 
 // report is everything one harness run found.
@@ -188,12 +189,15 @@ func run(ctx context.Context, cfg config) (*report, error) {
 			if err := ctx.Err(); err != nil {
 				return rep, err
 			}
-			mibs, err := runUpload(ctx, r.v, cfg.UploadSize)
+			mibs, cpuGiB, err := runUpload(ctx, r.v, cfg.UploadSize)
 			if err != nil {
 				rep.problem("%s upload: %v", r.v.name, err)
 				continue
 			}
 			r.add(mUpload, mibs)
+			if len(r.v.procs) > 0 {
+				r.add(mUploadCPU, cpuGiB)
+			}
 			log.Info("upload", "variant", r.v.name, "mib_per_s", int(mibs))
 			settle()
 		}
