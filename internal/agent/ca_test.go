@@ -209,8 +209,10 @@ func TestAgentAgainstCA(t *testing.T) {
 
 	t.Run("CA down: traffic flows, renewals fail and are retried", func(t *testing.T) {
 		cp.stop(t)
-		down := sleep.Store().SVID().Serial()
+		// A renewal in flight when the CA stopped may still land; once one
+		// has failed, none can succeed until the CA is back.
 		waitFor(t, func() bool { return sleep.Status()["last_error"] != "" }, "a failed renewal while the CA is down")
+		down := sleep.Store().SVID().Serial()
 		for i := 0; i < 20; i++ {
 			// New client connections and new upstream handshakes.
 			if err := get(); err != nil {

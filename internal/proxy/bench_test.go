@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -198,5 +199,37 @@ func BenchmarkBulk(b *testing.B) {
 	b.StopTimer()
 	if want := fmt.Sprint(int64(b.N) * int64(len(buf))); string(got) != want {
 		b.Fatalf("sink got %s bytes, want %s", got, want)
+	}
+}
+
+// BenchmarkUpload POSTs a 16 MiB body through the sidecar pair (the HTTP
+// engine's request-body path), next to the same upload sent directly.
+func BenchmarkUpload(b *testing.B) {
+	cli, appAddr := benchPair(b)
+	body := make([]byte, 16<<20)
+	for _, via := range []bool{false, true} {
+		name := "direct"
+		tr := &http.Transport{}
+		url := "http://" + appAddr + "/upload"
+		if via {
+			name = "sidecars"
+			tr.Proxy = http.ProxyURL(mustParseURL(b, "http://"+cli.OutboundAddr.String()))
+			url = "http://httpbin:8000/upload"
+		}
+		b.Run(name, func(b *testing.B) {
+			c := &http.Client{Transport: tr}
+			b.SetBytes(int64(len(body)))
+			for i := 0; i < b.N; i++ {
+				resp, err := c.Post(url, "application/octet-stream", bytes.NewReader(body))
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+		})
 	}
 }

@@ -115,10 +115,16 @@ func copyHalf(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
-	var n int64
+	var (
+		n   int64
+		set time.Time // when the read deadline was last moved
+	)
 	for {
-		if idle > 0 {
-			src.SetReadDeadline(time.Now().Add(idle))
+		// Moving the deadline costs a timer update; on a busy stream once
+		// a second is enough (the deadline is idle away, not per read).
+		if now := time.Now(); idle > 0 && now.Sub(set) > time.Second {
+			src.SetReadDeadline(now.Add(idle))
+			set = now
 		}
 		nr, rerr := src.Read(buf)
 		if nr > 0 {

@@ -517,10 +517,14 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 			p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
 			return exchangeResult{}
 		}
-		dec := policy.Authorize(p.policy.Current(), policy.Request{
-			Source: info.peer, Port: info.port, Service: info.service,
-			Method: d.req.str(d.req.method), Path: d.req.path(),
-		})
+		snap := p.policy.Current()
+		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
+		if snap != nil && snap.RBAC != nil {
+			// Only built when rules may look at them (saves two
+			// allocations per request with RBAC off).
+			req.Method, req.Path = d.req.str(d.req.method), d.req.path()
+		}
+		dec := policy.Authorize(snap, req)
 		if !dec.Allow {
 			p.cached.deny.Inc()
 			res := p.localError(d, http.StatusForbidden, "rbac_denied", "RBAC: access denied: "+dec.Reason)

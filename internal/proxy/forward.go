@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -62,7 +61,7 @@ type cachedMetrics struct {
 	bytesOutUp, bytesOutDown prometheus.Counter
 	inByMode                 map[policy.ServerMode]prometheus.Counter
 	hsOK                     map[string]prometheus.Counter
-	req                      map[string]prometheus.Counter
+	req                      [2][5]prometheus.Counter // [inbound|outbound][1xx..5xx]
 }
 
 func newCachedMetrics(m *Metrics) cachedMetrics {
@@ -78,16 +77,15 @@ func newCachedMetrics(m *Metrics) cachedMetrics {
 		bytesOutDown: m.Bytes.WithLabelValues("outbound", "downstream"),
 		inByMode:     map[policy.ServerMode]prometheus.Counter{},
 		hsOK:         map[string]prometheus.Counter{},
-		req:          map[string]prometheus.Counter{},
 	}
 	for _, mode := range []policy.ServerMode{policy.ServerStrict, policy.ServerPermissive, policy.ServerDisable} {
 		c.inByMode[mode] = m.Connections.WithLabelValues("inbound", string(mode))
 	}
-	for _, d := range []string{"inbound", "outbound"} {
+	for di, d := range []string{"inbound", "outbound"} {
 		c.hsOK[d+"ok"] = m.Handshakes.WithLabelValues(d, "ok", "mtls")
 		c.hsOK[d+"plaintext"] = m.Handshakes.WithLabelValues(d, "ok", "plaintext")
-		for _, cl := range []string{"1xx", "2xx", "3xx", "4xx", "5xx"} {
-			c.req[d+cl] = m.Requests.WithLabelValues(d, cl)
+		for i, cl := range []string{"1xx", "2xx", "3xx", "4xx", "5xx"} {
+			c.req[di][i] = m.Requests.WithLabelValues(d, cl)
 		}
 	}
 	return c
@@ -107,9 +105,13 @@ func (c cachedMetrics) handshake(dir, result string) prometheus.Counter {
 }
 
 func (c cachedMetrics) requests(dir string, status int) prometheus.Counter {
-	cl := "5xx"
+	cl := 4 // 5xx
 	if status >= 100 && status < 600 {
-		cl = strconv.Itoa(status/100) + "xx"
+		cl = status/100 - 1
 	}
-	return c.req[dir+cl]
+	d := 0
+	if dir == "outbound" {
+		d = 1
+	}
+	return c.req[d][cl]
 }
