@@ -39,6 +39,7 @@ type config struct {
 	CAWorkers  int
 	Out        string   // BENCHMARKS.md to update; "" = print only
 	Meshd      string   // meshd binary; "" = build it
+	PprofDir   string   // "": no profiles; else each sidecar writes a CPU profile here
 	MeshdEnv   []string // extra environment for the sidecars (experiments, e.g. GOMAXPROCS=1)
 	WorkDir    string   // "" = a temporary directory, removed afterwards
 	Command    string   // the command line, recorded in the report
@@ -104,6 +105,7 @@ func main() {
 	flag.StringVar(&cfg.Meshd, "meshd", "", "meshd binary (default: go build ./cmd/meshd)")
 	var meshdEnv string
 	flag.StringVar(&meshdEnv, "meshd-env", "", "extra KEY=VALUE,... environment for the sidecars (profiling experiments; recorded in the report)")
+	flag.StringVar(&cfg.PprofDir, "pprof", "", "directory for CPU profiles of the meshauth sidecars (meshd sidecar --cpuprofile), written when they stop")
 	flag.StringVar(&cfg.WorkDir, "work", "", "work directory to keep configs and logs (default: temporary)")
 	flag.BoolVar(&quick, "quick", false, "smoke settings: 1 run, sub-second durations, 16 MiB upload")
 	flag.Parse()

@@ -143,6 +143,11 @@ func startMeshauth(ctx context.Context, e *env, cfg *config, spec string) (*vari
 			// The peers log nothing per connection; neither does this.
 			"--access-log=false", "--log-level", "warn",
 		}, side.args...)
+		if cfg.PprofDir != "" {
+			dir, _ := filepath.Abs(cfg.PprofDir)
+			os.MkdirAll(dir, 0o755)
+			args = append(args, "--cpuprofile", filepath.Join(dir, tag+"-"+side.sa+".pprof"))
+		}
 		p, err := startProc(e.dir, tag+"-"+side.sa, meshd, args, env)
 		if err != nil {
 			return nil, err

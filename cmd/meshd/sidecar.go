@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,6 +55,7 @@ type sidecarFlags struct {
 	logLevel                                         string
 	accessLog                                        bool
 	handshakeTimeout, idleTimeout                    time.Duration
+	cpuProfile                                       string
 }
 
 func init() {
@@ -123,7 +125,8 @@ exits with its status.`,
 	fl.StringVar(&f.certSource, "cert-source", "ca", `where certificates come from: "ca" (the agent) or "files" (--certs-dir, written by someone else, e.g. a Secret; re-read when they change)`)
 	fl.StringVar(&f.certsDir, "cert-dir", "/etc/certs", "alias of --certs-dir")
 	fl.StringVar(&f.caRoots, "ca-root", "", "alias of --ca-roots")
-	for _, n := range []string{"cert-dir", "ca-root"} {
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (bench/ -pprof)")
+	for _, n := range []string{"cert-dir", "ca-root", "cpuprofile"} {
 		fl.MarkHidden(n)
 	}
 	root.AddCommand(cmd)
@@ -183,6 +186,19 @@ func parseLevel(s string) (slog.Level, error) {
 func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	if err := applyEnvAndAliases(cmd, &f); err != nil {
 		return err
+	}
+	if f.cpuProfile != "" {
+		// For the hot-spot profiles in BENCHMARKS.md; written when the
+		// sidecar exits on SIGINT/SIGTERM, as meshd control's --cpuprofile.
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	level, err := parseLevel(f.logLevel)
 	if err != nil {
