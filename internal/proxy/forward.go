@@ -3,9 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
-	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -14,14 +12,6 @@ import (
 
 // reasonHeader tells a caller why the sidecar, not the app, answered.
 const reasonHeader = "X-Meshauth-Reason"
-
-func httpError(w http.ResponseWriter, status int, reason, msg string) {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set(reasonHeader, reason)
-	w.WriteHeader(status)
-	io.WriteString(w, msg+"\n")
-}
 
 // upstreamReason labels an outbound failure.
 func upstreamReason(err error) string {

@@ -3,7 +3,10 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
@@ -284,4 +287,41 @@ func countFields(h *head, name string) int {
 		}
 	}
 	return n
+}
+
+// ProxyTarget is the net/url reading of a forward-proxy request, the
+// reference the fuzz test holds absoluteTarget to. It returns the destination host and port of a forward-proxy
+// request: the authority of a CONNECT, or the host of an absolute-form URI
+// (http://host[:port]/path). Origin-form requests ("GET /path") are not
+// proxy requests and get an error saying how to use the sidecar.
+func ProxyTarget(r *http.Request) (string, uint32, error) {
+	if r.Method == http.MethodConnect {
+		host, ps, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			return "", 0, fmt.Errorf("CONNECT target %q: want host:port", r.Host)
+		}
+		port, err := parsePort(ps)
+		if err != nil || host == "" {
+			return "", 0, fmt.Errorf("CONNECT target %q: want host:port", r.Host)
+		}
+		return host, port, nil
+	}
+	if r.URL == nil || r.URL.Host == "" {
+		return "", 0, errors.New("not a proxy request (need an absolute URI such as http://httpbin:8000/headers; set http_proxy to this sidecar)")
+	}
+	if r.URL.Scheme != "http" {
+		return "", 0, fmt.Errorf("scheme %q is not supported by the forward proxy (use http://, or CONNECT for TLS)", r.URL.Scheme)
+	}
+	host := r.URL.Hostname()
+	if host == "" {
+		return "", 0, fmt.Errorf("absolute URI %q has no host", r.URL.String())
+	}
+	port := uint32(80)
+	if ps := r.URL.Port(); ps != "" {
+		var err error
+		if port, err = parsePort(ps); err != nil {
+			return "", 0, fmt.Errorf("absolute URI port %q: %w", ps, err)
+		}
+	}
+	return host, port, nil
 }
