@@ -57,6 +57,7 @@ self-signed root.`,
 			defer control.PlaneOf(srv).Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			tuneGC(ctx) // unless GOGC/GOMEMLIMIT are set; see gctune.go
 			return srv.Serve(ctx)
 		},
 	}

@@ -53,6 +53,7 @@ webhook serves on --webhook-listen.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			tuneGC(ctx) // unless GOGC/GOMEMLIMIT are set; see gctune.go
 			return kube.RunControl(ctx, cfg)
 		},
 	}
