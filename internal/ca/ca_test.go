@@ -447,6 +447,77 @@ func TestJoinTokens(t *testing.T) {
 	}
 }
 
+// TestJoinTokenUsesAcrossRestart: the store's use counter is what counts,
+// across a restart, whatever the authenticator remembered.
+func TestJoinTokenUsesAcrossRestart(t *testing.T) {
+	clk := newClock(t0)
+	dir := t.TempDir()
+	ctx := context.Background()
+	c := newCA(t, dir, clk, nil)
+	tok, err := c.CreateJoinToken(sleepID, 10*time.Minute, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(c *ca.CA) error {
+		caller, err := c.JoinTokenAuthenticator().Authenticate(ctx, ca.Credentials{BearerToken: tok.Secret})
+		if err != nil {
+			return err
+		}
+		_, err = c.Sign(ctx, caller, csrFor(t, ecKey(t)), 0)
+		return err
+	}
+	for range 2 {
+		if err := issue(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	c = newCA(t, dir, clk, nil)
+	if err := issue(c); err != nil {
+		t.Fatalf("third use after restart: %v", err)
+	}
+	// Used up: the authenticator already knows, before any signing.
+	if _, err := c.JoinTokenAuthenticator().Authenticate(ctx, ca.Credentials{BearerToken: tok.Secret}); !errors.Is(err, ca.ErrTokenUsedUp) {
+		t.Fatalf("fourth use: %v", err)
+	}
+	c.Close()
+	c = newCA(t, dir, clk, nil)
+	if err := issue(c); !errors.Is(err, ca.ErrTokenUsedUp) {
+		t.Fatalf("fourth use after restart: %v", err)
+	}
+	// A caller that passed the authenticator's check before the last use
+	// was spent elsewhere is refused by the spend itself.
+	tok2, err := c.CreateJoinToken(sleepID, 10*time.Minute, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := c.JoinTokenAuthenticator()
+	a1, err1 := auth.Authenticate(ctx, ca.Credentials{BearerToken: tok2.Secret})
+	a2, err2 := auth.Authenticate(ctx, ca.Credentials{BearerToken: tok2.Secret})
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if _, err := c.Sign(ctx, a1, csrFor(t, ecKey(t)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Sign(ctx, a2, csrFor(t, ecKey(t)), 0); !errors.Is(err, ca.ErrTokenUsedUp) {
+		t.Fatalf("second spend of a one-use token: %v", err)
+	}
+	// An expired token is refused even though the authenticator saw it.
+	tok3, err := c.CreateJoinToken(sleepID, 10*time.Minute, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a3, err := auth.Authenticate(ctx, ca.Credentials{BearerToken: tok3.Secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.add(11 * time.Minute)
+	if _, err := c.Sign(ctx, a3, csrFor(t, ecKey(t)), 0); !errors.Is(err, ca.ErrTokenExpired) {
+		t.Fatalf("expired token at the spend: %v", err)
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := newCA(t, t.TempDir(), newClock(t0), func(cfg *ca.Config) { cfg.Metrics = reg })

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -67,6 +68,17 @@ type tokenRecord struct {
 
 type store struct {
 	db *bolt.DB
+
+	// tokens caches join token records read from or committed to the
+	// store, so the join-token authenticator's check needs no read
+	// transaction per call. It is only a pre-check: the use is spent by
+	// spendToken inside the transaction that logs the issuance, from the
+	// durable record, which stays authoritative. A cached record is never
+	// ahead of the store (Used is only ever set from committed values), so
+	// the cache can let through a call that spendToken then refuses, never
+	// the reverse; after a restart it is rebuilt from the store.
+	tokMu  sync.Mutex
+	tokens map[string]tokenRecord
 }
 
 func openStore(dir string) (*store, error) {
@@ -105,7 +117,7 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
-	return &store{db: db}, nil
+	return &store{db: db, tokens: map[string]tokenRecord{}}, nil
 }
 
 func (s *store) close() error { return s.db.Close() }
@@ -219,13 +231,20 @@ func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash str
 	if err != nil {
 		return err
 	}
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	// spent is the token record as the last run of fn wrote it: bbolt may
+	// run fn more than once, and only the run that commits counts.
+	var spent tokenRecord
+	err = s.db.Batch(func(tx *bolt.Tx) error {
 		issued := tx.Bucket(bucketIssued)
 		if issued.Get(serial) != nil {
 			return errSerialExists
 		}
 		if tokenHash != "" {
-			if err := spendToken(tx, tokenHash, now); err != nil {
+			r, err := spendToken(tx, tokenHash, now)
+			if r != nil {
+				spent = *r
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -238,6 +257,27 @@ func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash str
 		}
 		return nil
 	})
+	if tokenHash != "" && spent.ID != "" {
+		var e *Error
+		if err == nil || (errors.As(err, &e) && e.Reason == ReasonTokenUsedUp) {
+			// Committed (or the store said used up, a state that never
+			// reverts): later callers with this token are pre-checked
+			// against it.
+			s.cacheToken(tokenHash, spent)
+		}
+	}
+	return err
+}
+
+// cacheToken records r as the latest known state of a token. Concurrent
+// commits can report out of order, so Used only ever grows.
+func (s *store) cacheToken(hash string, r tokenRecord) {
+	s.tokMu.Lock()
+	if old, ok := s.tokens[hash]; ok && old.Used > r.Used {
+		r.Used = old.Used
+	}
+	s.tokens[hash] = r
+	s.tokMu.Unlock()
 }
 
 // Issued returns every issuance log record, for tests and audits.
@@ -394,12 +434,25 @@ func (s *store) putToken(hash string, r *tokenRecord) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokens).Put([]byte(hash), v)
 	})
+	if err == nil {
+		s.cacheToken(hash, *r)
+	}
+	return err
 }
 
+// getToken returns a token's record, from the cache if it has been seen
+// (see store.tokens), else from the store. Unknown tokens are not cached:
+// guessing costs a read each time, as before, and cannot grow the cache.
 func (s *store) getToken(hash string) (r *tokenRecord, err error) {
+	s.tokMu.Lock()
+	c, ok := s.tokens[hash]
+	s.tokMu.Unlock()
+	if ok {
+		return &c, nil
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketTokens).Get([]byte(hash))
 		if v == nil {
@@ -408,30 +461,34 @@ func (s *store) getToken(hash string) (r *tokenRecord, err error) {
 		r = new(tokenRecord)
 		return json.Unmarshal(v, r)
 	})
+	if err == nil && r != nil {
+		s.cacheToken(hash, *r)
+	}
 	return r, err
 }
 
 // spendToken checks and spends one use of a join token inside tx, so that
-// the use and the issuance it paid for commit together.
-func spendToken(tx *bolt.Tx, hash string, now time.Time) error {
+// the use and the issuance it paid for commit together. It returns the
+// record as stored (after the spend), or as found when it refuses.
+func spendToken(tx *bolt.Tx, hash string, now time.Time) (*tokenRecord, error) {
 	b := tx.Bucket(bucketTokens)
 	v := b.Get([]byte(hash))
 	if v == nil {
-		return refuse(KindUnauthenticated, ReasonTokenUnknown, "join token is not known to this CA (create one with `meshctl token create`)")
+		return nil, refuse(KindUnauthenticated, ReasonTokenUnknown, "join token is not known to this CA (create one with `meshctl token create`)")
 	}
 	var r tokenRecord
 	if err := json.Unmarshal(v, &r); err != nil {
-		return err
+		return nil, err
 	}
 	if err := r.usable(now); err != nil {
-		return err
+		return &r, err
 	}
 	r.Used++
 	nv, err := json.Marshal(&r)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return b.Put([]byte(hash), nv)
+	return &r, b.Put([]byte(hash), nv)
 }
 
 func (r *tokenRecord) usable(now time.Time) error {

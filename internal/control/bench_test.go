@@ -154,27 +154,42 @@ func cpuTime() time.Duration {
 // control` process, so the server's CPU can be read apart from the
 // clients' (/proc/PID/stat): server-cpu-us/op is what one issuance costs the
 // CA, and 2 cores divided by it is the CA's rate with the cores to itself.
+// mtls renews with a certificate, token bootstraps with a join token.
 //
 // Run: go test ./internal/control/ -run '^$' -bench IssuanceProcess -benchtime 20000x -cpu 2
 func BenchmarkIssuanceProcess(b *testing.B) {
+	for _, mode := range []string{"mtls", "token"} {
+		b.Run(mode, func(b *testing.B) { benchIssuanceProcess(b, mode) })
+	}
+}
+
+func benchIssuanceProcess(b *testing.B, mode string) {
 	meshd, _ := binaries(b)
 	dir := b.TempDir()
-	// MESHAUTH_BENCH_CPUPROFILE=FILE profiles the meshd process itself.
+	// MESHAUTH_BENCH_CPUPROFILE=FILE profiles the meshd process itself (the
+	// mode is added to the name: FILE.mtls, FILE.token).
 	var extra []string
 	prof := os.Getenv("MESHAUTH_BENCH_CPUPROFILE")
 	if prof != "" {
+		prof += "." + mode
 		extra = []string{"--cpuprofile", prof}
 	}
 	p := startMeshd(b, meshd, dir, extra...)
 	e := &env{dir: dir}
-	cert, _ := e.issueTLS(b, "default", "sleep")
+	var o client.Options
+	if mode == "mtls" {
+		cert, _ := e.issueTLS(b, "default", "sleep")
+		o.GetClientCertificate = withCert(cert)
+	} else {
+		o.Token = e.token(b, "default", "sleep", time.Hour, 1<<30)
+	}
 	csrs := make([][]byte, 64)
 	for i := range csrs {
 		csrs[i] = newCSR(b, ecKey(b), nil)
 	}
 	conns := make([]*grpc.ClientConn, 4)
 	for i := range conns {
-		conns[i] = e.dial(b, client.Options{GetClientCertificate: withCert(cert)})
+		conns[i] = e.dial(b, o)
 		if _, err := pb.NewCertificateAuthorityClient(conns[i]).GetTrustBundle(context.Background(), &pb.GetTrustBundleRequest{}); err != nil {
 			b.Fatal(err)
 		}
