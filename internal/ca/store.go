@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -44,6 +45,41 @@ type IssuanceRecord struct {
 	// "join_token:3f2a9c1b0d4e" or "mtls:<serial of the presented cert>".
 	Requester string `json:"requester"`
 	Authority uint64 `json:"authority"`
+}
+
+// appendJSON appends the record as encoding/json would write it (same
+// field names and order, so json.Unmarshal reads it back), without
+// reflection: it runs once per issuance.
+func (r *IssuanceRecord) appendJSON(b []byte) []byte {
+	b = append(b, `{"serial":`...)
+	b = appendJSONString(b, r.Serial)
+	b = append(b, `,"spiffe_id":`...)
+	b = appendJSONString(b, r.SPIFFEID)
+	b = append(b, `,"not_before":`...)
+	b = strconv.AppendInt(b, r.NotBefore, 10)
+	b = append(b, `,"not_after":`...)
+	b = strconv.AppendInt(b, r.NotAfter, 10)
+	b = append(b, `,"issued_at":`...)
+	b = strconv.AppendInt(b, r.IssuedAt, 10)
+	b = append(b, `,"requester":`...)
+	b = appendJSONString(b, r.Requester)
+	b = append(b, `,"authority":`...)
+	b = strconv.AppendUint(b, r.Authority, 10)
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string. Serials, SPIFFE IDs and
+// requesters are plain ASCII; anything else goes through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // authorityRecord is a self-signed root the CA created. Plugged-in CAs are
@@ -227,14 +263,11 @@ func (s *store) maxNotAfter() (map[uint64]int64, error) {
 // join token if tokenHash is set, in one transaction grouped with concurrent
 // callers (bbolt Batch). It returns only after the commit.
 func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
-	val, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
+	val := rec.appendJSON(make([]byte, 0, 256))
 	// spent is the token record as the last run of fn wrote it: bbolt may
 	// run fn more than once, and only the run that commits counts.
 	var spent tokenRecord
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error {
 		issued := tx.Bucket(bucketIssued)
 		if issued.Get(serial) != nil {
 			return errSerialExists

@@ -495,8 +495,9 @@ func peerCerts(ctx context.Context) []*x509.Certificate {
 }
 
 func bearer(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	// ValueFromIncomingContext reads the one key; FromIncomingContext would
+	// copy every header of the call.
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
 		if tok, ok := strings.CutPrefix(v, "Bearer "); ok {
 			return strings.TrimSpace(tok)
 		}
