@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -115,6 +116,8 @@ type store struct {
 	// the reverse; after a restart it is rebuilt from the store.
 	tokMu  sync.Mutex
 	tokens map[string]tokenRecord
+	// spendMemo: see spendToken.
+	spendMemo map[string]spendMemo
 }
 
 func openStore(dir string) (*store, error) {
@@ -153,7 +156,7 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
-	return &store{db: db, tokens: map[string]tokenRecord{}}, nil
+	return &store{db: db, tokens: map[string]tokenRecord{}, spendMemo: map[string]spendMemo{}}, nil
 }
 
 func (s *store) close() error { return s.db.Close() }
@@ -273,7 +276,7 @@ func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash str
 			return errSerialExists
 		}
 		if tokenHash != "" {
-			r, err := spendToken(tx, tokenHash, now)
+			r, err := s.spendToken(tx, tokenHash, now)
 			if r != nil {
 				spent = *r
 			}
@@ -503,25 +506,72 @@ func (s *store) getToken(hash string) (r *tokenRecord, err error) {
 // spendToken checks and spends one use of a join token inside tx, so that
 // the use and the issuance it paid for commit together. It returns the
 // record as stored (after the spend), or as found when it refuses.
-func spendToken(tx *bolt.Tx, hash string, now time.Time) (*tokenRecord, error) {
+func (s *store) spendToken(tx *bolt.Tx, hash string, now time.Time) (*tokenRecord, error) {
 	b := tx.Bucket(bucketTokens)
 	v := b.Get([]byte(hash))
 	if v == nil {
 		return nil, refuse(KindUnauthenticated, ReasonTokenUnknown, "join token is not known to this CA (create one with `meshctl token create`)")
 	}
+	// Decoding is memoised on the exact stored bytes: a busy token is
+	// spent many times per batch, and each spend reads what the previous
+	// one wrote. Equal bytes decode to an equal record, so this changes
+	// nothing about what is checked.
 	var r tokenRecord
-	if err := json.Unmarshal(v, &r); err != nil {
+	if m, ok := s.spendMemo[hash]; ok && bytes.Equal(m.raw, v) {
+		r = m.rec
+	} else if err := json.Unmarshal(v, &r); err != nil {
 		return nil, err
 	}
 	if err := r.usable(now); err != nil {
 		return &r, err
 	}
 	r.Used++
-	nv, err := json.Marshal(&r)
+	nv, err := r.appendJSON(make([]byte, 0, 192))
 	if err != nil {
 		return nil, err
 	}
-	return &r, b.Put([]byte(hash), nv)
+	if err := b.Put([]byte(hash), nv); err != nil {
+		return nil, err
+	}
+	// Only the writer transaction runs spendToken, so s.spendMemo needs no
+	// lock; bbolt keeps nv as the value (until commit copies it), and it
+	// is not modified after this.
+	if len(s.spendMemo) >= 1024 {
+		clear(s.spendMemo)
+	}
+	s.spendMemo[hash] = spendMemo{raw: nv, rec: r}
+	return &r, nil
+}
+
+type spendMemo struct {
+	raw []byte
+	rec tokenRecord
+}
+
+// appendJSON appends the record as encoding/json writes it, without
+// reflection (a spend rewrites it once per issuance).
+func (r *tokenRecord) appendJSON(b []byte) ([]byte, error) {
+	exp, err := r.ExpiresAt.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	created, err := r.CreatedAt.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, r.ID)
+	b = append(b, `,"spiffe_id":`...)
+	b = appendJSONString(b, r.SPIFFEID)
+	b = append(b, `,"expires_at":`...)
+	b = append(b, exp...)
+	b = append(b, `,"uses":`...)
+	b = strconv.AppendInt(b, int64(r.Uses), 10)
+	b = append(b, `,"used":`...)
+	b = strconv.AppendInt(b, int64(r.Used), 10)
+	b = append(b, `,"created_at":`...)
+	b = append(b, created...)
+	return append(b, '}'), nil
 }
 
 func (r *tokenRecord) usable(now time.Time) error {

@@ -3,6 +3,7 @@ package ca
 import (
 	"encoding/json"
 	"testing"
+	"time"
 )
 
 // The issuance log's hand-written encoding must be what encoding/json writes.
@@ -18,6 +19,24 @@ func TestIssuanceRecordJSON(t *testing.T) {
 		}
 		if got := r.appendJSON(nil); string(got) != string(want) {
 			t.Errorf("appendJSON\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+func TestTokenRecordJSON(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 123456789, time.UTC)
+	for _, r := range []tokenRecord{
+		{},
+		{ID: "3f2a9c1b0d4e", SPIFFEID: "spiffe://cluster.local/ns/default/sa/sleep", ExpiresAt: now.Add(time.Hour), Uses: 5, Used: 3, CreatedAt: now},
+		{ID: "x\"", SPIFFEID: "spiffe://td/ns/\u00e9/sa/b", ExpiresAt: now.In(time.FixedZone("x", 3600)), Uses: -1, Used: 1 << 40, CreatedAt: now.Round(time.Second)},
+	} {
+		want, err := json.Marshal(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.appendJSON(nil)
+		if err != nil || string(got) != string(want) {
+			t.Errorf("appendJSON\n got %s (%v)\nwant %s", got, err, want)
 		}
 	}
 }
