@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"io"
 	"net"
 	"sync"
 )
@@ -30,11 +31,16 @@ var batchBufPool = sync.Pool{New: func() any { b := make([]byte, 0, batchMax+(ba
 
 type batchConn struct {
 	net.Conn
+	io  io.ReadWriter // fastIO(Conn)
 	mu  sync.Mutex
 	on  bool
 	buf *[]byte
 	err error // sticky: after a failed batch nothing more may be sent
 }
+
+func newBatchConn(c net.Conn) *batchConn { return &batchConn{Conn: c, io: fastIO(c)} }
+
+func (b *batchConn) Read(p []byte) (int, error) { return b.io.Read(p) }
 
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -48,7 +54,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	b.mu.Unlock()
-	return b.Conn.Write(p)
+	return b.io.Write(p)
 }
 
 // CloseWrite half-closes the underlying connection when it can.
@@ -108,7 +114,7 @@ func (c *batchedTLS) writeBatch(p []byte) (int, error) {
 	buf := b.buf
 	b.buf = nil
 	if len(*buf) > 0 {
-		if _, werr := b.Conn.Write(*buf); werr != nil {
+		if _, werr := b.io.Write(*buf); werr != nil {
 			b.err = werr
 			n, err = 0, werr
 		}

@@ -55,7 +55,7 @@ func batchedPair(t *testing.T) (*batchedTLS, *countingConn, *tls.Conn) {
 		t.Fatal(err)
 	}
 	cc := &countingConn{Conn: c}
-	raw := &batchConn{Conn: cc}
+	raw := newBatchConn(cc)
 	tc := tls.Client(raw, &tls.Config{RootCAs: ca.Pool(), InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)

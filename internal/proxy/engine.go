@@ -57,7 +57,8 @@ type upConn struct {
 }
 
 func newUpConn(c net.Conn) *upConn {
-	return &upConn{c: c, br: getReader(c), bw: getWriter(c)}
+	rw := fastIO(c)
+	return &upConn{c: c, br: getReader(rw), bw: getWriter(rw)}
 }
 
 func (u *upConn) close() {
@@ -392,7 +393,8 @@ func (b *bufferedConn) CloseWrite() error {
 // serveH1 runs the request loop of one downstream connection. next is
 // called for each request head and does the exchange.
 func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchangeResult) {
-	d := &dconn{c: c, br: getReader(c), bw: getWriter(c), info: info}
+	rw := fastIO(c)
+	d := &dconn{c: c, br: getReader(rw), bw: getWriter(rw), info: info}
 	defer func() {
 		c.Close()
 		putReader(d.br)

@@ -94,7 +94,7 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 // inboundTLS terminates mTLS. The peer's chain is verified in the TLS
 // config's VerifyConnection; a failure resets the connection with its reason.
 func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort, deadline time.Time) {
-	raw := &batchConn{Conn: c}
+	raw := newBatchConn(c)
 	tc := tlsServer(raw, p.serverConf)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	err := tc.HandshakeContext(ctx)

@@ -45,7 +45,7 @@ func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.
 	if err != nil {
 		return nil, err
 	}
-	raw := &batchConn{Conn: c}
+	raw := newBatchConn(c)
 	tc := tls.Client(raw, cfg)
 	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
 	err = tc.HandshakeContext(hctx)
