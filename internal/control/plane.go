@@ -104,7 +104,7 @@ func attachPlane(s *Server) error {
 	}
 	p := &Plane{s: s, cfg: pc, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
 	p.current = &config.Config{}
-	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log()}, policy.New(p.withTrustDomain(p.current), p.reg))
+	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log(), Stopping: s.Stopping()}, policy.New(p.withTrustDomain(p.current), p.reg))
 	p.push.SetBundle(BundleProto(s.CA().Bundle()))
 	// Config applied through the admin API survives restarts: a restart
 	// that forgot it would silently weaken policy.

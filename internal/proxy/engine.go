@@ -515,8 +515,10 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		// kept-alive plaintext connection must not outlive a change of its
 		// port to STRICT. Refuse it as a new plaintext connection is.
 		if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
-			info.mode = string(policy.ServerStrict)
-			p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+			if p.claimClose(info) {
+				info.mode = string(policy.ServerStrict)
+				p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+			}
 			return exchangeResult{}
 		}
 		snap := p.policy.Current()

@@ -39,10 +39,12 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	src := c.RemoteAddr().String()
 	p.cached.inConns(ip.Mode).Inc()
 	info := &connInfo{port: port, app: app, mode: string(ip.Mode), service: ip.Service, src: src}
+	defer p.track(c, info)()
 
 	// A plain TCP port in DISABLE mode is relayed as is, without waiting for
 	// the client to speak first (server-first protocols).
 	if ip.Mode == policy.ServerDisable && strings.EqualFold(ip.Protocol, "TCP") {
+		p.trackPlain(info)
 		p.inboundTCP(c, info)
 		return
 	}
@@ -55,6 +57,7 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 			// Plaintext allowed and the client is silent: a server-first
 			// protocol. Relay it.
 			c.SetDeadline(time.Time{})
+			p.trackPlain(info)
 			p.inboundTCP(c, info)
 			return
 		}
@@ -83,6 +86,7 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	default:
 		c.SetDeadline(time.Time{})
 		p.cached.handshake("inbound", "plaintext").Inc()
+		p.trackPlain(info)
 		if kind == KindHTTP && !strings.EqualFold(ip.Protocol, "TCP") {
 			p.serveInboundH1(pc, info)
 			return
@@ -107,6 +111,7 @@ func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort,
 	cs := tc.ConnectionState()
 	info.tls = true
 	info.peer = peerID(cs)
+	p.trackTLS(info, cs.PeerCertificates)
 	p.cached.handshake("inbound", "ok").Inc()
 	http := cs.NegotiatedProtocol == alpnHTTP1 ||
 		(cs.NegotiatedProtocol == "" && isHTTPProtocol(ip.Protocol, ""))
@@ -141,6 +146,7 @@ func (p *Proxy) refuseInbound(c net.Conn, info *connInfo, reason string, err err
 
 // inboundTCP authorizes a whole connection and relays it to the app.
 func (p *Proxy) inboundTCP(c net.Conn, info *connInfo) {
+	p.trackTCP(info)
 	dec := policy.Authorize(p.policy.Current(), policy.Request{Source: info.peer, Port: info.port, Service: info.service})
 	if !dec.Allow {
 		p.cached.deny.Inc()

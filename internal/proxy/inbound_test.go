@@ -301,7 +301,7 @@ var _ = errors.New
 
 // TestRevocationReachesHandshakes: a bundle update that revokes the client's
 // serial takes effect on the next handshake, including one that would resume
-// a session, while the old connection is left alone (it was verified).
+// a session (connections already open are closed: live_test.go).
 func TestRevocationReachesHandshakes(t *testing.T) {
 	ca := catest.New(t)
 	srv := startServer(t, ca, httpbinID, policy.ServerStrict, sidecarOpts{})

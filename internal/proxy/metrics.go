@@ -16,6 +16,7 @@ type Metrics struct {
 	CertExpiry        prometheus.Gauge
 	CertUpdates       *prometheus.CounterVec // what, result, reason
 	ConfigUpdates     *prometheus.CounterVec // result
+	Closed            *prometheus.CounterVec // direction, reason: established connections closed by a recheck
 }
 
 // NewMetrics registers the proxy's metrics on reg (which may be nil: then the
@@ -58,10 +59,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "meshauth_sidecar_config_updates_total",
 			Help: "Configuration snapshots offered to the sidecar, by result (applied|refused).",
 		}, []string{"result"}),
+		Closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshauth_sidecar_connections_closed_total",
+			Help: "Established connections closed because the bundle (revocation, retired root) or the policy (STRICT, authorization) changed after they were accepted.",
+		}, []string{"direction", "reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ActiveConnections, m.Handshakes, m.Authz, m.Requests,
-			m.Bytes, m.CertExpiry, m.CertUpdates, m.ConfigUpdates)
+			m.Bytes, m.CertExpiry, m.CertUpdates, m.ConfigUpdates, m.Closed)
 	}
 	return m
 }

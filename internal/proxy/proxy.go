@@ -114,6 +114,7 @@ type Proxy struct {
 	serverConf *tls.Config
 
 	pool       *connPool // pooled upstream HTTP connections (client side)
+	live       liveSet   // established inbound connections, rechecked on changes
 	transports sync.Map  // transportKey -> *upstream (TLS configs)
 
 	routes sync.Mutex
@@ -325,6 +326,7 @@ func (p *Proxy) watch() {
 			p.m.CertExpiry.Set(float64(s.NotAfter().Unix()))
 		}
 		p.routeTable()
+		p.recheck()
 		select {
 		case <-p.closed:
 			return

@@ -53,6 +53,10 @@ type Config struct {
 	Debounce time.Duration
 	// Log defaults to slog.Default().
 	Log *slog.Logger
+	// Stopping, when closed, ends every stream with Unavailable, so the
+	// gRPC server's graceful stop does not wait for sidecars to hang up
+	// (they reconnect to the next control plane). Optional.
+	Stopping <-chan struct{}
 }
 
 // Server implements the Discovery service.
@@ -241,6 +245,9 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-s.cfg.Stopping:
+			s.log.Info("sidecar stream ended: control plane shutting down", "workload", c.workload)
+			return status.Error(codes.Unavailable, "control plane shutting down; reconnect")
 		case err := <-recvErr:
 			s.log.Info("sidecar disconnected", "workload", c.workload, "error", err)
 			return err

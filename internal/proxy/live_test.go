@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/policy"
+)
+
+// echoApp is a TCP app that echoes every line back.
+func echoApp(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln
+}
+
+func tcpSnap(mode policy.ServerMode, rbac *policy.RBAC) *policy.Snapshot {
+	return &policy.Snapshot{TrustDomain: "cluster.local", InboundDefault: policy.ServerStrict, RBAC: rbac,
+		Inbound: []policy.InboundPort{{Port: 3306, Mode: mode, Protocol: "TCP", Service: "mysql.default"}}}
+}
+
+// startTCPServer is a sidecar with one TCP inbound port (3306) in front of
+// an echo app.
+func startTCPServer(t *testing.T, ca *catest.CA, snap *policy.Snapshot) *sidecar {
+	app := echoApp(t)
+	return startSidecar(t, ca, "spiffe://cluster.local/ns/default/sa/mysql", sidecarOpts{
+		snap:    snap,
+		inbound: []InboundListener{{Listen: "127.0.0.1:0", App: app.Addr().String(), Port: 3306}},
+	})
+}
+
+// echo sends a line and reads it back; an error means the connection is gone.
+func echo(c net.Conn, br *bufio.Reader) error {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		return err
+	}
+	line, err := br.ReadString('\n')
+	if err == nil && line != "ping\n" {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func dialTLS(t *testing.T, addr string, c *catest.Cert, alpn string) *tls.Conn {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true,
+		Certificates: []tls.Certificate{c.TLS}, NextProtos: []string{alpn}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func closedLogged(t *testing.T, srv *sidecar, reason string) {
+	t.Helper()
+	waitFor(t, func() bool {
+		return counterValue(t, srv.m.Closed.WithLabelValues("inbound", reason)) == 1
+	}, "meshauth_sidecar_connections_closed_total{reason=%q} == 1", reason)
+	for _, l := range srv.log.lines(t) {
+		if l["msg"] == "established connection closed" && l["reason"] == reason {
+			return
+		}
+	}
+	t.Errorf("no log line 'established connection closed' with reason=%q; log:\n%s", reason, srv.log.String())
+}
+
+// TestPlainTCPRelayClosedWhenPortTurnsStrict: a plaintext TCP relay accepted
+// while its port was DISABLE is closed when the port turns STRICT; a change
+// that keeps the port DISABLE leaves it alone.
+func TestPlainTCPRelayClosedWhenPortTurnsStrict(t *testing.T) {
+	ca := catest.New(t)
+	srv := startTCPServer(t, ca, tcpSnap(policy.ServerDisable, nil))
+	c, err := net.Dial("tcp", srv.InboundAddrs[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	if err := echo(c, br); err != nil {
+		t.Fatalf("plaintext relay under DISABLE: %v", err)
+	}
+	// An unrelated change (a new port) keeps the relay.
+	other := tcpSnap(policy.ServerDisable, nil)
+	other.Inbound = append(other.Inbound, policy.InboundPort{Port: 9000, Mode: policy.ServerStrict, Protocol: "TCP"})
+	if err := srv.config.Set(other); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the watcher run its recheck
+	if err := echo(c, br); err != nil {
+		t.Fatalf("relay closed by a change that does not concern it: %v", err)
+	}
+	if err := srv.config.Set(tcpSnap(policy.ServerStrict, nil)); err != nil {
+		t.Fatal(err)
+	}
+	closedLogged(t, srv, reasonRecheckPlaintext)
+	if err := echo(c, br); err == nil {
+		t.Fatal("plaintext relay still carries data after its port turned STRICT")
+	}
+}
+
+// TestRevokedPeerConnectionsClosed: connections of a peer whose serial is
+// revoked after they were established are closed, a TCP relay and a
+// kept-alive HTTP connection alike; another peer's connection stays.
+func TestRevokedPeerConnectionsClosed(t *testing.T) {
+	ca := catest.New(t)
+	bad := ca.Issue(t, sleepID)
+	good := ca.Issue(t, "spiffe://cluster.local/ns/default/sa/other")
+
+	t.Run("tcp", func(t *testing.T) {
+		srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
+		addr := srv.InboundAddrs[0].String()
+		cb, cg := dialTLS(t, addr, bad, alpnTCP), dialTLS(t, addr, good, alpnTCP)
+		bb, bg := bufio.NewReader(cb), bufio.NewReader(cg)
+		if err := echo(cb, bb); err != nil {
+			t.Fatal(err)
+		}
+		if err := echo(cg, bg); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.store.SetBundle(ca.BundleWith(2, nil, bad)); err != nil {
+			t.Fatal(err)
+		}
+		closedLogged(t, srv, "revoked")
+		if err := echo(cb, bb); err == nil {
+			t.Fatal("the revoked peer's relay still carries data")
+		}
+		if err := echo(cg, bg); err != nil {
+			t.Fatalf("a valid peer's relay was closed: %v", err)
+		}
+	})
+
+	t.Run("http keep-alive", func(t *testing.T) {
+		srv := startServer(t, ca, httpbinID, policy.ServerStrict, sidecarOpts{})
+		c := dialTLS(t, srv.InboundAddrs[0].String(), bad, alpnHTTP1)
+		br := bufio.NewReader(c)
+		get := func() error {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(c, "GET /headers HTTP/1.1\r\nHost: httpbin\r\n\r\n"); err != nil {
+				return err
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				return err
+			}
+			io.Copy(io.Discard, resp.Body)
+			return resp.Body.Close()
+		}
+		if err := get(); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.store.SetBundle(ca.BundleWith(2, nil, bad)); err != nil {
+			t.Fatal(err)
+		}
+		closedLogged(t, srv, "revoked")
+		if err := get(); err == nil {
+			t.Fatal("a kept-alive connection of a revoked peer still gets answers")
+		}
+	})
+}
+
+// TestTCPRelayClosedWhenAuthzDenies: a TCP relay authorized at its start is
+// closed when RBAC changes to deny its source.
+func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
+	ca := catest.New(t)
+	client := ca.Issue(t, sleepID)
+	srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
+	c := dialTLS(t, srv.InboundAddrs[0].String(), client, alpnTCP)
+	br := bufio.NewReader(c)
+	if err := echo(c, br); err != nil {
+		t.Fatal(err)
+	}
+	// RBAC on with no role binding sleep: deny.
+	if err := srv.config.Set(tcpSnap(policy.ServerStrict, &policy.RBAC{DecidedBy: "RbacConfig default"})); err != nil {
+		t.Fatal(err)
+	}
+	closedLogged(t, srv, reasonRecheckDenied)
+	if err := echo(c, br); err == nil {
+		t.Fatal("relay still carries data after authorization turned to deny")
+	}
+}
