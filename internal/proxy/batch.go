@@ -72,6 +72,20 @@ type batchedTLS struct {
 	raw *batchConn
 }
 
+// tlsOf returns the tls.Conn of c (a batchedTLS or a bare tls.Conn), or
+// nil for a plaintext connection. Code that needs the TLS state of a
+// connection the proxy made or accepted must use it: those are batchedTLS,
+// not *tls.Conn.
+func tlsOf(c net.Conn) *tls.Conn {
+	switch x := c.(type) {
+	case *batchedTLS:
+		return x.Conn
+	case *tls.Conn:
+		return x
+	}
+	return nil
+}
+
 // newBatchedTLS wraps c, which must be a tls.Conn created over raw with
 // its handshake complete (so no handshake message is ever batched).
 func newBatchedTLS(c *tls.Conn, raw *batchConn) *batchedTLS {

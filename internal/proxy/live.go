@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"log/slog"
@@ -221,8 +220,8 @@ func (p *Proxy) claimClose(info *connInfo) bool {
 // matched against the route's allowed identities at the handshake, and the
 // pool key holds that list, so only the chain needs checking again.
 func (p *Proxy) verifyPooled(u *upConn) error {
-	tc, ok := u.c.(*tls.Conn)
-	if !ok {
+	tc := tlsOf(u.c)
+	if tc == nil {
 		return nil // plaintext (DISABLE or passthrough): nothing to verify
 	}
 	_, err := p.verifyPeer(tc.ConnectionState().PeerCertificates)
