@@ -67,7 +67,7 @@ func runCA(ctx context.Context, cfg *config, dir string) *caReport {
 	// each CA's cost per certificate is known apart from the clients'.
 	cpuOf := map[string]func() float64{"raw": selfCPU}
 
-	if meshd, err := cfg.meshdBinary(dir); err != nil {
+	if meshd, err := cfg.controlBinary(dir); err != nil {
 		rep.notes = append(rep.notes, fmt.Sprintf("meshauth CA not measured: %v", err))
 	} else {
 		stop, ctl, tok, mtls, err := startOurCA(ctx, meshd, filepath.Join(dir, "control"), cfg.CAWorkers)

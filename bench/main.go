@@ -39,6 +39,7 @@ type config struct {
 	CAWorkers  int
 	Out        string   // BENCHMARKS.md to update; "" = print only
 	Meshd      string   // meshd binary; "" = build it
+	control    string   // meshd with `meshd control` (controlBinary)
 	PprofDir   string   // "": no profiles; else each sidecar writes a CPU profile here
 	MeshdEnv   []string // extra environment for the sidecars (experiments, e.g. GOMAXPROCS=1)
 	WorkDir    string   // "" = a temporary directory, removed afterwards
@@ -102,7 +103,7 @@ func main() {
 	flag.DurationVar(&cfg.CADuration, "ca-d", 5*time.Second, "duration of each CA issuance run")
 	flag.IntVar(&cfg.CAWorkers, "ca-workers", 64, "parallel CA clients")
 	flag.StringVar(&cfg.Out, "out", "BENCHMARKS.md", "markdown file whose section to write (empty: stdout only)")
-	flag.StringVar(&cfg.Meshd, "meshd", "", "meshd binary (default: go build ./cmd/meshd)")
+	flag.StringVar(&cfg.Meshd, "meshd", "", "meshd binary for the sidecars (default: ./cmd/meshd built as the sidecar image builds it, -tags nokube,sidecaronly,grpcnotrace)")
 	var meshdEnv string
 	flag.StringVar(&meshdEnv, "meshd-env", "", "extra KEY=VALUE,... environment for the sidecars (profiling experiments; recorded in the report)")
 	flag.StringVar(&cfg.PprofDir, "pprof", "", "directory for CPU profiles of the meshauth sidecars (meshd sidecar --cpuprofile), written when they stop")

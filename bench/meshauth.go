@@ -74,7 +74,11 @@ func startMeshauth(ctx context.Context, e *env, cfg *config, spec string) (*vari
 	// The control plane keeps running (the agents watch its trust bundle)
 	// but is not counted: it is idle while requests flow.
 	cdir := filepath.Join(e.dir, tag+"-control")
-	control, err := startControlPlane(ctx, meshd, cdir)
+	controlBin, err := cfg.controlBinary(e.dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: meshauth: %v", errSkipped, err)
+	}
+	control, err := startControlPlane(ctx, controlBin, cdir)
 	if err != nil {
 		return nil, err
 	}

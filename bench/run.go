@@ -328,9 +328,15 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
+// sidecarTags are the build tags of the sidecar image's meshd
+// (install/docker/proxy.Dockerfile): no client-go, no control plane, no
+// gRPC tracing (cmd/meshd/main.go).
+const sidecarTags = "nokube,sidecaronly,grpcnotrace"
+
 // meshdBinary returns cfg.Meshd, or builds ./cmd/meshd of this module into
 // dir once, exactly as install/docker/proxy.Dockerfile builds the sidecar
-// image: static (CGO_ENABLED=0), -tags nokube (no client-go), stripped.
+// image: static (CGO_ENABLED=0), -tags nokube,sidecaronly,grpcnotrace,
+// stripped. That build has no `meshd control`: see controlBinary.
 func (c *config) meshdBinary(dir string) (string, error) {
 	if c.Meshd != "" {
 		if _, err := os.Stat(c.Meshd); err != nil {
@@ -338,19 +344,48 @@ func (c *config) meshdBinary(dir string) (string, error) {
 		}
 		return c.Meshd, nil
 	}
+	bin, err := buildMeshd(dir, "meshd", sidecarTags)
+	if err != nil {
+		return "", err
+	}
+	c.Meshd = bin
+	return bin, nil
+}
+
+// controlBinary returns a meshd that has `meshd control` (the CA the
+// sidecars get their certificates from, and the CA comparison): -meshd if
+// it has one, else ./cmd/meshd built with -tags nokube into dir once.
+func (c *config) controlBinary(dir string) (string, error) {
+	if c.control != "" {
+		return c.control, nil
+	}
+	if c.Meshd != "" {
+		if err := exec.Command(c.Meshd, "control", "--help").Run(); err == nil {
+			c.control = c.Meshd
+			return c.control, nil
+		}
+	}
+	bin, err := buildMeshd(dir, "meshd-control", "nokube")
+	if err != nil {
+		return "", err
+	}
+	c.control = bin
+	return bin, nil
+}
+
+func buildMeshd(dir, name, tags string) (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || len(trimNL(out)) == 0 || string(trimNL(out)) == os.DevNull {
 		return "", fmt.Errorf("not inside the meshauth module and no -meshd given")
 	}
 	root := filepath.Dir(string(trimNL(out)))
-	bin := filepath.Join(dir, "meshd")
-	build := exec.Command("go", "build", "-tags", "nokube", "-trimpath", "-ldflags=-s", "-o", bin, "./cmd/meshd")
+	bin := filepath.Join(dir, name)
+	build := exec.Command("go", "build", "-tags", tags, "-trimpath", "-ldflags=-s", "-o", bin, "./cmd/meshd")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/meshd: %w\n%s", err, b)
+		return "", fmt.Errorf("go build -tags %s ./cmd/meshd: %w\n%s", tags, err, b)
 	}
-	c.Meshd = bin
 	return bin, nil
 }
 

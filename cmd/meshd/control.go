@@ -1,3 +1,8 @@
+//go:build !sidecaronly
+
+// `meshd control`; left out of the sidecar image's build (-tags sidecaronly,
+// see cmd/meshd/main.go).
+
 package main
 
 import (

@@ -1,4 +1,4 @@
-//go:build !nokube
+//go:build !nokube && !sidecaronly
 
 package main
 

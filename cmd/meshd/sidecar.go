@@ -13,6 +13,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -56,6 +58,7 @@ type sidecarFlags struct {
 	accessLog                                        bool
 	handshakeTimeout, idleTimeout                    time.Duration
 	cpuProfile                                       string
+	cpus                                             int
 }
 
 func init() {
@@ -125,11 +128,36 @@ exits with its status.`,
 	fl.StringVar(&f.certSource, "cert-source", "ca", `where certificates come from: "ca" (the agent) or "files" (--certs-dir, written by someone else, e.g. a Secret; re-read when they change)`)
 	fl.StringVar(&f.certsDir, "cert-dir", "/etc/certs", "alias of --certs-dir")
 	fl.StringVar(&f.caRoots, "ca-root", "", "alias of --ca-roots")
+	fl.IntVar(&f.cpus, "cpus", defaultCPUs, "threads running Go code at once (GOMAXPROCS; 0: one per CPU, or the cgroup CPU limit); a GOMAXPROCS environment variable wins over the default")
 	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (bench/ -pprof)")
 	for _, n := range []string{"cert-dir", "ca-root", "cpuprofile"} {
 		fl.MarkHidden(n)
 	}
 	root.AddCommand(cmd)
+}
+
+// The sidecar's runtime defaults (BENCHMARKS.md, "Fixes and before/after").
+const (
+	// defaultCPUs is --cpus' default.
+	defaultCPUs = 0
+	// sidecarGOGC is the GC target unless GOGC is set: the sidecar's live
+	// heap is small (buffers of open connections), and at GOGC=100 the
+	// runtime lets it grow to its 4 MB minimum before collecting.
+	sidecarGOGC = 50
+)
+
+// setRuntime applies --cpus (explicit, or its default when GOMAXPROCS is
+// not set) and the GC target.
+func setRuntime(cpusSet bool, cpus int) {
+	if cpus < 0 {
+		cpus = 0
+	}
+	if cpus > 0 && (cpusSet || os.Getenv("GOMAXPROCS") == "") {
+		runtime.GOMAXPROCS(cpus)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(sidecarGOGC)
+	}
 }
 
 // applyEnvAndAliases fills identity flags from the Downward API variables
@@ -187,6 +215,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	if err := applyEnvAndAliases(cmd, &f); err != nil {
 		return err
 	}
+	setRuntime(cmd.Flags().Changed("cpus"), f.cpus)
 	if f.cpuProfile != "" {
 		// For the hot-spot profiles in BENCHMARKS.md; written when the
 		// sidecar exits on SIGINT/SIGTERM, as meshd control's --cpuprofile.

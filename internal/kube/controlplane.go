@@ -171,7 +171,15 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 			}
 		}()
 	}
+	// Revocations made before a restart, or by another replica, are in the
+	// CA's bundle before it serves anything.
+	if err := ImportRevocationsSecret(ctx, cs, cfg.Namespace, srv.CA(), cfg.Log); err != nil {
+		return err
+	}
 	run("control", srv.Serve)
+	run("revocation sync", func(ctx context.Context) error {
+		return SyncRevocations(ctx, RevocationSyncConfig{Client: cs, Namespace: cfg.Namespace, CA: srv.CA(), Log: cfg.Log})
+	})
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight
 	// over them. The lease is in the control plane's namespace.

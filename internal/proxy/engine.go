@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshauth/meshauth/internal/policy"
@@ -54,10 +55,12 @@ type upConn struct {
 	reused bool
 	idle   time.Time
 	resp   head
+	gen    uint64 // connPool.gen when its peer was last verified
 }
 
 func newUpConn(c net.Conn) *upConn {
-	return &upConn{c: c, br: getReader(c), bw: getWriter(c)}
+	rw := fastIO(c)
+	return &upConn{c: c, br: getReader(rw), bw: getWriter(rw)}
 }
 
 func (u *upConn) close() {
@@ -75,6 +78,13 @@ type connPool struct {
 	idle    map[string][]*upConn
 	maxIdle int
 	timeout time.Duration
+	// gen is bumped whenever the bundle, certificate or policy changes; a
+	// pooled connection verified under an older generation has its server
+	// verified again (revoked serial, retired root) before it is reused.
+	gen    atomic.Uint64
+	verify func(*upConn) error // nil: no re-verification
+	// stale is called for each connection dropped by that check.
+	stale func(*upConn, error)
 }
 
 func newConnPool(timeout time.Duration) *connPool {
@@ -89,6 +99,16 @@ func (p *connPool) get(key string) *upConn {
 		u := l[len(l)-1]
 		l = l[:len(l)-1]
 		if time.Since(u.idle) < p.timeout {
+			if g := p.gen.Load(); u.gen != g && p.verify != nil {
+				if err := p.verify(u); err != nil {
+					if p.stale != nil {
+						p.stale(u, err)
+					}
+					u.close()
+					continue
+				}
+				u.gen = g
+			}
 			p.idle[key] = l
 			u.reused = true
 			return u
@@ -392,7 +412,8 @@ func (b *bufferedConn) CloseWrite() error {
 // serveH1 runs the request loop of one downstream connection. next is
 // called for each request head and does the exchange.
 func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchangeResult) {
-	d := &dconn{c: c, br: getReader(c), bw: getWriter(c), info: info}
+	rw := fastIO(c)
+	d := &dconn{c: c, br: getReader(rw), bw: getWriter(rw), info: info}
 	defer func() {
 		c.Close()
 		putReader(d.br)
@@ -565,11 +586,14 @@ func (s *poolSide) get(d *dconn, fresh bool) (*upConn, error) {
 			return u, nil
 		}
 	}
+	gen := s.p.pool.gen.Load() // before the handshake that verifies the server
 	c, err := s.dial(context.Background(), s.ep)
 	if err != nil {
 		return nil, err
 	}
-	return newUpConn(c), nil
+	u := newUpConn(c)
+	u.gen = gen
+	return u, nil
 }
 
 func (s *poolSide) done(u *upConn, reusable bool) {

@@ -98,7 +98,8 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 // inboundTLS terminates mTLS. The peer's chain is verified in the TLS
 // config's VerifyConnection; a failure resets the connection with its reason.
 func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort, deadline time.Time) {
-	tc := tlsServer(c, p.serverConf)
+	raw := newBatchConn(c)
+	tc := tlsServer(raw, p.serverConf)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -114,11 +115,12 @@ func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort,
 	p.cached.handshake("inbound", "ok").Inc()
 	http := cs.NegotiatedProtocol == alpnHTTP1 ||
 		(cs.NegotiatedProtocol == "" && isHTTPProtocol(ip.Protocol, ""))
+	conn := newBatchedTLS(tc, raw)
 	if http {
-		p.serveInboundH1(tc, info)
+		p.serveInboundH1(conn, info)
 		return
 	}
-	p.inboundTCP(tc, info)
+	p.inboundTCP(conn, info)
 }
 
 // refuseInbound resets a connection and records why, once, in the log and

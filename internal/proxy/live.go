@@ -148,6 +148,9 @@ func (p *Proxy) liveCheck(l *liveConn, snap *policy.Snapshot) liveVictim {
 // recheck closes every established inbound connection that the current
 // bundle and policy would refuse. It returns how many it closed.
 func (p *Proxy) recheck() int {
+	// Pooled upstream connections are verified again lazily, when next
+	// taken from the pool (verifyPooled).
+	p.pool.gen.Add(1)
 	snap := p.policy.Current()
 	// Copy under the lock, check outside it (chain verification is the
 	// slow part): a connection whose state changes after the copy sees the
@@ -210,4 +213,31 @@ func (p *Proxy) claimClose(info *connInfo) bool {
 	first := !l.closed
 	l.closed = true
 	return first
+}
+
+// verifyPooled checks a pooled upstream mTLS connection's server against the
+// current bundle before it carries another request. The server identity was
+// matched against the route's allowed identities at the handshake, and the
+// pool key holds that list, so only the chain needs checking again.
+func (p *Proxy) verifyPooled(u *upConn) error {
+	tc := tlsOf(u.c)
+	if tc == nil {
+		return nil // plaintext (DISABLE or passthrough): nothing to verify
+	}
+	_, err := p.verifyPeer(tc.ConnectionState().PeerCertificates)
+	return err
+}
+
+func (p *Proxy) poolStale(u *upConn, err error) {
+	reason := identity.Reason(err)
+	if errors.Is(err, ErrNoBundle) {
+		reason = "no_bundle"
+	}
+	p.access.LogAttrs(context.Background(), slog.LevelWarn, "established connection closed",
+		slog.String("direction", "outbound"),
+		slog.String("peer", u.c.RemoteAddr().String()),
+		slog.String("decision", "deny"),
+		slog.String("reason", reason),
+		slog.String("error", err.Error()))
+	p.m.Closed.WithLabelValues("outbound", reason).Inc()
 }

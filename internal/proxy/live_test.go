@@ -199,3 +199,40 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 		t.Fatal("relay still carries data after authorization turned to deny")
 	}
 }
+
+// TestPooledUpstreamOfRevokedServerDropped: the client sidecar's pooled mTLS
+// connection to a server whose serial is then revoked is not reused; the
+// request that would have reused it makes a new handshake, which is refused.
+func TestPooledUpstreamOfRevokedServerDropped(t *testing.T) {
+	ca := catest.New(t)
+	srv := startServer(t, ca, httpbinID, policy.ServerStrict, sidecarOpts{})
+	cli := startSidecar(t, ca, sleepID, sidecarOpts{outbound: true, snap: &policy.Snapshot{
+		TrustDomain: "cluster.local",
+		Outbound:    []policy.OutboundService{httpbinService(t, srv.InboundAddrs[0].String(), policy.ClientIstioMutual, httpbinID)},
+	}})
+	get := func() int {
+		resp, err := proxyClient(cli, false).Get("http://httpbin:8000/headers")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != 200 {
+		t.Fatalf("before revocation: %d", code)
+	}
+	if err := cli.store.SetBundle(ca.BundleWith(2, nil, &catest.Cert{Leaf: srv.store.SVID().Chain[0]})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return cli.pool.gen.Load() > 1 }, "the client's recheck after the bundle change")
+	if code := get(); code == 200 {
+		t.Fatal("the request reached a server whose certificate is revoked (pooled connection reused)")
+	}
+	if n := counterValue(t, cli.m.Closed.WithLabelValues("outbound", "revoked")); n != 1 {
+		t.Errorf("pooled connections dropped as revoked = %v, want 1; log:\n%s", n, cli.log.String())
+	}
+	if n := counterValue(t, cli.m.Handshakes.WithLabelValues("outbound", "refused", "revoked")); n != 1 {
+		t.Errorf("new handshakes refused as revoked = %v, want 1", n)
+	}
+}

@@ -45,7 +45,8 @@ func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(c, cfg)
+	raw := newBatchConn(c)
+	tc := tls.Client(raw, cfg)
 	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
 	err = tc.HandshakeContext(hctx)
 	cancel()
@@ -57,7 +58,7 @@ func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.
 		return nil, &handshakeError{addr: addr, reason: reason, err: err}
 	}
 	p.cached.handshake("outbound", "ok").Inc()
-	return tc, nil
+	return newBatchedTLS(tc, raw), nil
 }
 
 // dialRoute opens a connection for a TCP tunnel to one of the route's

@@ -195,6 +195,8 @@ func New(cfg Config) (*Proxy, error) {
 	// Close pooled connections well before the server sidecar's idle
 	// timeout would, so a request rarely meets a connection being closed.
 	p.pool = newConnPool(cfg.IdleTimeout / 2)
+	p.pool.verify = p.verifyPooled
+	p.pool.stale = p.poolStale
 	return p, nil
 }
 

@@ -1,0 +1,77 @@
+package ca
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// ImportRevocations adds revocations this CA learned from elsewhere — on
+// Kubernetes, from the other control plane replicas and from before a
+// restart, through a shared Secret — to its own list, so that they are in
+// its bundle and reach its sidecars. Unlike Revoke, the serials need not be
+// in this CA's issuance log (another replica may have signed them). Entries
+// already expired or already revoked are skipped; a malformed entry is
+// refused with the reason and nothing is imported. It returns what was added.
+func (c *CA) ImportRevocations(rs []Revocation) ([]Revocation, uint64, error) {
+	now := c.cfg.Clock()
+	for i, r := range rs {
+		if _, ok := serialBytes(r.Serial); !ok {
+			return nil, 0, refuse(KindInvalid, "bad_serial", "revocation %d: serial %q is not lowercase hex without leading zeros", i, r.Serial)
+		}
+		if r.SPIFFEID != "" {
+			if _, err := identity.Parse(r.SPIFFEID); err != nil {
+				return nil, 0, refuse(KindInvalid, "bad_revocation", "revocation %d (serial %s): %v", i, r.Serial, err)
+			}
+		}
+		if r.NotAfter.IsZero() {
+			return nil, 0, refuse(KindInvalid, "bad_revocation", "revocation %d (serial %s): not_after missing (needed to prune it when the certificate expires)", i, r.Serial)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	added, version, err := c.store.importRevocations(rs, now)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(added) == 0 {
+		return nil, version, nil
+	}
+	if err := c.reload(); err != nil {
+		return nil, 0, err
+	}
+	for _, r := range added {
+		c.log.Warn("revocation imported", "serial", r.Serial, "spiffe_id", r.SPIFFEID, "reason", r.Reason, "bundle_version", version)
+	}
+	return added, version, nil
+}
+
+func (s *store) importRevocations(rs []Revocation, now time.Time) (added []Revocation, version uint64, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRevoked)
+		for _, r := range rs {
+			if r.NotAfter.Before(now) || rb.Get([]byte(r.Serial)) != nil {
+				continue
+			}
+			v, err := json.Marshal(r)
+			if err != nil {
+				return fmt.Errorf("encode revocation %s: %w", r.Serial, err)
+			}
+			if err := rb.Put([]byte(r.Serial), v); err != nil {
+				return err
+			}
+			added = append(added, r)
+		}
+		if len(added) == 0 {
+			version = u64(tx.Bucket(bucketMeta).Get(keyBundleVersion))
+			return nil
+		}
+		version, err = bumpVersion(tx)
+		return err
+	})
+	return added, version, err
+}

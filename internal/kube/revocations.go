@@ -1,0 +1,231 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshauth/meshauth/internal/ca"
+)
+
+// RevocationsSecret holds the mesh's revocations in the control plane's
+// namespace, so that they outlive a control plane restart (the CA store is
+// on an emptyDir) and reach every replica (each has its own store): every
+// replica adds its own revocations to it and imports everyone else's.
+const (
+	RevocationsSecret = "meshauth-revocations"
+	revocationsKey    = "revocations.json"
+)
+
+// revocationList is the Secret's revocations.json.
+type revocationList struct {
+	Revocations []ca.Revocation `json:"revocations"`
+}
+
+// RevocationSyncConfig configures SyncRevocations.
+type RevocationSyncConfig struct {
+	Client    kubernetes.Interface
+	Namespace string // the control plane's namespace
+	CA        *ca.CA
+	Log       *slog.Logger
+	// Resync is how often the Secret is rewritten even with no change seen
+	// (to drop expired entries). Default 10 minutes.
+	Resync time.Duration
+}
+
+// SyncRevocations runs on every replica until ctx is done: it imports the
+// Secret's revocations into the CA whenever the Secret changes, and writes
+// the CA's revocations (merged with the Secret's, expired ones dropped)
+// whenever the CA's bundle changes. A malformed Secret is reported and
+// ignored: it never removes a revocation the CA holds.
+func SyncRevocations(ctx context.Context, cfg RevocationSyncConfig) error {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 10 * time.Minute
+	}
+	log := cfg.Log.With("component", "revocation-sync", "secret", cfg.Namespace+"/"+RevocationsSecret)
+	kick := make(chan struct{}, 1)
+	poke := func(any) {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithNamespace(cfg.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", RevocationsSecret).String()
+		}))
+	inf := factory.Core().V1().Secrets().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }})
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil
+	}
+	lister := factory.Core().V1().Secrets().Lister().Secrets(cfg.Namespace)
+	for {
+		b, changed := cfg.CA.Watch()
+		// Import first, so that what is written below is the union.
+		if s, err := lister.Get(RevocationsSecret); err == nil {
+			if n := importSecret(cfg.CA, s, log); n > 0 {
+				b = cfg.CA.Bundle()
+			}
+		}
+		if err := writeRevocations(ctx, cfg.Client, cfg.Namespace, b.Revocations, time.Now()); err != nil && ctx.Err() == nil {
+			log.Warn("revocations Secret not written; retrying", "error", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(2 * time.Second):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-kick:
+		case <-time.After(cfg.Resync):
+		}
+	}
+}
+
+func decodeRevocations(s *corev1.Secret) ([]ca.Revocation, error) {
+	data, ok := s.Data[revocationsKey]
+	if !ok {
+		return nil, fmt.Errorf("no %s key", revocationsKey)
+	}
+	var list revocationList
+	if err := json.Unmarshal(data, &list); err != nil {
+		return nil, fmt.Errorf("%s: %w", revocationsKey, err)
+	}
+	return list.Revocations, nil
+}
+
+// writeRevocations merges mine into the Secret (creating it), drops expired
+// entries, and writes only when the content changes. Conflicts with another
+// replica's write are retried on a fresh read.
+func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, mine []ca.Revocation, now time.Time) error {
+	for attempt := 0; ; attempt++ {
+		s, err := cs.CoreV1().Secrets(ns).Get(ctx, RevocationsSecret, metav1.GetOptions{})
+		create := apierrors.IsNotFound(err)
+		if err != nil && !create {
+			return err
+		}
+		merged := map[string]ca.Revocation{}
+		var old []byte
+		if !create {
+			old = s.Data[revocationsKey]
+			if theirs, err := decodeRevocations(s); err == nil {
+				for _, r := range theirs {
+					merged[r.Serial] = r
+				}
+			}
+		}
+		for _, r := range mine {
+			if _, ok := merged[r.Serial]; !ok {
+				merged[r.Serial] = r
+			}
+		}
+		var list revocationList
+		list.Revocations = []ca.Revocation{}
+		for _, r := range merged {
+			if !r.NotAfter.Before(now) {
+				list.Revocations = append(list.Revocations, r)
+			}
+		}
+		slices.SortFunc(list.Revocations, func(a, b ca.Revocation) int {
+			if a.Serial < b.Serial {
+				return -1
+			} else if a.Serial > b.Serial {
+				return 1
+			}
+			return 0
+		})
+		data, err := json.MarshalIndent(list, "", "  ")
+		if err != nil {
+			return err
+		}
+		if !create && string(old) == string(data) {
+			return nil
+		}
+		if create {
+			s = &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: RevocationsSecret, Namespace: ns,
+					Labels: map[string]string{"app": "meshauth-control"}},
+				Type: corev1.SecretTypeOpaque,
+				Data: map[string][]byte{revocationsKey: data},
+			}
+			_, err = cs.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{})
+		} else {
+			s = s.DeepCopy()
+			if s.Data == nil {
+				s.Data = map[string][]byte{}
+			}
+			s.Data[revocationsKey] = data
+			_, err = cs.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{})
+		}
+		if (apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) && attempt < 5 {
+			continue
+		}
+		return err
+	}
+}
+
+// ImportRevocationsSecret reads the revocations Secret once and imports it:
+// kube-control calls it before serving, so that a restarted control plane
+// never hands out a bundle without the revocations made before. Only an
+// unreachable API is an error; a missing Secret is an empty list.
+func ImportRevocationsSecret(ctx context.Context, cs kubernetes.Interface, ns string, authority *ca.CA, log *slog.Logger) error {
+	s, err := cs.CoreV1().Secrets(ns).Get(ctx, RevocationsSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read Secret %s/%s: %w", ns, RevocationsSecret, err)
+	}
+	importSecret(authority, s, log.With("component", "revocation-sync", "secret", ns+"/"+RevocationsSecret))
+	return nil
+}
+
+// importSecret imports what it can: a malformed Secret is reported (and
+// rewritten from the CA's own list by the next write); a malformed entry is
+// reported and skipped. It never removes a revocation the CA holds.
+func importSecret(authority *ca.CA, s *corev1.Secret, log *slog.Logger) int {
+	list, err := decodeRevocations(s)
+	if err != nil {
+		log.Warn("revocations Secret unreadable; it will be rewritten from this replica's revocations", "error", err)
+		return 0
+	}
+	added, _, err := authority.ImportRevocations(list)
+	if err != nil {
+		// One bad entry must not hide the others: import one by one.
+		added = nil
+		for _, r := range list {
+			a, _, err := authority.ImportRevocations([]ca.Revocation{r})
+			if err != nil {
+				log.Warn("revocation entry skipped", "serial", r.Serial, "error", err)
+				continue
+			}
+			added = append(added, a...)
+		}
+	}
+	if len(added) > 0 {
+		log.Info("imported revocations", "added", len(added))
+	}
+	return len(added)
+}

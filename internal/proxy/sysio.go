@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// sysIO reads and writes a TCP socket with raw read(2)/write(2) through its
+// syscall.RawConn, instead of net.TCPConn's Read/Write.
+//
+// Why: the socket is non-blocking, so these calls never block, but
+// net.TCPConn makes them as blocking syscalls (entersyscall/exitsyscall).
+// On loopback a write also runs the receiver's TCP input and can take tens
+// of microseconds; whenever it spans a tick of the runtime's sysmon thread
+// (20 us under load), sysmon takes the P away and hands it to another
+// thread, which costs futex wake-ups and context switches, and the writer
+// must get a P back afterwards. A raw syscall keeps its P. When the socket
+// is not ready (EAGAIN), RawConn parks the goroutine on the netpoller
+// exactly as net.TCPConn does, and deadlines and Close work the same.
+type sysIO struct {
+	c  *net.TCPConn
+	rc syscall.RawConn
+}
+
+// newSysIO returns a sysIO for a TCP connection, or nil for anything else.
+func newSysIO(c net.Conn) *sysIO {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return &sysIO{c: tc, rc: rc}
+}
+
+func (s *sysIO) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var (
+		n     int
+		errno syscall.Errno
+	)
+	err := s.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch e {
+			case 0:
+				n = int(r)
+				return true
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false // wait on the netpoller
+			}
+			errno = e
+			return true
+		}
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("read", errno)
+	}
+	if err != nil {
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: err}
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (s *sysIO) Write(p []byte) (int, error) {
+	var (
+		n     int
+		errno syscall.Errno
+	)
+	err := s.rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
+			switch e {
+			case 0:
+				n += int(r)
+				continue
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false // wait until writable
+			}
+			errno = e
+			return true
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("write", errno)
+	}
+	if err != nil {
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: err}
+	}
+	return n, nil
+}
+
+// fastIO returns a reader/writer of c that uses sysIO when c is a TCP
+// connection (or a peekedConn over one, its replayed bytes first), else c.
+func fastIO(c net.Conn) io.ReadWriter {
+	if pc, ok := c.(*peekedConn); ok {
+		if s := newSysIO(pc.Conn); s != nil {
+			return &peekedIO{pc: pc, s: s}
+		}
+		return c
+	}
+	if s := newSysIO(c); s != nil {
+		return s
+	}
+	return c
+}
+
+type peekedIO struct {
+	pc *peekedConn
+	s  *sysIO
+}
+
+func (p *peekedIO) Read(b []byte) (int, error) {
+	if len(p.pc.buf) > 0 {
+		return p.pc.Read(b)
+	}
+	return p.s.Read(b)
+}
+
+func (p *peekedIO) Write(b []byte) (int, error) { return p.s.Write(b) }
