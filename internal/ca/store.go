@@ -311,10 +311,17 @@ func (s *store) cacheToken(hash string, r tokenRecord) {
 	s.tokMu.Lock()
 	if old, ok := s.tokens[hash]; ok && old.Used > r.Used {
 		r.Used = old.Used
+	} else if !ok && len(s.tokens) >= maxCachedTokens {
+		// Crude bound, as VerifyPeer's cache: a miss only costs one read.
+		clear(s.tokens)
 	}
 	s.tokens[hash] = r
 	s.tokMu.Unlock()
 }
+
+// maxCachedTokens bounds store.tokens: tokens are never deleted from the
+// store, so a CA that has seen many would otherwise keep them all in memory.
+const maxCachedTokens = 4096
 
 // Issued returns every issuance log record, for tests and audits.
 func (s *store) issued() (out []IssuanceRecord, err error) {
