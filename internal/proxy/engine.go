@@ -684,6 +684,7 @@ func (p *Proxy) connectH1(d *dconn) {
 	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	rt := p.routeTable().lookup(host, port)
 	var up net.Conn
+	gen := p.pool.gen.Load() // before the handshake that verifies the server
 	switch {
 	case rt != nil:
 		info.mode = string(rt.mode)
@@ -713,7 +714,7 @@ func (p *Proxy) connectH1(d *dconn) {
 		up.Close()
 		return
 	}
-	p.relayOut(&bufferedConn{Conn: d.c, r: d.br}, up, info, dest)
+	p.relayOut(&bufferedConn{Conn: d.c, r: d.br}, up, info, dest, gen)
 }
 
 // absoluteTarget parses a forward-proxy request target "http://host[:port]/..."

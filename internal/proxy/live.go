@@ -59,7 +59,17 @@ type liveConn struct {
 type liveSet struct {
 	mu  sync.Mutex
 	m   map[*connInfo]*liveConn
-	gen uint64 // bumped by every recheck
+	out map[*liveOut]struct{} // outbound mTLS tunnels (CONNECT, captured TCP)
+	gen uint64                // bumped by every recheck
+}
+
+// liveOut is an outbound mTLS tunnel: its server is checked again, like an
+// inbound peer, when the bundle changes.
+type liveOut struct {
+	c      net.Conn
+	dest   string
+	chain  []*x509.Certificate
+	closed bool
 }
 
 type liveVictim struct {
@@ -165,7 +175,24 @@ func (p *Proxy) recheck() int {
 			ptrs = append(ptrs, l)
 		}
 	}
+	outs := make([]*liveOut, 0, len(p.live.out))
+	for o := range p.live.out {
+		if !o.closed {
+			outs = append(outs, o) // chain, c and dest never change
+		}
+	}
 	p.live.mu.Unlock()
+	for _, o := range outs {
+		if _, err := p.verifyPeer(o.chain); err != nil {
+			p.live.mu.Lock()
+			first := !o.closed
+			o.closed = true
+			p.live.mu.Unlock()
+			if first {
+				p.closeOut(o, err)
+			}
+		}
+	}
 	var victims []liveVictim
 	for i := range conns {
 		if v := p.liveCheck(&conns[i], snap); v.l != nil {
@@ -240,4 +267,52 @@ func (p *Proxy) poolStale(u *upConn, err error) {
 		slog.String("reason", reason),
 		slog.String("error", err.Error()))
 	p.m.Closed.WithLabelValues("outbound", reason).Inc()
+}
+
+// trackOut records an outbound mTLS tunnel until the returned func runs.
+// gen is the pool generation read before its handshake: if a recheck ran
+// since (it could not see this tunnel yet), the server is checked now.
+func (p *Proxy) trackOut(up net.Conn, dest string, gen uint64) func() {
+	tc := tlsOf(up)
+	if tc == nil {
+		return func() {} // plaintext (DISABLE, passthrough): nothing to verify
+	}
+	o := &liveOut{c: up, dest: dest, chain: tc.ConnectionState().PeerCertificates}
+	p.live.mu.Lock()
+	if p.live.out == nil {
+		p.live.out = make(map[*liveOut]struct{})
+	}
+	p.live.out[o] = struct{}{}
+	p.live.mu.Unlock()
+	if p.pool.gen.Load() != gen {
+		if _, err := p.verifyPeer(o.chain); err != nil {
+			p.live.mu.Lock()
+			first := !o.closed
+			o.closed = true
+			p.live.mu.Unlock()
+			if first {
+				p.closeOut(o, err)
+			}
+		}
+	}
+	return func() {
+		p.live.mu.Lock()
+		delete(p.live.out, o)
+		p.live.mu.Unlock()
+	}
+}
+
+func (p *Proxy) closeOut(o *liveOut, err error) {
+	reason := identity.Reason(err)
+	if errors.Is(err, ErrNoBundle) {
+		reason = "no_bundle"
+	}
+	p.access.LogAttrs(context.Background(), slog.LevelWarn, "established connection closed",
+		slog.String("direction", "outbound"),
+		slog.String("destination", o.dest),
+		slog.String("decision", "deny"),
+		slog.String("reason", reason),
+		slog.String("error", err.Error()))
+	p.m.Closed.WithLabelValues("outbound", reason).Inc()
+	o.c.Close()
 }

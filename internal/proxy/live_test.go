@@ -236,3 +236,57 @@ func TestPooledUpstreamOfRevokedServerDropped(t *testing.T) {
 		t.Errorf("new handshakes refused as revoked = %v, want 1", n)
 	}
 }
+
+// TestOutboundTunnelToRevokedServerClosed: a client sidecar's CONNECT
+// tunnel (mTLS to the server sidecar) is closed when the server's serial is
+// revoked in the client's bundle; the server side changes nothing here.
+func TestOutboundTunnelToRevokedServerClosed(t *testing.T) {
+	ca := catest.New(t)
+	srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
+	addr := srv.InboundAddrs[0].String()
+	host, _, _ := net.SplitHostPort(addr)
+	mysql := policy.OutboundService{
+		Name: "mysql", Namespace: "default",
+		Hosts: []string{"mysql", "mysql.default", "mysql.default.svc.cluster.local"},
+		Ports: []policy.OutboundPort{{Name: "tcp", Port: 3306, TargetPort: 3306, Protocol: "TCP", TLSMode: policy.ClientIstioMutual}},
+		Endpoints: []policy.Endpoint{{Workload: "mysql-1", ServiceAccount: "mysql", Address: host, Sidecar: true,
+			Ports: map[uint32]uint32{3306: portOf(t, addr)}}},
+		ServerIdentities: []string{"spiffe://cluster.local/ns/default/sa/mysql"},
+	}
+	cli := startSidecar(t, ca, sleepID, sidecarOpts{outbound: true, snap: &policy.Snapshot{
+		TrustDomain: "cluster.local", Outbound: []policy.OutboundService{mysql}}})
+
+	c, err := net.Dial("tcp", cli.OutboundAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "CONNECT mysql:3306 HTTP/1.1\r\nHost: mysql:3306\r\n\r\n")
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	if err := echo(c, br); err != nil {
+		t.Fatalf("tunnel: %v", err)
+	}
+	// An unrelated bundle change (a new version revoking someone else)
+	// keeps the tunnel.
+	if err := cli.store.SetBundle(ca.BundleWith(2, nil, ca.Issue(t, sleepID))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return cli.pool.gen.Load() >= 2 }, "recheck after the first bundle change")
+	if err := echo(c, br); err != nil {
+		t.Fatalf("tunnel closed by a change that does not concern it: %v", err)
+	}
+	if err := cli.store.SetBundle(ca.BundleWith(3, nil, &catest.Cert{Leaf: srv.store.SVID().Chain[0]})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		return counterValue(t, cli.m.Closed.WithLabelValues("outbound", "revoked")) == 1
+	}, "the tunnel to the revoked server closed")
+	if err := echo(c, br); err == nil {
+		t.Fatal("the tunnel to a revoked server still carries data")
+	}
+}

@@ -128,7 +128,7 @@ func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
 			c.Close()
 			return
 		}
-		p.relayOut(c, up, info, dest)
+		p.relayOut(c, up, info, dest, 0)
 		return
 	}
 	info.mode = string(r.mode)
@@ -155,18 +155,21 @@ func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
 		c.Close()
 		return
 	}
+	gen := p.pool.gen.Load() // before the handshake that verifies the server
 	up, err := p.dialRoute(context.Background(), r, ep)
 	if err != nil {
 		p.logConn("outbound", info, ep, "error", upstreamReason(err), 0, 0)
 		c.Close()
 		return
 	}
-	p.relayOut(c, up, info, ep)
+	p.relayOut(c, up, info, ep, gen)
 }
 
 const sniffTimeout = 200 * time.Millisecond
 
-func (p *Proxy) relayOut(c, up net.Conn, info *connInfo, dest string) {
+// gen is the recheck generation read before up's handshake (see trackOut).
+func (p *Proxy) relayOut(c, up net.Conn, info *connInfo, dest string, gen uint64) {
+	defer p.trackOut(up, dest, gen)()
 	p.cached.activeOut.Inc()
 	sent, recv := relay(c, up, p.cfg.IdleTimeout)
 	p.cached.activeOut.Dec()
