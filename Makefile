@@ -55,7 +55,7 @@ up: build
 	./$(BIN)/meshctl up
 
 # Regenerate the gRPC stubs (committed). Needs Debian's protobuf-compiler and
-#   go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+#   go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 #   go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 proto:
 	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=paths=source_relative \

@@ -128,7 +128,7 @@ bundle only when every certificate it signed has expired.`,
 	revoke.Flags().StringVar(&id, "identity", "", "SPIFFE ID: revoke every unexpired certificate issued to it")
 	revoke.Flags().StringVar(&reason, "reason", "", "reason recorded with the revocation")
 
-	caCmd.AddCommand(status, rotate, revoke)
+	caCmd.AddCommand(status, rotate, revoke, caIssuedCmd())
 	root.AddCommand(caCmd)
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -273,4 +274,48 @@ func (c *CA) Status() (*Status, error) {
 // String renders a one-line summary, for logs.
 func (r *Rotation) String() string {
 	return fmt.Sprintf("new root %s signs from %s (bundle v%d)", r.NewRoot[:16], r.SwitchAt.UTC().Format(time.RFC3339), r.BundleVersion)
+}
+
+// IssuedEntry is one issuance log record with its revocation, for audits.
+type IssuedEntry struct {
+	IssuanceRecord
+	Revoked       bool   `json:"revoked,omitempty"`
+	RevokedReason string `json:"revoked_reason,omitempty"`
+}
+
+// ListIssued returns the issuance log, oldest first: only spiffeID's
+// certificates when it is set, only unexpired ones with onlyValid, and the
+// newest limit of them when limit > 0. matched counts before the limit.
+func (c *CA) ListIssued(spiffeID string, onlyValid bool, limit int) (entries []IssuedEntry, matched int, err error) {
+	recs, err := c.store.issued()
+	if err != nil {
+		return nil, 0, err
+	}
+	revoked := map[string]string{}
+	for _, r := range c.Bundle().Revocations {
+		revoked[r.Serial] = r.Reason
+	}
+	now := c.cfg.Clock().Unix()
+	for _, r := range recs {
+		if spiffeID != "" && r.SPIFFEID != spiffeID {
+			continue
+		}
+		if onlyValid && r.NotAfter < now {
+			continue
+		}
+		e := IssuedEntry{IssuanceRecord: r}
+		e.RevokedReason, e.Revoked = revoked[r.Serial]
+		entries = append(entries, e)
+	}
+	sort.SliceStable(entries, func(i, j int) bool {
+		if entries[i].IssuedAt != entries[j].IssuedAt {
+			return entries[i].IssuedAt < entries[j].IssuedAt
+		}
+		return entries[i].Serial < entries[j].Serial
+	})
+	matched = len(entries)
+	if limit > 0 && len(entries) > limit {
+		entries = entries[len(entries)-limit:]
+	}
+	return entries, matched, nil
 }

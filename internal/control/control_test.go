@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
@@ -343,6 +344,7 @@ func TestAdminNeedsAdminToken(t *testing.T) {
 				"RotateRoot": func() error { _, err := adm.RotateRoot(ctx, &pb.RotateRootRequest{}); return err },
 				"CAStatus":   func() error { _, err := adm.CAStatus(ctx, &pb.CAStatusRequest{}); return err },
 				"GetState":   func() error { _, err := adm.GetState(ctx, &pb.GetStateRequest{}); return err },
+				"ListIssued": func() error { _, err := adm.ListIssued(ctx, &pb.ListIssuedRequest{}); return err },
 			} {
 				if err := call(); status.Code(err) != codes.Unauthenticated {
 					t.Errorf("%s: %v, want Unauthenticated", what, err)
@@ -513,5 +515,56 @@ func TestShutdownEndsWatchStreams(t *testing.T) {
 	case <-srv.Stopping():
 	default:
 		t.Fatal("Stopping not closed")
+	}
+}
+
+// TestListIssued: the issuance log over the Admin API says who got which
+// certificate, how they proved it, and which are revoked; filters and the
+// limit apply; a bad identity is refused with its reason.
+func TestListIssued(t *testing.T) {
+	e := start(t, nil)
+	ctx := context.Background()
+	_, first := e.issueTLS(t, "default", "sleep")
+	e.clk.add(time.Second)
+	_, second := e.issueTLS(t, "default", "sleep")
+	e.clk.add(time.Second)
+	_, other := e.issueTLS(t, "default", "httpbin")
+	adm := e.admin(t)
+	if _, err := adm.Revoke(ctx, &pb.RevokeRequest{Serial: first.Serial, Reason: "key compromise"}); err != nil {
+		t.Fatal(err)
+	}
+	list := func(req *pb.ListIssuedRequest) ([]ca.IssuedEntry, int32) {
+		t.Helper()
+		resp, err := adm.ListIssued(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []ca.IssuedEntry
+		if err := json.Unmarshal(resp.EntriesJson, &out); err != nil {
+			t.Fatal(err)
+		}
+		return out, resp.Matched
+	}
+	all, _ := list(&pb.ListIssuedRequest{SpiffeId: sleep})
+	if len(all) != 2 || all[0].Serial != first.Serial || all[1].Serial != second.Serial {
+		t.Fatalf("sleep's certificates = %+v, want %s then %s", all, first.Serial, second.Serial)
+	}
+	if !all[0].Revoked || all[0].RevokedReason != "key compromise" || all[1].Revoked {
+		t.Errorf("revocation state = %+v", all)
+	}
+	if !strings.HasPrefix(all[0].Requester, "join_token:") {
+		t.Errorf("requester = %q, want join_token:<id>", all[0].Requester)
+	}
+	newest, matched := list(&pb.ListIssuedRequest{Limit: 1})
+	if len(newest) != 1 || newest[0].Serial != other.Serial || matched < 3 {
+		t.Errorf("limit 1 = %+v (matched %d), want only %s", newest, matched, other.Serial)
+	}
+	e.clk.add(48 * time.Hour) // every workload certificate (24h) has expired
+	if valid, _ := list(&pb.ListIssuedRequest{SpiffeId: sleep, OnlyValid: true}); len(valid) != 0 {
+		t.Errorf("--valid after expiry = %+v", valid)
+	}
+	_, err := adm.ListIssued(ctx, &pb.ListIssuedRequest{SpiffeId: "spiffe://cluster.local/not-a-workload"})
+	if status.Code(err) != codes.InvalidArgument || control.ReasonFromError(err) != "bad_identity" {
+		t.Errorf("bad identity: %v", err)
 	}
 }

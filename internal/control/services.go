@@ -199,6 +199,32 @@ func (a *adminService) CAStatus(ctx context.Context, _ *pb.CAStatusRequest) (*pb
 	return &pb.CAStatusResponse{StatusJson: js}, nil
 }
 
+func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest) (*pb.ListIssuedResponse, error) {
+	id := ""
+	if req.SpiffeId != "" {
+		parsed, err := identity.Parse(req.SpiffeId)
+		if err != nil {
+			return nil, withReason(codes.InvalidArgument, "bad_identity", err.Error())
+		}
+		id = parsed.String()
+	}
+	if req.Limit < 0 {
+		return nil, withReason(codes.InvalidArgument, "bad_limit", fmt.Sprintf("limit %d: want 0 (all) or more", req.Limit))
+	}
+	entries, matched, err := a.s.ca.ListIssued(id, req.OnlyValid, int(req.Limit))
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	if entries == nil {
+		entries = []ca.IssuedEntry{}
+	}
+	js, err := json.Marshal(entries)
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	return &pb.ListIssuedResponse{EntriesJson: js, Matched: int32(matched)}, nil
+}
+
 // ApplyConfig and GetState belong to the config plane (internal/control,
 // branch control): it installs a ConfigAdmin through Config.ConfigAdmin or a
 // plane hook (see planeHooks). Until then they answer Unimplemented.

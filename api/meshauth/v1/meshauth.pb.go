@@ -338,6 +338,123 @@ func (x *Revocation) GetReason() string {
 	return ""
 }
 
+type ListIssuedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only certificates for this SPIFFE ID (empty: all).
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// Only certificates not yet expired.
+	OnlyValid bool `protobuf:"varint,2,opt,name=only_valid,json=onlyValid,proto3" json:"only_valid,omitempty"`
+	// At most this many, the newest (0: all).
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIssuedRequest) Reset() {
+	*x = ListIssuedRequest{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIssuedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIssuedRequest) ProtoMessage() {}
+
+func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
+func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListIssuedRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *ListIssuedRequest) GetOnlyValid() bool {
+	if x != nil {
+		return x.OnlyValid
+	}
+	return false
+}
+
+func (x *ListIssuedRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListIssuedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// JSON array of internal/ca.IssuedEntry.
+	EntriesJson []byte `protobuf:"bytes,1,opt,name=entries_json,json=entriesJson,proto3" json:"entries_json,omitempty"`
+	// How many matched before limit.
+	Matched       int32 `protobuf:"varint,2,opt,name=matched,proto3" json:"matched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIssuedResponse) Reset() {
+	*x = ListIssuedResponse{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIssuedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIssuedResponse) ProtoMessage() {}
+
+func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
+func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListIssuedResponse) GetEntriesJson() []byte {
+	if x != nil {
+		return x.EntriesJson
+	}
+	return nil
+}
+
+func (x *ListIssuedResponse) GetMatched() int32 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
 type CreateJoinTokenRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Namespace      string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -350,7 +467,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +479,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +492,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{5}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateJoinTokenRequest) GetNamespace() string {
@@ -418,7 +535,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +547,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +560,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{6}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -486,7 +603,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +615,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +628,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{7}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RevokeRequest) GetSerial() string {
@@ -545,7 +662,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +674,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +687,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{8}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeResponse) GetSerials() []string {
@@ -597,7 +714,7 @@ type RotateRootRequest struct {
 
 func (x *RotateRootRequest) Reset() {
 	*x = RotateRootRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +726,7 @@ func (x *RotateRootRequest) String() string {
 func (*RotateRootRequest) ProtoMessage() {}
 
 func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +739,7 @@ func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootRequest.ProtoReflect.Descriptor instead.
 func (*RotateRootRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{9}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RotateRootRequest) GetOverlapSeconds() int64 {
@@ -643,7 +760,7 @@ type RotateRootResponse struct {
 
 func (x *RotateRootResponse) Reset() {
 	*x = RotateRootResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +772,7 @@ func (x *RotateRootResponse) String() string {
 func (*RotateRootResponse) ProtoMessage() {}
 
 func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +785,7 @@ func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{10}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RotateRootResponse) GetNewRootFingerprint() string {
@@ -700,7 +817,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +829,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +842,7 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{11}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{13}
 }
 
 type CAStatusResponse struct {
@@ -739,7 +856,7 @@ type CAStatusResponse struct {
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +868,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +881,7 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{12}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CAStatusResponse) GetStatusJson() []byte {
@@ -786,7 +903,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +915,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +928,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{13}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ApplyConfigRequest) GetFiles() []*ConfigFile {
@@ -838,7 +955,7 @@ type ConfigFile struct {
 
 func (x *ConfigFile) Reset() {
 	*x = ConfigFile{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +967,7 @@ func (x *ConfigFile) String() string {
 func (*ConfigFile) ProtoMessage() {}
 
 func (x *ConfigFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +980,7 @@ func (x *ConfigFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigFile.ProtoReflect.Descriptor instead.
 func (*ConfigFile) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{14}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConfigFile) GetName() string {
@@ -890,7 +1007,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1019,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1032,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{15}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ApplyConfigResponse) GetConfigVersion() uint64 {
@@ -940,7 +1057,7 @@ type GetStateRequest struct {
 
 func (x *GetStateRequest) Reset() {
 	*x = GetStateRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1069,7 @@ func (x *GetStateRequest) String() string {
 func (*GetStateRequest) ProtoMessage() {}
 
 func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1082,7 @@ func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateRequest.ProtoReflect.Descriptor instead.
 func (*GetStateRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{16}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{18}
 }
 
 type GetStateResponse struct {
@@ -977,7 +1094,7 @@ type GetStateResponse struct {
 
 func (x *GetStateResponse) Reset() {
 	*x = GetStateResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1106,7 @@ func (x *GetStateResponse) String() string {
 func (*GetStateResponse) ProtoMessage() {}
 
 func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1119,7 @@ func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateResponse.ProtoReflect.Descriptor instead.
 func (*GetStateResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{17}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetStateResponse) GetStateJson() []byte {
@@ -1025,7 +1142,7 @@ type DiscoveryRequest struct {
 
 func (x *DiscoveryRequest) Reset() {
 	*x = DiscoveryRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1154,7 @@ func (x *DiscoveryRequest) String() string {
 func (*DiscoveryRequest) ProtoMessage() {}
 
 func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1167,7 @@ func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*DiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{18}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DiscoveryRequest) GetKind() isDiscoveryRequest_Kind {
@@ -1115,7 +1232,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1244,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1257,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{19}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Register) GetWorkload() string {
@@ -1196,7 +1313,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1325,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1338,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{20}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Ack) GetVersion() string {
@@ -1251,7 +1368,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1380,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1393,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{21}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -1328,7 +1445,15 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\tnot_after\x18\x03 \x01(\x03R\bnotAfter\x12\x1d\n" +
 	"\n" +
 	"revoked_at\x18\x04 \x01(\x03R\trevokedAt\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x94\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"e\n" +
+	"\x11ListIssuedRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"only_valid\x18\x02 \x01(\bR\tonlyValid\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"Q\n" +
+	"\x12ListIssuedResponse\x12!\n" +
+	"\fentries_json\x18\x01 \x01(\fR\ventriesJson\x12\x18\n" +
+	"\amatched\x18\x02 \x01(\x05R\amatched\"\x94\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x1f\n" +
@@ -1399,7 +1524,7 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x14CertificateAuthority\x12b\n" +
 	"\x11CreateCertificate\x12%.meshauth.v1.CreateCertificateRequest\x1a&.meshauth.v1.CreateCertificateResponse\x12N\n" +
 	"\x0eGetTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle\x12R\n" +
-	"\x10WatchTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle0\x012\xdb\x03\n" +
+	"\x10WatchTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle0\x012\xaa\x04\n" +
 	"\x05Admin\x12\\\n" +
 	"\x0fCreateJoinToken\x12#.meshauth.v1.CreateJoinTokenRequest\x1a$.meshauth.v1.CreateJoinTokenResponse\x12A\n" +
 	"\x06Revoke\x12\x1a.meshauth.v1.RevokeRequest\x1a\x1b.meshauth.v1.RevokeResponse\x12M\n" +
@@ -1407,7 +1532,9 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"RotateRoot\x12\x1e.meshauth.v1.RotateRootRequest\x1a\x1f.meshauth.v1.RotateRootResponse\x12G\n" +
 	"\bCAStatus\x12\x1c.meshauth.v1.CAStatusRequest\x1a\x1d.meshauth.v1.CAStatusResponse\x12P\n" +
 	"\vApplyConfig\x12\x1f.meshauth.v1.ApplyConfigRequest\x1a .meshauth.v1.ApplyConfigResponse\x12G\n" +
-	"\bGetState\x12\x1c.meshauth.v1.GetStateRequest\x1a\x1d.meshauth.v1.GetStateResponse2O\n" +
+	"\bGetState\x12\x1c.meshauth.v1.GetStateRequest\x1a\x1d.meshauth.v1.GetStateResponse\x12M\n" +
+	"\n" +
+	"ListIssued\x12\x1e.meshauth.v1.ListIssuedRequest\x1a\x1f.meshauth.v1.ListIssuedResponse2O\n" +
 	"\tDiscovery\x12B\n" +
 	"\x06Stream\x12\x1d.meshauth.v1.DiscoveryRequest\x1a\x15.meshauth.v1.Snapshot(\x010\x01B9Z7github.com/meshauth/meshauth/api/meshauth/v1;meshauthv1b\x06proto3"
 
@@ -1423,63 +1550,67 @@ func file_api_meshauth_v1_meshauth_proto_rawDescGZIP() []byte {
 	return file_api_meshauth_v1_meshauth_proto_rawDescData
 }
 
-var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
 	(*CreateCertificateRequest)(nil),  // 0: meshauth.v1.CreateCertificateRequest
 	(*CreateCertificateResponse)(nil), // 1: meshauth.v1.CreateCertificateResponse
 	(*GetTrustBundleRequest)(nil),     // 2: meshauth.v1.GetTrustBundleRequest
 	(*TrustBundle)(nil),               // 3: meshauth.v1.TrustBundle
 	(*Revocation)(nil),                // 4: meshauth.v1.Revocation
-	(*CreateJoinTokenRequest)(nil),    // 5: meshauth.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),   // 6: meshauth.v1.CreateJoinTokenResponse
-	(*RevokeRequest)(nil),             // 7: meshauth.v1.RevokeRequest
-	(*RevokeResponse)(nil),            // 8: meshauth.v1.RevokeResponse
-	(*RotateRootRequest)(nil),         // 9: meshauth.v1.RotateRootRequest
-	(*RotateRootResponse)(nil),        // 10: meshauth.v1.RotateRootResponse
-	(*CAStatusRequest)(nil),           // 11: meshauth.v1.CAStatusRequest
-	(*CAStatusResponse)(nil),          // 12: meshauth.v1.CAStatusResponse
-	(*ApplyConfigRequest)(nil),        // 13: meshauth.v1.ApplyConfigRequest
-	(*ConfigFile)(nil),                // 14: meshauth.v1.ConfigFile
-	(*ApplyConfigResponse)(nil),       // 15: meshauth.v1.ApplyConfigResponse
-	(*GetStateRequest)(nil),           // 16: meshauth.v1.GetStateRequest
-	(*GetStateResponse)(nil),          // 17: meshauth.v1.GetStateResponse
-	(*DiscoveryRequest)(nil),          // 18: meshauth.v1.DiscoveryRequest
-	(*Register)(nil),                  // 19: meshauth.v1.Register
-	(*Ack)(nil),                       // 20: meshauth.v1.Ack
-	(*Snapshot)(nil),                  // 21: meshauth.v1.Snapshot
-	nil,                               // 22: meshauth.v1.Register.LabelsEntry
-	nil,                               // 23: meshauth.v1.Register.SidecarPortsEntry
+	(*ListIssuedRequest)(nil),         // 5: meshauth.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),        // 6: meshauth.v1.ListIssuedResponse
+	(*CreateJoinTokenRequest)(nil),    // 7: meshauth.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),   // 8: meshauth.v1.CreateJoinTokenResponse
+	(*RevokeRequest)(nil),             // 9: meshauth.v1.RevokeRequest
+	(*RevokeResponse)(nil),            // 10: meshauth.v1.RevokeResponse
+	(*RotateRootRequest)(nil),         // 11: meshauth.v1.RotateRootRequest
+	(*RotateRootResponse)(nil),        // 12: meshauth.v1.RotateRootResponse
+	(*CAStatusRequest)(nil),           // 13: meshauth.v1.CAStatusRequest
+	(*CAStatusResponse)(nil),          // 14: meshauth.v1.CAStatusResponse
+	(*ApplyConfigRequest)(nil),        // 15: meshauth.v1.ApplyConfigRequest
+	(*ConfigFile)(nil),                // 16: meshauth.v1.ConfigFile
+	(*ApplyConfigResponse)(nil),       // 17: meshauth.v1.ApplyConfigResponse
+	(*GetStateRequest)(nil),           // 18: meshauth.v1.GetStateRequest
+	(*GetStateResponse)(nil),          // 19: meshauth.v1.GetStateResponse
+	(*DiscoveryRequest)(nil),          // 20: meshauth.v1.DiscoveryRequest
+	(*Register)(nil),                  // 21: meshauth.v1.Register
+	(*Ack)(nil),                       // 22: meshauth.v1.Ack
+	(*Snapshot)(nil),                  // 23: meshauth.v1.Snapshot
+	nil,                               // 24: meshauth.v1.Register.LabelsEntry
+	nil,                               // 25: meshauth.v1.Register.SidecarPortsEntry
 }
 var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
 	4,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
-	14, // 1: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
-	19, // 2: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
-	20, // 3: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
-	22, // 4: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
-	23, // 5: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
+	16, // 1: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
+	21, // 2: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
+	22, // 3: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
+	24, // 4: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
+	25, // 5: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
 	3,  // 6: meshauth.v1.Snapshot.bundle:type_name -> meshauth.v1.TrustBundle
 	0,  // 7: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
 	2,  // 8: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
 	2,  // 9: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	5,  // 10: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
-	7,  // 11: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
-	9,  // 12: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
-	11, // 13: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
-	13, // 14: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
-	16, // 15: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
-	18, // 16: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
-	1,  // 17: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
-	3,  // 18: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
-	3,  // 19: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
-	6,  // 20: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
-	8,  // 21: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
-	10, // 22: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
-	12, // 23: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
-	15, // 24: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
-	17, // 25: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
-	21, // 26: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
-	17, // [17:27] is the sub-list for method output_type
-	7,  // [7:17] is the sub-list for method input_type
+	7,  // 10: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
+	9,  // 11: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
+	11, // 12: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
+	13, // 13: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
+	15, // 14: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
+	18, // 15: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
+	5,  // 16: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
+	20, // 17: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
+	1,  // 18: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
+	3,  // 19: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
+	3,  // 20: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
+	8,  // 21: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
+	10, // 22: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
+	12, // 23: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
+	14, // 24: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
+	17, // 25: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
+	19, // 26: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
+	6,  // 27: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
+	23, // 28: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
+	18, // [18:29] is the sub-list for method output_type
+	7,  // [7:18] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1490,7 +1621,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 	if File_api_meshauth_v1_meshauth_proto != nil {
 		return
 	}
-	file_api_meshauth_v1_meshauth_proto_msgTypes[18].OneofWrappers = []any{
+	file_api_meshauth_v1_meshauth_proto_msgTypes[20].OneofWrappers = []any{
 		(*DiscoveryRequest_Register)(nil),
 		(*DiscoveryRequest_Ack)(nil),
 	}
@@ -1500,7 +1631,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_meshauth_v1_meshauth_proto_rawDesc), len(file_api_meshauth_v1_meshauth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -233,6 +233,7 @@ const (
 	Admin_CAStatus_FullMethodName        = "/meshauth.v1.Admin/CAStatus"
 	Admin_ApplyConfig_FullMethodName     = "/meshauth.v1.Admin/ApplyConfig"
 	Admin_GetState_FullMethodName        = "/meshauth.v1.Admin/GetState"
+	Admin_ListIssued_FullMethodName      = "/meshauth.v1.Admin/ListIssued"
 )
 
 // AdminClient is the client API for Admin service.
@@ -254,6 +255,10 @@ type AdminClient interface {
 	// get, tls-check, explain and check commands (which compute locally with the
 	// same policy engine the control plane uses).
 	GetState(ctx context.Context, in *GetStateRequest, opts ...grpc.CallOption) (*GetStateResponse, error)
+	// ListIssued returns the CA's issuance log (serial, identity, validity,
+	// who asked and how it was proven), oldest first, with each certificate's
+	// revocation: the audit trail behind `meshctl ca issued`.
+	ListIssued(ctx context.Context, in *ListIssuedRequest, opts ...grpc.CallOption) (*ListIssuedResponse, error)
 }
 
 type adminClient struct {
@@ -324,6 +329,16 @@ func (c *adminClient) GetState(ctx context.Context, in *GetStateRequest, opts ..
 	return out, nil
 }
 
+func (c *adminClient) ListIssued(ctx context.Context, in *ListIssuedRequest, opts ...grpc.CallOption) (*ListIssuedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListIssuedResponse)
+	err := c.cc.Invoke(ctx, Admin_ListIssued_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -343,6 +358,10 @@ type AdminServer interface {
 	// get, tls-check, explain and check commands (which compute locally with the
 	// same policy engine the control plane uses).
 	GetState(context.Context, *GetStateRequest) (*GetStateResponse, error)
+	// ListIssued returns the CA's issuance log (serial, identity, validity,
+	// who asked and how it was proven), oldest first, with each certificate's
+	// revocation: the audit trail behind `meshctl ca issued`.
+	ListIssued(context.Context, *ListIssuedRequest) (*ListIssuedResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -370,6 +389,9 @@ func (UnimplementedAdminServer) ApplyConfig(context.Context, *ApplyConfigRequest
 }
 func (UnimplementedAdminServer) GetState(context.Context, *GetStateRequest) (*GetStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetState not implemented")
+}
+func (UnimplementedAdminServer) ListIssued(context.Context, *ListIssuedRequest) (*ListIssuedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIssued not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -500,6 +522,24 @@ func _Admin_GetState_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ListIssued_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListIssuedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListIssued(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListIssued_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListIssued(ctx, req.(*ListIssuedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -530,6 +570,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetState",
 			Handler:    _Admin_GetState_Handler,
+		},
+		{
+			MethodName: "ListIssued",
+			Handler:    _Admin_ListIssued_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
