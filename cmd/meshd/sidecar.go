@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -52,6 +53,8 @@ type sidecarFlags struct {
 	address                              string
 	// Port-number forms, as the Kubernetes injector passes them.
 	inboundPort, outboundPort, adminPort, healthPort int
+	prometheus                                       string
+	prometheusPort                                   int
 	certSource                                       string
 	health                                           string
 	logLevel                                         string
@@ -124,6 +127,8 @@ exits with its status.`,
 	fl.IntVar(&f.outboundPort, "outbound-port", 0, "transparent mode: outbound capture port (sets --outbound-listen :PORT and --transparent)")
 	fl.IntVar(&f.adminPort, "admin-port", 0, "admin port on 127.0.0.1 (sets --admin)")
 	fl.IntVar(&f.healthPort, "health-port", 0, "health port on all addresses (sets --health :PORT)")
+	fl.StringVar(&f.prometheus, "prometheus", "", "metrics-only listener for Prometheus: /metrics and /stats/prometheus, nothing else of the admin API (empty: off)")
+	fl.IntVar(&f.prometheusPort, "prometheus-port", 0, "Prometheus port on all addresses (sets --prometheus :PORT; injected pods use 15090, as Istio's)")
 	fl.StringVar(&f.health, "health", "", "health listener: /healthz/ready and the app probes from $MESHAUTH_APP_PROBERS (empty: off)")
 	fl.StringVar(&f.certSource, "cert-source", "ca", `where certificates come from: "ca" (the agent) or "files" (--certs-dir, written by someone else, e.g. a Secret; re-read when they change)`)
 	fl.StringVar(&f.certsDir, "cert-dir", "/etc/certs", "alias of --certs-dir")
@@ -194,6 +199,9 @@ func applyEnvAndAliases(cmd *cobra.Command, f *sidecarFlags) error {
 	}
 	if f.healthPort != 0 {
 		f.health = ":" + strconv.Itoa(f.healthPort)
+	}
+	if f.prometheusPort != 0 {
+		f.prometheus = ":" + strconv.Itoa(f.prometheusPort)
 	}
 	switch f.certSource {
 	case "ca":
@@ -408,6 +416,19 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 			return fmt.Errorf("--health: %w", err)
 		}
 		srv := &http.Server{Handler: p.HealthHandler(probers), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	if f.prometheus != "" {
+		l, err := net.Listen("tcp", f.prometheus)
+		if err != nil {
+			return fmt.Errorf("--prometheus: %w", err)
+		}
+		mux := http.NewServeMux()
+		h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+		mux.Handle("GET /metrics", h)
+		mux.Handle("GET /stats/prometheus", h) // the path Istio's scrape config uses
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
 	}

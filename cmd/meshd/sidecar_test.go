@@ -168,7 +168,8 @@ func TestSidecarSeedWalkthrough(t *testing.T) {
 		}},
 	})
 	httpbinAdmin := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	startMeshd(t, httpbinAdmin, "--static-certs", "--certs-dir", httpbinDir, "--snapshot", httpbinSnap,
+	httpbinProm := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	startMeshd(t, httpbinAdmin, "--prometheus", httpbinProm, "--static-certs", "--certs-dir", httpbinDir, "--snapshot", httpbinSnap,
 		"--namespace", "default", "--service-account", "httpbin", "--workload-api", "off",
 		"--inbound", "127.0.0.1:"+strconv.Itoa(inPort)+"="+app.Listener.Addr().String(), "--outbound-listen", "")
 	outPort := freePort(t)
@@ -193,6 +194,19 @@ func TestSidecarSeedWalkthrough(t *testing.T) {
 		code, out, _ = curl(t, proxyEnv, "-o", "/dev/null", "-w", "%{http_code}", "http://httpbin:8000/headers")
 		if code != 0 || out != "200" {
 			t.Fatalf("curl -w %%{http_code}: exit %d, %q", code, out)
+		}
+	})
+	t.Run("--prometheus serves metrics and nothing else of the admin API", func(t *testing.T) {
+		code, out, stderr := curl(t, nil, "-f", "http://"+httpbinProm+"/stats/prometheus")
+		if code != 0 || !strings.Contains(out, `meshauth_sidecar_authz_decisions_total{decision="allow"}`) {
+			t.Fatalf("curl /stats/prometheus: exit %d %s\n%s", code, stderr, out)
+		}
+		if code, _, _ := curl(t, nil, "-f", "http://"+httpbinProm+"/metrics"); code != 0 {
+			t.Errorf("curl /metrics: exit %d", code)
+		}
+		code, out, _ = curl(t, nil, "-o", "/dev/null", "-w", "%{http_code}", "http://"+httpbinProm+"/config_dump")
+		if code != 0 || out != "404" {
+			t.Errorf("/config_dump on the Prometheus port: exit %d, HTTP %s; want 404", code, out)
 		}
 	})
 	target := "127.0.0.1:" + strconv.Itoa(inPort)

@@ -259,6 +259,7 @@ func (in *Injector) sidecar(probers string) corev1.Container {
 		"--outbound-port", strconv.Itoa(OutboundPort),
 		"--admin-port", strconv.Itoa(AdminPort),
 		"--health-port", strconv.Itoa(HealthPort),
+		"--prometheus-port", strconv.Itoa(PromPort),
 	}
 	mounts := []corev1.VolumeMount{{Name: CertVolume, MountPath: CertMountPath, ReadOnly: in.cfg.Mode == SecretMode}}
 	if in.cfg.Mode == CSRMode {
