@@ -47,7 +47,9 @@ SKIP, and exits 1 if any check fails:
     any CONFLICT between a server's mode and its clients' (as tls-check);
   - every registered workload with a sidecar: the certificate its sidecar
     serves chains to the bundle, is valid now, carries the identity of the
-    workload's service account, is not revoked, and how long it has left.
+    workload's service account, is not revoked, and how long it has left
+    (client-only workloads, with nothing to probe: the newest unrevoked
+    certificate for their identity in the CA's issuance log).
 
 With --reachability it also calls every service port from every sidecar
 whose outbound proxy it can reach, and compares each result with what
@@ -250,7 +252,8 @@ func runChecks(ctx context.Context) []checkResult {
 			continue
 		}
 		if addr == "" {
-			add(name, checkSkip, "client-only (no inbound port): its certificate cannot be probed from here; %s", want)
+			st, detail := checkFromLog(ctx, admin, want, now, tmo)
+			add(name, st, "%s", detail)
 			continue
 		}
 		if bundle == nil {
@@ -467,4 +470,38 @@ func printChecks(w io.Writer, results []checkResult, format string) error {
 	}
 	fmt.Fprintf(w, "\n%d checks: %d passed, %d warnings, %d failed, %d skipped\n", len(results), counts[checkPass], counts[checkWarn], counts[checkFail], counts[checkSkip])
 	return nil
+}
+
+// checkFromLog judges a client-only workload (no inbound port to probe) by
+// the CA's issuance log: the newest unexpired certificate for its identity
+// must not be revoked. The log is by identity, so with several instances of
+// one service account this says that a good certificate exists for it, not
+// which instance holds it.
+func checkFromLog(ctx context.Context, admin pb.AdminClient, want identity.ID, now time.Time, tmo time.Duration) (verdict, detail string) {
+	cctx, cancel := context.WithTimeout(ctx, tmo)
+	defer cancel()
+	resp, err := admin.ListIssued(cctx, &pb.ListIssuedRequest{SpiffeId: want.String(), OnlyValid: true})
+	if status.Code(err) == codes.Unimplemented {
+		return checkSkip, fmt.Sprintf("client-only (no inbound port) and this control plane has no issuance log API: its certificate cannot be checked from here; %s", want)
+	}
+	if err != nil {
+		return checkFail, rpcError("issuance log", err).Error()
+	}
+	var entries []ca.IssuedEntry
+	if err := json.Unmarshal(resp.EntriesJson, &entries); err != nil {
+		return checkFail, fmt.Sprintf("issuance log is not valid JSON: %v", err)
+	}
+	for i := len(entries) - 1; i >= 0; i-- { // newest first
+		e := entries[i]
+		if e.Revoked || now.After(time.Unix(e.NotAfter, 0)) {
+			continue
+		}
+		left := time.Unix(e.NotAfter, 0).Sub(now)
+		return checkPass, fmt.Sprintf("client-only (no inbound port to probe); the CA log's newest certificate for %s: serial %s, valid until %s (%s left), requested by %s",
+			want, e.Serial, time.Unix(e.NotAfter, 0).UTC().Format(time.RFC3339), fmtLeft(left), e.Requester)
+	}
+	if len(entries) > 0 {
+		return checkFail, fmt.Sprintf("client-only; every unexpired certificate the CA issued for %s is revoked: its sidecar must renew (the agent falls back to its join token)", want)
+	}
+	return checkFail, fmt.Sprintf("client-only; the CA has issued no unexpired certificate for %s: its sidecar has no valid identity (see its log)", want)
 }
