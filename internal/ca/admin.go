@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -74,9 +75,17 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 		}
 		spiffeID = id.String()
 	}
+	now := c.cfg.Clock()
+	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil {
+		defer c.cfg.OnRevokeIdentity(spiffeID, now, reason) // after c.mu is released
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	added, version, err := c.store.revoke(serial, spiffeID, reason, c.cfg.Clock())
+	added, version, err := c.store.revoke(serial, spiffeID, reason, now)
+	var re *Error
+	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil && errors.As(err, &re) && re.Reason == "unknown_identity" {
+		return nil, c.state.Load().bundle.Version, nil
+	}
 	if err != nil {
 		return nil, 0, err
 	}

@@ -80,6 +80,12 @@ type Config struct {
 	// Metrics registers the CA's collectors (default: a private registry,
 	// i.e. metrics are kept but not exported).
 	Metrics prometheus.Registerer
+	// OnRevokeIdentity, when set, is told of every revocation by identity
+	// (after it is applied here), so that other CA replicas can revoke the
+	// certificates they signed for it (see RevokeIssuedBefore). With it set,
+	// revoking an identity this CA never signed for is not an error: another
+	// replica may have.
+	OnRevokeIdentity func(spiffeID string, at time.Time, reason string)
 }
 
 // CA is a running certificate authority. It is safe for concurrent use.

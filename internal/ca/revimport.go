@@ -75,3 +75,31 @@ func (s *store) importRevocations(rs []Revocation, now time.Time) (added []Revoc
 	})
 	return added, version, err
 }
+
+// RevokeIssuedBefore revokes every unexpired certificate in this CA's log
+// for spiffeID that was issued at or before before: another replica's
+// revocation of the identity, applied to what this replica signed.
+// Certificates issued after it (the workload's fresh identity) stay valid.
+// It is idempotent and finding nothing is not an error.
+func (c *CA) RevokeIssuedBefore(spiffeID string, before time.Time, reason string) ([]Revocation, uint64, error) {
+	id, err := identity.Parse(spiffeID)
+	if err != nil {
+		return nil, 0, refuse(KindInvalid, "bad_revoke_request", "identity: %v", err)
+	}
+	recs, err := c.store.issued()
+	if err != nil {
+		return nil, 0, err
+	}
+	now := c.cfg.Clock()
+	var batch []Revocation
+	for _, r := range recs {
+		if r.SPIFFEID != id.String() || r.IssuedAt > before.Unix() || r.NotAfter < now.Unix() {
+			continue
+		}
+		batch = append(batch, Revocation{Serial: r.Serial, SPIFFEID: r.SPIFFEID, NotAfter: time.Unix(r.NotAfter, 0).UTC(), RevokedAt: now.UTC(), Reason: reason})
+	}
+	if len(batch) == 0 {
+		return nil, c.Bundle().Version, nil
+	}
+	return c.ImportRevocations(batch)
+}

@@ -66,3 +66,41 @@ func TestImportRevocations(t *testing.T) {
 		t.Fatalf("after restart: %+v", got)
 	}
 }
+
+// TestRevokeIssuedBefore: another replica's revocation of an identity
+// revokes what this CA signed for it up to that time, not after, not other
+// identities; finding nothing is not an error.
+func TestRevokeIssuedBefore(t *testing.T) {
+	clk := newClock(t0)
+	c := newCA(t, t.TempDir(), clk, nil)
+	ctx := context.Background()
+	sign := func(id identity.ID) string {
+		iss, err := c.Sign(ctx, self(id), csrFor(t, ecKey(t)), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return iss.Serial
+	}
+	other := identity.MustParse("spiffe://cluster.local/ns/default/sa/other")
+	old, otherOld := sign(sleepID), sign(other)
+	cut := clk.now()
+	clk.add(time.Minute)
+	fresh := sign(sleepID)
+	added, _, err := c.RevokeIssuedBefore(sleepID.String(), cut, "replica a")
+	if err != nil || len(added) != 1 || added[0].Serial != old || added[0].Reason != "replica a" {
+		t.Fatalf("RevokeIssuedBefore = %+v, %v; want only %s", added, err, old)
+	}
+	rev := c.Bundle().Identity().Revoked
+	if _, ok := rev[fresh]; ok {
+		t.Error("a certificate issued after the cut was revoked")
+	}
+	if _, ok := rev[otherOld]; ok {
+		t.Error("another identity's certificate was revoked")
+	}
+	if added, _, err := c.RevokeIssuedBefore("spiffe://cluster.local/ns/default/sa/ghost", cut, ""); err != nil || len(added) != 0 {
+		t.Errorf("unknown identity: %+v, %v", added, err)
+	}
+	if _, _, err := c.RevokeIssuedBefore("not-an-id", cut, ""); err == nil {
+		t.Error("malformed identity accepted")
+	}
+}

@@ -143,9 +143,10 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	if err := os.MkdirAll(configDir, 0o755); err != nil {
 		return err
 	}
+	idrevs := NewIdentityRevocations()
 	srv, err := control.New(control.Config{
 		Dir: cfg.Dir, Listen: cfg.Listen, MetricsListen: cfg.MetricsListen,
-		CA:             ca.Config{TrustDomain: cfg.TrustDomain, CACertsDir: caDir},
+		CA:             ca.Config{TrustDomain: cfg.TrustDomain, CACertsDir: caDir, OnRevokeIdentity: idrevs.Add},
 		Authenticators: []ca.Authenticator{reviewer},
 		Register:       []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: configDir, PollInterval: 200 * time.Millisecond})},
 		Log:            cfg.Log,
@@ -173,12 +174,12 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	}
 	// Revocations made before a restart, or by another replica, are in the
 	// CA's bundle before it serves anything.
-	if err := ImportRevocationsSecret(ctx, cs, cfg.Namespace, srv.CA(), cfg.Log); err != nil {
+	if err := ImportRevocationsSecret(ctx, cs, cfg.Namespace, srv.CA(), idrevs, cfg.Log); err != nil {
 		return err
 	}
 	run("control", srv.Serve)
 	run("revocation sync", func(ctx context.Context) error {
-		return SyncRevocations(ctx, RevocationSyncConfig{Client: cs, Namespace: cfg.Namespace, CA: srv.CA(), Log: cfg.Log})
+		return SyncRevocations(ctx, RevocationSyncConfig{Client: cs, Namespace: cfg.Namespace, CA: srv.CA(), Identities: idrevs, Log: cfg.Log})
 	})
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight

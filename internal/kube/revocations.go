@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +33,88 @@ const (
 // revocationList is the Secret's revocations.json.
 type revocationList struct {
 	Revocations []ca.Revocation `json:"revocations"`
+	// Identities are revocations by identity: every replica revokes what
+	// it signed for the identity up to RevokedAt.
+	Identities []IdentityRevocation `json:"identities,omitempty"`
+}
+
+// IdentityRevocation is `meshctl ca revoke --identity` made on some replica.
+type IdentityRevocation struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// identityKeep is how long an identity revocation is kept: past the
+// longest certificate lifetime a CA grants (90 days by default), nothing it
+// could apply to is still valid.
+const identityKeep = 91 * 24 * time.Hour
+
+// IdentityRevocations collects this replica's revocations by identity (the
+// CA's OnRevokeIdentity) for SyncRevocations to publish, and remembers which
+// ones from the Secret were applied.
+type IdentityRevocations struct {
+	mu      sync.Mutex
+	list    map[string]IdentityRevocation // key: id + revoked_at
+	applied map[string]bool
+	kick    chan struct{}
+}
+
+// NewIdentityRevocations returns an empty set; pass its Add as
+// ca.Config.OnRevokeIdentity.
+func NewIdentityRevocations() *IdentityRevocations {
+	return &IdentityRevocations{list: map[string]IdentityRevocation{}, applied: map[string]bool{}, kick: make(chan struct{}, 1)}
+}
+
+func (r IdentityRevocation) key() string { return r.SPIFFEID + "@" + r.RevokedAt.UTC().Format(time.RFC3339Nano) }
+
+// Add records a revocation by identity made on this replica (already
+// applied to its own log).
+func (s *IdentityRevocations) Add(spiffeID string, at time.Time, reason string) {
+	r := IdentityRevocation{SPIFFEID: spiffeID, RevokedAt: at.UTC(), Reason: reason}
+	s.mu.Lock()
+	s.list[r.key()] = r
+	s.applied[r.key()] = true
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// apply revokes, in authority, what it signed for each identity revocation
+// of theirs not applied yet, and keeps them for publishing.
+func (s *IdentityRevocations) apply(authority *ca.CA, theirs []IdentityRevocation, log *slog.Logger) {
+	for _, r := range theirs {
+		s.mu.Lock()
+		done := s.applied[r.key()]
+		s.mu.Unlock()
+		if done {
+			continue
+		}
+		added, _, err := authority.RevokeIssuedBefore(r.SPIFFEID, r.RevokedAt, r.Reason)
+		if err != nil {
+			log.Warn("identity revocation skipped", "spiffe_id", r.SPIFFEID, "error", err)
+			continue
+		}
+		if len(added) > 0 {
+			log.Info("applied another replica's identity revocation", "spiffe_id", r.SPIFFEID, "revoked", len(added))
+		}
+		s.mu.Lock()
+		s.applied[r.key()] = true
+		s.list[r.key()] = r
+		s.mu.Unlock()
+	}
+}
+
+func (s *IdentityRevocations) snapshot() []IdentityRevocation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]IdentityRevocation, 0, len(s.list))
+	for _, r := range s.list {
+		out = append(out, r)
+	}
+	return out
 }
 
 // RevocationSyncConfig configures SyncRevocations.
@@ -42,6 +126,9 @@ type RevocationSyncConfig struct {
 	// Resync is how often the Secret is rewritten even with no change seen
 	// (to drop expired entries). Default 10 minutes.
 	Resync time.Duration
+	// Identities, when set, carries revocations by identity (the CA's
+	// OnRevokeIdentity must feed its Add).
+	Identities *IdentityRevocations
 }
 
 // SyncRevocations runs on every replica until ctx is done: it imports the
@@ -55,6 +142,9 @@ func SyncRevocations(ctx context.Context, cfg RevocationSyncConfig) error {
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 10 * time.Minute
+	}
+	if cfg.Identities == nil {
+		cfg.Identities = NewIdentityRevocations()
 	}
 	log := cfg.Log.With("component", "revocation-sync", "secret", cfg.Namespace+"/"+RevocationsSecret)
 	kick := make(chan struct{}, 1)
@@ -81,11 +171,11 @@ func SyncRevocations(ctx context.Context, cfg RevocationSyncConfig) error {
 		b, changed := cfg.CA.Watch()
 		// Import first, so that what is written below is the union.
 		if s, err := lister.Get(RevocationsSecret); err == nil {
-			if n := importSecret(cfg.CA, s, log); n > 0 {
+			if n := importSecret(cfg.CA, cfg.Identities, s, log); n > 0 {
 				b = cfg.CA.Bundle()
 			}
 		}
-		if err := writeRevocations(ctx, cfg.Client, cfg.Namespace, b.Revocations, time.Now()); err != nil && ctx.Err() == nil {
+		if err := writeRevocations(ctx, cfg.Client, cfg.Namespace, b.Revocations, cfg.Identities.snapshot(), time.Now()); err != nil && ctx.Err() == nil {
 			log.Warn("revocations Secret not written; retrying", "error", err)
 			select {
 			case <-ctx.Done():
@@ -99,12 +189,13 @@ func SyncRevocations(ctx context.Context, cfg RevocationSyncConfig) error {
 			return nil
 		case <-changed:
 		case <-kick:
+		case <-cfg.Identities.kick:
 		case <-time.After(cfg.Resync):
 		}
 	}
 }
 
-func decodeRevocations(s *corev1.Secret) ([]ca.Revocation, error) {
+func decodeRevocations(s *corev1.Secret) (*revocationList, error) {
 	data, ok := s.Data[revocationsKey]
 	if !ok {
 		return nil, fmt.Errorf("no %s key", revocationsKey)
@@ -113,13 +204,13 @@ func decodeRevocations(s *corev1.Secret) ([]ca.Revocation, error) {
 	if err := json.Unmarshal(data, &list); err != nil {
 		return nil, fmt.Errorf("%s: %w", revocationsKey, err)
 	}
-	return list.Revocations, nil
+	return &list, nil
 }
 
 // writeRevocations merges mine into the Secret (creating it), drops expired
 // entries, and writes only when the content changes. Conflicts with another
 // replica's write are retried on a fresh read.
-func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, mine []ca.Revocation, now time.Time) error {
+func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, mine []ca.Revocation, myIDs []IdentityRevocation, now time.Time) error {
 	for attempt := 0; ; attempt++ {
 		s, err := cs.CoreV1().Secrets(ns).Get(ctx, RevocationsSecret, metav1.GetOptions{})
 		create := apierrors.IsNotFound(err)
@@ -127,14 +218,21 @@ func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, m
 			return err
 		}
 		merged := map[string]ca.Revocation{}
+		ids := map[string]IdentityRevocation{}
 		var old []byte
 		if !create {
 			old = s.Data[revocationsKey]
 			if theirs, err := decodeRevocations(s); err == nil {
-				for _, r := range theirs {
+				for _, r := range theirs.Revocations {
 					merged[r.Serial] = r
 				}
+				for _, r := range theirs.Identities {
+					ids[r.key()] = r
+				}
 			}
+		}
+		for _, r := range myIDs {
+			ids[r.key()] = r
 		}
 		for _, r := range mine {
 			if _, ok := merged[r.Serial]; !ok {
@@ -148,6 +246,12 @@ func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, m
 				list.Revocations = append(list.Revocations, r)
 			}
 		}
+		for _, r := range ids {
+			if r.RevokedAt.Add(identityKeep).After(now) {
+				list.Identities = append(list.Identities, r)
+			}
+		}
+		slices.SortFunc(list.Identities, func(a, b IdentityRevocation) int { return strings.Compare(a.key(), b.key()) })
 		slices.SortFunc(list.Revocations, func(a, b ca.Revocation) int {
 			if a.Serial < b.Serial {
 				return -1
@@ -190,7 +294,7 @@ func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, m
 // kube-control calls it before serving, so that a restarted control plane
 // never hands out a bundle without the revocations made before. Only an
 // unreachable API is an error; a missing Secret is an empty list.
-func ImportRevocationsSecret(ctx context.Context, cs kubernetes.Interface, ns string, authority *ca.CA, log *slog.Logger) error {
+func ImportRevocationsSecret(ctx context.Context, cs kubernetes.Interface, ns string, authority *ca.CA, ids *IdentityRevocations, log *slog.Logger) error {
 	s, err := cs.CoreV1().Secrets(ns).Get(ctx, RevocationsSecret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -198,19 +302,24 @@ func ImportRevocationsSecret(ctx context.Context, cs kubernetes.Interface, ns st
 	if err != nil {
 		return fmt.Errorf("read Secret %s/%s: %w", ns, RevocationsSecret, err)
 	}
-	importSecret(authority, s, log.With("component", "revocation-sync", "secret", ns+"/"+RevocationsSecret))
+	importSecret(authority, ids, s, log.With("component", "revocation-sync", "secret", ns+"/"+RevocationsSecret))
 	return nil
 }
 
 // importSecret imports what it can: a malformed Secret is reported (and
 // rewritten from the CA's own list by the next write); a malformed entry is
 // reported and skipped. It never removes a revocation the CA holds.
-func importSecret(authority *ca.CA, s *corev1.Secret, log *slog.Logger) int {
-	list, err := decodeRevocations(s)
+func importSecret(authority *ca.CA, ids *IdentityRevocations, s *corev1.Secret, log *slog.Logger) int {
+	all, err := decodeRevocations(s)
 	if err != nil {
 		log.Warn("revocations Secret unreadable; it will be rewritten from this replica's revocations", "error", err)
 		return 0
 	}
+	v0 := authority.Bundle().Version
+	if ids != nil {
+		ids.apply(authority, all.Identities, log)
+	}
+	list := all.Revocations
 	added, _, err := authority.ImportRevocations(list)
 	if err != nil {
 		// One bad entry must not hide the others: import one by one.
@@ -226,6 +335,9 @@ func importSecret(authority *ca.CA, s *corev1.Secret, log *slog.Logger) int {
 	}
 	if len(added) > 0 {
 		log.Info("imported revocations", "added", len(added))
+	}
+	if authority.Bundle().Version != v0 {
+		return max(len(added), 1)
 	}
 	return len(added)
 }

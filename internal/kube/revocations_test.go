@@ -78,6 +78,9 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 		if json.Unmarshal(s.Data[revocationsKey], &l) != nil {
 			return nil
 		}
+		if len(l.Identities) > 0 && l.Identities[0].SPIFFEID == "" {
+			return nil
+		}
 		out := map[string]bool{}
 		for _, r := range l.Revocations {
 			out[r.Serial] = true
@@ -103,6 +106,40 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 		t.Fatalf("restarted replica serves a bundle without the revocations: %v", c.srv.CA().Bundle().Identity().Revoked)
 	}
 
+	// Revoking an identity on one replica revokes what the other signed
+	// for it up to then, including an identity the first never signed for
+	// (no error there); what is signed afterwards stays valid.
+	sign := func(r *replica, sa string) string {
+		id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
+		iss, err := r.srv.CA().Sign(ctx, ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return iss.Serial
+	}
+	dbOnA, dbOnB := sign(a, "db"), sign(b, "db")
+	ghostOnB := sign(b, "ghost")
+	time.Sleep(1100 * time.Millisecond) // issue times are in seconds
+	if _, _, err := a.srv.CA().Revoke("", "spiffe://cluster.local/ns/"+ns+"/sa/db", "compromised"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.srv.CA().Revoke("", "spiffe://cluster.local/ns/"+ns+"/sa/ghost", "gone"); err != nil {
+		t.Fatalf("revoking an identity only another replica signed for: %v", err)
+	}
+	kubetest.WaitFor(t, 30*time.Second, "b revokes what it signed for db and ghost; a and the Secret have them", func() (bool, error) {
+		ss := secretSerials()
+		return revoked(b, dbOnB) && revoked(b, ghostOnB) && revoked(b, dbOnA) && revoked(a, dbOnB) && ss[dbOnB] && ss[ghostOnB], nil
+	})
+	fresh := sign(b, "db")
+	time.Sleep(500 * time.Millisecond)
+	d := start("d") // a restarted replica re-applies the identity revocations to its (empty) log
+	if revoked(b, fresh) || revoked(a, fresh) || revoked(d, fresh) {
+		t.Fatal("a certificate signed after the identity revocation was revoked")
+	}
+	if !revoked(d, dbOnB) {
+		t.Fatal("a restarted replica lost an identity revocation's serials")
+	}
+
 	// A malformed Secret removes nothing and is rewritten from the replicas'
 	// lists.
 	sec, err := cs.CoreV1().Secrets(system).Get(ctx, RevocationsSecret, metav1.GetOptions{})
@@ -117,9 +154,12 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 		ss := secretSerials()
 		return ss[s1] && ss[s2], nil
 	})
-	for name, r := range map[string]*replica{"a": a, "b": b, "c": c} {
-		if !revoked(r, s1) || !revoked(r, s2) {
+	for name, r := range map[string]*replica{"a": a, "b": b, "c": c, "d": d} {
+		if !revoked(r, s1) || !revoked(r, s2) || !revoked(r, dbOnB) {
 			t.Errorf("replica %s lost a revocation after the malformed Secret", name)
+		}
+		if revoked(r, fresh) {
+			t.Errorf("replica %s revoked the certificate signed after the identity revocation", name)
 		}
 	}
 }
@@ -142,7 +182,7 @@ func FuzzRevocationsSecret(f *testing.F) {
 	log := discardLog()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := &corev1.Secret{Data: map[string][]byte{revocationsKey: data}}
-		importSecret(authority, s, log)
+		importSecret(authority, NewIdentityRevocations(), s, log)
 		b := authority.Bundle().Identity()
 		if _, ok := b.Revoked["1234"]; !ok {
 			t.Fatal("an import removed a revocation")
