@@ -59,7 +59,9 @@ func TestCheckFromLog(t *testing.T) {
 		time.Sleep(1100 * time.Millisecond) // the log orders by issue time (seconds)
 		return iss.Serial
 	}
-	check := func() (string, string) { return checkFromLog(context.Background(), admin, sleep, time.Now(), 5*time.Second) }
+	check := func() (string, string) {
+		return checkFromLog(context.Background(), admin, sleep, time.Now(), 5*time.Second)
+	}
 
 	if v, d := check(); v != checkFail || !strings.Contains(d, "no unexpired certificate") {
 		t.Errorf("no certificate yet: %s %s", v, d)

@@ -104,4 +104,3 @@ func lookupWorkload(r *registry.Registry, s string) *registry.Workload {
 	}
 	return nil
 }
-

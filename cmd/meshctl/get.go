@@ -72,7 +72,7 @@ var kindAliases = map[string]string{
 	"serviceroles": config.KindServiceRole, "servicerole": config.KindServiceRole,
 	"servicerolebindings": config.KindServiceRoleBinding, "servicerolebinding": config.KindServiceRoleBinding,
 	"meshconfig": config.KindMeshConfig,
-	"services": config.KindService, "service": config.KindService, "svc": config.KindService,
+	"services":   config.KindService, "service": config.KindService, "svc": config.KindService,
 	"workloads": config.KindWorkload, "workload": config.KindWorkload,
 	// "sidecars" are the connected sidecars (what operators ask most);
 	// the Sidecar config kind is "sidecarconfigs".

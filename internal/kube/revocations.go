@@ -66,7 +66,9 @@ func NewIdentityRevocations() *IdentityRevocations {
 	return &IdentityRevocations{list: map[string]IdentityRevocation{}, applied: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
-func (r IdentityRevocation) key() string { return r.SPIFFEID + "@" + r.RevokedAt.UTC().Format(time.RFC3339Nano) }
+func (r IdentityRevocation) key() string {
+	return r.SPIFFEID + "@" + r.RevokedAt.UTC().Format(time.RFC3339Nano)
+}
 
 // Add records a revocation by identity made on this replica (already
 // applied to its own log).
