@@ -82,6 +82,7 @@ self-signed root.`,
 	f.DurationVar(&cfg.CA.DefaultTTL, "default-ttl", 24*time.Hour, "workload certificate TTL when none is asked")
 	f.DurationVar(&cfg.CA.MaxTTL, "max-ttl", 90*24*time.Hour, "longest workload certificate TTL a caller may ask")
 	f.DurationVar(&cfg.CA.RotationOverlap, "rotation-overlap", time.Hour, "default time a new root is trusted before it signs")
+	f.DurationVar(&cfg.CA.LogRetention, "issuance-log-retention", 365*24*time.Hour, "keep issuance log records this long after their certificate expired (0: forever); pruned hourly")
 	f.DurationVar(&cfg.TickInterval, "tick", 10*time.Second, "how often rotation, root retirement and revocation pruning run")
 	f.StringVar(&plane.ConfigDir, "config", "", "config directory (Policy, DestinationRule, RBAC, Service, Workload YAML), watched; a bad batch is rejected whole")
 	f.DurationVar(&plane.PollInterval, "config-poll", time.Second, "how often --config is checked for changes")

@@ -190,6 +190,16 @@ func (c *CA) Tick() error {
 			changed = true
 		}
 	}
+	if c.cfg.LogRetention > 0 && now.Sub(c.lastLogPrune) >= time.Hour {
+		c.lastLogPrune = now
+		pruned, err := c.store.pruneIssued(now.Add(-c.cfg.LogRetention).Unix(), 100_000)
+		if err != nil {
+			return internal("prune issuance log", err)
+		}
+		if pruned > 0 {
+			c.log.Info("issuance log pruned", "records", pruned, "expired_before", now.Add(-c.cfg.LogRetention).UTC())
+		}
+	}
 	n, _, err := c.store.pruneRevocations(now)
 	if err != nil {
 		return internal("prune revocations", err)

@@ -86,6 +86,10 @@ type Config struct {
 	// revoking an identity this CA never signed for is not an error: another
 	// replica may have.
 	OnRevokeIdentity func(spiffeID string, at time.Time, reason string)
+	// LogRetention keeps an issuance log record this long after its
+	// certificate expired; Tick prunes older ones (at most once an hour).
+	// 0 keeps the log forever.
+	LogRetention time.Duration
 }
 
 // CA is a running certificate authority. It is safe for concurrent use.
@@ -106,6 +110,8 @@ type CA struct {
 
 	peerMu    sync.Mutex
 	peerCache map[[32]byte]peerEntry
+
+	lastLogPrune time.Time // under mu
 }
 
 // authority is one root (or plugged-in intermediate) the CA can sign with.

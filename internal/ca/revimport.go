@@ -103,3 +103,39 @@ func (c *CA) RevokeIssuedBefore(spiffeID string, before time.Time, reason string
 	}
 	return c.ImportRevocations(batch)
 }
+
+// pruneIssued deletes up to max issuance log records whose certificate
+// expired before cutoff (Unix seconds). A pruned certificate had long
+// expired: nothing can renew with it, revoke it or be verified with it.
+func (s *store) pruneIssued(cutoff int64, max int) (n int, err error) {
+	var dead [][]byte
+	err = s.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bucketIssued).Cursor()
+		for k, v := cur.First(); k != nil && len(dead) < max; k, v = cur.Next() {
+			var r IssuanceRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("issuance %x: %w", k, err)
+			}
+			if r.NotAfter < cutoff {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+		}
+		return nil
+	})
+	if err != nil || len(dead) == 0 {
+		return 0, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIssued)
+		for _, k := range dead {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(dead), nil
+}

@@ -104,3 +104,56 @@ func TestRevokeIssuedBefore(t *testing.T) {
 		t.Error("malformed identity accepted")
 	}
 }
+
+// TestIssuanceLogRetention: Tick prunes log records of certificates that
+// expired more than LogRetention ago, keeps the others, and survives a
+// restart with the pruned state; 0 keeps everything.
+func TestIssuanceLogRetention(t *testing.T) {
+	clk := newClock(t0)
+	dir := t.TempDir()
+	c := newCA(t, dir, clk, func(cfg *ca.Config) { cfg.LogRetention = 24 * time.Hour })
+	ctx := context.Background()
+	sign := func(ttl time.Duration) string {
+		iss, err := c.Sign(ctx, self(sleepID), csrFor(t, ecKey(t)), ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return iss.Serial
+	}
+	short := sign(time.Hour)
+	long := sign(72 * time.Hour)
+	serials := func(c *ca.CA) map[string]bool {
+		recs, err := c.IssuanceLog()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, r := range recs {
+			out[r.Serial] = true
+		}
+		return out
+	}
+	clk.add(2 * time.Hour) // short expired 1h ago: inside the retention
+	if err := c.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	if s := serials(c); !s[short] || !s[long] {
+		t.Fatalf("pruned inside the retention: %v", s)
+	}
+	clk.add(24 * time.Hour) // short expired 25h ago
+	if err := c.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	if s := serials(c); s[short] || !s[long] {
+		t.Fatalf("after the retention: %v, want only %s", s, long)
+	}
+	c.Close()
+	c2 := newCA(t, dir, clk, nil) // LogRetention 0: keeps everything
+	clk.add(30 * 24 * time.Hour)
+	if err := c2.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	if s := serials(c2); s[short] || !s[long] {
+		t.Fatalf("after restart with retention 0: %v", s)
+	}
+}
