@@ -49,6 +49,7 @@ type sidecarFlags struct {
 	outbound, capture, admin             string
 	transparent, denyUnknown             bool
 	workloadAPI                          string
+	workloadAPIUIDs                      []int
 	labels                               map[string]string
 	address                              string
 	// Port-number forms, as the Kubernetes injector passes them.
@@ -116,6 +117,7 @@ exits with its status.`,
 	fl.BoolVar(&f.denyUnknown, "deny-unknown", false, "refuse outbound traffic to destinations that are not mesh services (default: pass through)")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "admin listener: /healthz/ready, /certs, /config_dump, /metrics (empty: off)")
 	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR-agent.sock, beside the certs directory; "off" disables)`)
+	fl.IntSliceVar(&f.workloadAPIUIDs, "workload-api-uid", nil, "uid besides the sidecar's own that may use the Workload API (it hands out the private key); repeatable")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
 	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
@@ -343,6 +345,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 			return err
 		}
 		api := agent.NewWorkloadAPI(store, log)
+		api.AllowUIDs = f.workloadAPIUIDs
 		go func() {
 			if err := api.Serve(ctx, f.workloadAPI); err != nil {
 				log.Error("workload API stopped", "error", err.Error())

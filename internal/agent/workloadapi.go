@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"syscall"
 
 	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
@@ -21,13 +23,21 @@ import (
 // WorkloadAPI serves the SPIFFE Workload API (X.509 part) from a Source on a
 // unix socket. Every connected client gets the current SVID and bundle at
 // once and again after every rotation, as go-spiffe's X509Source expects.
-// The socket is the authorization boundary, as in SPIRE's agent: whoever can
-// open it is the workload this sidecar serves.
+// The API hands out the workload's private key, so a connection is served
+// only if its peer process (SO_PEERCRED) runs as an allowed uid: the
+// sidecar's own (an app it started with `meshd sidecar -- app` runs as it)
+// and those in AllowUIDs (an app container of another user that shares the
+// socket). Anyone else is refused and logged, whatever the socket's mode.
 type WorkloadAPI struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 	src Source
 	log *slog.Logger
 	srv *grpc.Server
+	// AllowUIDs are uids besides the sidecar's own that may use the API.
+	AllowUIDs []int
+	// selfUID is the sidecar's uid (os.Getuid; -1 in tests that want only
+	// AllowUIDs).
+	selfUID int
 }
 
 // NewWorkloadAPI returns a server for src; log may be nil.
@@ -35,7 +45,7 @@ func NewWorkloadAPI(src Source, log *slog.Logger) *WorkloadAPI {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &WorkloadAPI{src: src, log: log, srv: grpc.NewServer()}
+	w := &WorkloadAPI{src: src, log: log, srv: grpc.NewServer(), selfUID: os.Getuid()}
 	workload.RegisterSpiffeWorkloadAPIServer(w.srv, w)
 	return w
 }
@@ -49,13 +59,21 @@ func (w *WorkloadAPI) Serve(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("agent: workload API socket: %w", err)
 	}
-	// The app may run as another user than the sidecar (uid 1337).
-	os.Chmod(path, 0o666)
+	// The peer check below is the authorization; the mode only keeps other
+	// users from connecting at all when no other uid is allowed.
+	mode := os.FileMode(0o600)
+	if len(w.AllowUIDs) > 0 {
+		mode = 0o666
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return fmt.Errorf("agent: workload API socket %s: %w", path, err)
+	}
 	go func() {
 		<-ctx.Done()
 		w.srv.Stop()
 	}()
-	err = w.srv.Serve(l)
+	err = w.srv.Serve(&peerCheckListener{Listener: l, w: w})
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -139,4 +157,69 @@ func concatDER(cs []*x509.Certificate) []byte {
 		out = append(out, c.Raw...)
 	}
 	return out
+}
+
+// peerCheckListener drops connections whose peer process is not allowed.
+type peerCheckListener struct {
+	net.Listener
+	w *WorkloadAPI
+}
+
+func (l *peerCheckListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uid, pid, err := peerCred(c)
+		if err == nil && l.w.allowed(uid) {
+			return c, nil
+		}
+		if err != nil {
+			l.w.log.Warn("workload API: refused a connection whose peer could not be identified", "error", err)
+		} else {
+			l.w.log.Warn("workload API: refused a connection from a process of another user",
+				"peer_uid", uid, "peer_pid", pid, "allowed_uids", l.w.allowedList())
+		}
+		c.Close()
+	}
+}
+
+func (w *WorkloadAPI) allowed(uid int) bool {
+	if w.selfUID >= 0 && uid == w.selfUID {
+		return true
+	}
+	return slices.Contains(w.AllowUIDs, uid)
+}
+
+func (w *WorkloadAPI) allowedList() []int {
+	out := slices.Clone(w.AllowUIDs)
+	if w.selfUID >= 0 {
+		out = append([]int{w.selfUID}, out...)
+	}
+	return out
+}
+
+// peerCred returns the uid and pid of the process at the other end of a
+// unix socket connection.
+func peerCred(c net.Conn) (uid, pid int, err error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, 0, fmt.Errorf("not a unix socket: %T", c)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	var cred *syscall.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return 0, 0, err
+	}
+	if serr != nil {
+		return 0, 0, serr
+	}
+	return int(cred.Uid), int(cred.Pid), nil
 }
