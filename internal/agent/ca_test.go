@@ -108,7 +108,12 @@ func startAgent(t *testing.T, ctx context.Context, cp *controlPlane, id identity
 	if err != nil {
 		t.Fatal(err)
 	}
-	go a.Run(ctx)
+	// The agent stops, and stops writing into dir, before t.TempDir's
+	// cleanup removes it (cleanups run last-in first-out).
+	actx, acancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { a.Run(actx); close(done) }()
+	t.Cleanup(func() { acancel(); <-done })
 	waitFor(t, func() bool { return store.SVID() != nil }, "first certificate for %s", id)
 	return a, dir
 }
