@@ -50,6 +50,7 @@ type sidecarFlags struct {
 	transparent, denyUnknown             bool
 	workloadAPI                          string
 	workloadAPIUIDs                      []int
+	outboundUIDs                         []int
 	labels                               map[string]string
 	address                              string
 	// Port-number forms, as the Kubernetes injector passes them.
@@ -115,6 +116,7 @@ exits with its status.`,
 	fl.StringVar(&f.capture, "inbound-capture", "", "inbound capture listener (default 0.0.0.0:15006 with --transparent)")
 	fl.BoolVar(&f.transparent, "transparent", false, "serve traffic redirected by meshd init-net (SO_ORIGINAL_DST); run as uid 1337")
 	fl.BoolVar(&f.denyUnknown, "deny-unknown", false, "refuse outbound traffic to destinations that are not mesh services (default: pass through)")
+	fl.IntSliceVar(&f.outboundUIDs, "outbound-uid", nil, "serve the explicit proxy and --upstream ports only to local processes of these uids (found via /proc/net/tcp; one table read per connection); repeatable; default: any local process")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "admin listener: /healthz/ready, /certs, /config_dump, /metrics (empty: off)")
 	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR-agent.sock, beside the certs directory; "off" disables)`)
 	fl.IntSliceVar(&f.workloadAPIUIDs, "workload-api-uid", nil, "uid besides the sidecar's own that may use the Workload API (it hands out the private key); repeatable")
@@ -356,7 +358,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	pcfg := proxy.Config{
 		Certs: store, Policy: policySrc, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
 		Metrics: metrics, HandshakeTimeout: f.handshakeTimeout, IdleTimeout: f.idleTimeout,
-		Outbound: f.outbound, Transparent: f.transparent, DenyUnknown: f.denyUnknown,
+		Outbound: f.outbound, Transparent: f.transparent, DenyUnknown: f.denyUnknown, OutboundUIDs: f.outboundUIDs,
 	}
 	for _, s := range f.inbound {
 		l, a, ok := strings.Cut(s, "=")

@@ -88,6 +88,7 @@ type sidecarOpts struct {
 	handshakeTimeout time.Duration
 	outbound         bool
 	upstreams        []Upstream
+	outboundUIDs     []int
 }
 
 func mustSVID(t testing.TB, c *catest.Cert) *agent.SVID {
@@ -126,6 +127,7 @@ func startSidecar(t testing.TB, ca *catest.CA, id string, o sidecarOpts) *sideca
 		HandshakeTimeout: o.handshakeTimeout,
 		Inbound:          o.inbound,
 		Upstreams:        o.upstreams,
+		OutboundUIDs:     o.outboundUIDs,
 	}
 	if o.outbound {
 		cfg.Outbound = "127.0.0.1:0"

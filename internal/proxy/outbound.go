@@ -87,6 +87,9 @@ func (p *Proxy) handleOutbound(c net.Conn) {
 		reset(c)
 		return
 	}
+	if !p.outboundPeerAllowed(c) {
+		return
+	}
 	p.serveOutboundH1(c, &connInfo{src: c.RemoteAddr().String(), mode: "proxy"})
 }
 
@@ -108,6 +111,9 @@ func (p *Proxy) outboundCaptured(c net.Conn, dst netip.AddrPort) {
 
 // handleUpstream serves an explicit per-upstream TCP port.
 func (p *Proxy) handleUpstream(c net.Conn, host string, port uint32) {
+	if !p.outboundPeerAllowed(c) {
+		return
+	}
 	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
 	p.outboundConn(c, p.routeTable().lookup(host, port), info)
 }

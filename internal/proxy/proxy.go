@@ -96,6 +96,10 @@ type Config struct {
 	// plaintext, as Istio's ALLOW_ANY.
 	DenyUnknown bool
 
+	// OutboundUIDs, when set, limits the explicit proxy and the --upstream
+	// ports to local processes of these uids (see peeruid.go).
+	OutboundUIDs []int
+
 	// OriginalDst recovers a redirected connection's destination; nil uses
 	// capture.OriginalDst (SO_ORIGINAL_DST).
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
