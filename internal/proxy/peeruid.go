@@ -86,16 +86,25 @@ func findProcSocket(path, local, remote string) (uid int, found bool, err error)
 	sc := bufio.NewScanner(f)
 	sc.Scan() // header
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 8 {
-			continue
-		}
-		if strings.EqualFold(fields[1], local) && strings.EqualFold(fields[2], remote) {
-			uid, err := strconv.Atoi(fields[7])
-			return uid, err == nil, err
+		if uid, ok, err := matchProcLine(sc.Text(), local, remote); ok || err != nil {
+			return uid, ok, err
 		}
 	}
 	return 0, false, sc.Err()
+}
+
+// matchProcLine reads one /proc/net/tcp{,6} line: ok when its local and
+// remote addresses are the given ones, with the socket owner's uid.
+func matchProcLine(line, local, remote string) (uid int, ok bool, err error) {
+	fields := strings.Fields(line)
+	if len(fields) < 8 || !strings.EqualFold(fields[1], local) || !strings.EqualFold(fields[2], remote) {
+		return 0, false, nil
+	}
+	uid, err = strconv.Atoi(fields[7])
+	if err != nil || uid < 0 {
+		return 0, false, fmt.Errorf("%s: bad uid field %q", "/proc/net/tcp", fields[7])
+	}
+	return uid, true, nil
 }
 
 // outboundPeerAllowed applies Config.OutboundUIDs to a loopback connection

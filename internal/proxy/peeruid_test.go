@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -69,4 +70,44 @@ func TestOutboundUIDs(t *testing.T) {
 			t.Errorf("curl as uid 1338 (not allowed): %q, want 000", got)
 		}
 	})
+}
+
+// FuzzProcLine: any /proc/net/tcp line is read without panicking; a match
+// has a non-negative uid and the addresses asked for.
+func FuzzProcLine(f *testing.F) {
+	const local, remote = "0100007F:A4BA", "0100007F:63A6"
+	f.Add("   0: 0100007F:A4BA 0100007F:63A6 01 00000000:00000000 00:00000000 00000000  1337        0 123456 1 0000000000000000 20 4 30 10 -1")
+	f.Add("   0: 0100007F:A4BA 0100007F:63A6 01 x x x -5")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, line string) {
+		uid, ok, err := matchProcLine(line, local, remote)
+		if ok && (err != nil || uid < 0) {
+			t.Fatalf("match with uid %d, err %v", uid, err)
+		}
+		if ok {
+			fs := strings.Fields(line)
+			if !strings.EqualFold(fs[1], local) || !strings.EqualFold(fs[2], remote) {
+				t.Fatalf("matched other addresses: %q", line)
+			}
+		}
+	})
+}
+
+// TestProcAddr: the /proc/net/tcp{,6} address encoding, against lines
+// this kernel writes for 127.0.0.1:8080 and [::1]:443.
+func TestProcAddr(t *testing.T) {
+	for _, tc := range []struct {
+		ap   string
+		v6   bool
+		want string
+	}{
+		{"127.0.0.1:8080", false, "0100007F:1F90"},
+		{"127.0.0.1:8080", true, "0000000000000000FFFF00000100007F:1F90"},
+		{"[::1]:443", true, "00000000000000000000000001000000:01BB"},
+		{"[::1]:443", false, ""},
+	} {
+		if got := procAddr(netip.MustParseAddrPort(tc.ap), tc.v6); got != tc.want {
+			t.Errorf("procAddr(%s, v6=%v) = %q, want %q", tc.ap, tc.v6, got, tc.want)
+		}
+	}
 }
