@@ -113,6 +113,9 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 		// directory, which holds exactly the seed's three files.
 		"--workload-api", filepath.Join(wdir, "agent.sock"),
 		"--outbound-listen", fmt.Sprintf("127.0.0.1:%d", outPort),
+		// Only this user's processes may speak with the workload's
+		// identity through its proxy: the mesh runs on a shared host.
+		"--outbound-uid", strconv.Itoa(os.Getuid()),
 		"--admin", w.AdminAddr,
 	}
 	if spec.Service != "" {
