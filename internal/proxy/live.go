@@ -136,11 +136,7 @@ func (p *Proxy) liveCheck(l *liveConn, snap *policy.Snapshot) liveVictim {
 	switch l.state {
 	case liveTLS:
 		if _, err := p.verifyPeer(l.chain); err != nil {
-			r := identity.Reason(err)
-			if errors.Is(err, ErrNoBundle) {
-				r = "no_bundle"
-			}
-			return liveVictim{l, r, err}
+			return liveVictim{l, bundleReason(err), err}
 		}
 	case livePlain:
 		if inboundPort(snap, l.port).Mode == policy.ServerStrict {
@@ -183,14 +179,8 @@ func (p *Proxy) recheck() int {
 	}
 	p.live.mu.Unlock()
 	for _, o := range outs {
-		if _, err := p.verifyPeer(o.chain); err != nil {
-			p.live.mu.Lock()
-			first := !o.closed
-			o.closed = true
-			p.live.mu.Unlock()
-			if first {
-				p.closeOut(o, err)
-			}
+		if _, err := p.verifyPeer(o.chain); err != nil && p.live.claim(&o.closed) {
+			p.closeOut(o, err)
 		}
 	}
 	var victims []liveVictim
@@ -202,11 +192,7 @@ func (p *Proxy) recheck() int {
 	}
 	n := 0
 	for _, v := range victims {
-		p.live.mu.Lock()
-		first := !v.l.closed
-		v.l.closed = true
-		p.live.mu.Unlock()
-		if first {
+		if p.live.claim(&v.l.closed) {
 			p.closeLive(v)
 			n++
 		}
@@ -214,32 +200,45 @@ func (p *Proxy) recheck() int {
 	return n
 }
 
+// claim marks a connection closed and reports whether this caller is the
+// first to close it, so that one refusal is logged and counted once whoever
+// (a recheck, the connection's own goroutine) gets there first.
+func (s *liveSet) claim(closed *bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first := !*closed
+	*closed = true
+	return first
+}
+
+// bundleReason is the metric/log reason of a failed peer verification.
+func bundleReason(err error) string {
+	if errors.Is(err, ErrNoBundle) {
+		return "no_bundle"
+	}
+	return identity.Reason(err)
+}
+
+// logClosed records a connection closed by a check made after it was
+// accepted: one access-log line and meshauth_sidecar_connections_closed_total.
+func (p *Proxy) logClosed(direction, reason string, err error, attrs ...slog.Attr) {
+	attrs = append(attrs, slog.String("direction", direction), slog.String("decision", "deny"),
+		slog.String("reason", reason), slog.String("error", err.Error()))
+	p.access.LogAttrs(context.Background(), slog.LevelWarn, "established connection closed", attrs...)
+	p.m.Closed.WithLabelValues(direction, reason).Inc()
+}
+
 func (p *Proxy) closeLive(v liveVictim) {
-	p.access.LogAttrs(context.Background(), slog.LevelWarn, "established connection closed",
-		slog.String("direction", "inbound"),
-		slog.String("peer", v.l.src),
-		slog.String("source", v.l.peer),
-		slog.Int("port", int(v.l.port)),
-		slog.String("decision", "deny"),
-		slog.String("reason", v.reason),
-		slog.String("error", v.err.Error()))
-	p.m.Closed.WithLabelValues("inbound", v.reason).Inc()
+	p.logClosed("inbound", v.reason, v.err, slog.String("peer", v.l.src), slog.String("source", v.l.peer), slog.Int("port", int(v.l.port)))
 	reset(v.l.c)
 }
 
-// claimClose marks a tracked connection closed and reports whether this
-// caller is the first to close it (so one refusal is logged and counted
-// once, whether a recheck or the connection's own goroutine gets there first).
+// claimClose claims the close of a tracked connection (see liveSet.claim).
 func (p *Proxy) claimClose(info *connInfo) bool {
 	p.live.mu.Lock()
-	defer p.live.mu.Unlock()
 	l := p.live.m[info]
-	if l == nil {
-		return true
-	}
-	first := !l.closed
-	l.closed = true
-	return first
+	p.live.mu.Unlock()
+	return l == nil || p.live.claim(&l.closed)
 }
 
 // verifyPooled checks a pooled upstream mTLS connection's server against the
@@ -256,17 +255,7 @@ func (p *Proxy) verifyPooled(u *upConn) error {
 }
 
 func (p *Proxy) poolStale(u *upConn, err error) {
-	reason := identity.Reason(err)
-	if errors.Is(err, ErrNoBundle) {
-		reason = "no_bundle"
-	}
-	p.access.LogAttrs(context.Background(), slog.LevelWarn, "established connection closed",
-		slog.String("direction", "outbound"),
-		slog.String("peer", u.c.RemoteAddr().String()),
-		slog.String("decision", "deny"),
-		slog.String("reason", reason),
-		slog.String("error", err.Error()))
-	p.m.Closed.WithLabelValues("outbound", reason).Inc()
+	p.logClosed("outbound", bundleReason(err), err, slog.String("peer", u.c.RemoteAddr().String()))
 }
 
 // trackOut records an outbound mTLS tunnel until the returned func runs.
@@ -285,14 +274,8 @@ func (p *Proxy) trackOut(up net.Conn, dest string, gen uint64) func() {
 	p.live.out[o] = struct{}{}
 	p.live.mu.Unlock()
 	if p.pool.gen.Load() != gen {
-		if _, err := p.verifyPeer(o.chain); err != nil {
-			p.live.mu.Lock()
-			first := !o.closed
-			o.closed = true
-			p.live.mu.Unlock()
-			if first {
-				p.closeOut(o, err)
-			}
+		if _, err := p.verifyPeer(o.chain); err != nil && p.live.claim(&o.closed) {
+			p.closeOut(o, err)
 		}
 	}
 	return func() {
@@ -303,16 +286,6 @@ func (p *Proxy) trackOut(up net.Conn, dest string, gen uint64) func() {
 }
 
 func (p *Proxy) closeOut(o *liveOut, err error) {
-	reason := identity.Reason(err)
-	if errors.Is(err, ErrNoBundle) {
-		reason = "no_bundle"
-	}
-	p.access.LogAttrs(context.Background(), slog.LevelWarn, "established connection closed",
-		slog.String("direction", "outbound"),
-		slog.String("destination", o.dest),
-		slog.String("decision", "deny"),
-		slog.String("reason", reason),
-		slog.String("error", err.Error()))
-	p.m.Closed.WithLabelValues("outbound", reason).Inc()
+	p.logClosed("outbound", bundleReason(err), err, slog.String("destination", o.dest))
 	o.c.Close()
 }

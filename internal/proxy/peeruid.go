@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -114,12 +115,8 @@ func (p *Proxy) outboundPeerAllowed(c net.Conn) bool {
 		return true
 	}
 	uid, err := loopbackPeerUID(c)
-	if err == nil {
-		for _, u := range p.cfg.OutboundUIDs {
-			if u == uid {
-				return true
-			}
-		}
+	if err == nil && slices.Contains(p.cfg.OutboundUIDs, uid) {
+		return true
 	}
 	if err != nil {
 		p.log.Warn("outbound: refusing a local connection whose owner could not be found", "peer", c.RemoteAddr().String(), "error", err.Error())
