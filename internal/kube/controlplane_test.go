@@ -365,30 +365,12 @@ func TestControlPlaneReplicas(t *testing.T) {
 	ns := createNamespace(t, cs, "replicas", nil)
 	installCRDs(t, env)
 
-	type replica struct {
-		cancel  context.CancelFunc
-		done    chan error
-		leading chan struct{}
-	}
-	start := func(id string) *replica {
-		rctx, cancel := context.WithCancel(ctx)
-		r := &replica{cancel: cancel, done: make(chan error, 1), leading: make(chan struct{}, 1)}
-		ready := make(chan struct{})
-		go func() {
-			r.done <- RunControl(rctx, ControlConfig{
-				REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
-				Listen: "127.0.0.1:0", WebhookListen: "127.0.0.1:0", Namespaces: []string{ns},
-				LeaseDuration: 2 * time.Second,
-				Ready:         func(*control.Server) { close(ready) },
-				Leading:       func() { r.leading <- struct{}{} },
-			})
-		}()
-		select {
-		case <-ready:
-		case err := <-r.done:
-			t.Fatalf("replica %s: %v", id, err)
-		}
-		return r
+	start := func(id string) *testReplica {
+		return startReplica(t, ControlConfig{
+			REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
+			Listen: "127.0.0.1:0", WebhookListen: "127.0.0.1:0", Namespaces: []string{ns},
+			LeaseDuration: 2 * time.Second,
+		})
 	}
 	a := start("a")
 	select {
@@ -397,7 +379,6 @@ func TestControlPlaneReplicas(t *testing.T) {
 		t.Fatal("replica a never led")
 	}
 	b := start("b")
-	defer func() { b.cancel(); <-b.done }()
 
 	newSA := func(name string) {
 		if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
@@ -424,12 +405,50 @@ func TestControlPlaneReplicas(t *testing.T) {
 		t.Fatal("webhook CA secret is empty")
 	}
 
-	a.cancel() // releases the lease (ReleaseOnCancel)
-	<-a.done
+	a.stop() // releases the lease (ReleaseOnCancel)
 	select {
 	case <-b.leading:
 	case <-time.After(30 * time.Second):
 		t.Fatal("replica b did not take over")
 	}
 	newSA("second")
+}
+
+// testReplica is one control plane replica (RunControl) in a test.
+type testReplica struct {
+	srv     *control.Server
+	leading chan struct{} // gets a value each time it starts leading
+	cancel  context.CancelFunc
+	done    chan error
+	once    sync.Once
+}
+
+// startReplica runs RunControl with cfg (its Ready and Leading are set
+// here) until it is ready; it stops with stop or at the end of the test.
+func startReplica(t *testing.T, cfg ControlConfig) *testReplica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &testReplica{cancel: cancel, done: make(chan error, 1), leading: make(chan struct{}, 1)}
+	ready := make(chan *control.Server, 1)
+	cfg.Ready = func(s *control.Server) { ready <- s }
+	cfg.Leading = func() {
+		select {
+		case r.leading <- struct{}{}:
+		default:
+		}
+	}
+	go func() { r.done <- RunControl(ctx, cfg) }()
+	select {
+	case r.srv = <-ready:
+	case err := <-r.done:
+		cancel()
+		t.Fatalf("replica %s: %v", cfg.Identity, err)
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// stop cancels the replica and waits for RunControl to return (once).
+func (r *testReplica) stop() {
+	r.once.Do(func() { r.cancel(); <-r.done })
 }

@@ -173,7 +173,7 @@ func SyncRevocations(ctx context.Context, cfg RevocationSyncConfig) error {
 		b, changed := cfg.CA.Watch()
 		// Import first, so that what is written below is the union.
 		if s, err := lister.Get(RevocationsSecret); err == nil {
-			if n := importSecret(cfg.CA, cfg.Identities, s, log); n > 0 {
+			if importSecret(cfg.CA, cfg.Identities, s, log) {
 				b = cfg.CA.Bundle()
 			}
 		}
@@ -254,14 +254,7 @@ func writeRevocations(ctx context.Context, cs kubernetes.Interface, ns string, m
 			}
 		}
 		slices.SortFunc(list.Identities, func(a, b IdentityRevocation) int { return strings.Compare(a.key(), b.key()) })
-		slices.SortFunc(list.Revocations, func(a, b ca.Revocation) int {
-			if a.Serial < b.Serial {
-				return -1
-			} else if a.Serial > b.Serial {
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(list.Revocations, func(a, b ca.Revocation) int { return strings.Compare(a.Serial, b.Serial) })
 		data, err := json.MarshalIndent(list, "", "  ")
 		if err != nil {
 			return err
@@ -310,12 +303,13 @@ func ImportRevocationsSecret(ctx context.Context, cs kubernetes.Interface, ns st
 
 // importSecret imports what it can: a malformed Secret is reported (and
 // rewritten from the CA's own list by the next write); a malformed entry is
-// reported and skipped. It never removes a revocation the CA holds.
-func importSecret(authority *ca.CA, ids *IdentityRevocations, s *corev1.Secret, log *slog.Logger) int {
+// reported and skipped. It never removes a revocation the CA holds. It
+// reports whether the CA's bundle changed.
+func importSecret(authority *ca.CA, ids *IdentityRevocations, s *corev1.Secret, log *slog.Logger) bool {
 	all, err := decodeRevocations(s)
 	if err != nil {
 		log.Warn("revocations Secret unreadable; it will be rewritten from this replica's revocations", "error", err)
-		return 0
+		return false
 	}
 	v0 := authority.Bundle().Version
 	if ids != nil {
@@ -338,8 +332,5 @@ func importSecret(authority *ca.CA, ids *IdentityRevocations, s *corev1.Secret, 
 	if len(added) > 0 {
 		log.Info("imported revocations", "added", len(added))
 	}
-	if authority.Bundle().Version != v0 {
-		return max(len(added), 1)
-	}
-	return len(added)
+	return authority.Bundle().Version != v0
 }

@@ -10,7 +10,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshauth/meshauth/internal/ca"
-	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/kube/kubetest"
 )
@@ -29,36 +28,18 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 	ns := createNamespace(t, cs, "revocations", nil)
 	installCRDs(t, env)
 
-	type replica struct {
-		cancel context.CancelFunc
-		done   chan error
-		srv    *control.Server
+	start := func(id string) *testReplica {
+		return startReplica(t, ControlConfig{
+			REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
+			Listen: "127.0.0.1:0", WebhookListen: "-", Namespaces: []string{ns}, DisableSecrets: true,
+			LeaseDuration: 2 * time.Second,
+		})
 	}
-	start := func(id string) *replica {
-		rctx, cancel := context.WithCancel(ctx)
-		r := &replica{cancel: cancel, done: make(chan error, 1)}
-		ready := make(chan *control.Server, 1)
-		go func() {
-			r.done <- RunControl(rctx, ControlConfig{
-				REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
-				Listen: "127.0.0.1:0", WebhookListen: "-", Namespaces: []string{ns}, DisableSecrets: true,
-				LeaseDuration: 2 * time.Second,
-				Ready:         func(s *control.Server) { ready <- s },
-			})
-		}()
-		select {
-		case r.srv = <-ready:
-		case err := <-r.done:
-			t.Fatalf("replica %s: %v", id, err)
-		}
-		t.Cleanup(func() { r.cancel(); <-r.done })
-		return r
-	}
-	revoked := func(r *replica, serial string) bool {
+	revoked := func(r *testReplica, serial string) bool {
 		_, ok := r.srv.CA().Bundle().Identity().Revoked[serial]
 		return ok
 	}
-	issueAndRevoke := func(r *replica, sa string) string {
+	issueAndRevoke := func(r *testReplica, sa string) string {
 		id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
 		iss, err := r.srv.CA().Sign(ctx, ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
 		if err != nil {
@@ -109,7 +90,7 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 	// Revoking an identity on one replica revokes what the other signed
 	// for it up to then, including an identity the first never signed for
 	// (no error there); what is signed afterwards stays valid.
-	sign := func(r *replica, sa string) string {
+	sign := func(r *testReplica, sa string) string {
 		id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
 		iss, err := r.srv.CA().Sign(ctx, ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
 		if err != nil {
@@ -154,7 +135,7 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 		ss := secretSerials()
 		return ss[s1] && ss[s2], nil
 	})
-	for name, r := range map[string]*replica{"a": a, "b": b, "c": c, "d": d} {
+	for name, r := range map[string]*testReplica{"a": a, "b": b, "c": c, "d": d} {
 		if !revoked(r, s1) || !revoked(r, s2) || !revoked(r, dbOnB) {
 			t.Errorf("replica %s lost a revocation after the malformed Secret", name)
 		}
