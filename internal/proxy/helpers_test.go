@@ -89,6 +89,10 @@ type sidecarOpts struct {
 	outbound         bool
 	upstreams        []Upstream
 	outboundUIDs     []int
+	// outboundListen replaces the explicit proxy's 127.0.0.1:0.
+	outboundListen string
+	// noStart: the caller calls Start (e.g. inside a network namespace).
+	noStart bool
 }
 
 func mustSVID(t testing.TB, c *catest.Cert) *agent.SVID {
@@ -131,13 +135,18 @@ func startSidecar(t testing.TB, ca *catest.CA, id string, o sidecarOpts) *sideca
 	}
 	if o.outbound {
 		cfg.Outbound = "127.0.0.1:0"
+		if o.outboundListen != "" {
+			cfg.Outbound = o.outboundListen
+		}
 	}
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
+	if !o.noStart {
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { p.Close() })
 	return &sidecar{Proxy: p, store: store, config: cs, log: lb, reg: reg}

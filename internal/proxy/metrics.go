@@ -61,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		Closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshauth_sidecar_connections_closed_total",
-			Help: "Established connections closed because the bundle (revocation, retired root) or the policy (STRICT, authorization) changed after they were accepted.",
+			Help: "Connections closed by the sidecar: established ones because the bundle (revocation, retired root) or the policy (STRICT, authorization) changed after they were accepted, and outbound clients refused by the local-client rule (non_loopback_client, peer_uid_not_allowed).",
 		}, []string{"direction", "reason"}),
 	}
 	if reg != nil {

@@ -79,18 +79,43 @@ func (p *Proxy) handleOutbound(c net.Conn) {
 			return
 		}
 	}
-	// The explicit proxy speaks for this workload's identity: only the
-	// workload itself (loopback) may use it, never another host that can
-	// reach the port.
-	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ra.IP.IsLoopback() {
-		p.log.Warn("outbound: refusing proxy use from a non-loopback address", "peer", ra.String())
-		reset(c)
-		return
-	}
-	if !p.outboundPeerAllowed(c) {
+	if !p.localClientAllowed(c, "explicit proxy") {
 		return
 	}
 	p.serveOutboundH1(c, &connInfo{src: c.RemoteAddr().String(), mode: "proxy"})
+}
+
+// localClientAllowed applies the rule of the ports that speak for this
+// workload's identity (the explicit proxy and the --upstream ports): only
+// the workload itself may use them — a loopback client, and with
+// Config.OutboundUIDs a process of one of those uids — never another host
+// that can reach the port (a listener bound to 0.0.0.0, a pod IP). A
+// refusal is logged with its reason, counted and reset.
+func (p *Proxy) localClientAllowed(c net.Conn, listener string) bool {
+	if !loopbackClient(c.RemoteAddr()) {
+		p.log.Warn("outbound: refusing a non-loopback client; this port speaks for the workload's identity and serves only local processes",
+			"listener", listener, "local", c.LocalAddr().String(), "peer", c.RemoteAddr().String(), "reason", reasonNotLoopback)
+		p.m.Closed.WithLabelValues("outbound", reasonNotLoopback).Inc()
+		reset(c)
+		return false
+	}
+	return p.outboundPeerAllowed(c)
+}
+
+// reasonNotLoopback: a client of the explicit proxy or an --upstream port
+// that is not on this host's loopback.
+const reasonNotLoopback = "non_loopback_client"
+
+// loopbackClient reports whether a client address is on loopback
+// (127.0.0.0/8, ::1, or IPv4 loopback mapped into IPv6). Anything that is
+// not a TCP address with a loopback IP is refused.
+func loopbackClient(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta == nil {
+		return false
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	return ok && ip.Unmap().IsLoopback()
 }
 
 func isLocal(dst netip.AddrPort, local net.Addr) bool {
@@ -111,7 +136,7 @@ func (p *Proxy) outboundCaptured(c net.Conn, dst netip.AddrPort) {
 
 // handleUpstream serves an explicit per-upstream TCP port.
 func (p *Proxy) handleUpstream(c net.Conn, host string, port uint32) {
-	if !p.outboundPeerAllowed(c) {
+	if !p.localClientAllowed(c, "upstream "+net.JoinHostPort(host, strconv.Itoa(int(port)))) {
 		return
 	}
 	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
