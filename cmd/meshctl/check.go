@@ -27,6 +27,7 @@ import (
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
+	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
 var checkFlags struct {
@@ -320,14 +321,13 @@ func inboundMode(eng *policy.Engine, w *registry.Workload, port uint32) policy.S
 // STRICT server still shows its certificate before refusing us.
 func checkWorkloadCert(ctx context.Context, addr string, want identity.ID, b *identity.Bundle, now time.Time, tmo time.Duration) (status, detail string) {
 	var chain []*x509.Certificate
-	cfg := &tls.Config{
-		// Verification is done below, with the mesh's rules (SPIFFE ID,
-		// revocation), which crypto/tls's hostname check cannot express.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			chain = cs.PeerCertificates
-			return nil
-		},
+	cfg := tlsprofile.New()
+	// Verification is done below, with the mesh's rules (SPIFFE ID,
+	// revocation), which crypto/tls's hostname check cannot express.
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		chain = cs.PeerCertificates
+		return nil
 	}
 	d := &net.Dialer{Timeout: tmo}
 	dctx, cancel := context.WithTimeout(ctx, tmo)

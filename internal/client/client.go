@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
 // DefaultAddr is the control plane's default address.
@@ -87,7 +88,7 @@ func Dial(ctx context.Context, o Options) (*grpc.ClientConn, error) {
 	// go-spiffe's config verifies the server's chain against the bundle and
 	// authorizes exactly the control plane's ID (no hostname checks: the
 	// server's certificate has only the SPIFFE ID).
-	tlsCfg := tlsconfig.TLSClientConfig(source, tlsconfig.AuthorizeID(serverID))
+	tlsCfg := tlsprofile.Apply(tlsconfig.TLSClientConfig(source, tlsconfig.AuthorizeID(serverID)))
 	tlsCfg.GetClientCertificate = o.GetClientCertificate
 	if tlsCfg.GetClientCertificate == nil {
 		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {

@@ -49,6 +49,7 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
 // File names in the state directory.
@@ -128,6 +129,7 @@ type Server struct {
 	mu          sync.Mutex
 	configAdmin ConfigAdmin
 	serving     atomic.Pointer[tls.Certificate]
+	tlsConfig   *tls.Config // the gRPC server's, from tlsprofile
 
 	lis  net.Listener
 	addr atomic.Value // string
@@ -195,16 +197,15 @@ func New(cfg Config) (*Server, error) {
 	s.auths = append([]ca.Authenticator{authority.JoinTokenAuthenticator()}, cfg.Authenticators...)
 	s.auths = append(s.auths, authority.MTLSAuthenticator())
 
-	tlsCfg := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return s.serving.Load(), nil
-		},
-		// Request, never require, and do not verify here: bootstrap callers
-		// have no certificate, and the authenticator verifies against the
-		// bundle of the moment (roots rotate, serials get revoked).
-		ClientAuth: tls.RequestClientCert,
+	tlsCfg := tlsprofile.New()
+	tlsCfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return s.serving.Load(), nil
 	}
+	// Request, never require, and do not verify here: bootstrap callers
+	// have no certificate, and the authenticator verifies against the
+	// bundle of the moment (roots rotate, serials get revoked).
+	tlsCfg.ClientAuth = tls.RequestClientCert
+	s.tlsConfig = tlsCfg
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		// Reuse handler goroutines: signing grows a fresh goroutine's stack

@@ -30,6 +30,7 @@ import (
 
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
 // ControlConfig configures the control plane in Kubernetes mode (meshd
@@ -317,7 +318,9 @@ func startWebhookServer(ctx context.Context, cs kubernetes.Interface, cfg Contro
 	if err != nil {
 		return nil, err
 	}
-	lis, err := tls.Listen("tcp", cfg.WebhookListen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	wcfg := tlsprofile.New()
+	wcfg.Certificates = []tls.Certificate{cert}
+	lis, err := tls.Listen("tcp", cfg.WebhookListen, wcfg)
 	if err != nil {
 		return nil, fmt.Errorf("kube: webhook listen %s: %w", cfg.WebhookListen, err)
 	}

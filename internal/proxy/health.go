@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
 // AppProbe is one of the app's HTTP probes that the injector moved to the
@@ -53,7 +55,7 @@ func (p *Proxy) HealthHandler(probers map[string]AppProbe) http.Handler {
 			DisableKeepAlives: true,
 			// An app probe with scheme HTTPS is the app's own TLS, which
 			// kubelet never verified either.
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+			TLSClientConfig: insecureProbeTLS(),
 			DialContext:     (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -104,4 +106,13 @@ func (p *Proxy) HealthHandler(probers map[string]AppProbe) http.Handler {
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, io.LimitReader(resp.Body, 4096))
 	})
+}
+
+// insecureProbeTLS is the TLS config of app probes with scheme HTTPS: the
+// app's own certificate, which kubelet never verified either, with the
+// mesh's TLS profile.
+func insecureProbeTLS() *tls.Config {
+	c := tlsprofile.New()
+	c.InsecureSkipVerify = true
+	return c
 }

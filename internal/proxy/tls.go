@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
 // ALPN protocols between sidecars. "http/1.1" carries pooled HTTP requests
@@ -78,22 +79,21 @@ func handshakeReason(err error) string {
 // to the next handshake. VerifyConnection also runs on resumed sessions, so
 // a revoked serial cannot come back through a session ticket.
 func (p *Proxy) serverTLS() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		ClientAuth: tls.RequestClientCert,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			s := p.certs.SVID()
-			if s == nil {
-				return nil, ErrNoSVID
-			}
-			return s.TLS, nil
-		},
-		NextProtos: []string{alpnHTTP1, alpnTCP},
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := p.verifyPeer(cs.PeerCertificates)
-			return err
-		},
+	c := tlsprofile.New()
+	c.ClientAuth = tls.RequestClientCert
+	c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		s := p.certs.SVID()
+		if s == nil {
+			return nil, ErrNoSVID
+		}
+		return s.TLS, nil
 	}
+	c.NextProtos = []string{alpnHTTP1, alpnTCP}
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		_, err := p.verifyPeer(cs.PeerCertificates)
+		return err
+	}
+	return c
 }
 
 func (p *Proxy) verifyPeer(chain []*x509.Certificate) (identity.ID, error) {
@@ -118,35 +118,34 @@ func peerID(cs tls.ConnectionState) string {
 // inbound peer, then its identity must be one of allowed (secure naming).
 func (p *Proxy) clientTLS(allowed []string, sni, alpn string) *tls.Config {
 	allowed = slices.Clone(allowed)
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		// Workload certificates carry no DNS names (the seed's reason for
-		// curl -k); the mesh identity check below replaces hostname checks.
-		InsecureSkipVerify: true,
-		ServerName:         sni,
-		NextProtos:         []string{alpn},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			s := p.certs.SVID()
-			if s == nil {
-				return nil, ErrNoSVID
-			}
-			return s.TLS, nil
-		},
-		ClientSessionCache: p.sessions,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			id, err := p.verifyPeer(cs.PeerCertificates)
-			if err != nil {
-				return fmt.Errorf("server certificate: %w", err)
-			}
-			if !slices.Contains(allowed, id.String()) {
-				if len(allowed) == 0 {
-					return fmt.Errorf("%w: got %s, and the service has no known server identities (no registered workloads or subjectAltNames)", ErrSecureNaming, id)
-				}
-				return fmt.Errorf("%w: got %s, allowed %s", ErrSecureNaming, id, strings.Join(allowed, ", "))
-			}
-			return nil
-		},
+	c := tlsprofile.New()
+	// Workload certificates carry no DNS names (the seed's reason for
+	// curl -k); the mesh identity check below replaces hostname checks.
+	c.InsecureSkipVerify = true
+	c.ServerName = sni
+	c.NextProtos = []string{alpn}
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		s := p.certs.SVID()
+		if s == nil {
+			return nil, ErrNoSVID
+		}
+		return s.TLS, nil
 	}
+	c.ClientSessionCache = p.sessions
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		id, err := p.verifyPeer(cs.PeerCertificates)
+		if err != nil {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		if !slices.Contains(allowed, id.String()) {
+			if len(allowed) == 0 {
+				return fmt.Errorf("%w: got %s, and the service has no known server identities (no registered workloads or subjectAltNames)", ErrSecureNaming, id)
+			}
+			return fmt.Errorf("%w: got %s, allowed %s", ErrSecureNaming, id, strings.Join(allowed, ", "))
+		}
+		return nil
+	}
+	return c
 }
 
 // sessionCache is a TLS client session cache that is emptied whenever the
