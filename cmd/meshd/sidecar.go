@@ -62,6 +62,9 @@ type sidecarFlags struct {
 	logLevel                                         string
 	accessLog                                        bool
 	handshakeTimeout, idleTimeout                    time.Duration
+	requestHeadersTimeout, responseHeadersTimeout    time.Duration
+	bodyIdleTimeout, requestTimeout                  time.Duration
+	maxConnections                                   int
 	cpuProfile                                       string
 	cpus                                             int
 }
@@ -123,7 +126,12 @@ exits with its status.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
 	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
-	fl.DurationVar(&f.idleTimeout, "idle-timeout", 90*time.Second, "close connections idle this long")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", 90*time.Second, "close keep-alive connections idle between requests, and TCP relays idle both ways (or not read by their receiver), after this long; pooled upstream connections after half of it")
+	fl.DurationVar(&f.requestHeadersTimeout, "request-headers-timeout", proxy.DefaultRequestHeadersTimeout, "a request head must be complete this long after its first byte (slowloris; 408)")
+	fl.DurationVar(&f.responseHeadersTimeout, "response-headers-timeout", proxy.DefaultResponseHeadersTimeout, "the upstream must start its response this long after the request was sent (504; 0: no limit)")
+	fl.DurationVar(&f.bodyIdleTimeout, "body-idle-timeout", proxy.DefaultBodyIdleTimeout, "abort a request or response body after this long without a byte moving (a stream with traffic is never cut)")
+	fl.DurationVar(&f.requestTimeout, "request-timeout", 0, "bound a whole HTTP exchange, request to end of response (504; 0: no limit)")
+	fl.IntVar(&f.maxConnections, "max-connections", proxy.DefaultMaxConnections, "downstream connections served at once over all proxy listeners; more are reset, logged and counted (0: no limit)")
 	// The injector's (and Istio's) port-number flags; each sets the
 	// matching address flag, and --inbound-port/--outbound-port mean
 	// transparent capture.
@@ -358,6 +366,8 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	pcfg := proxy.Config{
 		Certs: store, Policy: policySrc, Log: log.With("component", "proxy"), AccessLog: access.With("log", "access"),
 		Metrics: metrics, HandshakeTimeout: f.handshakeTimeout, IdleTimeout: f.idleTimeout,
+		RequestHeadersTimeout: offIfZero(f.requestHeadersTimeout), ResponseHeadersTimeout: offIfZero(f.responseHeadersTimeout),
+		BodyIdleTimeout: offIfZero(f.bodyIdleTimeout), RequestTimeout: f.requestTimeout, MaxConnections: offIfZeroInt(f.maxConnections),
 		Outbound: f.outbound, Transparent: f.transparent, DenyUnknown: f.denyUnknown, OutboundUIDs: f.outboundUIDs,
 	}
 	for _, s := range f.inbound {
@@ -698,3 +708,19 @@ func (p pushSource) Current() *policy.Snapshot {
 	return nil
 }
 func (p pushSource) Changed() <-chan struct{} { return p.c.Changed() }
+
+// offIfZero maps a flag's 0 ("no limit") to proxy.Config's "no limit" (a
+// negative value; 0 there means the default).
+func offIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+func offIfZeroInt(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

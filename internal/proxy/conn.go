@@ -30,6 +30,14 @@ type connInfo struct {
 	src      string
 }
 
+// direction names the side a connection came in on, for metrics.
+func (i *connInfo) direction() string {
+	if i.app != "" {
+		return "inbound"
+	}
+	return "outbound"
+}
+
 // peekedConn replays bytes read while sniffing before reading the socket.
 type peekedConn struct {
 	net.Conn
@@ -122,8 +130,11 @@ func copyHalf(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 	for {
 		// Moving the deadline costs a timer update; on a busy stream once
 		// a second is enough (the deadline is idle away, not per read).
-		if now := time.Now(); idle > 0 && now.Sub(set) > time.Second {
+		// The write deadline moves with it: a receiver that stops
+		// reading holds the relay no longer than an idle one.
+		if now := time.Now(); idle > 0 && now.Sub(set) > min(time.Second, idle/8) {
 			src.SetReadDeadline(now.Add(idle))
+			dst.SetWriteDeadline(now.Add(idle))
 			set = now
 		}
 		nr, rerr := src.Read(buf)

@@ -50,6 +50,7 @@ func putWriter(bw *bufio.Writer) { bw.Reset(nil); writerPool.Put(bw) }
 // upConn is an upstream connection with its buffers.
 type upConn struct {
 	c      net.Conn
+	io     *idleIO // under br and bw: deadlines
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	reused bool
@@ -58,9 +59,11 @@ type upConn struct {
 	gen    uint64 // connPool.gen when its peer was last verified
 }
 
-func newUpConn(c net.Conn) *upConn {
-	rw := fastIO(c)
-	return &upConn{c: c, br: getReader(rw), bw: getWriter(rw)}
+// newUpConn wraps a fresh upstream connection; writes to it are idle-
+// limited by writeIdle (a server that stops reading a request body).
+func newUpConn(c net.Conn, writeIdle time.Duration) *upConn {
+	x := newIdleIO(c, writeIdle)
+	return &upConn{c: c, io: x, br: getReader(x), bw: getWriter(x)}
 }
 
 func (u *upConn) close() {
@@ -131,6 +134,40 @@ func (p *connPool) put(key string, u *upConn) {
 	u.close()
 }
 
+// reap closes the idle connections that sat longer than the pool's
+// timeout or whose server closed them (or sent something unasked), so
+// none lingers in CLOSE-WAIT until its endpoint is used again. It returns
+// how many it closed.
+func (p *connPool) reap() int {
+	n := 0
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, l := range p.idle {
+		kept := l[:0]
+		for _, u := range l {
+			if time.Since(u.idle) >= p.timeout || peerGone(u.c) {
+				u.close()
+				n++
+				continue
+			}
+			kept = append(kept, u)
+		}
+		clear(l[len(kept):])
+		if len(kept) == 0 {
+			delete(p.idle, k)
+		} else {
+			p.idle[k] = kept
+		}
+	}
+	return n
+}
+
+// reapEvery is how often the pool is swept: a quarter of its timeout,
+// between 50 ms and 1 s.
+func (p *connPool) reapEvery() time.Duration {
+	return min(max(p.timeout/4, 50*time.Millisecond), time.Second)
+}
+
 // closeIdle closes every idle connection (rotation tests, shutdown).
 func (p *connPool) closeIdle() {
 	p.mu.Lock()
@@ -146,6 +183,7 @@ func (p *connPool) closeIdle() {
 // dconn is one downstream connection being served.
 type dconn struct {
 	c    net.Conn
+	io   *idleIO // under br and bw: deadlines
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	req  head
@@ -198,15 +236,38 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 	var (
 		u   *upConn
 		err error
+		x   xchg
 	)
+	if rt := p.cfg.RequestTimeout; rt > 0 {
+		// The whole exchange is bounded: at the limit the upstream
+		// connection is closed, which ends whatever is waiting on it.
+		var cur atomic.Pointer[upConn]
+		x.cur = &cur
+		t := time.AfterFunc(rt, func() {
+			x.expired.Store(true)
+			if u := cur.Load(); u != nil {
+				u.c.Close()
+			}
+		})
+		defer t.Stop()
+	}
 	for attempt := 0; ; attempt++ {
 		u, err = up.get(d, attempt > 0)
 		if err != nil {
 			return p.localError(d, http.StatusServiceUnavailable, upstreamReason(err), "upstream "+err.Error())
 		}
+		if x.cur != nil {
+			x.cur.Store(u)
+			if x.expired.Load() {
+				u.c.Close()
+			}
+		}
 		writeRequest(u, req, extra, skip, host)
-		var bodyErr chan error
+		x.bodyErr, x.stop = nil, nil
 		if req.reqHasBody() {
+			// No response is due before the body is in; the body's own
+			// idle limits apply meanwhile.
+			u.io.readBy(time.Time{})
 			// The head goes out now: a client that sent Expect:
 			// 100-continue waits for the app's 100 before sending the body.
 			if err = u.bw.Flush(); err != nil {
@@ -218,66 +279,150 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 			}
 			// The body goes up while the response comes back, so an app that
 			// answers early (or sends 100 Continue) is not deadlocked.
-			bodyErr = make(chan error, 1)
-			go func() {
+			bodyErr := make(chan error, 1)
+			x.bodyErr = bodyErr
+			go func(u *upConn) {
+				d.io.readIdle(p.cfg.BodyIdleTimeout)
 				bp := bufPool.Get().(*[]byte)
 				_, err := relayBody(u.bw, d.br, req, false, *bp)
 				bufPool.Put(bp)
 				if err == nil {
 					err = u.bw.Flush()
 				}
+				d.io.readBy(time.Time{})
+				if err == nil {
+					// The request is in: the response is due now.
+					u.io.readBy(limitFor(p.cfg.ResponseHeadersTimeout))
+				} else if !u.io.wfail.Load() {
+					// The client's side failed (bad framing, stalled,
+					// gone): abandon the upstream request rather than
+					// leave the app waiting for the rest of the body.
+					u.c.Close()
+				}
 				bodyErr <- err
-			}()
-		} else if err = u.bw.Flush(); err != nil {
-			up.done(u, false)
-			if u.reused && attempt == 0 {
-				continue // a pooled connection the peer had closed
+			}(u)
+		} else {
+			u.io.readBy(limitFor(p.cfg.ResponseHeadersTimeout))
+			if err = u.bw.Flush(); err != nil {
+				up.done(u, false)
+				if u.reused && attempt == 0 {
+					continue // a pooled connection the peer had closed
+				}
+				return p.localError(d, http.StatusBadGateway, "upstream_error", "upstream write: "+err.Error())
 			}
-			return p.localError(d, http.StatusBadGateway, "upstream_error", "upstream write: "+err.Error())
+			x.stop = d.watchClient(clientWatchDelay, func() { u.c.Close() })
 		}
-		res, retry := p.relayResponse(d, u, isHead, bodyErr)
+		res, retry := p.relayResponse(d, u, isHead, &x)
 		if retry && attempt == 0 {
 			up.done(u, false)
 			continue
 		}
+		if res.upKeep && res.reason == "" {
+			u.io.readBy(time.Time{})
+		}
 		up.done(u, res.upKeep && res.reason == "")
-		if err := d.bw.Flush(); err != nil {
-			res.keep = false
+		if res.status != statusClientClosed {
+			if err := d.bw.Flush(); err != nil {
+				res.keep = false
+			}
 		}
 		return res
 	}
 }
 
+// xchg is the state of one exchange that relayResponse needs.
+type xchg struct {
+	bodyErr chan error  // the request body's outcome, nil without a body
+	stop    func() bool // ends the client watch: was the client gone?
+	cur     *atomic.Pointer[upConn]
+	expired atomic.Bool // RequestTimeout reached
+}
+
+// stopWatch ends the client watch, if any, and reports whether the
+// client had gone away.
+func (x *xchg) stopWatch() bool {
+	if x.stop == nil {
+		return false
+	}
+	gone := x.stop()
+	x.stop = nil
+	return gone
+}
+
+// timedOut counts one timeout and logs it.
+func (p *Proxy) timedOut(d *dconn, kind, msg string) {
+	dir := d.info.direction()
+	p.m.Timeouts.WithLabelValues(dir, kind).Inc()
+	p.log.Debug("timeout", "direction", dir, "kind", kind, "peer", d.info.src, "detail", msg)
+}
+
 // relayResponse reads the upstream's response (and any 1xx before it) and
 // writes it downstream. retry reports a reused connection that failed before
 // any response byte, for a request without a body: safe to send again.
-func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, bodyErr chan error) (exchangeResult, bool) {
+func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchangeResult, bool) {
 	req := &d.req
 	resp := &u.resp
 	for {
 		err := resp.read(u.br, false)
 		if err != nil {
-			if bodyErr != nil {
-				// Stop the body goroutine before answering.
-				u.c.Close()
-				<-bodyErr
-			} else if u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && len(resp.buf) == 0 {
+			gone := x.stopWatch()
+			var berr error
+			bodyFirst := false
+			if x.bodyErr != nil {
+				// The body goroutine closes the upstream when the
+				// client's side of the body fails; otherwise the upstream
+				// failed first, and the body goroutine is stopped on both
+				// sides (it may be waiting for the app or the client).
+				bodyFirst = errors.Is(err, net.ErrClosed) && !x.expired.Load()
+				if !bodyFirst {
+					u.c.Close()
+					d.io.readBy(aLongTimeAgo)
+				}
+				berr = <-x.bodyErr
+			} else if !gone && !x.expired.Load() && u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && len(resp.buf) == 0 {
 				return exchangeResult{}, true
 			}
-			status, reason := http.StatusBadGateway, "upstream_error"
-			if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
-				reason = "upstream_bad_response"
+			var r exchangeResult
+			switch {
+			case gone:
+				// The client went away: nobody to answer.
+				r = exchangeResult{status: statusClientClosed, reason: reasonClientClosed}
+			case bodyFirst && errors.Is(berr, errBadHead):
+				r = p.localError(d, http.StatusBadRequest, reasonBadBody, "request body: "+berr.Error())
+			case bodyFirst && isTimeout(berr):
+				p.timedOut(d, timeoutBodyIdle, "request body")
+				r = p.localError(d, http.StatusRequestTimeout, reasonBodyTimeout, fmt.Sprintf("request body: no data for %s", p.cfg.BodyIdleTimeout))
+			case bodyFirst:
+				r = exchangeResult{status: statusClientClosed, reason: reasonClientClosed}
+			case x.expired.Load():
+				p.timedOut(d, timeoutRequest, "request")
+				r = p.localError(d, http.StatusGatewayTimeout, reasonRequestTimeout, fmt.Sprintf("request not answered within %s", p.cfg.RequestTimeout))
+			case isTimeout(err):
+				p.timedOut(d, timeoutResponseHeaders, "response head")
+				r = p.localError(d, http.StatusGatewayTimeout, reasonUpstreamTimeout, fmt.Sprintf("upstream sent no response head within %s", p.cfg.ResponseHeadersTimeout))
+			default:
+				status, reason := http.StatusBadGateway, "upstream_error"
+				if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
+					reason = "upstream_bad_response"
+				}
+				r = p.localError(d, status, reason, "upstream response: "+err.Error())
 			}
-			r := p.localError(d, status, reason, "upstream response: "+err.Error())
 			r.keep = false
 			return r, false
 		}
 		if resp.status >= 100 && resp.status < 200 && resp.status != 101 {
 			writeResponseHead(d.bw, resp, "")
 			d.bw.Flush()
+			if x.bodyErr == nil {
+				u.io.readBy(limitFor(p.cfg.ResponseHeadersTimeout))
+			}
 			continue
 		}
 		break
+	}
+	if x.stopWatch() {
+		// The client left just as the response came.
+		return exchangeResult{status: statusClientClosed, reason: reasonClientClosed}, false
 	}
 	keep := !req.close && req.minor == 1
 	if resp.status == 101 {
@@ -287,6 +432,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, bodyErr chan err
 			return r, false
 		}
 		writeResponseHead(d.bw, resp, "")
+		u.io.readBy(time.Time{})
 		if err := d.bw.Flush(); err == nil {
 			// The connection is now a tunnel; bytes already buffered on
 			// either side go first.
@@ -316,6 +462,8 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, bodyErr chan err
 	}
 	var err error
 	if hasBody {
+		// A streamed response may last; silence may not.
+		u.io.readIdle(p.cfg.BodyIdleTimeout)
 		bp := bufPool.Get().(*[]byte)
 		if dechunk {
 			_, err = copyAll(d.bw, httputil.NewChunkedReader(u.br), *bp)
@@ -323,6 +471,9 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, bodyErr chan err
 			_, err = relayBody(d.bw, u.br, resp, untilEOF, *bp)
 		}
 		bufPool.Put(bp)
+		if err != nil && isTimeout(err) {
+			p.timedOut(d, timeoutBodyIdle, "response body")
+		}
 	}
 	if untilEOF || dechunk {
 		// The body ended with the upstream's close: nothing to release.
@@ -333,8 +484,8 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, bodyErr chan err
 	// Otherwise the last bytes are still buffered: exchange flushes them
 	// after returning the upstream connection.
 	upKeep := !resp.close && !untilEOF
-	if bodyErr != nil {
-		if berr := <-bodyErr; berr != nil {
+	if x.bodyErr != nil {
+		if berr := <-x.bodyErr; berr != nil {
 			keep, upKeep = false, false
 		}
 	}
@@ -412,16 +563,32 @@ func (b *bufferedConn) CloseWrite() error {
 // serveH1 runs the request loop of one downstream connection. next is
 // called for each request head and does the exchange.
 func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchangeResult) {
-	rw := fastIO(c)
-	d := &dconn{c: c, br: getReader(rw), bw: getWriter(rw), info: info}
+	// Writes to the client are idle-limited: one that stops reading its
+	// response does not hold the connection.
+	x := newIdleIO(c, p.cfg.BodyIdleTimeout)
+	d := &dconn{c: c, io: x, br: getReader(x), bw: getWriter(x), info: info}
 	defer func() {
 		c.Close()
 		putReader(d.br)
 		putWriter(d.bw)
 	}()
 	for {
-		c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
-		err := d.req.read(d.br, true)
+		// Idle between requests for at most IdleTimeout; once a request
+		// starts, its head must be complete within RequestHeadersTimeout.
+		d.io.readBy(limitFor(p.cfg.IdleTimeout))
+		_, err := d.br.Peek(1)
+		if err == nil {
+			d.io.readBy(limitFor(p.cfg.RequestHeadersTimeout))
+			if err = d.req.read(d.br, true); isTimeout(err) {
+				d.req.close = true
+				p.timedOut(d, timeoutRequestHeaders, "request head")
+				p.localError(d, http.StatusRequestTimeout, reasonHeadersTimeout, fmt.Sprintf("request head not complete within %s", p.cfg.RequestHeadersTimeout))
+				p.access.LogAttrs(context.Background(), slog.LevelWarn, "bad request",
+					slog.String("source", sourceName(info)), slog.String("reason", reasonHeadersTimeout),
+					slog.String("error", "request head not complete within "+p.cfg.RequestHeadersTimeout.String()))
+				return
+			}
+		}
 		if err != nil {
 			if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
 				d.req.close = true
@@ -437,7 +604,7 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchange
 			}
 			return
 		}
-		c.SetReadDeadline(time.Time{})
+		d.io.readBy(time.Time{})
 		res := next(d)
 		if !res.keep {
 			return
@@ -496,7 +663,7 @@ func (a *appSide) get(d *dconn, fresh bool) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.u = newUpConn(c)
+	a.u = newUpConn(c, a.p.cfg.BodyIdleTimeout)
 	return a.u, nil
 }
 
@@ -591,7 +758,7 @@ func (s *poolSide) get(d *dconn, fresh bool) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := newUpConn(c)
+	u := newUpConn(c, s.p.cfg.BodyIdleTimeout)
 	u.gen = gen
 	return u, nil
 }

@@ -17,6 +17,8 @@ type Metrics struct {
 	CertUpdates       *prometheus.CounterVec // what, result, reason
 	ConfigUpdates     *prometheus.CounterVec // result
 	Closed            *prometheus.CounterVec // direction, reason: established connections closed by a recheck
+	Timeouts          *prometheus.CounterVec // direction, kind
+	PoolReaped        prometheus.Counter
 }
 
 // NewMetrics registers the proxy's metrics on reg (which may be nil: then the
@@ -61,12 +63,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		Closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshauth_sidecar_connections_closed_total",
-			Help: "Connections closed by the sidecar: established ones because the bundle (revocation, retired root) or the policy (STRICT, authorization) changed after they were accepted, and outbound clients refused by the local-client rule (non_loopback_client, peer_uid_not_allowed).",
+			Help: "Connections closed by the sidecar: established ones because the bundle (revocation, retired root) or the policy (STRICT, authorization) changed after they were accepted, and outbound clients refused by the local-client rule (non_loopback_client, peer_uid_not_allowed), and new connections refused over --max-connections (max_connections).",
 		}, []string{"direction", "reason"}),
+		Timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshauth_sidecar_timeouts_total",
+			Help: "Requests and connections the sidecar ended at a limit, by direction and kind (request_headers, response_headers, body_idle, request, idle).",
+		}, []string{"direction", "kind"}),
+		PoolReaped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshauth_sidecar_pool_reaped_total",
+			Help: "Idle pooled upstream connections closed by the reaper: idle too long, or closed by their server.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ActiveConnections, m.Handshakes, m.Authz, m.Requests,
-			m.Bytes, m.CertExpiry, m.CertUpdates, m.ConfigUpdates, m.Closed)
+			m.Bytes, m.CertExpiry, m.CertUpdates, m.ConfigUpdates, m.Closed, m.Timeouts, m.PoolReaped)
 	}
 	return m
 }

@@ -72,8 +72,30 @@ type Config struct {
 	// HandshakeTimeout bounds sniffing plus the TLS handshake, so a stalled
 	// peer cannot hold a goroutine (default 10s).
 	HandshakeTimeout time.Duration
-	// IdleTimeout closes idle keep-alive connections (default 90s).
+	// IdleTimeout closes keep-alive connections idle between requests and
+	// TCP relays idle in both directions (or whose receiver stops
+	// reading) (default 90s). Pooled upstream connections are closed
+	// after half of it.
 	IdleTimeout time.Duration
+	// RequestHeadersTimeout bounds reading a request head once its first
+	// byte arrived (slowloris) (default 10s). Answered with 408.
+	RequestHeadersTimeout time.Duration
+	// ResponseHeadersTimeout bounds the wait for the upstream's response
+	// head after the request (with its body) was sent (default 15s; < 0:
+	// none). Answered with 504.
+	ResponseHeadersTimeout time.Duration
+	// BodyIdleTimeout aborts a request or response body (and a response
+	// the client stops reading) after this long without a byte moving
+	// (default 60s). A body with traffic is never cut.
+	BodyIdleTimeout time.Duration
+	// RequestTimeout, if > 0, bounds a whole HTTP exchange, from sending
+	// the request to the end of the response (default: none, as Istio).
+	RequestTimeout time.Duration
+	// MaxConnections bounds the downstream connections served at once
+	// over all proxy listeners (default 4096; < 0: no bound). One more is
+	// reset on accept, logged (at most once a second) and counted as
+	// meshauth_sidecar_connections_closed_total{reason="max_connections"}.
+	MaxConnections int
 
 	// Inbound lists explicit inbound listeners (no root needed).
 	Inbound []InboundListener
@@ -105,6 +127,25 @@ type Config struct {
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 }
 
+// Defaults of the limits (see timeouts.go): as Envoy's or stricter.
+const (
+	DefaultRequestHeadersTimeout  = 10 * time.Second
+	DefaultResponseHeadersTimeout = 15 * time.Second
+	DefaultBodyIdleTimeout        = 60 * time.Second
+	DefaultMaxConnections         = 4096
+)
+
+// orDefault maps 0 to def and a negative duration to 0 (no limit).
+func orDefault(d, def time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return def
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 // Proxy is the sidecar data plane. Create it with New, then Start.
 type Proxy struct {
 	cfg        Config
@@ -123,6 +164,12 @@ type Proxy struct {
 
 	routes sync.Mutex
 	table  atomic.Pointer[routeTable]
+
+	// conns counts downstream connections being served (MaxConnections);
+	// refusedLog rate-limits the log line of refusals (UnixNano).
+	conns      atomic.Int64
+	refused    atomic.Int64
+	refusedLog atomic.Int64
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -163,6 +210,12 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 90 * time.Second
+	}
+	cfg.RequestHeadersTimeout = orDefault(cfg.RequestHeadersTimeout, DefaultRequestHeadersTimeout)
+	cfg.ResponseHeadersTimeout = orDefault(cfg.ResponseHeadersTimeout, DefaultResponseHeadersTimeout)
+	cfg.BodyIdleTimeout = orDefault(cfg.BodyIdleTimeout, DefaultBodyIdleTimeout)
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
 	}
 	if cfg.InboundAppHost == "" {
 		cfg.InboundAppHost = "127.0.0.1"
@@ -210,6 +263,7 @@ func (p *Proxy) Start() error {
 	type pending struct {
 		l     net.Listener
 		serve func(net.Conn)
+		dir   string
 	}
 	var ls []pending
 	fail := func(err error) error {
@@ -224,7 +278,7 @@ func (p *Proxy) Start() error {
 			return fail(fmt.Errorf("proxy: inbound listener for port %d: %w", in.Port, err))
 		}
 		in := in
-		ls = append(ls, pending{l, func(c net.Conn) { p.handleInbound(c, in.Port, in.App) }})
+		ls = append(ls, pending{l, func(c net.Conn) { p.handleInbound(c, in.Port, in.App) }, "inbound"})
 		p.InboundAddrs = append(p.InboundAddrs, l.Addr())
 	}
 	if p.cfg.InboundCapture != "" {
@@ -232,7 +286,7 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return fail(fmt.Errorf("proxy: inbound capture listener: %w", err))
 		}
-		ls = append(ls, pending{l, p.handleInboundCaptured})
+		ls = append(ls, pending{l, p.handleInboundCaptured, "inbound"})
 		p.CaptureAddr = l.Addr()
 	}
 	if p.cfg.Outbound != "" {
@@ -240,7 +294,7 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return fail(fmt.Errorf("proxy: outbound listener: %w", err))
 		}
-		ls = append(ls, pending{l, p.handleOutbound})
+		ls = append(ls, pending{l, p.handleOutbound, "outbound"})
 		p.OutboundAddr = l.Addr()
 	}
 	for _, u := range p.cfg.Upstreams {
@@ -256,17 +310,18 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return fail(fmt.Errorf("proxy: upstream listener for %s: %w", u.Service, err))
 		}
-		ls = append(ls, pending{l, func(c net.Conn) { p.handleUpstream(c, host, uint32(port)) }})
+		ls = append(ls, pending{l, func(c net.Conn) { p.handleUpstream(c, host, uint32(port)) }, "outbound"})
 		p.UpstreamAddrs = append(p.UpstreamAddrs, l.Addr())
 	}
 	p.mu.Lock()
 	for _, x := range ls {
 		p.listeners = append(p.listeners, x.l)
 		p.wg.Add(1)
-		go p.acceptLoop(x.l, x.serve)
+		go p.acceptLoop(x.l, x.serve, x.dir)
 	}
 	p.mu.Unlock()
 	go p.watch()
+	go p.reapPool()
 	return nil
 }
 
@@ -290,7 +345,7 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-func (p *Proxy) acceptLoop(l net.Listener, serve func(net.Conn)) {
+func (p *Proxy) acceptLoop(l net.Listener, serve func(net.Conn), dir string) {
 	defer p.wg.Done()
 	var delay time.Duration
 	for {
@@ -317,9 +372,54 @@ func (p *Proxy) acceptLoop(l net.Listener, serve func(net.Conn)) {
 			continue
 		}
 		delay = 0
-		go serve(c)
+		if max := p.cfg.MaxConnections; max > 0 && p.conns.Add(1) > int64(max) {
+			p.conns.Add(-1)
+			p.refuseOverLimit(c, dir)
+			continue
+		} else if max <= 0 {
+			p.conns.Add(1)
+		}
+		go func() {
+			defer p.conns.Add(-1)
+			serve(c)
+		}()
 	}
 }
+
+// refuseOverLimit resets a connection accepted beyond MaxConnections. The
+// refusal is counted every time and logged at most once a second, with
+// the number refused since the last line, so a flood cannot flood the log.
+func (p *Proxy) refuseOverLimit(c net.Conn, dir string) {
+	p.m.Closed.WithLabelValues(dir, reasonMaxConnections).Inc()
+	n := p.refused.Add(1)
+	now := time.Now().UnixNano()
+	if last := p.refusedLog.Load(); now-last >= int64(time.Second) && p.refusedLog.CompareAndSwap(last, now) {
+		p.refused.Add(-n)
+		p.log.Warn("refusing connections: the sidecar serves --max-connections at once",
+			"direction", dir, "peer", c.RemoteAddr().String(), "reason", reasonMaxConnections,
+			"max_connections", p.cfg.MaxConnections, "refused_since_last_log", n)
+	}
+	reset(c)
+}
+
+// reapPool sweeps the upstream pool until Close (see connPool.reap).
+func (p *Proxy) reapPool() {
+	t := time.NewTicker(p.pool.reapEvery())
+	defer t.Stop()
+	for {
+		select {
+		case <-p.closed:
+			return
+		case <-t.C:
+			if n := p.pool.reap(); n > 0 {
+				p.m.PoolReaped.Add(float64(n))
+			}
+		}
+	}
+}
+
+// Conns returns the number of downstream connections being served.
+func (p *Proxy) Conns() int { return int(p.conns.Load()) }
 
 // watch follows certificate and policy changes: it rebuilds the route table,
 // resets the TLS session cache on a new certificate, and updates metrics.
