@@ -264,6 +264,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 		}
 		writeRequest(u, req, extra, skip, host)
 		x.bodyErr, x.stop = nil, nil
+		x.bodyAborted.Store(false)
 		if req.reqHasBody() {
 			// No response is due before the body is in; the body's own
 			// idle limits apply meanwhile.
@@ -297,6 +298,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 					// The client's side failed (bad framing, stalled,
 					// gone): abandon the upstream request rather than
 					// leave the app waiting for the rest of the body.
+					x.bodyAborted.Store(true)
 					u.c.Close()
 				}
 				bodyErr <- err
@@ -336,6 +338,9 @@ type xchg struct {
 	stop    func() bool // ends the client watch: was the client gone?
 	cur     *atomic.Pointer[upConn]
 	expired atomic.Bool // RequestTimeout reached
+	// bodyAborted: the body goroutine closed the upstream because the
+	// client's side of the body failed (set before the close).
+	bodyAborted atomic.Bool
 }
 
 // stopWatch ends the client watch, if any, and reports whether the
@@ -373,7 +378,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 				// client's side of the body fails; otherwise the upstream
 				// failed first, and the body goroutine is stopped on both
 				// sides (it may be waiting for the app or the client).
-				bodyFirst = errors.Is(err, net.ErrClosed) && !x.expired.Load()
+				bodyFirst = x.bodyAborted.Load() && !x.expired.Load()
 				if !bodyFirst {
 					u.c.Close()
 					d.io.readBy(aLongTimeAgo)

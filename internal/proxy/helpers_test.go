@@ -93,6 +93,8 @@ type sidecarOpts struct {
 	outboundListen string
 	// noStart: the caller calls Start (e.g. inside a network namespace).
 	noStart bool
+	// config, if set, changes the Config before New (limits, timeouts).
+	config func(*Config)
 }
 
 func mustSVID(t testing.TB, c *catest.Cert) *agent.SVID {
@@ -138,6 +140,9 @@ func startSidecar(t testing.TB, ca *catest.CA, id string, o sidecarOpts) *sideca
 		if o.outboundListen != "" {
 			cfg.Outbound = o.outboundListen
 		}
+	}
+	if o.config != nil {
+		o.config(&cfg)
 	}
 	p, err := New(cfg)
 	if err != nil {

@@ -146,7 +146,8 @@ func (d *dconn) watchClient(delay time.Duration, abort func()) (stop func() bool
 	done := make(chan struct{})
 	t := time.AfterFunc(delay, func() {
 		defer close(done)
-		d.io.readBy(time.Time{})
+		// The read deadline is none here (serveH1 cleared it after the
+		// head); stop moves it to the past to end this Peek.
 		if _, err := d.br.Peek(1); err != nil && !isTimeout(err) {
 			gone.Store(true)
 			abort()
