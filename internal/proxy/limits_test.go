@@ -128,6 +128,10 @@ func startRawApp(t *testing.T, serve func(c net.Conn)) *rawApp {
 		t.Fatal(err)
 	}
 	a := &rawApp{l: l}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -136,6 +140,9 @@ func startRawApp(t *testing.T, serve func(c net.Conn)) *rawApp {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
 			a.wg.Add(1)
 			go func() {
 				defer a.wg.Done()
@@ -144,7 +151,17 @@ func startRawApp(t *testing.T, serve func(c net.Conn)) *rawApp {
 			}()
 		}
 	}()
-	t.Cleanup(func() { l.Close(); a.wg.Wait() })
+	// At the end the app lets go of everything itself, so a test that
+	// failed because a sidecar held on does not hang here.
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		a.wg.Wait()
+	})
 	return a
 }
 
@@ -494,7 +511,10 @@ func TestMaxConnections(t *testing.T) {
 		defer c.Close()
 		held = append(held, c)
 	}
-	for cli.Conns() != 10 {
+	for deadline := time.Now().Add(5 * time.Second); cli.Conns() != 10; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections being served, want 10", cli.Conns())
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	for range 5 {

@@ -372,12 +372,10 @@ func (p *Proxy) acceptLoop(l net.Listener, serve func(net.Conn), dir string) {
 			continue
 		}
 		delay = 0
-		if max := p.cfg.MaxConnections; max > 0 && p.conns.Add(1) > int64(max) {
+		if n := p.conns.Add(1); p.cfg.MaxConnections > 0 && n > int64(p.cfg.MaxConnections) {
 			p.conns.Add(-1)
 			p.refuseOverLimit(c, dir)
 			continue
-		} else if max <= 0 {
-			p.conns.Add(1)
 		}
 		go func() {
 			defer p.conns.Add(-1)
