@@ -57,6 +57,9 @@ type upConn struct {
 	idle   time.Time
 	resp   head
 	gen    uint64 // connPool.gen when its peer was last verified
+	// aborted: the request body's goroutine closed this connection
+	// because the client's side of the body failed (set before closing).
+	aborted atomic.Bool
 }
 
 // newUpConn wraps a fresh upstream connection; writes to it are idle-
@@ -188,6 +191,7 @@ type dconn struct {
 	bw   *bufio.Writer
 	req  head
 	info *connInfo
+	w    clientWatch
 }
 
 // upstreamSide says how a downstream connection reaches its upstream.
@@ -241,14 +245,8 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 	if rt := p.cfg.RequestTimeout; rt > 0 {
 		// The whole exchange is bounded: at the limit the upstream
 		// connection is closed, which ends whatever is waiting on it.
-		var cur atomic.Pointer[upConn]
-		x.cur = &cur
-		t := time.AfterFunc(rt, func() {
-			x.expired.Store(true)
-			if u := cur.Load(); u != nil {
-				u.c.Close()
-			}
-		})
+		x.rt = &reqTimer{}
+		t := time.AfterFunc(rt, x.rt.fire)
 		defer t.Stop()
 	}
 	for attempt := 0; ; attempt++ {
@@ -256,15 +254,15 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 		if err != nil {
 			return p.localError(d, http.StatusServiceUnavailable, upstreamReason(err), "upstream "+err.Error())
 		}
-		if x.cur != nil {
-			x.cur.Store(u)
-			if x.expired.Load() {
+		if x.rt != nil {
+			x.rt.cur.Store(u)
+			if x.rt.expired.Load() {
 				u.c.Close()
 			}
 		}
 		writeRequest(u, req, extra, skip, host)
-		x.bodyErr, x.stop = nil, nil
-		x.bodyAborted.Store(false)
+		x.bodyErr, x.watching = nil, false
+		u.aborted.Store(false)
 		if req.reqHasBody() {
 			// No response is due before the body is in; the body's own
 			// idle limits apply meanwhile.
@@ -298,7 +296,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 					// The client's side failed (bad framing, stalled,
 					// gone): abandon the upstream request rather than
 					// leave the app waiting for the rest of the body.
-					x.bodyAborted.Store(true)
+					u.aborted.Store(true)
 					u.c.Close()
 				}
 				bodyErr <- err
@@ -312,7 +310,8 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 				}
 				return p.localError(d, http.StatusBadGateway, "upstream_error", "upstream write: "+err.Error())
 			}
-			x.stop = d.watchClient(clientWatchDelay, func() { u.c.Close() })
+			d.w.start(d, u)
+			x.watching = true
 		}
 		res, retry := p.relayResponse(d, u, isHead, &x)
 		if retry && attempt == 0 {
@@ -334,24 +333,35 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 
 // xchg is the state of one exchange that relayResponse needs.
 type xchg struct {
-	bodyErr chan error  // the request body's outcome, nil without a body
-	stop    func() bool // ends the client watch: was the client gone?
-	cur     *atomic.Pointer[upConn]
-	expired atomic.Bool // RequestTimeout reached
-	// bodyAborted: the body goroutine closed the upstream because the
-	// client's side of the body failed (set before the close).
-	bodyAborted atomic.Bool
+	bodyErr  chan error // the request body's outcome, nil without a body
+	watching bool       // the client watch (dconn.w) runs
+	rt       *reqTimer  // RequestTimeout, nil without one
 }
+
+// reqTimer closes the exchange's current upstream connection at
+// RequestTimeout.
+type reqTimer struct {
+	cur     atomic.Pointer[upConn]
+	expired atomic.Bool
+}
+
+func (r *reqTimer) fire() {
+	r.expired.Store(true)
+	if u := r.cur.Load(); u != nil {
+		u.c.Close()
+	}
+}
+
+func (x *xchg) expired() bool { return x.rt != nil && x.rt.expired.Load() }
 
 // stopWatch ends the client watch, if any, and reports whether the
 // client had gone away.
-func (x *xchg) stopWatch() bool {
-	if x.stop == nil {
+func (p *Proxy) stopWatch(d *dconn, x *xchg) bool {
+	if !x.watching {
 		return false
 	}
-	gone := x.stop()
-	x.stop = nil
-	return gone
+	x.watching = false
+	return d.w.stop(d)
 }
 
 // timedOut counts one timeout and logs it.
@@ -370,7 +380,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	for {
 		err := resp.read(u.br, false)
 		if err != nil {
-			gone := x.stopWatch()
+			gone := p.stopWatch(d, x)
 			var berr error
 			bodyFirst := false
 			if x.bodyErr != nil {
@@ -378,13 +388,13 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 				// client's side of the body fails; otherwise the upstream
 				// failed first, and the body goroutine is stopped on both
 				// sides (it may be waiting for the app or the client).
-				bodyFirst = x.bodyAborted.Load() && !x.expired.Load()
+				bodyFirst = u.aborted.Load() && !x.expired()
 				if !bodyFirst {
 					u.c.Close()
 					d.io.readBy(aLongTimeAgo)
 				}
 				berr = <-x.bodyErr
-			} else if !gone && !x.expired.Load() && u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && len(resp.buf) == 0 {
+			} else if !gone && !x.expired() && u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && len(resp.buf) == 0 {
 				return exchangeResult{}, true
 			}
 			var r exchangeResult
@@ -399,7 +409,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 				r = p.localError(d, http.StatusRequestTimeout, reasonBodyTimeout, fmt.Sprintf("request body: no data for %s", p.cfg.BodyIdleTimeout))
 			case bodyFirst:
 				r = exchangeResult{status: statusClientClosed, reason: reasonClientClosed}
-			case x.expired.Load():
+			case x.expired():
 				p.timedOut(d, timeoutRequest, "request")
 				r = p.localError(d, http.StatusGatewayTimeout, reasonRequestTimeout, fmt.Sprintf("request not answered within %s", p.cfg.RequestTimeout))
 			case isTimeout(err):
@@ -425,7 +435,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 		}
 		break
 	}
-	if x.stopWatch() {
+	if p.stopWatch(d, x) {
 		// The client left just as the response came.
 		return exchangeResult{status: statusClientClosed, reason: reasonClientClosed}, false
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -133,35 +134,57 @@ const statusClientClosed = 499
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
-// watchClient notices a client that goes away while its request waits
-// for the upstream. After delay it reads ahead on the downstream
-// connection without consuming anything (Peek): EOF or an error there
-// means the client is gone, and abort runs (closing the upstream
-// connection, which ends the wait). stop ends the watch — it must be
-// called before d.br is used again — and reports whether the client was
-// gone. Bytes that arrive meanwhile (a pipelined request) stay buffered
-// for the next read.
-func (d *dconn) watchClient(delay time.Duration, abort func()) (stop func() bool) {
-	var gone atomic.Bool
-	done := make(chan struct{})
-	t := time.AfterFunc(delay, func() {
-		defer close(done)
-		// The read deadline is none here (serveH1 cleared it after the
-		// head); stop moves it to the past to end this Peek.
-		if _, err := d.br.Peek(1); err != nil && !isTimeout(err) {
-			gone.Store(true)
-			abort()
-		}
-	})
-	return func() bool {
-		if t.Stop() {
-			return false // never started
-		}
-		d.c.SetReadDeadline(aLongTimeAgo)
-		<-done
-		d.c.SetReadDeadline(time.Time{})
-		return gone.Load()
+// clientWatch notices a client that goes away while its request waits
+// for the upstream. clientWatchDelay after start it reads ahead on the
+// downstream connection without consuming anything (Peek): EOF or an
+// error there means the client is gone, and the upstream connection is
+// closed, which ends the wait. stop ends the watch — it must be called
+// before d.br is used again — and reports whether the client was gone.
+// Bytes that arrive meanwhile (a pipelined request) stay buffered for the
+// next read. One timer per downstream connection, reused: a request
+// answered within the delay costs no goroutine and no allocation.
+type clientWatch struct {
+	t    *time.Timer
+	d    *dconn
+	up   atomic.Pointer[upConn]
+	gone atomic.Bool
+	wg   sync.WaitGroup
+}
+
+func (w *clientWatch) start(d *dconn, u *upConn) {
+	w.up.Store(u)
+	w.gone.Store(false)
+	w.wg.Add(1)
+	if w.t == nil {
+		w.d = d
+		w.t = time.AfterFunc(clientWatchDelay, w.fire)
+		return
 	}
+	w.t.Reset(clientWatchDelay)
+}
+
+func (w *clientWatch) fire() {
+	defer w.wg.Done()
+	// The read deadline is none here (serveH1 cleared it after the head);
+	// stop moves it to the past to end this Peek.
+	if _, err := w.d.br.Peek(1); err != nil && !isTimeout(err) {
+		w.gone.Store(true)
+		if u := w.up.Load(); u != nil {
+			u.c.Close()
+		}
+	}
+}
+
+func (w *clientWatch) stop(d *dconn) bool {
+	defer w.up.Store(nil)
+	if w.t.Stop() {
+		w.wg.Done() // never fired
+		return false
+	}
+	d.c.SetReadDeadline(aLongTimeAgo)
+	w.wg.Wait()
+	d.c.SetReadDeadline(time.Time{})
+	return w.gone.Load()
 }
 
 // clientWatchDelay: a request that is answered sooner costs no watcher.
