@@ -587,3 +587,53 @@ func TestLongStreamsNotCut(t *testing.T) {
 		t.Fatalf("stream cut short: %q", body)
 	}
 }
+
+// TestTCPRelayReceiverNotReading: a TCP relay whose client keeps sending
+// (so the relay is not idle) but never reads what the app sends is closed
+// once its writes have been stuck for the idle limit, instead of pinning
+// the relay for as long as the client trickles.
+func TestTCPRelayReceiverNotReading(t *testing.T) {
+	app := startRawApp(t, func(c net.Conn) {
+		go io.Copy(io.Discard, c)
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	ca := catest.New(t)
+	srv := startSidecar(t, ca, httpbinID, sidecarOpts{
+		inbound: []InboundListener{{Listen: "127.0.0.1:0", App: app.addr(), Port: 80}},
+		snap: &policy.Snapshot{TrustDomain: "cluster.local", InboundDefault: policy.ServerStrict,
+			Inbound: []policy.InboundPort{{Port: 80, Mode: policy.ServerDisable, Protocol: "TCP"}}},
+		config: func(c *Config) { c.IdleTimeout = 500 * time.Millisecond },
+	})
+	base := takeBaseline(t)
+	c, err := net.Dial("tcp", srv.InboundAddrs[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	// One byte every 100 ms, never a read.
+	stopped := make(chan time.Time, 1)
+	go func() {
+		for {
+			if _, err := c.Write([]byte("x")); err != nil {
+				stopped <- time.Now()
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	select {
+	case at := <-stopped:
+		t.Logf("relay closed after %s (idle limit 500ms)", at.Sub(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("a client that never reads still held the relay after 10s (idle limit 500ms)")
+	}
+	c.Close()
+	base.settle(t, 2*time.Second, "after the stuck relay")
+}
