@@ -513,7 +513,7 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 			}
 			seen[p.TargetPort] = true
 			m := e.ServerMode(svc, p.Number)
-			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: inboundProtocol(p.Protocol),
+			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: InboundProtocol(p.Protocol, p.Name),
 				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy})
 		}
 		on, by := e.RBACFor(svc)
@@ -531,10 +531,33 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 	return s
 }
 
-func inboundProtocol(p string) string {
+// InboundProtocol is the protocol a server sidecar applies to a port, from
+// the port's declared protocol or, when none is declared, Istio's port
+// naming convention ("http", "http-web", "http2-x", "grpc", "grpc-x",
+// "tcp-db"):
+//
+//   - "HTTP": HTTP/1.x. Every request is parsed, authorized, and gets the
+//     verified X-Forwarded-Client-Cert; HTTP/2 is refused.
+//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is relayed
+//     with every header block inspected; HTTP/1.x is served as on "HTTP".
+//   - "TCP": every other declared protocol; an opaque relay.
+//   - "": nothing declared; the sidecar detects the protocol.
+//
+// The port's protocol decides, never what a client offers (ALPN, CONNECT).
+func InboundProtocol(proto, name string) string {
+	p := strings.ToUpper(proto)
+	if p == "" {
+		prefix, _, _ := strings.Cut(strings.ToLower(name), "-")
+		switch prefix {
+		case "http", "http2", "grpc", "https", "tls", "tcp", "mongo", "redis", "mysql":
+			p = strings.ToUpper(prefix)
+		}
+	}
 	switch p {
-	case "HTTP", "HTTP2", "GRPC":
+	case "HTTP", "HTTP1":
 		return "HTTP"
+	case "HTTP2", "GRPC", "GRPC-WEB":
+		return "HTTP2"
 	case "":
 		return ""
 	}
