@@ -150,7 +150,9 @@ func TestHTTPPortIgnoresClientALPN(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest || saw != nil {
 			t.Fatalf("status %d, app saw %+v; want 400 from the sidecar", resp.StatusCode, saw)
 		}
-		waitFor(t, func() bool { return strings.Contains(srv.log.String(), "HTTP/2 connection preface on a port that is HTTP/1.x") }, "the log names the HTTP/2 preface")
+		waitFor(t, func() bool {
+			return strings.Contains(srv.log.String(), "HTTP/2 connection preface on a port that is HTTP/1.x")
+		}, "the log names the HTTP/2 preface")
 	})
 	t.Run("h2c upgrade stripped", func(t *testing.T) {
 		conn := mtlsConn(t, addr, sleep, alpnTCP)
