@@ -186,3 +186,23 @@ func isUnreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
+
+// AuthorizeHTTP authorizes an HTTP request whose Path NormalizePath has
+// already normalised. A path with ';' parameters must be allowed both as
+// it is and as a servlet container reads it (PathParamsStripped), so that
+// a rule like "*.html" cannot be met by /secret;.html.
+func AuthorizeHTTP(s *Snapshot, r Request) Decision {
+	d := Authorize(s, r)
+	if !d.Allow || strings.IndexByte(r.Path, ';') < 0 {
+		return d
+	}
+	alt, err := PathParamsStripped(r.Path)
+	if err != nil {
+		return Decision{Allow: false, Reason: err.Error()}
+	}
+	if alt == r.Path {
+		return d
+	}
+	r.Path = alt
+	return Authorize(s, r)
+}

@@ -579,15 +579,7 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 			// allocations per request with RBAC off).
 			req.Method, req.Path = d.req.str(d.req.method), d.req.path()
 		}
-		dec := policy.Authorize(snap, req)
-		if dec.Allow && strings.IndexByte(req.Path, ';') >= 0 {
-			// A servlet container acts on the path without its ';'
-			// parameters: that path must be allowed too.
-			if alt, err := policy.PathParamsStripped(req.Path); err == nil && alt != req.Path {
-				req.Path = alt
-				dec = policy.Authorize(snap, req)
-			}
-		}
+		dec := policy.AuthorizeHTTP(snap, req)
 		if !dec.Allow {
 			p.cached.deny.Inc()
 			res := p.localError(d, http.StatusForbidden, "rbac_denied", "RBAC: access denied: "+dec.Reason)
