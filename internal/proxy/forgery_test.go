@@ -389,3 +389,60 @@ func TestPathNormalizedBeforeRBAC(t *testing.T) {
 		}
 	}
 }
+
+// TestUndeclaredPortDetectsHTTP (finding 1, undeclared ports): with no
+// protocol declared the server sidecar detects it from the first bytes,
+// never from ALPN. HTTP that arrives at once, or starts at once and
+// trickles in, is served by the HTTP engine; HTTP that waits past the
+// detection window (to be taken for a server-first protocol and relayed)
+// is refused with a logged reason.
+func TestUndeclaredPortDetectsHTTP(t *testing.T) {
+	ca := catest.New(t)
+	srv := startEcho2(t, ca, policy.ServerPermissive, "", nil)
+	addr := srv.InboundAddrs[0].String()
+	sleep := ca.Issue(t, sleepID)
+	req := "GET /headers HTTP/1.1\r\nHost: httpbin\r\nX-Forwarded-Client-Cert: " + forgedXFCC + "\r\n\r\n"
+	want := "By=" + httpbinID + ";URI=" + sleepID
+	t.Run("at once", func(t *testing.T) {
+		resp, saw := rawExchange(t, mtlsConn(t, addr, sleep, alpnTCP), req)
+		if resp.StatusCode != 200 || saw == nil || strings.Join(saw.xfccLike(), "|") != want {
+			t.Fatalf("status %d, app saw %+v", resp.StatusCode, saw)
+		}
+	})
+	t.Run("trickling", func(t *testing.T) {
+		conn := mtlsConn(t, addr, sleep, alpnTCP)
+		io.WriteString(conn, req[:2])
+		time.Sleep(2 * sniffTimeout)
+		resp, saw := rawExchange(t, conn, req[2:])
+		if resp.StatusCode != 200 || saw == nil || strings.Join(saw.xfccLike(), "|") != want {
+			t.Fatalf("status %d, app saw %+v", resp.StatusCode, saw)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		dial func(t *testing.T) net.Conn
+	}{
+		{"late over mTLS", func(t *testing.T) net.Conn { return mtlsConn(t, addr, sleep, alpnTCP) }},
+		{"late in plaintext", func(t *testing.T) net.Conn {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := strings.Count(srv.log.String(), reasonLateHTTP)
+			conn := tc.dial(t)
+			time.Sleep(2 * time.Second / 3) // past sniffTimeout and the 300ms handshake timeout
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(conn, req)
+			b, _ := io.ReadAll(conn)
+			if len(b) != 0 {
+				t.Fatalf("late HTTP got an answer: %q", b)
+			}
+			waitFor(t, func() bool { return strings.Count(srv.log.String(), reasonLateHTTP) > before }, "a log line with %s", reasonLateHTTP)
+		})
+	}
+}

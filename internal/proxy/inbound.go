@@ -61,11 +61,14 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 			// that waits must not get a raw relay past the HTTP engine).
 			c.SetDeadline(time.Time{})
 			p.trackPlain(info)
-			if proto == "HTTP" || proto == "HTTP2" {
+			switch proto {
+			case "HTTP", "HTTP2":
 				p.serveInboundH1(c, info)
-				return
+			case "":
+				p.inboundTCP(&lateHTTPConn{Conn: c}, info)
+			default:
+				p.inboundTCP(c, info)
 			}
-			p.inboundTCP(c, info)
 			return
 		}
 		reason := reasonClosed
@@ -127,6 +130,12 @@ func (p *Proxy) serveProtocol(c net.Conn, info *connInfo, proto string) {
 	}
 	c.SetReadDeadline(time.Now().Add(wait))
 	kind, pre, err := sniff(c)
+	if err != nil && len(pre) > 0 && wait < p.cfg.HandshakeTimeout {
+		// The client started to speak (a prefix of HTTP): it is not a
+		// server-first protocol, so wait for enough to decide.
+		c.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+		kind, pre, err = sniff(&peekedConn{Conn: c, buf: pre})
+	}
 	c.SetReadDeadline(time.Time{})
 	pc := &peekedConn{Conn: c, buf: pre}
 	switch {
@@ -140,6 +149,10 @@ func (p *Proxy) serveProtocol(c net.Conn, info *connInfo, proto string) {
 		p.serveInboundH1(pc, info)
 	case kind == KindHTTP:
 		p.serveInboundH1(pc, info)
+	case len(pre) == 0:
+		// Silent: a server-first protocol. Relayed, but HTTP that comes
+		// late is refused (lateHTTPConn).
+		p.inboundTCP(&lateHTTPConn{Conn: pc}, info)
 	default:
 		p.inboundTCP(pc, info)
 	}
@@ -215,6 +228,11 @@ func (p *Proxy) inboundTCP(c net.Conn, info *connInfo) {
 		// The guard ended the relay: say why.
 		p.cached.deny.Inc()
 		p.logConn("inbound", info, info.app, "deny", g.reason+": "+g.bad.Error(), sent, recv)
+		return
+	}
+	if l, ok := c.(*lateHTTPConn); ok && l.refused {
+		p.cached.deny.Inc()
+		p.logConn("inbound", info, info.app, "deny", errLateHTTP.Error(), sent, recv)
 		return
 	}
 	p.logConn("inbound", info, info.app, "allow", dec.Reason, sent, recv)

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
+	"net"
 	"net/http"
 	"strconv"
 
@@ -72,4 +74,59 @@ func stripH2CUpgrade(d *dconn) {
 			return
 		}
 	}
+}
+
+// lateHTTPConn is the client side of a relay on a port whose protocol is
+// not declared, after the client stayed silent past the detection window
+// (taken for a server-first protocol). If the client's first bytes turn
+// out to be HTTP after all, the relay ends with a logged reason: an HTTP
+// request that waited must not reach the app unparsed, with any
+// X-Forwarded-Client-Cert it carries.
+type lateHTTPConn struct {
+	net.Conn
+	decided bool
+	pending []byte
+	refused bool
+}
+
+// reasonLateHTTP is the access log reason of a relay lateHTTPConn ended.
+const reasonLateHTTP = "late_http_on_undeclared_port"
+
+var errLateHTTP = errors.New(reasonLateHTTP + ": the client sent HTTP after the protocol detection window on a port whose protocol is not declared; declare the port HTTP (or TCP)")
+
+func (l *lateHTTPConn) Read(p []byte) (int, error) {
+	if l.refused {
+		return 0, errLateHTTP
+	}
+	if !l.decided {
+		buf := make([]byte, 0, sniffLen)
+		var err error
+		for Sniff(buf) == KindUnknown && len(buf) < sniffLen && err == nil {
+			var n int
+			n, err = l.Conn.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+		}
+		if k := Sniff(buf); k == KindHTTP || k == KindHTTP2 {
+			l.refused = true
+			return 0, errLateHTTP
+		}
+		l.decided, l.pending = true, buf
+		if len(buf) == 0 && err != nil {
+			return 0, err
+		}
+	}
+	if len(l.pending) > 0 {
+		n := copy(p, l.pending)
+		l.pending = l.pending[n:]
+		return n, nil
+	}
+	return l.Conn.Read(p)
+}
+
+// CloseWrite half-closes the client connection (relay's shutdown).
+func (l *lateHTTPConn) CloseWrite() error {
+	if cw, ok := l.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
