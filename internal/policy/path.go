@@ -51,6 +51,11 @@ func NormalizePath(p string) (string, error) {
 	if pathIsNormal(p) {
 		return p, nil
 	}
+	return normalizeSlow(p)
+}
+
+// normalizeSlow is NormalizePath without the fast path.
+func normalizeSlow(p string) (string, error) {
 	// Decode (step 1 and 2) into a byte slice, then split.
 	dec := make([]byte, 0, len(p))
 	for i := 0; i < len(p); i++ {
@@ -124,9 +129,15 @@ func NormalizePath(p string) (string, error) {
 	return sb.String(), nil
 }
 
-// pathIsNormal is the fast path: a path with none of the characters that
-// normalisation looks at, no "//" and no dot segment is already normal.
-func pathIsNormal(p string) bool {
+// PathIsNormal is the fast path of NormalizePath, for a path that starts
+// with '/': a path with none of the characters normalisation looks at, no
+// "//" and no dot segment is already normal (NormalizePath returns it as
+// it is). It takes bytes too, so a caller need not allocate a string.
+func PathIsNormal[T ~string | ~[]byte](p T) bool {
+	return pathIsNormal(p)
+}
+
+func pathIsNormal[T ~string | ~[]byte](p T) bool {
 	for i := 0; i < len(p); i++ {
 		switch p[i] {
 		case '%', '#', '\\':

@@ -86,7 +86,7 @@ func FuzzNormalizePath(f *testing.F) {
 		if !strings.HasPrefix(out, "/") {
 			t.Fatalf("NormalizePath(%q) = %q: does not start with '/'", in, out)
 		}
-		again, err := NormalizePath(out)
+		again, err := normalizeSlow(out)
 		if err != nil || again != out {
 			t.Fatalf("not idempotent: %q -> %q -> %q, %v", in, out, again, err)
 		}
@@ -137,4 +137,23 @@ func TestAuthorizeHTTPParams(t *testing.T) {
 			t.Errorf("AuthorizeHTTP(%s) = %v (%s); want %v", path, d.Allow, d.Reason, want)
 		}
 	}
+}
+
+// FuzzPathIsNormal: whenever the fast path says a path is normal,
+// NormalizePath returns it unchanged.
+func FuzzPathIsNormal(f *testing.F) {
+	for _, s := range []string{"/", "/a/b", "/a/.b", "/a/./b", "//", "/a%41", "/a\\b", "/a#", "/.."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if p == "" || p[0] != '/' || !PathIsNormal(p) {
+			return
+		}
+		if PathIsNormal([]byte(p)) != true {
+			t.Fatalf("PathIsNormal differs for string and bytes on %q", p)
+		}
+		if out, err := normalizeSlow(p); err != nil || out != p {
+			t.Fatalf("PathIsNormal(%q) but NormalizePath gives %q, %v", p, out, err)
+		}
+	})
 }

@@ -36,6 +36,9 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 	if i := bytes.IndexByte(ot, '?'); i >= 0 {
 		path, query = ot[:i], ot[i:]
 	}
+	if len(path) > 0 && path[0] == '/' && policy.PathIsNormal(path) {
+		return exchangeResult{}, true // the common case: nothing to do
+	}
 	norm, err := policy.NormalizePath(string(path))
 	if err != nil {
 		return p.badTarget(d, err.Error()), false
