@@ -226,20 +226,20 @@ func (m *mesh) WaitLog(t *testing.T, name string, timeout time.Duration, subs ..
 }
 
 // Ctl runs meshctl against this mesh's control plane and returns its
-// combined output and exit code.
-func (m *mesh) Ctl(t *testing.T, args ...string) (string, int) {
+// standard output, standard error and exit code.
+func (m *mesh) Ctl(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(m.Meshctl(), append([]string{"--dir", m.StateDir}, args...)...)
-	out, err := cmd.CombinedOutput()
-	code := 0
-	if err != nil {
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
 			t.Fatalf("meshctl %v: %v", args, err)
 		}
 		code = ee.ExitCode()
 	}
-	return string(out), code
+	return o.String(), e.String(), code
 }
 
 func (m *mesh) dumpLogs(t *testing.T) {

@@ -1,6 +1,7 @@
 package adversarial
 
 import (
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -78,4 +79,66 @@ func TestClassesRefused(t *testing.T) {
 			t.Fatalf("the smuggled request reached the app:\n%s", out)
 		}
 	})
+}
+
+// A workload that stole another's join token can only get the identity the
+// token is bound to: the CA refuses a CSR for any other (the CA side of
+// "the CA never signs an identity the caller has not proven").
+func TestStolenJoinTokenCannotNameAnotherIdentity(t *testing.T) {
+	m := startMesh(t, meshOptions{NoSleep: true})
+	tok, errOut, code := m.Ctl(t, "token", "create", "-n", "default", "-s", "sleep")
+	if code != 0 {
+		t.Fatalf("meshctl token create: exit %d: %s", code, errOut)
+	}
+	_, out, code := m.Ctl(t, "cert", "issue", "-n", "default", "-s", "httpbin", "--token", strings.TrimSpace(tok), "--out", t.TempDir())
+	if code == 0 {
+		t.Fatalf("a join token bound to sleep got a certificate for httpbin:\n%s", out)
+	}
+	if !strings.Contains(out, "the caller proved spiffe://cluster.local/ns/default/sa/sleep") {
+		t.Fatalf("the refusal does not say the token is bound to another identity:\n%s", out)
+	}
+	m.WaitLog(t, "control", 5*time.Second, "refused CSR", "reason=identity_mismatch")
+	// The token was not spent by the refused call: its rightful identity
+	// still gets its certificate with it.
+	_, out, code = m.Ctl(t, "cert", "issue", "-n", "default", "-s", "sleep", "--token", strings.TrimSpace(tok), "--out", t.TempDir())
+	if code != 0 {
+		t.Fatalf("the token's own identity was refused after the failed theft: %s", out)
+	}
+}
+
+// A network peer that opens many connections and never speaks pins no
+// resources for longer than the handshake timeout, and real callers are
+// served meanwhile.
+func TestHandshakeFlood(t *testing.T) {
+	m := startMesh(t, meshOptions{HttpbinArgs: []string{"--handshake-timeout", "1s"}})
+	base := m.usage(t, m.Httpbin)
+	var conns []net.Conn
+	for i := 0; i < 200; i++ {
+		c, err := net.Dial("tcp", m.Httpbin.InboundAddr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	req := "GET /headers HTTP/1.1\r\nHost: httpbin:8000\r\nConnection: close\r\n\r\n"
+	if out := openssl(t, m.Httpbin.InboundAddr, m.Sleep.CertsDir, "", req); statusOf(out) != 200 {
+		t.Fatalf("during the flood sleep was not served:\n%s", out)
+	}
+	// Every silent connection is closed by the server after the timeout:
+	// a read sees EOF or a reset, not our own deadline.
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("connection %d: the server sent bytes to a silent client", i)
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("connection %d still open 10s after a 1s handshake timeout", i)
+		}
+	}
+	m.WaitLog(t, "httpbin", 5*time.Second, `"reason":"handshake_timeout"`)
+	m.waitBaseline(t, m.Httpbin, base, 5, 10*time.Second)
 }
