@@ -263,6 +263,9 @@ func TestHTTP2PortRefusesClientXFCC(t *testing.T) {
 	if err != nil || saw.Proto != "HTTP/2.0" {
 		t.Fatalf("plain HTTP/2 request: %+v, %v", saw, err)
 	}
+	if got, want := saw.xfccLike(), "By="+httpbinID+";URI="+sleepID; len(got) != 1 || got[0] != want {
+		t.Fatalf("HTTP/2 app saw XFCC %q, want the verified %q", got, want)
+	}
 	for i, name := range []string{"x-forwarded-client-cert", "x_forwarded_client_cert", "X.Forwarded.Client.Cert"} {
 		saw, err := get(name)
 		if err == nil {

@@ -20,9 +20,13 @@ import (
 // sees every field the app will see. A field the app must never get from a
 // client — X-Forwarded-Client-Cert in any spelling (see clientMayNotSend) —
 // ends the connection before the frame that completes it is passed on. So
-// on HTTP/2 a client can neither claim an identity through a header nor
-// reach the app with one; the app gets no XFCC at all on HTTP/2 until
-// HTTP/2 is terminated per request.
+// on HTTP/2 a client cannot claim an identity through a header.
+//
+// For an mTLS peer the guard adds the verified XFCC to each request's
+// header block: the frame that ends the block loses its END_HEADERS flag
+// and is followed by a CONTINUATION frame holding one "literal never
+// indexed" field (RFC 7541 6.2.3), which leaves the HPACK dynamic tables of
+// both ends untouched. Trailers get none.
 
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -66,10 +70,20 @@ type h2Guard struct {
 	bad     error  // why the connection is refused; sticky
 	reason  string // short reason for logs
 	buf     []byte
+	// xfcc is the CONTINUATION frame payload to add to each request's
+	// header block (nil: plaintext peer, none).
+	xfcc      []byte
+	request   bool   // the block in progress is a request's (not trailers)
+	maxStream uint32 // highest stream a request was seen on
 }
 
-func newH2Guard(c net.Conn) *h2Guard {
+// newH2Guard guards the client side c; xfcc, if not empty, is the verified
+// X-Forwarded-Client-Cert value to give each request.
+func newH2Guard(c net.Conn, xfcc string) *h2Guard {
 	g := &h2Guard{Conn: c, br: bufio.NewReaderSize(c, 16<<10)}
+	if xfcc != "" {
+		g.xfcc = hpackNeverIndexed(nil, xfccNorm, xfcc)
+	}
 	g.dec = hpack.NewDecoder(4096, g.field)
 	g.dec.SetAllowedMaxDynamicTableSize(h2MaxTableSize)
 	g.dec.SetMaxStringLength(h2MaxHeaderFrame)
@@ -187,6 +201,12 @@ func (g *h2Guard) next() error {
 			frag = frag[5:]
 		}
 		g.inBlock, g.stream = true, stream
+		// A HEADERS frame on a new stream opens a request; on a known
+		// one it carries trailers.
+		g.request = stream > g.maxStream
+		if g.request {
+			g.maxStream = stream
+		}
 	}
 	if _, err := g.dec.Write(frag); err != nil && g.bad == nil {
 		g.refuse("http2_protocol_error", "HPACK on stream %d: %v", stream, err)
@@ -200,6 +220,43 @@ func (g *h2Guard) next() error {
 	if g.bad != nil {
 		return g.bad
 	}
+	if flags&h2FlagEndHeaders != 0 && g.request && g.xfcc != nil {
+		// The block ends here: let a CONTINUATION with the verified
+		// XFCC end it instead.
+		frame[4] &^= h2FlagEndHeaders
+		n := len(g.xfcc)
+		frame = append(frame, byte(n>>16), byte(n>>8), byte(n), h2FrameContinuation, h2FlagEndHeaders,
+			byte(stream>>24), byte(stream>>16), byte(stream>>8), byte(stream))
+		frame = append(frame, g.xfcc...)
+		g.buf = frame
+	}
 	g.pending = frame
 	return nil
+}
+
+// hpackNeverIndexed appends a "literal header field never indexed, new
+// name" representation of name: value (RFC 7541 6.2.3), without Huffman
+// coding.
+func hpackNeverIndexed(b []byte, name, value string) []byte {
+	b = append(b, 0x10)
+	b = hpackString(b, name)
+	return hpackString(b, value)
+}
+
+// hpackString appends a string literal: H=0, length as a 7-bit prefix
+// integer (RFC 7541 5.1, 5.2), then the bytes.
+func hpackString(b []byte, s string) []byte {
+	n := uint64(len(s))
+	if n < 127 {
+		b = append(b, byte(n))
+	} else {
+		b = append(b, 127)
+		n -= 127
+		for n >= 128 {
+			b = append(b, byte(n&0x7f|0x80))
+			n >>= 7
+		}
+		b = append(b, byte(n))
+	}
+	return append(b, s...)
 }

@@ -58,7 +58,11 @@ func reqFields(extra ...string) []hpack.HeaderField {
 // runGuard passes in through an h2Guard and returns what it let through
 // and the error that ended it (io.EOF: all of it).
 func runGuard(in []byte) ([]byte, *h2Guard, error) {
-	g := newH2Guard(nil)
+	return runGuardXFCC(in, "")
+}
+
+func runGuardXFCC(in []byte, xfcc string) ([]byte, *h2Guard, error) {
+	g := newH2Guard(nil, xfcc)
 	g.br = bufio.NewReader(bytes.NewReader(in))
 	var out bytes.Buffer
 	buf := make([]byte, 7) // small reads: frame boundaries fall anywhere
@@ -108,25 +112,108 @@ func FuzzH2Guard(f *testing.F) {
 		if !bytes.HasPrefix(in, out) {
 			t.Fatalf("the guard altered the stream")
 		}
-		if len(out) < len(h2Preface) {
+		checkXFCC(t, out, "")
+		// With a verified XFCC to add, an app sees at most that one.
+		const verified = "By=spiffe://cluster.local/ns/default/sa/httpbin;URI=spiffe://cluster.local/ns/default/sa/sleep"
+		out, _, _ = runGuardXFCC(in, verified)
+		checkXFCC(t, out, verified)
+	})
+}
+
+// checkXFCC decodes the stream the guard let through as the app would and
+// fails if a header block holds an XFCC-like field other than one copy of
+// verified.
+func checkXFCC(t *testing.T, out []byte, verified string) {
+	if len(out) < len(h2Preface) {
+		return
+	}
+	fr := http2.NewFramer(io.Discard, bytes.NewReader(out[len(h2Preface):]))
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.ReadMetaHeaders.SetAllowedMaxDynamicTableSize(h2MaxTableSize)
+	fr.MaxHeaderListSize = 1 << 24
+	for {
+		fm, err := fr.ReadFrame()
+		if err != nil {
 			return
 		}
-		fr := http2.NewFramer(io.Discard, bytes.NewReader(out[len(h2Preface):]))
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		fr.ReadMetaHeaders.SetAllowedMaxDynamicTableSize(h2MaxTableSize)
-		fr.MaxHeaderListSize = 1 << 24
-		for {
-			fm, err := fr.ReadFrame()
-			if err != nil {
-				return
+		mh, ok := fm.(*http2.MetaHeadersFrame)
+		if !ok {
+			continue
+		}
+		n := 0
+		for _, hf := range mh.Fields {
+			if !clientMayNotSend([]byte(hf.Name)) {
+				continue
 			}
-			if mh, ok := fm.(*http2.MetaHeadersFrame); ok {
-				for _, hf := range mh.Fields {
-					if clientMayNotSend([]byte(hf.Name)) {
-						t.Fatalf("a header block with %q got through", hf.Name)
-					}
+			n++
+			if verified == "" || hf.Value != verified || n > 1 {
+				t.Fatalf("a header block with %q: %q got through", hf.Name, hf.Value)
+			}
+		}
+	}
+}
+
+// decodeH2 decodes a client's stream with an independent HTTP/2 framer and
+// returns the fields of each complete header block, in order.
+func decodeH2(t testing.TB, b []byte) [][]hpack.HeaderField {
+	if !bytes.HasPrefix(b, []byte(h2Preface)) {
+		t.Fatalf("no preface")
+	}
+	fr := http2.NewFramer(io.Discard, bytes.NewReader(b[len(h2Preface):]))
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var out [][]hpack.HeaderField
+	for {
+		fm, err := fr.ReadFrame()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("framer: %v", err)
+		}
+		if mh, ok := fm.(*http2.MetaHeadersFrame); ok {
+			out = append(out, mh.Fields)
+		}
+	}
+}
+
+// TestH2GuardSetsVerifiedXFCC: for an mTLS peer each request's header
+// block ends with the verified XFCC (split across CONTINUATION frames or
+// not), trailers get none, the fields the client sent are unchanged, and
+// an independent decoder (the app's) keeps its HPACK state in step.
+func TestH2GuardSetsVerifiedXFCC(t *testing.T) {
+	want := XFCC(httpbinID, sleepID)
+	for _, split := range []int{1, 4, 1 << 14} {
+		in := h2Frames(t, split, reqFields("x-a", "1"), reqFields("x-a", "1"), reqFields("x-b", "2"))
+		// Trailers on stream 1 after stream 5 opened: no XFCC for them.
+		var tr bytes.Buffer
+		var hb bytes.Buffer
+		hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: "grpc-status", Value: "0"})
+		http2.NewFramer(&tr, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		in = append(in, tr.Bytes()...)
+		out, _, err := runGuardXFCC(in, want)
+		if err != io.EOF {
+			t.Fatalf("split %d: %v", split, err)
+		}
+		orig, got := decodeH2(t, in), decodeH2(t, out)
+		if len(got) != len(orig) || len(got) != 4 {
+			t.Fatalf("split %d: %d header blocks, want %d", split, len(got), len(orig))
+		}
+		for i := range got {
+			n := len(orig[i])
+			if i < 3 {
+				n++
+				if last := got[i][len(got[i])-1]; last.Name != "x-forwarded-client-cert" || last.Value != want || !last.Sensitive {
+					t.Fatalf("split %d block %d: last field %+v, want the verified XFCC, never indexed", split, i, last)
+				}
+			}
+			if len(got[i]) != n {
+				t.Fatalf("split %d block %d: %d fields, want %d", split, i, len(got[i]), n)
+			}
+			for j := range orig[i] {
+				if got[i][j] != orig[i][j] {
+					t.Fatalf("split %d block %d field %d: %+v, client sent %+v", split, i, j, got[i][j], orig[i][j])
 				}
 			}
 		}
-	})
+	}
 }

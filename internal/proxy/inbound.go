@@ -140,7 +140,15 @@ func (p *Proxy) serveProtocol(c net.Conn, info *connInfo, proto string) {
 	pc := &peekedConn{Conn: c, buf: pre}
 	switch {
 	case kind == KindHTTP2:
-		p.inboundTCP(newH2Guard(pc), info)
+		xfcc := ""
+		if info.peer != "" {
+			by := ""
+			if s := p.certs.SVID(); s != nil {
+				by = s.URI
+			}
+			xfcc = XFCC(by, info.peer)
+		}
+		p.inboundTCP(newH2Guard(pc, xfcc), info)
 	case proto == "HTTP2":
 		if err != nil && len(pre) == 0 {
 			c.Close()

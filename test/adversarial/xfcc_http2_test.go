@@ -47,8 +47,8 @@ asyncio.run(main())
 // GRPC, HTTP/2 is relayed, and the app used to receive whatever
 // X-Forwarded-Client-Cert the caller put in its header block. Now the
 // server sidecar decodes every header block and ends the connection on a
-// client XFCC in any spelling, logging reason http2_client_xfcc. The
-// client is curl speaking HTTP/2 with prior knowledge through a CONNECT
+// client XFCC in any spelling, logging reason http2_client_xfcc, and adds
+// the verified one to each request. The client is curl speaking HTTP/2 with prior knowledge through a CONNECT
 // tunnel of sleep's own sidecar; the app is a Go h2c server.
 func TestForgedXFCCOverHTTP2(t *testing.T) {
 	needTool(t, "python3")
@@ -108,8 +108,9 @@ func TestForgedXFCCOverHTTP2(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if x := saw.header("X-Forwarded-Client-Cert"); len(x) != 0 {
-		t.Fatalf("app saw XFCC %q on a clean HTTP/2 request", x)
+	want := "By=spiffe://cluster.local/ns/default/sa/grpcbin;URI=spiffe://cluster.local/ns/default/sa/sleep"
+	if x := saw.header("X-Forwarded-Client-Cert"); len(x) != 1 || x[0] != want {
+		t.Fatalf("app saw XFCC %q on HTTP/2; want the verified %q", x, want)
 	}
 
 	for _, name := range []string{"X-Forwarded-Client-Cert", "X_Forwarded_Client_Cert"} {
