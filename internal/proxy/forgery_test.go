@@ -449,3 +449,43 @@ func TestUndeclaredPortDetectsHTTP(t *testing.T) {
 		})
 	}
 }
+
+// TestUndeclaredPortServerFirst: a server-first protocol on a port with no
+// declared protocol still works over mTLS: after the detection window the
+// relay starts, the app's greeting arrives, and the conversation goes on.
+func TestUndeclaredPortServerFirst(t *testing.T) {
+	ca := catest.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "220 greetings\n")
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	srv := startSidecar(t, ca, httpbinID, sidecarOpts{
+		snap: &policy.Snapshot{TrustDomain: "cluster.local", InboundDefault: policy.ServerStrict,
+			Inbound: []policy.InboundPort{{Port: 25, Mode: policy.ServerStrict, Service: "smtp.default"}}},
+		inbound: []InboundListener{{Listen: "127.0.0.1:0", App: ln.Addr().String(), Port: 25}},
+	})
+	conn := mtlsConn(t, srv.InboundAddrs[0].String(), ca.Issue(t, sleepID), alpnTCP)
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	if l, err := br.ReadString('\n'); err != nil || l != "220 greetings\n" {
+		t.Fatalf("greeting %q, %v", l, err)
+	}
+	io.WriteString(conn, "EHLO sleep\n")
+	if l, err := br.ReadString('\n'); err != nil || l != "EHLO sleep\n" {
+		t.Fatalf("echo %q, %v", l, err)
+	}
+}
