@@ -26,6 +26,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
@@ -376,16 +378,26 @@ func (s *Server) tickLoop(ctx context.Context) {
 func (s *Server) bundleLoop(ctx context.Context) {
 	for {
 		b, ch := s.ca.Watch()
-		if err := s.writeRoots(b); err != nil {
-			s.log.Error("write root-cert.pem failed", "error", err)
-		}
-		// Only a change of signing root needs a new server certificate;
-		// revocations and added roots do not.
+		// A change of signing root needs a new server certificate, and so
+		// does the revocation of the one it serves (its key may be stolen;
+		// clients refuse a revoked control plane certificate). The new one
+		// is in place before the files that tell clients of the revocation
+		// are written; GetCertificate hands it to the next handshake, the
+		// listener and the connections already open stay.
 		c := s.serving.Load()
-		if c == nil || c.Leaf == nil || len(c.Certificate) == 0 || !signedByChainOf(c, b.Roots[0]) {
+		switch {
+		case c == nil || c.Leaf == nil || len(c.Certificate) == 0 || !signedByChainOf(c, b.Roots[0]):
 			if err := s.renewServing(); err != nil {
 				s.log.Error("renew server certificate failed", "error", err)
 			}
+		case b.Identity().IsRevoked(identity.SerialHex(c.Leaf)):
+			s.log.Warn("the control plane's own certificate was revoked; issuing a new one", "serial", identity.SerialHex(c.Leaf), "bundle_version", b.Version)
+			if err := s.renewServing(); err != nil {
+				s.log.Error("renew revoked server certificate failed; clients will refuse this control plane until it succeeds", "error", err)
+			}
+		}
+		if err := s.writeRoots(b); err != nil {
+			s.log.Error("write root-cert.pem failed", "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -437,8 +449,25 @@ func signedByChainOf(c *tls.Certificate, root *x509.Certificate) bool {
 	return last.CheckSignatureFrom(root) == nil
 }
 
+// writeRoots writes root-cert.pem and revocations.json (the bundle's
+// revoked serials, which clients reading this directory check the control
+// plane's own certificate against, see client.LoadRoots).
 func (s *Server) writeRoots(b *ca.TrustBundle) error {
-	return writeFileAtomic(filepath.Join(s.cfg.Dir, FileRootCert), []byte(strings.Join(b.RootsPEM, "")), 0o644)
+	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, FileRootCert), []byte(strings.Join(b.RootsPEM, "")), 0o644); err != nil {
+		return err
+	}
+	revs := b.Revocations
+	if revs == nil {
+		revs = []ca.Revocation{}
+	}
+	data, err := json.MarshalIndent(struct {
+		BundleVersion uint64          `json:"bundle_version"`
+		Revocations   []ca.Revocation `json:"revocations"`
+	}{b.Version, revs}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("control: encode revocations: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(s.cfg.Dir, client.FileRevocations), append(data, '\n'), 0o644)
 }
 
 // loadOrCreateAdminToken keeps the admin token across restarts, so scripts
