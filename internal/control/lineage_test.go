@@ -193,10 +193,16 @@ func TestControlPlaneReissuesRevokedCert(t *testing.T) {
 	if !strings.Contains(logs.String(), "the control plane's own certificate was revoked; issuing a new one") {
 		t.Fatalf("no log line for the re-issue:\n%s", logs.String())
 	}
-	// meshctl's view: root-cert.pem and revocations.json from the dir.
-	roots, err := client.LoadRoots(e.dir, "")
-	if err != nil || !roots.IsRevoked(old) {
-		t.Fatalf("revocations.json does not list the revoked serial: %v", err)
+	// meshctl's view: root-cert.pem and revocations.json from the dir,
+	// written right after the new certificate is in place.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		roots, err := client.LoadRoots(e.dir, "")
+		if err == nil && roots.IsRevoked(old) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("revocations.json does not list the revoked serial: %v", err)
+		}
 	}
 	if _, err := e.admin(t).CAStatus(ctx, &pb.CAStatusRequest{}); err != nil {
 		t.Fatalf("a client that knows the revocation cannot reach the re-issued control plane: %v", err)

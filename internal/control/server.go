@@ -290,11 +290,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("control: listen %s: %w", s.cfg.Listen, err)
 	}
 	s.lis = lis
-	s.addr.Store(lis.Addr().String())
 	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, FileControlAddr), []byte(lis.Addr().String()+"\n"), 0o644); err != nil {
 		lis.Close()
 		return err
 	}
+	// Addr is set once control.addr is written: a caller that waits for
+	// Addr then dials through the directory finds the file.
+	s.addr.Store(lis.Addr().String())
 	s.log.Info("control plane listening", "addr", lis.Addr().String(), "trust_domain", s.ca.TrustDomain(), "dir", s.cfg.Dir)
 
 	ctx, cancel := context.WithCancel(ctx)
