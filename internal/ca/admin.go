@@ -93,7 +93,7 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 		return nil, 0, err
 	}
 	for _, r := range added {
-		c.log.Warn("revoked certificate", "serial", r.Serial, "spiffe_id", r.SPIFFEID, "reason", reason, "bundle_version", version)
+		c.log.Warn("revoked certificate", "serial", r.Serial, "spiffe_id", r.SPIFFEID, "reason", r.Reason, "bundle_version", version)
 	}
 	return added, version, nil
 }
