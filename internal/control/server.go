@@ -14,6 +14,9 @@
 //	ca.db          the CA store (bbolt, 0600)
 //	admin.token    the admin credential (0600)
 //	root-cert.pem  the current bundle's roots, rewritten on every change
+//	revocations.json  the bundle's revoked serials, rewritten with it, so
+//	               clients reading the directory refuse a revoked control
+//	               plane certificate (client.LoadRoots)
 //	control.addr   the address actually listened on, written after listen
 package control
 
