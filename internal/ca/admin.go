@@ -34,6 +34,9 @@ func (c *CA) CreateJoinToken(id identity.ID, ttl time.Duration, uses int) (*Join
 	if id.TrustDomain != c.td {
 		return nil, refuse(KindInvalid, ReasonForeignTrustDomain, "identity %s is not in this CA's trust domain %q", id, c.td)
 	}
+	if c.reserved(id) {
+		return nil, refuse(KindDenied, ReasonReservedIdentity, "%s is the control plane's own identity: a workload holding it could serve the CA, Discovery and Admin APIs to every sidecar; the control plane issues its own certificate, no join token can prove it", id)
+	}
 	if ttl == 0 {
 		ttl = time.Hour
 	}

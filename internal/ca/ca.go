@@ -86,6 +86,12 @@ type Config struct {
 	// revoking an identity this CA never signed for is not an error: another
 	// replica may have.
 	OnRevokeIdentity func(spiffeID string, at time.Time, reason string)
+	// Reserved identities are signed only for the CA's own process
+	// (Caller{Method: "self"} with no Subject): the control plane's own
+	// identity, which every client trusts to serve the CA, Discovery and
+	// Admin APIs. No join token, ServiceAccount token, renewal or
+	// controller acting for a ServiceAccount can get a certificate for one.
+	Reserved []identity.ID
 	// LogRetention keeps an issuance log record this long after its
 	// certificate expired; Tick prunes older ones (at most once an hour).
 	// 0 keeps the log forever.
@@ -529,6 +535,9 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 	if caller.ID.TrustDomain != c.td {
 		return nil, refuse(KindDenied, ReasonForeignTrustDomain, "caller identity %s is not in trust domain %q", caller.ID, c.td)
 	}
+	if c.reserved(caller.ID) && (caller.Method != "self" || caller.Subject != "") {
+		return nil, refuse(KindDenied, ReasonReservedIdentity, "%s is the control plane's own identity: only the control plane issues certificates for it (requester %s)", caller.ID, caller.requester())
+	}
 	ttl, err := c.checkTTL(ttl)
 	if err != nil {
 		return nil, err
@@ -628,6 +637,15 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 			NotBefore: notBefore, NotAfter: notAfter, Leaf: der,
 		}, nil
 	}
+}
+
+func (c *CA) reserved(id identity.ID) bool {
+	for _, r := range c.cfg.Reserved {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // renewalLimit is the longest TTL an mTLS renewal by caller may ask for,

@@ -129,3 +129,29 @@ func TestReplicaRenewalLineage(t *testing.T) {
 		t.Fatalf("the renewal of the revoked serial verifies: %v", err)
 	}
 }
+
+// TestReservedIdentity: a reserved identity (the control plane's) is
+// signed only for the CA's own process, never for a join token, a
+// renewal, or a controller acting for a ServiceAccount.
+func TestReservedIdentity(t *testing.T) {
+	clk := newClock(t0)
+	cp := identity.MustParse("spiffe://cluster.local/ns/meshauth-system/sa/meshd")
+	c := newCA(t, t.TempDir(), clk, func(c *ca.Config) { c.Reserved = []identity.ID{cp} })
+	ctx := context.Background()
+	if _, err := c.CreateJoinToken(cp, 0, 0); ca.ReasonOf(err) != ca.ReasonReservedIdentity {
+		t.Fatalf("join token for the reserved identity: %v", err)
+	}
+	own, err := c.Sign(ctx, ca.Caller{ID: cp, Method: "self"}, csrFor(t, ecKey(t)), 0)
+	if err != nil {
+		t.Fatalf("the control plane's own certificate: %v", err)
+	}
+	for name, caller := range map[string]ca.Caller{
+		"renewal":           renewer(t, c, own),
+		"secret controller": {ID: cp, Method: "self", Subject: "secret-controller"},
+		"k8s token":         {ID: cp, Method: "k8s_token", Subject: "uid"},
+	} {
+		if _, err := c.Sign(ctx, caller, csrFor(t, ecKey(t)), 0); ca.ReasonOf(err) != ca.ReasonReservedIdentity {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

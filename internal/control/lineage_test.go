@@ -256,3 +256,24 @@ func (l *lockedLog) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestControlPlaneIdentityReserved: no join token can prove the control
+// plane's own identity (a workload holding it could serve the CA,
+// Discovery and Admin APIs to every client), over the real Admin API; the
+// control plane's own certificate is still issued, and a certificate for
+// the identity is refused to any other caller (see the ca package test).
+func TestControlPlaneIdentityReserved(t *testing.T) {
+	e := start(t, nil)
+	_, err := e.admin(t).CreateJoinToken(context.Background(), &pb.CreateJoinTokenRequest{Namespace: control.ServerNamespace, ServiceAccount: control.ServerServiceAccount})
+	if status.Code(err) != codes.PermissionDenied || control.ReasonFromError(err) != ca.ReasonReservedIdentity ||
+		!strings.Contains(status.Convert(err).Message(), "control plane's own identity") {
+		t.Fatalf("join token for the control plane's identity: %v", err)
+	}
+	if s := servingSerial(t, e.srv.Addr()); s == "" {
+		t.Fatal("no serving certificate")
+	}
+	// Another namespace's "meshd" is an ordinary identity.
+	if _, err := e.admin(t).CreateJoinToken(context.Background(), &pb.CreateJoinTokenRequest{Namespace: "default", ServiceAccount: control.ServerServiceAccount}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -165,6 +165,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	cc := cfg.CA
 	cc.Dir = cfg.Dir
+	td := cc.TrustDomain
+	if td == "" {
+		td = identity.DefaultTrustDomain
+	}
+	if _, err := identity.New(td, ServerNamespace, ServerServiceAccount); err == nil {
+		// Only this process may hold the identity clients trust as the
+		// control plane.
+		cc.Reserved = append(cc.Reserved, ServerID(td))
+	}
 	if cc.Clock == nil {
 		cc.Clock = cfg.Clock
 	}
