@@ -35,6 +35,7 @@ func (c *CA) CreateJoinToken(id identity.ID, ttl time.Duration, uses int) (*Join
 		return nil, refuse(KindInvalid, ReasonForeignTrustDomain, "identity %s is not in this CA's trust domain %q", id, c.td)
 	}
 	if c.reserved(id) {
+		c.log.Warn("refused join token", "spiffe_id", id.String(), "reason", ReasonReservedIdentity)
 		return nil, refuse(KindDenied, ReasonReservedIdentity, "%s is the control plane's own identity: a workload holding it could serve the CA, Discovery and Admin APIs to every sidecar; the control plane issues its own certificate, no join token can prove it", id)
 	}
 	if ttl == 0 {
