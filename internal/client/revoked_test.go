@@ -93,3 +93,41 @@ func TestRefusesRevokedControlPlane(t *testing.T) {
 		t.Fatalf("LoadRoots with a truncated revocations.json: %v", err)
 	}
 }
+
+// FuzzRevocationsFile: whatever is in DIR/revocations.json, LoadRoots never
+// panics, and either refuses the file or returns the roots with exactly
+// the serials the file lists.
+func FuzzRevocationsFile(f *testing.F) {
+	f.Add([]byte(`{"bundle_version":3,"revocations":[{"serial":"ab12","spiffe_id":"spiffe://cluster.local/ns/meshauth-system/sa/meshd"}]}`))
+	f.Add([]byte(`{"bundle_version":1,"revocations":[]}`))
+	f.Add([]byte(`{"revocations": [`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(`{"revocations":[{"serial":1}]}`))
+	root := catest.New(f).RootPEM()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "root-cert.pem"), root, 0o644)
+		os.WriteFile(filepath.Join(dir, client.FileRevocations), data, 0o644)
+		b, err := client.LoadRoots(dir, "")
+		if err != nil {
+			if !strings.Contains(err.Error(), client.FileRevocations) {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		var want client.Revocations
+		if err := json.Unmarshal(data, &want); err != nil {
+			t.Fatalf("LoadRoots accepted what encoding/json refuses: %v", err)
+		}
+		n := map[string]bool{}
+		for _, r := range want.Revocations {
+			n[r.Serial] = true
+			if !b.IsRevoked(r.Serial) {
+				t.Fatalf("serial %q listed but not revoked", r.Serial)
+			}
+		}
+		if len(b.Revoked) != len(n) || len(b.Roots) != 1 {
+			t.Fatalf("%d revoked, %d roots from %q", len(b.Revoked), len(b.Roots), data)
+		}
+	})
+}
