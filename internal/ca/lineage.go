@@ -3,6 +3,7 @@ package ca
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,6 +74,11 @@ func descendants(tx *bolt.Tx, roots []string) ([]descendantEntry, error) {
 func addLineage(rb *bolt.Bucket, added *[]Revocation, d descendantEntry, reason string, now time.Time) error {
 	if rb.Get([]byte(d.Serial)) != nil {
 		return nil
+	}
+	// A reason that is itself a lineage's (imported from a replica) is
+	// not stacked: keep the operator's words.
+	if rest, ok := strings.CutPrefix(reason, "renewed from revoked "); ok {
+		_, reason, _ = strings.Cut(rest, ": ")
 	}
 	why := "renewed from revoked " + d.parent
 	if reason != "" {

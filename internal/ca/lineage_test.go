@@ -125,6 +125,18 @@ func TestReplicaRenewalLineage(t *testing.T) {
 	if want := []string{p.Serial, child.Serial}; !slices.Equal(serials(added), want) {
 		t.Fatalf("imported %v, want %v", serials(added), want)
 	}
+	if added[1].Reason != "renewed from revoked "+p.Serial+": key compromise" {
+		t.Fatalf("reason of the renewal's revocation: %q", added[1].Reason)
+	}
+	// Imported back by a (as through the Secret), its reason is not stacked.
+	if _, _, err := a.ImportRevocations(b.Bundle().Revocations); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range a.Bundle().Revocations {
+		if r.Serial == child.Serial && r.Reason != added[1].Reason {
+			t.Fatalf("a's reason for the renewal: %q", r.Reason)
+		}
+	}
 	if _, err := b.Bundle().Identity().Verify(chainOf(t, child), clk.now()); !errors.Is(err, identity.ErrRevoked) {
 		t.Fatalf("the renewal of the revoked serial verifies: %v", err)
 	}

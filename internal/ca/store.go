@@ -293,7 +293,7 @@ func (s *store) maxNotAfter() (map[uint64]int64, error) {
 // authenticated with has been revoked by now. Revocations are written in
 // transactions of the same store, so a renewal racing with the revocation
 // of its parent either commits first, and the revocation's lineage scan
-// (revokeLineage) finds and revokes it, or commits after and is refused
+// (store.revoke, importRevocations) finds and revokes it, or commits after and is refused
 // here: no certificate renewed from a revoked one escapes.
 func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
 	val := rec.appendJSON(make([]byte, 0, 256))
