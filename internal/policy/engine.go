@@ -462,6 +462,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 // push server stamps it.
 func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
 	s := e.inbound(w)
+	s.Refused = e.RefusalsFor(w)
 	sc := e.SidecarFor(w)
 	s.Outbound = e.outboundFor(w.Namespace, sc)
 	if sc != nil {
