@@ -127,7 +127,7 @@ func (e *env) start(addr string, eng *policy.Engine) {
 		Stopping:          e.stopping,
 		Debounce:          e.debounce,
 		RegistrationGrace: e.grace,
-		Log:      slog.New(slog.NewTextHandler(e.logs, nil)),
+		Log:               slog.New(slog.NewTextHandler(e.logs, nil)),
 		Identity: func(ctx context.Context) (identity.ID, error) {
 			p, _ := peer.FromContext(ctx)
 			ti, _ := p.AuthInfo.(credentials.TLSInfo)
