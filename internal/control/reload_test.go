@@ -139,7 +139,9 @@ func TestEmptyConfigFileKeepsLastGood(t *testing.T) {
 	if err := os.Remove(mesh); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "deletion applied", func() bool { return plane.Config().AuthPolicy() == "NONE" && len(getState(t, e).Registry.Services) == 0 })
+	waitUntil(t, "deletion applied", func() bool {
+		return plane.Config().AuthPolicy() == "NONE" && len(getState(t, e).Registry.Services) == 0
+	})
 }
 
 // TestEmptyConfigFileRefusedAtStart: the start-up path refuses an empty
