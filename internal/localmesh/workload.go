@@ -31,6 +31,9 @@ type WorkloadSpec struct {
 	// its service account in spec.serviceAccounts. Without it the workload
 	// is declared in the config directory, as a Kubernetes Pod would be.
 	SelfRegister bool
+	// SidecarArgs are extra `meshd sidecar` flags, added after the ones
+	// StartWorkload sets (tests use them for small timeouts and limits).
+	SidecarArgs []string
 }
 
 // Workload is a running app + sidecar.
@@ -139,6 +142,7 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 			return nil, err
 		}
 	}
+	args = append(args, spec.SidecarArgs...)
 	if len(spec.App) > 0 {
 		args = append(args, "--")
 		for _, a := range spec.App {
