@@ -261,6 +261,7 @@ func (p *Plane) reloadDir(settle bool) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if sum == p.dirSum {
+		p.pendingSum = [32]byte{} // "two polls in a row" means in a row
 		return false, nil
 	}
 	if settle && sum != p.pendingSum {
