@@ -26,6 +26,8 @@ type Engine struct {
 
 	mu  sync.Mutex
 	out map[string]outEntry
+	// allow caches each service's allowed identities (registration).
+	allow map[string]allowEntry
 
 	// table is the whole outbound table at one registry version, shared by
 	// every snapshot computed at that version (each copies it and adds the
@@ -54,12 +56,18 @@ type outEntry struct {
 	svc OutboundService
 }
 
+type allowEntry struct {
+	gen  uint64
+	set  map[string]bool
+	list []string // sorted
+}
+
 // New returns an engine over cfg (nil means an empty config) and reg.
 func New(cfg *config.Config, reg *registry.Registry) *Engine {
 	if reg == nil {
 		reg = registry.New()
 	}
-	return &Engine{ix: compile(cfg), reg: reg, out: map[string]outEntry{}}
+	return &Engine{ix: compile(cfg), reg: reg, out: map[string]outEntry{}, allow: map[string]allowEntry{}}
 }
 
 // Config returns the engine's config.
@@ -221,7 +229,7 @@ func (e *Engine) Endpoints(svc *registry.Service) []*registry.Workload {
 	if !dynamic {
 		return all
 	}
-	allowed := e.allowedSet(svc, all)
+	allowed := e.allowed(svc).set
 	out := all[:0:0]
 	for _, w := range all {
 		if w.Source != registry.SourceSidecar || allowed[e.spiffeID(w)] {
@@ -235,19 +243,37 @@ func (e *Engine) spiffeID(w *registry.Workload) string {
 	return "spiffe://" + e.ix.cfg.TrustDomain() + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount
 }
 
-// allowedSet is AllowedIdentities as a set; eps are svc's registry
-// endpoints.
-func (e *Engine) allowedSet(svc *registry.Service, eps []*registry.Workload) map[string]bool {
-	allowed := map[string]bool{}
-	for _, id := range svc.ServiceAccounts {
-		allowed[id] = true
+// allowed returns svc's allowed identities (AllowedIdentities), cached
+// by the registry's generation of the service (its spec and endpoints), so
+// that a push to many sidecars computes them once per change.
+func (e *Engine) allowed(svc *registry.Service) allowEntry {
+	key := svc.Key()
+	gen := e.reg.ServiceGen(key)
+	e.mu.Lock()
+	ent, ok := e.allow[key]
+	e.mu.Unlock()
+	if ok && ent.gen == gen {
+		return ent
 	}
-	for _, w := range eps {
+	set := map[string]bool{}
+	for _, id := range svc.ServiceAccounts {
+		set[id] = true
+	}
+	for _, w := range e.reg.Endpoints(key) {
 		if w.Source != registry.SourceSidecar {
-			allowed[e.spiffeID(w)] = true
+			set[e.spiffeID(w)] = true
 		}
 	}
-	return allowed
+	list := make([]string, 0, len(set))
+	for id := range set {
+		list = append(list, id)
+	}
+	sort.Strings(list)
+	ent = allowEntry{gen: gen, set: set, list: list}
+	e.mu.Lock()
+	e.allow[key] = ent
+	e.mu.Unlock()
+	return ent
 }
 
 // AllowedIdentities returns the SPIFFE IDs whose sidecars may register
@@ -256,13 +282,7 @@ func (e *Engine) allowedSet(svc *registry.Service, eps []*registry.Workload) map
 // service accounts of the workloads the config or Kubernetes declares
 // behind it.
 func (e *Engine) AllowedIdentities(svc *registry.Service) []string {
-	set := e.allowedSet(svc, e.reg.Endpoints(svc.Key()))
-	out := make([]string, 0, len(set))
-	for id := range set {
-		out = append(out, id)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Clone(e.allowed(svc).list)
 }
 
 // Refusal is a self-registered sidecar that a service's selector matches
@@ -285,10 +305,11 @@ func (e *Engine) RefusalsFor(w *registry.Workload) []Refusal {
 	var out []Refusal
 	id := e.spiffeID(w)
 	for _, svc := range e.reg.ServicesOf(w.Namespace, w.Name) {
-		allowed := e.AllowedIdentities(svc)
-		if slices.Contains(allowed, id) {
+		a := e.allowed(svc)
+		if a.set[id] {
 			continue
 		}
+		allowed := a.list
 		r := Refusal{Service: svc.Name + "." + svc.Namespace, Workload: w.Key(), SPIFFEID: id}
 		if len(allowed) == 0 {
 			r.Reason = "registration is closed: the Service allows no identity (no spec.serviceAccounts, no declared Workload); add the service account to spec.serviceAccounts to admit it"
@@ -315,7 +336,7 @@ func (e *Engine) admits(svc *registry.Service, w *registry.Workload) bool {
 	if w.Source != registry.SourceSidecar {
 		return true
 	}
-	return e.allowedSet(svc, e.reg.Endpoints(svc.Key()))[e.spiffeID(w)]
+	return e.allowed(svc).set[e.spiffeID(w)]
 }
 
 // ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
