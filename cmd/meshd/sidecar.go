@@ -108,7 +108,7 @@ exits with its status.`,
 	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
 	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
 	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: the control plane's push stream, or with --static-certs every port STRICT and no outbound services")
-	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry; repeatable")
+	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry, where Service selectors match it (self-registration, no Workload YAML needed); the Service must allow this identity (spec.serviceAccounts); repeatable")
 	fl.StringVar(&f.address, "address", "", "workload address for the registry (default: as the control plane sees the connection)")
 	fl.StringArrayVar(&f.inbound, "inbound", nil, "explicit inbound listener LISTEN=APP, e.g. 18000=127.0.0.1:8000 (the app's port names the policy port); repeatable")
 	fl.StringArrayVar(&f.upstreams, "upstream", nil, "explicit outbound TCP port LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306; repeatable")
