@@ -103,7 +103,8 @@ func startAgent(t *testing.T, ctx context.Context, cp *controlPlane, id identity
 	dir := filepath.Join(t.TempDir(), "certs")
 	a, err := agent.New(agent.Config{
 		ID: id, Dir: dir, Connect: connect, Store: store, TTL: time.Minute,
-		RenewFraction: 0.02, Jitter: 0.005, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+		RenewFraction: 0.02, Jitter: 0.005, MinRenewInterval: 100 * time.Millisecond,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
