@@ -259,8 +259,8 @@ func (a *Agent) Run(ctx context.Context) error {
 // kubelet rotated a projected service-account token).
 func (a *Agent) watchTokens(ctx context.Context) {
 	t := a.cfg.Tokens
-	if t == nil {
-		return
+	if t.File() == "" {
+		return // a fixed token never changes
 	}
 	for {
 		select {
