@@ -25,6 +25,9 @@ type WorkloadSpec struct {
 	// App is the app's command line; "{{port}}" in it is replaced with the
 	// app's port (a free loopback port) when the workload serves a service.
 	App []string
+	// SidecarArgs are extra `meshd sidecar` flags, added after the ones
+	// StartWorkload sets (tests use them for small timeouts and limits).
+	SidecarArgs []string
 }
 
 // Workload is a running app + sidecar.
@@ -128,6 +131,7 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 	} else if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, w.OutboundProxy, 0, 0)); err != nil {
 		return nil, err
 	}
+	args = append(args, spec.SidecarArgs...)
 	if len(spec.App) > 0 {
 		args = append(args, "--")
 		for _, a := range spec.App {
