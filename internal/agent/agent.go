@@ -263,14 +263,18 @@ func (a *Agent) watchTokens(ctx context.Context) {
 		return // a fixed token never changes
 	}
 	for {
+		changed := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.Changed():
+			changed = true // read by a request, or Check on SIGHUP
+		case <-a.cfg.After(a.cfg.TokenPoll):
+			changed = t.Check()
+		}
+		if changed {
 			a.log.Info("join token changed", "file", t.File())
 			a.wake()
-		case <-a.cfg.After(a.cfg.TokenPoll):
-			t.Check()
 		}
 	}
 }
