@@ -313,9 +313,10 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	}
 	if usePush {
 		// Policy from the control plane's push stream, over mTLS with the
-		// workload certificate once there is one.
-		conn, err := cc.dial(ctx, true)
-		if err != nil {
+		// workload certificate once there is one (a new connection for
+		// each certificate: see agent.CertConn).
+		conn := agent.NewCertConn(store, func(ctx context.Context) (*grpc.ClientConn, error) { return cc.dial(ctx, true) })
+		if _, err := conn.Conn(ctx); err != nil {
 			return err
 		}
 		defer conn.Close()

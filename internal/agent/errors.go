@@ -78,7 +78,10 @@ func grpcStatus(err error) (*status.Status, bool) {
 type StartupError struct{ Err error }
 
 func (e *StartupError) Error() string {
-	return "agent: the CA refused the first certificate: " + caMessage(e.Err)
+	if _, ok := grpcStatus(e.Err); ok {
+		return "agent: the CA refused the first certificate: " + caMessage(e.Err)
+	}
+	return "agent: cannot get the first certificate: " + e.Err.Error()
 }
 
 func (e *StartupError) Unwrap() error { return e.Err }

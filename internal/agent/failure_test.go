@@ -3,6 +3,11 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
@@ -15,8 +20,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
@@ -171,6 +180,33 @@ func TestRevokedOwnCertificate(t *testing.T) {
 		t.Fatalf("ready before revocation: %d %s", code, body)
 	}
 
+	// A long-lived client of the control plane (as the sidecar's policy
+	// stream) on a CertConn, used once before the revocation.
+	certConn := agent.NewCertConn(a.Store(), func(ctx context.Context) (*grpc.ClientConn, error) {
+		return client.Dial(ctx, client.Options{Dir: srv.Dir(), Addr: srv.Addr(), Roots: a.Store().Bundle,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.Store().SVID().TLS, nil }})
+	})
+	defer certConn.Close()
+	// A renewal over that client: the CA checks the presented certificate
+	// (valid, not revoked) on every call.
+	callCA := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = pb.NewCertificateAuthorityClient(certConn).CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: csr})
+		return err
+	}
+	if err := callCA(); err != nil {
+		t.Fatal(err)
+	}
+
 	serial := a.Store().SVID().Serial()
 	if _, _, err := srv.CA().Revoke(serial, "", "key compromise"); err != nil {
 		t.Fatal(err)
@@ -210,6 +246,11 @@ func TestRevokedOwnCertificate(t *testing.T) {
 	waitFor(t, func() bool { code, _ := ready(); return code == 200 }, "readiness after recovery")
 	if err := a.Store().Health(); err != nil {
 		t.Fatalf("Health after recovery: %v", err)
+	}
+	// The long-lived client presents the new certificate, not the revoked
+	// one its first connection was made with.
+	if err := callCA(); err != nil {
+		t.Fatalf("call to the control plane after recovery: %v", err)
 	}
 }
 

@@ -118,6 +118,28 @@ func TestRevokedSidecarSaysSoAndRecovers(t *testing.T) {
 	}
 	m.WaitLog(t, "httpbin", 5*time.Second, `"msg":"join token changed"`)
 	waitUntil(t, 30*time.Second, "sleep to reach httpbin again", func() bool { out, _, _ := get(); return out == "200" })
+	// Its policy stream to the control plane works again too: it presents
+	// the new certificate (a connection made with the revoked one was
+	// refused for good), so a config change reaches it.
+	applied := strings.Count(m.Log("httpbin"), `"msg":"snapshot applied"`)
+	if err := m.WriteConfig("extra.yaml", `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata:
+  name: extra
+  namespace: default
+spec:
+  selector:
+    app: extra
+  ports:
+  - name: http
+    number: 9000
+    protocol: HTTP
+`); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 30*time.Second, "httpbin to apply the new config", func() bool {
+		return strings.Count(m.Log("httpbin"), `"msg":"snapshot applied"`) > applied
+	})
 	if m.Httpbin.Proc.Exited() != nil {
 		t.Fatal("httpbin's sidecar exited; recovery must not need a restart")
 	}
