@@ -104,7 +104,7 @@ exits with its status.`,
 	fl.StringVar(&f.caRoots, "ca-roots", "", "PEM roots that the control plane's certificate chains to (default CONTROL_DIR/root-cert.pem, then CERTS_DIR/root-cert.pem)")
 	fl.StringVar(&f.token, "token", "", "join token for the first certificate (prefer --token-file)")
 	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the join token (or Kubernetes token); read again on every use, so a new token written into it gets a revoked sidecar a new certificate without a restart")
-	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default)")
+	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default); renewed at about half of it from issuance, +-10% jitter, at most once per 10s. A TTL the CA refuses makes the sidecar exit 1 at start-up with the CA's message")
 	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
 	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
 	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: the control plane's push stream, or with --static-certs every port STRICT and no outbound services")
