@@ -31,14 +31,15 @@ func TestShortTTLDoesNotStormTheCA(t *testing.T) {
 		return len(entries)
 	}
 	// The sidecar is up with its first certificate. Watch the CA for 8
-	// seconds: a renewal is due 24-36 s after the issuance, so none may
-	// come (the old agent made ~480 requests in that time).
+	// seconds: renewals come 24-36 s apart, so at most one may fall in the
+	// window (on a slow start-up the first renewal may); the old agent made
+	// ~680 requests in that time.
 	before := issued()
 	time.Sleep(8 * time.Second)
 	after := issued()
 	t.Logf("certificates issued to httpbin: %d at start, %d after 8 s", before, after)
-	if after-before > 0 {
-		t.Fatalf("%d certificates issued to a --cert-ttl 1m sidecar within 8 s of its first one; want none before 24 s", after-before)
+	if after-before > 1 {
+		t.Fatalf("%d certificates issued to a --cert-ttl 1m sidecar within 8 s; want at most one (renewals 24-36 s apart)", after-before)
 	}
 	// The agent's own schedule says the same (admin /config_dump).
 	c := http.Client{Timeout: 5 * time.Second}
