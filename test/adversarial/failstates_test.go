@@ -91,10 +91,11 @@ func TestRevokedSidecarSaysSoAndRecovers(t *testing.T) {
 		t.Errorf("readiness body %q does not name the revoked serial", body)
 	}
 	// Said at error level, then again on each refused attempt, with the
-	// CA's reason and what to do.
+	// CA's reason and what to do. (The first attempt comes at least 10 s
+	// after the certificate was issued: the agent's rate floor.)
 	m.WaitLog(t, "httpbin", 10*time.Second, `"level":"ERROR"`, `own certificate revoked by the CA`, serial)
 	tokenFile := filepath.Join(m.Dir, "workloads", "httpbin", "join.token")
-	ln := m.WaitLog(t, "httpbin", 10*time.Second, `"level":"ERROR"`, `own certificate is revoked and the CA refused a new one`, `has been used 1 of 1 times`)
+	ln := m.WaitLog(t, "httpbin", 20*time.Second, `"level":"ERROR"`, `own certificate is revoked and the CA refused a new one`, `has been used 1 of 1 times`)
 	if !strings.Contains(ln, tokenFile) || !strings.Contains(ln, "meshctl token create") {
 		t.Errorf("the error log does not say how to recover: %s", ln)
 	}
