@@ -114,7 +114,9 @@ Which one to use after a compromise:
                  as requester mtls:<serial>). A renewal racing with the
                  revocation is refused. The identity's other lineages stay
                  valid. The workload whose key it was cannot renew either:
-                 restart its sidecar with a fresh join token.
+                 write a fresh join token into its sidecar's --token-file
+                 (re-read every 5s and on SIGHUP; no restart needed):
+                   meshctl token create -n NS -s SA > TOKEN_FILE
   --identity ID  the workload itself is compromised or retired (its host, its
                  join token). Revokes every unexpired certificate issued to
                  ID until now, whatever its lineage; certificates issued
