@@ -651,10 +651,17 @@ func newControlConn(f sidecarFlags, id identity.ID, store *agent.Store) (*contro
 	if c.tokens, err = agent.NewTokenSource(f.token, f.tokenFile); err != nil {
 		return nil, fmt.Errorf("--token-file: %w", err)
 	}
-	rootsFile := f.caRoots
-	if rootsFile == "" && f.controlDir != "" {
-		rootsFile = filepath.Join(f.controlDir, "root-cert.pem")
+	if f.caRoots == "" && f.controlDir != "" {
+		// The control plane's own directory: its roots and the revoked
+		// serials it wrote beside them, so a revoked control-plane
+		// certificate is refused before the first bundle arrives too (the
+		// bootstrap call carries the join token).
+		if c.initial, err = client.LoadRoots(f.controlDir, id.TrustDomain); err != nil {
+			return nil, fmt.Errorf("control plane roots: %w", err)
+		}
+		return c, nil
 	}
+	rootsFile := f.caRoots
 	if rootsFile == "" {
 		rootsFile = filepath.Join(f.certsDir, agent.RootFile)
 	}
