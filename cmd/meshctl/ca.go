@@ -98,8 +98,42 @@ bundle only when every certificate it signed has expired.`,
 	var serial, id, reason string
 	revoke := &cobra.Command{
 		Use:   "revoke",
-		Short: "revoke a certificate by --serial, or every certificate of --identity",
-		Args:  cobra.NoArgs,
+		Short: "revoke a certificate and its renewals by --serial, or every certificate of --identity",
+		Long: `revoke adds certificates to the trust bundle's revocation list. Every
+sidecar gets the list within one push and closes the connections that use
+them; the CA refuses them for renewal; clients refuse a revoked control
+plane certificate (and the control plane issues itself a new one).
+
+Which one to use after a compromise:
+
+  --serial S     one certificate's private key was stolen (a copied key.pem,
+                 a leaked backup). Revokes S and every certificate renewed
+                 from it, transitively: whoever holds the key may have
+                 renewed it already (a renewal is authenticated by the
+                 certificate it replaces; ` + "`meshctl ca issued`" + ` shows it
+                 as requester mtls:<serial>). A renewal racing with the
+                 revocation is refused. The identity's other lineages stay
+                 valid. The workload whose key it was cannot renew either:
+                 write a fresh join token into its sidecar's --token-file
+                 (re-read every 5s and on SIGHUP; no restart needed):
+                   meshctl token create -n NS -s SA > TOKEN_FILE
+  --identity ID  the workload itself is compromised or retired (its host, its
+                 join token). Revokes every unexpired certificate issued to
+                 ID until now, whatever its lineage; certificates issued
+                 afterwards are valid. Re-issue the workload from a clean
+                 state with a fresh join token:
+                   meshctl token create --namespace NS --service-account SA
+                 Join tokens created before stay usable until they are spent
+                 or expire (one use and 1h by default).
+
+A renewal never gets a longer lifetime than the first certificate of its
+lineage was allowed (the CA's default TTL, or the longer TTL that first
+issuance asked for), so a stolen certificate cannot outlive its lineage's
+lifetime by renewing itself.`,
+		Example: `  meshctl ca revoke --serial 5bba212914ce85151eedd64934f3fb97 --reason "key.pem copied"
+  meshctl ca revoke --serial "$(openssl x509 -in certs/cert-chain.pem -noout -serial | cut -d= -f2)"
+  meshctl ca revoke --identity spiffe://cluster.local/ns/default/sa/sleep --reason "host compromised"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (serial == "") == (id == "") {
 				return &exitError{2, fmt.Errorf("ca revoke: give exactly one of --serial or --identity")}
@@ -115,16 +149,42 @@ bundle only when every certificate it signed has expired.`,
 			if err != nil {
 				return rpcError("revoke", err)
 			}
+			w := cmd.OutOrStdout()
 			if len(resp.Serials) == 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "nothing new to revoke (already revoked or expired); bundle version %d\n", resp.BundleVersion)
+				fmt.Fprintf(w, "nothing new to revoke (already revoked or expired); bundle version %d\n", resp.BundleVersion)
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "revoked %d certificate(s): %s\nbundle version %d (pushed to sidecars)\n",
-				len(resp.Serials), strings.Join(resp.Serials, " "), resp.BundleVersion)
+			n := len(resp.Serials)
+			switch named := normalSerial(serial); {
+			case id != "":
+				fmt.Fprintf(w, "revoked %d certificate(s) of %s (every unexpired one issued until now)\n", n, id)
+			case resp.Serials[0] == named && n == 1:
+				fmt.Fprintf(w, "revoked 1 certificate(s): %s (no certificate was renewed from it)\n", named)
+			case resp.Serials[0] == named:
+				fmt.Fprintf(w, "revoked %d certificate(s): %s and %d renewed from it\n", n, named, n-1)
+			default:
+				fmt.Fprintf(w, "revoked %d certificate(s) renewed from %s (which was already revoked)\n", n, named)
+			}
+			// The reasons (which name the certificate each was renewed
+			// from) are in the public bundle.
+			reasons := map[string]ca.Revocation{}
+			if b, err := pb.NewCertificateAuthorityClient(conn).GetTrustBundle(ctx, &pb.GetTrustBundleRequest{}); err == nil {
+				for _, r := range b.Revocations {
+					reasons[r.Serial] = ca.Revocation{SPIFFEID: r.SpiffeId, Reason: r.Reason}
+				}
+			}
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "  SERIAL\tIDENTITY\tREASON")
+			for _, s := range resp.Serials {
+				r := reasons[s]
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", s, orDash(r.SPIFFEID), orDash(r.Reason))
+			}
+			tw.Flush()
+			fmt.Fprintf(w, "bundle version %d (pushed to sidecars)\n", resp.BundleVersion)
 			return nil
 		},
 	}
-	revoke.Flags().StringVar(&serial, "serial", "", "serial number (hex, as `meshctl cert inspect` or openssl prints it)")
+	revoke.Flags().StringVar(&serial, "serial", "", "serial number (hex, as meshctl cert inspect or openssl -serial prints it)")
 	revoke.Flags().StringVar(&id, "identity", "", "SPIFFE ID: revoke every unexpired certificate issued to it")
 	revoke.Flags().StringVar(&reason, "reason", "", "reason recorded with the revocation")
 
@@ -156,6 +216,13 @@ func printStatus(w io.Writer, st *ca.Status) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.State, short(r.Fingerprint), r.Subject, r.NotAfter.Format("2006-01-02"), note)
 	}
 	tw.Flush()
+}
+
+// normalSerial writes a serial as the CA does: lowercase hex, no 0x, no
+// colons, no leading zeros.
+func normalSerial(s string) string {
+	s = strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), "0x"))
+	return strings.TrimLeft(strings.ReplaceAll(s, ":", ""), "0")
 }
 
 func short(fp string) string {

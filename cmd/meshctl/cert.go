@@ -144,7 +144,7 @@ the chain does not verify.`,
 	inspect.Flags().StringVar(&rootFile, "root", "", "root certificate(s) to verify against (default: root-cert.pem beside FILE, if present)")
 	inspect.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 
-	certCmd.AddCommand(issue, inspect)
+	certCmd.AddCommand(issue, inspect, certRenewCmd())
 	root.AddCommand(certCmd)
 }
 

@@ -46,6 +46,12 @@ SKIP, and exits 1 if any check fails:
   - every root in the trust bundle is valid (WARN under 30 days left);
   - the mesh mode (authPolicy) and the policies and destination rules, with
     any CONFLICT between a server's mode and its clients' (as tls-check);
+  - the config directory: FAIL while a file in it is rejected (empty,
+    unparsable or invalid; the last good config stays in force), naming
+    the file and the error;
+  - self-registrations refused: a sidecar whose labels a Service selects
+    but whose identity the Service does not allow (spec.serviceAccounts)
+    is not its endpoint (FAIL, with the identity and the reason);
   - every registered workload with a sidecar: the certificate its sidecar
     serves chains to the bundle, is valid now, carries the identity of the
     workload's service account, is not revoked, and how long it has left
@@ -107,9 +113,17 @@ const rootWarnWindow = 30 * 24 * time.Hour
 // checkState is what GetState returns: the config, the registry and the
 // sidecars connected to the push stream.
 type checkState struct {
-	Config   *config.Config `json:"config"`
-	Registry registry.State `json:"registry"`
-	Sidecars []checkSidecar `json:"sidecars"`
+	ConfigVersion uint64         `json:"configVersion"`
+	Config        *config.Config `json:"config"`
+	Registry      registry.State `json:"registry"`
+	Sidecars      []checkSidecar `json:"sidecars"`
+	// ConfigRejected is set while the control plane's config directory
+	// holds content it rejected (the last good config is in force).
+	ConfigRejected *struct {
+		Dir    string    `json:"dir"`
+		At     time.Time `json:"at"`
+		Errors []string  `json:"errors"`
+	} `json:"configRejected,omitempty"`
 }
 
 // checkSidecar is one connected sidecar as the control plane sees it: the
@@ -202,10 +216,19 @@ func runChecks(ctx context.Context) []checkResult {
 	if cfg == nil {
 		cfg = &config.Config{}
 	}
+	if rej := state.ConfigRejected; rej != nil {
+		add("config directory", checkFail, "%s is rejected since %s; the last good config (version %d) stays in force until it is fixed: %s",
+			rej.Dir, rej.At.Local().Format(time.RFC3339), state.ConfigVersion, strings.Join(rej.Errors, "; "))
+	}
 	add("mesh mode", checkPass, "authPolicy %s (trust domain %s)", cfg.AuthPolicy(), cfg.TrustDomain())
 	reg := registry.FromState(state.Registry)
 	eng := policy.New(cfg, reg)
 	add("policies and destination rules", checkPass, "%d authentication policies, %d destination rules", len(cfg.Policies), len(cfg.DestinationRules))
+	// Registration is closed by default: a sidecar that claims a service
+	// whose Service does not allow its identity is not its endpoint.
+	for _, r := range eng.Refusals() {
+		add("registration "+r.Workload+" -> "+r.Service, checkFail, "%s is not an endpoint of %s: %s", r.SPIFFEID, r.Service, r.Reason)
+	}
 	rows := eng.TLSCheck(nil)
 	for _, r := range rows {
 		name := fmt.Sprintf("tls-check %s:%d", r.Host, r.Port)

@@ -106,12 +106,12 @@ exits with its status.`,
 	fl.StringVar(&f.controlDir, "control-dir", "", "control plane state dir, to read control.addr and root-cert.pem")
 	fl.StringVar(&f.caRoots, "ca-roots", "", "PEM roots that the control plane's certificate chains to (default CONTROL_DIR/root-cert.pem, then CERTS_DIR/root-cert.pem)")
 	fl.StringVar(&f.token, "token", "", "join token for the first certificate (prefer --token-file)")
-	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the join token")
-	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default)")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the join token (or Kubernetes token); read again on every use, so a new token written into it gets a revoked sidecar a new certificate without a restart")
+	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default); renewed at about half of it from issuance, +-10% jitter, at most once per 10s. A TTL the CA refuses makes the sidecar exit 1 at start-up with the CA's message")
 	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
 	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
 	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: the control plane's push stream, or with --static-certs every port STRICT and no outbound services")
-	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry; repeatable")
+	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry, where Service selectors match it (self-registration, no Workload YAML needed); the Service must allow this identity (spec.serviceAccounts); repeatable")
 	fl.StringVar(&f.address, "address", "", "workload address for the registry (default: as the control plane sees the connection)")
 	fl.StringArrayVar(&f.inbound, "inbound", nil, "explicit inbound listener LISTEN=APP, e.g. 18000=127.0.0.1:8000 (the app's port names the policy port); repeatable")
 	fl.StringArrayVar(&f.upstreams, "upstream", nil, "explicit outbound TCP port LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306; serves loopback clients only (and --outbound-uid), whatever address it binds; repeatable")
@@ -295,6 +295,9 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		OnRefused: func(what, reason string) { metrics.CertUpdates.WithLabelValues(what, "refused", reason).Inc() },
 	})
 	var ag *agent.Agent
+	// agentDone reports an agent that gave up: the CA refused the first
+	// certificate for good (agent.StartupError); the sidecar exits with it.
+	agentDone := make(chan error, 1)
 	usePush := f.snapshot == "" && (!f.staticCerts || f.control != "" || f.controlDir != "")
 	var cc *controlConn
 	if !f.staticCerts || usePush {
@@ -309,18 +312,19 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 	} else {
 		ag, err = agent.New(agent.Config{
 			ID: id, Dir: f.certsDir, Connect: cc.connectCA, Store: store, TTL: f.certTTL,
-			Log: log.With("component", "agent"), Registerer: reg,
+			Tokens: cc.tokens, Log: log.With("component", "agent"), Registerer: reg,
 		})
 		if err != nil {
 			return err
 		}
-		go ag.Run(ctx)
+		go func() { agentDone <- ag.Run(ctx) }()
 	}
 	if usePush {
 		// Policy from the control plane's push stream, over mTLS with the
-		// workload certificate once there is one.
-		conn, err := cc.dial(ctx, true)
-		if err != nil {
+		// workload certificate once there is one (a new connection for
+		// each certificate: see agent.CertConn).
+		conn := agent.NewCertConn(store, func(ctx context.Context) (*grpc.ClientConn, error) { return cc.dial(ctx, true) })
+		if _, err := conn.Conn(ctx); err != nil {
 			return err
 		}
 		defer conn.Close()
@@ -470,6 +474,9 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				reload(log, f, cfgStore, store, metrics)
+				if cc != nil && cc.tokens.Check() {
+					log.Info("join token file re-read on SIGHUP", "file", f.tokenFile)
+				}
 				continue
 			}
 			log.Info("shutting down", "signal", sig.String())
@@ -482,6 +489,19 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 				}
 			}
 			return nil
+		case err := <-agentDone:
+			if err == nil {
+				continue
+			}
+			if child != nil {
+				child.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-childDone:
+				case <-time.After(10 * time.Second):
+					child.Process.Kill()
+				}
+			}
+			return err
 		case err := <-childDone:
 			var ee *exec.ExitError
 			if errors.As(err, &ee) {
@@ -625,7 +645,7 @@ func loadStaticCerts(store *agent.Store, dir, td string) error {
 // join token.
 type controlConn struct {
 	addr, dir string
-	token     string
+	tokens    *agent.TokenSource
 	initial   *identity.Bundle
 	store     *agent.Store
 }
@@ -635,18 +655,23 @@ func newControlConn(f sidecarFlags, id identity.ID, store *agent.Store) (*contro
 	if c.dir == "" {
 		c.dir = f.certsDir // client.Dial reads control.addr from it if present
 	}
-	c.token = f.token
-	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("--token-file: %w", err)
+	// The token file is read again on every use, so a new join token
+	// written into it (or a rotated Kubernetes token) is picked up.
+	var err error
+	if c.tokens, err = agent.NewTokenSource(f.token, f.tokenFile); err != nil {
+		return nil, fmt.Errorf("--token-file: %w", err)
+	}
+	if f.caRoots == "" && f.controlDir != "" {
+		// The control plane's own directory: its roots and the revoked
+		// serials it wrote beside them, so a revoked control-plane
+		// certificate is refused before the first bundle arrives too (the
+		// bootstrap call carries the join token).
+		if c.initial, err = client.LoadRoots(f.controlDir, id.TrustDomain); err != nil {
+			return nil, fmt.Errorf("control plane roots: %w", err)
 		}
-		c.token = strings.TrimSpace(string(b))
+		return c, nil
 	}
 	rootsFile := f.caRoots
-	if rootsFile == "" && f.controlDir != "" {
-		rootsFile = filepath.Join(f.controlDir, "root-cert.pem")
-	}
 	if rootsFile == "" {
 		rootsFile = filepath.Join(f.certsDir, agent.RootFile)
 	}
@@ -681,10 +706,11 @@ func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, er
 			return &tls.Certificate{}, nil
 		}
 	} else {
-		if c.token == "" {
-			return nil, errors.New("no valid certificate and no join token (--token or --token-file)")
+		tok, err := c.tokens.Token()
+		if err != nil {
+			return nil, err
 		}
-		o.Token = c.token
+		o.Token = tok
 	}
 	return client.Dial(ctx, o)
 }

@@ -12,6 +12,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -57,15 +58,28 @@ type Config struct {
 	// TTL is the certificate lifetime to ask for (0: the CA's default).
 	TTL time.Duration
 	// RenewFraction of the lifetime after which to renew (default 0.5), with
-	// Jitter (default 0.1) of the lifetime added or removed at random so a
-	// fleet does not renew in lockstep.
+	// Jitter (default 0.1; negative: none) of the lifetime added or removed
+	// at random so a fleet does not renew in lockstep. The lifetime runs
+	// from the issuance (when the agent received the certificate) to
+	// NotAfter, not from the CA's back-dated NotBefore.
 	RenewFraction float64
 	Jitter        float64
+	// MinRenewInterval is the least time between two certificates, whatever
+	// the lifetime (default 10s): it bounds what one agent can cost the CA.
+	MinRenewInterval time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after a CA failure
-	// (defaults 500ms and 30s).
+	// (defaults 500ms and 30s). A permanent refusal (see Permanent) is
+	// retried after MaxBackoff, or at once when the token changes.
 	MinBackoff, MaxBackoff time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
+	// Tokens is the bootstrap credential the ConnectFunc uses; the agent
+	// polls it every TokenPoll (default 5s) and retries at once when it
+	// changes. May be nil.
+	Tokens    *TokenSource
+	TokenPoll time.Duration
+	// Now is the clock; nil means time.Now. After waits on that clock; nil
+	// means time.After. Tests drive both.
+	Now   func() time.Time
+	After func(time.Duration) <-chan time.Time
 	// Log; nil discards.
 	Log *slog.Logger
 	// Registerer for the agent's metrics; nil keeps them unexported.
@@ -83,9 +97,14 @@ type Agent struct {
 	expiry   prometheus.Gauge
 	bundles  *prometheus.CounterVec
 
+	// kick wakes the renewal loop: the bundle revoked our certificate, or
+	// the token changed.
+	kick chan struct{}
+
 	mu        sync.Mutex
 	lastError string
 	lastRenew time.Time
+	nextTry   time.Time
 }
 
 // New checks cfg and fills defaults.
@@ -108,8 +127,23 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.RenewFraction <= 0 || cfg.RenewFraction >= 1 {
 		cfg.RenewFraction = 0.5
 	}
-	if cfg.Jitter < 0 || cfg.Jitter >= cfg.RenewFraction {
+	switch {
+	case cfg.Jitter == 0:
 		cfg.Jitter = 0.1
+	case cfg.Jitter < 0:
+		cfg.Jitter = 0
+	}
+	if cfg.Jitter >= cfg.RenewFraction || cfg.Jitter >= 1-cfg.RenewFraction {
+		cfg.Jitter = min(cfg.RenewFraction, 1-cfg.RenewFraction) / 2
+	}
+	if cfg.MinRenewInterval <= 0 {
+		cfg.MinRenewInterval = 10 * time.Second
+	}
+	if cfg.TokenPoll <= 0 {
+		cfg.TokenPoll = 5 * time.Second
+	}
+	if cfg.After == nil {
+		cfg.After = time.After
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 500 * time.Millisecond
@@ -117,7 +151,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = 30 * time.Second
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, now: cfg.Now}
+	a := &Agent{cfg: cfg, log: cfg.Log, now: cfg.Now, kick: make(chan struct{}, 1)}
 	a.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshauth_agent_certificate_requests_total",
 		Help: "CSRs sent to the CA, by kind (bootstrap|renewal) and result (ok|error).",
@@ -154,7 +188,35 @@ func (a *Agent) Status() map[string]any {
 	if s := a.store.SVID(); s != nil {
 		st["renew_at"] = a.renewAt(s).UTC()
 	}
+	if !a.nextTry.IsZero() {
+		st["next_attempt"] = a.nextTry.UTC()
+	}
+	if err := a.store.Health(); err != nil {
+		st["problem"] = err.Error()
+	}
 	return st
+}
+
+// RenewAt returns when the current certificate is due for renewal (zero
+// before the first one).
+func (a *Agent) RenewAt() time.Time {
+	if s := a.store.SVID(); s != nil {
+		return a.renewAt(s)
+	}
+	return time.Time{}
+}
+
+func (a *Agent) setNext(t time.Time) {
+	a.mu.Lock()
+	a.nextTry = t
+	a.mu.Unlock()
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (a *Agent) setErr(err error) {
@@ -170,101 +232,196 @@ func (a *Agent) setErr(err error) {
 
 // Run obtains a certificate (reusing a still-valid one from the certs
 // directory after a restart), then keeps it renewed and the bundle current
-// until ctx ends. It returns only when ctx is done.
+// until ctx ends, and returns nil then. It returns a *StartupError early
+// when there is no certificate and the CA refuses the first one for a
+// reason retrying cannot fix (a TTL over the CA's maximum, a used-up or
+// unknown join token): the sidecar exits with the CA's message.
 func (a *Agent) Run(ctx context.Context) error {
 	if a.store.SVID() == nil {
 		if err := a.loadFiles(); err != nil {
 			a.log.Info("no reusable certificate in the certs directory; bootstrapping", "dir", a.cfg.Dir, "reason", err.Error())
 		}
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); a.watchBundle(ctx) }()
-	a.rotate(ctx)
+	go func() { defer wg.Done(); a.watchTokens(ctx) }()
+	err := a.rotate(ctx)
+	cancel()
 	wg.Wait()
-	return ctx.Err()
+	return err
 }
 
-// rotate is the renewal loop: sleep until the renewal time, ask the CA, and
-// on failure retry with capped exponential backoff. The current certificate
-// stays in use the whole time.
-func (a *Agent) rotate(ctx context.Context) {
-	backoff := a.cfg.MinBackoff
+// watchTokens polls the token file and wakes the renewal loop when the token
+// changes (an operator wrote a new join token after a revocation, or
+// kubelet rotated a projected service-account token).
+func (a *Agent) watchTokens(ctx context.Context) {
+	t := a.cfg.Tokens
+	if t.File() == "" {
+		return // a fixed token never changes
+	}
 	for {
-		var wait time.Duration
-		if s := a.store.SVID(); s != nil {
-			wait = a.renewAt(s).Sub(a.now())
+		changed := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.Changed():
+			changed = true // read by a request, or Check on SIGHUP
+		case <-a.cfg.After(a.cfg.TokenPoll):
+			changed = t.Check()
 		}
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
+		if changed {
+			a.log.Info("join token changed", "file", t.File())
+			a.wake()
+		}
+	}
+}
+
+// rotate is the renewal loop. It requests a certificate when there is none,
+// when the current one reaches its renewal time (issuance + lifetime x
+// (fraction +- jitter)), or at once when the bundle says it is revoked; never
+// sooner than MinRenewInterval after the last certificate. A failure is
+// retried with jittered exponential backoff (a permanent refusal after
+// MaxBackoff, or when the token changes), and the current certificate stays
+// in use the whole time. A permanent refusal with no certificate at all ends
+// the loop with a *StartupError.
+func (a *Agent) rotate(ctx context.Context) error {
+	backoff := a.cfg.MinBackoff
+	var retryAt, lastCert, lastTry time.Time
+	for {
+		s := a.store.SVID()
+		var at time.Time
+		switch {
+		case !retryAt.IsZero():
+			at = retryAt
+		case s == nil:
+			at = a.now()
+		case a.store.Revoked():
+			at = lastCert.Add(a.cfg.MinRenewInterval)
+		default:
+			at = a.renewAt(s)
+			if !lastCert.IsZero() {
+				at = later(at, lastCert.Add(a.cfg.MinRenewInterval))
 			}
 		}
+		a.setNext(at)
+		if wait := at.Sub(a.now()); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.cfg.After(wait):
+			case <-a.kick:
+				// Something changed (revocation, a new token): look again,
+				// but no sooner than MinBackoff after the last attempt.
+				if !retryAt.IsZero() {
+					retryAt = later(a.now(), lastTry.Add(a.cfg.MinBackoff))
+				}
+				continue
+			}
+		}
+		lastTry = a.now()
 		err := a.renew(ctx)
 		a.setErr(err)
 		if err == nil {
 			backoff = a.cfg.MinBackoff
+			retryAt = time.Time{}
+			lastCert = a.now()
+			a.store.SetProblem(nil)
 			continue
 		}
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
-		s := a.store.SVID()
-		attrs := []any{"error", err.Error(), "retry_in", backoff.String()}
-		if s != nil {
-			attrs = append(attrs, "serial", s.Serial(), "expires", s.NotAfter().UTC().Format(time.RFC3339))
+		permanent := Permanent(err)
+		if permanent && s == nil {
+			a.log.Error("the CA refused the first certificate; not retrying", "error", caMessage(err), "ttl", a.cfg.TTL.String())
+			return &StartupError{Err: err}
 		}
-		a.log.Warn("certificate request failed; keeping the current certificate and retrying", attrs...)
-		t := time.NewTimer(withJitter(backoff))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		wait := withJitter(backoff)
+		if permanent {
+			wait = a.cfg.MaxBackoff
 		}
+		retryAt = a.now().Add(wait)
 		backoff = min(2*backoff, a.cfg.MaxBackoff)
+		cur := a.store.SVID()
+		attrs := []any{"error", caMessage(err), "retry_in", wait.String()}
+		if cur != nil {
+			attrs = append(attrs, "serial", cur.Serial(), "expires", cur.NotAfter().UTC().Format(time.RFC3339))
+		}
+		switch {
+		case a.store.Revoked():
+			a.store.SetProblem(fmt.Errorf("the CA refused a new certificate: %s", caMessage(err)))
+			a.log.Error("own certificate is revoked and the CA refused a new one; "+a.recoveryHint(), attrs...)
+		case permanent:
+			a.store.SetProblem(fmt.Errorf("the CA refuses to renew the workload certificate: %s", caMessage(err)))
+			a.log.Error("the CA refused to renew the certificate; keeping the current one until it expires and retrying", attrs...)
+		default:
+			a.log.Warn("certificate request failed; keeping the current certificate and retrying", attrs...)
+		}
 	}
+}
+
+// recoveryHint tells the operator how to get a revoked sidecar a new
+// certificate without restarting it.
+func (a *Agent) recoveryHint() string {
+	if f := a.cfg.Tokens.File(); f != "" {
+		return fmt.Sprintf("write a new join token into %s (meshctl token create -n %s -s %s > %s); it is read again when it changes", f, a.cfg.ID.Namespace, a.cfg.ID.ServiceAccount, f)
+	}
+	return "restart the sidecar with a new join token (--token-file is read again when it changes)"
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func withJitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// renewAt is NotBefore + lifetime*(fraction ± jitter).
+// renewAt is issuance + lifetime*(fraction +- jitter), where the lifetime
+// runs from the issuance to NotAfter. The CA back-dates NotBefore (by a
+// minute) for clock skew, so NotBefore is not the start: with a 1-minute TTL
+// NotBefore + half of NotAfter-NotBefore is the issuance itself, and an
+// agent that counted from it renewed in a tight loop. For a certificate read
+// from files the issuance is estimated (see loadFiles), never before
+// NotBefore.
 func (a *Agent) renewAt(s *SVID) time.Time {
 	l := s.Leaf()
-	life := l.NotAfter.Sub(l.NotBefore)
+	start := later(s.IssuedAt, l.NotBefore)
+	life := l.NotAfter.Sub(start)
 	f := a.cfg.RenewFraction
 	if a.cfg.Jitter > 0 {
 		// Deterministic per certificate (serial-seeded), so Status and the
-		// loop agree on the time.
+		// loop agree on the time; serials are random, so a fleet spreads.
 		r := rand.New(rand.NewPCG(l.SerialNumber.Uint64(), 0x6d657368))
 		f += (r.Float64()*2 - 1) * a.cfg.Jitter
 	}
-	return l.NotBefore.Add(time.Duration(float64(life) * f))
+	return start.Add(time.Duration(float64(life) * f))
 }
 
 // renew makes a new key and CSR and has the CA sign it: over mTLS with the
-// current certificate when there is a valid one, else with the join token.
+// current certificate when there is a valid, unrevoked one, else with the
+// bootstrap token. When the CA refuses the certificate itself (revoked by a
+// bundle the agent has not seen yet), the token is tried too.
 func (a *Agent) renew(ctx context.Context) error {
 	cur := a.store.SVID()
-	mtls := cur != nil && a.now().Before(cur.NotAfter())
+	mtls := cur != nil && a.now().Before(cur.NotAfter()) && !a.store.Revoked()
 	kind := "bootstrap"
 	if mtls {
 		kind = "renewal"
 	}
 	err := a.request(ctx, mtls)
-	if err != nil && mtls {
-		// The CA may refuse a revoked certificate; the join token (if it is
-		// still good) is the way back in.
+	if err != nil && mtls && callerRefused(err) {
 		if err2 := a.request(ctx, false); err2 == nil {
 			err = nil
 		} else {
-			err = fmt.Errorf("%w; with join token: %w", err, err2)
+			// The token's answer decides what happens next.
+			err = fmt.Errorf("%w (with the current certificate: %s)", err2, caMessage(err))
 		}
 	}
 	result := "ok"
@@ -307,6 +464,7 @@ func (a *Agent) request(ctx context.Context, mtls bool) error {
 	if err != nil {
 		return fmt.Errorf("agent: CA response: %w", err)
 	}
+	svid.IssuedAt = a.now()
 	var bundle *identity.Bundle
 	if cur := a.store.Bundle(); cur != nil {
 		bundle = cur
@@ -439,10 +597,10 @@ func (a *Agent) watchOnce(ctx context.Context) (bool, error) {
 		a.bundles.WithLabelValues("applied").Inc()
 		a.log.Info("trust bundle updated", "version", b.Version, "roots", len(b.Roots), "revoked", len(b.Revoked))
 		if s := a.store.SVID(); s != nil && b.IsRevoked(s.Serial()) {
-			// Our own certificate was revoked: get a new one now, not at
-			// the next renewal time.
-			a.log.Warn("own certificate revoked; requesting a new one", "serial", s.Serial())
-			go func() { a.setErr(a.renew(ctx)) }()
+			// Our own certificate was revoked: peers refuse it from now on.
+			// Get a new one now, not at the next renewal time.
+			a.log.Error("own certificate revoked by the CA; requesting a new one", "serial", s.Serial(), "bundle_version", b.Version)
+			a.wake()
 		}
 		if err := a.writeFiles(); err != nil {
 			a.log.Warn("writing certs directory failed", "error", err.Error())
@@ -451,7 +609,11 @@ func (a *Agent) watchOnce(ctx context.Context) (bool, error) {
 }
 
 // loadFiles reuses the certificate in the certs directory if it is for our
-// identity, matches its key and is not past its renewal time.
+// identity, matches its key and is valid now; if it is past its renewal
+// time the loop renews it over mTLS at once (the join token is single-use,
+// so bootstrapping again is the last resort). Its issuance is estimated as
+// the chain file's modification time (the agent writes it right after
+// issuance and never rewrites it unchanged), within NotBefore and now.
 func (a *Agent) loadFiles() error {
 	if a.cfg.NoFiles {
 		return errors.New("files disabled")
@@ -472,8 +634,14 @@ func (a *Agent) loadFiles() error {
 	if err != nil {
 		return err
 	}
-	if !a.now().Before(a.renewAt(s)) {
-		return fmt.Errorf("certificate serial %s is past its renewal time", s.Serial())
+	if !a.now().Before(s.NotAfter()) {
+		return fmt.Errorf("certificate serial %s expired at %s", s.Serial(), s.NotAfter().UTC().Format(time.RFC3339))
+	}
+	if fi, err := os.Stat(filepath.Join(a.cfg.Dir, ChainFile)); err == nil {
+		s.IssuedAt = fi.ModTime()
+		if now := a.now(); s.IssuedAt.After(now) {
+			s.IssuedAt = now
+		}
 	}
 	b, err := identity.NewBundle(a.cfg.ID.TrustDomain, 0, []string{string(roots)}, nil)
 	if err != nil {
@@ -482,7 +650,8 @@ func (a *Agent) loadFiles() error {
 	if err := a.store.Set(s, b); err != nil {
 		return err
 	}
-	a.log.Info("reusing certificate from the certs directory", "spiffe_id", s.URI, "serial", s.Serial())
+	a.log.Info("reusing certificate from the certs directory", "spiffe_id", s.URI, "serial", s.Serial(),
+		"renew_at", a.renewAt(s).UTC().Format(time.RFC3339))
 	return nil
 }
 
@@ -500,7 +669,8 @@ func (a *Agent) writeFiles() error {
 }
 
 // WriteFiles writes cert-chain.pem, key.pem (0600) and root-cert.pem into dir
-// atomically.
+// atomically. A file that already holds the same bytes is left alone, so the
+// chain's modification time stays the issuance time (loadFiles).
 func WriteFiles(dir string, s *SVID, b *identity.Bundle) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("agent: certs dir: %w", err)
@@ -514,6 +684,12 @@ func WriteFiles(dir string, s *SVID, b *identity.Bundle) error {
 		{ChainFile, s.ChainPEM, 0o644},
 		{RootFile, b.RootsPEM(), 0o644},
 	} {
+		p := filepath.Join(dir, f.name)
+		if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, f.data) {
+			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm() == f.mode {
+				continue
+			}
+		}
 		if err := writeAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}

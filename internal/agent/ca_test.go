@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
@@ -24,6 +25,7 @@ import (
 // stop and start again on the same address and state directory.
 type controlPlane struct {
 	dir, addr string
+	caCfg     ca.Config
 	srv       *control.Server
 	cancel    context.CancelFunc
 	done      chan error
@@ -35,7 +37,7 @@ func (c *controlPlane) start(t *testing.T) {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
-	srv, err := control.New(control.Config{Dir: c.dir, Listen: listen, Log: slog.New(slog.DiscardHandler)})
+	srv, err := control.New(control.Config{Dir: c.dir, Listen: listen, CA: c.caCfg, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +105,8 @@ func startAgent(t *testing.T, ctx context.Context, cp *controlPlane, id identity
 	dir := filepath.Join(t.TempDir(), "certs")
 	a, err := agent.New(agent.Config{
 		ID: id, Dir: dir, Connect: connect, Store: store, TTL: time.Minute,
-		RenewFraction: 0.02, Jitter: 0.005, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+		RenewFraction: 0.02, Jitter: 0.005, MinRenewInterval: 100 * time.Millisecond,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

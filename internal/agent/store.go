@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,10 @@ type Store struct {
 	// OnRefused, if set, is called with a reason label for every refusal
 	// (metrics hook).
 	onRefused func(what, reason string)
+
+	// problem is what the agent reports about the certificate's future (the
+	// CA refuses to renew it); nil when there is none.
+	problem atomic.Pointer[error]
 }
 
 // StoreConfig configures NewStore.
@@ -165,6 +170,41 @@ func (s *Store) Set(v *SVID, b *identity.Bundle) error {
 	s.svid.Store(v)
 	s.notify()
 	return nil
+}
+
+// SetProblem records why the current certificate cannot be renewed (nil
+// clears it). Health reports it, and so the sidecar's readiness.
+func (s *Store) SetProblem(err error) {
+	if err == nil {
+		s.problem.Store(nil)
+		return
+	}
+	s.problem.Store(&err)
+}
+
+// Health says why the current certificate should not be relied on, or nil:
+// the trust bundle lists its serial as revoked (peers refuse it), or the
+// agent's last problem (SetProblem). The proxy's readiness
+// (/healthz/ready) fails with this reason.
+func (s *Store) Health() error {
+	var msgs []string
+	if v, b := s.SVID(), s.Bundle(); v != nil && b != nil && b.IsRevoked(v.Serial()) {
+		msgs = append(msgs, fmt.Sprintf("workload certificate serial %s is revoked (trust bundle version %d); peers refuse it", v.Serial(), b.Version))
+	}
+	if p := s.problem.Load(); p != nil {
+		msgs = append(msgs, (*p).Error())
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// Revoked reports whether the current certificate's serial is in the
+// current bundle's revocations.
+func (s *Store) Revoked() bool {
+	v, b := s.SVID(), s.Bundle()
+	return v != nil && b != nil && b.IsRevoked(v.Serial())
 }
 
 func (s *Store) refuse(what string, err error) {

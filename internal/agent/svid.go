@@ -32,6 +32,11 @@ type SVID struct {
 	// ChainPEM and KeyPEM are the contents of cert-chain.pem and key.pem.
 	ChainPEM []byte
 	KeyPEM   []byte
+	// IssuedAt is when the agent got the certificate from the CA, by its
+	// own clock: the start of the lifetime the renewal time is computed
+	// from (NotBefore is back-dated by the CA for clock skew). Zero for a
+	// certificate read from files; the agent estimates it then.
+	IssuedAt time.Time
 }
 
 // Leaf returns the workload certificate.

@@ -34,6 +34,10 @@ func (c *CA) CreateJoinToken(id identity.ID, ttl time.Duration, uses int) (*Join
 	if id.TrustDomain != c.td {
 		return nil, refuse(KindInvalid, ReasonForeignTrustDomain, "identity %s is not in this CA's trust domain %q", id, c.td)
 	}
+	if c.reserved(id) {
+		c.log.Warn("refused join token", "spiffe_id", id.String(), "reason", ReasonReservedIdentity)
+		return nil, refuse(KindDenied, ReasonReservedIdentity, "%s is the control plane's own identity: a workload holding it could serve the CA, Discovery and Admin APIs to every sidecar; the control plane issues its own certificate, no join token can prove it", id)
+	}
 	if ttl == 0 {
 		ttl = time.Hour
 	}
@@ -93,7 +97,7 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 		return nil, 0, err
 	}
 	for _, r := range added {
-		c.log.Warn("revoked certificate", "serial", r.Serial, "spiffe_id", r.SPIFFEID, "reason", reason, "bundle_version", version)
+		c.log.Warn("revoked certificate", "serial", r.Serial, "spiffe_id", r.SPIFFEID, "reason", r.Reason, "bundle_version", version)
 	}
 	return added, version, nil
 }

@@ -70,7 +70,8 @@ func (c *CA) MTLSAuthenticator() Authenticator {
 			return Caller{}, &Error{Kind: KindUnauthenticated, Reason: ReasonCallerCert,
 				Msg: "client certificate refused (" + identity.Reason(err) + "): " + err.Error(), Err: err}
 		}
-		return Caller{ID: id, Method: "mtls", Subject: identity.SerialHex(cred.PeerCertificates[0])}, nil
+		leaf := cred.PeerCertificates[0]
+		return Caller{ID: id, Method: "mtls", Subject: identity.SerialHex(leaf), presented: leaf}, nil
 	})
 }
 

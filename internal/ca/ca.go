@@ -86,6 +86,12 @@ type Config struct {
 	// revoking an identity this CA never signed for is not an error: another
 	// replica may have.
 	OnRevokeIdentity func(spiffeID string, at time.Time, reason string)
+	// Reserved identities are signed only for the CA's own process
+	// (Caller{Method: "self"} with no Subject): the control plane's own
+	// identity, which every client trusts to serve the CA, Discovery and
+	// Admin APIs. No join token, ServiceAccount token, renewal or
+	// controller acting for a ServiceAccount can get a certificate for one.
+	Reserved []identity.ID
 	// LogRetention keeps an issuance log record this long after its
 	// certificate expired; Tick prunes older ones (at most once an hour).
 	// 0 keeps the log forever.
@@ -470,6 +476,10 @@ type Caller struct {
 	// tokenHash is set by the join-token authenticator: one use is spent in
 	// the transaction that logs the issuance.
 	tokenHash string
+	// presented is the verified leaf an mTLS (renewal) caller presented;
+	// its lifetime bounds the renewal when the issuance log does not know
+	// it (see renewalLimit).
+	presented *x509.Certificate
 }
 
 func (c Caller) requester() string {
@@ -525,9 +535,26 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 	if caller.ID.TrustDomain != c.td {
 		return nil, refuse(KindDenied, ReasonForeignTrustDomain, "caller identity %s is not in trust domain %q", caller.ID, c.td)
 	}
+	if c.reserved(caller.ID) && (caller.Method != "self" || caller.Subject != "") {
+		return nil, refuse(KindDenied, ReasonReservedIdentity, "%s is the control plane's own identity: only the control plane issues certificates for it (requester %s)", caller.ID, caller.requester())
+	}
 	ttl, err := c.checkTTL(ttl)
 	if err != nil {
 		return nil, err
+	}
+	// The lifetime every renewal of this certificate may keep: what the
+	// first issuance of the lineage was allowed, never more.
+	granted := max(ttl, c.cfg.DefaultTTL)
+	if caller.Method == "mtls" {
+		limit, basis, err := c.renewalLimit(caller)
+		if err != nil {
+			return nil, err
+		}
+		if ttl > limit {
+			return nil, refuse(KindInvalid, ReasonTTL, "requested TTL %s is over the %s a renewal of certificate %s may have (%s): a renewal never gets a longer lifetime than its lineage's first issuance was allowed; ask for %s or less (0 = the CA's default, %s), or get a new certificate with a join token",
+				ttl, limit, caller.Subject, basis, limit, c.cfg.DefaultTTL)
+		}
+		granted = limit
 	}
 	csr, err := ParseCSR(csrData)
 	if err != nil {
@@ -583,6 +610,7 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 			Serial: hexSerial, SPIFFEID: caller.ID.String(),
 			NotBefore: notBefore.Unix(), NotAfter: notAfter.Unix(), IssuedAt: now.Unix(),
 			Requester: caller.requester(), Authority: a.id,
+			GrantedTTL: int64(granted / time.Second),
 		}
 		err = c.store.recordIssuance(rec, serial.Bytes(), caller.tokenHash, now)
 		if errors.Is(err, errSerialExists) && attempt < 3 {
@@ -609,6 +637,48 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 			NotBefore: notBefore, NotAfter: notAfter, Leaf: der,
 		}, nil
 	}
+}
+
+func (c *CA) reserved(id identity.ID) bool {
+	for _, r := range c.cfg.Reserved {
+		if r == id {
+			return true
+		}
+	}
+	return false
+}
+
+// renewalLimit is the longest TTL an mTLS renewal by caller may ask for,
+// and what it is based on (for the refusal message): the TTL granted to
+// the presented certificate's lineage when it started, from the issuance
+// log. For a certificate logged before grants were recorded it is the
+// larger of the default TTL and that certificate's own lifetime; for one
+// this CA did not log (another replica signed it, on Kubernetes) the larger
+// of the default TTL and the presented certificate's lifetime. Never over
+// MaxTTL.
+func (c *CA) renewalLimit(caller Caller) (time.Duration, string, error) {
+	rec, err := c.store.issuedRecord(caller.Subject)
+	if err != nil {
+		return 0, "", internal("read issuance log", err)
+	}
+	var limit time.Duration
+	var basis string
+	switch {
+	case rec != nil && rec.GrantedTTL > 0:
+		limit = time.Duration(rec.GrantedTTL) * time.Second
+		basis = "granted when its lineage started"
+	case rec != nil:
+		limit = max(c.cfg.DefaultTTL, time.Duration(rec.NotAfter-rec.IssuedAt)*time.Second)
+		basis = "its own lifetime, or the CA's default TTL if longer"
+	case caller.presented != nil:
+		life := caller.presented.NotAfter.Sub(caller.presented.NotBefore) - c.cfg.Backdate
+		limit = max(c.cfg.DefaultTTL, life.Truncate(time.Second))
+		basis = "its own lifetime, or the CA's default TTL if longer"
+	default:
+		limit = c.cfg.DefaultTTL
+		basis = "the CA's default TTL"
+	}
+	return min(limit, c.cfg.MaxTTL), basis, nil
 }
 
 // hashToken returns the store key of a join token secret.

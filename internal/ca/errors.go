@@ -96,6 +96,7 @@ const (
 	ReasonTokenUsedUp        = "token_used_up"
 	ReasonCallerCert         = "caller_cert_invalid"
 	ReasonInternal           = "internal"
+	ReasonReservedIdentity   = "reserved_identity"
 )
 
 func refuse(kind Kind, reason, format string, args ...any) *Error {

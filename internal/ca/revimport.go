@@ -66,6 +66,30 @@ func (s *store) importRevocations(rs []Revocation, now time.Time) (added []Revoc
 			}
 			added = append(added, r)
 		}
+		if len(added) > 0 {
+			// Certificates this CA renewed from a serial revoked elsewhere
+			// go too, so the lineage-expanded set is in this CA's bundle
+			// and (through the Secret) reaches every replica.
+			roots := make([]string, 0, len(added))
+			reasons := make(map[string]string, len(added))
+			for _, r := range added {
+				roots = append(roots, r.Serial)
+				reasons[r.Serial] = r.Reason
+			}
+			desc, err := descendants(tx, roots)
+			if err != nil {
+				return err
+			}
+			for _, d := range desc {
+				reasons[d.Serial] = reasons[d.parent] // the reason the lineage was revoked for
+				if d.NotAfter < now.Unix() {
+					continue
+				}
+				if err := addLineage(rb, &added, d, reasons[d.parent], now); err != nil {
+					return err
+				}
+			}
+		}
 		if len(added) == 0 {
 			version = u64(tx.Bucket(bucketMeta).Get(keyBundleVersion))
 			return nil

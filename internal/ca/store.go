@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,24 @@ type IssuanceRecord struct {
 	// "join_token:3f2a9c1b0d4e" or "mtls:<serial of the presented cert>".
 	Requester string `json:"requester"`
 	Authority uint64 `json:"authority"`
+	// GrantedTTL (seconds) is the longest lifetime a renewal of this
+	// certificate may ask for: fixed when its lineage started (a join
+	// token, a ServiceAccount token) as the larger of the CA's default TTL
+	// and the TTL that first issuance asked for, and handed down unchanged
+	// to every certificate renewed from it. 0 in records written before it
+	// existed (see CA.renewalLimit).
+	GrantedTTL int64 `json:"granted_ttl,omitempty"`
+}
+
+// RenewedFrom returns the serial of the certificate the caller presented
+// to get this one (an mTLS renewal), or "" when the record starts a
+// lineage. The requester field holds it ("mtls:<serial>").
+func (r *IssuanceRecord) RenewedFrom() string {
+	s, ok := strings.CutPrefix(r.Requester, "mtls:")
+	if !ok {
+		return ""
+	}
+	return s
 }
 
 // appendJSON appends the record as encoding/json would write it (same
@@ -66,6 +85,10 @@ func (r *IssuanceRecord) appendJSON(b []byte) []byte {
 	b = appendJSONString(b, r.Requester)
 	b = append(b, `,"authority":`...)
 	b = strconv.AppendUint(b, r.Authority, 10)
+	if r.GrantedTTL != 0 {
+		b = append(b, `,"granted_ttl":`...)
+		b = strconv.AppendInt(b, r.GrantedTTL, 10)
+	}
 	return append(b, '}')
 }
 
@@ -265,8 +288,16 @@ func (s *store) maxNotAfter() (map[uint64]int64, error) {
 // recordIssuance commits one issuance log record, spending one use of a
 // join token if tokenHash is set, in one transaction grouped with concurrent
 // callers (bbolt Batch). It returns only after the commit.
+//
+// A renewal (rec.RenewedFrom() set) is refused if the certificate it was
+// authenticated with has been revoked by now. Revocations are written in
+// transactions of the same store, so a renewal racing with the revocation
+// of its parent either commits first, and the revocation's lineage scan
+// (store.revoke, importRevocations) finds and revokes it, or commits after and is refused
+// here: no certificate renewed from a revoked one escapes.
 func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
 	val := rec.appendJSON(make([]byte, 0, 256))
+	parent := rec.RenewedFrom()
 	// spent is the token record as the last run of fn wrote it: bbolt may
 	// run fn more than once, and only the run that commits counts.
 	var spent tokenRecord
@@ -274,6 +305,9 @@ func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash str
 		issued := tx.Bucket(bucketIssued)
 		if issued.Get(serial) != nil {
 			return errSerialExists
+		}
+		if parent != "" && tx.Bucket(bucketRevoked).Get([]byte(parent)) != nil {
+			return refuse(KindUnauthenticated, ReasonCallerCert, "client certificate refused (revoked): serial %s was revoked while this renewal was in flight", parent)
 		}
 		if tokenHash != "" {
 			r, err := s.spendToken(tx, tokenHash, now)
@@ -322,6 +356,25 @@ func (s *store) cacheToken(hash string, r tokenRecord) {
 // maxCachedTokens bounds store.tokens: tokens are never deleted from the
 // store, so a CA that has seen many would otherwise keep them all in memory.
 const maxCachedTokens = 4096
+
+// issuedRecord returns the issuance log record of a serial (lowercase
+// hex), or nil if the log does not hold it.
+func (s *store) issuedRecord(serial string) (*IssuanceRecord, error) {
+	key, ok := serialBytes(serial)
+	if !ok {
+		return nil, nil
+	}
+	var rec *IssuanceRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketIssued).Get(key)
+		if v == nil {
+			return nil
+		}
+		rec = new(IssuanceRecord)
+		return json.Unmarshal(v, rec)
+	})
+	return rec, err
+}
 
 // Issued returns every issuance log record, for tests and audits.
 func (s *store) issued() (out []IssuanceRecord, err error) {
@@ -395,6 +448,20 @@ func (s *store) revoke(serial, spiffeID, reason string, now time.Time) (added []
 			}
 			if err := add(rec); err != nil {
 				return err
+			}
+			// Whoever holds the key of this certificate may have renewed
+			// it: every certificate renewed from it, transitively, goes too.
+			desc, err := descendants(tx, []string{serial})
+			if err != nil {
+				return err
+			}
+			for _, d := range desc {
+				if d.NotAfter < now.Unix() {
+					continue
+				}
+				if err := addLineage(rb, &added, d, reason, now); err != nil {
+					return err
+				}
 			}
 		} else {
 			// A scan of the log: revoking an identity is a rare admin act,

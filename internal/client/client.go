@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -89,6 +90,9 @@ func Dial(ctx context.Context, o Options) (*grpc.ClientConn, error) {
 	// authorizes exactly the control plane's ID (no hostname checks: the
 	// server's certificate has only the SPIFFE ID).
 	tlsCfg := tlsprofile.Apply(tlsconfig.TLSClientConfig(source, tlsconfig.AuthorizeID(serverID)))
+	// The bundle's revocations cover the control plane too: a revoked
+	// control-plane certificate (its key stolen) is refused like any other.
+	tlsCfg.VerifyPeerCertificate = refuseRevoked(tlsCfg.VerifyPeerCertificate, roots)
 	tlsCfg.GetClientCertificate = o.GetClientCertificate
 	if tlsCfg.GetClientCertificate == nil {
 		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -130,15 +134,77 @@ func resolveAddr(o Options) (string, error) {
 	return DefaultAddr, nil
 }
 
-// LoadRoots reads DIR/root-cert.pem as a bundle. The trust domain is td, or
-// the one named in the roots' SPIFFE URI SAN, or cluster.local.
+// refuseRevoked wraps go-spiffe's verification (chain to the bundle, the
+// control plane's SPIFFE ID) with a check of the server's leaf against the
+// bundle's revoked serials.
+func refuseRevoked(verify func([][]byte, [][]*x509.Certificate) error, roots func() *identity.Bundle) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, chains [][]*x509.Certificate) error {
+		if verify != nil {
+			if err := verify(raw, chains); err != nil {
+				return err
+			}
+		}
+		if len(raw) == 0 {
+			return errors.New("client: the control plane presented no certificate")
+		}
+		leaf, err := x509.ParseCertificate(raw[0])
+		if err != nil {
+			return fmt.Errorf("client: control plane certificate: %w", err)
+		}
+		if b := roots(); b != nil && b.IsRevoked(identity.SerialHex(leaf)) {
+			return fmt.Errorf("client: %w: the control plane presented certificate serial %s, which the trust bundle (version %d) lists as revoked; refusing it (the real control plane re-issues its own certificate when it is revoked: one that keeps presenting a revoked certificate may be someone holding its stolen key)",
+				identity.ErrRevoked, identity.SerialHex(leaf), b.Version)
+		}
+		return nil
+	}
+}
+
+// FileRevocations, in the control plane's state directory, lists the
+// bundle's revoked serials (written by meshd control with root-cert.pem),
+// so that a client that reads the directory refuses a revoked control
+// plane certificate too.
+const FileRevocations = "revocations.json"
+
+// Revocations is the content of FileRevocations.
+type Revocations struct {
+	BundleVersion uint64 `json:"bundle_version"`
+	Revocations   []struct {
+		Serial   string `json:"serial"`
+		SPIFFEID string `json:"spiffe_id"`
+	} `json:"revocations"`
+}
+
+// LoadRoots reads DIR/root-cert.pem as a bundle, with the revoked serials
+// of DIR/revocations.json when the control plane wrote one. The trust
+// domain is td, or the one named in the roots' SPIFFE URI SAN, or
+// cluster.local.
 func LoadRoots(dir, td string) (*identity.Bundle, error) {
 	p := filepath.Join(dir, "root-cert.pem")
 	data, err := os.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("client: read %s: %w (start `meshd control --dir %s` first, or pass the roots)", p, err, dir)
 	}
-	return BundleFromPEM(data, td)
+	b, err := BundleFromPEM(data, td)
+	if err != nil {
+		return nil, err
+	}
+	rp := filepath.Join(dir, FileRevocations)
+	rdata, err := os.ReadFile(rp)
+	if errors.Is(err, os.ErrNotExist) {
+		return b, nil // a control plane that does not write it
+	}
+	if err != nil {
+		return nil, fmt.Errorf("client: read %s: %w", rp, err)
+	}
+	var revs Revocations
+	if err := json.Unmarshal(rdata, &revs); err != nil {
+		return nil, fmt.Errorf("client: %s: %w (meshd control rewrites it on every bundle change)", rp, err)
+	}
+	b.Version = revs.BundleVersion
+	for _, r := range revs.Revocations {
+		b.Revoked[r.Serial] = r.SPIFFEID
+	}
+	return b, nil
 }
 
 // BundleFromPEM builds a bundle from PEM roots, learning the trust domain

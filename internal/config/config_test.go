@@ -191,11 +191,14 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("a: &a [*a, *a]\nb: *a\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		objs, errs := Parse("fuzz.yaml", data)
+		objs, errs := ParseFile("fuzz.yaml", data)
 		for _, e := range errs {
 			if e.File != "fuzz.yaml" || e.Msg == "" {
 				t.Fatalf("error without position or message: %#v", e)
 			}
+		}
+		if len(errs) == 0 && len(objs) == 0 {
+			t.Fatal("ParseFile accepted a file with no object")
 		}
 		if len(errs) == 0 {
 			if _, err := New(objs); err != nil {

@@ -125,7 +125,7 @@ func Load(files []File) (*Config, error) {
 	var objs []any
 	var errs ErrorList
 	for _, f := range files {
-		o, e := Parse(f.Name, f.Content)
+		o, e := ParseFile(f.Name, f.Content)
 		objs = append(objs, o...)
 		errs = append(errs, e...)
 	}
@@ -213,6 +213,24 @@ func Parse(name string, data []byte) ([]any, ErrorList) {
 		o, e := parseDocument(name, doc.Content[0], "")
 		objs = append(objs, o...)
 		errs = append(errs, e...)
+	}
+	return objs, errs
+}
+
+// ErrNoObjects is the message for a config file that holds no object.
+const ErrNoObjects = "no config object in the file (empty, or only comments or empty documents); " +
+	"refused, so a truncated or half-written file never removes config: to remove a file's config, delete the file"
+
+// ParseFile is Parse for a config file (a file in a config directory, a
+// file given to meshctl validate or apply): besides Parse's checks, a file
+// must define at least one object. A file that is empty or holds only
+// comments or empty documents is most likely half-written (an editor that
+// truncates, then writes) or truncated by mistake; applying it would
+// silently remove every object it defined, mesh-wide mutual TLS included.
+func ParseFile(name string, data []byte) ([]any, ErrorList) {
+	objs, errs := Parse(name, data)
+	if len(objs) == 0 && len(errs) == 0 {
+		errs = ErrorList{{Pos: Pos{File: name, Line: 1, Column: 1}, Msg: ErrNoObjects}}
 	}
 	return objs, errs
 }

@@ -385,6 +385,17 @@ type ServiceSpec struct {
 	// Address is an optional virtual IP for transparent mode: callers that
 	// connect to Address:Port are captured and sent to the endpoints.
 	Address string `json:"address,omitempty" yaml:"address,omitempty"`
+	// ServiceAccounts are the service accounts, in the Service's namespace,
+	// whose sidecars may register themselves as endpoints of the Service
+	// (and that secure naming then trusts to serve it), as Istio's
+	// alpha.istio.io/kubernetes-serviceaccounts annotation. Registration is
+	// closed by default: a self-registered sidecar joins only a Service
+	// that allows its identity here, in subjectAltNames, in those
+	// annotations, or as the service account of a declared Workload.
+	ServiceAccounts []string `json:"serviceAccounts,omitempty" yaml:"serviceAccounts,omitempty"`
+	// SubjectAltNames are full workload SPIFFE IDs allowed the same way
+	// (another namespace), as Istio's ServiceEntry.subjectAltNames.
+	SubjectAltNames []string `json:"subjectAltNames,omitempty" yaml:"subjectAltNames,omitempty"`
 }
 
 // ServicePort is one service port.

@@ -492,6 +492,29 @@ func validateService(d *decoder, v *Service, path string) {
 			d.fail(meta+"[alpha.istio.io/canonical-serviceaccounts]", "%q is not a workload SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)", id)
 		}
 	}
+	// The identities allowed to register as endpoints (and so trusted by
+	// secure naming): a typo would admit nobody, or the wrong workload.
+	seen := map[string]bool{}
+	for i, sa := range s.ServiceAccounts {
+		p := fmt.Sprintf("%s.serviceAccounts[%d]", path, i)
+		switch {
+		case !isSubdomain(sa):
+			d.fail(p, "service account %q is not a valid Kubernetes name (a name in the Service's namespace; full SPIFFE IDs go in subjectAltNames)", sa)
+		case seen[sa]:
+			d.fail(p, "service account %q listed twice", sa)
+		}
+		seen[sa] = true
+	}
+	for i, id := range s.SubjectAltNames {
+		p := fmt.Sprintf("%s.subjectAltNames[%d]", path, i)
+		switch _, err := identity.Parse(id); {
+		case err != nil:
+			d.fail(p, "%q is not a workload SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)", id)
+		case seen[id]:
+			d.fail(p, "%q listed twice", id)
+		}
+		seen[id] = true
+	}
 }
 
 // objPath turns the path of an object's spec into the object's own path

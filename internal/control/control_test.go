@@ -309,13 +309,20 @@ func TestRenewal(t *testing.T) {
 		t.Fatalf("renewal with a revoked certificate: %v", err)
 	}
 
-	// The renewed (unrevoked) certificate works until it expires.
+	// The certificate renewed from it was revoked with it (see
+	// TestRevokeSerialRevokesRenewals); another, unrevoked, certificate
+	// works until it expires.
 	renewed := tlsCert(t, resp.CertChain, key)
 	renew2 := pb.NewCertificateAuthorityClient(e.dial(t, client.Options{GetClientCertificate: withCert(renewed)}))
-	if _, err := renew2.CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: newCSR(t, key, nil)}); err != nil {
+	if _, err := renew2.CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: newCSR(t, key, nil)}); control.ReasonFromError(err) != ca.ReasonCallerCert {
+		t.Fatalf("renewal with a certificate renewed from a revoked one: %v", err)
+	}
+	other, _ := e.issueTLS(t, "default", "sleep")
+	renew2 = pb.NewCertificateAuthorityClient(e.dial(t, client.Options{GetClientCertificate: withCert(other)}))
+	if _, err := renew2.CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: newCSR(t, key, nil), TtlSeconds: 3600}); err != nil {
 		t.Fatal(err)
 	}
-	e.clk.add(2 * time.Hour)
+	e.clk.add(25 * time.Hour)
 	_, err = renew2.CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: newCSR(t, key, nil)})
 	if control.ReasonFromError(err) != ca.ReasonCallerCert || !strings.Contains(status.Convert(err).Message(), "expired") {
 		t.Fatalf("renewal with an expired certificate: %v", err)

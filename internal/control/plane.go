@@ -41,7 +41,10 @@ type PlaneConfig struct {
 	ConfigDir string
 	// PollInterval is how often ConfigDir is checked for changes (1s).
 	// Polling (not inotify) works on every file system, including the
-	// ConfigMap volumes Kubernetes updates by symlink swap.
+	// ConfigMap volumes Kubernetes updates by symlink swap. A change is
+	// applied once two polls in a row read the same content, so a file
+	// caught half-written (an editor's truncate-then-write, a copy in
+	// progress) is never applied: its complete version is.
 	PollInterval time.Duration
 	// Debounce is the push server's debounce (50ms).
 	Debounce time.Duration
@@ -59,11 +62,17 @@ type Plane struct {
 
 	mu      sync.Mutex
 	dirObjs []any // last good batch from ConfigDir
-	dirSum  [32]byte
-	rejects atomic.Uint64
-	applied []any // objects from ApplyConfig, by key, in apply order
-	current *config.Config
-	version uint64
+	// dirSum is the directory content last tried (applied or rejected);
+	// pendingSum is a new content seen once, waiting for the next poll to
+	// read it unchanged before it is tried.
+	dirSum, pendingSum [32]byte
+	// dirRejected is set while the directory's content is rejected (the
+	// last good config stays in force); nil when what is on disk applies.
+	dirRejected *ConfigRejection
+	rejects     atomic.Uint64
+	applied     []any // objects from ApplyConfig, by key, in apply order
+	current     *config.Config
+	version     uint64
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -116,7 +125,7 @@ func attachPlane(s *Server) error {
 	// A bad directory at start-up stops meshd: running with no policy
 	// would silently mean authPolicy NONE, plaintext everywhere.
 	if pc.ConfigDir != "" {
-		if _, err := p.reloadDir(); err != nil {
+		if _, err := p.reloadDir(false); err != nil {
 			return fmt.Errorf("config %s: %w", pc.ConfigDir, err)
 		}
 		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
@@ -177,7 +186,7 @@ func (p *Plane) run(ctx context.Context) {
 			case <-ctx.Done():
 				break loop
 			case <-t.C:
-				if changed, err := p.reloadDir(); err != nil {
+				if changed, err := p.reloadDir(true); err != nil {
 					p.logRejected(err)
 				} else if changed {
 					p.log.Info("config directory applied", "dir", p.cfg.ConfigDir, "config_version", p.Config().Version)
@@ -216,10 +225,30 @@ func (p *Plane) logRejected(err error) {
 	p.log.Error("config rejected; the last good config stays in force", "error", err)
 }
 
+// ConfigRejection says why the config directory's current content is not
+// in force (Admin.GetState, meshctl check).
+type ConfigRejection struct {
+	Dir string    `json:"dir"`
+	At  time.Time `json:"at"`
+	// Errors are file:line:column: object: field: message, one per problem.
+	Errors []string `json:"errors"`
+}
+
 // reloadDir reads ConfigDir and installs it if it changed and is valid.
-func (p *Plane) reloadDir() (bool, error) {
+// With settle, a changed content is tried only when a second poll reads
+// it unchanged; at start-up there is nothing to wait for.
+func (p *Plane) reloadDir(settle bool) (bool, error) {
 	files, err := config.ReadPaths(p.cfg.ConfigDir)
 	if err != nil {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		// A directory that cannot be read is not an empty one: keep the
+		// config in force. Logged once per distinct error.
+		if p.dirRejected != nil && len(p.dirRejected.Errors) == 1 && p.dirRejected.Errors[0] == err.Error() {
+			return false, nil
+		}
+		p.dirSum, p.pendingSum = [32]byte{}, [32]byte{}
+		p.reject(err)
 		return false, err
 	}
 	h := sha256.New()
@@ -232,6 +261,11 @@ func (p *Plane) reloadDir() (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if sum == p.dirSum {
+		p.pendingSum = [32]byte{} // "two polls in a row" means in a row
+		return false, nil
+	}
+	if settle && sum != p.pendingSum {
+		p.pendingSum = sum
 		return false, nil
 	}
 	// Remember the content even if it is bad, so a bad file is logged once,
@@ -240,21 +274,40 @@ func (p *Plane) reloadDir() (bool, error) {
 	var objs []any
 	var errs config.ErrorList
 	for _, f := range files {
-		o, e := config.Parse(f.Name, f.Content)
+		// ParseFile refuses a file with no object: an empty or truncated
+		// file must not silently remove what it defined (issue 11).
+		o, e := config.ParseFile(f.Name, f.Content)
 		objs = append(objs, o...)
 		errs = append(errs, e...)
 	}
 	if len(errs) > 0 {
 		errs.Sort()
+		p.reject(errs)
 		return false, errs
 	}
 	cfg, err := p.combine(objs, p.applied)
 	if err != nil {
+		p.reject(err)
 		return false, err
 	}
 	p.dirObjs = objs
+	p.dirRejected = nil
 	p.install(cfg)
 	return true, nil
+}
+
+// reject records why the directory is not in force; p.mu is held.
+func (p *Plane) reject(err error) {
+	r := &ConfigRejection{Dir: p.cfg.ConfigDir, At: time.Now().UTC()}
+	var list config.ErrorList
+	if errors.As(err, &list) {
+		for _, e := range list {
+			r.Errors = append(r.Errors, e.Error())
+		}
+	} else {
+		r.Errors = []string{err.Error()}
+	}
+	p.dirRejected = r
 }
 
 // combine builds the config in force: the directory's objects, then the
@@ -308,6 +361,11 @@ func (p *Plane) install(cfg *config.Config) {
 	for _, w := range eng.Lint() {
 		p.log.Warn("config applies to nothing", "at", w.Pos.String(), "object", w.Object, "warning", w.Msg)
 	}
+	// A config change may close a Service to sidecars already registered
+	// (or open it): say who is refused now.
+	for _, r := range eng.Refusals() {
+		p.log.Warn("self-registration refused: not an endpoint of the service", "spiffe_id", r.SPIFFEID, "workload", r.Workload, "service", r.Service, "reason", r.Reason)
+	}
 }
 
 // ApplyConfig validates a batch and, if all of it (merged with the config
@@ -317,7 +375,7 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	var objs []any
 	var errs config.ErrorList
 	for _, f := range req.Files {
-		o, e := config.Parse(f.Name, f.Content)
+		o, e := config.ParseFile(f.Name, f.Content)
 		objs = append(objs, o...)
 		errs = append(errs, e...)
 	}
@@ -361,6 +419,17 @@ func (p *Plane) registerMetrics(reg *prometheus.Registry) {
 			func() float64 { return float64(p.Config().Version) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_config_rejected_total", Help: "Config batches rejected (directory or ApplyConfig); the last good config stayed."},
 			func() float64 { return float64(p.rejects.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshauth_config_dir_rejected", Help: "1 while the config directory's content is rejected (an empty, unparsable or invalid file; the last good config is in force), else 0."},
+			func() float64 {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				if p.dirRejected != nil {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_registrations_refused_total", Help: "Self-registrations refused as endpoints of a service that does not allow the sidecar's identity (per sidecar and service)."},
+			stat(func(s push.Stats) float64 { return float64(s.RegistrationsRefused) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshauth_push_sidecars_connected", Help: "Sidecars with an open Discovery stream."},
 			stat(func(s push.Stats) float64 { return float64(s.Connected) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshauth_push_snapshots_sent_total", Help: "Snapshots sent to sidecars."},
@@ -448,6 +517,9 @@ type State struct {
 	Config        *config.Config       `json:"config"`
 	Registry      registry.State       `json:"registry"`
 	Sidecars      []push.SidecarStatus `json:"sidecars"`
+	// ConfigRejected is set while the config directory holds content that
+	// was rejected: the config in force is the last good one.
+	ConfigRejected *ConfigRejection `json:"configRejected,omitempty"`
 }
 
 // Engine rebuilds the policy engine the control plane uses.
@@ -459,8 +531,9 @@ func (st *State) Engine() *policy.Engine {
 func (p *Plane) GetState(ctx context.Context, _ *pb.GetStateRequest) (*pb.GetStateResponse, error) {
 	p.mu.Lock()
 	cfg := p.withTrustDomain(p.current)
+	rej := p.dirRejected
 	p.mu.Unlock()
-	st := State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status()}
+	st := State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status(), ConfigRejected: rej}
 	js, err := json.Marshal(&st)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode state: %v", err)

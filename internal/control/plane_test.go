@@ -34,6 +34,7 @@ metadata: {name: httpbin}
 spec:
   selector: {app: httpbin}
   ports: [{name: http, number: 8000, targetPort: 80, protocol: HTTP}]
+  serviceAccounts: [httpbin]
 `
 
 // syncBuffer is a log sink safe for the plane's goroutines.

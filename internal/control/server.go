@@ -14,6 +14,9 @@
 //	ca.db          the CA store (bbolt, 0600)
 //	admin.token    the admin credential (0600)
 //	root-cert.pem  the current bundle's roots, rewritten on every change
+//	revocations.json  the bundle's revoked serials, rewritten with it, so
+//	               clients reading the directory refuse a revoked control
+//	               plane certificate (client.LoadRoots)
 //	control.addr   the address actually listened on, written after listen
 package control
 
@@ -26,6 +29,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +52,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
@@ -162,6 +167,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	cc := cfg.CA
 	cc.Dir = cfg.Dir
+	td := cc.TrustDomain
+	if td == "" {
+		td = identity.DefaultTrustDomain
+	}
+	if _, err := identity.New(td, ServerNamespace, ServerServiceAccount); err == nil {
+		// Only this process may hold the identity clients trust as the
+		// control plane.
+		cc.Reserved = append(cc.Reserved, ServerID(td))
+	}
 	if cc.Clock == nil {
 		cc.Clock = cfg.Clock
 	}
@@ -289,11 +303,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("control: listen %s: %w", s.cfg.Listen, err)
 	}
 	s.lis = lis
-	s.addr.Store(lis.Addr().String())
 	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, FileControlAddr), []byte(lis.Addr().String()+"\n"), 0o644); err != nil {
 		lis.Close()
 		return err
 	}
+	// Addr is set once control.addr is written: a caller that waits for
+	// Addr then dials through the directory finds the file.
+	s.addr.Store(lis.Addr().String())
 	s.log.Info("control plane listening", "addr", lis.Addr().String(), "trust_domain", s.ca.TrustDomain(), "dir", s.cfg.Dir)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -377,16 +393,26 @@ func (s *Server) tickLoop(ctx context.Context) {
 func (s *Server) bundleLoop(ctx context.Context) {
 	for {
 		b, ch := s.ca.Watch()
-		if err := s.writeRoots(b); err != nil {
-			s.log.Error("write root-cert.pem failed", "error", err)
-		}
-		// Only a change of signing root needs a new server certificate;
-		// revocations and added roots do not.
+		// A change of signing root needs a new server certificate, and so
+		// does the revocation of the one it serves (its key may be stolen;
+		// clients refuse a revoked control plane certificate). The new one
+		// is in place before the files that tell clients of the revocation
+		// are written; GetCertificate hands it to the next handshake, the
+		// listener and the connections already open stay.
 		c := s.serving.Load()
-		if c == nil || c.Leaf == nil || len(c.Certificate) == 0 || !signedByChainOf(c, b.Roots[0]) {
+		switch {
+		case c == nil || c.Leaf == nil || len(c.Certificate) == 0 || !signedByChainOf(c, b.Roots[0]):
 			if err := s.renewServing(); err != nil {
 				s.log.Error("renew server certificate failed", "error", err)
 			}
+		case b.Identity().IsRevoked(identity.SerialHex(c.Leaf)):
+			s.log.Warn("the control plane's own certificate was revoked; issuing a new one", "serial", identity.SerialHex(c.Leaf), "bundle_version", b.Version)
+			if err := s.renewServing(); err != nil {
+				s.log.Error("renew revoked server certificate failed; clients will refuse this control plane until it succeeds", "error", err)
+			}
+		}
+		if err := s.writeRoots(b); err != nil {
+			s.log.Error("write root-cert.pem failed", "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -438,8 +464,25 @@ func signedByChainOf(c *tls.Certificate, root *x509.Certificate) bool {
 	return last.CheckSignatureFrom(root) == nil
 }
 
+// writeRoots writes root-cert.pem and revocations.json (the bundle's
+// revoked serials, which clients reading this directory check the control
+// plane's own certificate against, see client.LoadRoots).
 func (s *Server) writeRoots(b *ca.TrustBundle) error {
-	return writeFileAtomic(filepath.Join(s.cfg.Dir, FileRootCert), []byte(strings.Join(b.RootsPEM, "")), 0o644)
+	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, FileRootCert), []byte(strings.Join(b.RootsPEM, "")), 0o644); err != nil {
+		return err
+	}
+	revs := b.Revocations
+	if revs == nil {
+		revs = []ca.Revocation{}
+	}
+	data, err := json.MarshalIndent(struct {
+		BundleVersion uint64          `json:"bundle_version"`
+		Revocations   []ca.Revocation `json:"revocations"`
+	}{b.Version, revs}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("control: encode revocations: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(s.cfg.Dir, client.FileRevocations), append(data, '\n'), 0o644)
 }
 
 // loadOrCreateAdminToken keeps the admin token across restarts, so scripts

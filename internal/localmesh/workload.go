@@ -25,6 +25,12 @@ type WorkloadSpec struct {
 	// App is the app's command line; "{{port}}" in it is replaced with the
 	// app's port (a free loopback port) when the workload serves a service.
 	App []string
+	// SelfRegister writes no Workload object: the sidecar registers itself
+	// over its push stream (label app=<Name>, address, ports), as a VM or
+	// a plain process would, and the Service (if any) admits it by listing
+	// its service account in spec.serviceAccounts. Without it the workload
+	// is declared in the config directory, as a Kubernetes Pod would be.
+	SelfRegister bool
 	// SidecarArgs are extra `meshd sidecar` flags, added after the ones
 	// StartWorkload sets (tests use them for small timeouts and limits).
 	SidecarArgs []string
@@ -121,6 +127,9 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 		"--outbound-uid", strconv.Itoa(os.Getuid()),
 		"--admin", w.AdminAddr,
 	}
+	if spec.SelfRegister {
+		args = append(args, "--label", "app="+spec.Name)
+	}
 	if spec.Service != "" {
 		w.AppAddr = fmt.Sprintf("127.0.0.1:%d", appPort)
 		w.InboundAddr = fmt.Sprintf("127.0.0.1:%d", inPort)
@@ -128,8 +137,10 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 		if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, w.OutboundProxy, appPort, inPort)); err != nil {
 			return nil, err
 		}
-	} else if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, w.OutboundProxy, 0, 0)); err != nil {
-		return nil, err
+	} else if !spec.SelfRegister { // a client that registers itself needs no config
+		if err := m.WriteConfig("workload-"+spec.Name+".yaml", workloadYAML(spec, w.OutboundProxy, 0, 0)); err != nil {
+			return nil, err
+		}
 	}
 	args = append(args, spec.SidecarArgs...)
 	if len(spec.App) > 0 {
@@ -194,6 +205,27 @@ func ready(admin string) error {
 // server the app's port and the sidecar port that fronts it.
 func workloadYAML(spec WorkloadSpec, proxyURL string, appPort, inPort int) string {
 	var b strings.Builder
+	if spec.SelfRegister {
+		// Only the Service: the sidecar registers the workload itself, and
+		// registration is closed by default, so the Service says which
+		// identity may serve it.
+		fmt.Fprintf(&b, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata:
+  name: %s
+  namespace: %s
+spec:
+  selector:
+    app: %s
+  serviceAccounts: [%s]
+  ports:
+  - name: http
+    number: %d
+    targetPort: %d
+    protocol: HTTP
+`, spec.Service, spec.Namespace, spec.Name, spec.ServiceAccount, spec.ServicePort, appPort)
+		return b.String()
+	}
 	fmt.Fprintf(&b, `apiVersion: meshauth.io/v1alpha1
 kind: Workload
 metadata:

@@ -26,6 +26,8 @@ type Engine struct {
 
 	mu  sync.Mutex
 	out map[string]outEntry
+	// allow caches each service's allowed identities (registration).
+	allow map[string]allowEntry
 
 	// table is the whole outbound table at one registry version, shared by
 	// every snapshot computed at that version (each copies it and adds the
@@ -54,12 +56,18 @@ type outEntry struct {
 	svc OutboundService
 }
 
+type allowEntry struct {
+	gen  uint64
+	set  map[string]bool
+	list []string // sorted
+}
+
 // New returns an engine over cfg (nil means an empty config) and reg.
 func New(cfg *config.Config, reg *registry.Registry) *Engine {
 	if reg == nil {
 		reg = registry.New()
 	}
-	return &Engine{ix: compile(cfg), reg: reg, out: map[string]outEntry{}}
+	return &Engine{ix: compile(cfg), reg: reg, out: map[string]outEntry{}, allow: map[string]allowEntry{}}
 }
 
 // Config returns the engine's config.
@@ -205,38 +213,130 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 
 // Endpoints returns the workloads trusted to serve svc: every endpoint the
 // config or Kubernetes declares, and the self-registered sidecars whose
-// service account the service admits. A sidecar proves only its service
-// account, and anyone holding a certificate of the namespace could
-// register with the service's labels; so when a service has declared
-// endpoints or annotated service accounts, a self-registered endpoint must
-// run as one of those accounts, or it is left out (of routing and of
-// secure naming). A service with neither admits any registered sidecar
-// that its selector matches.
+// identity the service allows (AllowedIdentities). A sidecar proves only
+// its identity (namespace and service account, from its certificate); the
+// labels and ports it registers are its own claim. So registration is
+// closed by default: a self-registered sidecar whose identity the service
+// does not allow is left out, of routing and of secure naming, whatever
+// labels it claims; a service that allows no identity admits no
+// self-registered sidecar at all.
 func (e *Engine) Endpoints(svc *registry.Service) []*registry.Workload {
 	all := e.reg.Endpoints(svc.Key())
-	admitted := map[string]bool{}
-	td := e.ix.cfg.TrustDomain()
-	for _, id := range svc.ServiceAccounts {
-		admitted[id] = true
-	}
 	dynamic := false
 	for _, w := range all {
-		if w.Source == registry.SourceSidecar {
-			dynamic = true
-		} else {
-			admitted["spiffe://"+td+"/ns/"+w.Namespace+"/sa/"+w.ServiceAccount] = true
-		}
+		dynamic = dynamic || w.Source == registry.SourceSidecar
 	}
-	if !dynamic || len(admitted) == 0 {
+	if !dynamic {
 		return all
 	}
+	allowed := e.allowed(svc).set
 	out := all[:0:0]
 	for _, w := range all {
-		if w.Source != registry.SourceSidecar || admitted["spiffe://"+td+"/ns/"+w.Namespace+"/sa/"+w.ServiceAccount] {
+		if w.Source != registry.SourceSidecar || allowed[e.spiffeID(w)] {
 			out = append(out, w)
 		}
 	}
 	return out
+}
+
+func (e *Engine) spiffeID(w *registry.Workload) string {
+	return "spiffe://" + e.ix.cfg.TrustDomain() + "/ns/" + w.Namespace + "/sa/" + w.ServiceAccount
+}
+
+// allowed returns svc's allowed identities (AllowedIdentities), cached
+// by the registry's generation of the service (its spec and endpoints), so
+// that a push to many sidecars computes them once per change.
+func (e *Engine) allowed(svc *registry.Service) allowEntry {
+	key := svc.Key()
+	gen := e.reg.ServiceGen(key)
+	e.mu.Lock()
+	ent, ok := e.allow[key]
+	e.mu.Unlock()
+	if ok && ent.gen == gen {
+		return ent
+	}
+	set := map[string]bool{}
+	for _, id := range svc.ServiceAccounts {
+		set[id] = true
+	}
+	for _, w := range e.reg.Endpoints(key) {
+		if w.Source != registry.SourceSidecar {
+			set[e.spiffeID(w)] = true
+		}
+	}
+	list := make([]string, 0, len(set))
+	for id := range set {
+		list = append(list, id)
+	}
+	sort.Strings(list)
+	ent = allowEntry{gen: gen, set: set, list: list}
+	e.mu.Lock()
+	e.allow[key] = ent
+	e.mu.Unlock()
+	return ent
+}
+
+// AllowedIdentities returns the SPIFFE IDs whose sidecars may register
+// themselves as endpoints of svc, sorted: the Service's serviceAccounts and
+// subjectAltNames (and Istio's service-account annotations), and the
+// service accounts of the workloads the config or Kubernetes declares
+// behind it.
+func (e *Engine) AllowedIdentities(svc *registry.Service) []string {
+	return slices.Clone(e.allowed(svc).list)
+}
+
+// Refusal is a self-registered sidecar that a service's selector matches
+// but that is not one of its endpoints, because the service does not allow
+// its identity.
+type Refusal struct {
+	Service  string `json:"service"`  // name.namespace
+	Workload string `json:"workload"` // namespace/name
+	SPIFFEID string `json:"spiffeId"`
+	Reason   string `json:"reason"`
+}
+
+// RefusalsFor returns the services that w's registration claims (their
+// selectors match its labels) but that refuse it. Only self-registered
+// sidecars are ever refused.
+func (e *Engine) RefusalsFor(w *registry.Workload) []Refusal {
+	if w == nil || w.Source != registry.SourceSidecar {
+		return nil
+	}
+	var out []Refusal
+	id := e.spiffeID(w)
+	for _, svc := range e.reg.ServicesOf(w.Namespace, w.Name) {
+		a := e.allowed(svc)
+		if a.set[id] {
+			continue
+		}
+		allowed := a.list
+		r := Refusal{Service: svc.Name + "." + svc.Namespace, Workload: w.Key(), SPIFFEID: id}
+		if len(allowed) == 0 {
+			r.Reason = "registration is closed: the Service allows no identity (no spec.serviceAccounts, no declared Workload); add the service account to spec.serviceAccounts to admit it"
+		} else {
+			r.Reason = "identity not allowed for the Service (allowed: " + strings.Join(allowed, ", ") + ")"
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Refusals returns every refused self-registration in the mesh, by
+// workload then service.
+func (e *Engine) Refusals() []Refusal {
+	var out []Refusal
+	for _, w := range e.reg.Workloads() {
+		out = append(out, e.RefusalsFor(w)...)
+	}
+	return out
+}
+
+// admits reports whether svc counts w among its endpoints.
+func (e *Engine) admits(svc *registry.Service, w *registry.Workload) bool {
+	if w.Source != registry.SourceSidecar {
+		return true
+	}
+	return e.allowed(svc).set[e.spiffeID(w)]
 }
 
 // ServerIdentities returns the SPIFFE IDs allowed to serve svc (secure
@@ -383,6 +483,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 // push server stamps it.
 func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
 	s := e.inbound(w)
+	s.Refused = e.RefusalsFor(w)
 	sc := e.SidecarFor(w)
 	s.Outbound = e.outboundFor(w.Namespace, sc)
 	if sc != nil {
@@ -507,13 +608,18 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 	var rbacOn, rbacOff []string
 	rbacBy := ""
 	for _, svc := range mine {
+		if !e.admits(svc, w) {
+			// A refused registration serves nothing of the service; its
+			// ports keep the namespace default.
+			continue
+		}
 		for _, p := range svc.Ports {
 			if seen[p.TargetPort] {
 				continue // first service (by name) wins a shared target port
 			}
 			seen[p.TargetPort] = true
 			m := e.ServerMode(svc, p.Number)
-			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: inboundProtocol(p.Protocol),
+			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: InboundProtocol(p.Protocol, p.Name),
 				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy})
 		}
 		on, by := e.RBACFor(svc)
@@ -531,10 +637,33 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 	return s
 }
 
-func inboundProtocol(p string) string {
+// InboundProtocol is the protocol a server sidecar applies to a port, from
+// the port's declared protocol or, when none is declared, Istio's port
+// naming convention ("http", "http-web", "http2-x", "grpc", "grpc-x",
+// "tcp-db"):
+//
+//   - "HTTP": HTTP/1.x. Every request is parsed, authorized, and gets the
+//     verified X-Forwarded-Client-Cert; HTTP/2 is refused.
+//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is relayed
+//     with every header block inspected; HTTP/1.x is served as on "HTTP".
+//   - "TCP": every other declared protocol; an opaque relay.
+//   - "": nothing declared; the sidecar detects the protocol.
+//
+// The port's protocol decides, never what a client offers (ALPN, CONNECT).
+func InboundProtocol(proto, name string) string {
+	p := strings.ToUpper(proto)
+	if p == "" {
+		prefix, _, _ := strings.Cut(strings.ToLower(name), "-")
+		switch prefix {
+		case "http", "http2", "grpc", "https", "tls", "tcp", "mongo", "redis", "mysql":
+			p = strings.ToUpper(prefix)
+		}
+	}
 	switch p {
-	case "HTTP", "HTTP2", "GRPC":
+	case "HTTP", "HTTP1":
 		return "HTTP"
+	case "HTTP2", "GRPC", "GRPC-WEB":
+		return "HTTP2"
 	case "":
 		return ""
 	}

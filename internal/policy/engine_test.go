@@ -521,14 +521,82 @@ spec: {selector: {app: open}, ports: [{number: 80}]}
 	if got := e.ServerIdentities(reg.Service("default", "httpbin")); len(got) != 1 || got[0] != "spiffe://cluster.local/ns/default/sa/httpbin" {
 		t.Errorf("httpbin server identities = %v", got)
 	}
-	if got := names("open"); got != "open-1" {
-		t.Errorf("a service with no declared endpoints admits registered sidecars; got %q", got)
-	}
 	s := e.Snapshot(reg.Workload("default", "sleep-1"))
 	for _, o := range s.Outbound {
 		for _, ep := range o.Endpoints {
 			if ep.Workload == "evil" {
 				t.Errorf("snapshot routes %s to the unadmitted registration", o.Name)
+			}
+		}
+	}
+}
+
+// TestRegistrationClosedByDefault: issue 11 finding 7. A Service that
+// declares no workloads and no serviceAccounts used to admit any sidecar
+// that registered with its labels, and secure naming then trusted that
+// sidecar's identity. Registration is now closed: such a Service admits no
+// self-registered sidecar, and one that lists serviceAccounts admits those
+// identities only. (Failed on the old engine: "open" had endpoint evil-1
+// and server identity .../sa/attacker.)
+func TestRegistrationClosedByDefault(t *testing.T) {
+	e := load(t, nil, `apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: open}
+spec: {selector: {app: open}, ports: [{number: 80, protocol: HTTP}]}
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: vm}
+spec:
+  selector: {app: vm}
+  ports: [{number: 80, protocol: HTTP}]
+  serviceAccounts: [vm]
+  subjectAltNames: [spiffe://cluster.local/ns/other/sa/vm-other]
+`)
+	reg := e.Registry()
+	for _, w := range []*registry.Workload{
+		{Name: "evil-1", Namespace: "default", ServiceAccount: "attacker", Labels: map[string]string{"app": "open"}, Address: "10.6.6.6", Ports: []registry.WorkloadPort{{Number: 80}}},
+		{Name: "evil-2", Namespace: "default", ServiceAccount: "attacker", Labels: map[string]string{"app": "vm"}, Address: "10.6.6.7", Ports: []registry.WorkloadPort{{Number: 80}}},
+		{Name: "vm-1", Namespace: "default", ServiceAccount: "vm", Labels: map[string]string{"app": "vm"}, Address: "10.0.0.11", Ports: []registry.WorkloadPort{{Number: 80}}},
+		{Name: "vm-2", Namespace: "other", ServiceAccount: "vm-other", Labels: map[string]string{"app": "vm"}, Address: "10.0.0.12"},
+	} {
+		if _, err := reg.Register(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(svc string) string {
+		var out []string
+		for _, w := range e.Endpoints(reg.Service("default", svc)) {
+			out = append(out, w.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	if got := names("open"); got != "" {
+		t.Errorf("open endpoints = %q; a Service that allows no identity must admit no self-registered sidecar", got)
+	}
+	if got := e.ServerIdentities(reg.Service("default", "open")); len(got) != 0 {
+		t.Errorf("open server identities = %v; want none", got)
+	}
+	if got := names("vm"); got != "vm-1" {
+		t.Errorf("vm endpoints = %q; want vm-1 only (vm-2 is in another namespace: the selector does not reach it)", got)
+	}
+	if got := strings.Join(e.ServerIdentities(reg.Service("default", "vm")), " "); got != "spiffe://cluster.local/ns/default/sa/vm spiffe://cluster.local/ns/other/sa/vm-other" {
+		t.Errorf("vm server identities = %s", got)
+	}
+	// The refused sidecar's own snapshot does not serve the service's port
+	// with the service's settings, and the refusals say why.
+	if s := e.Snapshot(reg.Workload("default", "evil-1")); len(s.Inbound) != 0 {
+		t.Errorf("refused registration got the service's inbound ports: %+v", s.Inbound)
+	}
+	rs := e.Refusals()
+	if len(rs) != 2 || rs[0].Workload != "default/evil-1" || rs[0].Service != "open.default" || !strings.Contains(rs[0].Reason, "registration is closed") ||
+		rs[1].Workload != "default/evil-2" || rs[1].SPIFFEID != "spiffe://cluster.local/ns/default/sa/attacker" || !strings.Contains(rs[1].Reason, "spiffe://cluster.local/ns/default/sa/vm") {
+		t.Errorf("refusals = %+v", rs)
+	}
+	for _, o := range e.Snapshot(reg.Workload("default", "vm-1")).Outbound {
+		for _, ep := range o.Endpoints {
+			if strings.HasPrefix(ep.Workload, "evil") {
+				t.Errorf("snapshot routes %s to the refused registration %s", o.Name, ep.Workload)
 			}
 		}
 	}

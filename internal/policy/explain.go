@@ -108,7 +108,20 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 	if x.ServerProxy {
 		snap = e.inboundFor(target, svc)
 	}
-	x.RBAC = Authorize(snap, Request{Source: x.SourceID, Port: p.TargetPort, Service: svc.Name + "." + svc.Namespace, Method: method, Path: path})
+	req := Request{Source: x.SourceID, Port: p.TargetPort, Service: svc.Name + "." + svc.Namespace, Method: method, Path: path}
+	if path == "" {
+		x.RBAC = Authorize(snap, req)
+	} else if norm, err := NormalizePath(strings.SplitN(path, "?", 2)[0]); err != nil {
+		// The server sidecar answers 400 before authorization.
+		x.RBAC = Decision{Allow: false, Reason: "the server sidecar refuses the path (400): " + err.Error()}
+	} else {
+		// The server sidecar authorizes (and forwards) the normalised path.
+		if norm != path {
+			x.Notes = append(x.Notes, fmt.Sprintf("path %s is authorized as %s (normalised)", path, norm))
+		}
+		req.Path = norm
+		x.RBAC = AuthorizeHTTP(snap, req)
+	}
 
 	x.DecidingObjs = appendUnique(nil, x.Client.DecidedBy, x.Server.DecidedBy)
 	x.DecidingObjs = appendUnique(x.DecidingObjs, x.RBAC.DecidedBy...)

@@ -31,6 +31,11 @@ type Snapshot struct {
 	// server. Nil means authorization is off (every authenticated peer, or
 	// every peer in DISABLE/PERMISSIVE plaintext, is allowed).
 	RBAC *RBAC `json:"rbac,omitempty"`
+
+	// Refused lists the services whose selectors match this workload's
+	// registration but that do not allow its identity: it is not their
+	// endpoint (registration is closed by default). The sidecar logs them.
+	Refused []Refusal `json:"registrationRefused,omitempty"`
 }
 
 // WorkloadRef names the workload a snapshot is for.

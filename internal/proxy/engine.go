@@ -192,6 +192,24 @@ type dconn struct {
 	req  head
 	info *connInfo
 	w    clientWatch
+	// dropped lists the request fields the server sidecar dropped (see
+	// dropInbound), for the access log.
+	dropped []string
+}
+
+// dropInboundField is the server sidecar's field filter: it drops what
+// dropInbound reports and remembers the names for the access log.
+func (d *dconn) dropInboundField(name []byte) bool {
+	if !dropInbound(name) {
+		return false
+	}
+	for _, n := range d.dropped {
+		if n == string(name) {
+			return true
+		}
+	}
+	d.dropped = append(d.dropped, string(name))
+	return true
 }
 
 // upstreamSide says how a downstream connection reaches its upstream.
@@ -213,28 +231,29 @@ type exchangeResult struct {
 	upKeep bool
 }
 
-// writeRequest writes the request head to the upstream: origin-form target,
-// end-to-end fields, framing, then the extra fields (XFCC) and a Host if the
-// client sent none.
-func writeRequest(u *upConn, req *head, extra []byte, skip, host string) {
+// writeRequest writes the request head to the upstream: origin-form target
+// (normalised by the server sidecar), end-to-end fields but those drop
+// reports, framing, then the extra fields (XFCC) and a Host if the client
+// sent none.
+func writeRequest(u *upConn, req *head, extra []byte, drop func([]byte) bool, host string) {
 	w := u.bw
 	w.Write(req.bytesOf(req.method))
 	w.WriteByte(' ')
-	w.Write(req.originForm())
+	w.Write(req.forwardTarget())
 	w.WriteString(" HTTP/1.1\r\n")
 	if !req.hasHost && host != "" {
 		w.WriteString("Host: ")
 		w.WriteString(host)
 		w.WriteString("\r\n")
 	}
-	req.writeFields(w, skip)
+	req.writeFields(w, drop)
 	req.writeFraming(w)
 	w.Write(extra)
 	w.WriteString("\r\n")
 }
 
 // exchange forwards one request (already read into d.req) and its response.
-func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host string) exchangeResult {
+func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]byte) bool, host string) exchangeResult {
 	req := &d.req
 	isHead := req.methodIs("HEAD")
 	var (
@@ -260,7 +279,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, skip, host str
 				u.c.Close()
 			}
 		}
-		writeRequest(u, req, extra, skip, host)
+		writeRequest(u, req, extra, drop, host)
 		x.bodyErr, x.watching = nil, false
 		u.aborted.Store(false)
 		if req.reqHasBody() {
@@ -518,7 +537,7 @@ func writeResponseHead(w *bufio.Writer, resp *head, conn string) {
 	w.WriteByte(' ')
 	w.Write(resp.bytesOf(resp.reason))
 	w.WriteString("\r\n")
-	resp.writeFields(w, "")
+	resp.writeFields(w, nil)
 	resp.writeFraming(w)
 	if conn != "" {
 		w.WriteString("Connection: ")
@@ -637,7 +656,7 @@ func (p *Proxy) logH1(dir string, d *dconn, dest string, status int, decision, r
 	if d.req.hasHost {
 		host = d.req.str(d.req.host)
 	}
-	p.access.LogAttrs(context.Background(), slog.LevelInfo, "http",
+	attrs := []slog.Attr{
 		slog.String("direction", dir),
 		slog.String("source", sourceName(info)),
 		slog.String("destination", dest),
@@ -649,7 +668,11 @@ func (p *Proxy) logH1(dir string, d *dconn, dest string, status int, decision, r
 		slog.String("decision", decision),
 		slog.String("reason", reason),
 		slog.Duration("duration", time.Since(start)),
-	)
+	}
+	if len(d.dropped) > 0 {
+		attrs = append(attrs, slog.Any("dropped_headers", d.dropped))
+	}
+	p.access.LogAttrs(context.Background(), slog.LevelInfo, "http", attrs...)
 }
 
 // ---- server sidecar: inbound HTTP ----
@@ -722,6 +745,15 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 			}
 			return exchangeResult{}
 		}
+		d.dropped = d.dropped[:0]
+		// The path is normalised before authorization and forwarded as
+		// authorized (see policy.NormalizePath).
+		if res, ok := p.inboundTarget(d); !ok {
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", res.reason, start)
+			return res
+		}
+		stripH2CUpgrade(d)
 		snap := p.policy.Current()
 		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
 		if snap != nil && snap.RBAC != nil {
@@ -729,7 +761,7 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 			// allocations per request with RBAC off).
 			req.Method, req.Path = d.req.str(d.req.method), d.req.path()
 		}
-		dec := policy.Authorize(snap, req)
+		dec := policy.AuthorizeHTTP(snap, req)
 		if !dec.Allow {
 			p.cached.deny.Inc()
 			res := p.localError(d, http.StatusForbidden, "rbac_denied", "RBAC: access denied: "+dec.Reason)
@@ -738,9 +770,10 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 			return res
 		}
 		p.cached.allow.Inc()
-		// Any X-Forwarded-Client-Cert from the client is dropped (skip) and
-		// the sidecar's own is added: a client never chooses its identity.
-		res := p.exchange(d, app, xfcc, "x-forwarded-client-cert", "")
+		// Any X-Forwarded-Client-Cert from the client, in any spelling, is
+		// dropped and the sidecar's own is added: a client never chooses
+		// its identity.
+		res := p.exchange(d, app, xfcc, d.dropInboundField, "")
 		p.cached.requests("inbound", res.status).Inc()
 		decision := "allow"
 		if res.reason != "" {
@@ -819,7 +852,7 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 			info.mode = "passthrough"
 			side.key, side.ep = "plain|"+hostport, hostport
 			side.dial = plainDial
-			res = p.exchange(d, side, nil, "", hostport)
+			res = p.exchange(d, side, nil, nil, hostport)
 		default:
 			info.mode = string(rt.mode)
 			dest = endpointFor(rt, info)
@@ -834,7 +867,7 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 				cfg := p.upstreamFor(rt).httpTLS
 				side.dial = func(ctx context.Context, addr string) (net.Conn, error) { return p.dialTLS(ctx, addr, cfg) }
 			}
-			res = p.exchange(d, side, nil, "", hostport)
+			res = p.exchange(d, side, nil, nil, hostport)
 		}
 		p.cached.requests("outbound", res.status).Inc()
 		decision := "allow"
@@ -867,6 +900,20 @@ func (p *Proxy) connectH1(d *dconn) {
 	rt := p.routeTable().lookup(host, port)
 	var up net.Conn
 	gen := p.pool.gen.Load() // before the handshake that verifies the server
+	if rt != nil && rt.http {
+		// CONNECT to an HTTP/1.x service port: the port's protocol
+		// decides, so the tunnel's requests are proxied one by one (the
+		// server sidecar parses them and sets XFCC either way), never
+		// relayed as bytes.
+		d.bw.WriteString("HTTP/1.1 200 Connection Established\r\n\r\n")
+		if err := d.bw.Flush(); err != nil {
+			return
+		}
+		p.log.Info("outbound: CONNECT to an HTTP service port; proxying the tunnel's requests as HTTP", "peer", info.src, "target", dest, "service", rt.service)
+		tunnel := &connInfo{src: info.src, origHost: host, origPort: port, mode: string(rt.mode)}
+		p.serveOutboundH1(&bufferedConn{Conn: d.c, r: d.br}, tunnel)
+		return
+	}
 	switch {
 	case rt != nil:
 		info.mode = string(rt.mode)

@@ -224,7 +224,7 @@ func FuzzHead(f *testing.F) {
 			w.Flush()
 			goto reparse
 		}
-		h.writeFields(w, "")
+		h.writeFields(w, nil)
 		h.writeFraming(w)
 		w.WriteString("\r\n")
 		w.Flush()
@@ -267,7 +267,7 @@ func FuzzChunked(f *testing.F) {
 		var out bytes.Buffer
 		w := bufio.NewWriter(&out)
 		buf := make([]byte, 7)
-		if _, err := copyChunked(w, bufio.NewReader(bytes.NewReader(b)), buf); err != nil {
+		if _, err := copyChunked(w, bufio.NewReader(bytes.NewReader(b)), buf, false); err != nil {
 			return
 		}
 		w.Flush()

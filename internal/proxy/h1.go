@@ -27,6 +27,8 @@ const maxHeadBytes = 64 << 10
 var (
 	errHeadTooLarge = errors.New("http: message head larger than 64 KiB")
 	errBadHead      = errors.New("http: malformed message head")
+	// errHTTP2Preface: HTTP/2 with prior knowledge where HTTP/1.x is read.
+	errHTTP2Preface = fmt.Errorf("%w: HTTP/2 connection preface on a port that is HTTP/1.x (declare the port HTTP2 or GRPC to relay HTTP/2)", errBadHead)
 )
 
 // span is a [start,end) slice of head.buf.
@@ -58,6 +60,11 @@ type head struct {
 	expect100 bool
 	host      span
 	hasHost   bool
+	// request: this is a request head (trailers of its body are filtered).
+	request bool
+	// fwdTarget, if set, is the request target to forward instead of the
+	// one received (the server sidecar's normalised path).
+	fwdTarget []byte
 	// connTokens are header names listed in Connection (hop-by-hop).
 	connTokens []span
 }
@@ -73,12 +80,14 @@ func (h *head) reset() {
 	h.status, h.minor = 0, 1
 	h.contentLength = -1
 	h.chunked, h.close, h.upgrade, h.expect100, h.hasHost = false, false, false, false, false
+	h.request, h.fwdTarget = false, nil
 }
 
 // readHead reads one message head from br. request selects the start line
 // grammar. io.EOF before any byte means the peer closed between messages.
 func (h *head) read(br *bufio.Reader, request bool) error {
 	h.reset()
+	h.request = request
 	nlines := 0
 	for {
 		line, err := br.ReadSlice('\n')
@@ -158,6 +167,9 @@ func (h *head) parseStart(start int, request bool) error {
 		}
 		minor, ok := parseVersion(line[sp2+1:])
 		if !ok {
+			if string(line) == "PRI * HTTP/2.0" {
+				return errHTTP2Preface
+			}
 			return errBadHead
 		}
 		h.method = span{start, start + sp1}
@@ -370,12 +382,12 @@ func (h *head) respHasBody(head bool) bool {
 }
 
 // writeFields writes every end-to-end field of h, skipping hop-by-hop ones,
-// the framing fields (see writeFraming) and the one skip names (lowercase).
-func (h *head) writeFields(w *bufio.Writer, skip string) {
+// the framing fields (see writeFraming) and those drop (if set) reports.
+func (h *head) writeFields(w *bufio.Writer, drop func(name []byte) bool) {
 	for _, f := range h.fields {
 		name := h.bytesOf(f.name)
 		// Content-Length is framing: writeFraming writes it once.
-		if h.hopByHop(name) || asciiEqualFold(name, "content-length") || (skip != "" && asciiEqualFold(name, skip)) {
+		if h.hopByHop(name) || asciiEqualFold(name, "content-length") || (drop != nil && drop(name)) {
 			continue
 		}
 		w.Write(name)
@@ -430,9 +442,18 @@ func (h *head) originForm() []byte {
 	return t
 }
 
+// forwardTarget is the request target to send upstream: the normalised one
+// if the server sidecar set it, else the origin-form of the received one.
+func (h *head) forwardTarget() []byte {
+	if h.fwdTarget != nil {
+		return h.fwdTarget
+	}
+	return h.originForm()
+}
+
 // path returns the target's path, without query, for authorization and logs.
 func (h *head) path() string {
-	t := h.originForm()
+	t := h.forwardTarget()
 	if i := bytes.IndexByte(t, '?'); i >= 0 {
 		t = t[:i]
 	}
@@ -446,7 +467,7 @@ func (h *head) path() string {
 func relayBody(w *bufio.Writer, br *bufio.Reader, h *head, untilEOF bool, buf []byte) (int64, error) {
 	switch {
 	case h.chunked:
-		return copyChunked(w, br, buf)
+		return copyChunked(w, br, buf, h.request)
 	case h.contentLength >= 0:
 		return copyN(w, br, h.contentLength, buf)
 	case untilEOF:
@@ -513,8 +534,10 @@ func copyAll(w *bufio.Writer, r io.Reader, buf []byte) (int64, error) {
 }
 
 // copyChunked relays a chunked body verbatim, parsing only the chunk sizes
-// to find its end (last chunk and trailer section).
-func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte) (int64, error) {
+// to find its end (last chunk and trailer section). In a request's trailer
+// section (request), a field the app must never get from a client (any
+// spelling of X-Forwarded-Client-Cert, see dropInbound) is dropped too.
+func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, request bool) (int64, error) {
 	var total int64
 	for {
 		line, err := readChunkLine(br)
@@ -533,6 +556,9 @@ func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte) (int64, error) {
 				tl, err := readChunkLine(br)
 				if err != nil {
 					return total, err
+				}
+				if i := bytes.IndexByte(tl, ':'); request && i > 0 && dropInbound(tl[:i]) {
+					continue
 				}
 				w.Write(tl)
 				w.WriteString("\r\n")

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/meshauth/meshauth/internal/policy"
@@ -36,6 +35,9 @@ func (p *Proxy) handleInboundCaptured(c net.Conn) {
 // handleInbound applies the port's mode to one accepted connection.
 func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	ip := inboundPort(p.policy.Current(), port)
+	// The port's protocol decides how its traffic is handled, never what
+	// the client offers (ALPN, CONNECT through its own sidecar).
+	proto := policy.InboundProtocol(ip.Protocol, "")
 	src := c.RemoteAddr().String()
 	p.cached.inConns(ip.Mode).Inc()
 	info := &connInfo{port: port, app: app, mode: string(ip.Mode), service: ip.Service, src: src}
@@ -43,7 +45,7 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 
 	// A plain TCP port in DISABLE mode is relayed as is, without waiting for
 	// the client to speak first (server-first protocols).
-	if ip.Mode == policy.ServerDisable && strings.EqualFold(ip.Protocol, "TCP") {
+	if ip.Mode == policy.ServerDisable && proto == "TCP" {
 		p.trackPlain(info)
 		p.inboundTCP(c, info)
 		return
@@ -55,10 +57,18 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	if err != nil {
 		if ip.Mode != policy.ServerStrict && len(pre) == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 			// Plaintext allowed and the client is silent: a server-first
-			// protocol. Relay it.
+			// protocol, unless the port is HTTP, which stays HTTP (a client
+			// that waits must not get a raw relay past the HTTP engine).
 			c.SetDeadline(time.Time{})
 			p.trackPlain(info)
-			p.inboundTCP(c, info)
+			switch proto {
+			case "HTTP", "HTTP2":
+				p.serveInboundH1(c, info)
+			case "":
+				p.inboundTCP(&lateHTTPConn{Conn: c}, info)
+			default:
+				p.inboundTCP(c, info)
+			}
 			return
 		}
 		reason := reasonClosed
@@ -76,7 +86,7 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	pc := &peekedConn{Conn: c, buf: pre}
 	switch {
 	case kind == KindTLS && ip.Mode != policy.ServerDisable:
-		p.inboundTLS(pc, info, ip, deadline)
+		p.inboundTLS(pc, info, proto, deadline)
 	case ip.Mode == policy.ServerStrict:
 		reason := reasonNotTLS
 		if kind == KindHTTP {
@@ -87,17 +97,78 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 		c.SetDeadline(time.Time{})
 		p.cached.handshake("inbound", "plaintext").Inc()
 		p.trackPlain(info)
-		if kind == KindHTTP && !strings.EqualFold(ip.Protocol, "TCP") {
-			p.serveInboundH1(pc, info)
+		p.serveProtocol(pc, info, proto)
+	}
+}
+
+// serveProtocol hands a connection whose transport is settled (mTLS with a
+// verified peer, or plaintext the port's mode allows) to its port's
+// protocol:
+//
+//   - HTTP: the HTTP/1.x engine, whatever the client offered; every
+//     request is parsed, authorized and gets the verified XFCC (HTTP/2 is
+//     answered 400).
+//   - HTTP2 (HTTP2, GRPC): HTTP/2 with prior knowledge is relayed through
+//     h2Guard; anything else goes to the HTTP/1.x engine.
+//   - TCP: an opaque relay.
+//   - undeclared: the first bytes decide, as Istio's protocol detection
+//     does: HTTP/1.x to the engine, HTTP/2 through h2Guard, anything else
+//     (or a client silent for sniffTimeout: a server-first protocol) is
+//     relayed. Declare the port to rule the relay out.
+func (p *Proxy) serveProtocol(c net.Conn, info *connInfo, proto string) {
+	switch proto {
+	case "TCP":
+		p.inboundTCP(c, info)
+		return
+	case "HTTP":
+		p.serveInboundH1(c, info)
+		return
+	}
+	wait := sniffTimeout
+	if proto == "HTTP2" {
+		wait = p.cfg.HandshakeTimeout // an HTTP client speaks first
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	kind, pre, err := sniff(c)
+	if err != nil && len(pre) > 0 && wait < p.cfg.HandshakeTimeout {
+		// The client started to speak (a prefix of HTTP): it is not a
+		// server-first protocol, so wait for enough to decide.
+		c.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+		kind, pre, err = sniff(&peekedConn{Conn: c, buf: pre})
+	}
+	c.SetReadDeadline(time.Time{})
+	pc := &peekedConn{Conn: c, buf: pre}
+	switch {
+	case kind == KindHTTP2:
+		xfcc := ""
+		if info.peer != "" {
+			by := ""
+			if s := p.certs.SVID(); s != nil {
+				by = s.URI
+			}
+			xfcc = XFCC(by, info.peer)
+		}
+		p.inboundTCP(newH2Guard(pc, xfcc), info)
+	case proto == "HTTP2":
+		if err != nil && len(pre) == 0 {
+			c.Close()
 			return
 		}
+		p.serveInboundH1(pc, info)
+	case kind == KindHTTP:
+		p.serveInboundH1(pc, info)
+	case len(pre) == 0:
+		// Silent: a server-first protocol. Relayed, but HTTP that comes
+		// late is refused (lateHTTPConn).
+		p.inboundTCP(&lateHTTPConn{Conn: pc}, info)
+	default:
 		p.inboundTCP(pc, info)
 	}
 }
 
 // inboundTLS terminates mTLS. The peer's chain is verified in the TLS
 // config's VerifyConnection; a failure resets the connection with its reason.
-func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort, deadline time.Time) {
+func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, proto string, deadline time.Time) {
 	raw := newBatchConn(c)
 	tc := tlsServer(raw, p.serverConf)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -113,14 +184,9 @@ func (p *Proxy) inboundTLS(c *peekedConn, info *connInfo, ip policy.InboundPort,
 	info.peer = peerID(cs)
 	p.trackTLS(info, cs.PeerCertificates)
 	p.cached.handshake("inbound", "ok").Inc()
-	http := cs.NegotiatedProtocol == alpnHTTP1 ||
-		(cs.NegotiatedProtocol == "" && isHTTPProtocol(ip.Protocol, ""))
-	conn := newBatchedTLS(tc, raw)
-	if http {
-		p.serveInboundH1(conn, info)
-		return
-	}
-	p.inboundTCP(conn, info)
+	// The ALPN the client negotiated (http/1.1, meshauth-tcp or none) is
+	// not consulted: the port's protocol decides.
+	p.serveProtocol(newBatchedTLS(tc, raw), info, proto)
 }
 
 // refuseInbound resets a connection and records why, once, in the log and
@@ -166,6 +232,17 @@ func (p *Proxy) inboundTCP(c net.Conn, info *connInfo) {
 	p.cached.activeIn.Dec()
 	p.cached.bytesInUp.Add(float64(sent))
 	p.cached.bytesInDown.Add(float64(recv))
+	if g, ok := c.(*h2Guard); ok && g.bad != nil {
+		// The guard ended the relay: say why.
+		p.cached.deny.Inc()
+		p.logConn("inbound", info, info.app, "deny", g.reason+": "+g.bad.Error(), sent, recv)
+		return
+	}
+	if l, ok := c.(*lateHTTPConn); ok && l.refused {
+		p.cached.deny.Inc()
+		p.logConn("inbound", info, info.app, "deny", errLateHTTP.Error(), sent, recv)
+		return
+	}
 	p.logConn("inbound", info, info.app, "allow", dec.Reason, sent, recv)
 }
 

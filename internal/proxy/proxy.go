@@ -460,8 +460,9 @@ func (p *Proxy) routeTable() *routeTable {
 // Snapshot returns the policy snapshot in force (for the admin page).
 func (p *Proxy) Snapshot() *policy.Snapshot { return p.policy.Current() }
 
-// Ready reports whether the proxy can serve mTLS: it has a certificate, a
-// bundle and a policy snapshot.
+// Ready reports whether the proxy can serve mTLS: it has an unexpired
+// certificate, a bundle and a policy snapshot, and the certificate source
+// reports no problem (a revoked certificate, a renewal the CA refuses).
 func (p *Proxy) Ready() error {
 	switch s := p.certs.SVID(); {
 	case s == nil:
@@ -474,6 +475,13 @@ func (p *Proxy) Ready() error {
 		return ErrNoBundle
 	case p.policy.Current() == nil:
 		return errors.New("sidecar has no policy snapshot yet")
+	}
+	// The source's own verdict (agent.Store: the certificate is revoked, or
+	// the CA refuses to renew it).
+	if h, ok := p.certs.(interface{ Health() error }); ok {
+		if err := h.Health(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -47,12 +47,10 @@ type routeTable struct {
 	byHost map[string]*route
 }
 
+// isHTTPProtocol reports whether a service port is HTTP/1.x, by the same
+// rule the server sidecar applies (policy.InboundProtocol).
 func isHTTPProtocol(proto, name string) bool {
-	p := strings.ToUpper(proto)
-	if p == "HTTP" || p == "HTTP1" {
-		return true
-	}
-	return p == "" && (name == "http" || strings.HasPrefix(name, "http-"))
+	return policy.InboundProtocol(proto, name) == "HTTP"
 }
 
 func buildRoutes(s *policy.Snapshot) *routeTable {

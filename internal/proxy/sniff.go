@@ -12,6 +12,8 @@ const (
 	KindHTTP
 	// KindOther: anything else (another protocol, or garbage).
 	KindOther
+	// KindHTTP2: the HTTP/2 connection preface ("PRI * HTTP/2.0...").
+	KindHTTP2
 )
 
 func (k Kind) String() string {
@@ -22,6 +24,8 @@ func (k Kind) String() string {
 		return "http"
 	case KindOther:
 		return "other"
+	case KindHTTP2:
+		return "http2"
 	}
 	return "unknown"
 }
@@ -61,6 +65,12 @@ func Sniff(b []byte) Kind {
 		return KindTLS
 	}
 	prefix := false
+	if n := min(len(b), sniffLen); string(b[:n]) == h2Preface[:n] {
+		if n == sniffLen {
+			return KindHTTP2
+		}
+		prefix = true
+	}
 	for _, m := range httpMethods {
 		n := min(len(b), len(m))
 		if string(b[:n]) == m[:n] {

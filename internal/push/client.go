@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -199,7 +200,8 @@ func (c *Client) accept(m *pb.Snapshot) error {
 			return err
 		}
 	}
-	if cur := c.current.Load(); cur != nil && cur.Version == u.Version {
+	prev := c.current.Load()
+	if prev != nil && prev.Version == u.Version {
 		return nil
 	}
 	c.current.Store(u)
@@ -208,5 +210,13 @@ func (c *Client) accept(m *pb.Snapshot) error {
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
 	c.log.Info("snapshot applied", "version", u.Version, "inbound_ports", len(s.Inbound), "outbound_services", len(s.Outbound))
+	// Registration is closed by default: say, on every change, which
+	// services refused this workload as an endpoint and why (the operator
+	// adds its service account to the Service's spec.serviceAccounts).
+	if prev == nil || !slices.Equal(prev.Snapshot.Refused, s.Refused) {
+		for _, r := range s.Refused {
+			c.log.Warn("not an endpoint of a service this sidecar registered for: the control plane refused its identity", "service", r.Service, "spiffe_id", r.SPIFFEID, "reason", r.Reason)
+		}
+	}
 	return nil
 }

@@ -64,6 +64,8 @@ type env struct {
 	bundle atomic.Pointer[identity.Bundle]
 	// stopping is the server's Config.Stopping.
 	stopping chan struct{}
+	// grace is the server's RegistrationGrace (0: the default).
+	grace time.Duration
 }
 
 // lockedBuffer is a log sink shared by the server's and clients' handlers.
@@ -76,6 +78,12 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func engineFor(t testing.TB, reg *registry.Registry, docs ...string) *policy.Engine {
@@ -116,9 +124,10 @@ func (e *env) start(addr string, eng *policy.Engine) {
 	}
 	e.stopping = make(chan struct{})
 	e.server = NewServer(Config{
-		Stopping: e.stopping,
-		Debounce: e.debounce,
-		Log:      slog.New(slog.NewTextHandler(e.logs, nil)),
+		Stopping:          e.stopping,
+		Debounce:          e.debounce,
+		RegistrationGrace: e.grace,
+		Log:               slog.New(slog.NewTextHandler(e.logs, nil)),
 		Identity: func(ctx context.Context) (identity.ID, error) {
 			p, _ := peer.FromContext(ctx)
 			ti, _ := p.AuthInfo.(credentials.TLSInfo)

@@ -57,7 +57,17 @@ type Config struct {
 	// gRPC server's graceful stop does not wait for sidecars to hang up
 	// (they reconnect to the next control plane). Optional.
 	Stopping <-chan struct{}
+	// RegistrationGrace is how long a sidecar's self-registration stays in
+	// the registry after its stream ends, so that a reconnect (a control
+	// plane restart, a network blip) does not remove and re-add the
+	// endpoint. A revoked sidecar is removed at once. Default
+	// DefaultRegistrationGrace; negative means none.
+	RegistrationGrace time.Duration
 }
+
+// DefaultRegistrationGrace is Config.RegistrationGrace's default, as
+// Istio's WorkloadEntry auto-registration cleanup grace period.
+const DefaultRegistrationGrace = 10 * time.Second
 
 // Server implements the Discovery service.
 type Server struct {
@@ -71,7 +81,7 @@ type Server struct {
 	// computed under, so WaitSynced knows who has seen the latest config.
 	gen atomic.Uint64
 	// Counters for metrics (Stats).
-	sent, acks, nacks, refused atomic.Uint64
+	sent, acks, nacks, refused, regRefused atomic.Uint64
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -89,6 +99,9 @@ type conn struct {
 	// bundleChecked is the bundle version the peer certificate was last
 	// checked against (for revocations that arrive while connected).
 	bundleChecked uint64
+	// revoked is set when the stream ends because the peer's certificate
+	// was revoked: its registration leaves at once, with no grace.
+	revoked bool
 
 	mu      sync.Mutex
 	gen     uint64
@@ -115,6 +128,9 @@ func NewServer(cfg Config, e *policy.Engine) *Server {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.RegistrationGrace == 0 {
+		cfg.RegistrationGrace = DefaultRegistrationGrace
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "push"), kick: make(chan struct{}, 1),
 		conns: map[*conn]struct{}{}, synced: make(chan struct{})}
@@ -216,16 +232,33 @@ func (s *Server) Stream(stream pb.Discovery_StreamServer) error {
 		}
 		w.Ports = append(w.Ports, registry.WorkloadPort{Number: p, SidecarPort: sp})
 	}
-	reger := s.engine.Load().Registry()
+	eng := s.engine.Load()
+	reger := eng.Registry()
 	registered, err := reger.Register(w)
 	if err != nil {
 		s.refused.Add(1)
 		s.log.Warn("registration refused", "spiffe_id", id.String(), "workload", reg.Workload, "error", err)
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	defer reger.UnregisterIf(registered)
-
 	c := &conn{id: id, workload: w.Namespace + "/" + w.Name, kick: make(chan struct{}, 1)}
+	// The stream's end removes a self-registration after the grace period
+	// (a reconnect re-registers first, and UnregisterIf leaves the newer
+	// entry alone); a revoked sidecar's at once.
+	defer func() {
+		if c.revoked || s.cfg.RegistrationGrace < 0 {
+			reger.UnregisterIf(registered)
+			return
+		}
+		time.AfterFunc(s.cfg.RegistrationGrace, func() { reger.UnregisterIf(registered) })
+	}()
+	// Registration is closed by default: the sidecar stays connected (it
+	// may call out), but it serves no Service that does not allow its
+	// identity, whatever labels it claimed. Say so, once per service.
+	for _, r := range eng.RefusalsFor(registered) {
+		s.regRefused.Add(1)
+		s.log.Warn("self-registration refused: not an endpoint of the service", "spiffe_id", r.SPIFFEID, "workload", r.Workload, "service", r.Service, "reason", r.Reason)
+	}
+
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -309,6 +342,7 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 		c.bundleChecked = b.Version
 		if _, err := s.cfg.Identity(stream.Context()); errors.Is(err, identity.ErrRevoked) {
 			s.refused.Add(1)
+			c.revoked = true
 			s.log.Warn("sidecar certificate revoked; ending its discovery stream", "workload", c.workload, "spiffe_id", c.id.String(), "error", err)
 			return status.Errorf(codes.PermissionDenied, "workload certificate revoked: %v", err)
 		}
@@ -378,6 +412,10 @@ func encode(snap *policy.Snapshot, b *pb.TrustBundle) ([]byte, string, error) {
 type Stats struct {
 	Connected                  int
 	Sent, ACKs, NACKs, Refused uint64
+	// RegistrationsRefused counts (sidecar, service) pairs where a
+	// self-registered sidecar claimed a service that does not allow its
+	// identity.
+	RegistrationsRefused uint64
 }
 
 // Stats returns the counters, for metrics.
@@ -385,7 +423,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
-	return Stats{Connected: n, Sent: s.sent.Load(), ACKs: s.acks.Load(), NACKs: s.nacks.Load(), Refused: s.refused.Load()}
+	return Stats{Connected: n, Sent: s.sent.Load(), ACKs: s.acks.Load(), NACKs: s.nacks.Load(), Refused: s.refused.Load(), RegistrationsRefused: s.regRefused.Load()}
 }
 
 // Status lists connected sidecars, by workload.

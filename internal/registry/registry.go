@@ -41,8 +41,11 @@ type Service struct {
 	Address   string            `json:"address,omitempty"`
 	Source    string            `json:"source"`
 	// ServiceAccounts are extra SPIFFE IDs allowed to serve the service
-	// besides its workloads' (the seed's alpha.istio.io/*-serviceaccounts
-	// Service annotations, read by internal/kube).
+	// besides its declared workloads' (the Service's spec.serviceAccounts
+	// and spec.subjectAltNames, and the seed's
+	// alpha.istio.io/*-serviceaccounts annotations, also read by
+	// internal/kube). They are also the identities whose sidecars may
+	// register themselves as endpoints of the service (policy.Engine).
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
@@ -468,12 +471,23 @@ const (
 	AnnotationCanonicalAccounts = "alpha.istio.io/canonical-serviceaccounts"
 )
 
+// annotatedIdentities returns the SPIFFE IDs a config Service allows
+// besides its declared workloads': spec.serviceAccounts (names in its
+// namespace), spec.subjectAltNames, and the Istio annotations; sorted,
+// without duplicates.
 func annotatedIdentities(s *config.Service, td string) []string {
 	var out []string
-	for _, sa := range splitList(s.Metadata.Annotations[AnnotationServiceAccounts]) {
+	sas := append(slices.Clone(s.Spec.ServiceAccounts), splitList(s.Metadata.Annotations[AnnotationServiceAccounts])...)
+	for _, sa := range sas {
 		out = append(out, "spiffe://"+td+"/ns/"+s.Metadata.Namespace+"/sa/"+sa)
 	}
-	return append(out, splitList(s.Metadata.Annotations[AnnotationCanonicalAccounts])...)
+	out = append(out, s.Spec.SubjectAltNames...)
+	out = append(out, splitList(s.Metadata.Annotations[AnnotationCanonicalAccounts])...)
+	if len(out) == 0 {
+		return nil
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 func splitList(v string) []string {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/client"
+	"github.com/meshauth/meshauth/internal/identity"
+)
+
+// certRenewCmd is `meshctl cert renew`: a renewal over mTLS, as a sidecar
+// does it, for workloads without one (a VM, a batch job) and for audits.
+func certRenewCmd() *cobra.Command {
+	var (
+		certDir, out, keyType string
+		ttl                   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "renew",
+		Short: "renew the certificate in --cert-dir over mTLS; writes a new cert-chain.pem, key.pem, root-cert.pem",
+		Long: `renew presents the certificate and key in --cert-dir to the CA (mTLS: the
+current certificate is the proof of identity, no join token), sends a CSR
+for a fresh key with the same SPIFFE ID, and writes the three files into
+--out (default: --cert-dir, replaced atomically, key first).
+
+The CA refuses a renewal with a revoked or expired certificate, and one
+asking for a longer --ttl than the certificate's lineage was granted when
+it started (the CA's default TTL, or the longer TTL its first issuance
+asked for): a renewal cannot extend a certificate's reach.`,
+		Example: `  meshctl cert renew --cert-dir ./sleep-certs
+  meshctl cert renew --cert-dir ./sleep-certs --out ./sleep-certs.new --ttl 12h`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if certDir == "" {
+				return &exitError{2, fmt.Errorf("cert renew: --cert-dir is required")}
+			}
+			if out == "" {
+				out = certDir
+			}
+			cur, err := tls.LoadX509KeyPair(filepath.Join(certDir, "cert-chain.pem"), filepath.Join(certDir, "key.pem"))
+			if err != nil {
+				return fmt.Errorf("cert renew: %s: %w", certDir, err)
+			}
+			leaf, err := x509.ParseCertificate(cur.Certificate[0])
+			if err != nil {
+				return fmt.Errorf("cert renew: %s/cert-chain.pem: %w", certDir, err)
+			}
+			cur.Leaf = leaf
+			if len(leaf.URIs) != 1 {
+				return fmt.Errorf("cert renew: %s/cert-chain.pem has %d URI SANs, want one SPIFFE ID", certDir, len(leaf.URIs))
+			}
+			id, err := identity.Parse(leaf.URIs[0].String())
+			if err != nil {
+				return fmt.Errorf("cert renew: %s/cert-chain.pem: %w", certDir, err)
+			}
+			roots, err := client.LoadRoots(globals.Dir, id.TrustDomain)
+			if err != nil {
+				// Not next to a control plane: the roots that came with the certificate.
+				data, rerr := os.ReadFile(filepath.Join(certDir, "root-cert.pem"))
+				if rerr != nil {
+					return err
+				}
+				if roots, err = client.BundleFromPEM(data, id.TrustDomain); err != nil {
+					return fmt.Errorf("cert renew: %s/root-cert.pem: %w", certDir, err)
+				}
+			}
+			key, keyDER, err := newKey(keyType)
+			if err != nil {
+				return err
+			}
+			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: leaf.URIs}, key)
+			if err != nil {
+				return fmt.Errorf("cert renew: CSR: %w", err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			conn, err := client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr,
+				Roots: func() *identity.Bundle { return roots },
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+					return &cur, nil
+				}})
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			resp, err := pb.NewCertificateAuthorityClient(conn).CreateCertificate(ctx, &pb.CreateCertificateRequest{
+				Csr: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), TtlSeconds: int64(ttl / time.Second),
+			})
+			if err != nil {
+				return rpcError("cert renew", err)
+			}
+			chain, err := identity.ParseCertsPEM([]byte(strings.Join(resp.CertChain, "")))
+			if err != nil || len(chain) == 0 {
+				return fmt.Errorf("cert renew: CA response: %v", err)
+			}
+			if err := os.MkdirAll(out, 0o755); err != nil {
+				return err
+			}
+			for _, f := range []struct {
+				name string
+				data string
+				mode os.FileMode
+			}{
+				{"key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o600},
+				{"cert-chain.pem", strings.Join(resp.CertChain, ""), 0o644},
+				{"root-cert.pem", strings.Join(resp.Roots, ""), 0o644},
+			} {
+				if err := writeAtomic(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "renewed %s serial %s (from %s), not after %s\nwrote %s/{cert-chain.pem,key.pem,root-cert.pem}\n",
+				resp.SpiffeId, resp.Serial, identity.SerialHex(leaf), chain[0].NotAfter.UTC().Format(time.RFC3339), out)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&certDir, "cert-dir", "", "directory with the current cert-chain.pem and key.pem")
+	f.StringVar(&out, "out", "", "directory for the new files (default: --cert-dir)")
+	f.DurationVar(&ttl, "ttl", 0, "certificate lifetime (default: the CA's, 24h; at most what the lineage was granted)")
+	f.StringVar(&keyType, "key-type", "ecdsa-p256", "key: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
+	return cmd
+}

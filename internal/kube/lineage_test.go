@@ -1,0 +1,80 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/kube/kubetest"
+)
+
+// TestRevocationLineageAcrossReplicas (issue 11, finding 2): against a real
+// kube-apiserver, a certificate replica a signed is renewed at replica b
+// (which has no record of it). When a revokes the serial, b's import
+// revokes the renewal too, and the lineage-expanded set is what reaches
+// the meshauth-revocations Secret and a's bundle.
+func TestRevocationLineageAcrossReplicas(t *testing.T) {
+	env := kubetest.Need(t)
+	cs := env.Clientset(t)
+	ctx := context.Background()
+	system := createNamespace(t, cs, "istio-system", nil)
+	ns := createNamespace(t, cs, "lineage", nil)
+	installCRDs(t, env)
+	start := func(id string) *testReplica {
+		return startReplica(t, ControlConfig{
+			REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
+			Listen: "127.0.0.1:0", WebhookListen: "-", Namespaces: []string{ns}, DisableSecrets: true,
+			LeaseDuration: 2 * time.Second,
+		})
+	}
+	a, b := start("a"), start("b")
+	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
+	p, err := a.srv.CA().Sign(ctx, ca.Caller{ID: id, Method: "k8s_token", Subject: "uid"}, csrFor(t, ""), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := identity.ParseCertsPEM([]byte(strings.Join(p.ChainPEM, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller, err := ca.Authenticate(ctx, ca.Credentials{PeerCertificates: chain}, b.srv.CA().MTLSAuthenticator())
+	if err != nil {
+		t.Fatalf("renewal at the other replica: %v", err)
+	}
+	if _, err := b.srv.CA().Sign(ctx, caller, csrFor(t, ""), 48*time.Hour); ca.ReasonOf(err) != ca.ReasonTTL {
+		t.Fatalf("renewal at the other replica above the 24h lineage: %v", err)
+	}
+	child, err := b.srv.CA().Sign(ctx, caller, csrFor(t, ""), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, _, err := a.srv.CA().Revoke(p.Serial, "", "key compromise"); err != nil {
+		t.Fatal(err)
+	}
+	inSecret := func(serial string) bool {
+		s, err := cs.CoreV1().Secrets(system).Get(ctx, RevocationsSecret, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		var l revocationList
+		if json.Unmarshal(s.Data[revocationsKey], &l) != nil {
+			return false
+		}
+		for _, r := range l.Revocations {
+			if r.Serial == serial {
+				return true
+			}
+		}
+		return false
+	}
+	kubetest.WaitFor(t, 30*time.Second, "the renewal b signed revoked on both replicas and in the Secret", func() (bool, error) {
+		return b.srv.CA().Bundle().Identity().IsRevoked(child.Serial) && a.srv.CA().Bundle().Identity().IsRevoked(child.Serial) && inSecret(child.Serial), nil
+	})
+}

@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/meshauth/meshauth/internal/policy"
+)
+
+// inboundTarget checks and normalises the request target of an inbound
+// request before it is authorized. Accepted: origin-form ("/path?query"),
+// absolute-form ("http://host/path", reduced to its origin-form) and "*"
+// for OPTIONS. The path is normalised by policy.NormalizePath and, if that
+// changed it, the normalised path (with the query as sent) is what the app
+// receives, so the app acts on exactly the path that was authorized. A
+// target that cannot be normalised is answered 400 with the reason; ok is
+// false then.
+func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
+	t := d.req.bytesOf(d.req.target)
+	switch {
+	case len(t) == 1 && t[0] == '*':
+		if d.req.methodIs("OPTIONS") {
+			return exchangeResult{}, true
+		}
+		return p.badTarget(d, "request target \"*\" is only allowed with OPTIONS"), false
+	case len(t) > 0 && t[0] == '/':
+	case bytes.HasPrefix(t, []byte("http://")) || bytes.HasPrefix(t, []byte("https://")):
+	default:
+		return p.badTarget(d, "request target "+strconv.Quote(string(t))+" is neither a path (origin-form) nor an absolute http URI"), false
+	}
+	ot := d.req.originForm()
+	path, query := ot, []byte(nil)
+	if i := bytes.IndexByte(ot, '?'); i >= 0 {
+		path, query = ot[:i], ot[i:]
+	}
+	if len(path) > 0 && path[0] == '/' && policy.PathIsNormal(path) {
+		return exchangeResult{}, true // the common case: nothing to do
+	}
+	norm, err := policy.NormalizePath(string(path))
+	if err != nil {
+		return p.badTarget(d, err.Error()), false
+	}
+	if norm != string(path) {
+		d.req.fwdTarget = append([]byte(norm), query...)
+	}
+	return exchangeResult{}, true
+}
+
+// reasonBadPath is the access log reason of a request refused by
+// inboundTarget.
+const reasonBadPath = "bad_path"
+
+func (p *Proxy) badTarget(d *dconn, msg string) exchangeResult {
+	d.req.close = true
+	return p.localError(d, http.StatusBadRequest, reasonBadPath, msg)
+}
+
+// stripH2CUpgrade removes an upgrade to HTTP/2 (Upgrade: h2c) from an
+// inbound request: after a 101 the connection would be relayed as bytes,
+// and the HTTP/2 requests in it would reach the app unparsed, with any
+// X-Forwarded-Client-Cert the client wrote. Without the upgrade the app
+// answers the request as HTTP/1.1 (Envoy strips h2c upgrades the same way).
+// Other upgrades (WebSocket) are kept.
+func stripH2CUpgrade(d *dconn) {
+	h := &d.req
+	if !h.upgrade {
+		return
+	}
+	for _, tok := range splitComma(h.upgradeValue(), 0) {
+		v := h.upgradeValue()[tok.s:tok.e]
+		if len(v) >= 2 && (v[0] == 'h' || v[0] == 'H') && v[1] == '2' || bytes.HasPrefix(bytes.ToUpper(v), []byte("HTTP/2")) {
+			h.upgrade = false
+			d.dropped = append(d.dropped, "Upgrade")
+			return
+		}
+	}
+}
+
+// lateHTTPConn is the client side of a relay on a port whose protocol is
+// not declared, after the client stayed silent past the detection window
+// (taken for a server-first protocol). If the client's first bytes turn
+// out to be HTTP after all, the relay ends with a logged reason: an HTTP
+// request that waited must not reach the app unparsed, with any
+// X-Forwarded-Client-Cert it carries.
+type lateHTTPConn struct {
+	net.Conn
+	decided bool
+	pending []byte
+	refused bool
+}
+
+// reasonLateHTTP is the access log reason of a relay lateHTTPConn ended.
+const reasonLateHTTP = "late_http_on_undeclared_port"
+
+var errLateHTTP = errors.New(reasonLateHTTP + ": the client sent HTTP after the protocol detection window on a port whose protocol is not declared; declare the port HTTP (or TCP)")
+
+func (l *lateHTTPConn) Read(p []byte) (int, error) {
+	if l.refused {
+		return 0, errLateHTTP
+	}
+	if !l.decided {
+		buf := make([]byte, 0, sniffLen)
+		var err error
+		for Sniff(buf) == KindUnknown && len(buf) < sniffLen && err == nil {
+			var n int
+			n, err = l.Conn.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+		}
+		if k := Sniff(buf); k == KindHTTP || k == KindHTTP2 {
+			l.refused = true
+			return 0, errLateHTTP
+		}
+		l.decided, l.pending = true, buf
+		if len(buf) == 0 && err != nil {
+			return 0, err
+		}
+	}
+	if len(l.pending) > 0 {
+		n := copy(p, l.pending)
+		l.pending = l.pending[n:]
+		return n, nil
+	}
+	return l.Conn.Read(p)
+}
+
+// CloseWrite half-closes the client connection (relay's shutdown).
+func (l *lateHTTPConn) CloseWrite() error {
+	if cw, ok := l.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
