@@ -421,7 +421,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 			}
 			return m
 		}
-		srv := &http.Server{Handler: p.AdminHandler(reg, extra), ReadHeaderTimeout: 10 * time.Second}
+		srv := sideServer(p.AdminHandler(reg, extra), f.idleTimeout)
 		go srv.Serve(l)
 		defer srv.Close()
 	}
@@ -434,7 +434,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		if err != nil {
 			return fmt.Errorf("--health: %w", err)
 		}
-		srv := &http.Server{Handler: p.HealthHandler(probers), ReadHeaderTimeout: 10 * time.Second}
+		srv := sideServer(p.HealthHandler(probers), f.idleTimeout)
 		go srv.Serve(l)
 		defer srv.Close()
 	}
@@ -447,7 +447,7 @@ func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
 		h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 		mux.Handle("GET /metrics", h)
 		mux.Handle("GET /stats/prometheus", h) // the path Istio's scrape config uses
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		srv := sideServer(mux, f.idleTimeout)
 		go srv.Serve(l)
 		defer srv.Close()
 	}
@@ -749,4 +749,13 @@ func offIfZeroInt(n int) int {
 		return -1
 	}
 	return n
+}
+
+// sideServer is the HTTP server of the sidecar's own endpoints (admin,
+// health, Prometheus: the last two listen on every address in a pod). A
+// client that opens connections and goes quiet holds none of them longer
+// than the request-head limit or, between requests, the sidecar's
+// --idle-timeout, as on the proxy's own listeners.
+func sideServer(h http.Handler, idle time.Duration) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idle, MaxHeaderBytes: 64 << 10}
 }
