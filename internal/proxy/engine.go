@@ -281,6 +281,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 		}
 		writeRequest(u, req, extra, drop, host)
 		x.bodyErr, x.watching = nil, false
+		x.head.done = false // no body goroutine runs yet
 		u.aborted.Store(false)
 		if req.reqHasBody() {
 			// No response is due before the body is in; the body's own
@@ -310,7 +311,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 				d.io.readBy(time.Time{})
 				if err == nil {
 					// The request is in: the response is due now.
-					u.io.readBy(limitFor(p.cfg.ResponseHeadersTimeout))
+					x.responseHeadDue(u, p.cfg.ResponseHeadersTimeout)
 				} else if !u.io.wfail.Load() {
 					// The client's side failed (bad framing, stalled,
 					// gone): abandon the upstream request rather than
@@ -355,6 +356,30 @@ type xchg struct {
 	bodyErr  chan error // the request body's outcome, nil without a body
 	watching bool       // the client watch (dconn.w) runs
 	rt       *reqTimer  // RequestTimeout, nil without one
+	// head orders the body goroutine's "the response head is due now"
+	// deadline against relayResponse having the head already (an app may
+	// answer before the sidecar has seen its body out): a late deadline
+	// would cut the response body it is streaming.
+	head struct {
+		sync.Mutex
+		done bool
+	}
+}
+
+// responseHeadDue arms the response-head limit unless the head is in.
+func (x *xchg) responseHeadDue(u *upConn, d time.Duration) {
+	x.head.Lock()
+	defer x.head.Unlock()
+	if !x.head.done {
+		u.io.readBy(limitFor(d))
+	}
+}
+
+// headIn records that the final response head was read.
+func (x *xchg) headIn() {
+	x.head.Lock()
+	x.head.done = true
+	x.head.Unlock()
 }
 
 // reqTimer closes the exchange's current upstream connection at
@@ -454,6 +479,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 		}
 		break
 	}
+	x.headIn()
 	if p.stopWatch(d, x) {
 		// The client left just as the response came.
 		return exchangeResult{status: statusClientClosed, reason: reasonClientClosed}, false

@@ -642,3 +642,53 @@ func TestTCPRelayReceiverNotReading(t *testing.T) {
 	c.Close()
 	base.settle(t, 2*time.Second, "after the stuck relay")
 }
+
+// TestEarlyResponseNotCutByHeadLimit: an app that answers before it has the
+// whole request body (a streaming echo, a gRPC-style bidi exchange over
+// HTTP/1.1) streams its response for longer than the response-head limit.
+// The limit is armed when the body is in; that must not cut a response whose
+// head already came. Before, the body's end re-armed the 300 ms head limit
+// under the streaming response body ("unexpected EOF"; seen in CI under load,
+// made deterministic here by sending the body's end after the head came).
+func TestEarlyResponseNotCutByHeadLimit(t *testing.T) {
+	app := startRawApp(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		go io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+		for i := range 12 {
+			if _, err := fmt.Fprintf(c, "2\r\n%d\n\r\n", i%10); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		io.WriteString(c, "3\r\nend\r\n0\r\n\r\n")
+	})
+	cli, _ := limitPair(t, app.addr(), nil)
+	pr, pw := io.Pipe()
+	headCame := make(chan struct{})
+	go func() {
+		pw.Write([]byte("first"))
+		<-headCame
+		time.Sleep(100 * time.Millisecond)
+		pw.Write([]byte("last"))
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", "http://httpbin:8000/echo", pr)
+	resp, err := proxyClient(cli, false).Do(req)
+	close(headCame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("streaming response: %d %v after %q", resp.StatusCode, err, body)
+	}
+	if !strings.HasSuffix(string(body), "end") {
+		t.Fatalf("streaming response cut short: %q", body)
+	}
+}
