@@ -841,25 +841,26 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 				return res
 			}
 		}
-		hostport := net.JoinHostPort(host, strconv.Itoa(int(port)))
-		rt := p.routeTable().lookup(host, port)
+		o := p.decide(host, port, info.origHost != "")
+		hostport := o.target
 		var res exchangeResult
 		dest := hostport
-		switch {
-		case rt == nil && p.cfg.DenyUnknown:
+		switch o.verdict {
+		case denyUnknown:
 			res = p.localError(d, http.StatusBadGateway, "unknown_destination", hostport+" is not a mesh service and outbound passthrough is off")
-		case rt == nil:
+		case passthrough:
 			info.mode = "passthrough"
 			side.key, side.ep = "plain|"+hostport, hostport
 			side.dial = plainDial
 			res = p.exchange(d, side, nil, nil, hostport)
+		case noEndpoints:
+			info.mode = string(o.route.mode)
+			dest = "" // no endpoint chosen: the access log has no destination
+			res = p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+o.route.service+" has no endpoints")
 		default:
+			rt := o.route
 			info.mode = string(rt.mode)
-			dest = endpointFor(rt, info)
-			if dest == "" {
-				res = p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+rt.service+" has no endpoints")
-				break
-			}
+			dest = o.endpoint()
 			side.key, side.ep = rt.transportKey+"|"+dest, dest
 			if rt.mode == policy.ClientDisable {
 				side.dial = plainDial
@@ -896,11 +897,9 @@ func (p *Proxy) connectH1(d *dconn) {
 		p.localError(d, http.StatusBadRequest, "bad_proxy_request", "CONNECT target "+strconv.Quote(target)+": want host:port")
 		return
 	}
-	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
-	rt := p.routeTable().lookup(host, port)
-	var up net.Conn
-	gen := p.pool.gen.Load() // before the handshake that verifies the server
-	if rt != nil && rt.http {
+	o := p.decide(host, port, false)
+	dest := o.target
+	if rt := o.route; rt != nil && rt.http {
 		// CONNECT to an HTTP/1.x service port: the port's protocol
 		// decides, so the tunnel's requests are proxied one by one (the
 		// server sidecar parses them and sets XFCC either way), never
@@ -914,22 +913,24 @@ func (p *Proxy) connectH1(d *dconn) {
 		p.serveOutboundH1(&bufferedConn{Conn: d.c, r: d.br}, tunnel)
 		return
 	}
-	switch {
-	case rt != nil:
-		info.mode = string(rt.mode)
-		ep := rt.next()
-		if ep == "" {
-			d.req.close = true
-			p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+rt.service+" has no endpoints")
-			return
-		}
-		dest = ep
-		up, err = p.dialRoute(context.Background(), rt, ep)
-	case p.cfg.DenyUnknown:
+	var (
+		up  net.Conn
+		gen uint64
+	)
+	switch o.verdict {
+	case noEndpoints:
+		info.mode = string(o.route.mode)
+		d.req.close = true
+		p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+o.route.service+" has no endpoints")
+		return
+	case denyUnknown:
 		err = errors.New(dest + " is not a mesh service and outbound passthrough is off")
-	default:
+	case passthrough:
 		info.mode = "passthrough"
-		up, err = dialer.Dial("tcp", dest)
+		up, dest, gen, err = p.dialTunnel(context.Background(), o)
+	default:
+		info.mode = string(o.route.mode)
+		up, dest, gen, err = p.dialTunnel(context.Background(), o)
 	}
 	if err != nil {
 		d.req.close = true

@@ -130,8 +130,7 @@ func (p *Proxy) outboundCaptured(c net.Conn, dst netip.AddrPort) {
 	host := dst.Addr().Unmap().String()
 	port := uint32(dst.Port())
 	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
-	r := p.routeTable().lookup(host, port)
-	p.outboundConn(c, r, info)
+	p.outboundConn(c, info)
 }
 
 // handleUpstream serves an explicit per-upstream TCP port.
@@ -140,28 +139,31 @@ func (p *Proxy) handleUpstream(c net.Conn, host string, port uint32) {
 		return
 	}
 	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
-	p.outboundConn(c, p.routeTable().lookup(host, port), info)
+	p.outboundConn(c, info)
 }
 
-func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
-	dest := net.JoinHostPort(info.origHost, strconv.Itoa(int(info.origPort)))
-	if r == nil {
+// outboundConn serves a captured connection or an --upstream port's
+// connection by the outbound decision for its destination.
+func (p *Proxy) outboundConn(c net.Conn, info *connInfo) {
+	o := p.decide(info.origHost, info.origPort, true)
+	if o.route == nil {
 		info.mode = "passthrough"
 		p.m.Connections.WithLabelValues("outbound", "passthrough").Inc()
-		if p.cfg.DenyUnknown {
-			p.logConn("outbound", info, dest, "deny", "destination is not a mesh service", 0, 0)
+		if o.verdict == denyUnknown {
+			p.logConn("outbound", info, o.target, "deny", "destination is not a mesh service", 0, 0)
 			c.Close()
 			return
 		}
-		up, err := dialer.Dial("tcp", dest)
+		up, err := dialer.Dial("tcp", o.target)
 		if err != nil {
-			p.logConn("outbound", info, dest, "error", err.Error(), 0, 0)
+			p.logConn("outbound", info, o.target, "error", err.Error(), 0, 0)
 			c.Close()
 			return
 		}
-		p.relayOut(c, up, info, dest, 0)
+		p.relayOut(c, up, info, o.target, 0)
 		return
 	}
+	r := o.route
 	info.mode = string(r.mode)
 	info.service = r.service
 	p.m.Connections.WithLabelValues("outbound", info.mode).Inc()
@@ -177,17 +179,17 @@ func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
 		isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
 	}
 	if isHTTP {
+		// Each request is decided again (the snapshot may change while
+		// the connection lives).
 		p.serveOutboundH1(c, info)
 		return
 	}
-	ep := endpointFor(r, info)
-	if ep == "" {
+	if o.verdict == noEndpoints {
 		p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
 		c.Close()
 		return
 	}
-	gen := p.pool.gen.Load() // before the handshake that verifies the server
-	up, err := p.dialRoute(context.Background(), r, ep)
+	up, ep, gen, err := p.dialTunnel(context.Background(), o)
 	if err != nil {
 		p.logConn("outbound", info, ep, "error", upstreamReason(err), 0, 0)
 		c.Close()
@@ -207,21 +209,6 @@ func (p *Proxy) relayOut(c, up net.Conn, info *connInfo, dest string, gen uint64
 	p.cached.bytesOutUp.Add(float64(sent))
 	p.cached.bytesOutDown.Add(float64(recv))
 	p.logConn("outbound", info, dest, "allow", "", sent, recv)
-}
-
-// endpointFor picks the endpoint for a request or connection. A captured
-// connection to a service the snapshot lists without endpoints goes to its
-// original destination (the service VIP, which the node translates to an
-// endpoint, as Istio's ORIGINAL_DST cluster does); the TLS mode and secure
-// naming of the service still apply.
-func endpointFor(r *route, info *connInfo) string {
-	if ep := r.next(); ep != "" {
-		return ep
-	}
-	if info.origHost != "" && info.origPort != 0 {
-		return net.JoinHostPort(info.origHost, strconv.Itoa(int(info.origPort)))
-	}
-	return ""
 }
 
 func parsePort(s string) (uint32, error) {
