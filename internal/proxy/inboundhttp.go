@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/meshauth/meshauth/internal/policy"
 )
@@ -132,4 +133,111 @@ func (l *lateHTTPConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// appSide is the server sidecar's upstream: one connection to the app per
+// downstream connection, kept across its requests.
+type appSide struct {
+	p    *Proxy
+	addr string
+	u    *upConn
+}
+
+func (a *appSide) get(d *dconn, fresh bool) (*upConn, error) {
+	// A request with a body cannot be retried once sent, so it does not
+	// go out on an app connection that sat idle long enough for the app
+	// to have closed it.
+	if a.u != nil && !fresh && (!d.req.reqHasBody() || time.Since(a.u.idle) < time.Second) {
+		a.u.reused = true
+		return a.u, nil
+	}
+	if a.u != nil {
+		a.u.close()
+		a.u = nil
+	}
+	c, err := dialer.Dial("tcp", a.addr)
+	if err != nil {
+		return nil, err
+	}
+	a.u = newUpConn(c, a.p.cfg.BodyIdleTimeout)
+	return a.u, nil
+}
+
+func (a *appSide) done(u *upConn, reusable bool) {
+	if !reusable && a.u != nil {
+		a.u.close()
+		a.u = nil
+		return
+	}
+	u.idle = time.Now()
+}
+
+// serveInboundH1 serves HTTP from an accepted (and, for mTLS, verified)
+// inbound connection: per-request authorization, XFCC, forward to the app.
+func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
+	app := &appSide{p: p, addr: info.app}
+	defer func() {
+		if app.u != nil {
+			app.u.close()
+		}
+	}()
+	var xfcc []byte
+	if info.peer != "" {
+		by := ""
+		if s := p.certs.SVID(); s != nil {
+			by = s.URI
+		}
+		xfcc = []byte(xfccHeader + ": " + XFCC(by, info.peer) + "\r\n")
+	}
+	p.cached.activeIn.Inc()
+	defer p.cached.activeIn.Dec()
+	p.serveH1(c, info, func(d *dconn) exchangeResult {
+		start := time.Now()
+		// The mode was checked when the connection was accepted; a
+		// kept-alive plaintext connection must not outlive a change of its
+		// port to STRICT. Refuse it as a new plaintext connection is.
+		if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
+			if p.claimClose(info) {
+				info.mode = string(policy.ServerStrict)
+				p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+			}
+			return exchangeResult{}
+		}
+		d.dropped = d.dropped[:0]
+		// The path is normalised before authorization and forwarded as
+		// authorized (see policy.NormalizePath).
+		if res, ok := p.inboundTarget(d); !ok {
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", res.reason, start)
+			return res
+		}
+		stripH2CUpgrade(d)
+		snap := p.policy.Current()
+		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
+		if snap != nil && snap.RBAC != nil {
+			// Only built when rules may look at them (saves two
+			// allocations per request with RBAC off).
+			req.Method, req.Path = d.req.str(d.req.method), d.req.path()
+		}
+		dec := policy.AuthorizeHTTP(snap, req)
+		if !dec.Allow {
+			p.cached.deny.Inc()
+			res := p.localError(d, http.StatusForbidden, "rbac_denied", "RBAC: access denied: "+dec.Reason)
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", dec.Reason, start)
+			return res
+		}
+		p.cached.allow.Inc()
+		// Any X-Forwarded-Client-Cert from the client, in any spelling, is
+		// dropped and the sidecar's own is added: a client never chooses
+		// its identity.
+		res := p.exchange(d, app, xfcc, d.dropInboundField, "")
+		p.cached.requests("inbound", res.status).Inc()
+		decision := "allow"
+		if res.reason != "" {
+			decision = "error"
+		}
+		p.logH1("inbound", d, info.app, res.status, decision, res.reason, start)
+		return res
+	})
 }

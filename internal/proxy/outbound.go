@@ -2,9 +2,8 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
-
 	"net"
 	"net/netip"
 	"strconv"
@@ -14,52 +13,7 @@ import (
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
-// upstream is the pooled transport for one set of client TLS settings.
-// Routes with equal settings share it, so connections to an endpoint are
-// reused across services and snapshots.
-type upstream struct {
-	mode    policy.ClientTLSMode
-	httpTLS *tls.Config // ALPN http/1.1, for pooled HTTP
-	tcpTLS  *tls.Config // ALPN meshauth-tcp, for tunnels
-}
-
-func (p *Proxy) upstreamFor(r *route) *upstream {
-	if v, ok := p.transports.Load(r.transportKey); ok {
-		return v.(*upstream)
-	}
-	u := &upstream{mode: r.mode}
-	if r.mode != policy.ClientDisable {
-		u.httpTLS = p.clientTLS(r.allowed, r.sni, alpnHTTP1)
-		u.tcpTLS = p.clientTLS(r.allowed, r.sni, alpnTCP)
-	}
-	v, _ := p.transports.LoadOrStore(r.transportKey, u)
-	return v.(*upstream)
-}
-
 var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-
-// dialTLS opens an mTLS connection to a server sidecar and records the
-// handshake outcome.
-func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, error) {
-	c, err := dialer.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	raw := newBatchConn(c)
-	tc := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
-	err = tc.HandshakeContext(hctx)
-	cancel()
-	if err != nil {
-		c.Close()
-		reason := handshakeReason(err)
-		p.m.Handshakes.WithLabelValues("outbound", "refused", reason).Inc()
-		p.log.Warn("outbound mTLS handshake failed", "peer", addr, "reason", reason, "error", err.Error())
-		return nil, &handshakeError{addr: addr, reason: reason, err: err}
-	}
-	p.cached.handshake("outbound", "ok").Inc()
-	return newBatchedTLS(tc, raw), nil
-}
 
 // dialRoute opens a connection for a TCP tunnel to one of the route's
 // endpoints, with the route's TLS mode.
@@ -217,4 +171,17 @@ func parsePort(s string) (uint32, error) {
 		return 0, fmt.Errorf("port %q is not in 1-65535", s)
 	}
 	return uint32(n), nil
+}
+
+// upstreamReason labels an outbound failure.
+func upstreamReason(err error) string {
+	var hs *handshakeError
+	if errors.As(err, &hs) {
+		return hs.reason
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return "upstream_unreachable"
+	}
+	return "upstream_error"
 }
