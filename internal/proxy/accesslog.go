@@ -19,17 +19,17 @@ func (p *Proxy) logH1(dir string, d *dconn, dest string, status int, decision, r
 	}
 	info := d.info
 	host := ""
-	if d.req.hasHost {
-		host = d.req.str(d.req.host)
+	if d.req.HasHost {
+		host = d.req.Str(d.req.Host)
 	}
 	attrs := []slog.Attr{
 		slog.String("direction", dir),
 		slog.String("source", sourceName(info)),
 		slog.String("destination", dest),
 		slog.String("tls_mode", info.mode),
-		slog.String("method", d.req.str(d.req.method)),
+		slog.String("method", d.req.Str(d.req.Method)),
 		slog.String("host", host),
-		slog.String("path", d.req.path()),
+		slog.String("path", d.req.Path()),
 		slog.Int("status", status),
 		slog.String("decision", decision),
 		slog.String("reason", reason),

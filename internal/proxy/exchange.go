@@ -15,10 +15,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshauth/meshauth/internal/proxy/h1"
 )
 
 // The HTTP engine: one goroutine per downstream connection reads requests
-// with the codec in h1.go and forwards each over an upstream connection —
+// with the codec in package h1 and forwards each over an upstream connection —
 // the app (server sidecar, one app connection per downstream connection) or
 // a pooled mTLS connection to the server sidecar (client sidecar). No
 // per-request goroutine unless the request has a body.
@@ -57,7 +59,7 @@ type upConn struct {
 	bw     *bufio.Writer
 	reused bool
 	idle   time.Time
-	resp   head
+	resp   h1.Head
 	gen    uint64 // connPool.gen when its peer was last verified
 	// aborted: the request body's goroutine closed this connection
 	// because the client's side of the body failed (set before closing).
@@ -86,7 +88,7 @@ type dconn struct {
 	io   *idleIO // under br and bw: deadlines
 	br   *bufio.Reader
 	bw   *bufio.Writer
-	req  head
+	req  h1.Head
 	info *connInfo
 	w    clientWatch
 	// dropped lists the request fields the server sidecar dropped (see
@@ -128,31 +130,10 @@ type exchangeResult struct {
 	upKeep bool
 }
 
-// writeRequest writes the request head to the upstream: origin-form target
-// (normalised by the server sidecar), end-to-end fields but those drop
-// reports, framing, then the extra fields (XFCC) and a Host if the client
-// sent none.
-func writeRequest(u *upConn, req *head, extra []byte, drop func([]byte) bool, host string) {
-	w := u.bw
-	w.Write(req.bytesOf(req.method))
-	w.WriteByte(' ')
-	w.Write(req.forwardTarget())
-	w.WriteString(" HTTP/1.1\r\n")
-	if !req.hasHost && host != "" {
-		w.WriteString("Host: ")
-		w.WriteString(host)
-		w.WriteString("\r\n")
-	}
-	req.writeFields(w, drop)
-	req.writeFraming(w)
-	w.Write(extra)
-	w.WriteString("\r\n")
-}
-
 // exchange forwards one request (already read into d.req) and its response.
 func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]byte) bool, host string) exchangeResult {
 	req := &d.req
-	isHead := req.methodIs("HEAD")
+	isHead := req.MethodIs("HEAD")
 	var (
 		u   *upConn
 		err error
@@ -176,10 +157,10 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 				u.c.Close()
 			}
 		}
-		writeRequest(u, req, extra, drop, host)
+		h1.WriteRequestHead(u.bw, req, extra, drop, host)
 		x.bodyErr, x.watching = nil, false
 		u.aborted.Store(false)
-		if req.reqHasBody() {
+		if req.ReqHasBody() {
 			// No response is due before the body is in; the body's own
 			// idle limits apply meanwhile.
 			u.io.readBy(time.Time{})
@@ -199,7 +180,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 			go func(u *upConn) {
 				d.io.readIdle(p.cfg.BodyIdleTimeout)
 				bp := bufPool.Get().(*[]byte)
-				_, err := relayBody(u.bw, d.br, req, false, *bp)
+				_, err := h1.RelayBody(u.bw, d.br, req, false, *bp, dropInbound)
 				bufPool.Put(bp)
 				if err == nil {
 					err = u.bw.Flush()
@@ -294,7 +275,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	req := &d.req
 	resp := &u.resp
 	for {
-		err := resp.read(u.br, false)
+		err := resp.Read(u.br, false)
 		if err != nil {
 			gone := p.stopWatch(d, x)
 			var berr error
@@ -310,7 +291,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 					d.io.readBy(aLongTimeAgo)
 				}
 				berr = <-x.bodyErr
-			} else if !gone && !x.expired() && u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && len(resp.buf) == 0 {
+			} else if !gone && !x.expired() && u.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) && resp.Len() == 0 {
 				return exchangeResult{}, true
 			}
 			var r exchangeResult
@@ -318,7 +299,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 			case gone:
 				// The client went away: nobody to answer.
 				r = exchangeResult{status: statusClientClosed, reason: reasonClientClosed}
-			case bodyFirst && errors.Is(berr, errBadHead):
+			case bodyFirst && errors.Is(berr, h1.ErrBadHead):
 				r = p.localError(d, http.StatusBadRequest, reasonBadBody, "request body: "+berr.Error())
 			case bodyFirst && isTimeout(berr):
 				p.timedOut(d, timeoutBodyIdle, "request body")
@@ -333,7 +314,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 				r = p.localError(d, http.StatusGatewayTimeout, reasonUpstreamTimeout, fmt.Sprintf("upstream sent no response head within %s", p.cfg.ResponseHeadersTimeout))
 			default:
 				status, reason := http.StatusBadGateway, "upstream_error"
-				if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
+				if errors.Is(err, h1.ErrBadHead) || errors.Is(err, h1.ErrHeadTooLarge) {
 					reason = "upstream_bad_response"
 				}
 				r = p.localError(d, status, reason, "upstream response: "+err.Error())
@@ -341,8 +322,8 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 			r.keep = false
 			return r, false
 		}
-		if resp.status >= 100 && resp.status < 200 && resp.status != 101 {
-			writeResponseHead(d.bw, resp, "")
+		if resp.Status >= 100 && resp.Status < 200 && resp.Status != 101 {
+			h1.WriteResponseHead(d.bw, resp, "")
 			d.bw.Flush()
 			if x.bodyErr == nil {
 				u.io.readBy(limitFor(p.cfg.ResponseHeadersTimeout))
@@ -355,14 +336,14 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 		// The client left just as the response came.
 		return exchangeResult{status: statusClientClosed, reason: reasonClientClosed}, false
 	}
-	keep := !req.close && req.minor == 1
-	if resp.status == 101 {
-		if !req.upgrade {
+	keep := !req.Close && req.Minor == 1
+	if resp.Status == 101 {
+		if !req.Upgrade {
 			r := p.localError(d, http.StatusBadGateway, "upstream_bad_response", "upstream switched protocols without an upgrade request")
 			r.keep = false
 			return r, false
 		}
-		writeResponseHead(d.bw, resp, "")
+		h1.WriteResponseHead(d.bw, resp, "")
 		u.io.readBy(time.Time{})
 		if err := d.bw.Flush(); err == nil {
 			// The connection is now a tunnel; bytes already buffered on
@@ -373,9 +354,9 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 		}
 		return exchangeResult{status: 101, keep: false}, false
 	}
-	hasBody := resp.respHasBody(isHead)
-	untilEOF := hasBody && !resp.chunked && resp.contentLength < 0
-	dechunk := hasBody && resp.chunked && req.minor == 0
+	hasBody := resp.RespHasBody(isHead)
+	untilEOF := hasBody && !resp.Chunked && resp.ContentLength < 0
+	dechunk := hasBody && resp.Chunked && req.Minor == 0
 	keep = keep && !untilEOF && !dechunk
 	conn := ""
 	if !keep {
@@ -384,12 +365,12 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	if dechunk {
 		// An HTTP/1.0 client cannot read chunked framing: send the decoded
 		// body and end it by closing.
-		saved := resp.chunked
-		resp.chunked = false
-		writeResponseHead(d.bw, resp, conn)
-		resp.chunked = saved
+		saved := resp.Chunked
+		resp.Chunked = false
+		h1.WriteResponseHead(d.bw, resp, conn)
+		resp.Chunked = saved
 	} else {
-		writeResponseHead(d.bw, resp, conn)
+		h1.WriteResponseHead(d.bw, resp, conn)
 	}
 	var err error
 	if hasBody {
@@ -397,9 +378,9 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 		u.io.readIdle(p.cfg.BodyIdleTimeout)
 		bp := bufPool.Get().(*[]byte)
 		if dechunk {
-			_, err = copyAll(d.bw, httputil.NewChunkedReader(u.br), *bp)
+			_, err = h1.CopyAll(d.bw, httputil.NewChunkedReader(u.br), *bp)
 		} else {
-			_, err = relayBody(d.bw, u.br, resp, untilEOF, *bp)
+			_, err = h1.RelayBody(d.bw, u.br, resp, untilEOF, *bp, nil)
 		}
 		bufPool.Put(bp)
 		if err != nil && isTimeout(err) {
@@ -414,7 +395,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	}
 	// Otherwise the last bytes are still buffered: exchange flushes them
 	// after returning the upstream connection.
-	upKeep := !resp.close && !untilEOF
+	upKeep := !resp.Close && !untilEOF
 	if x.bodyErr != nil {
 		if berr := <-x.bodyErr; berr != nil {
 			keep, upKeep = false, false
@@ -423,25 +404,7 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	if err != nil {
 		keep, upKeep = false, false
 	}
-	return exchangeResult{status: resp.status, keep: keep, upKeep: upKeep}, false
-}
-
-// writeResponseHead writes a response head downstream; conn, if set, is the
-// Connection header to send ("close").
-func writeResponseHead(w *bufio.Writer, resp *head, conn string) {
-	w.WriteString("HTTP/1.1 ")
-	w.WriteString(strconv.Itoa(resp.status))
-	w.WriteByte(' ')
-	w.Write(resp.bytesOf(resp.reason))
-	w.WriteString("\r\n")
-	resp.writeFields(w, nil)
-	resp.writeFraming(w)
-	if conn != "" {
-		w.WriteString("Connection: ")
-		w.WriteString(conn)
-		w.WriteString("\r\n")
-	}
-	w.WriteString("\r\n")
+	return exchangeResult{status: resp.Status, keep: keep, upKeep: upKeep}, false
 }
 
 // localError answers a request on the sidecar's own behalf.
@@ -450,7 +413,7 @@ func (p *Proxy) localError(d *dconn, status int, reason, msg string) exchangeRes
 	if status == http.StatusForbidden && reason == "rbac_denied" {
 		body = msg + "\n"
 	}
-	keep := !d.req.close && d.req.minor == 1 && !d.req.reqHasBody()
+	keep := !d.req.Close && d.req.Minor == 1 && !d.req.ReqHasBody()
 	w := d.bw
 	w.WriteString("HTTP/1.1 ")
 	w.WriteString(strconv.Itoa(status))
@@ -464,7 +427,7 @@ func (p *Proxy) localError(d *dconn, status int, reason, msg string) exchangeRes
 		w.WriteString("\r\nConnection: close")
 	}
 	w.WriteString("\r\n\r\n")
-	if !d.req.methodIs("HEAD") {
+	if !d.req.MethodIs("HEAD") {
 		w.WriteString(body)
 	}
 	w.Flush()
@@ -510,8 +473,8 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchange
 		_, err := d.br.Peek(1)
 		if err == nil {
 			d.io.readBy(limitFor(p.cfg.RequestHeadersTimeout))
-			if err = d.req.read(d.br, true); isTimeout(err) {
-				d.req.close = true
+			if err = d.req.Read(d.br, true); isTimeout(err) {
+				d.req.Close = true
 				p.timedOut(d, timeoutRequestHeaders, "request head")
 				p.localError(d, http.StatusRequestTimeout, reasonHeadersTimeout, fmt.Sprintf("request head not complete within %s", p.cfg.RequestHeadersTimeout))
 				p.access.LogAttrs(context.Background(), slog.LevelWarn, "bad request",
@@ -521,10 +484,10 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchange
 			}
 		}
 		if err != nil {
-			if errors.Is(err, errBadHead) || errors.Is(err, errHeadTooLarge) {
-				d.req.close = true
+			if errors.Is(err, h1.ErrBadHead) || errors.Is(err, h1.ErrHeadTooLarge) {
+				d.req.Close = true
 				status := http.StatusBadRequest
-				if errors.Is(err, errHeadTooLarge) {
+				if errors.Is(err, h1.ErrHeadTooLarge) {
 					status = http.StatusRequestHeaderFieldsTooLarge
 				}
 				p.localError(d, status, "bad_request", err.Error())

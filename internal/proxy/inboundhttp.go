@@ -20,10 +20,10 @@ import (
 // target that cannot be normalised is answered 400 with the reason; ok is
 // false then.
 func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
-	t := d.req.bytesOf(d.req.target)
+	t := d.req.Bytes(d.req.Target)
 	switch {
 	case len(t) == 1 && t[0] == '*':
-		if d.req.methodIs("OPTIONS") {
+		if d.req.MethodIs("OPTIONS") {
 			return exchangeResult{}, true
 		}
 		return p.badTarget(d, "request target \"*\" is only allowed with OPTIONS"), false
@@ -32,7 +32,7 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 	default:
 		return p.badTarget(d, "request target "+strconv.Quote(string(t))+" is neither a path (origin-form) nor an absolute http URI"), false
 	}
-	ot := d.req.originForm()
+	ot := d.req.OriginForm()
 	path, query := ot, []byte(nil)
 	if i := bytes.IndexByte(ot, '?'); i >= 0 {
 		path, query = ot[:i], ot[i:]
@@ -45,7 +45,7 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 		return p.badTarget(d, err.Error()), false
 	}
 	if norm != string(path) {
-		d.req.fwdTarget = append([]byte(norm), query...)
+		d.req.FwdTarget = append([]byte(norm), query...)
 	}
 	return exchangeResult{}, true
 }
@@ -55,7 +55,7 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 const reasonBadPath = "bad_path"
 
 func (p *Proxy) badTarget(d *dconn, msg string) exchangeResult {
-	d.req.close = true
+	d.req.Close = true
 	return p.localError(d, http.StatusBadRequest, reasonBadPath, msg)
 }
 
@@ -67,13 +67,12 @@ func (p *Proxy) badTarget(d *dconn, msg string) exchangeResult {
 // Other upgrades (WebSocket) are kept.
 func stripH2CUpgrade(d *dconn) {
 	h := &d.req
-	if !h.upgrade {
+	if !h.Upgrade {
 		return
 	}
-	for _, tok := range splitComma(h.upgradeValue(), 0) {
-		v := h.upgradeValue()[tok.s:tok.e]
+	for _, v := range h.UpgradeTokens() {
 		if len(v) >= 2 && (v[0] == 'h' || v[0] == 'H') && v[1] == '2' || bytes.HasPrefix(bytes.ToUpper(v), []byte("HTTP/2")) {
-			h.upgrade = false
+			h.Upgrade = false
 			d.dropped = append(d.dropped, "Upgrade")
 			return
 		}
@@ -147,7 +146,7 @@ func (a *appSide) get(d *dconn, fresh bool) (*upConn, error) {
 	// A request with a body cannot be retried once sent, so it does not
 	// go out on an app connection that sat idle long enough for the app
 	// to have closed it.
-	if a.u != nil && !fresh && (!d.req.reqHasBody() || time.Since(a.u.idle) < time.Second) {
+	if a.u != nil && !fresh && (!d.req.ReqHasBody() || time.Since(a.u.idle) < time.Second) {
 		a.u.reused = true
 		return a.u, nil
 	}
@@ -217,7 +216,7 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		if snap != nil && snap.RBAC != nil {
 			// Only built when rules may look at them (saves two
 			// allocations per request with RBAC off).
-			req.Method, req.Path = d.req.str(d.req.method), d.req.path()
+			req.Method, req.Path = d.req.Str(d.req.Method), d.req.Path()
 		}
 		dec := policy.AuthorizeHTTP(snap, req)
 		if !dec.Allow {

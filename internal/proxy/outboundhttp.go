@@ -61,12 +61,12 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 		start := time.Now()
 		host, port := info.origHost, info.origPort
 		if host == "" {
-			if d.req.methodIs("CONNECT") {
+			if d.req.MethodIs("CONNECT") {
 				p.connectH1(d)
 				return exchangeResult{keep: false}
 			}
 			var err error
-			host, port, err = absoluteTarget(d.req.str(d.req.target))
+			host, port, err = absoluteTarget(d.req.Str(d.req.Target))
 			if err != nil {
 				res := p.localError(d, http.StatusBadRequest, "bad_proxy_request", err.Error())
 				p.logH1("outbound", d, "", res.status, "deny", res.reason, start)
@@ -121,11 +121,11 @@ func plainDial(ctx context.Context, addr string) (net.Conn, error) {
 func (p *Proxy) connectH1(d *dconn) {
 	start := time.Now()
 	info := d.info
-	target := d.req.str(d.req.target)
+	target := d.req.Str(d.req.Target)
 	host, ps, err := net.SplitHostPort(target)
 	port, perr := parsePort(ps)
 	if err != nil || perr != nil || host == "" {
-		d.req.close = true
+		d.req.Close = true
 		p.localError(d, http.StatusBadRequest, "bad_proxy_request", "CONNECT target "+strconv.Quote(target)+": want host:port")
 		return
 	}
@@ -152,7 +152,7 @@ func (p *Proxy) connectH1(d *dconn) {
 	switch o.verdict {
 	case noEndpoints:
 		info.mode = string(o.route.mode)
-		d.req.close = true
+		d.req.Close = true
 		p.localError(d, http.StatusServiceUnavailable, "no_endpoints", "service "+o.route.service+" has no endpoints")
 		return
 	case denyUnknown:
@@ -165,7 +165,7 @@ func (p *Proxy) connectH1(d *dconn) {
 		up, dest, gen, err = p.dialTunnel(context.Background(), o)
 	}
 	if err != nil {
-		d.req.close = true
+		d.req.Close = true
 		reason := upstreamReason(err)
 		p.localError(d, http.StatusBadGateway, reason, "CONNECT "+dest+": "+err.Error())
 		p.logH1("outbound", d, dest, http.StatusBadGateway, "error", reason, start)
