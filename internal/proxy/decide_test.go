@@ -1,8 +1,16 @@
 package proxy
 
 import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -98,4 +106,124 @@ func TestDecideOutboundNoSnapshot(t *testing.T) {
 	if o := decideOutbound(table, true, "httpbin", 8000, true); o.verdict != denyUnknown {
 		t.Errorf("no snapshot, passthrough off: %v, want deny_unknown", o.verdict)
 	}
+}
+
+// TestOutboundPathsActOnDecision: each outbound path acts on the decision
+// in its own medium, through real sidecars on loopback: the forward proxy
+// answers 502 unknown_destination / 503 no_endpoints, CONNECT answers 502
+// / 503 before any tunnel, an --upstream port closes the connection and
+// logs the deny; with passthrough on, all three reach a host outside the
+// mesh in plaintext.
+func TestOutboundPathsActOnDecision(t *testing.T) {
+	app := startRawApp(t, okApp)
+	empty := policy.OutboundService{
+		Name: "empty", Namespace: "default", Hosts: []string{"empty.default"},
+		Ports: []policy.OutboundPort{{Port: 8080, Protocol: "HTTP"}, {Port: 9000, Protocol: "TCP"}},
+	}
+	snap := &policy.Snapshot{TrustDomain: "cluster.local", Outbound: []policy.OutboundService{empty}}
+	ca := catest.New(t)
+
+	// ask sends one request head on a fresh connection to addr and reads
+	// the answer (nil and the error if the connection closed instead).
+	ask := func(addr, head, method string) (*http.Response, string, error) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, head); err != nil {
+			return nil, "", err
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			return nil, "", err
+		}
+		body := ""
+		if method != http.MethodConnect {
+			b, _ := io.ReadAll(resp.Body)
+			body = string(b)
+		} else if resp.StatusCode == http.StatusOK {
+			// Through the tunnel to the app.
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+			in, err := http.ReadResponse(br, nil)
+			if err != nil {
+				return nil, "", fmt.Errorf("through the tunnel: %w", err)
+			}
+			b, _ := io.ReadAll(in.Body)
+			body = string(b)
+		} else {
+			b, _ := io.ReadAll(resp.Body)
+			body = string(b)
+		}
+		return resp, body, nil
+	}
+	want := func(what string, resp *http.Response, body string, err error, status int, reason, inBody string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if resp.StatusCode != status || (reason != "" && resp.Header.Get(reasonHeader) != reason) || !strings.Contains(body, inBody) {
+			t.Errorf("%s: %d %s=%q %q, want %d %q containing %q", what, resp.StatusCode, reasonHeader, resp.Header.Get(reasonHeader), body, status, reason, inBody)
+		}
+	}
+
+	t.Run("deny unknown", func(t *testing.T) {
+		s := startSidecar(t, ca, sleepID, sidecarOpts{outbound: true, snap: snap,
+			upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: "unknown.invalid:81"}},
+			config:    func(c *Config) { c.DenyUnknown = true }})
+		proxy := s.OutboundAddr.String()
+
+		resp, body, err := ask(proxy, "GET http://unknown.invalid:81/ HTTP/1.1\r\nHost: unknown.invalid:81\r\n\r\n", "GET")
+		want("forward proxy, unknown host", resp, body, err, http.StatusBadGateway, "unknown_destination", "unknown.invalid:81 is not a mesh service and outbound passthrough is off")
+		resp, body, err = ask(proxy, "GET http://empty.default:8080/ HTTP/1.1\r\nHost: empty.default:8080\r\n\r\n", "GET")
+		want("forward proxy, no endpoints", resp, body, err, http.StatusServiceUnavailable, "no_endpoints", "service empty.default has no endpoints")
+		resp, body, err = ask(proxy, "CONNECT unknown.invalid:81 HTTP/1.1\r\nHost: unknown.invalid:81\r\n\r\n", http.MethodConnect)
+		want("CONNECT, unknown host", resp, body, err, http.StatusBadGateway, "", "unknown.invalid:81 is not a mesh service and outbound passthrough is off")
+		resp, body, err = ask(proxy, "CONNECT empty.default:9000 HTTP/1.1\r\nHost: empty.default:9000\r\n\r\n", http.MethodConnect)
+		want("CONNECT, no endpoints", resp, body, err, http.StatusServiceUnavailable, "no_endpoints", "service empty.default has no endpoints")
+
+		c, err := net.Dial("tcp", s.UpstreamAddrs[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); err == nil {
+			t.Errorf("--upstream port to an unknown host: read %d bytes, want the connection closed", n)
+		}
+		c.Close()
+		waitFor(t, func() bool {
+			for _, l := range s.log.lines(t) {
+				if l["msg"] == "tcp" && l["direction"] == "outbound" && l["destination"] == "unknown.invalid:81" &&
+					l["decision"] == "deny" && l["reason"] == "destination is not a mesh service" {
+					return true
+				}
+			}
+			return false
+		}, "the --upstream port's deny in the access log")
+	})
+
+	t.Run("passthrough", func(t *testing.T) {
+		s := startSidecar(t, ca, sleepID, sidecarOpts{outbound: true, snap: snap,
+			upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: app.addr()}}})
+		proxy := s.OutboundAddr.String()
+
+		resp, body, err := ask(proxy, "GET http://"+app.addr()+"/ HTTP/1.1\r\nHost: "+app.addr()+"\r\n\r\n", "GET")
+		want("forward proxy", resp, body, err, http.StatusOK, "", "ok")
+		resp, body, err = ask(proxy, "CONNECT "+app.addr()+" HTTP/1.1\r\nHost: "+app.addr()+"\r\n\r\n", http.MethodConnect)
+		want("CONNECT", resp, body, err, http.StatusOK, "", "ok")
+		resp, body, err = ask(s.UpstreamAddrs[0].String(), "GET / HTTP/1.1\r\nHost: app\r\n\r\n", "GET")
+		want("--upstream port", resp, body, err, http.StatusOK, "", "ok")
+		waitFor(t, func() bool {
+			n := 0
+			for _, l := range s.log.lines(t) {
+				if l["direction"] == "outbound" && l["tls_mode"] == "passthrough" && l["decision"] == "allow" {
+					n++
+				}
+			}
+			return n >= 3
+		}, "three passthrough lines in the access log")
+	})
 }
