@@ -100,7 +100,8 @@ func (p *Proxy) handleUpstream(c net.Conn, host string, port uint32) {
 // connection by the outbound decision for its destination.
 func (p *Proxy) outboundConn(c net.Conn, info *connInfo) {
 	o := p.decide(info.origHost, info.origPort, true)
-	if o.route == nil {
+	switch o.verdict {
+	case denyUnknown, passthrough:
 		info.mode = "passthrough"
 		p.m.Connections.WithLabelValues("outbound", "passthrough").Inc()
 		if o.verdict == denyUnknown {
@@ -108,48 +109,45 @@ func (p *Proxy) outboundConn(c net.Conn, info *connInfo) {
 			c.Close()
 			return
 		}
-		up, err := dialer.Dial("tcp", o.target)
-		if err != nil {
-			p.logConn("outbound", info, o.target, "error", err.Error(), 0, 0)
+	default:
+		r := o.route
+		info.mode = string(r.mode)
+		info.service = r.service
+		p.m.Connections.WithLabelValues("outbound", info.mode).Inc()
+		isHTTP := r.http
+		if !isHTTP {
+			// Protocol not declared as HTTP: sniff briefly so plain HTTP
+			// still gets pooling and per-request routing; a server-first
+			// protocol just waits sniffTimeout.
+			c.SetReadDeadline(time.Now().Add(sniffTimeout))
+			kind, pre, _ := sniff(c)
+			c.SetReadDeadline(time.Time{})
+			c = &peekedConn{Conn: c, buf: pre}
+			isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
+		}
+		if isHTTP {
+			// Each request is decided again (the snapshot may change
+			// while the connection lives).
+			p.serveOutboundH1(c, info)
+			return
+		}
+		if o.verdict == noEndpoints {
+			p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
 			c.Close()
 			return
 		}
-		p.relayOut(c, up, info, o.target, 0)
-		return
 	}
-	r := o.route
-	info.mode = string(r.mode)
-	info.service = r.service
-	p.m.Connections.WithLabelValues("outbound", info.mode).Inc()
-	isHTTP := r.http
-	if !isHTTP {
-		// Protocol not declared as HTTP: sniff briefly so plain HTTP still
-		// gets pooling and per-request routing; a server-first protocol
-		// just waits sniffTimeout.
-		c.SetReadDeadline(time.Now().Add(sniffTimeout))
-		kind, pre, _ := sniff(c)
-		c.SetReadDeadline(time.Time{})
-		c = &peekedConn{Conn: c, buf: pre}
-		isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
-	}
-	if isHTTP {
-		// Each request is decided again (the snapshot may change while
-		// the connection lives).
-		p.serveOutboundH1(c, info)
-		return
-	}
-	if o.verdict == noEndpoints {
-		p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
-		c.Close()
-		return
-	}
-	up, ep, gen, err := p.dialTunnel(context.Background(), o)
+	up, dest, gen, err := p.dialTunnel(context.Background(), o)
 	if err != nil {
-		p.logConn("outbound", info, ep, "error", upstreamReason(err), 0, 0)
+		reason := upstreamReason(err)
+		if o.verdict == passthrough {
+			reason = err.Error()
+		}
+		p.logConn("outbound", info, dest, "error", reason, 0, 0)
 		c.Close()
 		return
 	}
-	p.relayOut(c, up, info, ep, gen)
+	p.relayOut(c, up, info, dest, gen)
 }
 
 const sniffTimeout = 200 * time.Millisecond
