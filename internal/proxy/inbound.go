@@ -245,26 +245,3 @@ func (p *Proxy) inboundTCP(c net.Conn, info *connInfo) {
 	}
 	p.logConn("inbound", info, info.app, "allow", dec.Reason, sent, recv)
 }
-
-func (p *Proxy) logConn(dir string, info *connInfo, dest, decision, reason string, sent, recv int64) {
-	if !p.access.Enabled(context.Background(), slog.LevelInfo) {
-		return
-	}
-	p.access.LogAttrs(context.Background(), slog.LevelInfo, "tcp",
-		slog.String("direction", dir),
-		slog.String("source", sourceName(info)),
-		slog.String("destination", dest),
-		slog.String("tls_mode", info.mode),
-		slog.String("decision", decision),
-		slog.String("reason", reason),
-		slog.Int64("bytes_sent", sent),
-		slog.Int64("bytes_received", recv),
-	)
-}
-
-func sourceName(info *connInfo) string {
-	if info.peer != "" {
-		return info.peer
-	}
-	return info.src
-}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/meshauth/meshauth/internal/policy"
 )
@@ -19,10 +20,10 @@ import (
 // target that cannot be normalised is answered 400 with the reason; ok is
 // false then.
 func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
-	t := d.req.bytesOf(d.req.target)
+	t := d.req.Bytes(d.req.Target)
 	switch {
 	case len(t) == 1 && t[0] == '*':
-		if d.req.methodIs("OPTIONS") {
+		if d.req.MethodIs("OPTIONS") {
 			return exchangeResult{}, true
 		}
 		return p.badTarget(d, "request target \"*\" is only allowed with OPTIONS"), false
@@ -31,7 +32,7 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 	default:
 		return p.badTarget(d, "request target "+strconv.Quote(string(t))+" is neither a path (origin-form) nor an absolute http URI"), false
 	}
-	ot := d.req.originForm()
+	ot := d.req.OriginForm()
 	path, query := ot, []byte(nil)
 	if i := bytes.IndexByte(ot, '?'); i >= 0 {
 		path, query = ot[:i], ot[i:]
@@ -44,7 +45,7 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 		return p.badTarget(d, err.Error()), false
 	}
 	if norm != string(path) {
-		d.req.fwdTarget = append([]byte(norm), query...)
+		d.req.FwdTarget = append([]byte(norm), query...)
 	}
 	return exchangeResult{}, true
 }
@@ -54,7 +55,7 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 const reasonBadPath = "bad_path"
 
 func (p *Proxy) badTarget(d *dconn, msg string) exchangeResult {
-	d.req.close = true
+	d.req.Close = true
 	return p.localError(d, http.StatusBadRequest, reasonBadPath, msg)
 }
 
@@ -66,13 +67,12 @@ func (p *Proxy) badTarget(d *dconn, msg string) exchangeResult {
 // Other upgrades (WebSocket) are kept.
 func stripH2CUpgrade(d *dconn) {
 	h := &d.req
-	if !h.upgrade {
+	if !h.Upgrade {
 		return
 	}
-	for _, tok := range splitComma(h.upgradeValue(), 0) {
-		v := h.upgradeValue()[tok.s:tok.e]
+	for _, v := range h.UpgradeTokens() {
 		if len(v) >= 2 && (v[0] == 'h' || v[0] == 'H') && v[1] == '2' || bytes.HasPrefix(bytes.ToUpper(v), []byte("HTTP/2")) {
-			h.upgrade = false
+			h.Upgrade = false
 			d.dropped = append(d.dropped, "Upgrade")
 			return
 		}
@@ -132,4 +132,111 @@ func (l *lateHTTPConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// appSide is the server sidecar's upstream: one connection to the app per
+// downstream connection, kept across its requests.
+type appSide struct {
+	p    *Proxy
+	addr string
+	u    *upConn
+}
+
+func (a *appSide) get(d *dconn, fresh bool) (*upConn, error) {
+	// A request with a body cannot be retried once sent, so it does not
+	// go out on an app connection that sat idle long enough for the app
+	// to have closed it.
+	if a.u != nil && !fresh && (!d.req.ReqHasBody() || time.Since(a.u.idle) < time.Second) {
+		a.u.reused = true
+		return a.u, nil
+	}
+	if a.u != nil {
+		a.u.close()
+		a.u = nil
+	}
+	c, err := dialer.Dial("tcp", a.addr)
+	if err != nil {
+		return nil, err
+	}
+	a.u = newUpConn(c, a.p.cfg.BodyIdleTimeout)
+	return a.u, nil
+}
+
+func (a *appSide) done(u *upConn, reusable bool) {
+	if !reusable && a.u != nil {
+		a.u.close()
+		a.u = nil
+		return
+	}
+	u.idle = time.Now()
+}
+
+// serveInboundH1 serves HTTP from an accepted (and, for mTLS, verified)
+// inbound connection: per-request authorization, XFCC, forward to the app.
+func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
+	app := &appSide{p: p, addr: info.app}
+	defer func() {
+		if app.u != nil {
+			app.u.close()
+		}
+	}()
+	var xfcc []byte
+	if info.peer != "" {
+		by := ""
+		if s := p.certs.SVID(); s != nil {
+			by = s.URI
+		}
+		xfcc = []byte(xfccHeader + ": " + XFCC(by, info.peer) + "\r\n")
+	}
+	p.cached.activeIn.Inc()
+	defer p.cached.activeIn.Dec()
+	p.serveH1(c, info, func(d *dconn) exchangeResult {
+		start := time.Now()
+		// The mode was checked when the connection was accepted; a
+		// kept-alive plaintext connection must not outlive a change of its
+		// port to STRICT. Refuse it as a new plaintext connection is.
+		if !info.tls && inboundPort(p.policy.Current(), info.port).Mode == policy.ServerStrict {
+			if p.claimClose(info) {
+				info.mode = string(policy.ServerStrict)
+				p.refuseInbound(c, info, reasonPlaintext, errors.New("port turned STRICT after this plaintext connection was accepted"))
+			}
+			return exchangeResult{}
+		}
+		d.dropped = d.dropped[:0]
+		// The path is normalised before authorization and forwarded as
+		// authorized (see policy.NormalizePath).
+		if res, ok := p.inboundTarget(d); !ok {
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", res.reason, start)
+			return res
+		}
+		stripH2CUpgrade(d)
+		snap := p.policy.Current()
+		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
+		if snap != nil && snap.RBAC != nil {
+			// Only built when rules may look at them (saves two
+			// allocations per request with RBAC off).
+			req.Method, req.Path = d.req.Str(d.req.Method), d.req.Path()
+		}
+		dec := policy.AuthorizeHTTP(snap, req)
+		if !dec.Allow {
+			p.cached.deny.Inc()
+			res := p.localError(d, http.StatusForbidden, "rbac_denied", "RBAC: access denied: "+dec.Reason)
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", dec.Reason, start)
+			return res
+		}
+		p.cached.allow.Inc()
+		// Any X-Forwarded-Client-Cert from the client, in any spelling, is
+		// dropped and the sidecar's own is added: a client never chooses
+		// its identity.
+		res := p.exchange(d, app, xfcc, d.dropInboundField, "")
+		p.cached.requests("inbound", res.status).Inc()
+		decision := "allow"
+		if res.reason != "" {
+			decision = "error"
+		}
+		p.logH1("inbound", d, info.app, res.status, decision, res.reason, start)
+		return res
+	})
 }

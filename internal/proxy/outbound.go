@@ -2,9 +2,8 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
-
 	"net"
 	"net/netip"
 	"strconv"
@@ -14,52 +13,7 @@ import (
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
-// upstream is the pooled transport for one set of client TLS settings.
-// Routes with equal settings share it, so connections to an endpoint are
-// reused across services and snapshots.
-type upstream struct {
-	mode    policy.ClientTLSMode
-	httpTLS *tls.Config // ALPN http/1.1, for pooled HTTP
-	tcpTLS  *tls.Config // ALPN meshauth-tcp, for tunnels
-}
-
-func (p *Proxy) upstreamFor(r *route) *upstream {
-	if v, ok := p.transports.Load(r.transportKey); ok {
-		return v.(*upstream)
-	}
-	u := &upstream{mode: r.mode}
-	if r.mode != policy.ClientDisable {
-		u.httpTLS = p.clientTLS(r.allowed, r.sni, alpnHTTP1)
-		u.tcpTLS = p.clientTLS(r.allowed, r.sni, alpnTCP)
-	}
-	v, _ := p.transports.LoadOrStore(r.transportKey, u)
-	return v.(*upstream)
-}
-
 var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-
-// dialTLS opens an mTLS connection to a server sidecar and records the
-// handshake outcome.
-func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, error) {
-	c, err := dialer.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	raw := newBatchConn(c)
-	tc := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
-	err = tc.HandshakeContext(hctx)
-	cancel()
-	if err != nil {
-		c.Close()
-		reason := handshakeReason(err)
-		p.m.Handshakes.WithLabelValues("outbound", "refused", reason).Inc()
-		p.log.Warn("outbound mTLS handshake failed", "peer", addr, "reason", reason, "error", err.Error())
-		return nil, &handshakeError{addr: addr, reason: reason, err: err}
-	}
-	p.cached.handshake("outbound", "ok").Inc()
-	return newBatchedTLS(tc, raw), nil
-}
 
 // dialRoute opens a connection for a TCP tunnel to one of the route's
 // endpoints, with the route's TLS mode.
@@ -130,8 +84,7 @@ func (p *Proxy) outboundCaptured(c net.Conn, dst netip.AddrPort) {
 	host := dst.Addr().Unmap().String()
 	port := uint32(dst.Port())
 	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
-	r := p.routeTable().lookup(host, port)
-	p.outboundConn(c, r, info)
+	p.outboundConn(c, info)
 }
 
 // handleUpstream serves an explicit per-upstream TCP port.
@@ -140,60 +93,61 @@ func (p *Proxy) handleUpstream(c net.Conn, host string, port uint32) {
 		return
 	}
 	info := &connInfo{src: c.RemoteAddr().String(), origHost: host, origPort: port}
-	p.outboundConn(c, p.routeTable().lookup(host, port), info)
+	p.outboundConn(c, info)
 }
 
-func (p *Proxy) outboundConn(c net.Conn, r *route, info *connInfo) {
-	dest := net.JoinHostPort(info.origHost, strconv.Itoa(int(info.origPort)))
-	if r == nil {
+// outboundConn serves a captured connection or an --upstream port's
+// connection by the outbound decision for its destination.
+func (p *Proxy) outboundConn(c net.Conn, info *connInfo) {
+	o := p.decide(info.origHost, info.origPort, true)
+	switch o.verdict {
+	case denyUnknown, passthrough:
 		info.mode = "passthrough"
 		p.m.Connections.WithLabelValues("outbound", "passthrough").Inc()
-		if p.cfg.DenyUnknown {
-			p.logConn("outbound", info, dest, "deny", "destination is not a mesh service", 0, 0)
+		if o.verdict == denyUnknown {
+			p.logConn("outbound", info, o.target, "deny", "destination is not a mesh service", 0, 0)
 			c.Close()
 			return
 		}
-		up, err := dialer.Dial("tcp", dest)
-		if err != nil {
-			p.logConn("outbound", info, dest, "error", err.Error(), 0, 0)
+	default:
+		r := o.route
+		info.mode = string(r.mode)
+		info.service = r.service
+		p.m.Connections.WithLabelValues("outbound", info.mode).Inc()
+		isHTTP := r.http
+		if !isHTTP {
+			// Protocol not declared as HTTP: sniff briefly so plain HTTP
+			// still gets pooling and per-request routing; a server-first
+			// protocol just waits sniffTimeout.
+			c.SetReadDeadline(time.Now().Add(sniffTimeout))
+			kind, pre, _ := sniff(c)
+			c.SetReadDeadline(time.Time{})
+			c = &peekedConn{Conn: c, buf: pre}
+			isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
+		}
+		if isHTTP {
+			// Each request is decided again (the snapshot may change
+			// while the connection lives).
+			p.serveOutboundH1(c, info)
+			return
+		}
+		if o.verdict == noEndpoints {
+			p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
 			c.Close()
 			return
 		}
-		p.relayOut(c, up, info, dest, 0)
-		return
 	}
-	info.mode = string(r.mode)
-	info.service = r.service
-	p.m.Connections.WithLabelValues("outbound", info.mode).Inc()
-	isHTTP := r.http
-	if !isHTTP {
-		// Protocol not declared as HTTP: sniff briefly so plain HTTP still
-		// gets pooling and per-request routing; a server-first protocol
-		// just waits sniffTimeout.
-		c.SetReadDeadline(time.Now().Add(sniffTimeout))
-		kind, pre, _ := sniff(c)
-		c.SetReadDeadline(time.Time{})
-		c = &peekedConn{Conn: c, buf: pre}
-		isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
-	}
-	if isHTTP {
-		p.serveOutboundH1(c, info)
-		return
-	}
-	ep := endpointFor(r, info)
-	if ep == "" {
-		p.logConn("outbound", info, r.service, "error", "service has no endpoints", 0, 0)
-		c.Close()
-		return
-	}
-	gen := p.pool.gen.Load() // before the handshake that verifies the server
-	up, err := p.dialRoute(context.Background(), r, ep)
+	up, dest, gen, err := p.dialTunnel(context.Background(), o)
 	if err != nil {
-		p.logConn("outbound", info, ep, "error", upstreamReason(err), 0, 0)
+		reason := upstreamReason(err)
+		if o.verdict == passthrough {
+			reason = err.Error()
+		}
+		p.logConn("outbound", info, dest, "error", reason, 0, 0)
 		c.Close()
 		return
 	}
-	p.relayOut(c, up, info, ep, gen)
+	p.relayOut(c, up, info, dest, gen)
 }
 
 const sniffTimeout = 200 * time.Millisecond
@@ -209,25 +163,23 @@ func (p *Proxy) relayOut(c, up net.Conn, info *connInfo, dest string, gen uint64
 	p.logConn("outbound", info, dest, "allow", "", sent, recv)
 }
 
-// endpointFor picks the endpoint for a request or connection. A captured
-// connection to a service the snapshot lists without endpoints goes to its
-// original destination (the service VIP, which the node translates to an
-// endpoint, as Istio's ORIGINAL_DST cluster does); the TLS mode and secure
-// naming of the service still apply.
-func endpointFor(r *route, info *connInfo) string {
-	if ep := r.next(); ep != "" {
-		return ep
-	}
-	if info.origHost != "" && info.origPort != 0 {
-		return net.JoinHostPort(info.origHost, strconv.Itoa(int(info.origPort)))
-	}
-	return ""
-}
-
 func parsePort(s string) (uint32, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
 	if err != nil || n == 0 {
 		return 0, fmt.Errorf("port %q is not in 1-65535", s)
 	}
 	return uint32(n), nil
+}
+
+// upstreamReason labels an outbound failure.
+func upstreamReason(err error) string {
+	var hs *handshakeError
+	if errors.As(err, &hs) {
+		return hs.reason
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return "upstream_unreachable"
+	}
+	return "upstream_error"
 }

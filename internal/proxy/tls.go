@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
@@ -178,3 +179,64 @@ func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
 	return s.cur.Load().c.Get(key)
 }
 func (s *sessionCache) Put(key string, cs *tls.ClientSessionState) { s.cur.Load().c.Put(key, cs) }
+
+// handshakeError is an outbound TLS handshake failure with its reason label.
+type handshakeError struct {
+	addr   string
+	reason string
+	err    error
+}
+
+func (e *handshakeError) Error() string {
+	return "mTLS handshake with " + e.addr + " failed (" + e.reason + "): " + e.err.Error()
+}
+
+func (e *handshakeError) Unwrap() error { return e.err }
+
+// tlsServer wraps c in a server-side TLS connection.
+func tlsServer(c net.Conn, cfg *tls.Config) *tls.Conn { return tls.Server(c, cfg) }
+
+// upstream is the pooled transport for one set of client TLS settings.
+// Routes with equal settings share it, so connections to an endpoint are
+// reused across services and snapshots.
+type upstream struct {
+	mode    policy.ClientTLSMode
+	httpTLS *tls.Config // ALPN http/1.1, for pooled HTTP
+	tcpTLS  *tls.Config // ALPN meshauth-tcp, for tunnels
+}
+
+func (p *Proxy) upstreamFor(r *route) *upstream {
+	if v, ok := p.transports.Load(r.transportKey); ok {
+		return v.(*upstream)
+	}
+	u := &upstream{mode: r.mode}
+	if r.mode != policy.ClientDisable {
+		u.httpTLS = p.clientTLS(r.allowed, r.sni, alpnHTTP1)
+		u.tcpTLS = p.clientTLS(r.allowed, r.sni, alpnTCP)
+	}
+	v, _ := p.transports.LoadOrStore(r.transportKey, u)
+	return v.(*upstream)
+}
+
+// dialTLS opens an mTLS connection to a server sidecar and records the
+// handshake outcome.
+func (p *Proxy) dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, error) {
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	raw := newBatchConn(c)
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		c.Close()
+		reason := handshakeReason(err)
+		p.m.Handshakes.WithLabelValues("outbound", "refused", reason).Inc()
+		p.log.Warn("outbound mTLS handshake failed", "peer", addr, "reason", reason, "error", err.Error())
+		return nil, &handshakeError{addr: addr, reason: reason, err: err}
+	}
+	p.cached.handshake("outbound", "ok").Inc()
+	return newBatchedTLS(tc, raw), nil
+}

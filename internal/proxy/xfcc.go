@@ -3,6 +3,8 @@ package proxy
 import (
 	"net/http"
 	"strings"
+
+	"github.com/meshauth/meshauth/internal/proxy/h1"
 )
 
 // xfccHeader is Envoy's X-Forwarded-Client-Cert, which the seed's httpbin
@@ -133,7 +135,7 @@ const xfccNorm = "x-forwarded-client-cert"
 // connection by (the real ones are handled as framing and hop-by-hop).
 func dropInbound(name []byte) bool {
 	for _, n := range protectedNames {
-		if normalEqual(name, n) && (n == xfccNorm || !asciiEqualFold(name, n)) {
+		if normalEqual(name, n) && (n == xfccNorm || !h1.ASCIIEqualFold(name, n)) {
 			return true
 		}
 	}

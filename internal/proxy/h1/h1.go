@@ -1,4 +1,8 @@
-package proxy
+// Package h1 is the sidecar's HTTP/1.x codec: message heads read into a
+// reusable per-connection buffer, only what a proxy must interpret
+// (framing, connection management, the target, Host) interpreted, and
+// everything else written through unchanged; bodies relayed as framed.
+package h1
 
 import (
 	"bufio"
@@ -9,7 +13,7 @@ import (
 	"strconv"
 )
 
-// This file is the proxy's HTTP/1.x codec. The sidecar forwards every
+// This is the proxy's HTTP/1.x codec. The sidecar forwards every
 // request through two proxies, so net/http's per-request machinery (a
 // goroutine per read, header maps, request clones) would cost more than the
 // app itself. The codec reads a message head into a per-connection buffer,
@@ -24,75 +28,80 @@ import (
 // maxHeadBytes bounds a request or response head (line + headers).
 const maxHeadBytes = 64 << 10
 
+// Read's errors: ErrBadHead (wrapped with what was wrong) for a message a
+// proxy must not forward, ErrHeadTooLarge past 64 KiB.
 var (
-	errHeadTooLarge = errors.New("http: message head larger than 64 KiB")
-	errBadHead      = errors.New("http: malformed message head")
+	ErrHeadTooLarge = errors.New("http: message head larger than 64 KiB")
+	ErrBadHead      = errors.New("http: malformed message head")
 	// errHTTP2Preface: HTTP/2 with prior knowledge where HTTP/1.x is read.
-	errHTTP2Preface = fmt.Errorf("%w: HTTP/2 connection preface on a port that is HTTP/1.x (declare the port HTTP2 or GRPC to relay HTTP/2)", errBadHead)
+	errHTTP2Preface = fmt.Errorf("%w: HTTP/2 connection preface on a port that is HTTP/1.x (declare the port HTTP2 or GRPC to relay HTTP/2)", ErrBadHead)
 )
 
-// span is a [start,end) slice of head.buf.
-type span struct{ s, e int }
+// Span is a [start,end) slice of a Head's buffer.
+type Span struct{ s, e int }
 
-type field struct{ name, value span }
+type field struct{ name, value Span }
 
-// head is a parsed request or response head. It is reused across messages on
-// one connection; its spans point into buf.
-type head struct {
+// Head is a parsed request or response head. It is reused across messages
+// on one connection; its spans point into its buffer (Str, Bytes).
+type Head struct {
 	buf    []byte
 	fields []field
 
 	// request line
-	method, target span
+	Method, Target Span
 	// status line
-	status int
-	reason span
+	Status int
+	Reason Span
 
-	minor int // HTTP/1.<minor>
+	Minor int // HTTP/1.<minor>
 
-	contentLength int64 // -1: not given
-	chunked       bool
-	// close: the sender will close after this message (Connection: close,
+	ContentLength int64 // -1: not given
+	Chunked       bool
+	// Close: the sender will close after this message (Connection: close,
 	// or HTTP/1.0 without keep-alive).
-	close bool
-	// upgrade: Connection: upgrade with an Upgrade header.
-	upgrade   bool
-	expect100 bool
-	host      span
-	hasHost   bool
-	// request: this is a request head (trailers of its body are filtered).
-	request bool
-	// fwdTarget, if set, is the request target to forward instead of the
+	Close bool
+	// Upgrade: Connection: upgrade with an Upgrade header.
+	Upgrade   bool
+	Expect100 bool
+	Host      Span
+	HasHost   bool
+	// FwdTarget, if set, is the request target to forward instead of the
 	// one received (the server sidecar's normalised path).
-	fwdTarget []byte
+	FwdTarget []byte
 	// connTokens are header names listed in Connection (hop-by-hop).
-	connTokens []span
+	connTokens []Span
 }
 
-func (h *head) str(s span) string      { return string(h.buf[s.s:s.e]) }
-func (h *head) bytesOf(s span) []byte  { return h.buf[s.s:s.e] }
-func (h *head) methodIs(m string) bool { return string(h.buf[h.method.s:h.method.e]) == m }
+// Str and Bytes return a span of the head (Bytes without copying, valid
+// until the next Read); MethodIs compares the request method.
+func (h *Head) Str(s Span) string      { return string(h.buf[s.s:s.e]) }
+func (h *Head) Bytes(s Span) []byte    { return h.buf[s.s:s.e] }
+func (h *Head) MethodIs(m string) bool { return string(h.buf[h.Method.s:h.Method.e]) == m }
 
-func (h *head) reset() {
+// Len is how many bytes of the head were read, also after a failed Read
+// (0: the peer sent nothing).
+func (h *Head) Len() int { return len(h.buf) }
+
+func (h *Head) reset() {
 	h.buf = h.buf[:0]
 	h.fields = h.fields[:0]
 	h.connTokens = h.connTokens[:0]
-	h.status, h.minor = 0, 1
-	h.contentLength = -1
-	h.chunked, h.close, h.upgrade, h.expect100, h.hasHost = false, false, false, false, false
-	h.request, h.fwdTarget = false, nil
+	h.Status, h.Minor = 0, 1
+	h.ContentLength = -1
+	h.Chunked, h.Close, h.Upgrade, h.Expect100, h.HasHost = false, false, false, false, false
+	h.FwdTarget = nil
 }
 
-// readHead reads one message head from br. request selects the start line
+// Read reads one message head from br. request selects the start line
 // grammar. io.EOF before any byte means the peer closed between messages.
-func (h *head) read(br *bufio.Reader, request bool) error {
+func (h *Head) Read(br *bufio.Reader, request bool) error {
 	h.reset()
-	h.request = request
 	nlines := 0
 	for {
 		line, err := br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
-			return errHeadTooLarge
+			return ErrHeadTooLarge
 		}
 		if err != nil {
 			if err == io.EOF && len(h.buf) == 0 && len(line) == 0 {
@@ -104,7 +113,7 @@ func (h *head) read(br *bufio.Reader, request bool) error {
 			return err
 		}
 		if len(h.buf)+len(line) > maxHeadBytes {
-			return errHeadTooLarge
+			return ErrHeadTooLarge
 		}
 		// Lines must end in CRLF; a bare LF is tolerated only as the line
 		// terminator (RFC 9112 2.2), never inside a field.
@@ -131,7 +140,7 @@ func (h *head) read(br *bufio.Reader, request bool) error {
 		nlines++
 	}
 	if nlines == 0 {
-		return errBadHead
+		return ErrBadHead
 	}
 	return h.finish(request)
 }
@@ -144,25 +153,25 @@ func isTokenChar(c byte) bool {
 	return bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
 }
 
-func (h *head) parseStart(start int, request bool) error {
+func (h *Head) parseStart(start int, request bool) error {
 	line := h.buf[start:]
 	sp1 := bytes.IndexByte(line, ' ')
 	if sp1 <= 0 {
-		return errBadHead
+		return ErrBadHead
 	}
 	if request {
 		sp2 := bytes.LastIndexByte(line, ' ')
 		if sp2 <= sp1+1 {
-			return errBadHead
+			return ErrBadHead
 		}
 		for _, c := range line[:sp1] {
 			if !isTokenChar(c) {
-				return errBadHead
+				return ErrBadHead
 			}
 		}
 		for _, c := range line[sp1+1 : sp2] {
 			if c <= ' ' || c == 0x7f {
-				return errBadHead
+				return ErrBadHead
 			}
 		}
 		minor, ok := parseVersion(line[sp2+1:])
@@ -170,30 +179,30 @@ func (h *head) parseStart(start int, request bool) error {
 			if string(line) == "PRI * HTTP/2.0" {
 				return errHTTP2Preface
 			}
-			return errBadHead
+			return ErrBadHead
 		}
-		h.method = span{start, start + sp1}
-		h.target = span{start + sp1 + 1, start + sp2}
-		h.minor = minor
+		h.Method = Span{start, start + sp1}
+		h.Target = Span{start + sp1 + 1, start + sp2}
+		h.Minor = minor
 		return nil
 	}
 	minor, ok := parseVersion(line[:sp1])
 	if !ok || len(line) < sp1+4 {
-		return errBadHead
+		return ErrBadHead
 	}
 	code := line[sp1+1 : sp1+4]
 	st := 0
 	for _, c := range code {
 		if c < '0' || c > '9' {
-			return errBadHead
+			return ErrBadHead
 		}
 		st = st*10 + int(c-'0')
 	}
 	if st < 100 || (len(line) > sp1+4 && line[sp1+4] != ' ') {
-		return errBadHead
+		return ErrBadHead
 	}
-	h.status, h.minor = st, minor
-	h.reason = span{min(start+sp1+5, start+len(line)), start + len(line)}
+	h.Status, h.Minor = st, minor
+	h.Reason = Span{min(start+sp1+5, start+len(line)), start + len(line)}
 	return nil
 }
 
@@ -204,18 +213,18 @@ func parseVersion(b []byte) (int, bool) {
 	return int(b[7] - '0'), true
 }
 
-func (h *head) parseField(start int) error {
+func (h *Head) parseField(start int) error {
 	line := h.buf[start:]
 	if line[0] == ' ' || line[0] == '\t' {
-		return errBadHead // obsolete line folding
+		return ErrBadHead // obsolete line folding
 	}
 	colon := bytes.IndexByte(line, ':')
 	if colon <= 0 {
-		return errBadHead
+		return ErrBadHead
 	}
 	for _, c := range line[:colon] {
 		if !isTokenChar(c) {
-			return errBadHead
+			return ErrBadHead
 		}
 	}
 	vs, ve := colon+1, len(line)
@@ -227,84 +236,84 @@ func (h *head) parseField(start int) error {
 	}
 	for _, c := range line[vs:ve] {
 		if (c < ' ' && c != '\t') || c == 0x7f {
-			return errBadHead
+			return ErrBadHead
 		}
 	}
-	h.fields = append(h.fields, field{span{start, start + colon}, span{start + vs, start + ve}})
+	h.fields = append(h.fields, field{Span{start, start + colon}, Span{start + vs, start + ve}})
 	return nil
 }
 
 // finish interprets the fields a proxy needs.
-func (h *head) finish(request bool) error {
+func (h *Head) finish(request bool) error {
 	closeTok, keepAlive := false, false
 	connUpgrade := false
 	hasUpgrade := false
 	te := false
 	for _, f := range h.fields {
-		name, value := h.bytesOf(f.name), h.bytesOf(f.value)
+		name, value := h.Bytes(f.name), h.Bytes(f.value)
 		switch {
-		case asciiEqualFold(name, "content-length"):
+		case ASCIIEqualFold(name, "content-length"):
 			n, err := parseContentLength(value)
 			if err != nil {
 				return err
 			}
-			if h.contentLength >= 0 && h.contentLength != n {
-				return fmt.Errorf("%w: conflicting Content-Length", errBadHead)
+			if h.ContentLength >= 0 && h.ContentLength != n {
+				return fmt.Errorf("%w: conflicting Content-Length", ErrBadHead)
 			}
-			h.contentLength = n
-		case asciiEqualFold(name, "transfer-encoding"):
-			if te || !asciiEqualFold(value, "chunked") {
+			h.ContentLength = n
+		case ASCIIEqualFold(name, "transfer-encoding"):
+			if te || !ASCIIEqualFold(value, "chunked") {
 				// Only a single "chunked" is understood; anything else
 				// cannot be framed safely.
-				return fmt.Errorf("%w: unsupported Transfer-Encoding %q", errBadHead, value)
+				return fmt.Errorf("%w: unsupported Transfer-Encoding %q", ErrBadHead, value)
 			}
-			te, h.chunked = true, true
-		case asciiEqualFold(name, "connection"):
+			te, h.Chunked = true, true
+		case ASCIIEqualFold(name, "connection"):
 			for _, tok := range splitComma(value, f.value.s) {
-				t := h.bytesOf(tok)
+				t := h.Bytes(tok)
 				switch {
-				case asciiEqualFold(t, "close"):
+				case ASCIIEqualFold(t, "close"):
 					closeTok = true
-				case asciiEqualFold(t, "keep-alive"):
+				case ASCIIEqualFold(t, "keep-alive"):
 					keepAlive = true
-				case asciiEqualFold(t, "upgrade"):
+				case ASCIIEqualFold(t, "upgrade"):
 					connUpgrade = true
 				}
 				h.connTokens = append(h.connTokens, tok)
 			}
-		case asciiEqualFold(name, "upgrade"):
+		case ASCIIEqualFold(name, "upgrade"):
 			hasUpgrade = true
-		case asciiEqualFold(name, "expect"):
-			h.expect100 = asciiEqualFold(value, "100-continue")
-		case asciiEqualFold(name, "host"):
-			if h.hasHost {
-				return fmt.Errorf("%w: more than one Host", errBadHead)
+		case ASCIIEqualFold(name, "expect"):
+			h.Expect100 = ASCIIEqualFold(value, "100-continue")
+		case ASCIIEqualFold(name, "host"):
+			if h.HasHost {
+				return fmt.Errorf("%w: more than one Host", ErrBadHead)
 			}
-			h.host, h.hasHost = f.value, true
+			h.Host, h.HasHost = f.value, true
 		}
 	}
-	h.close = closeTok || (h.minor == 0 && !keepAlive)
-	if te && h.contentLength >= 0 {
-		return fmt.Errorf("%w: both Content-Length and Transfer-Encoding", errBadHead)
+	h.Close = closeTok || (h.Minor == 0 && !keepAlive)
+	if te && h.ContentLength >= 0 {
+		return fmt.Errorf("%w: both Content-Length and Transfer-Encoding", ErrBadHead)
 	}
-	if te && h.minor == 0 {
-		return fmt.Errorf("%w: Transfer-Encoding in HTTP/1.0", errBadHead)
+	if te && h.Minor == 0 {
+		return fmt.Errorf("%w: Transfer-Encoding in HTTP/1.0", ErrBadHead)
 	}
-	h.upgrade = connUpgrade && hasUpgrade
-	if request && h.minor == 1 && !h.hasHost {
-		return fmt.Errorf("%w: HTTP/1.1 request without Host", errBadHead)
+	h.Upgrade = connUpgrade && hasUpgrade
+	if request && h.Minor == 1 && !h.HasHost {
+		return fmt.Errorf("%w: HTTP/1.1 request without Host", ErrBadHead)
 	}
 	return nil
 }
 
 func parseContentLength(v []byte) (int64, error) {
 	if len(v) == 0 || len(v) > 18 {
-		return 0, fmt.Errorf("%w: bad Content-Length %q", errBadHead, v)
+		return 0, fmt.Errorf("%w: bad Content-Length %q", ErrBadHead, v)
 	}
 	var n int64
 	for _, c := range v {
 		if c < '0' || c > '9' {
-			return 0, fmt.Errorf("%w: bad Content-Length %q", errBadHead, v)
+			return 0, fmt.Errorf("%w: bad Content-Length %q", ErrBadHead, v)
 		}
 		n = n*10 + int64(c-'0')
 	}
@@ -313,8 +322,8 @@ func parseContentLength(v []byte) (int64, error) {
 
 // splitComma splits a comma list into trimmed, non-empty spans; off is the
 // offset of v in h.buf.
-func splitComma(v []byte, off int) []span {
-	var out []span
+func splitComma(v []byte, off int) []Span {
+	var out []Span
 	s := 0
 	for i := 0; i <= len(v); i++ {
 		if i == len(v) || v[i] == ',' {
@@ -326,7 +335,7 @@ func splitComma(v []byte, off int) []span {
 				b--
 			}
 			if b > a {
-				out = append(out, span{off + a, off + b})
+				out = append(out, Span{off + a, off + b})
 			}
 			s = i + 1
 		}
@@ -334,7 +343,9 @@ func splitComma(v []byte, off int) []span {
 	return out
 }
 
-func asciiEqualFold(b []byte, s string) bool {
+// ASCIIEqualFold reports whether b equals s, which is lower case, ignoring
+// ASCII case only.
+func ASCIIEqualFold(b []byte, s string) bool {
 	if len(b) != len(s) {
 		return false
 	}
@@ -354,78 +365,89 @@ func asciiEqualFold(b []byte, s string) bool {
 // connection-specific fields, any field the Connection header names, and
 // the forward proxy's own. Upgrade and Connection are re-added by the writer
 // for an upgrade.
-func (h *head) hopByHop(name []byte) bool {
+func (h *Head) hopByHop(name []byte) bool {
 	for _, s := range [...]string{"connection", "keep-alive", "proxy-connection", "proxy-authorization",
 		"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"} {
-		if asciiEqualFold(name, s) {
+		if ASCIIEqualFold(name, s) {
 			return true
 		}
 	}
 	for _, t := range h.connTokens {
-		if bytes.EqualFold(name, h.bytesOf(t)) {
+		if bytes.EqualFold(name, h.Bytes(t)) {
 			return true
 		}
 	}
 	return false
 }
 
-// hasBody reports whether a request carries a body.
-func (h *head) reqHasBody() bool { return h.chunked || h.contentLength > 0 }
+// ReqHasBody reports whether a request carries a body.
+func (h *Head) ReqHasBody() bool { return h.Chunked || h.ContentLength > 0 }
 
-// respHasBody reports whether a response to a request with method carries a
+// RespHasBody reports whether a response to a request with method carries a
 // body (RFC 9112 6.3).
-func (h *head) respHasBody(head bool) bool {
-	if head || h.status < 200 || h.status == 204 || h.status == 304 {
+func (h *Head) RespHasBody(head bool) bool {
+	if head || h.Status < 200 || h.Status == 204 || h.Status == 304 {
 		return false
 	}
 	return true
 }
 
-// writeFields writes every end-to-end field of h, skipping hop-by-hop ones,
-// the framing fields (see writeFraming) and those drop (if set) reports.
-func (h *head) writeFields(w *bufio.Writer, drop func(name []byte) bool) {
+// WriteFields writes every end-to-end field of h, skipping hop-by-hop ones,
+// the framing fields (see WriteFraming) and those drop (if set) reports.
+func (h *Head) WriteFields(w *bufio.Writer, drop func(name []byte) bool) {
 	for _, f := range h.fields {
-		name := h.bytesOf(f.name)
+		name := h.Bytes(f.name)
 		// Content-Length is framing: writeFraming writes it once.
-		if h.hopByHop(name) || asciiEqualFold(name, "content-length") || (drop != nil && drop(name)) {
+		if h.hopByHop(name) || ASCIIEqualFold(name, "content-length") || (drop != nil && drop(name)) {
 			continue
 		}
 		w.Write(name)
 		w.WriteString(": ")
-		w.Write(h.bytesOf(f.value))
+		w.Write(h.Bytes(f.value))
 		w.WriteString("\r\n")
 	}
 }
 
-// writeFraming writes the framing fields for a body relayed as-is.
-func (h *head) writeFraming(w *bufio.Writer) {
-	if h.chunked {
+// WriteFraming writes the framing fields for a body relayed as-is.
+func (h *Head) WriteFraming(w *bufio.Writer) {
+	if h.Chunked {
 		w.WriteString("Transfer-Encoding: chunked\r\n")
-	} else if h.contentLength >= 0 {
+	} else if h.ContentLength >= 0 {
 		w.WriteString("Content-Length: ")
-		w.WriteString(strconv.FormatInt(h.contentLength, 10))
+		w.WriteString(strconv.FormatInt(h.ContentLength, 10))
 		w.WriteString("\r\n")
 	}
-	if h.upgrade {
+	if h.Upgrade {
 		w.WriteString("Connection: Upgrade\r\nUpgrade: ")
-		w.Write(h.upgradeValue())
+		w.Write(h.UpgradeValue())
 		w.WriteString("\r\n")
 	}
 }
 
-func (h *head) upgradeValue() []byte {
+// UpgradeValue returns the value of the Upgrade field, nil without one.
+func (h *Head) UpgradeValue() []byte {
 	for _, f := range h.fields {
-		if asciiEqualFold(h.bytesOf(f.name), "upgrade") {
-			return h.bytesOf(f.value)
+		if ASCIIEqualFold(h.Bytes(f.name), "upgrade") {
+			return h.Bytes(f.value)
 		}
 	}
 	return nil
 }
 
-// originForm returns the request target as origin-form: an absolute-form
+// UpgradeTokens returns the protocols the Upgrade field lists, trimmed.
+func (h *Head) UpgradeTokens() [][]byte {
+	v := h.UpgradeValue()
+	var out [][]byte
+	for _, t := range splitComma(v, 0) {
+		out = append(out, v[t.s:t.e])
+	}
+	return out
+}
+
+// OriginForm returns the request target as origin-form: an absolute-form
 // target (forward proxy) loses its scheme and authority.
-func (h *head) originForm() []byte {
-	t := h.bytesOf(h.target)
+func (h *Head) OriginForm() []byte {
+	t := h.Bytes(h.Target)
 	if len(t) > 0 && t[0] == '/' || bytes.Equal(t, []byte("*")) {
 		return t
 	}
@@ -442,36 +464,38 @@ func (h *head) originForm() []byte {
 	return t
 }
 
-// forwardTarget is the request target to send upstream: the normalised one
+// ForwardTarget is the request target to send upstream: the normalised one
 // if the server sidecar set it, else the origin-form of the received one.
-func (h *head) forwardTarget() []byte {
-	if h.fwdTarget != nil {
-		return h.fwdTarget
+func (h *Head) ForwardTarget() []byte {
+	if h.FwdTarget != nil {
+		return h.FwdTarget
 	}
-	return h.originForm()
+	return h.OriginForm()
 }
 
-// path returns the target's path, without query, for authorization and logs.
-func (h *head) path() string {
-	t := h.forwardTarget()
+// Path returns the target's path, without query, for authorization and logs.
+func (h *Head) Path() string {
+	t := h.ForwardTarget()
 	if i := bytes.IndexByte(t, '?'); i >= 0 {
 		t = t[:i]
 	}
 	return string(t)
 }
 
-// relayBody relays a message body from br to w as framed by h: exactly
+// RelayBody relays a message body from br to w as framed by h: exactly
 // Content-Length bytes, the chunked encoding verbatim, or (untilEOF) all
 // bytes until the sender closes. Data is flushed as it arrives, so streamed
-// responses are not held back.
-func relayBody(w *bufio.Writer, br *bufio.Reader, h *head, untilEOF bool, buf []byte) (int64, error) {
+// responses are not held back. dropTrailer, if set, reports trailer fields
+// of a chunked body that must not be relayed (the proxy sets it for request
+// bodies).
+func RelayBody(w *bufio.Writer, br *bufio.Reader, h *Head, untilEOF bool, buf []byte, dropTrailer func(name []byte) bool) (int64, error) {
 	switch {
-	case h.chunked:
-		return copyChunked(w, br, buf, h.request)
-	case h.contentLength >= 0:
-		return copyN(w, br, h.contentLength, buf)
+	case h.Chunked:
+		return copyChunked(w, br, buf, dropTrailer)
+	case h.ContentLength >= 0:
+		return copyN(w, br, h.ContentLength, buf)
 	case untilEOF:
-		return copyAll(w, br, buf)
+		return CopyAll(w, br, buf)
 	}
 	return 0, nil
 }
@@ -511,7 +535,8 @@ func copyN(w *bufio.Writer, r io.Reader, n int64, buf []byte) (int64, error) {
 	return done, nil
 }
 
-func copyAll(w *bufio.Writer, r io.Reader, buf []byte) (int64, error) {
+// CopyAll relays r to w until EOF, flushing as data arrives.
+func CopyAll(w *bufio.Writer, r io.Reader, buf []byte) (int64, error) {
 	var done int64
 	for {
 		nr, err := r.Read(buf)
@@ -534,10 +559,9 @@ func copyAll(w *bufio.Writer, r io.Reader, buf []byte) (int64, error) {
 }
 
 // copyChunked relays a chunked body verbatim, parsing only the chunk sizes
-// to find its end (last chunk and trailer section). In a request's trailer
-// section (request), a field the app must never get from a client (any
-// spelling of X-Forwarded-Client-Cert, see dropInbound) is dropped too.
-func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, request bool) (int64, error) {
+// to find its end (last chunk and trailer section). A trailer field that
+// dropTrailer (if set) reports is dropped.
+func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, dropTrailer func(name []byte) bool) (int64, error) {
 	var total int64
 	for {
 		line, err := readChunkLine(br)
@@ -557,7 +581,7 @@ func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, request bool) (i
 				if err != nil {
 					return total, err
 				}
-				if i := bytes.IndexByte(tl, ':'); request && i > 0 && dropInbound(tl[:i]) {
+				if i := bytes.IndexByte(tl, ':'); dropTrailer != nil && i > 0 && dropTrailer(tl[:i]) {
 					continue
 				}
 				w.Write(tl)
@@ -577,7 +601,7 @@ func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, request bool) (i
 			return total, err
 		}
 		if len(crlf) != 0 {
-			return total, fmt.Errorf("%w: chunk data longer than its size", errBadHead)
+			return total, fmt.Errorf("%w: chunk data longer than its size", ErrBadHead)
 		}
 		w.WriteString("\r\n")
 		// A streamed response is delivered chunk by chunk.
@@ -596,12 +620,12 @@ func readChunkLine(br *bufio.Reader) ([]byte, error) {
 			return nil, io.ErrUnexpectedEOF
 		}
 		if err == bufio.ErrBufferFull {
-			return nil, fmt.Errorf("%w: chunk line too long", errBadHead)
+			return nil, fmt.Errorf("%w: chunk line too long", ErrBadHead)
 		}
 		return nil, err
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, fmt.Errorf("%w: chunk line not terminated by CRLF", errBadHead)
+		return nil, fmt.Errorf("%w: chunk line not terminated by CRLF", ErrBadHead)
 	}
 	return line[:len(line)-2], nil
 }
@@ -612,7 +636,7 @@ func parseChunkSize(line []byte) (int64, error) {
 	}
 	line = bytes.TrimRight(line, " \t")
 	if len(line) == 0 || len(line) > 15 {
-		return 0, fmt.Errorf("%w: bad chunk size %q", errBadHead, line)
+		return 0, fmt.Errorf("%w: bad chunk size %q", ErrBadHead, line)
 	}
 	var n int64
 	for _, c := range line {
@@ -625,9 +649,47 @@ func parseChunkSize(line []byte) (int64, error) {
 		case c >= 'A' && c <= 'F':
 			d = c - 'A' + 10
 		default:
-			return 0, fmt.Errorf("%w: bad chunk size %q", errBadHead, line)
+			return 0, fmt.Errorf("%w: bad chunk size %q", ErrBadHead, line)
 		}
 		n = n<<4 | int64(d)
 	}
 	return n, nil
+}
+
+// WriteRequestHead writes a request head upstream: the forward target
+// (ForwardTarget), the end-to-end fields but those drop (if set) reports,
+// the framing, then extra (whole header lines, e.g. the proxy's own
+// fields) and a Host if the client sent none and host is set.
+func WriteRequestHead(w *bufio.Writer, req *Head, extra []byte, drop func([]byte) bool, host string) {
+	w.Write(req.Bytes(req.Method))
+	w.WriteByte(' ')
+	w.Write(req.ForwardTarget())
+	w.WriteString(" HTTP/1.1\r\n")
+	if !req.HasHost && host != "" {
+		w.WriteString("Host: ")
+		w.WriteString(host)
+		w.WriteString("\r\n")
+	}
+	req.WriteFields(w, drop)
+	req.WriteFraming(w)
+	w.Write(extra)
+	w.WriteString("\r\n")
+}
+
+// WriteResponseHead writes a response head downstream; conn, if set, is the
+// Connection header to send ("close").
+func WriteResponseHead(w *bufio.Writer, resp *Head, conn string) {
+	w.WriteString("HTTP/1.1 ")
+	w.WriteString(strconv.Itoa(resp.Status))
+	w.WriteByte(' ')
+	w.Write(resp.Bytes(resp.Reason))
+	w.WriteString("\r\n")
+	resp.WriteFields(w, nil)
+	resp.WriteFraming(w)
+	if conn != "" {
+		w.WriteString("Connection: ")
+		w.WriteString(conn)
+		w.WriteString("\r\n")
+	}
+	w.WriteString("\r\n")
 }
