@@ -20,8 +20,12 @@ FORTIO_VERSION := v1.68.2
 
 all: build
 
+# bin/meshd is the plain build (no k8s.io package): meshctl up, meshctl demo
+# and every local sidecar run it. bin/meshd-kube adds `meshd kube-control`
+# (-tags kube), as the control-plane image builds it.
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -tags kube -o $(BIN)/meshd-kube ./cmd/meshd
 
 deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \

@@ -331,11 +331,11 @@ func trimNL(b []byte) []byte {
 // sidecarTags are the build tags of the sidecar image's meshd
 // (install/docker/proxy.Dockerfile): no client-go, no control plane, no
 // gRPC tracing (cmd/meshd/main.go).
-const sidecarTags = "nokube,sidecaronly,grpcnotrace"
+const sidecarTags = "sidecaronly,grpcnotrace"
 
 // meshdBinary returns cfg.Meshd, or builds ./cmd/meshd of this module into
 // dir once, exactly as install/docker/proxy.Dockerfile builds the sidecar
-// image: static (CGO_ENABLED=0), -tags nokube,sidecaronly,grpcnotrace,
+// image: static (CGO_ENABLED=0), -tags sidecaronly,grpcnotrace,
 // stripped. That build has no `meshd control`: see controlBinary.
 func (c *config) meshdBinary(dir string) (string, error) {
 	if c.Meshd != "" {
@@ -354,7 +354,7 @@ func (c *config) meshdBinary(dir string) (string, error) {
 
 // controlBinary returns a meshd that has `meshd control` (the CA the
 // sidecars get their certificates from, and the CA comparison): -meshd if
-// it has one, else ./cmd/meshd built with -tags nokube into dir once.
+// it has one, else ./cmd/meshd's plain build (no kube-control) into dir once.
 func (c *config) controlBinary(dir string) (string, error) {
 	if c.control != "" {
 		return c.control, nil
@@ -365,7 +365,7 @@ func (c *config) controlBinary(dir string) (string, error) {
 			return c.control, nil
 		}
 	}
-	bin, err := buildMeshd(dir, "meshd-control", "nokube")
+	bin, err := buildMeshd(dir, "meshd-control", "")
 	if err != nil {
 		return "", err
 	}

@@ -1,4 +1,4 @@
-//go:build !nokube && !sidecaronly
+//go:build !sidecaronly
 
 package main
 
@@ -14,6 +14,7 @@ import (
 // into pods (the sidecar container and the init container) are accepted by
 // this meshd's flag parsing, in both modes. An injected flag that meshd does
 // not know would crash-loop every injected pod; goldens alone cannot see it.
+// The test imports internal/kube; meshd itself (the plain build) does not.
 func TestInjectedArgsParse(t *testing.T) {
 	for _, mode := range []kube.Mode{kube.SecretMode, kube.CSRMode} {
 		t.Run(string(mode), func(t *testing.T) {

@@ -1,4 +1,4 @@
-//go:build !nokube && !sidecaronly
+//go:build kube && !sidecaronly
 
 package main
 
@@ -16,11 +16,12 @@ import (
 )
 
 // meshd kube-control is `meshd control` on Kubernetes. Everything that
-// links client-go hangs off this one file, and the build tag keeps it out of
-// the sidecar image: `go build -tags nokube ./cmd/meshd` is the same meshd
-// (sidecar, init-net, control) without Kubernetes mode, about 17 MB instead
-// of 56 MB. internal/kube/deps_test.go checks that build has no k8s.io
-// package; install/docker/proxy.Dockerfile builds it.
+// links client-go hangs off this one file, and it is opt-in: only `go build
+// -tags kube ./cmd/meshd` has it (the control-plane image,
+// install/docker/meshd.Dockerfile, and `make build`'s bin/meshd-kube). The
+// plain build, which `meshctl up`, `meshctl demo` and every local sidecar
+// run, links no k8s.io package (cmd/meshd/deps_test.go,
+// internal/kube/deps_test.go).
 func init() {
 	var (
 		cfg        kube.ControlConfig

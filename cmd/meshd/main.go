@@ -4,16 +4,20 @@
 //
 // Each subcommand lives in its own file and registers itself on root.
 //
-// Build tags: -tags nokube leaves out `meshd kube-control` (client-go);
-// -tags sidecaronly also leaves out `meshd control` (CA, its bbolt store,
-// the config loader), which is how the sidecar image builds meshd, with
-// gRPC's own grpcnotrace (no golang.org/x/net/trace, html/template):
+// Build tags: the plain build has no Kubernetes client code (no k8s.io
+// package): it is what `meshctl up`, `meshctl demo` and local sidecars run.
+// -tags kube adds `meshd kube-control` (client-go), for the control-plane
+// image and `make build`'s bin/meshd-kube. -tags sidecaronly leaves out
+// `meshd control` (CA, its bbolt store, the config loader), which is how
+// the sidecar image builds meshd, with gRPC's own grpcnotrace (no
+// golang.org/x/net/trace, html/template):
 //
-//	CGO_ENABLED=0 go build -tags nokube,sidecaronly,grpcnotrace -trimpath -ldflags=-s ./cmd/meshd
+//	CGO_ENABLED=0 go build -tags sidecaronly,grpcnotrace -trimpath -ldflags=-s ./cmd/meshd
 //
-// That binary is about 13 MB instead of 16.8 MB (-tags nokube), and every
-// sidecar maps less of it (BENCHMARKS.md). `meshd sidecar` and `meshd
-// init-net` are the same in every build.
+// That binary is about 13 MB instead of 16.8 MB (the plain build), and
+// every sidecar maps less of it (BENCHMARKS.md). `meshd sidecar` and `meshd
+// init-net` are the same in every build; the sidecar itself is
+// internal/sidecar.
 package main
 
 import (

@@ -1,6 +1,6 @@
 # proxy: the image kube-inject and the webhook put in every pod, for the
 # istio-init (meshd init-net) and istio-proxy (meshd sidecar) containers.
-# It is meshd built with -tags nokube,sidecaronly,grpcnotrace: no Kubernetes
+# It is meshd built with -tags sidecaronly,grpcnotrace: no Kubernetes
 # client code, no control plane (`meshd control` is in the meshd image), no
 # gRPC tracing: about 13 MB instead of 56 MB (internal/kube/deps_test.go and
 # cmd/meshd/deps_test.go keep it that way). Every sidecar maps it, so its
@@ -12,7 +12,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 GOTOOLCHAIN=local go build -tags nokube,sidecaronly,grpcnotrace -trimpath -ldflags=-s -o /out/meshd ./cmd/meshd
+RUN CGO_ENABLED=0 GOTOOLCHAIN=local go build -tags sidecaronly,grpcnotrace -trimpath -ldflags=-s -o /out/meshd ./cmd/meshd
 
 # Debian slim, not distroless: meshd init-net runs iptables-restore (and
 # ip6tables-restore) in the pod's network namespace.

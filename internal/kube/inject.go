@@ -70,7 +70,7 @@ const (
 // InjectConfig says what to inject. The zero value of each field means the
 // default given in its comment; NewInjector fills them.
 type InjectConfig struct {
-	// Image is the proxy image (meshd built with -tags nokube, see
+	// Image is the proxy image (meshd built without -tags kube, see
 	// install/docker/proxy.Dockerfile) for the init and sidecar containers.
 	// Default "ghcr.io/meshauth/proxy:latest".
 	Image string

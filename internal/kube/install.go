@@ -16,7 +16,7 @@ type InstallConfig struct {
 	Namespace string
 	// Image of the control plane's meshd (default ghcr.io/meshauth/meshd:latest).
 	Image string
-	// ProxyImage is what the webhook injects: meshd built with -tags nokube
+	// ProxyImage is what the webhook injects: meshd built without -tags kube
 	// (default ghcr.io/meshauth/proxy:latest).
 	ProxyImage string
 	// InjectMode is what the webhook injects: secret (default) or csr.

@@ -171,6 +171,9 @@ func FreePort() (int, error) {
 
 // Binary finds a meshauth binary: next to the running executable first (so
 // `bin/meshctl demo` uses `bin/meshd` from the same build), then on PATH.
+// "meshd" is the plain build (`go build ./cmd/meshd`), which links no
+// Kubernetes client code (cmd/meshd/deps_test.go), so a local sidecar does
+// not pay for it; bin/meshd-kube (-tags kube) is never picked.
 func Binary(name string) (string, error) {
 	if exe, err := os.Executable(); err == nil {
 		p := filepath.Join(filepath.Dir(exe), name)

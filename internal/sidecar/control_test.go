@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"crypto/x509"
@@ -41,7 +41,7 @@ func TestControlConnUsesStateDirRevocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "sleep"}
-	c, err := newControlConn(sidecarFlags{controlDir: dir, token: "unused", certsDir: t.TempDir()}, id, agent.NewStore(agent.StoreConfig{}))
+	c, err := newControlConn(Config{ControlDir: dir, Token: "unused", CertsDir: t.TempDir()}, id, agent.NewStore(agent.StoreConfig{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,114 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/client"
+	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/push"
+)
+
+// controlConn holds how the sidecar reaches the control plane: its
+// address, the roots to verify it before the first bundle arrives, and the
+// join token.
+type controlConn struct {
+	addr, dir string
+	tokens    *agent.TokenSource
+	initial   *identity.Bundle
+	store     *agent.Store
+}
+
+func newControlConn(cfg Config, id identity.ID, store *agent.Store) (*controlConn, error) {
+	c := &controlConn{addr: cfg.Control, dir: cfg.ControlDir, store: store}
+	if c.dir == "" {
+		c.dir = cfg.CertsDir // client.Dial reads control.addr from it if present
+	}
+	// The token file is read again on every use, so a new join token
+	// written into it (or a rotated Kubernetes token) is picked up.
+	var err error
+	if c.tokens, err = agent.NewTokenSource(cfg.Token, cfg.TokenFile); err != nil {
+		return nil, fmt.Errorf("--token-file: %w", err)
+	}
+	if cfg.CARoots == "" && cfg.ControlDir != "" {
+		// The control plane's own directory: its roots and the revoked
+		// serials it wrote beside them, so a revoked control-plane
+		// certificate is refused before the first bundle arrives too (the
+		// bootstrap call carries the join token).
+		if c.initial, err = client.LoadRoots(cfg.ControlDir, id.TrustDomain); err != nil {
+			return nil, fmt.Errorf("control plane roots: %w", err)
+		}
+		return c, nil
+	}
+	rootsFile := cfg.CARoots
+	if rootsFile == "" {
+		rootsFile = filepath.Join(cfg.CertsDir, agent.RootFile)
+	}
+	if data, err := os.ReadFile(rootsFile); err == nil {
+		if c.initial, err = identity.NewBundle(id.TrustDomain, 0, []string{string(data)}, nil); err != nil {
+			return nil, fmt.Errorf("control plane roots %s: %w", rootsFile, err)
+		}
+	} else {
+		return nil, fmt.Errorf("control plane roots: %w (pass --ca-roots or --control-dir so the sidecar can verify the control plane)", err)
+	}
+	return c, nil
+}
+
+// roots is the bundle to verify the control plane with: the agent's current
+// one (it follows root rotations), else the configured roots.
+func (c *controlConn) roots() *identity.Bundle {
+	if b := c.store.Bundle(); b != nil {
+		return b
+	}
+	return c.initial
+}
+
+// dial opens a connection; with mtls it presents the workload certificate,
+// otherwise the join token.
+func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, error) {
+	o := client.Options{Dir: c.dir, Addr: c.addr, Roots: c.roots, TrustDomain: c.initial.TrustDomain}
+	if mtls {
+		o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if s := c.store.SVID(); s != nil {
+				return s.TLS, nil
+			}
+			return &tls.Certificate{}, nil
+		}
+	} else {
+		tok, err := c.tokens.Token()
+		if err != nil {
+			return nil, err
+		}
+		o.Token = tok
+	}
+	return client.Dial(ctx, o)
+}
+
+// connectCA is the agent's ConnectFunc.
+func (c *controlConn) connectCA(ctx context.Context, mtls bool, _ func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+	conn, err := c.dial(ctx, mtls)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pb.NewCertificateAuthorityClient(conn), conn, nil
+}
+
+// pushSource adapts the push client to the proxy's ConfigSource.
+type pushSource struct{ c *push.Client }
+
+func (p pushSource) Current() *policy.Snapshot {
+	if u := p.c.Current(); u != nil {
+		return u.Snapshot
+	}
+	return nil
+}
+func (p pushSource) Changed() <-chan struct{} { return p.c.Changed() }
