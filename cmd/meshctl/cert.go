@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -95,7 +96,7 @@ root-cert.pem.`,
 				{"root-cert.pem", strings.Join(resp.Roots, ""), 0o644},
 			}
 			for _, f := range files {
-				if err := writeAtomic(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
+				if err := atomicfile.Write(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
 					return err
 				}
 			}
@@ -168,26 +169,6 @@ func newKey(kind string) (any, []byte, error) {
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	return key, der, err
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // certReport is `meshctl cert inspect -o json`.

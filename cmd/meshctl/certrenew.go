@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -116,7 +117,7 @@ asked for): a renewal cannot extend a certificate's reach.`,
 				{"cert-chain.pem", strings.Join(resp.CertChain, ""), 0o644},
 				{"root-cert.pem", strings.Join(resp.Roots, ""), 0o644},
 			} {
-				if err := writeAtomic(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
+				if err := atomicfile.Write(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
 					return err
 				}
 			}
