@@ -619,19 +619,7 @@ func (a *Agent) loadFiles() error {
 	if a.cfg.NoFiles {
 		return errors.New("files disabled")
 	}
-	chain, err := os.ReadFile(filepath.Join(a.cfg.Dir, ChainFile))
-	if err != nil {
-		return err
-	}
-	key, err := os.ReadFile(filepath.Join(a.cfg.Dir, KeyFile))
-	if err != nil {
-		return err
-	}
-	roots, err := os.ReadFile(filepath.Join(a.cfg.Dir, RootFile))
-	if err != nil {
-		return err
-	}
-	s, err := NewSVID(chain, key)
+	s, b, err := ReadFiles(a.cfg.Dir, a.cfg.ID.TrustDomain)
 	if err != nil {
 		return err
 	}
@@ -644,16 +632,41 @@ func (a *Agent) loadFiles() error {
 			s.IssuedAt = now
 		}
 	}
-	b, err := identity.NewBundle(a.cfg.ID.TrustDomain, 0, []string{string(roots)}, nil)
-	if err != nil {
-		return err
-	}
 	if err := a.store.Set(s, b); err != nil {
 		return err
 	}
 	a.log.Info("reusing certificate from the certs directory", "spiffe_id", s.URI, "serial", s.Serial(),
 		"renew_at", a.renewAt(s).UTC().Format(time.RFC3339))
 	return nil
+}
+
+// ReadFiles reads the three files of a certs directory (cert-chain.pem,
+// key.pem, root-cert.pem): the SVID, its key checked against the leaf, and
+// the roots as a bundle of trustDomain. It checks no validity period; the
+// caller decides what an expired certificate means. A store refuses a bad
+// set (Store.Set), so a caller keeps its current certificate.
+func ReadFiles(dir, trustDomain string) (*SVID, *identity.Bundle, error) {
+	chain, err := os.ReadFile(filepath.Join(dir, ChainFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := os.ReadFile(filepath.Join(dir, RootFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := NewSVID(chain, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := identity.NewBundle(trustDomain, 0, []string{string(roots)}, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, b, nil
 }
 
 // writeFiles writes the three files atomically (temp file + rename), key
