@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/meshauth/meshauth/internal/atomicfile"
 )
 
 // Targets from issue 7, as ratios and limits from the same run.
@@ -364,9 +366,5 @@ func writeSection(path, section string) error {
 	if !strings.HasSuffix(out, "\n") {
 		out += "\n"
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(out), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, []byte(out), 0o644)
 }

@@ -3,7 +3,6 @@ package main
 // meshctl apply: send config to the control plane, all or nothing.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -50,16 +49,9 @@ in the batch that the batch does not name is removed.`,
 			for _, f := range read {
 				req.Files = append(req.Files, &pb.ConfigFile{Name: f.Name, Content: f.Content})
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			conn, err := dialControl(ctx, true, "")
+			resp, err := adminCall(cmd.Context(), 30*time.Second, "apply", pb.AdminClient.ApplyConfig, req)
 			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewAdminClient(conn).ApplyConfig(ctx, req)
-			if err != nil {
-				return &exitError{1, rpcError("apply", err)}
+				return &exitError{1, err}
 			}
 			for _, k := range resp.Applied {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s applied\n", k)

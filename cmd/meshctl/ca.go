@@ -24,6 +24,28 @@ func dialControl(ctx context.Context, admin bool, token string) (*grpc.ClientCon
 	return client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr, AdminToken: admin, Token: token})
 }
 
+// adminCall is one Admin RPC: dial the control plane with the admin token,
+// call method with req under timeout, and turn a failed call into the
+// server's message prefixed with what (rpcError). A dial error is returned
+// as it is.
+func adminCall[Req, Resp any](ctx context.Context, timeout time.Duration, what string,
+	method func(pb.AdminClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := dialControl(ctx, true, "")
+	if err != nil {
+		var zero Resp
+		return zero, err
+	}
+	defer conn.Close()
+	resp, err := method(pb.NewAdminClient(conn), ctx, req)
+	if err != nil {
+		var zero Resp
+		return zero, rpcError(what, err)
+	}
+	return resp, nil
+}
+
 // rpcError turns a gRPC status into the server's message, which already
 // says what was wrong and what to do.
 func rpcError(what string, err error) error {
@@ -42,16 +64,9 @@ func init() {
 		Short: "show roots, the signing certificate and counts",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			conn, err := dialControl(ctx, true, "")
+			resp, err := adminCall(cmd.Context(), 10*time.Second, "ca status", pb.AdminClient.CAStatus, &pb.CAStatusRequest{})
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewAdminClient(conn).CAStatus(ctx, &pb.CAStatusRequest{})
-			if err != nil {
-				return rpcError("ca status", err)
 			}
 			if output == "json" {
 				_, err := cmd.OutOrStdout().Write(append(resp.StatusJson, '\n'))
@@ -77,16 +92,9 @@ new root before it meets a certificate signed by it. The old root leaves the
 bundle only when every certificate it signed has expired.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			conn, err := dialControl(ctx, true, "")
+			resp, err := adminCall(cmd.Context(), 30*time.Second, "rotate root", pb.AdminClient.RotateRoot, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewAdminClient(conn).RotateRoot(ctx, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
-			if err != nil {
-				return rpcError("rotate root", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "new root sha256:%s\nin the bundle now (version %d); signs from %s\n",
 				resp.NewRootFingerprint, resp.BundleVersion, time.Unix(resp.SigningSwitchAt, 0).UTC().Format(time.RFC3339))

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,16 +37,9 @@ an expired certificate shows as not revoked.`,
 			if output != "text" && output != "json" {
 				return fmt.Errorf("ca issued: --output %q: want text or json", output)
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			conn, err := dialControl(ctx, true, "")
+			resp, err := adminCall(cmd.Context(), 30*time.Second, "ca issued", pb.AdminClient.ListIssued, &pb.ListIssuedRequest{SpiffeId: id, OnlyValid: valid, Limit: int32(limit)})
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewAdminClient(conn).ListIssued(ctx, &pb.ListIssuedRequest{SpiffeId: id, OnlyValid: valid, Limit: int32(limit)})
-			if err != nil {
-				return rpcError("ca issued", err)
 			}
 			if output == "json" {
 				_, err := cmd.OutOrStdout().Write(append(resp.EntriesJson, '\n'))

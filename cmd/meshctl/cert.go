@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -67,37 +68,13 @@ root-cert.pem.`,
 			if err != nil {
 				return fmt.Errorf("cert issue: CSR: %w", err)
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			conn, err := client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr, Token: token,
-				Roots: func() *identity.Bundle { return roots }})
+			resp, err := requestCert(cmd.Context(), client.Options{Token: token,
+				Roots: func() *identity.Bundle { return roots }}, csr, ttl, "cert issue")
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			resp, err := pb.NewCertificateAuthorityClient(conn).CreateCertificate(ctx, &pb.CreateCertificateRequest{
-				Csr: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), TtlSeconds: int64(ttl / time.Second),
-			})
-			if err != nil {
-				return rpcError("cert issue", err)
-			}
-			if err := os.MkdirAll(out, 0o755); err != nil {
+			if err := writeCertFiles(out, keyDER, resp); err != nil {
 				return err
-			}
-			// Key first and 0600 from creation, so it is never world-readable.
-			files := []struct {
-				name string
-				data string
-				mode os.FileMode
-			}{
-				{"key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o600},
-				{"cert-chain.pem", strings.Join(resp.CertChain, ""), 0o644},
-				{"root-cert.pem", strings.Join(resp.Roots, ""), 0o644},
-			}
-			for _, f := range files {
-				if err := writeAtomic(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
-					return err
-				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "issued %s serial %s\nwrote %s/{cert-chain.pem,key.pem,root-cert.pem}\n", resp.SpiffeId, resp.Serial, out)
 			return nil
@@ -170,24 +147,48 @@ func newKey(kind string) (any, []byte, error) {
 	return key, der, err
 }
 
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+// requestCert sends a CSR to the CA over a connection dialed with opts (its
+// Dir and Addr from --dir/--addr) and returns the answer; what names the
+// command in errors.
+func requestCert(ctx context.Context, opts client.Options, csrDER []byte, ttl time.Duration, what string) (*pb.CreateCertificateResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	opts.Dir, opts.Addr = globals.Dir, globals.Addr
+	conn, err := client.Dial(ctx, opts)
 	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	resp, err := pb.NewCertificateAuthorityClient(conn).CreateCertificate(ctx, &pb.CreateCertificateRequest{
+		Csr: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}), TtlSeconds: int64(ttl / time.Second),
+	})
+	if err != nil {
+		return nil, rpcError(what, err)
+	}
+	return resp, nil
+}
+
+// writeCertFiles writes the seed's three files into out, atomically: key.pem
+// first and 0600 from creation, so it is never world-readable, then
+// cert-chain.pem and root-cert.pem as the CA sent them.
+func writeCertFiles(out string, keyDER []byte, resp *pb.CreateCertificateResponse) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
+	for _, f := range []struct {
+		name string
+		data string
+		mode os.FileMode
+	}{
+		{"key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o600},
+		{"cert-chain.pem", strings.Join(resp.CertChain, ""), 0o644},
+		{"root-cert.pem", strings.Join(resp.Roots, ""), 0o644},
+	} {
+		if err := atomicfile.Write(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
+			return err
+		}
 	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return nil
 }
 
 // certReport is `meshctl cert inspect -o json`.

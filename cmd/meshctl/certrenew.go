@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -83,42 +80,20 @@ asked for): a renewal cannot extend a certificate's reach.`,
 			if err != nil {
 				return fmt.Errorf("cert renew: CSR: %w", err)
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			conn, err := client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr,
+			resp, err := requestCert(cmd.Context(), client.Options{
 				Roots: func() *identity.Bundle { return roots },
 				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 					return &cur, nil
-				}})
+				}}, csr, ttl, "cert renew")
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewCertificateAuthorityClient(conn).CreateCertificate(ctx, &pb.CreateCertificateRequest{
-				Csr: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), TtlSeconds: int64(ttl / time.Second),
-			})
-			if err != nil {
-				return rpcError("cert renew", err)
 			}
 			chain, err := identity.ParseCertsPEM([]byte(strings.Join(resp.CertChain, "")))
 			if err != nil || len(chain) == 0 {
 				return fmt.Errorf("cert renew: CA response: %v", err)
 			}
-			if err := os.MkdirAll(out, 0o755); err != nil {
+			if err := writeCertFiles(out, keyDER, resp); err != nil {
 				return err
-			}
-			for _, f := range []struct {
-				name string
-				data string
-				mode os.FileMode
-			}{
-				{"key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o600},
-				{"cert-chain.pem", strings.Join(resp.CertChain, ""), 0o644},
-				{"root-cert.pem", strings.Join(resp.Roots, ""), 0o644},
-			} {
-				if err := writeAtomic(filepath.Join(out, f.name), []byte(f.data), f.mode); err != nil {
-					return err
-				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "renewed %s serial %s (from %s), not after %s\nwrote %s/{cert-chain.pem,key.pem,root-cert.pem}\n",
 				resp.SpiffeId, resp.Serial, identity.SerialHex(leaf), chain[0].NotAfter.UTC().Format(time.RFC3339), out)

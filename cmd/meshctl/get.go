@@ -42,16 +42,9 @@ func policyState(ctx context.Context, files []string) (*control.State, error) {
 			return st, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := dialControl(ctx, true, "")
+	resp, err := adminCall(ctx, 30*time.Second, "get state", pb.AdminClient.GetState, &pb.GetStateRequest{})
 	if err != nil {
 		return nil, err
-	}
-	defer conn.Close()
-	resp, err := pb.NewAdminClient(conn).GetState(ctx, &pb.GetStateRequest{})
-	if err != nil {
-		return nil, rpcError("get state", err)
 	}
 	var st control.State
 	if err := json.Unmarshal(resp.StateJson, &st); err != nil {

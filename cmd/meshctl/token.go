@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -30,18 +29,11 @@ only its hash.`,
 			if ns == "" || sa == "" {
 				return &exitError{2, fmt.Errorf("token create: --namespace and --service-account are required")}
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			conn, err := dialControl(ctx, true, "")
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewAdminClient(conn).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{
+			resp, err := adminCall(cmd.Context(), 10*time.Second, "token create", pb.AdminClient.CreateJoinToken, &pb.CreateJoinTokenRequest{
 				Namespace: ns, ServiceAccount: sa, TtlSeconds: int64(ttl / time.Second), Uses: int32(uses),
 			})
 			if err != nil {
-				return rpcError("token create", err)
+				return err
 			}
 			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())

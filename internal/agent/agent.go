@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
@@ -618,19 +619,7 @@ func (a *Agent) loadFiles() error {
 	if a.cfg.NoFiles {
 		return errors.New("files disabled")
 	}
-	chain, err := os.ReadFile(filepath.Join(a.cfg.Dir, ChainFile))
-	if err != nil {
-		return err
-	}
-	key, err := os.ReadFile(filepath.Join(a.cfg.Dir, KeyFile))
-	if err != nil {
-		return err
-	}
-	roots, err := os.ReadFile(filepath.Join(a.cfg.Dir, RootFile))
-	if err != nil {
-		return err
-	}
-	s, err := NewSVID(chain, key)
+	s, b, err := ReadFiles(a.cfg.Dir, a.cfg.ID.TrustDomain)
 	if err != nil {
 		return err
 	}
@@ -643,16 +632,41 @@ func (a *Agent) loadFiles() error {
 			s.IssuedAt = now
 		}
 	}
-	b, err := identity.NewBundle(a.cfg.ID.TrustDomain, 0, []string{string(roots)}, nil)
-	if err != nil {
-		return err
-	}
 	if err := a.store.Set(s, b); err != nil {
 		return err
 	}
 	a.log.Info("reusing certificate from the certs directory", "spiffe_id", s.URI, "serial", s.Serial(),
 		"renew_at", a.renewAt(s).UTC().Format(time.RFC3339))
 	return nil
+}
+
+// ReadFiles reads the three files of a certs directory (cert-chain.pem,
+// key.pem, root-cert.pem): the SVID, its key checked against the leaf, and
+// the roots as a bundle of trustDomain. It checks no validity period; the
+// caller decides what an expired certificate means. A store refuses a bad
+// set (Store.Set), so a caller keeps its current certificate.
+func ReadFiles(dir, trustDomain string) (*SVID, *identity.Bundle, error) {
+	chain, err := os.ReadFile(filepath.Join(dir, ChainFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := os.ReadFile(filepath.Join(dir, RootFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := NewSVID(chain, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := identity.NewBundle(trustDomain, 0, []string{string(roots)}, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, b, nil
 }
 
 // writeFiles writes the three files atomically (temp file + rename), key
@@ -690,36 +704,9 @@ func WriteFiles(dir string, s *SVID, b *identity.Bundle) error {
 				continue
 			}
 		}
-		if err := writeAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return err
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return fmt.Errorf("agent: %w", err)
 		}
-	}
-	return nil
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("agent: write %s: %w", path, err)
 	}
 	return nil
 }

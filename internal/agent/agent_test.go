@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,18 +96,32 @@ func TestWriteFiles(t *testing.T) {
 			t.Errorf("%s mode %v, want %v", name, fi.Mode().Perm(), mode)
 		}
 	}
-	chain, _ := os.ReadFile(filepath.Join(dir, ChainFile))
-	key, _ := os.ReadFile(filepath.Join(dir, KeyFile))
-	back, err := NewSVID(chain, key)
+	back, bundle, err := ReadFiles(dir, ca.TrustDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if back.Serial() != s.Serial() {
 		t.Errorf("round trip serial %s, want %s", back.Serial(), s.Serial())
 	}
+	if got, want := bundle.RootsPEM(), ca.Bundle().RootsPEM(); !bytes.Equal(got, want) {
+		t.Errorf("round trip roots differ:\n%s\nwant\n%s", got, want)
+	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 3 {
 		t.Errorf("dir has %d entries (temp files left?): %v", len(entries), entries)
+	}
+
+	// A key that is not the chain's is refused; a missing file is named.
+	other := svidOf(t, ca.Issue(t, sleepID))
+	if err := os.WriteFile(filepath.Join(dir, KeyFile), other.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ReadFiles(dir, ca.TrustDomain); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("ReadFiles with a foreign key = %v, want a key mismatch", err)
+	}
+	os.Remove(filepath.Join(dir, RootFile))
+	if _, _, err := ReadFiles(dir, ca.TrustDomain); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), RootFile) {
+		t.Errorf("ReadFiles without %s = %v, want not-exist naming it", RootFile, err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/pki"
 )
 
 // SVID is a workload's X.509 identity: its certificate chain and the private
@@ -78,7 +79,7 @@ func NewSVID(chainPEM, keyPEM []byte) (*SVID, error) {
 
 func newSVID(chain []*x509.Certificate, key crypto.Signer, chainPEM, keyPEM []byte) (*SVID, error) {
 	leaf := chain[0]
-	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
+	if !pki.PublicKeysEqual(leaf.PublicKey, key.Public()) {
 		return nil, errors.New("agent: private key does not match the certificate's public key")
 	}
 	if len(leaf.URIs) != 1 {
@@ -105,12 +106,6 @@ func newSVID(chain []*x509.Certificate, key crypto.Signer, chainPEM, keyPEM []by
 		keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	}
 	return &SVID{ID: id, URI: id.String(), Chain: chain, Key: key, TLS: tc, ChainPEM: chainPEM, KeyPEM: keyPEM}, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	e, ok := a.(equaler)
-	return ok && e.Equal(b)
 }
 
 // newKey generates the workload's private key. P-256 keeps handshakes cheap

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/pki"
 )
 
 // FuzzNewSVID: cert-chain.pem and key.pem as found on disk (--cert-source
@@ -25,7 +26,7 @@ func FuzzNewSVID(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !publicKeysEqual(s.Chain[0].PublicKey, s.Key.Public()) {
+		if !pki.PublicKeysEqual(s.Chain[0].PublicKey, s.Key.Public()) {
 			t.Fatal("accepted a key that does not match the certificate")
 		}
 		if len(s.Chain) == 0 || s.Key == nil || s.TLS == nil || s.TLS.Leaf != s.Chain[0] {

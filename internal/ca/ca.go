@@ -35,6 +35,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/pki"
 )
 
 // KeyType names the root key algorithm.
@@ -372,26 +373,18 @@ func (c *CA) newRoot(now time.Time) (*authorityRecord, error) {
 	if err != nil {
 		return nil, internal("generate root key", err)
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, internal("root serial", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
+	cert, err := pki.SelfSignedCA(key, pki.CA{
 		Subject: pkix.Name{
 			Organization: []string{c.td},
 			CommonName:   "meshauth root " + now.UTC().Format("2006-01-02T15:04:05Z"),
 		},
-		NotBefore:             now.Add(-c.cfg.Backdate),
-		NotAfter:              now.Add(c.cfg.RootTTL),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		NotBefore: now.Add(-c.cfg.Backdate),
+		NotAfter:  now.Add(c.cfg.RootTTL),
+		KeyUsage:  x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		// The trust domain as a URI SAN, as SPIRE's roots carry it: lets a
 		// client learn the trust domain from root-cert.pem alone.
 		URIs: []*url.URL{{Scheme: "spiffe", Host: c.td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	})
 	if err != nil {
 		return nil, internal("create root certificate", err)
 	}
@@ -399,7 +392,7 @@ func (c *CA) newRoot(now time.Time) (*authorityRecord, error) {
 	if err != nil {
 		return nil, internal("marshal root key", err)
 	}
-	return &authorityRecord{CertDER: der, KeyDER: kder, ActivateAt: now, CreatedAt: now}, nil
+	return &authorityRecord{CertDER: cert.Raw, KeyDER: kder, ActivateAt: now, CreatedAt: now}, nil
 }
 
 func authorityFromRecord(r authorityRecord) (*authority, error) {
@@ -412,28 +405,10 @@ func authorityFromRecord(r authorityRecord) (*authority, error) {
 		return nil, fmt.Errorf("parse key: %w", err)
 	}
 	key, ok := k.(crypto.Signer)
-	if !ok || !publicKeysEqual(key.Public(), cert.PublicKey) {
+	if !ok || !pki.PublicKeysEqual(key.Public(), cert.PublicKey) {
 		return nil, errors.New("key does not match certificate")
 	}
 	return &authority{id: r.ID, cert: cert, key: key, root: cert, notAfter: cert.NotAfter, notBefore: cert.NotBefore, activateAt: r.ActivateAt}, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	type eq interface{ Equal(crypto.PublicKey) bool }
-	e, ok := a.(eq)
-	return ok && e.Equal(b)
-}
-
-// randomSerial returns a random positive serial of 128 bits (RFC 5280 asks
-// for at least 64 bits of entropy; CA/B Forum practice is more).
-func randomSerial() (*big.Int, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, err
-	}
-	b[0] |= 0x01 << 6 // non-zero and a fixed length: always 16 bytes
-	b[0] &^= 0x80     // keep DER's leading byte positive (no 17th byte)
-	return new(big.Int).SetBytes(b[:]), nil
 }
 
 // serialBytes parses a lowercase hex serial to the store's key form.
@@ -588,7 +563,7 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 		ku |= x509.KeyUsageKeyEncipherment
 	}
 	for attempt := 0; ; attempt++ {
-		serial, err := randomSerial()
+		serial, err := pki.RandomSerial()
 		if err != nil {
 			return nil, internal("serial", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/pki"
 )
 
 // The plugged-in CA files, named as in the seed (Istio's cacerts secret).
@@ -71,7 +72,7 @@ func loadPlugged(dir string, now time.Time) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", keyPath, err)
 	}
-	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+	if !pki.PublicKeysEqual(key.Public(), cert.PublicKey) {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s does not match the public key of %s; the key and certificate must be a pair", keyPath, certPath)
 	}
 

@@ -20,6 +20,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshauth/meshauth/internal/pki"
 )
 
 // RootSource says where LoadRoot found the CA.
@@ -100,20 +102,12 @@ func newSelfSignedRoot(trustDomain string, now time.Time) (certPEM, keyPEM []byt
 	if err != nil {
 		return nil, nil, err
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{trustDomain}, CommonName: "meshauth root CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	cert, err := pki.SelfSignedCA(key, pki.CA{
+		Subject:   pkix.Name{Organization: []string{trustDomain}, CommonName: "meshauth root CA"},
+		NotBefore: now.Add(-time.Hour),
+		NotAfter:  now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:  x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -121,8 +115,7 @@ func newSelfSignedRoot(trustDomain string, now time.Time) (certPEM, keyPEM []byt
 	if err != nil {
 		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), nil
+	return pemCert(cert), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), nil
 }
 
 // ensureRootConfigMap creates or updates istio-ca-root-cert in ns.
@@ -158,16 +151,11 @@ func selfSignedCA(cn string) (crypto.Signer, *x509.Certificate, error) {
 		return nil, nil, err
 	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: cn},
+	c, err := pki.SelfSignedCA(key, pki.CA{
+		Subject:   pkix.Name{CommonName: cn},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, nil, err
-	}
-	c, err := x509.ParseCertificate(der)
+		KeyUsage: x509.KeyUsageCertSign,
+	})
 	return key, c, err
 }
 

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/meshauth/meshauth/internal/atomicfile"
 )
 
 // Config configures a local Mesh.
@@ -86,13 +88,8 @@ func (m *Mesh) LogDir() string { return m.procs.LogDir }
 // WriteConfig writes one YAML file into the config directory, which the
 // control plane watches.
 func (m *Mesh) WriteConfig(name, yaml string) error {
-	p := filepath.Join(m.ConfigDir, name)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
-		return fmt.Errorf("localmesh: write config %s: %w", name, err)
-	}
-	// Rename so the watcher never reads half a file.
-	if err := os.Rename(tmp, p); err != nil {
+	// Atomic so the watcher never reads half a file.
+	if err := atomicfile.Write(filepath.Join(m.ConfigDir, name), []byte(yaml), 0o644); err != nil {
 		return fmt.Errorf("localmesh: write config %s: %w", name, err)
 	}
 	return nil

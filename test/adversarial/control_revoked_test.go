@@ -55,20 +55,28 @@ func TestRevokedControlPlaneCertificate(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	// The revocation is where clients reading the directory look.
-	var revs struct {
-		Revocations []struct{ Serial string } `json:"revocations"`
-	}
-	b, err := os.ReadFile(filepath.Join(m.StateDir, "revocations.json"))
-	if err != nil || json.Unmarshal(b, &revs) != nil {
-		t.Fatalf("revocations.json: %v %s", err, b)
-	}
-	found := false
-	for _, r := range revs.Revocations {
-		found = found || r.Serial == old
-	}
-	if !found {
-		t.Fatalf("revocations.json does not list %s: %s", old, b)
+	// The revocation is where clients reading the directory look. The
+	// control plane writes it (fsynced, internal/atomicfile) just after it
+	// starts serving the new certificate, so wait for it within the deadline.
+	for {
+		var revs struct {
+			Revocations []struct{ Serial string } `json:"revocations"`
+		}
+		b, err := os.ReadFile(filepath.Join(m.StateDir, "revocations.json"))
+		if err != nil || json.Unmarshal(b, &revs) != nil {
+			t.Fatalf("revocations.json: %v %s", err, b)
+		}
+		found := false
+		for _, r := range revs.Revocations {
+			found = found || r.Serial == old
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("revocations.json does not list %s: %s", old, b)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	// meshctl, which checks that list, reaches the re-issued control plane.
