@@ -79,23 +79,7 @@ func watchStaticCerts(ctx context.Context, log *slog.Logger, dir string, store *
 }
 
 func loadStaticCerts(store *agent.Store, dir, td string) error {
-	chain, err := os.ReadFile(filepath.Join(dir, agent.ChainFile))
-	if err != nil {
-		return fmt.Errorf("--static-certs: %w", err)
-	}
-	key, err := os.ReadFile(filepath.Join(dir, agent.KeyFile))
-	if err != nil {
-		return fmt.Errorf("--static-certs: %w", err)
-	}
-	roots, err := os.ReadFile(filepath.Join(dir, agent.RootFile))
-	if err != nil {
-		return fmt.Errorf("--static-certs: %w", err)
-	}
-	s, err := agent.NewSVID(chain, key)
-	if err != nil {
-		return fmt.Errorf("--static-certs: %w", err)
-	}
-	b, err := identity.NewBundle(td, 0, []string{string(roots)}, nil)
+	s, b, err := agent.ReadFiles(dir, td)
 	if err != nil {
 		return fmt.Errorf("--static-certs: %w", err)
 	}
