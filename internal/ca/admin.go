@@ -2,7 +2,6 @@ package ca
 
 import (
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -114,8 +113,9 @@ type Rotation struct {
 // sidecar trusts it before it meets a certificate it signed. The old root
 // stays in the bundle until nothing it signed is still valid (see Tick).
 func (c *CA) RotateRoot(overlap time.Duration) (*Rotation, error) {
-	if c.plugged != nil {
-		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with plugged-in files from %s; rotate by replacing them (with the old and new roots in root-cert.pem) and restarting", c.cfg.CACertsDir)
+	rot, ok := c.backend.(Rotator)
+	if !ok {
+		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with %s; rotate by replacing them (with the old and new roots in root-cert.pem) and restarting", c.backend.Source())
 	}
 	if overlap < 0 {
 		return nil, refuse(KindInvalid, "bad_overlap", "overlap %s is negative", overlap)
@@ -131,25 +131,19 @@ func (c *CA) RotateRoot(overlap time.Duration) (*Rotation, error) {
 			return nil, refuse(KindFailedPrecondition, "rotation_pending", "a rotation is already pending: root %s starts signing at %s", identity.Fingerprint(a.root)[:16], a.activateAt.UTC().Format(time.RFC3339))
 		}
 	}
-	rec, err := c.newRoot(now)
-	if err != nil {
+	activateAt := now.Add(overlap)
+	if err := c.addRoot(rot, now, activateAt); err != nil {
 		return nil, err
-	}
-	rec.ActivateAt = now.Add(overlap)
-	version, err := c.store.addAuthority(rec)
-	if err != nil {
-		return nil, internal("store new root", err)
 	}
 	if err := c.reload(); err != nil {
 		return nil, err
 	}
-	cert, err := x509.ParseCertificate(rec.CertDER)
-	if err != nil {
-		return nil, internal("parse new root", err)
-	}
-	fp := identity.Fingerprint(cert)
-	c.log.Warn("root rotation started", "new_root", fp, "signing_switch_at", rec.ActivateAt, "bundle_version", version)
-	return &Rotation{NewRoot: fp, SwitchAt: rec.ActivateAt, BundleVersion: version}, nil
+	s := c.state.Load()
+	newest := s.authorities[len(s.authorities)-1]
+	fp := identity.Fingerprint(newest.root)
+	version := s.bundle.Version
+	c.log.Warn("root rotation started", "new_root", fp, "signing_switch_at", activateAt, "bundle_version", version, "backend", c.backend.Source())
+	return &Rotation{NewRoot: fp, SwitchAt: activateAt, BundleVersion: version}, nil
 }
 
 // retireGrace is how long after the signing switch an old root stays at
@@ -175,7 +169,7 @@ func (c *CA) Tick() error {
 		c.log.Warn("signing switched to new root", "root", identity.Fingerprint(signer.root))
 		changed = true
 	}
-	if c.plugged == nil {
+	if rot, ok := c.backend.(Rotator); ok {
 		for _, a := range s.authorities {
 			// A root that no longer signs leaves once the last certificate it
 			// signed has expired, and never before it stopped signing.
@@ -187,7 +181,10 @@ func (c *CA) Tick() error {
 			if now.Before(signer.activateAt.Add(retireGrace)) {
 				continue
 			}
-			if _, err := c.store.retireAuthority(a.id); err != nil {
+			if _, err := c.store.bump(); err != nil {
+				return internal("bump bundle version", err)
+			}
+			if err := rot.RetireRoot(a.id); err != nil {
 				return internal("retire root", err)
 			}
 			c.log.Warn("old root left the bundle", "root", identity.Fingerprint(a.root))
@@ -267,13 +264,11 @@ func (c *CA) Status() (*Status, error) {
 		return nil, internal("read counts", err)
 	}
 	st := &Status{
-		TrustDomain: c.td, Mode: "self-signed", BundleVersion: s.bundle.Version,
+		TrustDomain: c.td, BundleVersion: s.bundle.Version,
 		Issued: issued, Revoked: revoked, JoinTokens: tokens,
 		DefaultTTL: c.cfg.DefaultTTL.String(), MaxTTL: c.cfg.MaxTTL.String(), Now: now.UTC(),
 	}
-	if c.plugged != nil {
-		st.Mode = "plugged-in"
-	}
+	st.Mode = c.backend.Mode()
 	signer := pickSigner(s.authorities, now)
 	st.Signing = certStatus(signer.cert.Subject, identity.Fingerprint(signer.cert), signer.cert.NotBefore, signer.cert.NotAfter)
 	for _, a := range s.authorities {

@@ -74,6 +74,10 @@ type Config struct {
 	// ca-key.pem, cert-chain.pem, root-cert.pem); the CA signs with them
 	// instead of a self-signed root, and root rotation is the operator's job.
 	CACertsDir string
+	// Backend, if set, holds the keys the CA signs with instead of the
+	// store or CACertsDir (e.g. internal/kube's Secret backend, which keeps
+	// the root key in memory). Set at most one of Backend and CACertsDir.
+	Backend Backend
 	// Clock returns the current time (default time.Now).
 	Clock func() time.Time
 	// Log (default slog.Default()).
@@ -105,7 +109,7 @@ type CA struct {
 	log     *slog.Logger
 	store   *store
 	td      string
-	plugged *authority // non-nil in plugged-in mode
+	backend Backend // the keys: store, plugged-in files or Config.Backend
 	metrics *metrics
 
 	// mu serialises changes to state (rotation, revocation, ticks); Sign
@@ -127,14 +131,10 @@ type authority struct {
 	cert *x509.Certificate // signs workloads
 	key  crypto.Signer
 	root *x509.Certificate // == cert for self-signed roots
-	// otherRoots are further roots of a plugged-in root-cert.pem, trusted
-	// but not the anchor of this authority's chain.
+	// otherRoots and chain: see Authority.
 	otherRoots []*x509.Certificate
-	// chain is what follows the leaf in a workload's cert-chain.pem: empty
-	// for a self-signed root, the plugged-in CA cert and its intermediates
-	// (not the root) otherwise.
-	chain    []*x509.Certificate
-	chainPEM []string
+	chain      []*x509.Certificate
+	chainPEM   []string
 	// notAfter bounds every certificate it signs: the earliest NotAfter
 	// along its chain to the root.
 	notAfter, notBefore time.Time
@@ -251,49 +251,77 @@ func (c *CA) open() error {
 		return fmt.Errorf("ca: the store in %s was created for trust domain %q, not %q; use --trust-domain %s or a new state dir", c.cfg.Dir, td, c.cfg.TrustDomain, td)
 	}
 	c.td = td
-	if c.cfg.CACertsDir != "" {
-		a, err := loadPlugged(c.cfg.CACertsDir, c.cfg.Clock())
+	switch {
+	case c.cfg.Backend != nil && c.cfg.CACertsDir != "":
+		return errors.New("ca: set Config.Backend or Config.CACertsDir, not both")
+	case c.cfg.Backend != nil:
+		c.backend = c.cfg.Backend
+	case c.cfg.CACertsDir != "":
+		b, err := LoadPluggedDir(c.cfg.CACertsDir, c.cfg.Clock())
 		if err != nil {
 			return err
 		}
-		c.plugged = a
-		c.log.Info("using plugged-in CA", "dir", c.cfg.CACertsDir, "subject", a.cert.Subject.String(), "root", identity.Fingerprint(a.root))
-	} else {
-		recs, err := c.store.authorities()
-		if err != nil {
-			return fmt.Errorf("ca: read roots: %w", err)
-		}
-		if len(recs) == 0 {
-			rec, err := c.newRoot(c.cfg.Clock())
-			if err != nil {
-				return err
-			}
-			if _, err := c.store.addAuthority(rec); err != nil {
-				return fmt.Errorf("ca: store new root: %w", err)
-			}
-			c.log.Info("created self-signed root", "trust_domain", td, "key_type", c.cfg.KeyType)
-		}
+		c.backend = b
+	default:
+		c.backend = &storeBackend{store: c.store, dir: c.cfg.Dir}
 	}
-	return c.reload()
+	auths, err := c.backend.Authorities()
+	if err != nil {
+		return fmt.Errorf("ca: %s: %w", c.backend.Source(), err)
+	}
+	if len(auths) == 0 {
+		rot, ok := c.backend.(Rotator)
+		if !ok {
+			return fmt.Errorf("ca: %s holds no CA certificate", c.backend.Source())
+		}
+		now := c.cfg.Clock()
+		if err := c.addRoot(rot, now, now); err != nil {
+			return err
+		}
+		c.log.Info("created self-signed root", "trust_domain", td, "key_type", c.cfg.KeyType, "backend", c.backend.Source())
+	}
+	if err := c.reload(); err != nil {
+		return err
+	}
+	if _, ok := c.backend.(Rotator); !ok {
+		a := c.state.Load().signer
+		c.log.Info("using "+c.backend.Mode()+" CA", "source", c.backend.Source(), "subject", a.cert.Subject.String(), "root", identity.Fingerprint(a.root))
+	}
+	return nil
 }
 
-// reload rebuilds the state from the store (and the plugged-in authority).
+// addRoot makes a new self-signed root and hands it to the Backend, after
+// bumping the bundle version.
+func (c *CA) addRoot(rot Rotator, now, activateAt time.Time) error {
+	cert, key, err := c.newRoot(now)
+	if err != nil {
+		return err
+	}
+	if _, err := c.store.bump(); err != nil {
+		return internal("bump bundle version", err)
+	}
+	if err := rot.AddRoot(cert, key, activateAt, now); err != nil {
+		return internal("store new root", err)
+	}
+	return nil
+}
+
+// reload rebuilds the state from the Backend and the store.
 func (c *CA) reload() error {
-	var auths []*authority
-	if c.plugged != nil {
-		auths = []*authority{c.plugged}
-	} else {
-		recs, err := c.store.authorities()
+	bauths, err := c.backend.Authorities()
+	if err != nil {
+		return fmt.Errorf("ca: %s: %w", c.backend.Source(), err)
+	}
+	if len(bauths) == 0 {
+		return fmt.Errorf("ca: %s holds no CA certificate", c.backend.Source())
+	}
+	auths := make([]*authority, 0, len(bauths))
+	for _, b := range bauths {
+		a, err := newAuthority(b)
 		if err != nil {
-			return fmt.Errorf("ca: read roots: %w", err)
+			return fmt.Errorf("ca: %s: %w", c.backend.Source(), err)
 		}
-		for _, r := range recs {
-			a, err := authorityFromRecord(r)
-			if err != nil {
-				return fmt.Errorf("ca: root %d in store: %w", r.ID, err)
-			}
-			auths = append(auths, a)
-		}
+		auths = append(auths, a)
 	}
 	maxes, err := c.store.maxNotAfter()
 	if err != nil {
@@ -359,7 +387,7 @@ func pickSigner(auths []*authority, now time.Time) *authority {
 	return signer
 }
 
-func (c *CA) newRoot(now time.Time) (*authorityRecord, error) {
+func (c *CA) newRoot(now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	var key crypto.Signer
 	var err error
 	switch c.cfg.KeyType {
@@ -371,7 +399,7 @@ func (c *CA) newRoot(now time.Time) (*authorityRecord, error) {
 		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	}
 	if err != nil {
-		return nil, internal("generate root key", err)
+		return nil, nil, internal("generate root key", err)
 	}
 	cert, err := pki.SelfSignedCA(key, pki.CA{
 		Subject: pkix.Name{
@@ -386,16 +414,12 @@ func (c *CA) newRoot(now time.Time) (*authorityRecord, error) {
 		URIs: []*url.URL{{Scheme: "spiffe", Host: c.td}},
 	})
 	if err != nil {
-		return nil, internal("create root certificate", err)
+		return nil, nil, internal("create root certificate", err)
 	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, internal("marshal root key", err)
-	}
-	return &authorityRecord{CertDER: cert.Raw, KeyDER: kder, ActivateAt: now, CreatedAt: now}, nil
+	return cert, key, nil
 }
 
-func authorityFromRecord(r authorityRecord) (*authority, error) {
+func authorityFromRecord(r authorityRecord) (*Authority, error) {
 	cert, err := x509.ParseCertificate(r.CertDER)
 	if err != nil {
 		return nil, fmt.Errorf("parse certificate: %w", err)
@@ -408,7 +432,7 @@ func authorityFromRecord(r authorityRecord) (*authority, error) {
 	if !ok || !pki.PublicKeysEqual(key.Public(), cert.PublicKey) {
 		return nil, errors.New("key does not match certificate")
 	}
-	return &authority{id: r.ID, cert: cert, key: key, root: cert, notAfter: cert.NotAfter, notBefore: cert.NotBefore, activateAt: r.ActivateAt}, nil
+	return &Authority{ID: r.ID, Certificate: cert, Signer: key, Root: cert, ActivateAt: r.ActivateAt}, nil
 }
 
 // serialBytes parses a lowercase hex serial to the store's key form.

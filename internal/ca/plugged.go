@@ -22,34 +22,51 @@ const (
 	FileRootCert  = "root-cert.pem"
 )
 
-// loadPlugged reads and checks an operator's CA. Every refusal names the
-// file and the problem, because the operator has to fix the file.
-func loadPlugged(dir string, now time.Time) (*authority, error) {
-	read := func(name string) ([]byte, string, error) {
-		p := filepath.Join(dir, name)
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, p, fmt.Errorf("ca: plugged-in CA: read %s: %w", p, err)
-		}
-		return b, p, nil
-	}
-	certPEM, certPath, err := read(FileCACert)
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, keyPath, err := read(FileCAKey)
-	if err != nil {
-		return nil, err
-	}
-	chainPEM, chainPath, err := read(FileCertChain)
-	if err != nil {
-		return nil, err
-	}
-	rootPEM, rootPath, err := read(FileRootCert)
-	if err != nil {
-		return nil, err
-	}
+// PluggedCA is an operator's CA as the four PEM files' contents, and the
+// names refusals give each (a path, or a Secret's key).
+type PluggedCA struct {
+	Cert, Key, Chain, Root                 []byte
+	CertName, KeyName, ChainName, RootName string
+	// Source says where the files are, for logs and refusals.
+	Source string
+}
 
+// pluggedBackend signs with an operator's CA, held in memory. It does not
+// rotate: the operator replaces the files (or Secret) and restarts.
+type pluggedBackend struct {
+	a      *Authority
+	source string
+}
+
+func (b *pluggedBackend) Authorities() ([]*Authority, error) { return []*Authority{b.a}, nil }
+func (b *pluggedBackend) Mode() string                       { return "plugged-in" }
+func (b *pluggedBackend) Source() string                     { return b.source }
+
+// LoadPluggedDir reads an operator's CA from dir (ca-cert.pem, ca-key.pem,
+// cert-chain.pem, root-cert.pem) and checks it with NewPluggedBackend.
+func LoadPluggedDir(dir string, now time.Time) (Backend, error) {
+	p := PluggedCA{Source: "plugged-in files from " + dir}
+	for _, f := range []struct {
+		name string
+		data *[]byte
+		path *string
+	}{{FileCACert, &p.Cert, &p.CertName}, {FileCAKey, &p.Key, &p.KeyName}, {FileCertChain, &p.Chain, &p.ChainName}, {FileRootCert, &p.Root, &p.RootName}} {
+		*f.path = filepath.Join(dir, f.name)
+		b, err := os.ReadFile(*f.path)
+		if err != nil {
+			return nil, fmt.Errorf("ca: plugged-in CA: read %s: %w", *f.path, err)
+		}
+		*f.data = b
+	}
+	return NewPluggedBackend(p, now)
+}
+
+// NewPluggedBackend checks an operator's CA and returns a Backend that signs
+// with it. Every refusal names the file and the problem, because the
+// operator has to fix the file.
+func NewPluggedBackend(p PluggedCA, now time.Time) (Backend, error) {
+	certPEM, keyPEM, chainPEM, rootPEM := p.Cert, p.Key, p.Chain, p.Root
+	certPath, keyPath, chainPath, rootPath := p.CertName, p.KeyName, p.ChainName, p.RootName
 	certs, err := identity.ParseCertsPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", certPath, err)
@@ -132,20 +149,7 @@ func loadPlugged(dir string, now time.Time) (*authority, error) {
 		}
 	}
 
-	a := &authority{id: 0, cert: cert, key: key, root: root, otherRoots: others, chain: chain, notBefore: cert.NotBefore, notAfter: cert.NotAfter, activateAt: time.Time{}}
-	for _, c := range chain {
-		if c.NotAfter.Before(a.notAfter) {
-			a.notAfter = c.NotAfter
-		}
-		if c.NotBefore.After(a.notBefore) {
-			a.notBefore = c.NotBefore
-		}
-		a.chainPEM = append(a.chainPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
-	}
-	if root.NotAfter.Before(a.notAfter) {
-		a.notAfter = root.NotAfter
-	}
-	return a, nil
+	return &pluggedBackend{source: p.Source, a: &Authority{Certificate: cert, Signer: key, Root: root, OtherRoots: others, Chain: chain}}, nil
 }
 
 // parsePrivateKeyPEM accepts PKCS#8, SEC 1 (EC) and PKCS#1 (RSA) keys, the

@@ -240,9 +240,10 @@ func (s *store) authorities() (out []authorityRecord, err error) {
 	return out, err
 }
 
-// addAuthority stores a new root and bumps the bundle version.
-func (s *store) addAuthority(r *authorityRecord) (version uint64, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+// putAuthority stores a new root. The caller bumps the bundle version first
+// (a bump without a change is harmless; a change without a bump is not).
+func (s *store) putAuthority(r *authorityRecord) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAuthorities)
 		id, err := b.NextSequence()
 		if err != nil {
@@ -253,25 +254,16 @@ func (s *store) addAuthority(r *authorityRecord) (version uint64, err error) {
 		if err != nil {
 			return err
 		}
-		if err := b.Put(u64b(id), v); err != nil {
-			return err
-		}
-		version, err = bumpVersion(tx)
-		return err
+		return b.Put(u64b(id), v)
 	})
-	return version, err
 }
 
 // retireAuthority removes a root from the store (and so from the bundle).
-func (s *store) retireAuthority(id uint64) (version uint64, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketAuthorities).Delete(u64b(id)); err != nil {
-			return err
-		}
-		version, err = bumpVersion(tx)
-		return err
+// The caller bumps the bundle version first.
+func (s *store) retireAuthority(id uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAuthorities).Delete(u64b(id))
 	})
-	return version, err
 }
 
 func (s *store) maxNotAfter() (map[uint64]int64, error) {

@@ -1,0 +1,129 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"time"
+)
+
+// Backend holds the keys the CA signs with, as step-ca's CAS seam does: for
+// each CA certificate, the certificate that signs workloads, the chain that
+// follows a workload's leaf, and the crypto.Signer. The CA core (Sign,
+// rotation, the bundle) reaches keys only through a Backend; the issuance
+// log, revocations and join tokens stay in the CA's store.
+//
+// Implementations: the self-signed roots kept in the bbolt store (the
+// default), an operator's plugged-in files (Config.CACertsDir,
+// NewPluggedBackend), and internal/kube's Kubernetes Secret backend.
+type Backend interface {
+	// Authorities returns every CA certificate the bundle trusts, oldest
+	// first. The CA signs with the newest whose ActivateAt has passed. It
+	// is called on every bundle change, so a Backend may return fresh
+	// values (the store's) or the same ones every time (plugged-in files).
+	Authorities() ([]*Authority, error)
+	// Mode names the backend in `meshctl ca status`: "self-signed" or
+	// "plugged-in".
+	Mode() string
+	// Source says where the keys are, for logs and refusals.
+	Source() string
+}
+
+// Rotator is implemented by a Backend whose roots the CA may create and
+// retire itself (found by type assertion, as step-ca does). A Backend
+// without it is rotated by its operator (RotateRoot refuses).
+type Rotator interface {
+	// AddRoot keeps a new self-signed root (made by the CA with its key
+	// type and TTL) that starts signing at activateAt. The CA bumps the
+	// bundle version before it calls AddRoot.
+	AddRoot(cert *x509.Certificate, key crypto.Signer, activateAt, now time.Time) error
+	// RetireRoot drops the authority with this ID from the bundle. The CA
+	// bumps the bundle version before it calls RetireRoot.
+	RetireRoot(id uint64) error
+}
+
+// Authority is one CA certificate a Backend signs with.
+type Authority struct {
+	// ID tells authorities apart in the issuance log (0 for a single
+	// operator-managed CA).
+	ID uint64
+	// Certificate signs workload certificates.
+	Certificate *x509.Certificate
+	// Signer is Certificate's private key.
+	Signer crypto.Signer
+	// Chain is what follows the leaf in a workload's cert-chain.pem: empty
+	// for a self-signed root, Certificate and the intermediates above it
+	// (not the root) for a plugged-in CA.
+	Chain []*x509.Certificate
+	// Root is the anchor of Certificate's chain (Certificate itself for a
+	// self-signed root).
+	Root *x509.Certificate
+	// OtherRoots are further roots to trust, not the anchor of this chain
+	// (an operator's own rotation: old and new roots in root-cert.pem).
+	OtherRoots []*x509.Certificate
+	// ActivateAt is when it starts signing (zero: always).
+	ActivateAt time.Time
+}
+
+// newAuthority is the core's view of a Backend's Authority: the validity
+// window every certificate it signs must fit in, and the chain as PEM.
+func newAuthority(b *Authority) (*authority, error) {
+	if b.Certificate == nil || b.Signer == nil || b.Root == nil {
+		return nil, fmt.Errorf("authority %d: certificate, signer and root are required", b.ID)
+	}
+	a := &authority{
+		id: b.ID, cert: b.Certificate, key: b.Signer, root: b.Root, otherRoots: b.OtherRoots,
+		chain: b.Chain, notBefore: b.Certificate.NotBefore, notAfter: b.Certificate.NotAfter,
+		activateAt: b.ActivateAt,
+	}
+	for _, c := range b.Chain {
+		if c.NotAfter.Before(a.notAfter) {
+			a.notAfter = c.NotAfter
+		}
+		if c.NotBefore.After(a.notBefore) {
+			a.notBefore = c.NotBefore
+		}
+		a.chainPEM = append(a.chainPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+	}
+	if b.Root.NotAfter.Before(a.notAfter) {
+		a.notAfter = b.Root.NotAfter
+	}
+	return a, nil
+}
+
+// storeBackend is the default Backend: self-signed roots kept, with their
+// keys, in the CA's bbolt store. It rotates.
+type storeBackend struct {
+	store *store
+	dir   string
+}
+
+func (b *storeBackend) Mode() string   { return "self-signed" }
+func (b *storeBackend) Source() string { return b.dir + "/ca.db" }
+
+func (b *storeBackend) Authorities() ([]*Authority, error) {
+	recs, err := b.store.authorities()
+	if err != nil {
+		return nil, fmt.Errorf("read roots: %w", err)
+	}
+	out := make([]*Authority, 0, len(recs))
+	for _, r := range recs {
+		a, err := authorityFromRecord(r)
+		if err != nil {
+			return nil, fmt.Errorf("root %d in store: %w", r.ID, err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (b *storeBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activateAt, now time.Time) error {
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("marshal root key: %w", err)
+	}
+	return b.store.putAuthority(&authorityRecord{CertDER: cert.Raw, KeyDER: kder, ActivateAt: activateAt, CreatedAt: now})
+}
+
+func (b *storeBackend) RetireRoot(id uint64) error { return b.store.retireAuthority(id) }
