@@ -130,8 +130,7 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 
-	caDir := filepath.Join(cfg.Dir, "cacerts")
-	src, err := LoadRoot(ctx, cs, cfg.Namespace, cfg.TrustDomain, caDir, time.Now())
+	backend, src, err := NewCABackend(ctx, cs, cfg.Namespace, cfg.TrustDomain, time.Now())
 	if err != nil {
 		return err
 	}
@@ -147,7 +146,7 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	idrevs := NewIdentityRevocations()
 	srv, err := control.New(control.Config{
 		Dir: cfg.Dir, Listen: cfg.Listen, MetricsListen: cfg.MetricsListen,
-		CA: ca.Config{TrustDomain: cfg.TrustDomain, CACertsDir: caDir, OnRevokeIdentity: idrevs.Add,
+		CA: ca.Config{TrustDomain: cfg.TrustDomain, Backend: backend, OnRevokeIdentity: idrevs.Add,
 			LogRetention: 365 * 24 * time.Hour},
 		Authenticators: []ca.Authenticator{reviewer},
 		Register:       []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: configDir, PollInterval: 200 * time.Millisecond})},

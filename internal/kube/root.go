@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,10 +19,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/pki"
 )
 
-// RootSource says where LoadRoot found the CA.
+// RootSource says where NewCABackend found the CA.
 type RootSource string
 
 const (
@@ -34,36 +33,37 @@ const (
 	RootSelfSigned RootSource = "istio-ca-secret"
 )
 
-// LoadRoot finds the CA's signing key in the control plane's namespace and
-// writes it to dir in the plugged-in CA layout that ca.Config.CACertsDir
-// reads (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem):
+// NewCABackend finds the CA's signing key in the control plane's namespace
+// and returns a ca.Backend that holds it in memory (no key is written to
+// the pod's disk):
 //
-//   - a Secret "cacerts" with those four keys (an operator's intermediate)
-//     wins, as in the seed;
+//   - a Secret "cacerts" with ca-cert.pem, ca-key.pem, cert-chain.pem and
+//     root-cert.pem (an operator's intermediate) wins, as in the seed;
 //   - otherwise the self-signed root in Secret "istio-ca-secret"
 //     (ca-cert.pem, ca-key.pem), created on first start.
 //
 // Keeping the root in a Secret, not on the pod's disk, is what lets the
 // control plane restart or move without re-rooting the mesh. If two
 // replicas race to create istio-ca-secret, the loser reads the winner's.
-func LoadRoot(ctx context.Context, client kubernetes.Interface, namespace, trustDomain, dir string, now time.Time) (RootSource, error) {
+func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, trustDomain string, now time.Time) (ca.Backend, RootSource, error) {
 	secrets := client.CoreV1().Secrets(namespace)
 	if s, err := secrets.Get(ctx, PluggedCASecret, metav1.GetOptions{}); err == nil {
 		for _, k := range []string{CACertKey, CAKeyKey, CertChainKey, RootCertKey} {
 			if len(s.Data[k]) == 0 {
-				return "", fmt.Errorf("kube: secret %s/%s has no %s: a plugged-in CA needs ca-cert.pem, ca-key.pem, cert-chain.pem and root-cert.pem", namespace, PluggedCASecret, k)
+				return nil, "", fmt.Errorf("kube: secret %s/%s has no %s: a plugged-in CA needs ca-cert.pem, ca-key.pem, cert-chain.pem and root-cert.pem", namespace, PluggedCASecret, k)
 			}
 		}
-		return RootPlugged, writeCAFiles(dir, s.Data[CACertKey], s.Data[CAKeyKey], s.Data[CertChainKey], s.Data[RootCertKey])
+		b, err := ca.NewPluggedBackend(secretCA(namespace, PluggedCASecret, s.Data[CACertKey], s.Data[CAKeyKey], s.Data[CertChainKey], s.Data[RootCertKey]), now)
+		return b, RootPlugged, err
 	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("kube: read secret %s/%s: %w", namespace, PluggedCASecret, err)
+		return nil, "", fmt.Errorf("kube: read secret %s/%s: %w", namespace, PluggedCASecret, err)
 	}
 
 	s, err := secrets.Get(ctx, CASecret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		certPEM, keyPEM, gerr := newSelfSignedRoot(trustDomain, now)
 		if gerr != nil {
-			return "", gerr
+			return nil, "", gerr
 		}
 		s, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: CASecret, Namespace: namespace},
@@ -75,25 +75,24 @@ func LoadRoot(ctx context.Context, client kubernetes.Interface, namespace, trust
 		}
 	}
 	if err != nil {
-		return "", fmt.Errorf("kube: root secret %s/%s: %w", namespace, CASecret, err)
+		return nil, "", fmt.Errorf("kube: root secret %s/%s: %w", namespace, CASecret, err)
 	}
 	cert, key := s.Data[CACertKey], s.Data[CAKeyKey]
 	if len(cert) == 0 || len(key) == 0 {
-		return "", fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", namespace, CASecret, CACertKey, CAKeyKey)
+		return nil, "", fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", namespace, CASecret, CACertKey, CAKeyKey)
 	}
-	return RootSelfSigned, writeCAFiles(dir, cert, key, cert, cert)
+	b, err := ca.NewPluggedBackend(secretCA(namespace, CASecret, cert, key, cert, cert), now)
+	return b, RootSelfSigned, err
 }
 
-func writeCAFiles(dir string, cert, key, chain, root []byte) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+// secretCA names each key of a CA Secret for refusals.
+func secretCA(namespace, name string, cert, key, chain, root []byte) ca.PluggedCA {
+	at := func(k string) string { return "secret " + namespace + "/" + name + " key " + k }
+	return ca.PluggedCA{
+		Cert: cert, Key: key, Chain: chain, Root: root,
+		CertName: at(CACertKey), KeyName: at(CAKeyKey), ChainName: at(CertChainKey), RootName: at(RootCertKey),
+		Source: "Kubernetes secret " + namespace + "/" + name,
 	}
-	for name, data := range map[string][]byte{CACertKey: cert, CAKeyKey: key, CertChainKey: chain, RootCertKey: root} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return fmt.Errorf("kube: write %s: %w", name, err)
-		}
-	}
-	return nil
 }
 
 // newSelfSignedRoot makes a 10-year ECDSA P-256 root for trustDomain.

@@ -34,18 +34,18 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 // newKubeCA loads (creating on first use) the root from istio-ca-secret in
-// caNS and opens a real CA that signs with it.
+// caNS and opens a real CA that signs with it, holding the key in memory.
 func newKubeCA(t *testing.T, cs kubernetes.Interface, caNS string, clock *fakeClock) *ca.CA {
 	t.Helper()
 	dir := t.TempDir()
-	src, err := LoadRoot(context.Background(), cs, caNS, "cluster.local", dir+"/cacerts", clock.Now())
+	backend, src, err := NewCABackend(context.Background(), cs, caNS, "cluster.local", clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if src != RootSelfSigned {
 		t.Fatalf("root source = %s, want %s", src, RootSelfSigned)
 	}
-	authority, err := ca.New(ca.Config{Dir: dir, CACertsDir: dir + "/cacerts", Clock: clock.Now})
+	authority, err := ca.New(ca.Config{Dir: dir, Backend: backend, Clock: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

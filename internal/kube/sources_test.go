@@ -47,11 +47,11 @@ func TestPluggedRootFromCacerts(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	src, err := LoadRoot(ctx, cs, ns, "cluster.local", dir+"/cacerts", time.Now())
+	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
 	if err != nil || src != RootPlugged {
-		t.Fatalf("LoadRoot = %s, %v; want %s", src, err, RootPlugged)
+		t.Fatalf("NewCABackend = %s, %v; want %s", src, err, RootPlugged)
 	}
-	authority, err := ca.New(ca.Config{Dir: dir, CACertsDir: dir + "/cacerts"})
+	authority, err := ca.New(ca.Config{Dir: dir, Backend: backend})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +71,7 @@ func TestPluggedRootFromCacerts(t *testing.T) {
 	if _, err := cs.CoreV1().Secrets(ns).Get(ctx, CASecret, metav1.GetOptions{}); err == nil {
 		t.Error("istio-ca-secret was created although cacerts exists")
 	}
+	noKeyOnDisk(t, dir, der)
 
 	t.Run("incomplete cacerts is refused", func(t *testing.T) {
 		s, _ := cs.CoreV1().Secrets(ns).Get(ctx, PluggedCASecret, metav1.GetOptions{})
@@ -78,7 +79,7 @@ func TestPluggedRootFromCacerts(t *testing.T) {
 		if _, err := cs.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		_, err := LoadRoot(ctx, cs, ns, "cluster.local", t.TempDir(), time.Now())
+		_, _, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
 		if err == nil || !strings.Contains(err.Error(), "has no ca-key.pem") {
 			t.Fatalf("err = %v, want it to name the missing ca-key.pem", err)
 		}
