@@ -181,11 +181,15 @@ func (c *CA) Tick() error {
 			if now.Before(signer.activateAt.Add(retireGrace)) {
 				continue
 			}
+			retired, err := rot.RetireRoot(a.id)
+			if err != nil {
+				return internal("retire root", err)
+			}
+			if !retired {
+				continue
+			}
 			if _, err := c.store.bump(); err != nil {
 				return internal("bump bundle version", err)
-			}
-			if err := rot.RetireRoot(a.id); err != nil {
-				return internal("retire root", err)
 			}
 			c.log.Warn("old root left the bundle", "root", identity.Fingerprint(a.root))
 			changed = true

@@ -38,9 +38,12 @@ type Rotator interface {
 	// type and TTL) that starts signing at activateAt. The CA bumps the
 	// bundle version before it calls AddRoot.
 	AddRoot(cert *x509.Certificate, key crypto.Signer, activateAt, now time.Time) error
-	// RetireRoot drops the authority with this ID from the bundle. The CA
-	// bumps the bundle version before it calls RetireRoot.
-	RetireRoot(id uint64) error
+	// RetireRoot drops the authority with this ID from the bundle, once
+	// this CA no longer needs it (everything it signed here has expired).
+	// A Backend shared by replicas may keep it (false) until no replica can
+	// need it. The CA bumps the bundle version after a retirement (a
+	// bundle that still holds a retired root is harmless).
+	RetireRoot(id uint64) (retired bool, err error)
 }
 
 // Authority is one CA certificate a Backend signs with.
@@ -126,4 +129,36 @@ func (b *storeBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activa
 	return b.store.putAuthority(&authorityRecord{CertDER: cert.Raw, KeyDER: kder, ActivateAt: activateAt, CreatedAt: now})
 }
 
-func (b *storeBackend) RetireRoot(id uint64) error { return b.store.retireAuthority(id) }
+func (b *storeBackend) RetireRoot(id uint64) (bool, error) {
+	return true, b.store.retireAuthority(id)
+}
+
+// Refresh re-reads the Backend's authorities and, if they changed (another
+// CA replica rotated a root kept in a shared place, e.g. a Kubernetes
+// Secret), bumps the bundle version and rebuilds the bundle. A Backend
+// only this CA changes never needs it.
+func (c *CA) Refresh() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bauths, err := c.backend.Authorities()
+	if err != nil {
+		return fmt.Errorf("ca: %s: %w", c.backend.Source(), err)
+	}
+	cur := c.state.Load().authorities
+	same := len(cur) == len(bauths)
+	for i := 0; same && i < len(cur); i++ {
+		b := bauths[i]
+		same = cur[i].id == b.ID && b.Certificate != nil && cur[i].cert.Equal(b.Certificate) && cur[i].activateAt.Equal(b.ActivateAt)
+	}
+	if same {
+		return nil
+	}
+	if _, err := c.store.bump(); err != nil {
+		return internal("bump bundle version", err)
+	}
+	if err := c.reload(); err != nil {
+		return err
+	}
+	c.log.Warn("CA roots changed in the backend", "source", c.backend.Source(), "roots", len(bauths), "bundle_version", c.state.Load().bundle.Version)
+	return nil
+}

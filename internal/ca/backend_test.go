@@ -40,7 +40,7 @@ func (m *memBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activate
 	m.auths = append(m.auths, &ca.Authority{ID: m.nextID, Certificate: cert, Signer: key, Root: cert, ActivateAt: activateAt})
 	return nil
 }
-func (m *memBackend) RetireRoot(id uint64) error {
+func (m *memBackend) RetireRoot(id uint64) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.retired = append(m.retired, id)
@@ -49,7 +49,7 @@ func (m *memBackend) RetireRoot(id uint64) error {
 			m.auths = append(m.auths[:i], m.auths[i+1:]...)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // TestBackendSeam: with Config.Backend the CA keeps no root of its own: it
@@ -134,5 +134,32 @@ func TestBackendWithoutRotator(t *testing.T) {
 	}
 	if _, err := ca.New(ca.Config{Dir: t.TempDir(), Clock: clk.now, Log: quietLog(), Backend: staticBackend{&ca.Authority{}}}); err == nil {
 		t.Fatal("an authority without certificate and signer was accepted")
+	}
+}
+
+// TestRefresh: a root another replica added to a shared Backend reaches
+// this CA's bundle (with a new version) on Refresh; an unchanged Backend
+// leaves the version alone.
+func TestRefresh(t *testing.T) {
+	clk := newClock(t0)
+	mb := &memBackend{}
+	c := newCA(t, t.TempDir(), clk, func(cfg *ca.Config) { cfg.Backend = mb })
+	v := c.Bundle().Version
+	if err := c.Refresh(); err != nil || c.Bundle().Version != v {
+		t.Fatalf("Refresh of an unchanged backend: %v, version %d -> %d", err, v, c.Bundle().Version)
+	}
+	other := &memBackend{}
+	newCA(t, t.TempDir(), clk, func(cfg *ca.Config) { cfg.Backend = other }).Close()
+	a := other.auths[0]
+	mb.AddRoot(a.Certificate, a.Signer, t0.Add(time.Hour), t0) // as another replica would
+	if len(c.Bundle().Roots) != 1 {
+		t.Fatal("the bundle changed before Refresh")
+	}
+	if err := c.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	b := c.Bundle()
+	if b.Version <= v || len(b.Roots) != 2 || !b.Roots[1].Equal(a.Certificate) {
+		t.Fatalf("after Refresh: version %d (was %d), %d roots", b.Version, v, len(b.Roots))
 	}
 }

@@ -259,7 +259,7 @@ func (s *store) putAuthority(r *authorityRecord) error {
 }
 
 // retireAuthority removes a root from the store (and so from the bundle).
-// The caller bumps the bundle version first.
+// The caller bumps the bundle version after.
 func (s *store) retireAuthority(id uint64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAuthorities).Delete(u64b(id))
