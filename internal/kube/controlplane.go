@@ -179,6 +179,10 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 	run("control", srv.Serve)
+	if roots, ok := backend.(*SecretRoots); ok {
+		// A root rotated on another replica reaches this one's bundle.
+		run("CA roots", func(ctx context.Context) error { return roots.Watch(ctx, srv.CA().Refresh, log) })
+	}
 	run("revocation sync", func(ctx context.Context) error {
 		return SyncRevocations(ctx, RevocationSyncConfig{Client: cs, Namespace: cfg.Namespace, CA: srv.CA(), Identities: idrevs, Log: cfg.Log})
 	})

@@ -8,15 +8,20 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshauth/meshauth/internal/ca"
@@ -81,8 +86,227 @@ func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, t
 	if len(cert) == 0 || len(key) == 0 {
 		return nil, "", fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", namespace, CASecret, CACertKey, CAKeyKey)
 	}
-	b, err := ca.NewPluggedBackend(secretCA(namespace, CASecret, cert, key, cert, cert), now)
-	return b, RootSelfSigned, err
+	r := &SecretRoots{client: client, ns: namespace, Clock: time.Now, RetireAfter: DefaultRetireAfter}
+	if err := r.apply(s, now); err != nil {
+		return nil, "", err
+	}
+	return r, RootSelfSigned, nil
+}
+
+// RootsKey is the key of istio-ca-secret that holds every self-signed root
+// once the CA has rotated: JSON, oldest first. ca-cert.pem and ca-key.pem
+// keep the oldest, for readers that know only those.
+const RootsKey = "meshauth-roots.json"
+
+// DefaultRetireAfter is how long after its successor starts signing a
+// rotated-out root stays in istio-ca-secret: the CA's default maximum TTL
+// (90 days) and a day, so that no replica can still have a valid
+// certificate it signed.
+const DefaultRetireAfter = 91 * 24 * time.Hour
+
+type secretRoot struct {
+	ID         uint64    `json:"id"`
+	ActivateAt time.Time `json:"activateAt,omitzero"`
+	Cert       string    `json:"cert"`
+	Key        string    `json:"key"`
+}
+
+// SecretRoots is the ca.Backend and ca.Rotator of the self-signed roots in
+// Secret istio-ca-secret. It holds the keys in memory only; a rotation is
+// written to the Secret (with the API server's optimistic concurrency), and
+// every replica picks it up through Watch and ca.CA.Refresh.
+type SecretRoots struct {
+	client kubernetes.Interface
+	ns     string
+	// Clock is the time RetireRoot decides by (default time.Now).
+	Clock func() time.Time
+	// RetireAfter: see DefaultRetireAfter.
+	RetireAfter time.Duration
+
+	mu    sync.Mutex
+	roots []secretRoot
+	auths []*ca.Authority
+}
+
+func (r *SecretRoots) Mode() string   { return "self-signed" }
+func (r *SecretRoots) Source() string { return "Kubernetes secret " + r.ns + "/" + CASecret }
+
+// Authorities returns the roots last read from the Secret.
+func (r *SecretRoots) Authorities() ([]*ca.Authority, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*ca.Authority(nil), r.auths...), nil
+}
+
+// parseRoots reads the roots of istio-ca-secret and checks each as a
+// plugged-in CA (a CA certificate, its key, valid now).
+func parseRoots(ns string, s *corev1.Secret, now time.Time) ([]secretRoot, []*ca.Authority, error) {
+	var roots []secretRoot
+	if j := s.Data[RootsKey]; len(j) > 0 {
+		if err := json.Unmarshal(j, &roots); err != nil {
+			return nil, nil, fmt.Errorf("kube: secret %s/%s key %s: %w", ns, CASecret, RootsKey, err)
+		}
+		if len(roots) == 0 {
+			return nil, nil, fmt.Errorf("kube: secret %s/%s key %s holds no root", ns, CASecret, RootsKey)
+		}
+	} else {
+		cert, key := s.Data[CACertKey], s.Data[CAKeyKey]
+		if len(cert) == 0 || len(key) == 0 {
+			return nil, nil, fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", ns, CASecret, CACertKey, CAKeyKey)
+		}
+		roots = []secretRoot{{ID: 0, Cert: string(cert), Key: string(key)}}
+	}
+	auths := make([]*ca.Authority, 0, len(roots))
+	for i, sr := range roots {
+		p := secretCA(ns, CASecret, []byte(sr.Cert), []byte(sr.Key), []byte(sr.Cert), []byte(sr.Cert))
+		if len(s.Data[RootsKey]) > 0 {
+			name := fmt.Sprintf("secret %s/%s key %s root %d", ns, CASecret, RootsKey, i)
+			p.CertName, p.KeyName, p.ChainName, p.RootName = name+" cert", name+" key", name+" cert", name+" cert"
+		}
+		b, err := ca.NewPluggedBackend(p, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		as, _ := b.Authorities()
+		a := *as[0]
+		a.ID, a.ActivateAt = sr.ID, sr.ActivateAt
+		auths = append(auths, &a)
+	}
+	return roots, auths, nil
+}
+
+func (r *SecretRoots) apply(s *corev1.Secret, now time.Time) error {
+	roots, auths, err := parseRoots(r.ns, s, now)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.roots, r.auths = roots, auths
+	r.mu.Unlock()
+	return nil
+}
+
+// update applies change to the roots in the Secret and writes it, retrying
+// on a conflict with another replica's write.
+func (r *SecretRoots) update(change func([]secretRoot) ([]secretRoot, error)) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	api := r.client.CoreV1().Secrets(r.ns)
+	for attempt := 0; ; attempt++ {
+		s, err := api.Get(ctx, CASecret, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("kube: read secret %s/%s: %w", r.ns, CASecret, err)
+		}
+		roots, _, err := parseRoots(r.ns, s, r.Clock())
+		if err != nil {
+			return err
+		}
+		roots, err = change(roots)
+		if err != nil {
+			return err
+		}
+		j, err := json.Marshal(roots)
+		if err != nil {
+			return err
+		}
+		s = s.DeepCopy()
+		s.Data[RootsKey] = j
+		s.Data[CACertKey], s.Data[CAKeyKey] = []byte(roots[0].Cert), []byte(roots[0].Key)
+		s, err = api.Update(ctx, s, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("kube: write secret %s/%s: %w", r.ns, CASecret, err)
+		}
+		return r.apply(s, r.Clock())
+	}
+}
+
+// AddRoot writes a new root to the Secret. It refuses while another root
+// there is still pending, which a rotation on another replica may have put.
+func (r *SecretRoots) AddRoot(cert *x509.Certificate, key crypto.Signer, activateAt, now time.Time) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return r.update(func(roots []secretRoot) ([]secretRoot, error) {
+		var next uint64
+		for _, sr := range roots {
+			if sr.ActivateAt.After(now) {
+				return nil, fmt.Errorf("a rotation is already pending in secret %s/%s (root %d signs from %s)", r.ns, CASecret, sr.ID, sr.ActivateAt.UTC().Format(time.RFC3339))
+			}
+			next = max(next, sr.ID+1)
+		}
+		return append(roots, secretRoot{ID: next, ActivateAt: activateAt, Cert: string(pemCert(cert)),
+			Key: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))}), nil
+	})
+}
+
+// RetireRoot removes a root from the Secret once its successor has signed
+// for RetireAfter: before that, another replica may still have valid
+// certificates it signed, so the root stays (false).
+func (r *SecretRoots) RetireRoot(id uint64) (bool, error) {
+	now := r.Clock()
+	r.mu.Lock()
+	var successor time.Time
+	for _, sr := range r.roots {
+		if sr.ID > id && !sr.ActivateAt.After(now) && (successor.IsZero() || sr.ActivateAt.Before(successor)) {
+			successor = sr.ActivateAt
+		}
+	}
+	r.mu.Unlock()
+	if successor.IsZero() || now.Before(successor.Add(r.RetireAfter)) {
+		return false, nil
+	}
+	err := r.update(func(roots []secretRoot) ([]secretRoot, error) {
+		out := roots[:0:0]
+		for _, sr := range roots {
+			if sr.ID != id {
+				out = append(out, sr)
+			}
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("root %d is the last one in secret %s/%s", id, r.ns, CASecret)
+		}
+		return out, nil
+	})
+	return err == nil, err
+}
+
+// Watch follows istio-ca-secret and, whenever another replica changed its
+// roots, takes them in and calls refresh (ca.CA.Refresh) so the bundle
+// follows. A Secret that does not parse is logged and ignored: the CA
+// keeps the roots it has.
+func (r *SecretRoots) Watch(ctx context.Context, refresh func() error, log *slog.Logger) error {
+	api := r.client.CoreV1().Secrets(r.ns)
+	sel := fields.OneTermEqualSelector("metadata.name", CASecret).String()
+	for ctx.Err() == nil {
+		w, err := api.Watch(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
+			log.Warn("watch CA root secret", "secret", r.ns+"/"+CASecret, "error", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for ev := range w.ResultChan() {
+			s, ok := ev.Object.(*corev1.Secret)
+			if !ok || (ev.Type != watch.Added && ev.Type != watch.Modified) {
+				continue
+			}
+			if err := r.apply(s, r.Clock()); err != nil {
+				log.Error("CA root secret changed but does not parse; keeping the current roots", "error", err)
+				continue
+			}
+			if err := refresh(); err != nil {
+				log.Error("CA refresh after root secret change", "error", err)
+			}
+		}
+		w.Stop()
+	}
+	return nil
 }
 
 // secretCA names each key of a CA Secret for refusals.

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,4 +86,143 @@ func TestKubeCAWritesNoKey(t *testing.T) {
 		t.Fatalf("%s has no PEM key", CASecret)
 	}
 	noKeyOnDisk(t, dir, blk.Bytes)
+}
+
+// TestSecretRootRotation: two CA replicas share istio-ca-secret. A root
+// rotation on one is written to the Secret and reaches the other's bundle
+// (Watch + Refresh) before it signs; after the overlap both sign with the
+// new root and trust each other's certificates; the old root leaves the
+// Secret only after RetireAfter. No root key reaches either replica's disk.
+func TestSecretRootRotation(t *testing.T) {
+	env := kubetest.Need(t)
+	cs := env.Clientset(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns := createNamespace(t, cs, "rotate", nil)
+	clock := &fakeClock{now: time.Now()}
+	type replica struct {
+		dir   string
+		roots *SecretRoots
+		ca    *ca.CA
+	}
+	var reps []replica
+	for range 2 {
+		b, src, err := NewCABackend(ctx, cs, ns, "cluster.local", clock.Now())
+		if err != nil || src != RootSelfSigned {
+			t.Fatalf("NewCABackend = %s, %v", src, err)
+		}
+		roots := b.(*SecretRoots)
+		roots.Clock, roots.RetireAfter = clock.Now, 48*time.Hour
+		dir := t.TempDir()
+		c, err := ca.New(ca.Config{Dir: dir, Backend: b, Clock: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		done := make(chan struct{})
+		go func() { roots.Watch(ctx, c.Refresh, slog.Default()); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		reps = append(reps, replica{dir, roots, c})
+	}
+	a, b := reps[0], reps[1]
+	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
+	sign := func(c *ca.CA) []*x509.Certificate {
+		t.Helper()
+		iss, err := c.Sign(ctx, ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain, err := identity.ParseCertsPEM([]byte(strings.Join(iss.ChainPEM, "")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain
+	}
+	waitRoots := func(c *ca.CA, n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for len(c.Bundle().Roots) != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("bundle has %d roots, want %d", len(c.Bundle().Roots), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	oldRoot := a.ca.Bundle().Roots[0]
+	if !b.ca.Bundle().Roots[0].Equal(oldRoot) {
+		t.Fatal("the replicas do not share the root")
+	}
+	before := sign(b.ca)
+
+	rot, err := a.ca.RotateRoot(30 * time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := cs.CoreV1().Secrets(ns).Get(ctx, CASecret, metav1.GetOptions{})
+	if err != nil || len(s.Data[RootsKey]) == 0 {
+		t.Fatalf("rotation not written to %s: %v", CASecret, err)
+	}
+	waitRoots(b.ca, 2)
+	if st, err := b.ca.Status(); err != nil || st.Mode != "self-signed" {
+		t.Fatalf("status: %v %+v", err, st)
+	}
+	if _, err := b.ca.RotateRoot(0); err == nil {
+		t.Fatal("a second rotation on the other replica was accepted while one is pending")
+	}
+
+	clock.Add(31 * time.Minute)
+	for _, r := range reps {
+		if err := r.ca.Tick(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fromA, fromB := sign(a.ca), sign(b.ca)
+	for _, r := range reps {
+		newRoot := r.ca.Bundle().Roots[0]
+		if identity.Fingerprint(newRoot) != rot.NewRoot {
+			t.Fatal("after the overlap the new root does not sign")
+		}
+		for what, chain := range map[string][]*x509.Certificate{"A's": fromA, "B's": fromB, "old-root": before} {
+			if _, err := r.ca.Bundle().Identity().Verify(chain, clock.Now()); err != nil {
+				t.Fatalf("%s certificate: %v", what, err)
+			}
+		}
+	}
+	if err := fromB[0].CheckSignatureFrom(a.ca.Bundle().Roots[0]); err != nil {
+		t.Fatalf("B does not sign with the new root: %v", err)
+	}
+
+	// Past the old certificates' life but inside RetireAfter: the root stays.
+	clock.Add(2 * time.Hour)
+	for _, r := range reps {
+		if err := r.ca.Tick(); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.ca.Bundle().Roots) != 2 {
+			t.Fatal("old root left a replica's bundle before RetireAfter")
+		}
+	}
+	clock.Add(48 * time.Hour)
+	if err := a.ca.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	waitRoots(a.ca, 1)
+	waitRoots(b.ca, 1)
+	if a.ca.Bundle().Roots[0].Equal(oldRoot) {
+		t.Fatal("the new root was retired instead of the old one")
+	}
+
+	s, err = cs.CoreV1().Secrets(ns).Get(ctx, CASecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sr := range a.roots.roots {
+		blk, _ := pem.Decode([]byte(sr.Key))
+		for _, r := range reps {
+			noKeyOnDisk(t, r.dir, blk.Bytes)
+		}
+	}
+	if k, _ := pem.Decode(s.Data[CAKeyKey]); k == nil {
+		t.Fatalf("%s lost %s", CASecret, CAKeyKey)
+	}
 }
