@@ -53,8 +53,8 @@ func (c *CA) CreateJoinToken(id identity.ID, ttl time.Duration, uses int) (*Join
 	secret := JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
 	h := hashToken(secret)
 	now := c.cfg.Clock()
-	rec := &tokenRecord{ID: h[:12], SPIFFEID: id.String(), ExpiresAt: now.Add(ttl).UTC(), Uses: uses, CreatedAt: now.UTC()}
-	if err := c.store.putToken(h, rec); err != nil {
+	rec := &TokenRecord{ID: h[:12], SPIFFEID: id.String(), ExpiresAt: now.Add(ttl).UTC(), Uses: uses, CreatedAt: now.UTC()}
+	if err := c.store.PutToken(h, rec); err != nil {
 		return nil, internal("store join token", err)
 	}
 	c.log.Info("created join token", "token_id", rec.ID, "spiffe_id", id.String(), "expires_at", rec.ExpiresAt, "uses", uses)
@@ -84,7 +84,7 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	added, version, err := c.store.revoke(serial, spiffeID, reason, now)
+	added, version, err := c.store.Revoke(serial, spiffeID, reason, now)
 	var re *Error
 	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil && errors.As(err, &re) && re.Reason == "unknown_identity" {
 		return nil, c.state.Load().bundle.Version, nil
@@ -163,7 +163,7 @@ func (c *CA) Tick() error {
 	changed := false
 	signer := pickSigner(s.authorities, now)
 	if signer != s.signer {
-		if _, err := c.store.bump(); err != nil {
+		if _, err := c.store.Bump(); err != nil {
 			return internal("bump bundle version", err)
 		}
 		c.log.Warn("signing switched to new root", "root", identity.Fingerprint(signer.root))
@@ -188,7 +188,7 @@ func (c *CA) Tick() error {
 			if !retired {
 				continue
 			}
-			if _, err := c.store.bump(); err != nil {
+			if _, err := c.store.Bump(); err != nil {
 				return internal("bump bundle version", err)
 			}
 			c.log.Warn("old root left the bundle", "root", identity.Fingerprint(a.root))
@@ -197,7 +197,7 @@ func (c *CA) Tick() error {
 	}
 	if c.cfg.LogRetention > 0 && now.Sub(c.lastLogPrune) >= time.Hour {
 		c.lastLogPrune = now
-		pruned, err := c.store.pruneIssued(now.Add(-c.cfg.LogRetention).Unix(), 100_000)
+		pruned, err := c.store.PruneIssued(now.Add(-c.cfg.LogRetention).Unix(), 100_000)
 		if err != nil {
 			return internal("prune issuance log", err)
 		}
@@ -205,7 +205,7 @@ func (c *CA) Tick() error {
 			c.log.Info("issuance log pruned", "records", pruned, "expired_before", now.Add(-c.cfg.LogRetention).UTC())
 		}
 	}
-	n, _, err := c.store.pruneRevocations(now)
+	n, _, err := c.store.PruneRevocations(now)
 	if err != nil {
 		return internal("prune revocations", err)
 	}
@@ -220,7 +220,7 @@ func (c *CA) Tick() error {
 
 // IssuanceLog returns every issuance log record, oldest serial order not
 // guaranteed. It scans the whole log: for audits and tests, not hot paths.
-func (c *CA) IssuanceLog() ([]IssuanceRecord, error) { return c.store.issued() }
+func (c *CA) IssuanceLog() ([]IssuanceRecord, error) { return c.store.Issued() }
 
 // Status describes the CA for `meshctl ca status`.
 type Status struct {
@@ -263,7 +263,7 @@ func certStatus(c interface{ String() string }, fp string, nb, na time.Time) Cer
 func (c *CA) Status() (*Status, error) {
 	s := c.state.Load()
 	now := c.cfg.Clock()
-	issued, revoked, tokens, err := c.store.counts()
+	issued, revoked, tokens, err := c.store.Counts()
 	if err != nil {
 		return nil, internal("read counts", err)
 	}
@@ -309,7 +309,7 @@ type IssuedEntry struct {
 // certificates when it is set, only unexpired ones with onlyValid, and the
 // newest limit of them when limit > 0. matched counts before the limit.
 func (c *CA) ListIssued(spiffeID string, onlyValid bool, limit int) (entries []IssuedEntry, matched int, err error) {
-	recs, err := c.store.issued()
+	recs, err := c.store.Issued()
 	if err != nil {
 		return nil, 0, err
 	}

@@ -131,7 +131,7 @@ func (c *CA) JoinTokenAuthenticator() Authenticator {
 			return Caller{}, ErrNoCredential
 		}
 		h := hashToken(cred.BearerToken)
-		rec, err := c.store.getToken(h)
+		rec, err := c.store.GetToken(h)
 		if err != nil {
 			return Caller{}, internal("read join token", err)
 		}

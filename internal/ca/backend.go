@@ -153,7 +153,7 @@ func (c *CA) Refresh() error {
 	if same {
 		return nil
 	}
-	if _, err := c.store.bump(); err != nil {
+	if _, err := c.store.Bump(); err != nil {
 		return internal("bump bundle version", err)
 	}
 	if err := c.reload(); err != nil {

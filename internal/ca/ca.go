@@ -78,6 +78,11 @@ type Config struct {
 	// store or CACertsDir (e.g. internal/kube's Secret backend, which keeps
 	// the root key in memory). Set at most one of Backend and CACertsDir.
 	Backend Backend
+	// Store, if set, keeps the issuance log, revocations, join tokens and
+	// the bundle version instead of Dir/ca.db; the CA closes it. The
+	// default Backend (self-signed roots) needs the default store, so set
+	// a Backend with it.
+	Store Store
 	// Clock returns the current time (default time.Now).
 	Clock func() time.Time
 	// Log (default slog.Default()).
@@ -107,7 +112,7 @@ type Config struct {
 type CA struct {
 	cfg     Config
 	log     *slog.Logger
-	store   *store
+	store   Store
 	td      string
 	backend Backend // the keys: store, plugged-in files or Config.Backend
 	metrics *metrics
@@ -225,25 +230,29 @@ func New(cfg Config) (*CA, error) {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
 
-	st, err := openStore(cfg.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+	st := cfg.Store
+	if st == nil {
+		bs, err := openStore(cfg.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		st = bs
 	}
 	c := &CA{cfg: cfg, log: cfg.Log.With("component", "ca"), store: st, changed: make(chan struct{}), peerCache: map[[32]byte]peerEntry{}}
 	if err := c.open(); err != nil {
-		st.close()
+		st.Close()
 		return nil, err
 	}
 	c.metrics = newMetrics(c)
 	if err := c.metrics.register(cfg.Metrics); err != nil {
-		st.close()
+		st.Close()
 		return nil, fmt.Errorf("ca: register metrics: %w", err)
 	}
 	return c, nil
 }
 
 func (c *CA) open() error {
-	td, err := c.store.trustDomain(c.cfg.TrustDomain)
+	td, err := c.store.TrustDomain(c.cfg.TrustDomain)
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
@@ -263,7 +272,11 @@ func (c *CA) open() error {
 		}
 		c.backend = b
 	default:
-		c.backend = &storeBackend{store: c.store, dir: c.cfg.Dir}
+		bs, ok := c.store.(*store)
+		if !ok {
+			return errors.New("ca: the self-signed roots live in the default store: with Config.Store set Config.Backend too")
+		}
+		c.backend = &storeBackend{store: bs, dir: c.cfg.Dir}
 	}
 	auths, err := c.backend.Authorities()
 	if err != nil {
@@ -297,7 +310,7 @@ func (c *CA) addRoot(rot Rotator, now, activateAt time.Time) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.store.bump(); err != nil {
+	if _, err := c.store.Bump(); err != nil {
 		return internal("bump bundle version", err)
 	}
 	if err := rot.AddRoot(cert, key, activateAt, now); err != nil {
@@ -323,7 +336,7 @@ func (c *CA) reload() error {
 		}
 		auths = append(auths, a)
 	}
-	maxes, err := c.store.maxNotAfter()
+	maxes, err := c.store.MaxNotAfter()
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
@@ -338,11 +351,11 @@ func (c *CA) reload() error {
 	for _, a := range auths {
 		a.maxIssued.Store(max(maxes[a.id], prev[a.id]))
 	}
-	version, err := c.store.bundleVersion()
+	version, err := c.store.BundleVersion()
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
-	revs, err := c.store.revocations()
+	revs, err := c.store.Revocations()
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
@@ -461,7 +474,7 @@ func (c *CA) Watch() (*TrustBundle, <-chan struct{}) {
 // Close closes the store.
 func (c *CA) Close() error {
 	c.metrics.unregister(c.cfg.Metrics)
-	return c.store.close()
+	return c.store.Close()
 }
 
 // Caller is an identity a caller has proven, as an Authenticator returns it.
@@ -611,8 +624,8 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 			Requester: caller.requester(), Authority: a.id,
 			GrantedTTL: int64(granted / time.Second),
 		}
-		err = c.store.recordIssuance(rec, serial.Bytes(), caller.tokenHash, now)
-		if errors.Is(err, errSerialExists) && attempt < 3 {
+		err = c.store.RecordIssuance(rec, serial.Bytes(), caller.tokenHash, now)
+		if errors.Is(err, ErrSerialExists) && attempt < 3 {
 			continue // 2^-126 odds; the certificate is discarded unseen
 		}
 		if err != nil {
@@ -656,7 +669,7 @@ func (c *CA) reserved(id identity.ID) bool {
 // of the default TTL and the presented certificate's lifetime. Never over
 // MaxTTL.
 func (c *CA) renewalLimit(caller Caller) (time.Duration, string, error) {
-	rec, err := c.store.issuedRecord(caller.Subject)
+	rec, err := c.store.IssuedRecord(caller.Subject)
 	if err != nil {
 		return 0, "", internal("read issuance log", err)
 	}

@@ -34,7 +34,7 @@ func (c *CA) ImportRevocations(rs []Revocation) ([]Revocation, uint64, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	added, version, err := c.store.importRevocations(rs, now)
+	added, version, err := c.store.ImportRevocations(rs, now)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -50,7 +50,7 @@ func (c *CA) ImportRevocations(rs []Revocation) ([]Revocation, uint64, error) {
 	return added, version, nil
 }
 
-func (s *store) importRevocations(rs []Revocation, now time.Time) (added []Revocation, version uint64, err error) {
+func (s *store) ImportRevocations(rs []Revocation, now time.Time) (added []Revocation, version uint64, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		rb := tx.Bucket(bucketRevoked)
 		for _, r := range rs {
@@ -110,7 +110,7 @@ func (c *CA) RevokeIssuedBefore(spiffeID string, before time.Time, reason string
 	if err != nil {
 		return nil, 0, refuse(KindInvalid, "bad_revoke_request", "identity: %v", err)
 	}
-	recs, err := c.store.issued()
+	recs, err := c.store.Issued()
 	if err != nil {
 		return nil, 0, err
 	}
@@ -131,7 +131,7 @@ func (c *CA) RevokeIssuedBefore(spiffeID string, before time.Time, reason string
 // pruneIssued deletes up to max issuance log records whose certificate
 // expired before cutoff (Unix seconds). A pruned certificate had long
 // expired: nothing can renew with it, revoke it or be verified with it.
-func (s *store) pruneIssued(cutoff int64, max int) (n int, err error) {
+func (s *store) PruneIssued(cutoff int64, max int) (n int, err error) {
 	var dead [][]byte
 	err = s.db.View(func(tx *bolt.Tx) error {
 		cur := tx.Bucket(bucketIssued).Cursor()

@@ -34,7 +34,7 @@ var (
 	keyTrustDomain   = []byte("trust_domain")
 )
 
-var errSerialExists = errors.New("ca: serial already in the issuance log")
+var ErrSerialExists = errors.New("ca: serial already in the issuance log")
 
 // IssuanceRecord is one line of the issuance log.
 type IssuanceRecord struct {
@@ -116,8 +116,8 @@ type authorityRecord struct {
 	CreatedAt  time.Time `json:"created_at"`
 }
 
-// tokenRecord is a join token, stored under the SHA-256 of its secret.
-type tokenRecord struct {
+// TokenRecord is a join token, stored under the SHA-256 of its secret.
+type TokenRecord struct {
 	ID        string    `json:"id"`
 	SPIFFEID  string    `json:"spiffe_id"`
 	ExpiresAt time.Time `json:"expires_at"`
@@ -138,7 +138,7 @@ type store struct {
 	// the cache can let through a call that spendToken then refuses, never
 	// the reverse; after a restart it is rebuilt from the store.
 	tokMu  sync.Mutex
-	tokens map[string]tokenRecord
+	tokens map[string]TokenRecord
 	// spendMemo: see spendToken.
 	spendMemo map[string]spendMemo
 }
@@ -179,10 +179,10 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
-	return &store{db: db, tokens: map[string]tokenRecord{}, spendMemo: map[string]spendMemo{}}, nil
+	return &store{db: db, tokens: map[string]TokenRecord{}, spendMemo: map[string]spendMemo{}}, nil
 }
 
-func (s *store) close() error { return s.db.Close() }
+func (s *store) Close() error { return s.db.Close() }
 
 func u64(b []byte) uint64 {
 	if len(b) != 8 {
@@ -204,7 +204,7 @@ func bumpVersion(tx *bolt.Tx) (uint64, error) {
 	return v, m.Put(keyBundleVersion, u64b(v))
 }
 
-func (s *store) bundleVersion() (v uint64, err error) {
+func (s *store) BundleVersion() (v uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		v = u64(tx.Bucket(bucketMeta).Get(keyBundleVersion))
 		return nil
@@ -213,7 +213,7 @@ func (s *store) bundleVersion() (v uint64, err error) {
 }
 
 // trustDomain returns the stored trust domain, storing td if none is.
-func (s *store) trustDomain(td string) (stored string, err error) {
+func (s *store) TrustDomain(td string) (stored string, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if v := m.Get(keyTrustDomain); v != nil {
@@ -266,7 +266,7 @@ func (s *store) retireAuthority(id uint64) error {
 	})
 }
 
-func (s *store) maxNotAfter() (map[uint64]int64, error) {
+func (s *store) MaxNotAfter() (map[uint64]int64, error) {
 	out := map[uint64]int64{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMaxNotAfter).ForEach(func(k, v []byte) error {
@@ -287,16 +287,16 @@ func (s *store) maxNotAfter() (map[uint64]int64, error) {
 // of its parent either commits first, and the revocation's lineage scan
 // (store.revoke, importRevocations) finds and revokes it, or commits after and is refused
 // here: no certificate renewed from a revoked one escapes.
-func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
+func (s *store) RecordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
 	val := rec.appendJSON(make([]byte, 0, 256))
 	parent := rec.RenewedFrom()
 	// spent is the token record as the last run of fn wrote it: bbolt may
 	// run fn more than once, and only the run that commits counts.
-	var spent tokenRecord
+	var spent TokenRecord
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		issued := tx.Bucket(bucketIssued)
 		if issued.Get(serial) != nil {
-			return errSerialExists
+			return ErrSerialExists
 		}
 		if parent != "" && tx.Bucket(bucketRevoked).Get([]byte(parent)) != nil {
 			return refuse(KindUnauthenticated, ReasonCallerCert, "client certificate refused (revoked): serial %s was revoked while this renewal was in flight", parent)
@@ -333,7 +333,7 @@ func (s *store) recordIssuance(rec *IssuanceRecord, serial []byte, tokenHash str
 
 // cacheToken records r as the latest known state of a token. Concurrent
 // commits can report out of order, so Used only ever grows.
-func (s *store) cacheToken(hash string, r tokenRecord) {
+func (s *store) cacheToken(hash string, r TokenRecord) {
 	s.tokMu.Lock()
 	if old, ok := s.tokens[hash]; ok && old.Used > r.Used {
 		r.Used = old.Used
@@ -351,7 +351,7 @@ const maxCachedTokens = 4096
 
 // issuedRecord returns the issuance log record of a serial (lowercase
 // hex), or nil if the log does not hold it.
-func (s *store) issuedRecord(serial string) (*IssuanceRecord, error) {
+func (s *store) IssuedRecord(serial string) (*IssuanceRecord, error) {
 	key, ok := serialBytes(serial)
 	if !ok {
 		return nil, nil
@@ -369,7 +369,7 @@ func (s *store) issuedRecord(serial string) (*IssuanceRecord, error) {
 }
 
 // Issued returns every issuance log record, for tests and audits.
-func (s *store) issued() (out []IssuanceRecord, err error) {
+func (s *store) Issued() (out []IssuanceRecord, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
 			var r IssuanceRecord
@@ -383,7 +383,7 @@ func (s *store) issued() (out []IssuanceRecord, err error) {
 	return out, err
 }
 
-func (s *store) counts() (issued, revoked, tokens int, err error) {
+func (s *store) Counts() (issued, revoked, tokens int, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		issued = tx.Bucket(bucketIssued).Stats().KeyN
 		revoked = tx.Bucket(bucketRevoked).Stats().KeyN
@@ -393,7 +393,7 @@ func (s *store) counts() (issued, revoked, tokens int, err error) {
 	return
 }
 
-func (s *store) revocations() (out []Revocation, err error) {
+func (s *store) Revocations() (out []Revocation, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRevoked).ForEach(func(k, v []byte) error {
 			var r Revocation
@@ -410,7 +410,7 @@ func (s *store) revocations() (out []Revocation, err error) {
 // revoke marks serials revoked. With spiffeID set it revokes every logged,
 // unexpired certificate of that identity; otherwise the one serial, which
 // must be in the log. It returns the new revocations and bundle version.
-func (s *store) revoke(serial, spiffeID, reason string, now time.Time) (added []Revocation, version uint64, err error) {
+func (s *store) Revoke(serial, spiffeID, reason string, now time.Time) (added []Revocation, version uint64, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		rb := tx.Bucket(bucketRevoked)
 		add := func(rec IssuanceRecord) error {
@@ -493,7 +493,7 @@ func (s *store) revoke(serial, spiffeID, reason string, now time.Time) (added []
 
 // pruneRevocations drops revocations of certificates that have expired:
 // an expired certificate is refused anyway, and the list stays short.
-func (s *store) pruneRevocations(now time.Time) (n int, version uint64, err error) {
+func (s *store) PruneRevocations(now time.Time) (n int, version uint64, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		rb := tx.Bucket(bucketRevoked)
 		var dead [][]byte
@@ -523,7 +523,7 @@ func (s *store) pruneRevocations(now time.Time) (n int, version uint64, err erro
 
 // setVersion bumps the bundle version for a change that has no record of
 // its own (the signing root switching).
-func (s *store) bump() (version uint64, err error) {
+func (s *store) Bump() (version uint64, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		version, err = bumpVersion(tx)
 		return err
@@ -531,7 +531,7 @@ func (s *store) bump() (version uint64, err error) {
 	return version, err
 }
 
-func (s *store) putToken(hash string, r *tokenRecord) error {
+func (s *store) PutToken(hash string, r *TokenRecord) error {
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -548,7 +548,7 @@ func (s *store) putToken(hash string, r *tokenRecord) error {
 // getToken returns a token's record, from the cache if it has been seen
 // (see store.tokens), else from the store. Unknown tokens are not cached:
 // guessing costs a read each time, as before, and cannot grow the cache.
-func (s *store) getToken(hash string) (r *tokenRecord, err error) {
+func (s *store) GetToken(hash string) (r *TokenRecord, err error) {
 	s.tokMu.Lock()
 	c, ok := s.tokens[hash]
 	s.tokMu.Unlock()
@@ -560,7 +560,7 @@ func (s *store) getToken(hash string) (r *tokenRecord, err error) {
 		if v == nil {
 			return nil
 		}
-		r = new(tokenRecord)
+		r = new(TokenRecord)
 		return json.Unmarshal(v, r)
 	})
 	if err == nil && r != nil {
@@ -572,7 +572,7 @@ func (s *store) getToken(hash string) (r *tokenRecord, err error) {
 // spendToken checks and spends one use of a join token inside tx, so that
 // the use and the issuance it paid for commit together. It returns the
 // record as stored (after the spend), or as found when it refuses.
-func (s *store) spendToken(tx *bolt.Tx, hash string, now time.Time) (*tokenRecord, error) {
+func (s *store) spendToken(tx *bolt.Tx, hash string, now time.Time) (*TokenRecord, error) {
 	b := tx.Bucket(bucketTokens)
 	v := b.Get([]byte(hash))
 	if v == nil {
@@ -582,7 +582,7 @@ func (s *store) spendToken(tx *bolt.Tx, hash string, now time.Time) (*tokenRecor
 	// spent many times per batch, and each spend reads what the previous
 	// one wrote. Equal bytes decode to an equal record, so this changes
 	// nothing about what is checked.
-	var r tokenRecord
+	var r TokenRecord
 	if m, ok := s.spendMemo[hash]; ok && bytes.Equal(m.raw, v) {
 		r = m.rec
 	} else if err := json.Unmarshal(v, &r); err != nil {
@@ -611,12 +611,12 @@ func (s *store) spendToken(tx *bolt.Tx, hash string, now time.Time) (*tokenRecor
 
 type spendMemo struct {
 	raw []byte
-	rec tokenRecord
+	rec TokenRecord
 }
 
 // appendJSON appends the record as encoding/json writes it, without
 // reflection (a spend rewrites it once per issuance).
-func (r *tokenRecord) appendJSON(b []byte) ([]byte, error) {
+func (r *TokenRecord) appendJSON(b []byte) ([]byte, error) {
 	exp, err := r.ExpiresAt.MarshalJSON()
 	if err != nil {
 		return nil, err
@@ -640,7 +640,7 @@ func (r *tokenRecord) appendJSON(b []byte) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
-func (r *tokenRecord) usable(now time.Time) error {
+func (r *TokenRecord) usable(now time.Time) error {
 	if !now.Before(r.ExpiresAt) {
 		return refuse(KindUnauthenticated, ReasonTokenExpired, "join token %s expired at %s; create a new one with `meshctl token create`", r.ID, r.ExpiresAt.UTC().Format(time.RFC3339))
 	}

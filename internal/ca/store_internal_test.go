@@ -27,7 +27,7 @@ func TestIssuanceRecordJSON(t *testing.T) {
 
 func TestTokenRecordJSON(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 123456789, time.UTC)
-	for _, r := range []tokenRecord{
+	for _, r := range []TokenRecord{
 		{},
 		{ID: "3f2a9c1b0d4e", SPIFFEID: "spiffe://cluster.local/ns/default/sa/sleep", ExpiresAt: now.Add(time.Hour), Uses: 5, Used: 3, CreatedAt: now},
 		{ID: "x\"", SPIFFEID: "spiffe://td/ns/\u00e9/sa/b", ExpiresAt: now.In(time.FixedZone("x", 3600)), Uses: -1, Used: 1 << 40, CreatedAt: now.Round(time.Second)},
