@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -124,6 +125,7 @@ type SecretRoots struct {
 	RetireAfter time.Duration
 
 	mu    sync.Mutex
+	rv    string // resourceVersion of the Secret the roots came from
 	roots []secretRoot
 	auths []*ca.Authority
 }
@@ -181,9 +183,21 @@ func (r *SecretRoots) apply(s *corev1.Secret, now time.Time) error {
 		return err
 	}
 	r.mu.Lock()
-	r.roots, r.auths = roots, auths
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	if older(s.ResourceVersion, r.rv) {
+		return nil // a watch event older than this replica's own write
+	}
+	r.rv, r.roots, r.auths = s.ResourceVersion, roots, auths
 	return nil
+}
+
+// older reports whether resourceVersion a is before b. Resource versions
+// are opaque to clients, but the API server's (etcd revisions) are
+// integers; anything else is never older.
+func older(a, b string) bool {
+	x, err1 := strconv.ParseUint(a, 10, 64)
+	y, err2 := strconv.ParseUint(b, 10, 64)
+	return err1 == nil && err2 == nil && x < y
 }
 
 // update applies change to the roots in the Secret and writes it, retrying
@@ -305,6 +319,10 @@ func (r *SecretRoots) Watch(ctx context.Context, refresh func() error, log *slog
 			}
 		}
 		w.Stop()
+		select { // the API server ended the watch; do not spin if it keeps doing so
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshauth/meshauth/internal/ca"
@@ -224,5 +225,40 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	if k, _ := pem.Decode(s.Data[CAKeyKey]); k == nil {
 		t.Fatalf("%s lost %s", CASecret, CAKeyKey)
+	}
+}
+
+// TestStaleSecretEventIgnored: a watch event carrying an older
+// istio-ca-secret than the one this replica just wrote (its own rotation)
+// does not take the new root away again.
+func TestStaleSecretEventIgnored(t *testing.T) {
+	now := time.Now()
+	oldCert, oldKey, err := newSelfSignedRoot("cluster.local", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCert, newKey, err := newSelfSignedRoot("cluster.local", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := func(rv string, cert, key []byte) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: CASecret, ResourceVersion: rv}, Data: map[string][]byte{CACertKey: cert, CAKeyKey: key}}
+	}
+	r := &SecretRoots{ns: "ns"}
+	if err := r.apply(secret("120", newCert, newKey), now); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.apply(secret("99", oldCert, oldKey), now); err != nil {
+		t.Fatal(err)
+	}
+	as, _ := r.Authorities()
+	if !bytes.Equal(pemCert(as[0].Certificate), newCert) {
+		t.Fatal("an older Secret replaced the newer roots")
+	}
+	if err := r.apply(secret("121", oldCert, oldKey), now); err != nil {
+		t.Fatal(err)
+	}
+	if as, _ = r.Authorities(); !bytes.Equal(pemCert(as[0].Certificate), oldCert) {
+		t.Fatal("a newer Secret was not taken in")
 	}
 }
