@@ -109,7 +109,7 @@ func TestPolicyCLIAgainstControlPlane(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done; control.PlaneOf(srv).Close() }()
+	defer func() { cancel(); <-done; srv.Plane().Close() }()
 	for srv.Addr() == "" {
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -28,10 +28,6 @@ import (
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
-// The config plane joins every Server: Discovery is served and the config
-// half of Admin answers, with or without a config directory.
-func init() { planeHooks = append(planeHooks, attachPlane) }
-
 // PlaneConfig configures the config plane. Zero values get the defaults
 // named.
 type PlaneConfig struct {
@@ -78,36 +74,9 @@ type Plane struct {
 	done   chan struct{}
 }
 
-var (
-	planesMu sync.Mutex
-	planes   = map[*Server]*Plane{}
-	// planeConfigs holds options set by WithPlane before the plane exists.
-	planeConfigs = map[*Server]PlaneConfig{}
-)
-
-// WithPlane returns a Config.Register hook that configures the config plane
-// (cmd/meshd's --config DIR).
-func WithPlane(pc PlaneConfig) func(*Server) error {
-	return func(s *Server) error {
-		planesMu.Lock()
-		planeConfigs[s] = pc
-		planesMu.Unlock()
-		return nil
-	}
-}
-
-// PlaneOf returns the config plane attached to s.
-func PlaneOf(s *Server) *Plane {
-	planesMu.Lock()
-	defer planesMu.Unlock()
-	return planes[s]
-}
-
-func attachPlane(s *Server) error {
-	planesMu.Lock()
-	pc := planeConfigs[s]
-	delete(planeConfigs, s)
-	planesMu.Unlock()
+// newPlane builds the config plane of s (New calls it: every Server has
+// one, with or without a config directory) and starts its background work.
+func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
 	if pc.PollInterval == 0 {
 		pc.PollInterval = time.Second
 	}
@@ -119,33 +88,28 @@ func attachPlane(s *Server) error {
 	// that forgot it would silently weaken policy.
 	applied, err := loadApplied(filepath.Join(s.Dir(), FileAppliedConfig))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p.applied = applied
 	// A bad directory at start-up stops meshd: running with no policy
 	// would silently mean authPolicy NONE, plaintext everywhere.
 	if pc.ConfigDir != "" {
 		if _, err := p.reloadDir(false); err != nil {
-			return fmt.Errorf("config %s: %w", pc.ConfigDir, err)
+			return nil, fmt.Errorf("config %s: %w", pc.ConfigDir, err)
 		}
 		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
 	} else if len(applied) > 0 {
 		cfg, err := p.combine(nil, applied)
 		if err != nil {
-			return fmt.Errorf("config: %s: %w", FileAppliedConfig, err)
+			return nil, fmt.Errorf("config: %s: %w", FileAppliedConfig, err)
 		}
 		p.install(cfg)
 	}
-	pb.RegisterDiscoveryServer(s.GRPC(), p.push)
-	s.SetConfigAdmin(p)
 	p.registerMetrics(s.Metrics())
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	go p.run(ctx)
-	planesMu.Lock()
-	planes[s] = p
-	planesMu.Unlock()
-	return nil
+	return p, nil
 }
 
 // Close stops the plane's background work (directory watch, bundle watch,
@@ -153,9 +117,6 @@ func attachPlane(s *Server) error {
 func (p *Plane) Close() {
 	p.cancel()
 	<-p.done
-	planesMu.Lock()
-	delete(planes, p.s)
-	planesMu.Unlock()
 }
 
 // Registry is the mesh's registry (Kubernetes sources feed it too).

@@ -35,11 +35,11 @@ func TestHalfWrittenFileIsNotApplied(t *testing.T) {
 	}
 	write(settleMesh)
 	srv, err := New(Config{Dir: t.TempDir(), Listen: "127.0.0.1:0", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Register: []func(*Server) error{WithPlane(PlaneConfig{ConfigDir: dir, PollInterval: time.Hour})}})
+		Plane: PlaneConfig{ConfigDir: dir, PollInterval: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := PlaneOf(srv)
+	p := srv.Plane()
 	t.Cleanup(func() { p.Close(); srv.CA().Close() })
 	poll := func() {
 		t.Helper()

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -150,16 +149,14 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		CA: ca.Config{TrustDomain: cfg.TrustDomain, CACertsDir: caDir, OnRevokeIdentity: idrevs.Add,
 			LogRetention: 365 * 24 * time.Hour},
 		Authenticators: []ca.Authenticator{reviewer},
-		Register:       []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: configDir, PollInterval: 200 * time.Millisecond})},
+		Plane:          control.PlaneConfig{ConfigDir: configDir, PollInterval: 200 * time.Millisecond},
 		Log:            cfg.Log,
 	})
 	if err != nil {
 		return err
 	}
-	plane := control.PlaneOf(srv)
-	if plane == nil {
-		return errors.New("kube: control plane has no config plane")
-	}
+	plane := srv.Plane()
+	defer plane.Close()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
