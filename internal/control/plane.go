@@ -3,7 +3,6 @@ package control
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,16 +30,14 @@ import (
 // PlaneConfig configures the config plane. Zero values get the defaults
 // named.
 type PlaneConfig struct {
-	// ConfigDir is watched for YAML files (*.yaml, *.yml, *.json); every
-	// change reloads the whole directory as one batch. Empty: config comes
-	// from Admin.ApplyConfig only.
+	// Source feeds the config from outside the admin API (a directory,
+	// the cluster's objects). Nil: DirSource(ConfigDir, PollInterval) if
+	// ConfigDir is set, else config comes from Admin.ApplyConfig only.
+	Source ConfigSource
+	// ConfigDir is watched for YAML files by DirSource (see there: two
+	// polls must agree, empty files are refused).
 	ConfigDir string
 	// PollInterval is how often ConfigDir is checked for changes (1s).
-	// Polling (not inotify) works on every file system, including the
-	// ConfigMap volumes Kubernetes updates by symlink swap. A change is
-	// applied once two polls in a row read the same content, so a file
-	// caught half-written (an editor's truncate-then-write, a copy in
-	// progress) is never applied: its complete version is.
 	PollInterval time.Duration
 	// Debounce is the push server's debounce (50ms).
 	Debounce time.Duration
@@ -56,15 +53,13 @@ type Plane struct {
 	reg  *registry.Registry
 	push *push.Server
 
+	src ConfigSource // nil: config from ApplyConfig only
+
 	mu      sync.Mutex
-	dirObjs []any // last good batch from ConfigDir
-	// dirSum is the directory content last tried (applied or rejected);
-	// pendingSum is a new content seen once, waiting for the next poll to
-	// read it unchanged before it is tried.
-	dirSum, pendingSum [32]byte
-	// dirRejected is set while the directory's content is rejected (the
-	// last good config stays in force); nil when what is on disk applies.
-	dirRejected *ConfigRejection
+	srcObjs []any // last good batch from src
+	// srcRejected is set while the source's content is rejected (the
+	// last good config stays in force); nil when what it holds applies.
+	srcRejected *ConfigRejection
 	rejects     atomic.Uint64
 	applied     []any // objects from ApplyConfig, by key, in apply order
 	current     *config.Config
@@ -77,10 +72,10 @@ type Plane struct {
 // newPlane builds the config plane of s (New calls it: every Server has
 // one, with or without a config directory) and starts its background work.
 func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
-	if pc.PollInterval == 0 {
-		pc.PollInterval = time.Second
+	if pc.Source == nil && pc.ConfigDir != "" {
+		pc.Source = DirSource(pc.ConfigDir, pc.PollInterval)
 	}
-	p := &Plane{s: s, cfg: pc, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
+	p := &Plane{s: s, cfg: pc, src: pc.Source, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
 	p.current = &config.Config{}
 	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log(), Stopping: s.Stopping()}, policy.New(p.withTrustDomain(p.current), p.reg))
 	p.push.SetBundle(BundleProto(s.CA().Bundle()))
@@ -93,11 +88,19 @@ func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
 	p.applied = applied
 	// A bad directory at start-up stops meshd: running with no policy
 	// would silently mean authPolicy NONE, plaintext everywhere.
-	if pc.ConfigDir != "" {
-		if _, err := p.reloadDir(false); err != nil {
-			return nil, fmt.Errorf("config %s: %w", pc.ConfigDir, err)
+	if p.src != nil {
+		objs, err := p.src.Load()
+		if err == nil {
+			var cfg *config.Config
+			if cfg, err = p.combine(objs, applied); err == nil {
+				p.srcObjs = objs
+				p.install(cfg)
+			}
 		}
-		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", p.src.Name(), err)
+		}
+		p.logApplied("objects", len(p.current.Objects()))
 	} else if len(applied) > 0 {
 		cfg, err := p.combine(nil, applied)
 		if err != nil {
@@ -138,24 +141,42 @@ func (p *Plane) run(ctx context.Context) {
 	wg.Add(2)
 	go func() { defer wg.Done(); p.push.Run(ctx) }()
 	go func() { defer wg.Done(); p.watchBundle(ctx) }()
-	if p.cfg.ConfigDir != "" {
-		t := time.NewTicker(p.cfg.PollInterval)
-		defer t.Stop()
-	loop:
-		for {
-			select {
-			case <-ctx.Done():
-				break loop
-			case <-t.C:
-				if changed, err := p.reloadDir(true); err != nil {
-					p.logRejected(err)
-				} else if changed {
-					p.log.Info("config directory applied", "dir", p.cfg.ConfigDir, "config_version", p.Config().Version)
-				}
-			}
+	if p.src != nil {
+		if err := p.src.Watch(ctx, p.fromSource); err != nil && ctx.Err() == nil {
+			p.log.Error("config source stopped; the config in force stays", "source", p.src.Name(), "error", err)
 		}
 	}
 	wg.Wait()
+}
+
+// fromSource installs a new batch from the source (combined with the
+// applied objects), or records and logs why it is not in force.
+func (p *Plane) fromSource(objs []any, err error) {
+	p.mu.Lock()
+	if err == nil {
+		var cfg *config.Config
+		if cfg, err = p.combine(objs, p.applied); err == nil {
+			p.srcObjs = objs
+			p.srcRejected = nil
+			p.install(cfg)
+			p.mu.Unlock()
+			p.logApplied()
+			return
+		}
+	}
+	p.reject(err)
+	p.mu.Unlock()
+	p.logRejected(err)
+}
+
+// logApplied says a batch from the source is in force.
+func (p *Plane) logApplied(attrs ...any) {
+	attrs = append([]any{"config_version", p.Config().Version}, attrs...)
+	if _, ok := p.src.(*dirSource); ok {
+		p.log.Info("config directory applied", append([]any{"dir", p.src.Name()}, attrs...)...)
+		return
+	}
+	p.log.Info("config applied from source", append([]any{"source", p.src.Name()}, attrs...)...)
 }
 
 // watchBundle sends every new trust bundle (roots, revocations) to the
@@ -186,80 +207,19 @@ func (p *Plane) logRejected(err error) {
 	p.log.Error("config rejected; the last good config stays in force", "error", err)
 }
 
-// ConfigRejection says why the config directory's current content is not
-// in force (Admin.GetState, meshctl check).
+// ConfigRejection says why the config source's current content is not in
+// force (Admin.GetState, meshctl check).
 type ConfigRejection struct {
+	// Dir is the source's Name (the config directory).
 	Dir string    `json:"dir"`
 	At  time.Time `json:"at"`
 	// Errors are file:line:column: object: field: message, one per problem.
 	Errors []string `json:"errors"`
 }
 
-// reloadDir reads ConfigDir and installs it if it changed and is valid.
-// With settle, a changed content is tried only when a second poll reads
-// it unchanged; at start-up there is nothing to wait for.
-func (p *Plane) reloadDir(settle bool) (bool, error) {
-	files, err := config.ReadPaths(p.cfg.ConfigDir)
-	if err != nil {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		// A directory that cannot be read is not an empty one: keep the
-		// config in force. Logged once per distinct error.
-		if p.dirRejected != nil && len(p.dirRejected.Errors) == 1 && p.dirRejected.Errors[0] == err.Error() {
-			return false, nil
-		}
-		p.dirSum, p.pendingSum = [32]byte{}, [32]byte{}
-		p.reject(err)
-		return false, err
-	}
-	h := sha256.New()
-	for _, f := range files {
-		fmt.Fprintf(h, "%s\x00%d\x00", f.Name, len(f.Content))
-		h.Write(f.Content)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if sum == p.dirSum {
-		p.pendingSum = [32]byte{} // "two polls in a row" means in a row
-		return false, nil
-	}
-	if settle && sum != p.pendingSum {
-		p.pendingSum = sum
-		return false, nil
-	}
-	// Remember the content even if it is bad, so a bad file is logged once,
-	// not on every poll; the next edit is tried again.
-	p.dirSum = sum
-	var objs []any
-	var errs config.ErrorList
-	for _, f := range files {
-		// ParseFile refuses a file with no object: an empty or truncated
-		// file must not silently remove what it defined (issue 11).
-		o, e := config.ParseFile(f.Name, f.Content)
-		objs = append(objs, o...)
-		errs = append(errs, e...)
-	}
-	if len(errs) > 0 {
-		errs.Sort()
-		p.reject(errs)
-		return false, errs
-	}
-	cfg, err := p.combine(objs, p.applied)
-	if err != nil {
-		p.reject(err)
-		return false, err
-	}
-	p.dirObjs = objs
-	p.dirRejected = nil
-	p.install(cfg)
-	return true, nil
-}
-
-// reject records why the directory is not in force; p.mu is held.
+// reject records why the source's content is not in force; p.mu is held.
 func (p *Plane) reject(err error) {
-	r := &ConfigRejection{Dir: p.cfg.ConfigDir, At: time.Now().UTC()}
+	r := &ConfigRejection{Dir: p.src.Name(), At: time.Now().UTC()}
 	var list config.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -268,7 +228,7 @@ func (p *Plane) reject(err error) {
 	} else {
 		r.Errors = []string{err.Error()}
 	}
-	p.dirRejected = r
+	p.srcRejected = r
 }
 
 // combine builds the config in force: the directory's objects, then the
@@ -348,7 +308,7 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	applied := mergeApplied(p.applied, objs, req.Replace)
-	cfg, err := p.combine(p.dirObjs, applied)
+	cfg, err := p.combine(p.srcObjs, applied)
 	if err != nil {
 		p.rejects.Add(1)
 		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+err.Error())
@@ -384,7 +344,7 @@ func (p *Plane) registerMetrics(reg *prometheus.Registry) {
 			func() float64 {
 				p.mu.Lock()
 				defer p.mu.Unlock()
-				if p.dirRejected != nil {
+				if p.srcRejected != nil {
 					return 1
 				}
 				return 0
@@ -492,7 +452,7 @@ func (st *State) Engine() *policy.Engine {
 func (p *Plane) GetState(ctx context.Context, _ *pb.GetStateRequest) (*pb.GetStateResponse, error) {
 	p.mu.Lock()
 	cfg := p.withTrustDomain(p.current)
-	rej := p.dirRejected
+	rej := p.srcRejected
 	p.mu.Unlock()
 	st := State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status(), ConfigRejected: rej}
 	js, err := json.Marshal(&st)
