@@ -88,6 +88,10 @@ func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
 	p.applied = applied
 	// A bad directory at start-up stops meshd: running with no policy
 	// would silently mean authPolicy NONE, plaintext everywhere.
+	if ls, ok := p.src.(LateSource); ok && ls.LoadsLate() {
+		p.push.Hold()
+		p.log.Info("holding snapshots until the config source's first content", "source", p.src.Name())
+	}
 	if p.src != nil {
 		objs, err := p.src.Load()
 		if err == nil {
@@ -161,6 +165,7 @@ func (p *Plane) fromSource(objs []any, err error) {
 			p.install(cfg)
 			p.mu.Unlock()
 			p.logApplied()
+			p.push.Release() // a late source's first content: snapshots may go out
 			return
 		}
 	}

@@ -29,6 +29,17 @@ type ConfigSource interface {
 	Watch(ctx context.Context, update func(objs []any, err error)) error
 }
 
+// LateSource is a ConfigSource whose content arrives only through Watch
+// (Kubernetes: once the informers have synced), so Load has nothing to
+// say yet. Until its first content is installed the plane sends sidecars
+// no snapshot: the empty config meanwhile would mean authPolicy NONE, and
+// a control plane restarted (or a new replica started) would open the
+// mesh until it had read the cluster's config. CSRs are served meanwhile.
+type LateSource interface {
+	ConfigSource
+	LoadsLate() bool
+}
+
 // DirSource watches a directory of YAML files (*.yaml, *.yml, *.json);
 // every change reloads the whole directory as one batch.
 //

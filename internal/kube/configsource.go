@@ -131,6 +131,10 @@ func (s *ConfigSource) Name() string { return "kubernetes" }
 // (even before the CRDs are installed).
 func (s *ConfigSource) Load() ([]any, error) { return nil, nil }
 
+// LoadsLate says the control plane must send no snapshot before the first
+// content Watch hands over (control.LateSource).
+func (s *ConfigSource) LoadsLate() bool { return true }
+
 // Watch watches until ctx is done, calling update with the valid objects
 // whenever they change. The CRDs must be installed: an informer for a
 // resource the API server does not serve retries (and logs) until it
