@@ -13,7 +13,8 @@ import (
 	"github.com/meshauth/meshauth/internal/config"
 )
 
-func init() {
+// newApplyCmd builds `meshctl apply`.
+func newApplyCmd(g *globalFlags) *cobra.Command {
 	var (
 		files   []string
 		replace bool
@@ -49,7 +50,7 @@ in the batch that the batch does not name is removed.`,
 			for _, f := range read {
 				req.Files = append(req.Files, &pb.ConfigFile{Name: f.Name, Content: f.Content})
 			}
-			resp, err := adminCall(cmd.Context(), 30*time.Second, "apply", pb.AdminClient.ApplyConfig, req)
+			resp, err := adminCall(cmd.Context(), g, 30*time.Second, "apply", pb.AdminClient.ApplyConfig, req)
 			if err != nil {
 				return &exitError{1, err}
 			}
@@ -62,5 +63,5 @@ in the batch that the batch does not name is removed.`,
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or directory of YAML (repeatable)")
 	cmd.Flags().BoolVar(&replace, "replace", false, "remove applied objects of the batch's kinds that the batch does not name")
-	root.AddCommand(cmd)
+	return cmd
 }

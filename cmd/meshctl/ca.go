@@ -20,19 +20,19 @@ import (
 
 // dialControl connects to the control plane found through --dir/--addr,
 // with the admin token when admin is set, else with token (may be empty).
-func dialControl(ctx context.Context, admin bool, token string) (*grpc.ClientConn, error) {
-	return client.Dial(ctx, client.Options{Dir: globals.Dir, Addr: globals.Addr, AdminToken: admin, Token: token})
+func (g *globalFlags) dialControl(ctx context.Context, admin bool, token string) (*grpc.ClientConn, error) {
+	return client.Dial(ctx, client.Options{Dir: g.Dir, Addr: g.Addr, AdminToken: admin, Token: token})
 }
 
 // adminCall is one Admin RPC: dial the control plane with the admin token,
 // call method with req under timeout, and turn a failed call into the
 // server's message prefixed with what (rpcError). A dial error is returned
 // as it is.
-func adminCall[Req, Resp any](ctx context.Context, timeout time.Duration, what string,
+func adminCall[Req, Resp any](ctx context.Context, g *globalFlags, timeout time.Duration, what string,
 	method func(pb.AdminClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	conn, err := dialControl(ctx, true, "")
+	conn, err := g.dialControl(ctx, true, "")
 	if err != nil {
 		var zero Resp
 		return zero, err
@@ -55,16 +55,22 @@ func rpcError(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func init() {
+// newCACmd builds `meshctl ca` and its subcommands.
+func newCACmd(g *globalFlags) *cobra.Command {
 	caCmd := &cobra.Command{Use: "ca", Short: "inspect and operate the certificate authority"}
+	caCmd.AddCommand(newCAStatusCmd(g), newCARotateCmd(g), newCARevokeCmd(g), caIssuedCmd(g))
+	return caCmd
+}
 
+// newCAStatusCmd builds `meshctl ca status`.
+func newCAStatusCmd(g *globalFlags) *cobra.Command {
 	var output string
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "show roots, the signing certificate and counts",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), 10*time.Second, "ca status", pb.AdminClient.CAStatus, &pb.CAStatusRequest{})
+			resp, err := adminCall(cmd.Context(), g, 10*time.Second, "ca status", pb.AdminClient.CAStatus, &pb.CAStatusRequest{})
 			if err != nil {
 				return err
 			}
@@ -81,7 +87,11 @@ func init() {
 		},
 	}
 	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return status
+}
 
+// newCARotateCmd builds `meshctl ca rotate-root`.
+func newCARotateCmd(g *globalFlags) *cobra.Command {
 	var overlap time.Duration
 	rotate := &cobra.Command{
 		Use:   "rotate-root",
@@ -92,7 +102,7 @@ new root before it meets a certificate signed by it. The old root leaves the
 bundle only when every certificate it signed has expired.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), 30*time.Second, "rotate root", pb.AdminClient.RotateRoot, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
+			resp, err := adminCall(cmd.Context(), g, 30*time.Second, "rotate root", pb.AdminClient.RotateRoot, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
 			if err != nil {
 				return err
 			}
@@ -102,8 +112,15 @@ bundle only when every certificate it signed has expired.`,
 		},
 	}
 	rotate.Flags().DurationVar(&overlap, "overlap", 0, "time the new root is trusted before it signs (default: the server's --rotation-overlap)")
+	return rotate
+}
 
-	var serial, id, reason string
+// revokeFlags are meshctl ca revoke's flags.
+type revokeFlags struct{ serial, id, reason string }
+
+// newCARevokeCmd builds `meshctl ca revoke`.
+func newCARevokeCmd(g *globalFlags) *cobra.Command {
+	f := &revokeFlags{}
 	revoke := &cobra.Command{
 		Use:   "revoke",
 		Short: "revoke a certificate and its renewals by --serial, or every certificate of --identity",
@@ -142,62 +159,65 @@ lifetime by renewing itself.`,
   meshctl ca revoke --serial "$(openssl x509 -in certs/cert-chain.pem -noout -serial | cut -d= -f2)"
   meshctl ca revoke --identity spiffe://cluster.local/ns/default/sa/sleep --reason "host compromised"`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if (serial == "") == (id == "") {
-				return &exitError{2, fmt.Errorf("ca revoke: give exactly one of --serial or --identity")}
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			conn, err := dialControl(ctx, true, "")
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			resp, err := pb.NewAdminClient(conn).Revoke(ctx, &pb.RevokeRequest{Serial: serial, SpiffeId: id, Reason: reason})
-			if err != nil {
-				return rpcError("revoke", err)
-			}
-			w := cmd.OutOrStdout()
-			if len(resp.Serials) == 0 {
-				fmt.Fprintf(w, "nothing new to revoke (already revoked or expired); bundle version %d\n", resp.BundleVersion)
-				return nil
-			}
-			n := len(resp.Serials)
-			switch named := normalSerial(serial); {
-			case id != "":
-				fmt.Fprintf(w, "revoked %d certificate(s) of %s (every unexpired one issued until now)\n", n, id)
-			case resp.Serials[0] == named && n == 1:
-				fmt.Fprintf(w, "revoked 1 certificate(s): %s (no certificate was renewed from it)\n", named)
-			case resp.Serials[0] == named:
-				fmt.Fprintf(w, "revoked %d certificate(s): %s and %d renewed from it\n", n, named, n-1)
-			default:
-				fmt.Fprintf(w, "revoked %d certificate(s) renewed from %s (which was already revoked)\n", n, named)
-			}
-			// The reasons (which name the certificate each was renewed
-			// from) are in the public bundle.
-			reasons := map[string]ca.Revocation{}
-			if b, err := pb.NewCertificateAuthorityClient(conn).GetTrustBundle(ctx, &pb.GetTrustBundleRequest{}); err == nil {
-				for _, r := range b.Revocations {
-					reasons[r.Serial] = ca.Revocation{SPIFFEID: r.SpiffeId, Reason: r.Reason}
-				}
-			}
-			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "  SERIAL\tIDENTITY\tREASON")
-			for _, s := range resp.Serials {
-				r := reasons[s]
-				fmt.Fprintf(tw, "  %s\t%s\t%s\n", s, orDash(r.SPIFFEID), orDash(r.Reason))
-			}
-			tw.Flush()
-			fmt.Fprintf(w, "bundle version %d (pushed to sidecars)\n", resp.BundleVersion)
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return runRevoke(cmd, g, f) },
 	}
-	revoke.Flags().StringVar(&serial, "serial", "", "serial number (hex, as meshctl cert inspect or openssl -serial prints it)")
-	revoke.Flags().StringVar(&id, "identity", "", "SPIFFE ID: revoke every unexpired certificate issued to it")
-	revoke.Flags().StringVar(&reason, "reason", "", "reason recorded with the revocation")
+	revoke.Flags().StringVar(&f.serial, "serial", "", "serial number (hex, as meshctl cert inspect or openssl -serial prints it)")
+	revoke.Flags().StringVar(&f.id, "identity", "", "SPIFFE ID: revoke every unexpired certificate issued to it")
+	revoke.Flags().StringVar(&f.reason, "reason", "", "reason recorded with the revocation")
+	return revoke
+}
 
-	caCmd.AddCommand(status, rotate, revoke, caIssuedCmd())
-	root.AddCommand(caCmd)
+// runRevoke revokes by serial or identity and prints what was revoked,
+// with the reasons from the public bundle.
+func runRevoke(cmd *cobra.Command, g *globalFlags, f *revokeFlags) error {
+	serial, id := f.serial, f.id
+	if (serial == "") == (id == "") {
+		return &exitError{2, fmt.Errorf("ca revoke: give exactly one of --serial or --identity")}
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	defer cancel()
+	conn, err := g.dialControl(ctx, true, "")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := pb.NewAdminClient(conn).Revoke(ctx, &pb.RevokeRequest{Serial: serial, SpiffeId: id, Reason: f.reason})
+	if err != nil {
+		return rpcError("revoke", err)
+	}
+	w := cmd.OutOrStdout()
+	if len(resp.Serials) == 0 {
+		fmt.Fprintf(w, "nothing new to revoke (already revoked or expired); bundle version %d\n", resp.BundleVersion)
+		return nil
+	}
+	n := len(resp.Serials)
+	switch named := normalSerial(serial); {
+	case id != "":
+		fmt.Fprintf(w, "revoked %d certificate(s) of %s (every unexpired one issued until now)\n", n, id)
+	case resp.Serials[0] == named && n == 1:
+		fmt.Fprintf(w, "revoked 1 certificate(s): %s (no certificate was renewed from it)\n", named)
+	case resp.Serials[0] == named:
+		fmt.Fprintf(w, "revoked %d certificate(s): %s and %d renewed from it\n", n, named, n-1)
+	default:
+		fmt.Fprintf(w, "revoked %d certificate(s) renewed from %s (which was already revoked)\n", n, named)
+	}
+	// The reasons (which name the certificate each was renewed
+	// from) are in the public bundle.
+	reasons := map[string]ca.Revocation{}
+	if b, err := pb.NewCertificateAuthorityClient(conn).GetTrustBundle(ctx, &pb.GetTrustBundleRequest{}); err == nil {
+		for _, r := range b.Revocations {
+			reasons[r.Serial] = ca.Revocation{SPIFFEID: r.SpiffeId, Reason: r.Reason}
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  SERIAL\tIDENTITY\tREASON")
+	for _, s := range resp.Serials {
+		r := reasons[s]
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s, orDash(r.SPIFFEID), orDash(r.Reason))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "bundle version %d (pushed to sidecars)\n", resp.BundleVersion)
+	return nil
 }
 
 func printStatus(w io.Writer, st *ca.Status) {

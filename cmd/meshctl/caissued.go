@@ -14,7 +14,7 @@ import (
 )
 
 // caIssuedCmd is `meshctl ca issued`: the CA's issuance log, for audits.
-func caIssuedCmd() *cobra.Command {
+func caIssuedCmd(g *globalFlags) *cobra.Command {
 	var (
 		id, output string
 		valid      bool
@@ -37,7 +37,7 @@ an expired certificate shows as not revoked.`,
 			if output != "text" && output != "json" {
 				return fmt.Errorf("ca issued: --output %q: want text or json", output)
 			}
-			resp, err := adminCall(cmd.Context(), 30*time.Second, "ca issued", pb.AdminClient.ListIssued, &pb.ListIssuedRequest{SpiffeId: id, OnlyValid: valid, Limit: int32(limit)})
+			resp, err := adminCall(cmd.Context(), g, 30*time.Second, "ca issued", pb.AdminClient.ListIssued, &pb.ListIssuedRequest{SpiffeId: id, OnlyValid: valid, Limit: int32(limit)})
 			if err != nil {
 				return err
 			}

@@ -25,13 +25,22 @@ import (
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
-func init() {
+// newCertCmd builds `meshctl cert` and its subcommands.
+func newCertCmd(g *globalFlags) *cobra.Command {
 	certCmd := &cobra.Command{Use: "cert", Short: "issue and inspect workload certificates"}
+	certCmd.AddCommand(newCertIssueCmd(g), newCertInspectCmd(), certRenewCmd(g))
+	return certCmd
+}
 
-	var (
-		ns, sa, token, out, keyType, rootPath string
-		ttl                                   time.Duration
-	)
+// issueFlags are meshctl cert issue's flags.
+type issueFlags struct {
+	ns, sa, token, out, keyType, rootPath string
+	ttl                                   time.Duration
+}
+
+// newCertIssueCmd builds `meshctl cert issue`.
+func newCertIssueCmd(g *globalFlags) *cobra.Command {
+	fl := &issueFlags{}
 	issue := &cobra.Command{
 		Use:   "issue",
 		Short: "get a workload certificate with a join token; writes cert-chain.pem, key.pem, root-cert.pem",
@@ -40,55 +49,21 @@ for spiffe://<td>/ns/N/sa/S with the join token as proof, and writes the
 seed's three files into --out: cert-chain.pem, key.pem (mode 0600) and
 root-cert.pem.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) (err error) {
-			if ns == "" || sa == "" || token == "" || out == "" {
-				return &exitError{2, fmt.Errorf("cert issue: --namespace, --service-account, --token and --out are required")}
-			}
-			var roots *identity.Bundle
-			if rootPath != "" {
-				data, err := os.ReadFile(rootPath)
-				if err != nil {
-					return err
-				}
-				if roots, err = client.BundleFromPEM(data, ""); err != nil {
-					return fmt.Errorf("%s: %w", rootPath, err)
-				}
-			} else if roots, err = client.LoadRoots(globals.Dir, ""); err != nil {
-				return err
-			}
-			id, err := identity.New(roots.TrustDomain, ns, sa)
-			if err != nil {
-				return &exitError{2, err}
-			}
-			key, keyDER, err := newKey(keyType)
-			if err != nil {
-				return err
-			}
-			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.SPIFFE().URL()}}, key)
-			if err != nil {
-				return fmt.Errorf("cert issue: CSR: %w", err)
-			}
-			resp, err := requestCert(cmd.Context(), client.Options{Token: token,
-				Roots: func() *identity.Bundle { return roots }}, csr, ttl, "cert issue")
-			if err != nil {
-				return err
-			}
-			if err := writeCertFiles(out, keyDER, resp); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "issued %s serial %s\nwrote %s/{cert-chain.pem,key.pem,root-cert.pem}\n", resp.SpiffeId, resp.Serial, out)
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return runCertIssue(cmd, g, fl) },
 	}
 	f := issue.Flags()
-	f.StringVarP(&ns, "namespace", "n", "", "namespace of the identity")
-	f.StringVarP(&sa, "service-account", "s", "", "service account of the identity")
-	f.StringVar(&token, "token", "", "join token from `meshctl token create`")
-	f.StringVar(&out, "out", "", "directory for cert-chain.pem, key.pem, root-cert.pem")
-	f.DurationVar(&ttl, "ttl", 0, "certificate lifetime (default: the CA's, 24h)")
-	f.StringVar(&rootPath, "ca-root", "", "roots to trust the control plane by (default DIR/root-cert.pem)")
-	f.StringVar(&keyType, "key-type", "ecdsa-p256", "key: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
+	f.StringVarP(&fl.ns, "namespace", "n", "", "namespace of the identity")
+	f.StringVarP(&fl.sa, "service-account", "s", "", "service account of the identity")
+	f.StringVar(&fl.token, "token", "", "join token from `meshctl token create`")
+	f.StringVar(&fl.out, "out", "", "directory for cert-chain.pem, key.pem, root-cert.pem")
+	f.DurationVar(&fl.ttl, "ttl", 0, "certificate lifetime (default: the CA's, 24h)")
+	f.StringVar(&fl.rootPath, "ca-root", "", "roots to trust the control plane by (default DIR/root-cert.pem)")
+	f.StringVar(&fl.keyType, "key-type", "ecdsa-p256", "key: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
+	return issue
+}
 
+// newCertInspectCmd builds `meshctl cert inspect`.
+func newCertInspectCmd() *cobra.Command {
 	var rootFile, output string
 	inspect := &cobra.Command{
 		Use:   "inspect FILE",
@@ -120,9 +95,49 @@ the chain does not verify.`,
 	}
 	inspect.Flags().StringVar(&rootFile, "root", "", "root certificate(s) to verify against (default: root-cert.pem beside FILE, if present)")
 	inspect.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return inspect
+}
 
-	certCmd.AddCommand(issue, inspect, certRenewCmd())
-	root.AddCommand(certCmd)
+// runCertIssue gets a certificate with a join token and writes the files.
+func runCertIssue(cmd *cobra.Command, g *globalFlags, f *issueFlags) (err error) {
+	ns, sa, token, out, keyType, rootPath, ttl := f.ns, f.sa, f.token, f.out, f.keyType, f.rootPath, f.ttl
+	if ns == "" || sa == "" || token == "" || out == "" {
+		return &exitError{2, fmt.Errorf("cert issue: --namespace, --service-account, --token and --out are required")}
+	}
+	var roots *identity.Bundle
+	if rootPath != "" {
+		data, err := os.ReadFile(rootPath)
+		if err != nil {
+			return err
+		}
+		if roots, err = client.BundleFromPEM(data, ""); err != nil {
+			return fmt.Errorf("%s: %w", rootPath, err)
+		}
+	} else if roots, err = client.LoadRoots(g.Dir, ""); err != nil {
+		return err
+	}
+	id, err := identity.New(roots.TrustDomain, ns, sa)
+	if err != nil {
+		return &exitError{2, err}
+	}
+	key, keyDER, err := newKey(keyType)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.SPIFFE().URL()}}, key)
+	if err != nil {
+		return fmt.Errorf("cert issue: CSR: %w", err)
+	}
+	resp, err := requestCert(cmd.Context(), g, client.Options{Token: token,
+		Roots: func() *identity.Bundle { return roots }}, csr, ttl, "cert issue")
+	if err != nil {
+		return err
+	}
+	if err := writeCertFiles(out, keyDER, resp); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "issued %s serial %s\nwrote %s/{cert-chain.pem,key.pem,root-cert.pem}\n", resp.SpiffeId, resp.Serial, out)
+	return nil
 }
 
 func newKey(kind string) (any, []byte, error) {
@@ -150,10 +165,10 @@ func newKey(kind string) (any, []byte, error) {
 // requestCert sends a CSR to the CA over a connection dialed with opts (its
 // Dir and Addr from --dir/--addr) and returns the answer; what names the
 // command in errors.
-func requestCert(ctx context.Context, opts client.Options, csrDER []byte, ttl time.Duration, what string) (*pb.CreateCertificateResponse, error) {
+func requestCert(ctx context.Context, g *globalFlags, opts client.Options, csrDER []byte, ttl time.Duration, what string) (*pb.CreateCertificateResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	opts.Dir, opts.Addr = globals.Dir, globals.Addr
+	opts.Dir, opts.Addr = g.Dir, g.Addr
 	conn, err := client.Dial(ctx, opts)
 	if err != nil {
 		return nil, err

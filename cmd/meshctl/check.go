@@ -30,16 +30,20 @@ import (
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
-var checkFlags struct {
+// checkFlags are meshctl check's flags.
+type checkFlags struct {
 	output       string
 	reachability bool
 	timeout      time.Duration
 }
 
-var checkCmd = &cobra.Command{
-	Use:   "check",
-	Short: "Check a running mesh: control plane, root, mesh mode, policy conflicts, every workload's certificate",
-	Long: `check verifies a running mesh, one line per check with PASS, WARN, FAIL or
+// newCheckCmd builds `meshctl check`.
+func newCheckCmd(g *globalFlags) *cobra.Command {
+	f := &checkFlags{}
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Check a running mesh: control plane, root, mesh mode, policy conflicts, every workload's certificate",
+		Long: `check verifies a running mesh, one line per check with PASS, WARN, FAIL or
 SKIP, and exits 1 if any check fails:
 
   - the control plane answers (CA status over the admin API);
@@ -61,35 +65,36 @@ SKIP, and exits 1 if any check fails:
 With --reachability it also calls every service port from every sidecar
 whose outbound proxy it can reach, and compares each result with what
 meshctl explain predicts.`,
-	Args: cobra.NoArgs,
-	RunE: func(cmd *cobra.Command, _ []string) error {
-		switch checkFlags.output {
-		case "text", "json":
-		default:
-			return &exitError{code: 2, err: fmt.Errorf("-o %q: want text or json", checkFlags.output)}
-		}
-		results := runChecks(cmd.Context())
-		if err := printChecks(cmd.OutOrStdout(), results, checkFlags.output); err != nil {
-			return err
-		}
-		var failed []string
-		for _, r := range results {
-			if r.Status == checkFail {
-				failed = append(failed, r.Check)
-			}
-		}
-		if len(failed) > 0 {
-			return &exitError{code: 1, err: fmt.Errorf("check: %d failed: %s", len(failed), strings.Join(failed, "; "))}
-		}
-		return nil
-	},
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runCheck(cmd, g, f) },
+	}
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().BoolVar(&f.reachability, "reachability", false, "probe every sidecar source x service port live and compare with meshctl explain")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "limit for each network call")
+	return cmd
 }
 
-func init() {
-	checkCmd.Flags().StringVarP(&checkFlags.output, "output", "o", "text", "output format: text or json")
-	checkCmd.Flags().BoolVar(&checkFlags.reachability, "reachability", false, "probe every sidecar source x service port live and compare with meshctl explain")
-	checkCmd.Flags().DurationVar(&checkFlags.timeout, "timeout", 5*time.Second, "limit for each network call")
-	root.AddCommand(checkCmd)
+// runCheck runs the checks, prints them and fails if one failed.
+func runCheck(cmd *cobra.Command, g *globalFlags, f *checkFlags) error {
+	switch f.output {
+	case "text", "json":
+	default:
+		return &exitError{code: 2, err: fmt.Errorf("-o %q: want text or json", f.output)}
+	}
+	results := runChecks(cmd.Context(), g, f)
+	if err := printChecks(cmd.OutOrStdout(), results, f.output); err != nil {
+		return err
+	}
+	var failed []string
+	for _, r := range results {
+		if r.Status == checkFail {
+			failed = append(failed, r.Check)
+		}
+	}
+	if len(failed) > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("check: %d failed: %s", len(failed), strings.Join(failed, "; "))}
+	}
+	return nil
 }
 
 // Check outcomes.
@@ -138,50 +143,96 @@ type checkSidecar struct {
 	NackError string `json:"nackError,omitempty"`
 }
 
-func runChecks(ctx context.Context) []checkResult {
-	var out []checkResult
-	add := func(check, st, format string, args ...any) {
-		out = append(out, checkResult{Check: check, Status: st, Detail: fmt.Sprintf(format, args...)})
-	}
-	now := time.Now()
-	tmo := checkFlags.timeout
+// checker collects the results of one meshctl check run.
+type checker struct {
+	out []checkResult
+	now time.Time
+	tmo time.Duration
+}
 
-	conn, err := dialControl(ctx, true, "")
+func (c *checker) add(check, st, format string, args ...any) {
+	c.out = append(c.out, checkResult{Check: check, Status: st, Detail: fmt.Sprintf(format, args...)})
+}
+
+// runChecks runs every check against the control plane found through g.
+func runChecks(ctx context.Context, g *globalFlags, f *checkFlags) []checkResult {
+	c := &checker{now: time.Now(), tmo: f.timeout}
+	conn, err := g.dialControl(ctx, true, "")
 	if err != nil {
-		add("control plane reachable", checkFail, "%v", err)
-		return out
+		c.add("control plane reachable", checkFail, "%v", err)
+		return c.out
 	}
 	defer conn.Close()
 	admin := pb.NewAdminClient(conn)
 
-	// 1. The control plane answers.
-	cctx, cancel := context.WithTimeout(ctx, tmo)
+	// 1. The control plane answers; 2. roots.
+	if !c.checkCA(ctx, admin, g.Dir) {
+		return c.out
+	}
+	// The trust bundle (with revocations) for the workload checks.
+	bundle := c.trustBundle(ctx, pb.NewCertificateAuthorityClient(conn))
+
+	// 3. Config: mesh mode, policies, destination rules, conflicts.
+	state, ok := c.state(ctx, admin)
+	if !ok {
+		return c.out
+	}
+	cfg := state.Config
+	if cfg == nil {
+		cfg = &config.Config{}
+	}
+	reg := registry.FromState(state.Registry)
+	eng := policy.New(cfg, reg)
+	c.checkConfig(state, cfg, eng)
+
+	// 4. Workloads.
+	connected := map[string]checkSidecar{}
+	for _, sc := range state.Sidecars {
+		connected[sc.Workload] = sc
+	}
+	for _, w := range reg.Workloads() {
+		c.checkWorkload(ctx, admin, w, cfg, eng, connected, bundle)
+	}
+
+	if f.reachability {
+		c.out = append(c.out, reachability(ctx, eng, reg, cfg, c.tmo)...)
+	}
+	return c.out
+}
+
+// checkCA checks that the control plane answers and judges each root; false
+// stops the run.
+func (c *checker) checkCA(ctx context.Context, admin pb.AdminClient, dir string) bool {
+	cctx, cancel := context.WithTimeout(ctx, c.tmo)
 	t0 := time.Now()
 	resp, err := admin.CAStatus(cctx, &pb.CAStatusRequest{})
 	cancel()
 	if err != nil {
-		add("control plane reachable", checkFail, "%v (is meshctl up running? --dir %s)", rpcError("CA status", err), globals.Dir)
-		return out
+		c.add("control plane reachable", checkFail, "%v (is meshctl up running? --dir %s)", rpcError("CA status", err), dir)
+		return false
 	}
 	var st ca.Status
 	if err := json.Unmarshal(resp.StatusJson, &st); err != nil {
-		add("control plane reachable", checkFail, "CA status is not valid JSON: %v", err)
-		return out
+		c.add("control plane reachable", checkFail, "CA status is not valid JSON: %v", err)
+		return false
 	}
-	add("control plane reachable", checkPass, "CA answered in %s (%s, trust domain %s, bundle v%d)", time.Since(t0).Round(time.Millisecond), st.Mode, st.TrustDomain, st.BundleVersion)
+	c.add("control plane reachable", checkPass, "CA answered in %s (%s, trust domain %s, bundle v%d)", time.Since(t0).Round(time.Millisecond), st.Mode, st.TrustDomain, st.BundleVersion)
 
-	// 2. Roots.
 	for _, r := range st.Roots {
-		verdict, detail := checkRoot(r, now)
-		add(fmt.Sprintf("root %s (%s)", short(r.Fingerprint), r.State), verdict, "%s", detail)
+		verdict, detail := checkRoot(r, c.now)
+		c.add(fmt.Sprintf("root %s (%s)", short(r.Fingerprint), r.State), verdict, "%s", detail)
 	}
 	if len(st.Roots) == 0 {
-		add("roots", checkFail, "the trust bundle has no roots")
+		c.add("roots", checkFail, "the trust bundle has no roots")
 	}
+	return true
+}
 
-	// The trust bundle (with revocations) for the workload checks.
-	cctx, cancel = context.WithTimeout(ctx, tmo)
-	tb, err := pb.NewCertificateAuthorityClient(conn).GetTrustBundle(cctx, &pb.GetTrustBundleRequest{})
+// trustBundle fetches the bundle with its revocations; nil (and a FAIL) if
+// it cannot.
+func (c *checker) trustBundle(ctx context.Context, caClient pb.CertificateAuthorityClient) *identity.Bundle {
+	cctx, cancel := context.WithTimeout(ctx, c.tmo)
+	tb, err := caClient.GetTrustBundle(cctx, &pb.GetTrustBundleRequest{})
 	cancel()
 	var bundle *identity.Bundle
 	if err == nil {
@@ -192,106 +243,103 @@ func runChecks(ctx context.Context) []checkResult {
 		bundle, err = identity.NewBundle(tb.TrustDomain, tb.Version, tb.Roots, rev)
 	}
 	if err != nil {
-		add("trust bundle", checkFail, "%v", err)
+		c.add("trust bundle", checkFail, "%v", err)
 	}
+	return bundle
+}
 
-	// 3. Config: mesh mode, policies, destination rules, conflicts.
-	cctx, cancel = context.WithTimeout(ctx, tmo)
+// state fetches the control plane's config, registry and sidecars; false
+// (with a FAIL) stops the run.
+func (c *checker) state(ctx context.Context, admin pb.AdminClient) (*checkState, bool) {
+	cctx, cancel := context.WithTimeout(ctx, c.tmo)
 	sresp, err := admin.GetState(cctx, &pb.GetStateRequest{})
 	cancel()
 	if err != nil {
 		if status.Code(err) == codes.Unimplemented {
-			add("mesh config", checkFail, "this control plane serves no config (GetState unimplemented): %v", err)
+			c.add("mesh config", checkFail, "this control plane serves no config (GetState unimplemented): %v", err)
 		} else {
-			add("mesh config", checkFail, "%v", rpcError("get state", err))
+			c.add("mesh config", checkFail, "%v", rpcError("get state", err))
 		}
-		return out
+		return nil, false
 	}
 	var state checkState
 	if err := json.Unmarshal(sresp.StateJson, &state); err != nil {
-		add("mesh config", checkFail, "state is not valid JSON: %v", err)
-		return out
+		c.add("mesh config", checkFail, "state is not valid JSON: %v", err)
+		return nil, false
 	}
-	cfg := state.Config
-	if cfg == nil {
-		cfg = &config.Config{}
-	}
+	return &state, true
+}
+
+// checkConfig reports the config directory, the mesh mode, refused
+// registrations and the tls-check rows.
+func (c *checker) checkConfig(state *checkState, cfg *config.Config, eng *policy.Engine) {
 	if rej := state.ConfigRejected; rej != nil {
-		add("config directory", checkFail, "%s is rejected since %s; the last good config (version %d) stays in force until it is fixed: %s",
+		c.add("config directory", checkFail, "%s is rejected since %s; the last good config (version %d) stays in force until it is fixed: %s",
 			rej.Dir, rej.At.Local().Format(time.RFC3339), state.ConfigVersion, strings.Join(rej.Errors, "; "))
 	}
-	add("mesh mode", checkPass, "authPolicy %s (trust domain %s)", cfg.AuthPolicy(), cfg.TrustDomain())
-	reg := registry.FromState(state.Registry)
-	eng := policy.New(cfg, reg)
-	add("policies and destination rules", checkPass, "%d authentication policies, %d destination rules", len(cfg.Policies), len(cfg.DestinationRules))
+	c.add("mesh mode", checkPass, "authPolicy %s (trust domain %s)", cfg.AuthPolicy(), cfg.TrustDomain())
+	c.add("policies and destination rules", checkPass, "%d authentication policies, %d destination rules", len(cfg.Policies), len(cfg.DestinationRules))
 	// Registration is closed by default: a sidecar that claims a service
 	// whose Service does not allow its identity is not its endpoint.
 	for _, r := range eng.Refusals() {
-		add("registration "+r.Workload+" -> "+r.Service, checkFail, "%s is not an endpoint of %s: %s", r.SPIFFEID, r.Service, r.Reason)
+		c.add("registration "+r.Workload+" -> "+r.Service, checkFail, "%s is not an endpoint of %s: %s", r.SPIFFEID, r.Service, r.Reason)
 	}
-	rows := eng.TLSCheck(nil)
-	for _, r := range rows {
+	for _, r := range eng.TLSCheck(nil) {
 		name := fmt.Sprintf("tls-check %s:%d", r.Host, r.Port)
 		if r.Status == "OK" {
-			add(name, checkPass, "OK: server %s (%s), client %s (%s)", r.Server.Mode, r.Server.DecidedBy, r.Client.Mode, r.Client.DecidedBy)
+			c.add(name, checkPass, "OK: server %s (%s), client %s (%s)", r.Server.Mode, r.Server.DecidedBy, r.Client.Mode, r.Client.DecidedBy)
 		} else {
-			add(name, checkFail, "%s: server %s (%s), client %s (%s): %s", r.Status, r.Server.Mode, r.Server.DecidedBy, r.Client.Mode, r.Client.DecidedBy, r.Problem)
+			c.add(name, checkFail, "%s: server %s (%s), client %s (%s): %s", r.Status, r.Server.Mode, r.Server.DecidedBy, r.Client.Mode, r.Client.DecidedBy, r.Problem)
 		}
 	}
+}
 
-	// 4. Workloads.
-	connected := map[string]checkSidecar{}
-	for _, sc := range state.Sidecars {
-		connected[sc.Workload] = sc
+// checkWorkload checks one registered workload: its sidecar's push stream
+// and the certificate it serves (or, with nothing to probe, the newest one
+// in the issuance log).
+func (c *checker) checkWorkload(ctx context.Context, admin pb.AdminClient, w *registry.Workload, cfg *config.Config,
+	eng *policy.Engine, connected map[string]checkSidecar, bundle *identity.Bundle) {
+	name := "workload " + w.Key()
+	if !w.Sidecar {
+		c.add(name, checkSkip, "no sidecar: no mesh identity to check")
+		return
 	}
-	for _, w := range reg.Workloads() {
-		name := "workload " + w.Key()
-		if !w.Sidecar {
-			add(name, checkSkip, "no sidecar: no mesh identity to check")
-			continue
-		}
-		want, err := identity.New(cfg.TrustDomain(), w.Namespace, w.ServiceAccount)
-		if err != nil {
-			add(name, checkFail, "service account %q: %v", w.ServiceAccount, err)
-			continue
-		}
-		// The push stream: is the sidecar connected with the right
-		// identity, and did it accept the latest config?
-		sc, ok := connected[w.Key()]
-		switch {
-		case !ok:
-			add(name+" config", checkFail, "its sidecar is not connected to the control plane (is it running? see its log)")
-		case sc.SPIFFEID != want.String():
-			add(name+" config", checkFail, "connected as %s, but the workload's service account is %s", sc.SPIFFEID, want)
-		case sc.Nacked != "" && sc.Nacked == sc.Sent:
-			add(name+" config", checkFail, "the sidecar refused config %s: %s (it keeps serving %s)", sc.Nacked, sc.NackError, sc.Acked)
-		case sc.Acked != sc.Sent:
-			add(name+" config", checkWarn, "config %s sent, %s acknowledged so far", sc.Sent, sc.Acked)
-		default:
-			add(name+" config", checkPass, "connected as %s, config %s acknowledged", sc.SPIFFEID, sc.Acked)
-		}
-		addr, port := probeAddr(w)
-		if addr != "" && inboundMode(eng, w, port) == policy.ServerDisable {
-			add(name, checkSkip, "port %d is DISABLE by policy: its sidecar serves no certificate there to probe; %s", port, want)
-			continue
-		}
-		if addr == "" {
-			st, detail := checkFromLog(ctx, admin, want, now, tmo)
-			add(name, st, "%s", detail)
-			continue
-		}
-		if bundle == nil {
-			add(name, checkFail, "no trust bundle to verify against")
-			continue
-		}
-		st, detail := checkWorkloadCert(ctx, addr, want, bundle, now, tmo)
-		add(name, st, "%s", detail)
+	want, err := identity.New(cfg.TrustDomain(), w.Namespace, w.ServiceAccount)
+	if err != nil {
+		c.add(name, checkFail, "service account %q: %v", w.ServiceAccount, err)
+		return
 	}
-
-	if checkFlags.reachability {
-		out = append(out, reachability(ctx, eng, reg, cfg, tmo)...)
+	// The push stream: is the sidecar connected with the right
+	// identity, and did it accept the latest config?
+	sc, ok := connected[w.Key()]
+	switch {
+	case !ok:
+		c.add(name+" config", checkFail, "its sidecar is not connected to the control plane (is it running? see its log)")
+	case sc.SPIFFEID != want.String():
+		c.add(name+" config", checkFail, "connected as %s, but the workload's service account is %s", sc.SPIFFEID, want)
+	case sc.Nacked != "" && sc.Nacked == sc.Sent:
+		c.add(name+" config", checkFail, "the sidecar refused config %s: %s (it keeps serving %s)", sc.Nacked, sc.NackError, sc.Acked)
+	case sc.Acked != sc.Sent:
+		c.add(name+" config", checkWarn, "config %s sent, %s acknowledged so far", sc.Sent, sc.Acked)
+	default:
+		c.add(name+" config", checkPass, "connected as %s, config %s acknowledged", sc.SPIFFEID, sc.Acked)
 	}
-	return out
+	addr, port := probeAddr(w)
+	if addr != "" && inboundMode(eng, w, port) == policy.ServerDisable {
+		c.add(name, checkSkip, "port %d is DISABLE by policy: its sidecar serves no certificate there to probe; %s", port, want)
+		return
+	}
+	if addr == "" {
+		st, detail := checkFromLog(ctx, admin, want, c.now, c.tmo)
+		c.add(name, st, "%s", detail)
+		return
+	}
+	if bundle == nil {
+		c.add(name, checkFail, "no trust bundle to verify against")
+		return
+	}
+	st, detail := checkWorkloadCert(ctx, addr, want, bundle, c.now, c.tmo)
+	c.add(name, st, "%s", detail)
 }
 
 // checkRoot judges one root of the trust bundle at time now.

@@ -25,55 +25,54 @@ import (
 	"github.com/meshauth/meshauth/samples/httpbin"
 )
 
-var demoFlags struct {
-	keep bool
-}
-
-var demoCmd = &cobra.Command{
-	Use:   "demo",
-	Short: "Replay the seed's mutual TLS walkthrough on a fresh local mesh (no root needed)",
-	Long: `demo starts a fresh local mesh in a temporary directory (control plane with
+// newDemoCmd builds `meshctl demo`.
+func newDemoCmd() *cobra.Command {
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Replay the seed's mutual TLS walkthrough on a fresh local mesh (no root needed)",
+		Long: `demo starts a fresh local mesh in a temporary directory (control plane with
 mesh-wide MUTUAL_TLS; httpbin with a sidecar, service account httpbin; sleep
 with a sidecar, service account sleep; a legacy client with no sidecar), then
 replays "Testing Mutual TLS" command for command with real curl and openssl.
 Every printed result is what the command did; each is compared with what the
 seed shows, and demo exits 1 if any differs. Everything it started is stopped
 and its directory removed when it ends, also on Ctrl-C.`,
-	Args: cobra.NoArgs,
-	RunE: func(cmd *cobra.Command, _ []string) error {
-		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return runDemo(ctx, cmd.OutOrStdout())
-	},
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runDemo(ctx, cmd.OutOrStdout(), keep)
+		},
+	}
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory (logs, certificates) for inspection")
+	return cmd
 }
 
-// sampleCmd runs the sample apps from the meshctl binary itself, so `make
+// newSampleCmd builds `meshctl sample`, which runs the sample apps from the meshctl binary itself, so `make
 // demo` needs nothing but bin/meshctl and bin/meshd. The standalone binaries
 // are samples/httpbin/cmd/httpbin and samples/sleep.
-var sampleCmd = &cobra.Command{
-	Use:   "sample httpbin|sleep",
-	Short: "Run a sample app: httpbin (--listen ADDR) or sleep (used by demo and docs/walkthrough.md)",
-	Args:  cobra.ExactArgs(1),
-	RunE: func(cmd *cobra.Command, args []string) error {
-		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		switch args[0] {
-		case "httpbin":
-			return httpbin.Serve(ctx, sampleListen, demoLogger())
-		case "sleep":
-			<-ctx.Done()
-			return nil
-		}
-		return fmt.Errorf("unknown sample %q: want httpbin or sleep", args[0])
-	},
-}
-
-var sampleListen string
-
-func init() {
-	demoCmd.Flags().BoolVar(&demoFlags.keep, "keep", false, "keep the temporary directory (logs, certificates) for inspection")
-	sampleCmd.Flags().StringVar(&sampleListen, "listen", "127.0.0.1:8080", "address for the httpbin sample")
-	root.AddCommand(demoCmd, sampleCmd)
+func newSampleCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "sample httpbin|sleep",
+		Short: "Run a sample app: httpbin (--listen ADDR) or sleep (used by demo and docs/walkthrough.md)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			switch args[0] {
+			case "httpbin":
+				return httpbin.Serve(ctx, listen, demoLogger())
+			case "sleep":
+				<-ctx.Done()
+				return nil
+			}
+			return fmt.Errorf("unknown sample %q: want httpbin or sleep", args[0])
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address for the httpbin sample")
+	return cmd
 }
 
 // Seed expectations, one per command of "Testing the authentication setup".
@@ -94,7 +93,7 @@ type demo struct {
 	legacy         *localmesh.Proc
 }
 
-func runDemo(ctx context.Context, out io.Writer) (err error) {
+func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 	start := time.Now()
 	// The seed's commands are real curl and openssl; without them nothing
 	// could be observed.
@@ -119,7 +118,7 @@ func runDemo(ctx context.Context, out io.Writer) (err error) {
 	defer func() {
 		n := len(m.Running())
 		m.Close()
-		if demoFlags.keep {
+		if keep {
 			r.Printf("\nstopped %d processes; kept %s (logs in %s)\n", n, dir, m.LogDir())
 			return
 		}

@@ -14,7 +14,8 @@ import (
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
-func init() {
+// newExplainCmd builds `meshctl explain`.
+func newExplainCmd(g *globalFlags) *cobra.Command {
 	var (
 		files                  []string
 		from, to, method, path string
@@ -35,7 +36,7 @@ and the RBAC decision for --method and --path. Exit status 1 for DENY.`,
 			if from == "" || to == "" {
 				return &exitError{2, errors.New("explain: --from and --to are required")}
 			}
-			st, err := policyState(cmd.Context(), files)
+			st, err := policyState(cmd.Context(), g, files)
 			if err != nil {
 				return err
 			}
@@ -88,7 +89,7 @@ and the RBAC decision for --method and --path. Exit status 1 for DENY.`,
 	f.StringVar(&method, "method", "", "HTTP method, for RBAC (empty: a TCP connection)")
 	f.StringVar(&path, "path", "", "HTTP path, for RBAC")
 	f.StringVarP(&output, "output", "o", "text", "output format: text or json")
-	root.AddCommand(cmd)
+	return cmd
 }
 
 // lookupWorkload accepts "ns/name", "name.ns" and "name" (in default).

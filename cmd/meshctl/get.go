@@ -25,7 +25,7 @@ import (
 // policyState loads what tls-check, explain and get work on: from files
 // (offline, no control plane) when any are given, else from the running
 // control plane's Admin.GetState.
-func policyState(ctx context.Context, files []string) (*control.State, error) {
+func policyState(ctx context.Context, g *globalFlags, files []string) (*control.State, error) {
 	if len(files) > 0 {
 		cfg, err := config.LoadPaths(files...)
 		if err != nil {
@@ -37,12 +37,10 @@ func policyState(ctx context.Context, files []string) (*control.State, error) {
 		return &control.State{Config: cfg, Registry: reg.State()}, nil
 	}
 	// --kubeconfig: read the cluster directly (kubestate.go).
-	if clusterState != nil {
-		if st, ok, err := clusterState(ctx); ok {
-			return st, err
-		}
+	if st, ok, err := g.Kube.clusterState(ctx); ok {
+		return st, err
 	}
-	resp, err := adminCall(ctx, 30*time.Second, "get state", pb.AdminClient.GetState, &pb.GetStateRequest{})
+	resp, err := adminCall(ctx, g, 30*time.Second, "get state", pb.AdminClient.GetState, &pb.GetStateRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +71,8 @@ var kindAliases = map[string]string{
 	"sidecarconfigs": config.KindSidecar, "sidecarconfig": config.KindSidecar,
 }
 
-func init() {
+// newGetCmd builds `meshctl get`.
+func newGetCmd(g *globalFlags) *cobra.Command {
 	var (
 		files     []string
 		output    string
@@ -92,7 +91,7 @@ With -f it reads files instead of asking the control plane.`,
 			if !ok {
 				return &exitError{2, fmt.Errorf("get: unknown kind %q (policies, destinationrules, serviceroles, servicerolebindings, rbacconfig, meshconfig, sidecarconfigs, services, workloads, sidecars)", args[0])}
 			}
-			st, err := policyState(cmd.Context(), files)
+			st, err := policyState(cmd.Context(), g, files)
 			if err != nil {
 				return err
 			}
@@ -102,7 +101,7 @@ With -f it reads files instead of asking the control plane.`,
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "read config from files instead of the control plane")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, yaml or json")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "only this namespace (default: all)")
-	root.AddCommand(cmd)
+	return cmd
 }
 
 func printGet(w io.Writer, st *control.State, kind, ns, output string) error {

@@ -8,7 +8,8 @@ import (
 	"github.com/meshauth/meshauth/internal/kube"
 )
 
-func init() {
+// newInstallCmd builds `meshctl install`.
+func newInstallCmd() *cobra.Command {
 	var (
 		cfg  kube.InstallConfig
 		mode string
@@ -47,5 +48,5 @@ labelled istio-injection=enabled.
 	f.StringVar(&mode, "inject-mode", string(kube.SecretMode), "what the webhook injects: secret (Secret istio.<sa>) or csr (projected token, key stays in the pod)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain (default cluster.local)")
 	f.BoolVar(&crds, "crds", true, "include the CustomResourceDefinitions")
-	root.AddCommand(cmd)
+	return cmd
 }

@@ -1,8 +1,11 @@
 // Command meshctl is the meshauth CLI: it starts the local mesh, talks to the
 // control plane, and proves that the setup works.
 //
-// Each subcommand lives in its own file and registers itself on root in an
-// init function, so that the command tree reads like the help output.
+// Each subcommand lives in its own file as a constructor, newXxxCmd, that
+// builds the command with its flags in a struct of its own; newRootCmd
+// assembles the tree, so that it reads like the help output. Nothing keeps
+// flag values in package variables: each tree is independent (the tests
+// build a fresh one per run).
 package main
 
 import (
@@ -12,34 +15,46 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// globals are the flags every subcommand shares.
-var globals struct {
+// globalFlags are the flags every subcommand shares.
+type globalFlags struct {
 	// Dir is the control plane's state directory (admin.token, root-cert.pem,
 	// control.addr). Default ./.meshauth, or $MESHAUTH_DIR.
 	Dir string
 	// Addr is the control plane's address; empty means read DIR/control.addr,
 	// then 127.0.0.1:15012.
 	Addr string
+	// Kube selects a Kubernetes cluster as the source of tls-check, explain
+	// and get.
+	Kube kubeFlags
 }
 
-var root = &cobra.Command{
-	Use:           "meshctl",
-	Short:         "meshauth CLI: run the local mesh, manage identities and policy, verify mTLS",
-	SilenceUsage:  true,
-	SilenceErrors: true,
-}
-
-func init() {
+// newRootCmd builds the whole command tree.
+func newRootCmd() *cobra.Command {
+	g := &globalFlags{}
+	root := &cobra.Command{
+		Use:           "meshctl",
+		Short:         "meshauth CLI: run the local mesh, manage identities and policy, verify mTLS",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
 	dir := os.Getenv("MESHAUTH_DIR")
 	if dir == "" {
 		dir = ".meshauth"
 	}
-	root.PersistentFlags().StringVar(&globals.Dir, "dir", dir, "control plane state directory (env MESHAUTH_DIR)")
-	root.PersistentFlags().StringVar(&globals.Addr, "addr", "", "control plane address (default: DIR/control.addr, then 127.0.0.1:15012)")
+	root.PersistentFlags().StringVar(&g.Dir, "dir", dir, "control plane state directory (env MESHAUTH_DIR)")
+	root.PersistentFlags().StringVar(&g.Addr, "addr", "", "control plane address (default: DIR/control.addr, then 127.0.0.1:15012)")
+	g.Kube.register(root)
+	root.AddCommand(
+		newApplyCmd(g), newCACmd(g), newCertCmd(g), newCheckCmd(g),
+		newDemoCmd(), newSampleCmd(), newExplainCmd(g), newGetCmd(g),
+		newInstallCmd(), newKubeInjectCmd(), newTLSCheckCmd(g), newTokenCmd(g),
+		newUpCmd(g), newValidateCmd(),
+	)
+	return root
 }
 
 func main() {
-	if err := root.Execute(); err != nil {
+	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshctl:", err)
 		os.Exit(exitCode(err))
 	}

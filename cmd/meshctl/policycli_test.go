@@ -12,46 +12,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-
 	"github.com/meshauth/meshauth/internal/control"
 )
 
 var updatePolicyCLI = flag.Bool("update-policycli", false, "rewrite testdata/policycli/*.golden")
 
-// runMeshctl runs the CLI in-process and returns stdout, the error text and
-// the exit code. Flags are reset afterwards: cobra keeps flag values
-// between Execute calls.
+// runMeshctl runs the CLI in-process, on a fresh command tree, and returns
+// stdout, the error text and the exit code.
 func runMeshctl(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out bytes.Buffer
+	root := newRootCmd()
 	root.SetOut(&out)
 	root.SetErr(io.Discard)
 	root.SetArgs(args)
 	err := root.Execute()
-	resetFlags(root)
 	code, msg := 0, ""
 	if err != nil {
 		code, msg = exitCode(err), err.Error()
 	}
 	return out.String(), msg, code
-}
-
-func resetFlags(c *cobra.Command) {
-	reset := func(f *pflag.Flag) {
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			sv.Replace(nil)
-		} else {
-			f.Value.Set(f.DefValue)
-		}
-		f.Changed = false
-	}
-	c.Flags().VisitAll(reset)
-	c.PersistentFlags().VisitAll(reset)
-	for _, sub := range c.Commands() {
-		resetFlags(sub)
-	}
 }
 
 func TestPolicyCLIGolden(t *testing.T) {
@@ -109,7 +89,7 @@ func TestPolicyCLIAgainstControlPlane(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done; control.PlaneOf(srv).Close() }()
+	defer func() { cancel(); <-done; srv.Plane().Close() }()
 	for srv.Addr() == "" {
 		time.Sleep(5 * time.Millisecond)
 	}

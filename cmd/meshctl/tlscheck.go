@@ -14,7 +14,8 @@ import (
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
-func init() {
+// newTLSCheckCmd builds `meshctl tls-check`.
+func newTLSCheckCmd(g *globalFlags) *cobra.Command {
 	var (
 		files  []string
 		output string
@@ -34,7 +35,7 @@ the control plane's engine from its state (or from files with -f).
 Exit status 1 if any port is in CONFLICT.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := policyState(cmd.Context(), files)
+			st, err := policyState(cmd.Context(), g, files)
 			if err != nil {
 				return err
 			}
@@ -74,5 +75,5 @@ Exit status 1 if any port is in CONFLICT.`,
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "compute from files instead of the control plane")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(cmd)
+	return cmd
 }

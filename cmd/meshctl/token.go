@@ -10,7 +10,8 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 )
 
-func init() {
+// newTokenCmd builds `meshctl token`.
+func newTokenCmd(g *globalFlags) *cobra.Command {
 	tokenCmd := &cobra.Command{Use: "token", Short: "manage join tokens (bootstrap credentials for one identity)"}
 	var (
 		ns, sa, output string
@@ -29,7 +30,7 @@ only its hash.`,
 			if ns == "" || sa == "" {
 				return &exitError{2, fmt.Errorf("token create: --namespace and --service-account are required")}
 			}
-			resp, err := adminCall(cmd.Context(), 10*time.Second, "token create", pb.AdminClient.CreateJoinToken, &pb.CreateJoinTokenRequest{
+			resp, err := adminCall(cmd.Context(), g, 10*time.Second, "token create", pb.AdminClient.CreateJoinToken, &pb.CreateJoinTokenRequest{
 				Namespace: ns, ServiceAccount: sa, TtlSeconds: int64(ttl / time.Second), Uses: int32(uses),
 			})
 			if err != nil {
@@ -57,5 +58,5 @@ only its hash.`,
 	f.IntVar(&uses, "uses", 1, "how many certificates it may obtain")
 	f.StringVarP(&output, "output", "o", "text", "output format: text (token only) or json")
 	tokenCmd.AddCommand(create)
-	root.AddCommand(tokenCmd)
+	return tokenCmd
 }

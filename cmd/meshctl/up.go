@@ -19,54 +19,56 @@ import (
 	"github.com/meshauth/meshauth/internal/localmesh"
 )
 
-var upFlags struct {
+// upFlags are meshctl up's flags.
+type upFlags struct {
 	config string
 	listen string
 }
 
-var upCmd = &cobra.Command{
-	Use:   "up",
-	Short: "Run the local mesh's control plane (CA, config, registry, push) in the foreground",
-	Long: `up runs the control plane of a local mesh in the foreground: the CA, the
+// newUpCmd builds `meshctl up`.
+func newUpCmd(g *globalFlags) *cobra.Command {
+	f := &upFlags{}
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the local mesh's control plane (CA, config, registry, push) in the foreground",
+		Long: `up runs the control plane of a local mesh in the foreground: the CA, the
 config (from --config DIR if given, watched for changes), the registry and the
 push stream to sidecars. Its state (root, signing key, identities, admin
 token) lives in --dir (default ./.meshauth), so a restart keeps the root and
 every issued identity. up prints where everything is and how to add a
 workload; Ctrl-C stops it cleanly.`,
-	Args: cobra.NoArgs,
-	RunE: func(cmd *cobra.Command, _ []string) error {
-		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return runUp(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr())
-	},
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runUp(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), g.Dir, f)
+		},
+	}
+	cmd.Flags().StringVar(&f.config, "config", "", "directory of YAML config (mesh config, Policy, DestinationRule, Service, Workload), watched")
+	cmd.Flags().StringVar(&f.listen, "listen", "127.0.0.1:15012", "control plane address")
+	return cmd
 }
 
-func init() {
-	upCmd.Flags().StringVar(&upFlags.config, "config", "", "directory of YAML config (mesh config, Policy, DestinationRule, Service, Workload), watched")
-	upCmd.Flags().StringVar(&upFlags.listen, "listen", "127.0.0.1:15012", "control plane address")
-	root.AddCommand(upCmd)
-}
-
-func runUp(ctx context.Context, out, errOut io.Writer) error {
+func runUp(ctx context.Context, out, errOut io.Writer, stateDir string, f *upFlags) error {
 	meshd, err := localmesh.Binary("meshd")
 	if err != nil {
 		return err
 	}
-	dir, err := filepath.Abs(globals.Dir)
+	dir, err := filepath.Abs(stateDir)
 	if err != nil {
-		return fmt.Errorf("up: state directory %q: %w", globals.Dir, err)
+		return fmt.Errorf("up: state directory %q: %w", stateDir, err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("up: state directory: %w", err)
 	}
-	args := []string{"control", "--dir", dir, "--listen", upFlags.listen}
-	if upFlags.config != "" {
-		cfg, err := filepath.Abs(upFlags.config)
+	args := []string{"control", "--dir", dir, "--listen", f.listen}
+	if f.config != "" {
+		cfg, err := filepath.Abs(f.config)
 		if err != nil {
-			return fmt.Errorf("up: config directory %q: %w", upFlags.config, err)
+			return fmt.Errorf("up: config directory %q: %w", f.config, err)
 		}
 		if st, err := os.Stat(cfg); err != nil || !st.IsDir() {
-			return fmt.Errorf("up: --config %s is not a directory (want a directory of YAML files)", upFlags.config)
+			return fmt.Errorf("up: --config %s is not a directory (want a directory of YAML files)", f.config)
 		}
 		args = append(args, "--config", cfg)
 	}

@@ -13,7 +13,8 @@ import (
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
-func init() {
+// newValidateCmd builds `meshctl validate`.
+func newValidateCmd() *cobra.Command {
 	var files []string
 	cmd := &cobra.Command{
 		Use:   "validate -f FILE|DIR ...",
@@ -55,5 +56,5 @@ control plane. Exit status 1 if anything is wrong.`,
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or directory of YAML (repeatable)")
-	root.AddCommand(cmd)
+	return cmd
 }

@@ -24,7 +24,6 @@ func init() {
 		cfg     control.Config
 		keyType string
 		cpuProf string
-		plane   control.PlaneConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "control",
@@ -54,12 +53,11 @@ self-signed root.`,
 				defer pprof.StopCPUProfile()
 			}
 			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-			cfg.Register = append(cfg.Register, control.WithPlane(plane))
 			srv, err := control.New(cfg)
 			if err != nil {
 				return err
 			}
-			defer control.PlaneOf(srv).Close()
+			defer srv.Plane().Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			tuneGC(ctx) // unless GOGC/GOMEMLIMIT are set; see gctune.go
@@ -84,7 +82,7 @@ self-signed root.`,
 	f.DurationVar(&cfg.CA.RotationOverlap, "rotation-overlap", time.Hour, "default time a new root is trusted before it signs")
 	f.DurationVar(&cfg.CA.LogRetention, "issuance-log-retention", 365*24*time.Hour, "keep issuance log records this long after their certificate expired (0: forever); pruned hourly")
 	f.DurationVar(&cfg.TickInterval, "tick", 10*time.Second, "how often rotation, root retirement and revocation pruning run")
-	f.StringVar(&plane.ConfigDir, "config", "", "config directory (Policy, DestinationRule, RBAC, Service, Workload YAML), watched; a bad batch is rejected whole")
-	f.DurationVar(&plane.PollInterval, "config-poll", time.Second, "how often --config is checked for changes")
+	f.StringVar(&cfg.Plane.ConfigDir, "config", "", "config directory (Policy, DestinationRule, RBAC, Service, Workload YAML), watched; a bad batch is rejected whole")
+	f.DurationVar(&cfg.Plane.PollInterval, "config-poll", time.Second, "how often --config is checked for changes")
 	root.AddCommand(cmd)
 }

@@ -14,10 +14,8 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -27,7 +25,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -39,11 +36,6 @@ const (
 	RootFile  = "root-cert.pem"
 )
 
-// ConnectFunc opens a client to the CA. With mtls false the connection must
-// authenticate with the join token (bootstrap); with mtls true it presents
-// the agent's current certificate (getCert) and no token.
-type ConnectFunc func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error)
-
 // Config configures an Agent.
 type Config struct {
 	// ID is the identity the agent asks for. Required.
@@ -52,8 +44,9 @@ type Config struct {
 	// NoFiles set writes nothing.
 	Dir     string
 	NoFiles bool
-	// Connect reaches the CA. Required.
-	Connect ConnectFunc
+	// CA signs the agent's certificates and sends its trust bundle.
+	// Required.
+	CA CA
 	// Store receives certificates and bundles; nil creates one.
 	Store *Store
 	// TTL is the certificate lifetime to ask for (0: the CA's default).
@@ -72,7 +65,7 @@ type Config struct {
 	// (defaults 500ms and 30s). A permanent refusal (see Permanent) is
 	// retried after MaxBackoff, or at once when the token changes.
 	MinBackoff, MaxBackoff time.Duration
-	// Tokens is the bootstrap credential the ConnectFunc uses; the agent
+	// Tokens is the bootstrap credential the CA uses; the agent
 	// polls it every TokenPoll (default 5s) and retries at once when it
 	// changes. May be nil.
 	Tokens    *TokenSource
@@ -113,8 +106,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ID.IsZero() {
 		return nil, errors.New("agent: Config.ID is required")
 	}
-	if cfg.Connect == nil {
-		return nil, errors.New("agent: Config.Connect is required")
+	if cfg.CA == nil {
+		return nil, errors.New("agent: Config.CA is required")
 	}
 	if cfg.Dir == "" && !cfg.NoFiles {
 		cfg.Dir = "/etc/certs"
@@ -444,18 +437,9 @@ func (a *Agent) request(ctx context.Context, mtls bool) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	client, closer, err := a.cfg.Connect(cctx, mtls, a.currentTLS)
+	chainPEM, roots, err := a.cfg.CA.Sign(cctx, csr, a.cfg.TTL, !mtls)
 	if err != nil {
-		return fmt.Errorf("agent: connect to CA: %w", err)
-	}
-	defer closer.Close()
-	resp, err := client.CreateCertificate(cctx, &pb.CreateCertificateRequest{Csr: csr, TtlSeconds: int64(a.cfg.TTL / time.Second)})
-	if err != nil {
-		return fmt.Errorf("agent: CreateCertificate: %w", err)
-	}
-	var chainPEM []byte
-	for _, c := range resp.CertChain {
-		chainPEM = append(chainPEM, c...)
+		return fmt.Errorf("agent: %w", err)
 	}
 	chain, err := identity.ParseCertsPEM(chainPEM)
 	if err != nil {
@@ -470,7 +454,7 @@ func (a *Agent) request(ctx context.Context, mtls bool) error {
 	if cur := a.store.Bundle(); cur != nil {
 		bundle = cur
 	}
-	if len(resp.Roots) > 0 && (bundle == nil || !sameRoots(bundle, resp.Roots)) {
+	if len(roots) > 0 && (bundle == nil || !sameRoots(bundle, roots)) {
 		// The CA's roots are newer than ours (first contact, or a root
 		// rotation the bundle stream has not shown us yet).
 		version := uint64(0)
@@ -479,7 +463,7 @@ func (a *Agent) request(ctx context.Context, mtls bool) error {
 		if bundle != nil {
 			version, revoked = bundle.Version, bundle.Revoked
 		}
-		nb, err := identity.NewBundle(td, version, resp.Roots, revoked)
+		nb, err := identity.NewBundle(td, version, roots, revoked)
 		if err != nil {
 			return fmt.Errorf("agent: CA response roots: %w", err)
 		}
@@ -518,13 +502,6 @@ func sameRoots(b *identity.Bundle, roots []string) bool {
 	return n == len(b.Roots)
 }
 
-func (a *Agent) currentTLS() *tls.Certificate {
-	if s := a.store.SVID(); s != nil {
-		return s.TLS
-	}
-	return nil
-}
-
 // watchBundle follows WatchTrustBundle, reconnecting with backoff. It needs
 // a certificate to authenticate, so it waits for the first one.
 func (a *Agent) watchBundle(ctx context.Context) {
@@ -558,54 +535,47 @@ func (a *Agent) watchBundle(ctx context.Context) {
 }
 
 func (a *Agent) watchOnce(ctx context.Context) (bool, error) {
-	client, closer, err := a.cfg.Connect(ctx, true, a.currentTLS)
-	if err != nil {
-		return false, err
-	}
-	defer closer.Close()
-	stream, err := client.WatchTrustBundle(ctx, &pb.GetTrustBundleRequest{})
-	if err != nil {
-		return false, err
-	}
 	received := false
-	for {
-		tb, err := stream.Recv()
-		if err != nil {
-			return received, err
-		}
+	err := a.cfg.CA.WatchBundle(ctx, func(u BundleUpdate) {
 		received = true
-		revoked := make(map[string]string, len(tb.Revocations))
-		for _, r := range tb.Revocations {
-			revoked[r.Serial] = r.SpiffeId
-		}
-		td := tb.TrustDomain
-		if td == "" {
-			td = a.cfg.ID.TrustDomain
-		}
-		b, err := identity.NewBundle(td, tb.Version, tb.Roots, revoked)
-		if err != nil {
-			a.bundles.WithLabelValues("refused").Inc()
-			a.log.Warn("refused trust bundle from the CA", "version", tb.Version, "error", err.Error())
-			continue
-		}
-		if cur := a.store.Bundle(); cur != nil && cur.Version == b.Version && cur.Version != 0 && len(cur.Revoked) == len(b.Revoked) {
-			continue
-		}
-		if err := a.store.SetBundle(b); err != nil {
-			a.bundles.WithLabelValues("refused").Inc()
-			continue
-		}
-		a.bundles.WithLabelValues("applied").Inc()
-		a.log.Info("trust bundle updated", "version", b.Version, "roots", len(b.Roots), "revoked", len(b.Revoked))
-		if s := a.store.SVID(); s != nil && b.IsRevoked(s.Serial()) {
-			// Our own certificate was revoked: peers refuse it from now on.
-			// Get a new one now, not at the next renewal time.
-			a.log.Error("own certificate revoked by the CA; requesting a new one", "serial", s.Serial(), "bundle_version", b.Version)
-			a.wake()
-		}
-		if err := a.writeFiles(); err != nil {
-			a.log.Warn("writing certs directory failed", "error", err.Error())
-		}
+		a.applyBundle(u)
+	})
+	return received, err
+}
+
+// applyBundle checks and stores one bundle from the CA's stream.
+func (a *Agent) applyBundle(u BundleUpdate) {
+	td := u.TrustDomain
+	if td == "" {
+		td = a.cfg.ID.TrustDomain
+	}
+	revoked := u.Revoked
+	if revoked == nil {
+		revoked = map[string]string{}
+	}
+	b, err := identity.NewBundle(td, u.Version, u.Roots, revoked)
+	if err != nil {
+		a.bundles.WithLabelValues("refused").Inc()
+		a.log.Warn("refused trust bundle from the CA", "version", u.Version, "error", err.Error())
+		return
+	}
+	if cur := a.store.Bundle(); cur != nil && cur.Version == b.Version && cur.Version != 0 && len(cur.Revoked) == len(b.Revoked) {
+		return
+	}
+	if err := a.store.SetBundle(b); err != nil {
+		a.bundles.WithLabelValues("refused").Inc()
+		return
+	}
+	a.bundles.WithLabelValues("applied").Inc()
+	a.log.Info("trust bundle updated", "version", b.Version, "roots", len(b.Roots), "revoked", len(b.Revoked))
+	if s := a.store.SVID(); s != nil && b.IsRevoked(s.Serial()) {
+		// Our own certificate was revoked: peers refuse it from now on.
+		// Get a new one now, not at the next renewal time.
+		a.log.Error("own certificate revoked by the CA; requesting a new one", "serial", s.Serial(), "bundle_version", b.Version)
+		a.wake()
+	}
+	if err := a.writeFiles(); err != nil {
+		a.log.Warn("writing certs directory failed", "error", err.Error())
 	}
 }
 

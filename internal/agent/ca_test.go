@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/client"
@@ -19,6 +18,8 @@ import (
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/proxy"
+	"github.com/meshauth/meshauth/internal/sidecar"
+	"google.golang.org/grpc"
 )
 
 // controlPlane is a real `meshd control` server, in process, that a test can
@@ -84,27 +85,23 @@ func startAgent(t *testing.T, ctx context.Context, cp *controlPlane, id identity
 		t.Fatal(err)
 	}
 	store := agent.NewStore(agent.StoreConfig{Want: id})
-	connect := func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+	connect := sidecar.GRPCCA{Dial: func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error) {
 		o := client.Options{Dir: cp.dir, Addr: cp.addr, Roots: func() *identity.Bundle {
 			if b := store.Bundle(); b != nil {
 				return b
 			}
 			return roots
 		}}
-		if mtls {
-			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return getCert(), nil }
+		if !bootstrap {
+			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return currentCert(store), nil }
 		} else {
 			o.Token = tok.Secret
 		}
-		conn, err := client.Dial(ctx, o)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pb.NewCertificateAuthorityClient(conn), conn, nil
-	}
+		return client.Dial(ctx, o)
+	}}
 	dir := filepath.Join(t.TempDir(), "certs")
 	a, err := agent.New(agent.Config{
-		ID: id, Dir: dir, Connect: connect, Store: store, TTL: time.Minute,
+		ID: id, Dir: dir, CA: connect, Store: store, TTL: time.Minute,
 		RenewFraction: 0.02, Jitter: 0.005, MinRenewInterval: 100 * time.Millisecond,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 	})

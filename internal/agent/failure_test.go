@@ -73,7 +73,7 @@ func startFileAgent(t *testing.T, srv *control.Server, id identity.ID, tokenFile
 	logs := &logBuf{}
 	store := agent.NewStore(agent.StoreConfig{Want: id})
 	a, err := agent.New(agent.Config{
-		ID: id, NoFiles: true, Connect: connectTo(t, srv, srv.Dir(), store, tokens), Store: store, TTL: ttl, Tokens: tokens,
+		ID: id, NoFiles: true, CA: connectTo(t, srv, srv.Dir(), store, tokens), Store: store, TTL: ttl, Tokens: tokens,
 		TokenPoll: 50 * time.Millisecond, MinRenewInterval: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: maxBackoff,
 		Log: slog.New(slog.NewJSONHandler(logs, nil)),
 	})
@@ -276,7 +276,7 @@ func TestRenewalRefusedFailsReadiness(t *testing.T) {
 	logs := &logBuf{}
 	store := agent.NewStore(agent.StoreConfig{Want: id})
 	a, err := agent.New(agent.Config{
-		ID: id, NoFiles: true, Connect: connectTo(t, cp.srv, cp.dir, store, tokens), Store: store, TTL: 2 * time.Hour, Tokens: tokens,
+		ID: id, NoFiles: true, CA: connectTo(t, cp.srv, cp.dir, store, tokens), Store: store, TTL: 2 * time.Hour, Tokens: tokens,
 		RenewFraction: 0.0005, Jitter: -1, MinRenewInterval: 200 * time.Millisecond,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 		Log: slog.New(slog.NewJSONHandler(logs, nil)),

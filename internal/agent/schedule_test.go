@@ -3,19 +3,19 @@ package agent_test
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/sidecar"
+	"google.golang.org/grpc"
 )
 
 // fakeClock is the agent's and the CA's clock in the schedule tests: time
@@ -125,34 +125,39 @@ func newClockedControlPlane(t *testing.T, clock func() time.Time, caCfg ca.Confi
 	return srv
 }
 
-// connectTo is a ConnectFunc to srv, with the join token from tokens.
-func connectTo(t *testing.T, srv *control.Server, dir string, store *agent.Store, tokens *agent.TokenSource) agent.ConnectFunc {
+// connectTo is the sidecar's gRPC CA client to srv, with the join token
+// from tokens.
+func connectTo(t *testing.T, srv *control.Server, dir string, store *agent.Store, tokens *agent.TokenSource) agent.CA {
 	roots, err := client.LoadRoots(dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+	return sidecar.GRPCCA{Dial: func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error) {
 		o := client.Options{Dir: dir, Addr: srv.Addr(), Roots: func() *identity.Bundle {
 			if b := store.Bundle(); b != nil {
 				return b
 			}
 			return roots
 		}}
-		if mtls {
-			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return getCert(), nil }
+		if !bootstrap {
+			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return currentCert(store), nil }
 		} else {
 			tok, err := tokens.Token()
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			o.Token = tok
 		}
-		conn, err := client.Dial(ctx, o)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pb.NewCertificateAuthorityClient(conn), conn, nil
+		return client.Dial(ctx, o)
+	}}
+}
+
+// currentCert is the certificate the agent presents: store's, or none.
+func currentCert(store *agent.Store) *tls.Certificate {
+	if s := store.SVID(); s != nil {
+		return s.TLS
 	}
+	return &tls.Certificate{}
 }
 
 func issuedTo(t *testing.T, srv *control.Server, id identity.ID) int {
@@ -181,7 +186,7 @@ func startClockedAgent(t *testing.T, srv *control.Server, clock *fakeClock, id i
 	}
 	store := agent.NewStore(agent.StoreConfig{Want: id, Now: clock.Now})
 	cfg := agent.Config{
-		ID: id, NoFiles: true, Connect: connectTo(t, srv, srv.Dir(), store, tokens), Store: store, TTL: ttl, Tokens: tokens,
+		ID: id, NoFiles: true, CA: connectTo(t, srv, srv.Dir(), store, tokens), Store: store, TTL: ttl, Tokens: tokens,
 		Now: clock.Now, After: clock.After,
 	}
 	for _, o := range opts {

@@ -3,7 +3,6 @@ package control
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,23 +27,17 @@ import (
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
-// The config plane joins every Server: Discovery is served and the config
-// half of Admin answers, with or without a config directory.
-func init() { planeHooks = append(planeHooks, attachPlane) }
-
 // PlaneConfig configures the config plane. Zero values get the defaults
 // named.
 type PlaneConfig struct {
-	// ConfigDir is watched for YAML files (*.yaml, *.yml, *.json); every
-	// change reloads the whole directory as one batch. Empty: config comes
-	// from Admin.ApplyConfig only.
+	// Source feeds the config from outside the admin API (a directory,
+	// the cluster's objects). Nil: DirSource(ConfigDir, PollInterval) if
+	// ConfigDir is set, else config comes from Admin.ApplyConfig only.
+	Source ConfigSource
+	// ConfigDir is watched for YAML files by DirSource (see there: two
+	// polls must agree, empty files are refused).
 	ConfigDir string
 	// PollInterval is how often ConfigDir is checked for changes (1s).
-	// Polling (not inotify) works on every file system, including the
-	// ConfigMap volumes Kubernetes updates by symlink swap. A change is
-	// applied once two polls in a row read the same content, so a file
-	// caught half-written (an editor's truncate-then-write, a copy in
-	// progress) is never applied: its complete version is.
 	PollInterval time.Duration
 	// Debounce is the push server's debounce (50ms).
 	Debounce time.Duration
@@ -60,15 +53,13 @@ type Plane struct {
 	reg  *registry.Registry
 	push *push.Server
 
+	src ConfigSource // nil: config from ApplyConfig only
+
 	mu      sync.Mutex
-	dirObjs []any // last good batch from ConfigDir
-	// dirSum is the directory content last tried (applied or rejected);
-	// pendingSum is a new content seen once, waiting for the next poll to
-	// read it unchanged before it is tried.
-	dirSum, pendingSum [32]byte
-	// dirRejected is set while the directory's content is rejected (the
-	// last good config stays in force); nil when what is on disk applies.
-	dirRejected *ConfigRejection
+	srcObjs []any // last good batch from src
+	// srcRejected is set while the source's content is rejected (the
+	// last good config stays in force); nil when what it holds applies.
+	srcRejected *ConfigRejection
 	rejects     atomic.Uint64
 	applied     []any // objects from ApplyConfig, by key, in apply order
 	current     *config.Config
@@ -78,40 +69,13 @@ type Plane struct {
 	done   chan struct{}
 }
 
-var (
-	planesMu sync.Mutex
-	planes   = map[*Server]*Plane{}
-	// planeConfigs holds options set by WithPlane before the plane exists.
-	planeConfigs = map[*Server]PlaneConfig{}
-)
-
-// WithPlane returns a Config.Register hook that configures the config plane
-// (cmd/meshd's --config DIR).
-func WithPlane(pc PlaneConfig) func(*Server) error {
-	return func(s *Server) error {
-		planesMu.Lock()
-		planeConfigs[s] = pc
-		planesMu.Unlock()
-		return nil
+// newPlane builds the config plane of s (New calls it: every Server has
+// one, with or without a config directory) and starts its background work.
+func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
+	if pc.Source == nil && pc.ConfigDir != "" {
+		pc.Source = DirSource(pc.ConfigDir, pc.PollInterval)
 	}
-}
-
-// PlaneOf returns the config plane attached to s.
-func PlaneOf(s *Server) *Plane {
-	planesMu.Lock()
-	defer planesMu.Unlock()
-	return planes[s]
-}
-
-func attachPlane(s *Server) error {
-	planesMu.Lock()
-	pc := planeConfigs[s]
-	delete(planeConfigs, s)
-	planesMu.Unlock()
-	if pc.PollInterval == 0 {
-		pc.PollInterval = time.Second
-	}
-	p := &Plane{s: s, cfg: pc, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
+	p := &Plane{s: s, cfg: pc, src: pc.Source, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
 	p.current = &config.Config{}
 	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log(), Stopping: s.Stopping()}, policy.New(p.withTrustDomain(p.current), p.reg))
 	p.push.SetBundle(BundleProto(s.CA().Bundle()))
@@ -119,33 +83,40 @@ func attachPlane(s *Server) error {
 	// that forgot it would silently weaken policy.
 	applied, err := loadApplied(filepath.Join(s.Dir(), FileAppliedConfig))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p.applied = applied
 	// A bad directory at start-up stops meshd: running with no policy
 	// would silently mean authPolicy NONE, plaintext everywhere.
-	if pc.ConfigDir != "" {
-		if _, err := p.reloadDir(false); err != nil {
-			return fmt.Errorf("config %s: %w", pc.ConfigDir, err)
+	if ls, ok := p.src.(LateSource); ok && ls.LoadsLate() {
+		p.push.Hold()
+		p.log.Info("holding snapshots until the config source's first content", "source", p.src.Name())
+	}
+	if p.src != nil {
+		objs, err := p.src.Load()
+		if err == nil {
+			var cfg *config.Config
+			if cfg, err = p.combine(objs, applied); err == nil {
+				p.srcObjs = objs
+				p.install(cfg)
+			}
 		}
-		p.log.Info("config directory applied", "dir", pc.ConfigDir, "config_version", p.current.Version, "objects", len(p.current.Objects()))
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", p.src.Name(), err)
+		}
+		p.logApplied("objects", len(p.current.Objects()))
 	} else if len(applied) > 0 {
 		cfg, err := p.combine(nil, applied)
 		if err != nil {
-			return fmt.Errorf("config: %s: %w", FileAppliedConfig, err)
+			return nil, fmt.Errorf("config: %s: %w", FileAppliedConfig, err)
 		}
 		p.install(cfg)
 	}
-	pb.RegisterDiscoveryServer(s.GRPC(), p.push)
-	s.SetConfigAdmin(p)
 	p.registerMetrics(s.Metrics())
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	go p.run(ctx)
-	planesMu.Lock()
-	planes[s] = p
-	planesMu.Unlock()
-	return nil
+	return p, nil
 }
 
 // Close stops the plane's background work (directory watch, bundle watch,
@@ -153,9 +124,6 @@ func attachPlane(s *Server) error {
 func (p *Plane) Close() {
 	p.cancel()
 	<-p.done
-	planesMu.Lock()
-	delete(planes, p.s)
-	planesMu.Unlock()
 }
 
 // Registry is the mesh's registry (Kubernetes sources feed it too).
@@ -177,24 +145,43 @@ func (p *Plane) run(ctx context.Context) {
 	wg.Add(2)
 	go func() { defer wg.Done(); p.push.Run(ctx) }()
 	go func() { defer wg.Done(); p.watchBundle(ctx) }()
-	if p.cfg.ConfigDir != "" {
-		t := time.NewTicker(p.cfg.PollInterval)
-		defer t.Stop()
-	loop:
-		for {
-			select {
-			case <-ctx.Done():
-				break loop
-			case <-t.C:
-				if changed, err := p.reloadDir(true); err != nil {
-					p.logRejected(err)
-				} else if changed {
-					p.log.Info("config directory applied", "dir", p.cfg.ConfigDir, "config_version", p.Config().Version)
-				}
-			}
+	if p.src != nil {
+		if err := p.src.Watch(ctx, p.fromSource); err != nil && ctx.Err() == nil {
+			p.log.Error("config source stopped; the config in force stays", "source", p.src.Name(), "error", err)
 		}
 	}
 	wg.Wait()
+}
+
+// fromSource installs a new batch from the source (combined with the
+// applied objects), or records and logs why it is not in force.
+func (p *Plane) fromSource(objs []any, err error) {
+	p.mu.Lock()
+	if err == nil {
+		var cfg *config.Config
+		if cfg, err = p.combine(objs, p.applied); err == nil {
+			p.srcObjs = objs
+			p.srcRejected = nil
+			p.install(cfg)
+			p.mu.Unlock()
+			p.logApplied()
+			p.push.Release() // a late source's first content: snapshots may go out
+			return
+		}
+	}
+	p.reject(err)
+	p.mu.Unlock()
+	p.logRejected(err)
+}
+
+// logApplied says a batch from the source is in force.
+func (p *Plane) logApplied(attrs ...any) {
+	attrs = append([]any{"config_version", p.Config().Version}, attrs...)
+	if _, ok := p.src.(*dirSource); ok {
+		p.log.Info("config directory applied", append([]any{"dir", p.src.Name()}, attrs...)...)
+		return
+	}
+	p.log.Info("config applied from source", append([]any{"source", p.src.Name()}, attrs...)...)
 }
 
 // watchBundle sends every new trust bundle (roots, revocations) to the
@@ -225,80 +212,19 @@ func (p *Plane) logRejected(err error) {
 	p.log.Error("config rejected; the last good config stays in force", "error", err)
 }
 
-// ConfigRejection says why the config directory's current content is not
-// in force (Admin.GetState, meshctl check).
+// ConfigRejection says why the config source's current content is not in
+// force (Admin.GetState, meshctl check).
 type ConfigRejection struct {
+	// Dir is the source's Name (the config directory).
 	Dir string    `json:"dir"`
 	At  time.Time `json:"at"`
 	// Errors are file:line:column: object: field: message, one per problem.
 	Errors []string `json:"errors"`
 }
 
-// reloadDir reads ConfigDir and installs it if it changed and is valid.
-// With settle, a changed content is tried only when a second poll reads
-// it unchanged; at start-up there is nothing to wait for.
-func (p *Plane) reloadDir(settle bool) (bool, error) {
-	files, err := config.ReadPaths(p.cfg.ConfigDir)
-	if err != nil {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		// A directory that cannot be read is not an empty one: keep the
-		// config in force. Logged once per distinct error.
-		if p.dirRejected != nil && len(p.dirRejected.Errors) == 1 && p.dirRejected.Errors[0] == err.Error() {
-			return false, nil
-		}
-		p.dirSum, p.pendingSum = [32]byte{}, [32]byte{}
-		p.reject(err)
-		return false, err
-	}
-	h := sha256.New()
-	for _, f := range files {
-		fmt.Fprintf(h, "%s\x00%d\x00", f.Name, len(f.Content))
-		h.Write(f.Content)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if sum == p.dirSum {
-		p.pendingSum = [32]byte{} // "two polls in a row" means in a row
-		return false, nil
-	}
-	if settle && sum != p.pendingSum {
-		p.pendingSum = sum
-		return false, nil
-	}
-	// Remember the content even if it is bad, so a bad file is logged once,
-	// not on every poll; the next edit is tried again.
-	p.dirSum = sum
-	var objs []any
-	var errs config.ErrorList
-	for _, f := range files {
-		// ParseFile refuses a file with no object: an empty or truncated
-		// file must not silently remove what it defined (issue 11).
-		o, e := config.ParseFile(f.Name, f.Content)
-		objs = append(objs, o...)
-		errs = append(errs, e...)
-	}
-	if len(errs) > 0 {
-		errs.Sort()
-		p.reject(errs)
-		return false, errs
-	}
-	cfg, err := p.combine(objs, p.applied)
-	if err != nil {
-		p.reject(err)
-		return false, err
-	}
-	p.dirObjs = objs
-	p.dirRejected = nil
-	p.install(cfg)
-	return true, nil
-}
-
-// reject records why the directory is not in force; p.mu is held.
+// reject records why the source's content is not in force; p.mu is held.
 func (p *Plane) reject(err error) {
-	r := &ConfigRejection{Dir: p.cfg.ConfigDir, At: time.Now().UTC()}
+	r := &ConfigRejection{Dir: p.src.Name(), At: time.Now().UTC()}
 	var list config.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -307,7 +233,7 @@ func (p *Plane) reject(err error) {
 	} else {
 		r.Errors = []string{err.Error()}
 	}
-	p.dirRejected = r
+	p.srcRejected = r
 }
 
 // combine builds the config in force: the directory's objects, then the
@@ -387,7 +313,7 @@ func (p *Plane) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	applied := mergeApplied(p.applied, objs, req.Replace)
-	cfg, err := p.combine(p.dirObjs, applied)
+	cfg, err := p.combine(p.srcObjs, applied)
 	if err != nil {
 		p.rejects.Add(1)
 		return nil, status.Error(codes.InvalidArgument, "config rejected, nothing changed:\n"+err.Error())
@@ -423,7 +349,7 @@ func (p *Plane) registerMetrics(reg *prometheus.Registry) {
 			func() float64 {
 				p.mu.Lock()
 				defer p.mu.Unlock()
-				if p.dirRejected != nil {
+				if p.srcRejected != nil {
 					return 1
 				}
 				return 0
@@ -531,7 +457,7 @@ func (st *State) Engine() *policy.Engine {
 func (p *Plane) GetState(ctx context.Context, _ *pb.GetStateRequest) (*pb.GetStateResponse, error) {
 	p.mu.Lock()
 	cfg := p.withTrustDomain(p.current)
-	rej := p.dirRejected
+	rej := p.srcRejected
 	p.mu.Unlock()
 	st := State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status(), ConfigRejected: rej}
 	js, err := json.Marshal(&st)

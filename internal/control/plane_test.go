@@ -57,12 +57,12 @@ func (s *syncBuffer) String() string {
 
 func startPlane(t *testing.T, dir string, logs io.Writer) *env {
 	e := start(t, func(c *control.Config) {
-		c.Register = append(c.Register, control.WithPlane(control.PlaneConfig{ConfigDir: dir, PollInterval: 10 * time.Millisecond, Debounce: 5 * time.Millisecond}))
+		c.Plane = control.PlaneConfig{ConfigDir: dir, PollInterval: 10 * time.Millisecond, Debounce: 5 * time.Millisecond}
 		if logs != nil {
 			c.Log = slog.New(slog.NewTextHandler(logs, nil))
 		}
 	})
-	t.Cleanup(control.PlaneOf(e.srv).Close)
+	t.Cleanup(e.srv.Plane().Close)
 	return e
 }
 
@@ -133,7 +133,7 @@ func TestPlaneRefusesBadDirAtStart(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "p.yaml"), []byte("apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec: {peers: [{mtls: {mode: STRCT}}]}\n"), 0o644)
 	_, err := control.New(control.Config{Dir: t.TempDir(), Listen: "127.0.0.1:0", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Register: []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: dir})}})
+		Plane: control.PlaneConfig{ConfigDir: dir}})
 	if err == nil || !strings.Contains(err.Error(), "p.yaml:4:30") {
 		t.Fatalf("New with a bad config dir: %v", err)
 	}
@@ -206,7 +206,7 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 	}
 	// The plane's metrics on the control plane's registry, once the sidecar
 	// has ACKed the latest snapshot.
-	if err := control.PlaneOf(e.srv).Push().WaitSynced(ctx, 1); err != nil {
+	if err := e.srv.Plane().Push().WaitSynced(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	mfs, err := e.srv.Metrics().Gather()
@@ -248,7 +248,7 @@ func TestAppliedConfigSurvivesRestart(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(ctx) }()
 		waitUntil(t, "listening", func() bool { return srv.Addr() != "" })
-		return srv, func() { cancel(); <-done; control.PlaneOf(srv).Close() }
+		return srv, func() { cancel(); <-done; srv.Plane().Close() }
 	}
 	admin := func(srv *control.Server) pb.AdminClient {
 		e := &env{srv: srv, dir: dir}

@@ -56,7 +56,7 @@ func TestEmptyConfigFileKeepsLastGood(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	e := startPlane(t, dir, logs)
-	plane := control.PlaneOf(e.srv)
+	plane := e.srv.Plane()
 
 	cert, _ := e.issueTLS(t, "default", "sleep")
 	c := push.NewClient(push.ClientConfig{Conn: e.dial(t, client.Options{GetClientCertificate: withCert(cert)}), MinBackoff: 10 * time.Millisecond,
@@ -150,7 +150,7 @@ func TestEmptyConfigFileRefusedAtStart(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte("# emptied\n"), 0o644)
 	_, err := control.New(control.Config{Dir: t.TempDir(), Listen: "127.0.0.1:0", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Register: []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: dir})}})
+		Plane: control.PlaneConfig{ConfigDir: dir}})
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "mesh.yaml")+":1:1: no config object in the file") {
 		t.Fatalf("New with an empty config file: %v", err)
 	}

@@ -1,6 +1,7 @@
 // Package control is `meshd control`: one gRPC-over-TLS server on the
 // control-plane port that serves the CertificateAuthority API, the Admin API
-// and (added by the config plane) Discovery.
+// and Discovery. New builds the server and its config plane (plane.go)
+// together: Server.Plane returns it.
 //
 // The server presents a certificate its own CA issued for
 // spiffe://<td>/ns/meshauth-system/sa/meshd; clients verify it against the
@@ -79,15 +80,6 @@ func ServerID(td string) identity.ID {
 	return id
 }
 
-// ConfigAdmin serves the config half of the Admin service. The config plane
-// (branch control, its own files in this package) provides it, through
-// Config.ConfigAdmin or a plane hook calling SetConfigAdmin; until then the
-// two methods answer Unimplemented.
-type ConfigAdmin interface {
-	ApplyConfig(context.Context, *pb.ApplyConfigRequest) (*pb.ApplyConfigResponse, error)
-	GetState(context.Context, *pb.GetStateRequest) (*pb.GetStateResponse, error)
-}
-
 // Config configures the server. Zero values get the defaults named.
 type Config struct {
 	// Dir is the state directory (default ./.meshauth).
@@ -103,11 +95,9 @@ type Config struct {
 	// Authenticators are tried after join tokens and before mTLS (e.g. the
 	// Kubernetes ServiceAccount token reviewer).
 	Authenticators []ca.Authenticator
-	// ConfigAdmin serves Admin.ApplyConfig and Admin.GetState.
-	ConfigAdmin ConfigAdmin
-	// Register hooks run in New after the built-in services are registered:
-	// they add services (Discovery) to s.GRPC() and may SetConfigAdmin.
-	Register []func(s *Server) error
+	// Plane configures the config plane (config directory, push debounce);
+	// it serves Discovery and Admin.ApplyConfig/GetState.
+	Plane PlaneConfig
 	// TickInterval is how often the CA's time-driven work runs (10s).
 	TickInterval time.Duration
 	Clock        func() time.Time
@@ -116,12 +106,6 @@ type Config struct {
 	// /metrics serves (default: a new registry with Go and process collectors).
 	Metrics *prometheus.Registry
 }
-
-// planeHooks lets other files of this package join the server without
-// editing this one: a file adds a hook in its init function, and New runs
-// every hook after Config.Register. This is where the Discovery service and
-// the config half of Admin plug in.
-var planeHooks []func(s *Server) error
 
 // Server is a configured control plane.
 type Server struct {
@@ -132,10 +116,9 @@ type Server struct {
 	adminToken string
 	auths      []ca.Authenticator
 
-	mu          sync.Mutex
-	configAdmin ConfigAdmin
-	serving     atomic.Pointer[tls.Certificate]
-	tlsConfig   *tls.Config // the gRPC server's, from tlsprofile
+	plane     *Plane
+	serving   atomic.Pointer[tls.Certificate]
+	tlsConfig *tls.Config // the gRPC server's, from tlsprofile
 
 	lis  net.Listener
 	addr atomic.Value // string
@@ -193,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log.With("component", "control"), ca: authority, configAdmin: cfg.ConfigAdmin, stopping: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "control"), ca: authority, stopping: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -241,11 +224,10 @@ func New(cfg Config) (*Server, error) {
 	)
 	pb.RegisterCertificateAuthorityServer(s.grpc, &caService{s: s})
 	pb.RegisterAdminServer(s.grpc, &adminService{s: s})
-	for _, hook := range append(append([]func(*Server) error{}, cfg.Register...), planeHooks...) {
-		if err := hook(s); err != nil {
-			return nil, fmt.Errorf("control: register: %w", err)
-		}
+	if s.plane, err = newPlane(s, cfg.Plane); err != nil {
+		return nil, fmt.Errorf("control: register: %w", err)
 	}
+	pb.RegisterDiscoveryServer(s.grpc, s.plane.Push())
 	ok = true
 	return s, nil
 }
@@ -254,8 +236,9 @@ func New(cfg Config) (*Server, error) {
 // and Watch for pushing them, VerifyPeer for authenticating sidecars.
 func (s *Server) CA() *ca.CA { return s.ca }
 
-// GRPC returns the gRPC server, for registering more services in a hook.
-func (s *Server) GRPC() *grpc.Server { return s.grpc }
+// Plane returns the server's config plane (config, registry, Discovery).
+// Close it when the server is done.
+func (s *Server) Plane() *Plane { return s.plane }
 
 // Log returns the server's logger.
 func (s *Server) Log() *slog.Logger { return s.log }
@@ -265,13 +248,6 @@ func (s *Server) Dir() string { return s.cfg.Dir }
 
 // Metrics returns the Prometheus registry.
 func (s *Server) Metrics() *prometheus.Registry { return s.cfg.Metrics }
-
-// SetConfigAdmin installs the config half of the Admin service.
-func (s *Server) SetConfigAdmin(c ConfigAdmin) {
-	s.mu.Lock()
-	s.configAdmin = c
-	s.mu.Unlock()
-}
 
 // Stopping returns a channel closed when Serve starts shutting down: a
 // streaming handler returns when it closes.

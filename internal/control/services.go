@@ -225,25 +225,11 @@ func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest
 	return &pb.ListIssuedResponse{EntriesJson: js, Matched: int32(matched)}, nil
 }
 
-// ApplyConfig and GetState belong to the config plane (internal/control,
-// branch control): it installs a ConfigAdmin through Config.ConfigAdmin or a
-// plane hook (see planeHooks). Until then they answer Unimplemented.
+// ApplyConfig and GetState are the config plane's.
 func (a *adminService) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*pb.ApplyConfigResponse, error) {
-	a.s.mu.Lock()
-	c := a.s.configAdmin
-	a.s.mu.Unlock()
-	if c == nil {
-		return nil, status.Error(codes.Unimplemented, "this meshd has no config plane (ApplyConfig)")
-	}
-	return c.ApplyConfig(ctx, req)
+	return a.s.plane.ApplyConfig(ctx, req)
 }
 
 func (a *adminService) GetState(ctx context.Context, req *pb.GetStateRequest) (*pb.GetStateResponse, error) {
-	a.s.mu.Lock()
-	c := a.s.configAdmin
-	a.s.mu.Unlock()
-	if c == nil {
-		return nil, status.Error(codes.Unimplemented, "this meshd has no config plane (GetState)")
-	}
-	return c.GetState(ctx, req)
+	return a.s.plane.GetState(ctx, req)
 }

@@ -35,16 +35,23 @@ func TestHalfWrittenFileIsNotApplied(t *testing.T) {
 	}
 	write(settleMesh)
 	srv, err := New(Config{Dir: t.TempDir(), Listen: "127.0.0.1:0", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Register: []func(*Server) error{WithPlane(PlaneConfig{ConfigDir: dir, PollInterval: time.Hour})}})
+		Plane: PlaneConfig{ConfigDir: dir, PollInterval: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := PlaneOf(srv)
+	p := srv.Plane()
 	t.Cleanup(func() { p.Close(); srv.CA().Close() })
+	// One poll of the directory source, its result handed to the plane
+	// as DirSource.Watch does.
+	ds := p.src.(*dirSource)
 	poll := func() {
 		t.Helper()
-		if _, err := p.reloadDir(true); err != nil {
+		objs, changed, err := ds.read(true)
+		if err != nil {
 			t.Fatalf("poll: %v", err)
+		}
+		if changed {
+			p.fromSource(objs, nil)
 		}
 	}
 	want := func(when string, ap string, version uint64) {

@@ -3,7 +3,6 @@ package kube
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,16 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/kube/kubetest"
+	"github.com/meshauth/meshauth/internal/sidecar"
 )
 
 // TestAgentCSRModeAfterRevocation is the Kubernetes way back for a revoked
@@ -75,30 +75,31 @@ func TestAgentCSRModeAfterRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := agent.NewStore(agent.StoreConfig{Want: id})
-	connect := func(ctx context.Context, mtls bool, getCert func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
+	connect := sidecar.GRPCCA{Dial: func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error) {
 		o := client.Options{Dir: dir, Addr: srv.Addr(), Roots: func() *identity.Bundle {
 			if b := store.Bundle(); b != nil {
 				return b
 			}
 			return roots
 		}}
-		if mtls {
-			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return getCert(), nil }
+		if !bootstrap {
+			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				if s := store.SVID(); s != nil {
+					return s.TLS, nil
+				}
+				return &tls.Certificate{}, nil
+			}
 		} else {
 			tok, err := tokens.Token()
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			o.Token = tok
 		}
-		conn, err := client.Dial(ctx, o)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pb.NewCertificateAuthorityClient(conn), conn, nil
-	}
+		return client.Dial(ctx, o)
+	}}
 	a, err := agent.New(agent.Config{
-		ID: id, NoFiles: true, Connect: connect, Store: store, Tokens: tokens, TokenPoll: 50 * time.Millisecond,
+		ID: id, NoFiles: true, CA: connect, Store: store, Tokens: tokens, TokenPoll: 50 * time.Millisecond,
 		MinRenewInterval: 100 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 	})
 	if err != nil {

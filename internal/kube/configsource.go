@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -23,8 +21,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/control"
 )
 
 // ReasonInvalidConfig is the reason of the Warning event an invalid config
@@ -39,11 +37,6 @@ type ConfigSourceConfig struct {
 	// (istio-system/istio) whose "mesh" key holds authPolicy (default
 	// istio-system and istio).
 	MeshNamespace, MeshConfigMap string
-	// OutFile receives the valid objects as one YAML stream, written
-	// atomically on every change: the control plane's config directory
-	// watcher loads it exactly as it loads files (the same validation,
-	// last-good-config behaviour and push).
-	OutFile string
 	// OnChange, if set, is called with each newly accepted config (tests).
 	OnChange func(*config.Config)
 	// Debounce collects bursts of changes into one rebuild (default 100ms).
@@ -56,6 +49,11 @@ type ConfigSourceConfig struct {
 // the same code `meshctl validate` runs; an invalid object is reported with
 // a Warning event on it and left out, never applied, while every valid
 // object still is.
+//
+// It is the control plane's control.ConfigSource in Kubernetes mode: Watch
+// hands each changed set of valid objects to the config plane, which
+// combines it with the applied config, validates the whole and installs it
+// (or keeps the last good config), as it does for a config directory.
 type ConfigSource struct {
 	cfg     ConfigSourceConfig
 	log     *slog.Logger
@@ -65,6 +63,7 @@ type ConfigSource struct {
 	cmStore cache.Store
 	synced  []cache.InformerSynced
 	kick    chan struct{}
+	update  func([]any, error)
 
 	mu       sync.Mutex
 	rejected map[string]string // "Kind/ns/name" -> message
@@ -72,10 +71,12 @@ type ConfigSource struct {
 	last     []byte
 }
 
+var _ control.ConfigSource = (*ConfigSource)(nil)
+
 // NewConfigSource fills cfg's defaults and sets up the informers.
 func NewConfigSource(cfg ConfigSourceConfig) (*ConfigSource, error) {
-	if cfg.Client == nil || cfg.Dynamic == nil || cfg.OutFile == "" {
-		return nil, errors.New("kube: config source needs Client, Dynamic and OutFile")
+	if cfg.Client == nil || cfg.Dynamic == nil {
+		return nil, errors.New("kube: config source needs Client and Dynamic")
 	}
 	if cfg.MeshNamespace == "" {
 		cfg.MeshNamespace = "istio-system"
@@ -122,10 +123,24 @@ func (s *ConfigSource) changed() {
 	}
 }
 
-// Run watches until ctx is done. The CRDs must be installed: an informer
-// for a resource the API server does not serve retries (and logs) until it
+// Name names the source in the control plane's logs.
+func (s *ConfigSource) Name() string { return "kubernetes" }
+
+// Load returns nothing: the cluster's objects arrive through Watch once
+// the informers have synced, so the control plane serves CSRs meanwhile
+// (even before the CRDs are installed).
+func (s *ConfigSource) Load() ([]any, error) { return nil, nil }
+
+// LoadsLate says the control plane must send no snapshot before the first
+// content Watch hands over (control.LateSource).
+func (s *ConfigSource) LoadsLate() bool { return true }
+
+// Watch watches until ctx is done, calling update with the valid objects
+// whenever they change. The CRDs must be installed: an informer for a
+// resource the API server does not serve retries (and logs) until it
 // appears.
-func (s *ConfigSource) Run(ctx context.Context) error {
+func (s *ConfigSource) Watch(ctx context.Context, update func([]any, error)) error {
+	s.update = update
 	s.dyn.Start(ctx.Done())
 	s.kube.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
@@ -200,11 +215,10 @@ func (s *ConfigSource) rebuild(ctx context.Context) {
 	s.last = append([]byte(nil), res.YAML...)
 	s.mu.Unlock()
 	if !same {
-		if err := writeFileAtomic(s.cfg.OutFile, res.YAML); err != nil {
-			s.log.Error("write config", "file", s.cfg.OutFile, "error", err)
-			return
-		}
 		s.log.Info("config from cluster", "objects", res.Objects, "rejected", len(res.Invalid))
+		if s.update != nil {
+			s.update(res.Objs, nil)
+		}
 	}
 	if s.cfg.OnChange != nil {
 		s.cfg.OnChange(res.Config)
@@ -222,7 +236,10 @@ type Invalid struct {
 type BuildResult struct {
 	// Config holds every valid object (never nil unless Err is set).
 	Config *config.Config
-	// YAML is the valid objects as one stream, sorted by key.
+	// Objs are the valid objects, sorted by key.
+	Objs []any
+	// YAML is the valid objects as one stream, sorted by key (the source
+	// compares it to tell a change).
 	YAML    []byte
 	Objects int
 	Invalid []Invalid
@@ -312,12 +329,13 @@ func BuildConfig(objs map[string][]*unstructured.Unstructured, mesh *corev1.Conf
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].key < cands[j].key })
 	var out bytes.Buffer
-	out.WriteString("# Written by meshd kube-control from the cluster's config objects; do not edit.\n")
+	var all []any
 	for _, c := range cands {
 		out.WriteString("---\n")
 		out.Write(c.doc)
+		all = append(all, c.objs...)
 	}
-	res.Config, res.YAML, res.Objects = cfg, out.Bytes(), len(cands)
+	res.Config, res.Objs, res.YAML, res.Objects = cfg, all, out.Bytes(), len(cands)
 	return res
 }
 
@@ -414,11 +432,4 @@ func (s *ConfigSource) report(ctx context.Context, u *unstructured.Unstructured,
 	if _, err := s.cfg.Client.CoreV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		s.log.Error("record event", "error", err)
 	}
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return atomicfile.Write(path, data, 0o600)
 }

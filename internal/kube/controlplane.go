@@ -6,13 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -42,8 +40,8 @@ type ControlConfig struct {
 	// (istio-ca-secret or cacerts) and the mesh ConfigMap live
 	// (default $POD_NAMESPACE, then istio-system).
 	Namespace string
-	// Dir is the state directory (CA store, admin token, control.addr and
-	// the config written from the CRDs). Default /var/lib/meshauth.
+	// Dir is the state directory (CA store, admin token, control.addr).
+	// Default /var/lib/meshauth.
 	Dir string
 	// Listen is the gRPC/TLS address (default :15012).
 	Listen        string
@@ -139,8 +137,10 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	if err != nil {
 		return err
 	}
-	configDir := filepath.Join(cfg.Dir, "kube-config")
-	if err := os.MkdirAll(configDir, 0o755); err != nil {
+	// The config CRDs and the mesh ConfigMap reach the config plane
+	// through this source, directly (no file, no polling).
+	cfgSrc, err := NewConfigSource(ConfigSourceConfig{Client: cs, Dynamic: dyn, MeshNamespace: cfg.Namespace, Log: cfg.Log})
+	if err != nil {
 		return err
 	}
 	idrevs := NewIdentityRevocations()
@@ -149,16 +149,14 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		CA: ca.Config{TrustDomain: cfg.TrustDomain, Backend: backend, OnRevokeIdentity: idrevs.Add,
 			LogRetention: 365 * 24 * time.Hour},
 		Authenticators: []ca.Authenticator{reviewer},
-		Register:       []func(*control.Server) error{control.WithPlane(control.PlaneConfig{ConfigDir: configDir, PollInterval: 200 * time.Millisecond})},
+		Plane:          control.PlaneConfig{Source: cfgSrc},
 		Log:            cfg.Log,
 	})
 	if err != nil {
 		return err
 	}
-	plane := control.PlaneOf(srv)
-	if plane == nil {
-		return errors.New("kube: control plane has no config plane")
-	}
+	plane := srv.Plane()
+	defer plane.Close()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -199,11 +197,6 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	}
 	leaderWork = append(leaderWork, func(ctx context.Context) error { return PublishRoot(ctx, cs, srv.CA(), cfg.Log) })
 	run("leader election", func(ctx context.Context) error { return lead(ctx, cs, cfg, leaderWork) })
-	cfgSrc, err := NewConfigSource(ConfigSourceConfig{Client: cs, Dynamic: dyn, MeshNamespace: cfg.Namespace, OutFile: filepath.Join(configDir, "kube.yaml"), Log: cfg.Log})
-	if err != nil {
-		return err
-	}
-	run("config source", cfgSrc.Run)
 	regSrc, err := NewRegistrySource(RegistrySourceConfig{Client: cs, Registry: plane.Registry(), TrustDomain: srv.CA().TrustDomain(), Log: cfg.Log})
 	if err != nil {
 		return err

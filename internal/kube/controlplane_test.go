@@ -197,7 +197,7 @@ spec:
       mode: STRICTEST
 `)
 
-	plane := control.PlaneOf(srv)
+	plane := srv.Plane()
 	state := func() *control.State {
 		resp, err := plane.GetState(ctx, &pb.GetStateRequest{})
 		if err != nil {

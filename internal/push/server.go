@@ -75,6 +75,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	engine atomic.Pointer[policy.Engine]
+	held   atomic.Bool // Hold: no snapshot goes out
 	bundle atomic.Pointer[pb.TrustBundle]
 	kick   chan struct{}
 	// gen counts SetEngine/SetBundle calls; a conn records the gen it last
@@ -144,6 +145,21 @@ func (s *Server) SetEngine(e *policy.Engine) {
 	s.engine.Store(e)
 	s.gen.Add(1)
 	s.poke()
+}
+
+// Hold stops snapshots from being sent (streams are still accepted and
+// registered) until Release: for a control plane whose config has not
+// arrived yet, where the empty config would mean authPolicy NONE. A
+// sidecar that gets no snapshot keeps its last good one, or its STRICT
+// default.
+func (s *Server) Hold() { s.held.Store(true) }
+
+// Release sends snapshots again, to everyone at once.
+func (s *Server) Release() {
+	if s.held.Swap(false) {
+		s.gen.Add(1)
+		s.poke()
+	}
 }
 
 // Engine returns the engine in use.
@@ -346,6 +362,9 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 			s.log.Warn("sidecar certificate revoked; ending its discovery stream", "workload", c.workload, "spiffe_id", c.id.String(), "error", err)
 			return status.Errorf(codes.PermissionDenied, "workload certificate revoked: %v", err)
 		}
+	}
+	if s.held.Load() {
+		return nil // Release kicks every stream
 	}
 	snap := e.Snapshot(w)
 	js, version, err := encode(snap, b)

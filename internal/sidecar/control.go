@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
 	"google.golang.org/grpc"
 
-	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
@@ -93,15 +91,6 @@ func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, er
 	return client.Dial(ctx, o)
 }
 
-// connectCA is the agent's ConnectFunc.
-func (c *controlConn) connectCA(ctx context.Context, mtls bool, _ func() *tls.Certificate) (pb.CertificateAuthorityClient, io.Closer, error) {
-	conn, err := c.dial(ctx, mtls)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pb.NewCertificateAuthorityClient(conn), conn, nil
-}
-
 // pushSource adapts the push client to the proxy's ConfigSource.
 type pushSource struct{ c *push.Client }
 
@@ -112,3 +101,10 @@ func (p pushSource) Current() *policy.Snapshot {
 	return nil
 }
 func (p pushSource) Changed() <-chan struct{} { return p.c.Changed() }
+
+// ca is the agent's CA through this connection.
+func (c *controlConn) ca() GRPCCA {
+	return GRPCCA{Dial: func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error) {
+		return c.dial(ctx, !bootstrap)
+	}}
+}

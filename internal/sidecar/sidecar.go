@@ -7,7 +7,7 @@
 //
 // The files, in the order Run uses them: control.go (how the sidecar
 // reaches the control plane: roots, join token, dialer for the agent and
-// the push client), staticcerts.go (--static-certs: load, watch, reload),
+// the push client), ca.go (GRPCCA, the agent's CA over gRPC), staticcerts.go (--static-certs: load, watch, reload),
 // servers.go (admin, health, Prometheus), app.go (the supervised app and
 // signals), register.go (what a self-registering sidecar reports).
 package sidecar
@@ -209,7 +209,7 @@ func (s *sidecar) startCerts(ctx context.Context) (<-chan error, error) {
 	}
 	var err error
 	s.ag, err = agent.New(agent.Config{
-		ID: s.id, Dir: s.cfg.CertsDir, Connect: s.cc.connectCA, Store: s.store, TTL: s.cfg.CertTTL,
+		ID: s.id, Dir: s.cfg.CertsDir, CA: s.cc.ca(), Store: s.store, TTL: s.cfg.CertTTL,
 		Tokens: s.cc.tokens, Log: s.log.With("component", "agent"), Registerer: s.reg,
 	})
 	if err != nil {

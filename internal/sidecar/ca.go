@@ -1,0 +1,67 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/agent"
+)
+
+// GRPCCA is the agent's CA (agent.CA) over the control plane's
+// CertificateAuthority gRPC service: a connection for each call, closed
+// when the call ends.
+type GRPCCA struct {
+	// Dial opens a connection to the control plane. With bootstrap it
+	// authenticates with the join token; otherwise it presents the agent's
+	// current certificate.
+	Dial func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error)
+}
+
+var _ agent.CA = GRPCCA{}
+
+// Sign implements agent.CA with CreateCertificate.
+func (c GRPCCA) Sign(ctx context.Context, csr []byte, ttl time.Duration, bootstrap bool) ([]byte, []string, error) {
+	conn, err := c.Dial(ctx, bootstrap)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to CA: %w", err)
+	}
+	defer conn.Close()
+	resp, err := pb.NewCertificateAuthorityClient(conn).CreateCertificate(ctx,
+		&pb.CreateCertificateRequest{Csr: csr, TtlSeconds: int64(ttl / time.Second)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("CreateCertificate: %w", err)
+	}
+	var chainPEM []byte
+	for _, c := range resp.CertChain {
+		chainPEM = append(chainPEM, c...)
+	}
+	return chainPEM, resp.Roots, nil
+}
+
+// WatchBundle implements agent.CA with WatchTrustBundle.
+func (c GRPCCA) WatchBundle(ctx context.Context, update func(agent.BundleUpdate)) error {
+	conn, err := c.Dial(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stream, err := pb.NewCertificateAuthorityClient(conn).WatchTrustBundle(ctx, &pb.GetTrustBundleRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		tb, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		revoked := make(map[string]string, len(tb.Revocations))
+		for _, r := range tb.Revocations {
+			revoked[r.Serial] = r.SpiffeId
+		}
+		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: revoked})
+	}
+}
