@@ -19,6 +19,7 @@ import (
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
+	"github.com/meshauth/meshauth/internal/tlsprofile/tlsprofiletest"
 )
 
 // TestControlPlaneTLSProfile: the control plane's gRPC port, against real
@@ -32,33 +33,7 @@ func TestControlPlaneTLSProfile(t *testing.T) {
 	if err := tlsprofile.Check(control.TLSConfigOf(e.srv)); err != nil {
 		t.Error(err)
 	}
-	for _, c := range []struct {
-		args []string
-		ok   bool
-		want string
-	}{
-		{[]string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"}, false, ""},
-		{[]string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA"}, false, ""},
-		{[]string{"-tls1_1", "-cipher", "ALL:@SECLEVEL=0"}, false, ""},
-		{[]string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"}, true, "Ciphersuite: ECDHE-ECDSA-AES128-GCM-SHA256"},
-		{[]string{"-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"}, true, "Ciphersuite: ECDHE-ECDSA-CHACHA20-POLY1305"},
-		{nil, true, "Protocol version: TLSv1.3"},
-	} {
-		name := strings.Join(c.args, " ")
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		cmd := exec.CommandContext(ctx, "openssl", append([]string{"s_client", "-connect", e.srv.Addr(), "-brief", "-alpn", "h2"}, c.args...)...)
-		cmd.Stdin = strings.NewReader("")
-		out, err := cmd.CombinedOutput()
-		cancel()
-		ok := err == nil && bytes.Contains(out, []byte("CONNECTION ESTABLISHED"))
-		if ok != c.ok {
-			t.Errorf("openssl s_client %s: handshake ok=%v, want %v\n%s", name, ok, c.ok, out)
-			continue
-		}
-		if c.ok && !bytes.Contains(out, []byte(c.want)) {
-			t.Errorf("openssl s_client %s: output lacks %q\n%s", name, c.want, out)
-		}
-	}
+	tlsprofiletest.Check(t, "control plane", e.srv.Addr(), "-alpn", "h2")
 }
 
 // TestClientTLSProfile: the control plane client (sidecars, meshctl) does
