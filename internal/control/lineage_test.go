@@ -1,14 +1,12 @@
 package control_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -171,7 +169,7 @@ func servingSerial(t *testing.T, addr string) string {
 // the state directory learn the revocation from revocations.json and
 // connect to the new certificate.
 func TestControlPlaneReissuesRevokedCert(t *testing.T) {
-	var logs lockedLog
+	var logs syncBuffer
 	e := start(t, func(c *control.Config) { c.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -236,25 +234,6 @@ func waitNewServing(t *testing.T, e *env, old string) string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// lockedLog is a log sink safe for the server's goroutines (this file's
-// own, so it does not depend on other test files).
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestControlPlaneIdentityReserved: no join token can prove the control

@@ -209,21 +209,7 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 	if err := e.srv.Plane().Push().WaitSynced(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	mfs, err := e.srv.Metrics().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			if g := m.GetGauge(); g != nil {
-				got[mf.GetName()] = g.GetValue()
-			}
-			if c := m.GetCounter(); c != nil {
-				got[mf.GetName()] = c.GetValue()
-			}
-		}
-	}
+	got := gauges(t, e)
 	for name, want := range map[string]float64{"meshauth_push_sidecars_connected": 1, "meshauth_config_rejected_total": 1, "meshauth_config_version": 2} {
 		if got[name] != want {
 			t.Errorf("%s = %v, want %v", name, got[name], want)
