@@ -26,13 +26,7 @@ func TestRevocationLineageAcrossReplicas(t *testing.T) {
 	system := createNamespace(t, cs, "istio-system", nil)
 	ns := createNamespace(t, cs, "lineage", nil)
 	installCRDs(t, env)
-	start := func(id string) *testReplica {
-		return startReplica(t, ControlConfig{
-			REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
-			Listen: "127.0.0.1:0", WebhookListen: "-", Namespaces: []string{ns}, DisableSecrets: true,
-			LeaseDuration: 2 * time.Second,
-		})
-	}
+	start := func(id string) *testReplica { return startCAReplica(t, env, system, ns, id) }
 	a, b := start("a"), start("b")
 	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
 	p, err := a.srv.CA().Sign(ctx, ca.Caller{ID: id, Method: "k8s_token", Subject: "uid"}, csrFor(t, ""), 0)

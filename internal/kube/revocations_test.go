@@ -28,13 +28,7 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 	ns := createNamespace(t, cs, "revocations", nil)
 	installCRDs(t, env)
 
-	start := func(id string) *testReplica {
-		return startReplica(t, ControlConfig{
-			REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
-			Listen: "127.0.0.1:0", WebhookListen: "-", Namespaces: []string{ns}, DisableSecrets: true,
-			LeaseDuration: 2 * time.Second,
-		})
-	}
+	start := func(id string) *testReplica { return startCAReplica(t, env, system, ns, id) }
 	revoked := func(r *testReplica, serial string) bool {
 		_, ok := r.srv.CA().Bundle().Identity().Revoked[serial]
 		return ok
@@ -173,5 +167,16 @@ func FuzzRevocationsSecret(f *testing.F) {
 				t.Fatalf("malformed serial %q imported", serial)
 			}
 		}
+	})
+}
+
+// startCAReplica starts a control plane replica of system watching ns, with
+// its own state directory, no Secret controller and a short lease: the
+// replicas the revocation tests share revocations between.
+func startCAReplica(t *testing.T, env *kubetest.Env, system, ns, id string) *testReplica {
+	return startReplica(t, ControlConfig{
+		REST: env.RESTConfig(), Namespace: system, Dir: t.TempDir(), Identity: id,
+		Listen: "127.0.0.1:0", WebhookListen: "-", Namespaces: []string{ns}, DisableSecrets: true,
+		LeaseDuration: 2 * time.Second,
 	})
 }
