@@ -133,10 +133,12 @@ func (b *storeBackend) RetireRoot(id uint64) (bool, error) {
 	return true, b.store.retireAuthority(id)
 }
 
-// Refresh re-reads the Backend's authorities and, if they changed (another
-// CA replica rotated a root kept in a shared place, e.g. a Kubernetes
-// Secret), bumps the bundle version and rebuilds the bundle. A Backend
-// only this CA changes never needs it.
+// Refresh re-reads the Backend's authorities and the store's bundle
+// version. If the authorities changed (another CA replica rotated a root
+// kept in a shared place, e.g. a Kubernetes Secret) it bumps the bundle
+// version and rebuilds the bundle; if only the store's version moved
+// (another replica revoked, in a store they share) it rebuilds the bundle
+// from the store. A Backend and a Store only this CA changes never need it.
 func (c *CA) Refresh() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -144,13 +146,24 @@ func (c *CA) Refresh() error {
 	if err != nil {
 		return fmt.Errorf("ca: %s: %w", c.backend.Source(), err)
 	}
-	cur := c.state.Load().authorities
-	same := len(cur) == len(bauths)
-	for i := 0; same && i < len(cur); i++ {
-		b := bauths[i]
-		same = cur[i].id == b.ID && b.Certificate != nil && cur[i].cert.Equal(b.Certificate) && cur[i].activateAt.Equal(b.ActivateAt)
+	cur := c.state.Load()
+	same := len(cur.authorities) == len(bauths)
+	for i := 0; same && i < len(cur.authorities); i++ {
+		a, b := cur.authorities[i], bauths[i]
+		same = a.id == b.ID && b.Certificate != nil && a.cert.Equal(b.Certificate) && a.activateAt.Equal(b.ActivateAt)
 	}
 	if same {
+		v, err := c.store.BundleVersion()
+		if err != nil {
+			return internal("read bundle version", err)
+		}
+		if v == cur.bundle.Version {
+			return nil
+		}
+		if err := c.reload(); err != nil {
+			return err
+		}
+		c.log.Info("CA store changed", "bundle_version", c.state.Load().bundle.Version, "revocations", len(c.state.Load().bundle.Revocations))
 		return nil
 	}
 	if _, err := c.store.Bump(); err != nil {

@@ -143,10 +143,21 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	if err != nil {
 		return err
 	}
-	idrevs := NewIdentityRevocations()
+	// Revocations and the bundle version are in a Secret every replica
+	// shares (read before anything is served); the issuance log and join
+	// tokens in this replica's own ca.db.
+	local, err := ca.OpenStore(cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("kube: %w", err)
+	}
+	store, err := NewSecretStore(ctx, SecretStoreConfig{Client: cs, Namespace: cfg.Namespace, Local: local, Log: cfg.Log})
+	if err != nil {
+		local.Close()
+		return err
+	}
 	srv, err := control.New(control.Config{
 		Dir: cfg.Dir, Listen: cfg.Listen, MetricsListen: cfg.MetricsListen,
-		CA: ca.Config{TrustDomain: cfg.TrustDomain, Backend: backend, OnRevokeIdentity: idrevs.Add,
+		CA: ca.Config{TrustDomain: cfg.TrustDomain, Backend: backend, Store: store,
 			LogRetention: 365 * 24 * time.Hour},
 		Authenticators: []ca.Authenticator{reviewer},
 		Plane:          control.PlaneConfig{Source: cfgSrc},
@@ -171,19 +182,13 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 			}
 		}()
 	}
-	// Revocations made before a restart, or by another replica, are in the
-	// CA's bundle before it serves anything.
-	if err := ImportRevocationsSecret(ctx, cs, cfg.Namespace, srv.CA(), idrevs, cfg.Log); err != nil {
-		return err
-	}
 	run("control", srv.Serve)
+	// A revocation on another replica reaches this one's bundle.
+	run("CA store", func(ctx context.Context) error { return store.Run(ctx, srv.CA().Refresh) })
 	if roots, ok := backend.(*SecretRoots); ok {
 		// A root rotated on another replica reaches this one's bundle.
 		run("CA roots", func(ctx context.Context) error { return roots.Watch(ctx, srv.CA().Refresh, log) })
 	}
-	run("revocation sync", func(ctx context.Context) error {
-		return SyncRevocations(ctx, RevocationSyncConfig{Client: cs, Namespace: cfg.Namespace, CA: srv.CA(), Identities: idrevs, Log: cfg.Log})
-	})
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight
 	// over them. The lease is in the control plane's namespace.

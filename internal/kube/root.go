@@ -21,8 +21,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshauth/meshauth/internal/ca"
@@ -293,38 +291,18 @@ func (r *SecretRoots) RetireRoot(id uint64) (bool, error) {
 // follows. A Secret that does not parse is logged and ignored: the CA
 // keeps the roots it has.
 func (r *SecretRoots) Watch(ctx context.Context, refresh func() error, log *slog.Logger) error {
-	api := r.client.CoreV1().Secrets(r.ns)
-	sel := fields.OneTermEqualSelector("metadata.name", CASecret).String()
-	for ctx.Err() == nil {
-		w, err := api.Watch(ctx, metav1.ListOptions{FieldSelector: sel})
-		if err != nil {
-			log.Warn("watch CA root secret", "secret", r.ns+"/"+CASecret, "error", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
+	return watchSecret(ctx, r.client, r.ns, CASecret, log, func(s *corev1.Secret) {
+		if s == nil {
+			return // deleted: keep the roots in memory; the next start makes a new one
 		}
-		for ev := range w.ResultChan() {
-			s, ok := ev.Object.(*corev1.Secret)
-			if !ok || (ev.Type != watch.Added && ev.Type != watch.Modified) {
-				continue
-			}
-			if err := r.apply(s, r.Clock()); err != nil {
-				log.Error("CA root secret changed but does not parse; keeping the current roots", "error", err)
-				continue
-			}
-			if err := refresh(); err != nil {
-				log.Error("CA refresh after root secret change", "error", err)
-			}
+		if err := r.apply(s, r.Clock()); err != nil {
+			log.Error("CA root secret changed but does not parse; keeping the current roots", "error", err)
+			return
 		}
-		w.Stop()
-		select { // the API server ended the watch; do not spin if it keeps doing so
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
+		if err := refresh(); err != nil {
+			log.Error("CA refresh after root secret change", "error", err)
 		}
-	}
-	return nil
+	})
 }
 
 // secretCA names each key of a CA Secret for refusals.
