@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -95,6 +96,16 @@ func newAuthority(b *Authority) (*authority, error) {
 	return a, nil
 }
 
+// same reports whether b is the authority a was built from: the same
+// certificate, chain, roots and activation.
+func (a *authority) same(b *Authority) bool {
+	eq := func(x, y []*x509.Certificate) bool {
+		return slices.EqualFunc(x, y, func(p, q *x509.Certificate) bool { return p.Equal(q) })
+	}
+	return b.Certificate != nil && b.Root != nil && a.id == b.ID && a.cert.Equal(b.Certificate) &&
+		a.root.Equal(b.Root) && eq(a.chain, b.Chain) && eq(a.otherRoots, b.OtherRoots) && a.activateAt.Equal(b.ActivateAt)
+}
+
 // storeBackend is the default Backend: self-signed roots kept, with their
 // keys, in the CA's bbolt store. It rotates.
 type storeBackend struct {
@@ -149,8 +160,7 @@ func (c *CA) Refresh() error {
 	cur := c.state.Load()
 	same := len(cur.authorities) == len(bauths)
 	for i := 0; same && i < len(cur.authorities); i++ {
-		a, b := cur.authorities[i], bauths[i]
-		same = a.id == b.ID && b.Certificate != nil && a.cert.Equal(b.Certificate) && a.activateAt.Equal(b.ActivateAt)
+		same = cur.authorities[i].same(bauths[i])
 	}
 	if same {
 		v, err := c.store.BundleVersion()

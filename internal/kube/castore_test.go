@@ -173,7 +173,7 @@ func newStoreReplica(t *testing.T, rc *rest.Config, ns string) *storeReplica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backend, _, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
+	backend, _, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now(), discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}

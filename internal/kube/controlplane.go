@@ -128,7 +128,7 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 
-	backend, src, err := NewCABackend(ctx, cs, cfg.Namespace, cfg.TrustDomain, time.Now())
+	backend, src, err := NewCABackend(ctx, cs, cfg.Namespace, cfg.TrustDomain, time.Now(), cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -172,7 +172,7 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 6)
+	errc := make(chan error, 8)
 	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -185,9 +185,15 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	run("control", srv.Serve)
 	// A revocation on another replica reaches this one's bundle.
 	run("CA store", func(ctx context.Context) error { return store.Run(ctx, srv.CA().Refresh) })
-	if roots, ok := backend.(*SecretRoots); ok {
-		// A root rotated on another replica reaches this one's bundle.
-		run("CA roots", func(ctx context.Context) error { return roots.Watch(ctx, srv.CA().Refresh, log) })
+	switch b := backend.(type) {
+	case *SecretRoots:
+		// A root rotated on another replica reaches this one's bundle; a
+		// root about to expire is re-issued from its key.
+		run("CA roots", func(ctx context.Context) error { return b.Watch(ctx, srv.CA().Refresh, log) })
+		run("CA root renewal", func(ctx context.Context) error { return b.RenewLoop(ctx, time.Hour, log) })
+	case *PluggedSecret:
+		// The operator's new cacerts signs without a restart.
+		run("cacerts", func(ctx context.Context) error { return b.Watch(ctx, srv.CA().Refresh, log) })
 	}
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight

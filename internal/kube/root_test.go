@@ -52,7 +52,7 @@ func TestKubeCAWritesNoKey(t *testing.T) {
 	cs := env.Clientset(t)
 	ctx := context.Background()
 	ns := createNamespace(t, cs, "nokey", nil)
-	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
+	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now(), discardLog())
 	if err != nil || src != RootSelfSigned {
 		t.Fatalf("NewCABackend = %s, %v", src, err)
 	}
@@ -108,7 +108,7 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	var reps []replica
 	for range 2 {
-		b, src, err := NewCABackend(ctx, cs, ns, "cluster.local", clock.Now())
+		b, src, err := NewCABackend(ctx, cs, ns, "cluster.local", clock.Now(), discardLog())
 		if err != nil || src != RootSelfSigned {
 			t.Fatalf("NewCABackend = %s, %v", src, err)
 		}
