@@ -141,11 +141,47 @@ func NewSecretStore(ctx context.Context, cfg SecretStoreConfig) (*SecretStore, e
 			return nil, fmt.Errorf("kube: secret %s/%s: %w (a running replica rewrites it from its copy; with none running, fix or delete it: deleting it forgets every revocation)", s.ns, StoreSecret, err)
 		}
 		s.set(sec.ResourceVersion, d)
+	} else if err := s.migrate(ctx); err != nil {
+		return nil, err
 	}
 	if err := s.settle(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// legacyRevocationsSecret is where revocations were shared before the
+// store (revocations.json: the same revocations and identities lists).
+const legacyRevocationsSecret, legacyRevocationsKey = "meshauth-revocations", "revocations.json"
+
+// migrate seeds a new shared store from the Secret an older control plane
+// shared revocations through, so an upgrade forgets none. An unreadable
+// old Secret is reported and skipped.
+func (s *SecretStore) migrate(ctx context.Context) error {
+	old, err := s.client.CoreV1().Secrets(s.ns).Get(ctx, legacyRevocationsSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kube: read secret %s/%s: %w", s.ns, legacyRevocationsSecret, err)
+	}
+	d, err := decodeStore(&corev1.Secret{Data: map[string][]byte{storeKey: old.Data[legacyRevocationsKey]}})
+	if err != nil {
+		s.log.Warn("old revocations Secret unreadable; not migrated", "old_secret", legacyRevocationsSecret, "error", err)
+		return nil
+	}
+	_, err = s.update(ctx, func(cur *storeDoc) bool {
+		if len(cur.Revocations) > 0 || len(cur.Identities) > 0 {
+			return false // another replica migrated first
+		}
+		cur.Revocations, cur.Identities = d.Revocations, d.Identities
+		cur.BundleVersion++
+		return true
+	})
+	if err == nil {
+		s.log.Warn("revocations migrated from the old Secret; it can be deleted", "old_secret", legacyRevocationsSecret, "revocations", len(d.Revocations), "identities", len(d.Identities))
+	}
+	return err
 }
 
 func decodeStore(sec *corev1.Secret) (storeDoc, error) {

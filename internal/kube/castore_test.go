@@ -406,6 +406,29 @@ func TestSecretStoreWriteFailures(t *testing.T) {
 	}
 }
 
+// TestSecretStoreMigrates: the revocations an older control plane shared
+// through Secret meshauth-revocations are in the store (and so the bundle)
+// of the first replica of this version, so an upgrade forgets none.
+func TestSecretStoreMigrates(t *testing.T) {
+	env := kubetest.Need(t)
+	cs := env.Clientset(t)
+	ns := createNamespace(t, cs, "store-migrate", nil)
+	old := `{"revocations":[{"serial":"ab12","spiffe_id":"spiffe://cluster.local/ns/a/sa/b","not_after":"2099-01-01T00:00:00Z","revoked_at":"2026-01-01T00:00:00Z","reason":"old"}],
+		"identities":[{"spiffe_id":"spiffe://cluster.local/ns/a/sa/c","revoked_at":"2026-11-30T00:00:00Z"}]}`
+	if _, err := cs.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: legacyRevocationsSecret}, Data: map[string][]byte{legacyRevocationsKey: []byte(old)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r := newStoreReplica(t, env.RESTConfig(), ns)
+	if !r.ca.Bundle().Identity().IsRevoked("ab12") {
+		t.Fatal("the old Secret's revocation is not in the bundle")
+	}
+	if d := readStore(t, cs, ns); d == nil || len(d.Identities) != 1 || d.BundleVersion == 0 {
+		t.Fatalf("store after migration: %+v", d)
+	}
+}
+
 // FuzzStoreSecret: whatever is in the shared store Secret, decoding it
 // never panics, and what it accepts is what a CA would have written.
 func FuzzStoreSecret(f *testing.F) {
