@@ -39,11 +39,11 @@ func (b *logBuffer) Write(p []byte) (int, error) {
 }
 func (b *logBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.String() }
 
-// signedBy signs a certificate at r and returns its chain (leaf first).
-func signedBy(t *testing.T, r *testReplica, ns string) []*x509.Certificate {
+// signChain signs a certificate for id at c and returns its chain (leaf
+// first).
+func signChain(t *testing.T, c *ca.CA, id identity.ID) []*x509.Certificate {
 	t.Helper()
-	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
-	iss, err := r.srv.CA().Sign(context.Background(), ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
+	iss, err := c.Sign(context.Background(), ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,6 +52,12 @@ func signedBy(t *testing.T, r *testReplica, ns string) []*x509.Certificate {
 		t.Fatal(err)
 	}
 	return chain
+}
+
+// signedBy signs a certificate for sa "web" of ns at replica r.
+func signedBy(t *testing.T, r *testReplica, ns string) []*x509.Certificate {
+	t.Helper()
+	return signChain(t, r.srv.CA(), identity.MustParse("spiffe://cluster.local/ns/"+ns+"/sa/web"))
 }
 
 // TestCacertsRefresh: on a real kube-apiserver, a running control plane

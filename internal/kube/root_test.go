@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -127,18 +126,7 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	a, b := reps[0], reps[1]
 	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
-	sign := func(c *ca.CA) []*x509.Certificate {
-		t.Helper()
-		iss, err := c.Sign(ctx, ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		chain, err := identity.ParseCertsPEM([]byte(strings.Join(iss.ChainPEM, "")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return chain
-	}
+	sign := func(c *ca.CA) []*x509.Certificate { t.Helper(); return signChain(t, c, id) }
 	waitRoots := func(c *ca.CA, n int) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
