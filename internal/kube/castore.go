@@ -184,6 +184,22 @@ func (s *SecretStore) migrate(ctx context.Context) error {
 	return err
 }
 
+// OpenCAStore opens a replica's CA store: the local bbolt file in dir
+// (ca.OpenStore) under a SecretStore sharing what replicas must share in
+// namespace ns.
+func OpenCAStore(ctx context.Context, client kubernetes.Interface, ns, dir string, log *slog.Logger) (*SecretStore, error) {
+	local, err := ca.OpenStore(dir)
+	if err != nil {
+		return nil, fmt.Errorf("kube: %w", err)
+	}
+	st, err := NewSecretStore(ctx, SecretStoreConfig{Client: client, Namespace: ns, Local: local, Log: log})
+	if err != nil {
+		local.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
 func decodeStore(sec *corev1.Secret) (storeDoc, error) {
 	var d storeDoc
 	data, ok := sec.Data[storeKey]
@@ -236,11 +252,11 @@ func (s *SecretStore) get(ctx context.Context) (*corev1.Secret, error) {
 
 // set takes d, read at rv, as the current state unless this replica has
 // already seen a later one (a watch event older than its own write).
-func (s *SecretStore) set(rv string, d storeDoc) bool {
+func (s *SecretStore) set(rv string, d storeDoc) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if rv == s.rv || older(rv, s.rv) {
-		return false
+		return
 	}
 	s.rv, s.doc = rv, d
 	s.revoked = make(map[string]bool, len(d.Revocations))
@@ -252,7 +268,6 @@ func (s *SecretStore) set(rv string, d storeDoc) bool {
 			delete(s.scanned, k) // pruned
 		}
 	}
-	return true
 }
 
 // snapshot returns a copy of the current state.

@@ -178,11 +178,7 @@ func newStoreReplica(t *testing.T, rc *rest.Config, ns string) *storeReplica {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	local, err := ca.OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := NewSecretStore(ctx, SecretStoreConfig{Client: cs, Namespace: ns, Local: local, Log: discardLog()})
+	st, err := OpenCAStore(ctx, cs, ns, dir, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -146,13 +146,8 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	// Revocations and the bundle version are in a Secret every replica
 	// shares (read before anything is served); the issuance log and join
 	// tokens in this replica's own ca.db.
-	local, err := ca.OpenStore(cfg.Dir)
+	store, err := OpenCAStore(ctx, cs, cfg.Namespace, cfg.Dir, cfg.Log)
 	if err != nil {
-		return fmt.Errorf("kube: %w", err)
-	}
-	store, err := NewSecretStore(ctx, SecretStoreConfig{Client: cs, Namespace: cfg.Namespace, Local: local, Log: cfg.Log})
-	if err != nil {
-		local.Close()
 		return err
 	}
 	srv, err := control.New(control.Config{
