@@ -111,8 +111,12 @@ type SecretStore struct {
 
 var _ ca.Store = (*SecretStore)(nil)
 
-// apiTimeout bounds each read-modify-write of the Secret.
-const apiTimeout = 15 * time.Second
+// apiTimeout bounds each read-modify-write of the Secret; renewalReadTimeout
+// the fresh read (and any scan it starts) a renewal makes.
+const (
+	apiTimeout         = 15 * time.Second
+	renewalReadTimeout = 3 * time.Second
+)
 
 // NewSecretStore reads the shared Secret (it need not exist yet) and
 // revokes what the local log renewed from the revocations in it. It fails
@@ -556,7 +560,10 @@ func (s *SecretStore) RecordIssuance(rec *ca.IssuanceRecord, serial []byte, toke
 	if parent == "" {
 		return s.Store.RecordIssuance(rec, serial, tokenHash, now)
 	}
-	ctx := context.Background()
+	// A short wait: an API server that does not answer must not hold
+	// renewals up for long.
+	ctx, cancel := context.WithTimeout(context.Background(), renewalReadTimeout)
+	defer cancel()
 	if err := s.Sync(ctx); err != nil {
 		s.log.Warn("renewal checked against the last revocations seen", "error", err)
 	}
