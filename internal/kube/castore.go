@@ -349,7 +349,7 @@ func (s *SecretStore) update(ctx context.Context, change func(*storeDoc) bool) (
 			}
 			return d, nil
 		}
-		data, err := json.MarshalIndent(d, "", "  ")
+		data, err := json.Marshal(d)
 		if err != nil {
 			return storeDoc{}, err
 		}
