@@ -158,6 +158,41 @@ func TestRevocationsSharedAndKept(t *testing.T) {
 	}
 }
 
+// TestRevocationReachesOtherReplicasSidecar: a CSR-mode sidecar agent
+// gets its certificate from replica b with its ServiceAccount token; the
+// operator revokes that serial at replica a. The revocation reaches the
+// sidecar's bundle through b (b's watch of the shared store, then b's
+// bundle push), and the agent, refused with the revoked certificate, gets
+// a new one with its token. Real API server, two real control plane
+// replicas, a real agent.
+func TestRevocationReachesOtherReplicasSidecar(t *testing.T) {
+	env := kubetest.Need(t)
+	cs := env.Clientset(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	system := createNamespace(t, cs, "istio-system", nil)
+	ns := createNamespace(t, cs, "revoke-push", nil)
+	installCRDs(t, env)
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sleep"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := startCAReplica(t, env, system, ns, "a"), startCAReplica(t, env, system, ns, "b")
+	store, _ := startCSRAgent(t, ctx, cs, ns, "sleep", b.srv.Dir(), b.srv.Addr())
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		kubetest.WaitFor(t, 30*time.Second, what, func() (bool, error) { return cond(), nil })
+	}
+	wait("the sidecar's certificate from b and b's bundle", func() bool { return store.SVID() != nil && store.Bundle() != nil })
+	serial := store.SVID().Serial()
+	if _, _, err := a.srv.CA().Revoke(serial, "", "key compromise"); err != nil {
+		t.Fatal(err)
+	}
+	wait("the revocation made at a in the sidecar's bundle, pushed by b", func() bool { return store.Bundle().IsRevoked(serial) })
+	wait("a new certificate from b with the ServiceAccount token", func() bool {
+		return store.SVID().Serial() != serial && store.Health() == nil
+	})
+}
+
 // storeReplica is a CA with its own SecretStore, without the watch
 // (Run) unless the test starts it: the tests below decide when a replica
 // hears of the other's writes.
