@@ -2,7 +2,6 @@ package control
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -15,6 +14,7 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/meshapi"
 )
 
 // ErrorDomain is the ErrorInfo domain of meshauth's gRPC errors; the
@@ -192,11 +192,11 @@ func (a *adminService) CAStatus(ctx context.Context, _ *pb.CAStatusRequest) (*pb
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	js, err := json.Marshal(st)
+	m, err := meshapi.StatusToProto(st)
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	return &pb.CAStatusResponse{StatusJson: js}, nil
+	return m, nil
 }
 
 func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest) (*pb.ListIssuedResponse, error) {
@@ -215,14 +215,7 @@ func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	if entries == nil {
-		entries = []ca.IssuedEntry{}
-	}
-	js, err := json.Marshal(entries)
-	if err != nil {
-		return nil, a.s.toStatus(ctx, err)
-	}
-	return &pb.ListIssuedResponse{EntriesJson: js, Matched: int32(matched)}, nil
+	return &pb.ListIssuedResponse{Entries: meshapi.IssuedToProto(entries), Matched: int32(matched)}, nil
 }
 
 // ApplyConfig and GetState are the config plane's.
