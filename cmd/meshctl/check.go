@@ -209,11 +209,7 @@ func (c *checker) trustBundle(ctx context.Context, caClient pb.CertificateAuthor
 	cancel()
 	var bundle *identity.Bundle
 	if err == nil {
-		rev := map[string]string{}
-		for _, r := range tb.Revocations {
-			rev[strings.ToLower(r.Serial)] = r.SpiffeId
-		}
-		bundle, err = identity.NewBundle(tb.TrustDomain, tb.Version, tb.Roots, rev)
+		bundle, err = meshapi.BundleFromProto(tb)
 	}
 	if err != nil {
 		c.add("trust bundle", checkFail, "%v", err)

@@ -428,7 +428,7 @@ func TestWatchTrustBundle(t *testing.T) {
 	if err != nil || b2.Version <= b1.Version || len(b2.Roots) != 2 {
 		t.Fatalf("after rotate: %v %v", b2, err)
 	}
-	ib, err := control.BundleFromProto(b2)
+	ib, err := meshapi.BundleFromProto(b2)
 	if err != nil || !ib.IsRevoked(issued.Serial) || len(ib.Roots) != 2 {
 		t.Fatalf("BundleFromProto: %v", err)
 	}
@@ -460,7 +460,7 @@ func TestRotationOverTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := control.BundleFromProto(b)
+	bundle, err := meshapi.BundleFromProto(b)
 	if err != nil {
 		t.Fatal(err)
 	}

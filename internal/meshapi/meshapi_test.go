@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/policy"
@@ -386,5 +387,23 @@ func TestStateRefusesBadConfig(t *testing.T) {
 	_, err := StateFromProto(&pb.GetStateResponse{Config: []*pb.ConfigObject{{Yaml: []byte("kind: Nope\n"), SourceFile: "x.yaml"}}})
 	if err == nil || !strings.Contains(err.Error(), "config[0]") || !strings.Contains(err.Error(), "Nope") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestBundleFromProto: revocations are keyed by lowercase serial, as
+// certificates' serials are compared (identity.SerialHex), and a bundle
+// without roots is refused.
+func TestBundleFromProto(t *testing.T) {
+	ca := catest.New(t)
+	b, err := BundleFromProto(&pb.TrustBundle{Version: 3, TrustDomain: "cluster.local", Roots: []string{string(ca.RootPEM())},
+		Revocations: []*pb.Revocation{{Serial: "0A1B", SpiffeId: "spiffe://cluster.local/ns/default/sa/sleep"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Version != 3 || len(b.Roots) != 1 || !b.IsRevoked("0a1b") || b.Revoked["0a1b"] != "spiffe://cluster.local/ns/default/sa/sleep" {
+		t.Errorf("bundle = %+v", b)
+	}
+	if _, err := BundleFromProto(&pb.TrustBundle{TrustDomain: "cluster.local"}); err == nil {
+		t.Error("a bundle without roots was accepted")
 	}
 }
