@@ -286,8 +286,7 @@ func (c *CA) ListIssued(spiffeID string, onlyValid bool, limit int) (entries []c
 		if onlyValid && r.NotAfter < now {
 			continue
 		}
-		e := careport.IssuedEntry{Serial: r.Serial, SPIFFEID: r.SPIFFEID, NotBefore: r.NotBefore, NotAfter: r.NotAfter,
-			IssuedAt: r.IssuedAt, Requester: r.Requester, Authority: r.Authority, GrantedTTL: r.GrantedTTL}
+		e := careport.IssuedEntry{IssuanceRecord: r}
 		e.RevokedReason, e.Revoked = revoked[r.Serial]
 		entries = append(entries, e)
 	}

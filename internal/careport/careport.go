@@ -6,7 +6,10 @@
 // library, so meshctl reads the CA's reports without linking the CA.
 package careport
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Status describes the CA for `meshctl ca status`.
 type Status struct {
@@ -48,10 +51,10 @@ type CertStatus struct {
 	NotAfter    time.Time `json:"notAfter"`
 }
 
-// IssuedEntry is one issuance log record with its revocation, for audits.
-// The fields and their JSON names are the CA store's issuance record's
-// (internal/ca.IssuanceRecord) followed by the revocation.
-type IssuedEntry struct {
+// IssuanceRecord is one line of the CA's issuance log, as the CA store
+// keeps it (internal/ca.IssuanceRecord is this type; its JSON is the
+// store's format).
+type IssuanceRecord struct {
 	Serial    string `json:"serial"`
 	SPIFFEID  string `json:"spiffe_id"`
 	NotBefore int64  `json:"not_before"`
@@ -61,8 +64,29 @@ type IssuedEntry struct {
 	// "join_token:3f2a9c1b0d4e" or "mtls:<serial of the presented cert>".
 	Requester string `json:"requester"`
 	Authority uint64 `json:"authority"`
-	// GrantedTTL (seconds) is the longest lifetime a renewal may ask for.
-	GrantedTTL    int64  `json:"granted_ttl,omitempty"`
+	// GrantedTTL (seconds) is the longest lifetime a renewal of this
+	// certificate may ask for: fixed when its lineage started (a join
+	// token, a ServiceAccount token) as the larger of the CA's default TTL
+	// and the TTL that first issuance asked for, and handed down unchanged
+	// to every certificate renewed from it. 0 in records written before it
+	// existed (see internal/ca's CA.renewalLimit).
+	GrantedTTL int64 `json:"granted_ttl,omitempty"`
+}
+
+// RenewedFrom returns the serial of the certificate the caller presented
+// to get this one (an mTLS renewal), or "" when the record starts a
+// lineage. The requester field holds it ("mtls:<serial>").
+func (r *IssuanceRecord) RenewedFrom() string {
+	s, ok := strings.CutPrefix(r.Requester, "mtls:")
+	if !ok {
+		return ""
+	}
+	return s
+}
+
+// IssuedEntry is one issuance log record with its revocation, for audits.
+type IssuedEntry struct {
+	IssuanceRecord
 	Revoked       bool   `json:"revoked,omitempty"`
 	RevokedReason string `json:"revoked_reason,omitempty"`
 }

@@ -87,9 +87,9 @@ func IssuedToProto(entries []careport.IssuedEntry) []*pb.IssuedCertificate {
 func IssuedFromProto(entries []*pb.IssuedCertificate) []careport.IssuedEntry {
 	out := make([]careport.IssuedEntry, 0, len(entries))
 	for _, e := range entries {
-		out = append(out, careport.IssuedEntry{Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(), NotBefore: e.GetNotBefore(), NotAfter: e.GetNotAfter(),
-			IssuedAt: e.GetIssuedAt(), Requester: e.GetRequester(), Authority: e.GetAuthority(), GrantedTTL: e.GetGrantedTtlSeconds(),
-			Revoked: e.GetRevoked(), RevokedReason: e.GetRevokedReason()})
+		out = append(out, careport.IssuedEntry{IssuanceRecord: careport.IssuanceRecord{Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(),
+			NotBefore: e.GetNotBefore(), NotAfter: e.GetNotAfter(), IssuedAt: e.GetIssuedAt(), Requester: e.GetRequester(),
+			Authority: e.GetAuthority(), GrantedTTL: e.GetGrantedTtlSeconds()}, Revoked: e.GetRevoked(), RevokedReason: e.GetRevokedReason()})
 	}
 	return out
 }

@@ -322,8 +322,10 @@ func TestCAReportRoundTrip(t *testing.T) {
 	sameJSON(t, "status", back, st)
 
 	entries := []careport.IssuedEntry{
-		{Serial: "1a", SPIFFEID: "spiffe://cluster.local/ns/default/sa/sleep", NotBefore: 1, NotAfter: 2, IssuedAt: 1, Requester: "join_token:ab", Authority: 1, GrantedTTL: 86400},
-		{Serial: "1b", SPIFFEID: "spiffe://cluster.local/ns/default/sa/sleep", Requester: "mtls:1a", Revoked: true, RevokedReason: "key compromise"},
+		{IssuanceRecord: careport.IssuanceRecord{Serial: "1a", SPIFFEID: "spiffe://cluster.local/ns/default/sa/sleep", NotBefore: 1, NotAfter: 2, IssuedAt: 1,
+			Requester: "join_token:ab", Authority: 1, GrantedTTL: 86400}},
+		{IssuanceRecord: careport.IssuanceRecord{Serial: "1b", SPIFFEID: "spiffe://cluster.local/ns/default/sa/sleep", Requester: "mtls:1a"},
+			Revoked: true, RevokedReason: "key compromise"},
 	}
 	gotEntries := IssuedFromProto(wire(t, &pb.ListIssuedResponse{Entries: IssuedToProto(entries)}, &pb.ListIssuedResponse{}).Entries)
 	if !reflect.DeepEqual(gotEntries, entries) {

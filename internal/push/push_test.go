@@ -234,6 +234,16 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// httpbinPlaintext is a config change that concerns the sleep sidecars:
+// httpbin's client TLS mode becomes DISABLE.
+const httpbinPlaintext = `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy: {tls: {mode: DISABLE}}
+`
+
 func TestPushAckAndUpdate(t *testing.T) {
 	e := newEnv(t)
 	c := e.client("spiffe://cluster.local/ns/default/sa/sleep", "sleep-1", nil)
@@ -256,13 +266,7 @@ func TestPushAckAndUpdate(t *testing.T) {
 	}
 	// A config change reaches the sidecar as a new version and is ACKed.
 	changed := c.Changed()
-	e.server.SetEngine(engineFor(t, e.reg, meshYAML, `apiVersion: networking.istio.io/v1alpha3
-kind: DestinationRule
-metadata: {name: httpbin}
-spec:
-  host: httpbin
-  trafficPolicy: {tls: {mode: DISABLE}}
-`))
+	e.server.SetEngine(engineFor(t, e.reg, meshYAML, httpbinPlaintext))
 	<-changed
 	if got := c.Current().Snapshot.Outbound[0].Ports[0].TLSMode; got != policy.ClientDisable {
 		t.Errorf("after config change TLS mode = %s, want DISABLE", got)
@@ -427,13 +431,7 @@ func TestBundleChangeSendsNoSnapshot(t *testing.T) {
 	}
 	// A config change after it is the next thing the sidecar receives.
 	changed := c.Changed()
-	e.server.SetEngine(engineFor(t, e.reg, meshYAML, `apiVersion: networking.istio.io/v1alpha3
-kind: DestinationRule
-metadata: {name: httpbin}
-spec:
-  host: httpbin
-  trafficPolicy: {tls: {mode: DISABLE}}
-`))
+	e.server.SetEngine(engineFor(t, e.reg, meshYAML, httpbinPlaintext))
 	<-changed
 	if got := e.server.Stats().Sent; got != sent+1 {
 		t.Errorf("sent %d snapshots for a bundle change and a config change; want 1 (the config change)", got-sent)
