@@ -29,7 +29,7 @@ var configSets = map[string][]string{
 	"rbac":      {"../policy/testdata/matrix-registry.yaml", "../../cmd/meshctl/testdata/policycli/rbac.yaml"},
 }
 
-func loadSet(t *testing.T, paths []string) (*config.Config, *registry.Registry) {
+func loadSet(t testing.TB, paths []string) (*config.Config, *registry.Registry) {
 	t.Helper()
 	cfg, err := config.LoadPaths(paths...)
 	if err != nil {
@@ -408,4 +408,35 @@ func TestBundleFromProto(t *testing.T) {
 	if _, err := BundleFromProto(&pb.TrustBundle{TrustDomain: "cluster.local"}); err == nil {
 		t.Error("a bundle without roots was accepted")
 	}
+}
+
+// FuzzAdminFromWire: whatever a control plane (or something posing as one
+// to meshctl) sends as GetState, CAStatus or ListIssued, the conversions do
+// not panic; a state that converts is a config that validated.
+func FuzzAdminFromWire(f *testing.F) {
+	cfg, reg := loadSet(f, configSets["rbac"])
+	st, err := StateToProto(&State{Config: cfg, Registry: reg.State(), Sidecars: []SidecarStatus{{Workload: "default/a"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	b, _ := proto.Marshal(st)
+	f.Add(b)
+	cs, _ := proto.Marshal(&pb.CAStatusResponse{TrustDomain: "cluster.local", Roots: []*pb.RootStatus{{State: pb.RootState_ROOT_STATE_SIGNING}}})
+	f.Add(cs)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var sm pb.GetStateResponse
+		if proto.Unmarshal(data, &sm) == nil {
+			if st, err := StateFromProto(&sm); err == nil && st.Config == nil {
+				t.Fatal("state without a config")
+			}
+		}
+		var cm pb.CAStatusResponse
+		if proto.Unmarshal(data, &cm) == nil {
+			StatusFromProto(&cm)
+		}
+		var im pb.ListIssuedResponse
+		if proto.Unmarshal(data, &im) == nil {
+			IssuedFromProto(im.Entries)
+		}
+	})
 }
