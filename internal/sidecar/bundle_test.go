@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/control/controltest"
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
@@ -21,17 +21,7 @@ import (
 // own certificate's: readiness fails with the reason) from a real control
 // plane.
 func TestBundleWithoutDiscovery(t *testing.T) {
-	srv, err := control.New(control.Config{Dir: t.TempDir(), Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-served }()
-	for srv.Addr() == "" {
-		time.Sleep(5 * time.Millisecond)
-	}
+	srv := controltest.Start(t, control.Config{})
 	id := identity.ID{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "sleep"}
 	tok, err := srv.CA().CreateJoinToken(id, time.Hour, 1)
 	if err != nil {
