@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/careport"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -36,41 +36,15 @@ var (
 
 var ErrSerialExists = errors.New("ca: serial already in the issuance log")
 
-// IssuanceRecord is one line of the issuance log.
-type IssuanceRecord struct {
-	Serial    string `json:"serial"`
-	SPIFFEID  string `json:"spiffe_id"`
-	NotBefore int64  `json:"not_before"`
-	NotAfter  int64  `json:"not_after"`
-	IssuedAt  int64  `json:"issued_at"`
-	// Requester says who asked and how they proved it, e.g.
-	// "join_token:3f2a9c1b0d4e" or "mtls:<serial of the presented cert>".
-	Requester string `json:"requester"`
-	Authority uint64 `json:"authority"`
-	// GrantedTTL (seconds) is the longest lifetime a renewal of this
-	// certificate may ask for: fixed when its lineage started (a join
-	// token, a ServiceAccount token) as the larger of the CA's default TTL
-	// and the TTL that first issuance asked for, and handed down unchanged
-	// to every certificate renewed from it. 0 in records written before it
-	// existed (see CA.renewalLimit).
-	GrantedTTL int64 `json:"granted_ttl,omitempty"`
-}
+// IssuanceRecord is one line of the issuance log. The type lives in
+// internal/careport, so that the log's entries reach meshctl (ListIssued)
+// without meshctl linking the CA.
+type IssuanceRecord = careport.IssuanceRecord
 
-// RenewedFrom returns the serial of the certificate the caller presented
-// to get this one (an mTLS renewal), or "" when the record starts a
-// lineage. The requester field holds it ("mtls:<serial>").
-func (r *IssuanceRecord) RenewedFrom() string {
-	s, ok := strings.CutPrefix(r.Requester, "mtls:")
-	if !ok {
-		return ""
-	}
-	return s
-}
-
-// appendJSON appends the record as encoding/json would write it (same
-// field names and order, so json.Unmarshal reads it back), without
+// appendIssuanceJSON appends the record as encoding/json would write it
+// (same field names and order, so json.Unmarshal reads it back), without
 // reflection: it runs once per issuance.
-func (r *IssuanceRecord) appendJSON(b []byte) []byte {
+func appendIssuanceJSON(b []byte, r *IssuanceRecord) []byte {
 	b = append(b, `{"serial":`...)
 	b = appendJSONString(b, r.Serial)
 	b = append(b, `,"spiffe_id":`...)
@@ -288,7 +262,7 @@ func (s *store) MaxNotAfter() (map[uint64]int64, error) {
 // (store.Revoke) finds and revokes it, or commits after and is refused
 // here: no certificate renewed from a revoked one escapes.
 func (s *store) RecordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
-	val := rec.appendJSON(make([]byte, 0, 256))
+	val := appendIssuanceJSON(make([]byte, 0, 256), rec)
 	parent := rec.RenewedFrom()
 	// spent is the token record as the last run of fn wrote it: bbolt may
 	// run fn more than once, and only the run that commits counts.
