@@ -32,22 +32,37 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 	default:
 		return p.badTarget(d, "request target "+strconv.Quote(string(t))+" is neither a path (origin-form) nor an absolute http URI"), false
 	}
-	ot := d.req.OriginForm()
+	fwd, err := normalizeOrigin(d.req.OriginForm())
+	if err != nil {
+		return p.badTarget(d, err.Error()), false
+	}
+	if fwd != nil {
+		d.req.FwdTarget = fwd
+	}
+	return exchangeResult{}, true
+}
+
+// normalizeOrigin normalises the path of an origin-form target ("/path" or
+// "/path?query") with policy.NormalizePath. It returns the target the app
+// gets (the normalised path, the query as sent), or nil when the path is
+// already normal; an error says why the path cannot be normalised safely.
+// HTTP/1.x (inboundTarget) and HTTP/2 (inboundH2) share it.
+func normalizeOrigin(ot []byte) ([]byte, error) {
 	path, query := ot, []byte(nil)
 	if i := bytes.IndexByte(ot, '?'); i >= 0 {
 		path, query = ot[:i], ot[i:]
 	}
 	if len(path) > 0 && path[0] == '/' && policy.PathIsNormal(path) {
-		return exchangeResult{}, true // the common case: nothing to do
+		return nil, nil // the common case: nothing to do
 	}
 	norm, err := policy.NormalizePath(string(path))
 	if err != nil {
-		return p.badTarget(d, err.Error()), false
+		return nil, err
 	}
-	if norm != string(path) {
-		d.req.FwdTarget = append([]byte(norm), query...)
+	if norm == string(path) {
+		return nil, nil
 	}
-	return exchangeResult{}, true
+	return append([]byte(norm), query...), nil
 }
 
 // reasonBadPath is the access log reason of a request refused by

@@ -89,7 +89,7 @@ func (p *Proxy) serverTLS() *tls.Config {
 		}
 		return s.TLS, nil
 	}
-	c.NextProtos = []string{alpnHTTP1, alpnTCP}
+	c.NextProtos = []string{alpnH2, alpnHTTP1, alpnTCP}
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
 		_, err := p.verifyPeer(cs.PeerCertificates)
 		return err
