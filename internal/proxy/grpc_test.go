@@ -128,7 +128,7 @@ func startGRPCPair(t *testing.T, ca *catest.CA, serverID string, rbac *policy.RB
 		t.Fatal(err)
 	}
 	app := &grpcApp{}
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(16<<20))
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(16 << 20))
 	testpb.RegisterTestServiceServer(gs, app)
 	go gs.Serve(ln)
 	t.Cleanup(gs.Stop)
