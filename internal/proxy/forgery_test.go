@@ -144,15 +144,24 @@ func TestHTTPPortIgnoresClientALPN(t *testing.T) {
 			}
 		})
 	}
-	t.Run("HTTP/2 prior knowledge refused on an HTTP/1 port", func(t *testing.T) {
-		conn := mtlsConn(t, addr, sleep, alpnTCP)
-		resp, saw := rawExchange(t, conn, h2Preface)
-		if resp.StatusCode != http.StatusBadRequest || saw != nil {
-			t.Fatalf("status %d, app saw %+v; want 400 from the sidecar", resp.StatusCode, saw)
+	t.Run("HTTP/2 prior knowledge on an HTTP/1 port is terminated per request", func(t *testing.T) {
+		// Issue #14: before, the preface was answered 400; now each
+		// HTTP/2 request is authorized, gets the verified XFCC and
+		// reaches the HTTP/1.x app as HTTP/1.1.
+		req, _ := http.NewRequest("GET", "http://httpbin/headers", nil)
+		req.Header.Set("X-Forwarded-Client-Cert", forgedXFCC)
+		resp, err := h2Client(addr, sleep).Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
-		waitFor(t, func() bool {
-			return strings.Contains(srv.log.String(), "HTTP/2 connection preface on a port that is HTTP/1.x")
-		}, "the log names the HTTP/2 preface")
+		defer resp.Body.Close()
+		var saw sawApp
+		if err := json.NewDecoder(resp.Body).Decode(&saw); err != nil || saw.Proto != "HTTP/1.1" {
+			t.Fatalf("status %d, app saw %+v (%v); want the app's answer over HTTP/1.1", resp.StatusCode, saw, err)
+		}
+		if got := saw.xfccLike(); len(got) != 1 || got[0] != want {
+			t.Fatalf("app saw XFCC %q, want only %q", got, want)
+		}
 	})
 	t.Run("h2c upgrade stripped", func(t *testing.T) {
 		conn := mtlsConn(t, addr, sleep, alpnTCP)

@@ -290,6 +290,40 @@ func TestGRPCThroughSidecarPair(t *testing.T) {
 		cancel()
 		waitFor(t, func() bool { return g.app.cancelled.Load() > before }, "the app's stream context cancelled")
 	})
+	t.Run("multiplexed over one mTLS connection", func(t *testing.T) {
+		// Two more app connections, 40 concurrent calls: the client
+		// sidecar terminated every call (its access log) and carried all
+		// of them, and all the calls above, on the one h2 connection it
+		// opened first.
+		var errs = make(chan error, 40)
+		for i := 0; i < 2; i++ {
+			conn, err := grpc.NewClient(g.cli.UpstreamAddrs[0].String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			tc := testpb.NewTestServiceClient(conn)
+			for j := 0; j < 20; j++ {
+				go func() { _, err := tc.UnaryCall(ctx5(t), &testpb.SimpleRequest{ResponseSize: 100}); errs <- err }()
+			}
+		}
+		for i := 0; i < 40; i++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := counterValue(t, g.srv.m.Handshakes.WithLabelValues("inbound", "ok", "mtls")); n != 1 {
+			t.Fatalf("the server sidecar accepted %v mTLS connections, want 1 (multiplexed)", n)
+		}
+		waitFor(t, func() bool {
+			for _, l := range g.cli.log.lines(t) {
+				if l["msg"] == "http" && l["direction"] == "outbound" && l["protocol"] == "HTTP/2" && l["tls_mode"] == "ISTIO_MUTUAL" {
+					return true
+				}
+			}
+			return false
+		}, "the client sidecar's per-request log line")
+	})
 	t.Run("wrong service account refused", func(t *testing.T) {
 		bad := startGRPCPair(t, ca, "spiffe://cluster.local/ns/default/sa/impostor", nil)
 		if _, err := bad.tc.EmptyCall(ctx5(t), &testpb.Empty{}); err == nil {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -61,6 +63,8 @@ type h2State struct {
 	// HTTP/1.1 (an HTTP port's app).
 	toAppH2 *http2.Transport
 	toAppH1 *http.Transport
+	// pool holds the client sidecar's HTTP/2 upstream connections.
+	pool *h2Pool
 	// errors counts HTTP/2 protocol errors by kind (CountError).
 	errors func(string)
 }
@@ -108,6 +112,7 @@ func (p *Proxy) newH2State() *h2State {
 		MaxResponseHeaderBytes: h2MaxHeaderBytes,
 		Proxy:                  nil,
 	}
+	s.pool = newH2Pool(p)
 	return s
 }
 
@@ -125,6 +130,7 @@ func (p *Proxy) drainH2() {
 	p.h2.hs.Shutdown(ctx)
 	p.h2.toAppH1.CloseIdleConnections()
 	p.h2.toAppH2.CloseIdleConnections()
+	p.h2.pool.closeAll()
 }
 
 // isGRPC reports whether a request is a gRPC call (RFC: Content-Type
@@ -155,11 +161,24 @@ func grpcStatusFor(status int) string {
 	return grpcInternal
 }
 
-// localH2 answers a request on the sidecar's own behalf: a gRPC call
-// gets a trailers-only response (HTTP 200, grpc-status and grpc-message
-// in the only header block), anything else status with a text body.
-// It returns the grpc-status sent ("" for plain HTTP/2).
-func localH2(w http.ResponseWriter, r *http.Request, status int, reason, msg string) string {
+// localH2 answers a request on the sidecar's own behalf (see
+// writeLocalH2), counts and logs it. A denial's l.reason is the policy's
+// reason, set by the caller.
+func (p *Proxy) localH2(w http.ResponseWriter, r *http.Request, info *connInfo, l *reqLog, status int, reason, msg string) {
+	l.status = status
+	if l.reason == "" {
+		l.reason = reason
+	}
+	l.grpcStatus = writeLocalH2(w, r, status, reason, msg)
+	p.cached.requests(l.dir, status).Inc()
+	p.logRequest(info, *l)
+}
+
+// writeLocalH2 writes a sidecar's own answer: a gRPC call gets a
+// trailers-only response (HTTP 200, grpc-status and grpc-message in the
+// only header block), anything else status with a text body. It returns
+// the grpc-status sent ("" for plain HTTP/2).
+func writeLocalH2(w http.ResponseWriter, r *http.Request, status int, reason, msg string) string {
 	h := w.Header()
 	h.Set(reasonHeader, reason)
 	if status != http.StatusForbidden || reason != reasonRBACDenied {
@@ -302,3 +321,157 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, idle *streamIdle, 
 	}
 	return grpcStatus, err
 }
+
+// h2Hop is where forwardH2 sends a request and how.
+type h2Hop struct {
+	info *connInfo
+	tr   http.RoundTripper
+	addr string // the URL's host: the app or the endpoint
+	// drop, if set, says which request fields are not forwarded (the
+	// server sidecar's dropInbound); xfcc, if set, is added.
+	drop func([]byte) bool
+	xfcc string
+}
+
+// forwardH2 sends a request (path already checked, query as sent) over
+// hop and its response back, then counts and logs it.
+func (p *Proxy) forwardH2(w http.ResponseWriter, r *http.Request, l *reqLog, hop h2Hop, path, query string) {
+	hdr := make(http.Header, len(r.Header)+2)
+	for k, vv := range r.Header {
+		if hop.drop != nil && hop.drop([]byte(k)) {
+			l.dropped = append(l.dropped, k)
+			continue
+		}
+		hdr[k] = vv
+	}
+	for _, k := range hopHeaders {
+		if k != "Te" {
+			delete(hdr, k)
+		}
+	}
+	delete(hdr, "Host")
+	if _, ok := hdr["User-Agent"]; !ok {
+		hdr["User-Agent"] = []string{""} // none added by the transport
+	}
+	if hop.xfcc != "" {
+		hdr[xfccHeader] = []string{hop.xfcc}
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	if rt := p.cfg.RequestTimeout; rt > 0 {
+		ctx, cancel = context.WithTimeout(r.Context(), rt)
+	}
+	defer cancel()
+	idle := newStreamIdle(p.cfg.BodyIdleTimeout, cancel)
+	defer idle.stop()
+	out := (&http.Request{
+		Method: r.Method, URL: &url.URL{Scheme: "http", Host: hop.addr, Opaque: path, RawQuery: query},
+		Proto: "HTTP/2.0", ProtoMajor: 2, Header: hdr, Host: r.Host, ContentLength: r.ContentLength,
+	}).WithContext(ctx)
+	if r.Body != nil && r.Body != http.NoBody {
+		if len(r.Trailer) > 0 {
+			out.Trailer = http.Header{}
+			for k := range r.Trailer {
+				if hop.drop == nil || !hop.drop([]byte(k)) {
+					out.Trailer[k] = nil
+				}
+			}
+		}
+		out.Body = &reqBody{in: r, out: out, idle: idle}
+	}
+	resp, err := hop.tr.RoundTrip(out)
+	if err != nil {
+		p.upstreamFailedH2(w, r, hop.info, l, ctx, idle, err)
+		return
+	}
+	gs, err := copyResponse(w, resp, idle, p.cfg.BodyIdleTimeout)
+	l.status, l.grpcStatus = resp.StatusCode, gs
+	p.cached.requests(l.dir, resp.StatusCode).Inc()
+	if err != nil {
+		// Cut mid-stream: reset the stream so the client cannot take a
+		// truncated body for a whole one.
+		l.decision, l.reason = "error", h2StreamReason(r, idle, err)
+		p.logRequest(hop.info, *l)
+		panic(http.ErrAbortHandler)
+	}
+	p.logRequest(hop.info, *l)
+}
+
+// upstreamFailedH2 answers a request whose response never came.
+func (p *Proxy) upstreamFailedH2(w http.ResponseWriter, r *http.Request, info *connInfo, l *reqLog, ctx context.Context, idle *streamIdle, err error) {
+	l.decision = "error"
+	switch {
+	case r.Context().Err() != nil:
+		// The client reset the stream or went away: nobody to answer.
+		l.status, l.reason = statusClientClosed, reasonClientClosed
+		p.cached.requests(l.dir, l.status).Inc()
+		p.logRequest(info, *l)
+	case idle.fired.Load():
+		p.localH2(w, r, info, l, http.StatusGatewayTimeout, reasonBodyTimeout, "no data either way for "+p.cfg.BodyIdleTimeout.String())
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		p.localH2(w, r, info, l, http.StatusGatewayTimeout, reasonRequestTimeout, "request not answered within "+p.cfg.RequestTimeout.String())
+	default:
+		p.localH2(w, r, info, l, http.StatusBadGateway, upstreamReason(err), "upstream: "+err.Error())
+	}
+}
+
+// h2StreamReason names why a response stream was cut.
+func h2StreamReason(r *http.Request, idle *streamIdle, err error) string {
+	switch {
+	case r.Context().Err() != nil:
+		return reasonClientClosed
+	case idle.fired.Load() || isTimeout(err):
+		return reasonBodyTimeout
+	}
+	return "upstream_error"
+}
+
+// h2Target checks an HTTP/2 request's :path as inboundTarget checks an
+// HTTP/1.x target: "*" only with OPTIONS, otherwise a path, normalised
+// (policy.NormalizePath). It returns the path to authorize and forward,
+// the query, or why the request is refused.
+func h2Target(r *http.Request) (path, query, msg string) {
+	t := r.RequestURI
+	switch {
+	case r.Method == http.MethodConnect:
+		return "", "", "CONNECT over HTTP/2 is not forwarded to the app"
+	case t == "*" && r.Method == http.MethodOptions:
+		return "*", "", ""
+	case t == "*":
+		return "", "", "request target \"*\" is only allowed with OPTIONS"
+	case !strings.HasPrefix(t, "/"):
+		return "", "", "request target " + strconv.Quote(t) + " is not a path"
+	}
+	if n, err := normalizeOrigin([]byte(t)); err != nil {
+		return "", "", err.Error()
+	} else if n != nil {
+		t = string(n)
+	}
+	path, query, _ = strings.Cut(t, "?")
+	return path, query, ""
+}
+
+// reqBody is a request body on its way up: reading it counts as stream
+// activity, and at its end the client's trailers follow, cleaned as the
+// head was.
+type reqBody struct {
+	in   *http.Request
+	out  *http.Request
+	idle *streamIdle
+}
+
+func (b *reqBody) Read(p []byte) (int, error) {
+	n, err := b.in.Body.Read(p)
+	if n > 0 {
+		b.idle.touch()
+	}
+	if errors.Is(err, io.EOF) && b.out.Trailer != nil {
+		for k, vv := range b.in.Trailer {
+			if _, ok := b.out.Trailer[k]; ok {
+				b.out.Trailer[k] = vv
+			}
+		}
+	}
+	return n, err
+}
+
+func (b *reqBody) Close() error { return b.in.Body.Close() }

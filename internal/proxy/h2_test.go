@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -51,4 +54,47 @@ func TestGRPCEncodeMessage(t *testing.T) {
 			t.Errorf("grpcEncodeMessage(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestH2CPriorKnowledgeOnHTTPPort (issue #14): curl with HTTP/2 prior
+// knowledge to the client sidecar's --upstream port of an HTTP service:
+// the client sidecar terminates HTTP/2 (the preface, detected on an HTTP
+// port) and carries each request to the server sidecar over mTLS with
+// ALPN h2; the server sidecar authorizes it and the HTTP/1.x app gets it
+// as HTTP/1.1 with the verified XFCC, never the forged one.
+func TestH2CPriorKnowledgeOnHTTPPort(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed")
+	}
+	ca := catest.New(t)
+	srv := startEcho2(t, ca, policy.ServerStrict, "HTTP", nil)
+	cli := startSidecar(t, ca, sleepID, sidecarOpts{
+		snap: &policy.Snapshot{TrustDomain: "cluster.local",
+			Outbound: []policy.OutboundService{httpbinService(t, srv.InboundAddrs[0].String(), policy.ClientIstioMutual, httpbinID)}},
+		upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: "httpbin:8000"}},
+	})
+	out, err := exec.Command("curl", "-sS", "--path-as-is", "--http2-prior-knowledge", "-H", "X-Forwarded-Client-Cert: "+forgedXFCC,
+		"-w", "\n%{http_version}", "http://"+cli.UpstreamAddrs[0].String()+"/a/../headers?x=1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl: %v: %s", err, out)
+	}
+	i := strings.LastIndexByte(string(out), '\n')
+	body, version := string(out[:i]), string(out[i+1:])
+	var saw sawApp
+	if err := json.Unmarshal([]byte(body), &saw); err != nil {
+		t.Fatalf("curl got %q: %v", out, err)
+	}
+	if version != "2" || saw.Proto != "HTTP/1.1" || saw.Target != "/headers?x=1" {
+		t.Fatalf("curl spoke HTTP/%s, app saw %s %q; want HTTP/2 from curl, HTTP/1.1 at the app, the normalised path", version, saw.Proto, saw.Target)
+	}
+	if got, want := saw.xfccLike(), "By="+httpbinID+";URI="+sleepID; len(got) != 1 || got[0] != want {
+		t.Fatalf("app saw XFCC %q, want only %q", got, want)
+	}
+	if n := counterValue(t, srv.m.Handshakes.WithLabelValues("inbound", "ok", "mtls")); n != 1 {
+		t.Fatalf("%v mTLS handshakes at the server sidecar, want 1", n)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(srv.log.String(), `"path":"/headers","status":200,"decision":"allow","reason":"","duration"`) &&
+			strings.Contains(cli.log.String(), `"direction":"outbound"`)
+	}, "both sidecars' access log lines")
 }

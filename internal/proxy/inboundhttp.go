@@ -205,7 +205,13 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 	}
 	p.cached.activeIn.Inc()
 	defer p.cached.activeIn.Dec()
-	p.serveH1(c, info, func(d *dconn) exchangeResult {
+	// HTTP/2 with prior knowledge (a client sidecar carrying HTTP/2 from
+	// its app, or any h2c client) is terminated per request as well; on an
+	// HTTP port it reaches the app as HTTP/1.1.
+	h2 := func(c net.Conn) {
+		p.serveInboundH2(c, info, policy.InboundProtocol(inboundPort(p.policy.Current(), info.port).Protocol, ""))
+	}
+	p.serveH1(c, info, h2, func(d *dconn) exchangeResult {
 		start := time.Now()
 		// The mode was checked when the connection was accepted; a
 		// kept-alive plaintext connection must not outlive a change of its
