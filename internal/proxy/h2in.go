@@ -77,4 +77,3 @@ func (h *inboundH2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.decision = "allow"
 	p.forwardH2(w, r, &l, h2Hop{info: info, tr: h.tr, addr: info.app, drop: dropInbound, xfcc: h.xfcc}, fwd, query)
 }
-
