@@ -55,38 +55,44 @@ const (
 
 // h2State is the proxy's HTTP/2 machinery, built once in New.
 type h2State struct {
-	// hs is the http2.Server's base configuration; its Shutdown sends
+	// hs is the http2.Servers' base configuration; its Shutdown sends
 	// every HTTP/2 connection GOAWAY (Proxy.Close: drain).
-	hs  *http.Server
-	srv *http2.Server
+	hs *http.Server
+	// in serves inbound connections, out the app's outbound ones: the
+	// same settings, each counting protocol errors under its direction.
+	in, out *http2.Server
 	// toAppH2 reaches the app over h2c (prior knowledge); toAppH1 over
 	// HTTP/1.1 (an HTTP port's app).
 	toAppH2 *http2.Transport
 	toAppH1 *http.Transport
 	// pool holds the client sidecar's HTTP/2 upstream connections.
 	pool *h2Pool
-	// errors counts HTTP/2 protocol errors by kind (CountError).
-	errors func(string)
 }
 
 func (p *Proxy) newH2State() *h2State {
-	s := &h2State{}
-	s.hs = &http.Server{MaxHeaderBytes: h2MaxHeaderBytes, ErrorLog: nil}
-	s.srv = &http2.Server{
-		MaxConcurrentStreams: h2MaxStreams,
-		IdleTimeout:          p.cfg.IdleTimeout,
-		// A client that stops reading (TCP) holds a connection no longer
-		// than a body without a byte moving.
-		WriteByteTimeout: p.cfg.BodyIdleTimeout,
-		ReadIdleTimeout:  p.cfg.IdleTimeout / 2,
-		PingTimeout:      15 * time.Second,
-		CountError: func(kind string) {
-			p.m.Closed.WithLabelValues("http2", "http2_"+kind).Inc()
-		},
+	s := &h2State{hs: &http.Server{MaxHeaderBytes: h2MaxHeaderBytes}}
+	server := func(dir string) *http2.Server {
+		srv := &http2.Server{
+			MaxConcurrentStreams: h2MaxStreams,
+			IdleTimeout:          p.cfg.IdleTimeout,
+			// A client that stops reading (TCP) holds a connection no
+			// longer than a body without a byte moving.
+			WriteByteTimeout: p.cfg.BodyIdleTimeout,
+			ReadIdleTimeout:  p.cfg.IdleTimeout / 2,
+			PingTimeout:      15 * time.Second,
+			// Protocol errors (rapid reset, bad frames, ...) are counted
+			// as meshauth_sidecar_connections_closed_total{reason="http2_<kind>"}.
+			CountError: func(kind string) { p.m.Closed.WithLabelValues(dir, "http2_"+kind).Inc() },
+		}
+		// Both register their connections with hs, whose Shutdown
+		// sends them GOAWAY.
+		if err := http2.ConfigureServer(s.hs, srv); err != nil {
+			panic("proxy: http2.ConfigureServer: " + err.Error()) // only for bad TLS settings; we set none
+		}
+		s.hs.TLSNextProto = nil
+		return srv
 	}
-	if err := http2.ConfigureServer(s.hs, s.srv); err != nil {
-		panic("proxy: http2.ConfigureServer: " + err.Error()) // only for bad TLS settings; we set none
-	}
+	s.in, s.out = server("inbound"), server("outbound")
 	dialApp := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return dialer.DialContext(ctx, network, addr)
 	}
@@ -117,9 +123,9 @@ func (p *Proxy) newH2State() *h2State {
 }
 
 // serveH2 serves HTTP/2 on c (whose next bytes are the client preface)
-// with h until the connection ends.
-func (p *Proxy) serveH2(c net.Conn, h http.Handler) {
-	p.h2.srv.ServeConn(c, &http2.ServeConnOpts{BaseConfig: p.h2.hs, Handler: h})
+// with h until the connection ends; srv is h2State.in or out.
+func (p *Proxy) serveH2(srv *http2.Server, c net.Conn, h http.Handler) {
+	srv.ServeConn(c, &http2.ServeConnOpts{BaseConfig: p.h2.hs, Handler: h})
 }
 
 // drainH2 sends every HTTP/2 connection GOAWAY: streams in flight finish,

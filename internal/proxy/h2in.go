@@ -44,7 +44,7 @@ func (p *Proxy) serveInboundH2(c net.Conn, info *connInfo, proto string) {
 	}
 	p.cached.activeIn.Inc()
 	defer p.cached.activeIn.Dec()
-	p.serveH2(c, h)
+	p.serveH2(p.h2.in, c, h)
 }
 
 func (h *inboundH2) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -34,7 +34,7 @@ type outboundH2 struct {
 func (p *Proxy) serveOutboundH2(c net.Conn, info *connInfo) {
 	p.cached.activeOut.Inc()
 	defer p.cached.activeOut.Dec()
-	p.serveH2(c, &outboundH2{p: p, info: info})
+	p.serveH2(p.h2.out, c, &outboundH2{p: p, info: info})
 }
 
 func (h *outboundH2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
