@@ -40,6 +40,10 @@ type env struct {
 	pki     *pki
 	backend string // host:port of the 1 KiB backend
 	workers int    // worker processes/threads per peer proxy
+	// grpc: the backend is the gRPC server (grpc.go) and the pairs carry
+	// HTTP/2: meshauth's port is GRPC and the client app uses an
+	// --upstream port with h2c.
+	grpc bool
 }
 
 // peer describes a peer proxy pair and how to start it.

@@ -119,9 +119,10 @@ type grpcPair struct {
 	cli, srv *sidecar
 	conn     *grpc.ClientConn
 	tc       testpb.TestServiceClient
+	appAddr  string
 }
 
-func startGRPCPair(t *testing.T, ca *catest.CA, serverID string, rbac *policy.RBAC) *grpcPair {
+func startGRPCPair(t testing.TB, ca *catest.CA, serverID string, rbac *policy.RBAC) *grpcPair {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -156,7 +157,7 @@ func startGRPCPair(t *testing.T, ca *catest.CA, serverID string, rbac *policy.RB
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &grpcPair{app: app, cli: cli, srv: srv, conn: conn, tc: testpb.NewTestServiceClient(conn)}
+	return &grpcPair{app: app, cli: cli, srv: srv, conn: conn, tc: testpb.NewTestServiceClient(conn), appAddr: ln.Addr().String()}
 }
 
 func ctx5(t *testing.T) context.Context {
