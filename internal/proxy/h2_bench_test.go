@@ -96,4 +96,3 @@ func envInt(k string, def int) int {
 	}
 	return def
 }
-
