@@ -52,7 +52,7 @@ func (s sawApp) xfccLike() []string {
 // echoApp2 echoes the request target as received, the headers and the
 // trailers (after reading the body) as JSON. It speaks HTTP/1.1, HTTP/2
 // with prior knowledge and h2c upgrades, as many Go apps do.
-func echoApp2(t *testing.T) net.Listener {
+func echoApp2(t testing.TB) net.Listener {
 	t.Helper()
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -71,7 +71,7 @@ func echoApp2(t *testing.T) net.Listener {
 
 // startEcho2 is a sidecar with one inbound port 80 of the given mode,
 // protocol and RBAC in front of echoApp2.
-func startEcho2(t *testing.T, ca *catest.CA, mode policy.ServerMode, proto string, rbac *policy.RBAC) *sidecar {
+func startEcho2(t testing.TB, ca *catest.CA, mode policy.ServerMode, proto string, rbac *policy.RBAC) *sidecar {
 	t.Helper()
 	app := echoApp2(t)
 	return startSidecar(t, ca, httpbinID, sidecarOpts{

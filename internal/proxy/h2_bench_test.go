@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"crypto/tls"
+	"io"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -13,6 +16,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/policy"
 )
 
 // BenchmarkGRPCPairUnary: unary gRPC calls through a sidecar pair (client
@@ -95,4 +99,50 @@ func envInt(k string, def int) int {
 		return n
 	}
 	return def
+}
+
+// benchHTTPPair is an HTTP/1.x app behind a server sidecar (HTTP port)
+// and a client sidecar whose --upstream port leads to it.
+func benchHTTPPair(b *testing.B) string {
+	ca := catest.New(b)
+	srv := startEcho2(b, ca, policy.ServerStrict, "HTTP", nil)
+	cli := startSidecar(b, ca, sleepID, sidecarOpts{
+		snap: &policy.Snapshot{TrustDomain: "cluster.local",
+			Outbound: []policy.OutboundService{httpbinService(b, srv.InboundAddrs[0].String(), policy.ClientIstioMutual, httpbinID)}},
+		upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: "httpbin:8000"}},
+	})
+	return "http://" + cli.UpstreamAddrs[0].String() + "/headers"
+}
+
+func benchGet(b *testing.B, c *http.Client, u string) {
+	b.SetParallelism(benchPar)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(u)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}
+
+// BenchmarkHTTPPairH1 and BenchmarkHTTPPairH2 compare the hop between
+// the sidecars as HTTP/1.1 (pooled keep-alive connections) and as HTTP/2
+// (one multiplexed connection) for the same HTTP/1.x app: the first client
+// speaks HTTP/1.1 keep-alive, the second h2c to the client sidecar, which
+// then speaks h2 to the server sidecar (which answers the app's HTTP/1.1).
+// BENCHMARKS.md ("HTTP/1.1 between the sidecars or HTTP/2") has the
+// numbers and the decision.
+func BenchmarkHTTPPairH1(b *testing.B) {
+	u := benchHTTPPair(b)
+	benchGet(b, &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}, u)
+}
+
+func BenchmarkHTTPPairH2(b *testing.B) {
+	u := benchHTTPPair(b)
+	benchGet(b, h2cClient(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/headers")), u)
 }
