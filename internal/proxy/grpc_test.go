@@ -265,6 +265,38 @@ func TestGRPCThroughSidecarPair(t *testing.T) {
 			t.Fatalf("end of stream: %v", err)
 		}
 	})
+	t.Run("a long stream survives certificate rotation", func(t *testing.T) {
+		s, err := g.tc.FullDuplexCall(ctx5(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip := func(i int) {
+			t.Helper()
+			if err := s.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: int32(i)}}}); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := s.Recv(); err != nil || len(m.Payload.Body) != i {
+				t.Fatalf("round trip %d: %v", i, err)
+			}
+		}
+		roundTrip(1)
+		// Both sidecars get new certificates (the agent's renewal): the
+		// established connections and the stream on them go on; a new
+		// call works too.
+		if err := g.cli.store.SetSVID(mustSVID(t, ca.Issue(t, sleepID))); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.srv.store.SetSVID(mustSVID(t, ca.Issue(t, greeterID))); err != nil {
+			t.Fatal(err)
+		}
+		for i := 2; i < 50; i++ {
+			roundTrip(i)
+		}
+		if _, err := g.tc.EmptyCall(ctx5(t), &testpb.Empty{}); err != nil {
+			t.Fatalf("a new call after the rotation: %v", err)
+		}
+		s.CloseSend()
+	})
 	t.Run("app status and deadline pass through", func(t *testing.T) {
 		_, err := g.tc.UnaryCall(ctx5(t), &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "no such thing"}})
 		if status.Code(err) != codes.NotFound || status.Convert(err).Message() != "no such thing" {
