@@ -16,7 +16,6 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
-	"github.com/meshauth/meshauth/internal/policy"
 )
 
 // BenchmarkGRPCPairUnary: unary gRPC calls through a sidecar pair (client
@@ -55,18 +54,7 @@ func BenchmarkGRPCServerSidecarUnary(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	tc := testpb.NewTestServiceClient(conn)
-	req := &testpb.SimpleRequest{ResponseSize: 1024, Payload: &testpb.Payload{Body: make([]byte, 100)}}
-	b.SetParallelism(benchPar)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := tc.UnaryCall(b.Context(), req); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
+	benchUnary(b, testpb.NewTestServiceClient(conn))
 }
 
 // BenchmarkGRPCDirectUnary: the app alone.
@@ -78,18 +66,7 @@ func BenchmarkGRPCDirectUnary(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	tc := testpb.NewTestServiceClient(conn)
-	req := &testpb.SimpleRequest{ResponseSize: 1024, Payload: &testpb.Payload{Body: make([]byte, 100)}}
-	b.SetParallelism(benchPar)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := tc.UnaryCall(b.Context(), req); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
+	benchUnary(b, testpb.NewTestServiceClient(conn))
 }
 
 var benchPar = envInt("BENCH_PAR", 8)
@@ -101,16 +78,10 @@ func envInt(k string, def int) int {
 	return def
 }
 
-// benchHTTPPair is an HTTP/1.x app behind a server sidecar (HTTP port)
-// and a client sidecar whose --upstream port leads to it.
+// benchHTTPPair is startHTTPPair's /headers URL on the client sidecar's
+// --upstream port.
 func benchHTTPPair(b *testing.B) string {
-	ca := catest.New(b)
-	srv := startEcho2(b, ca, policy.ServerStrict, "HTTP", nil)
-	cli := startSidecar(b, ca, sleepID, sidecarOpts{
-		snap: &policy.Snapshot{TrustDomain: "cluster.local",
-			Outbound: []policy.OutboundService{httpbinService(b, srv.InboundAddrs[0].String(), policy.ClientIstioMutual, httpbinID)}},
-		upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: "httpbin:8000"}},
-	})
+	_, cli := startHTTPPair(b)
 	return "http://" + cli.UpstreamAddrs[0].String() + "/headers"
 }
 
@@ -145,4 +116,20 @@ func BenchmarkHTTPPairH1(b *testing.B) {
 func BenchmarkHTTPPairH2(b *testing.B) {
 	u := benchHTTPPair(b)
 	benchGet(b, h2cClient(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/headers")), u)
+}
+
+// benchUnary makes unary calls (100 bytes up, 1 KiB down), benchPar per
+// CPU at once.
+func benchUnary(b *testing.B, tc testpb.TestServiceClient) {
+	req := &testpb.SimpleRequest{ResponseSize: 1024, Payload: &testpb.Payload{Body: make([]byte, 100)}}
+	b.SetParallelism(benchPar)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := tc.UnaryCall(b.Context(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

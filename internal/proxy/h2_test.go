@@ -66,13 +66,7 @@ func TestH2CPriorKnowledgeOnHTTPPort(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl not installed")
 	}
-	ca := catest.New(t)
-	srv := startEcho2(t, ca, policy.ServerStrict, "HTTP", nil)
-	cli := startSidecar(t, ca, sleepID, sidecarOpts{
-		snap: &policy.Snapshot{TrustDomain: "cluster.local",
-			Outbound: []policy.OutboundService{httpbinService(t, srv.InboundAddrs[0].String(), policy.ClientIstioMutual, httpbinID)}},
-		upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: "httpbin:8000"}},
-	})
+	srv, cli := startHTTPPair(t)
 	out, err := exec.Command("curl", "-sS", "--path-as-is", "--http2-prior-knowledge", "-H", "X-Forwarded-Client-Cert: "+forgedXFCC,
 		"-w", "\n%{http_version}", "http://"+cli.UpstreamAddrs[0].String()+"/a/../headers?x=1").CombinedOutput()
 	if err != nil {
@@ -97,4 +91,18 @@ func TestH2CPriorKnowledgeOnHTTPPort(t *testing.T) {
 		return strings.Contains(srv.log.String(), `"path":"/headers","status":200,"decision":"allow","reason":"","duration"`) &&
 			strings.Contains(cli.log.String(), `"direction":"outbound"`)
 	}, "both sidecars' access log lines")
+}
+
+// startHTTPPair is an HTTP/1.x (and h2c) echo app behind a server sidecar
+// (STRICT, port declared HTTP) and a client sidecar whose --upstream port
+// leads to service httpbin:8000 there.
+func startHTTPPair(t testing.TB) (srv, cli *sidecar) {
+	ca := catest.New(t)
+	srv = startEcho2(t, ca, policy.ServerStrict, "HTTP", nil)
+	cli = startSidecar(t, ca, sleepID, sidecarOpts{
+		snap: &policy.Snapshot{TrustDomain: "cluster.local",
+			Outbound: []policy.OutboundService{httpbinService(t, srv.InboundAddrs[0].String(), policy.ClientIstioMutual, httpbinID)}},
+		upstreams: []Upstream{{Listen: "127.0.0.1:0", Service: "httpbin:8000"}},
+	})
+	return srv, cli
 }

@@ -55,14 +55,7 @@ spec:
 // the small limits of limits_test.go.
 func h2Mesh(t *testing.T) *mesh {
 	m := startMesh(t, meshOptions{Config: map[string]string{"rbac.yaml": rbacH2}, HttpbinArgs: limArgs, SleepArgs: limArgs})
-	cfgFile := filepath.Join(m.ConfigDir, "workload-httpbin.yaml")
-	y, err := os.ReadFile(cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WriteConfig("workload-httpbin.yaml", strings.ReplaceAll(string(y), "protocol: HTTP", "protocol: GRPC")); err != nil {
-		t.Fatal(err)
-	}
+	m.declareGRPC(t, "httpbin")
 	// The app sees HTTP/2 once httpbin's sidecar has the GRPC port (on an
 	// HTTP port it gets HTTP/1.1).
 	deadline := time.Now().Add(20 * time.Second)

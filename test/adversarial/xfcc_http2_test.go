@@ -81,15 +81,7 @@ func TestForgedXFCCOverHTTP2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Declare the port GRPC (localmesh writes HTTP).
-	cfgFile := filepath.Join(m.ConfigDir, "workload-grpcbin.yaml")
-	y, err := os.ReadFile(cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WriteConfig("workload-grpcbin.yaml", strings.ReplaceAll(string(y), "protocol: HTTP", "protocol: GRPC")); err != nil {
-		t.Fatal(err)
-	}
+	m.declareGRPC(t, "grpcbin")
 
 	call := func(extra ...string) (string, string, int) {
 		args := append([]string{"-p", "-x", m.Sleep.OutboundProxy, "--http2-prior-knowledge"}, extra...)
@@ -130,5 +122,19 @@ func TestForgedXFCCOverHTTP2(t *testing.T) {
 	}
 	if g.Proc.Exited() != nil {
 		t.Fatalf("grpcbin's sidecar exited: %v", g.Proc.Exited())
+	}
+}
+
+// declareGRPC declares a workload's port GRPC (localmesh writes HTTP) in
+// the control plane's config directory.
+func (m *mesh) declareGRPC(t *testing.T, workload string) {
+	t.Helper()
+	name := "workload-" + workload + ".yaml"
+	y, err := os.ReadFile(filepath.Join(m.ConfigDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WriteConfig(name, strings.ReplaceAll(string(y), "protocol: HTTP", "protocol: GRPC")); err != nil {
+		t.Fatal(err)
 	}
 }
