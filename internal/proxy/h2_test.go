@@ -106,3 +106,30 @@ func startHTTPPair(t testing.TB) (srv, cli *sidecar) {
 	})
 	return srv, cli
 }
+
+// TestH2LoadThroughPair (issue #14): h2load (nghttp2) sends 2,000 HTTP/2
+// requests over 4 connections, 20 streams at once on each, through the
+// client sidecar's --upstream port of an HTTP service: every one succeeds
+// and the server sidecar authorized every one of them on the one mTLS
+// connection the client sidecar multiplexes them on.
+func TestH2LoadThroughPair(t *testing.T) {
+	if _, err := exec.LookPath("h2load"); err != nil {
+		t.Skip("h2load not installed (apt-get install nghttp2-client)")
+	}
+	srv, cli := startHTTPPair(t)
+	out, err := exec.Command("h2load", "-n", "2000", "-c", "4", "-m", "20",
+		"http://"+cli.UpstreamAddrs[0].String()+"/headers").CombinedOutput()
+	if err != nil {
+		t.Fatalf("h2load: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored") ||
+		!strings.Contains(string(out), "status codes: 2000 2xx") {
+		t.Fatalf("h2load:\n%s", out)
+	}
+	if n := counterValue(t, srv.m.Requests.WithLabelValues("inbound", "2xx")); n != 2000 {
+		t.Fatalf("the server sidecar answered %v requests 2xx, want 2000", n)
+	}
+	if n := counterValue(t, srv.m.Handshakes.WithLabelValues("inbound", "ok", "mtls")); n != 1 {
+		t.Fatalf("%v mTLS handshakes at the server sidecar, want 1 (multiplexed)", n)
+	}
+}

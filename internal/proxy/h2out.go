@@ -101,6 +101,15 @@ type h2Pool struct {
 	t     *http2.Transport // settings of the connections; it dials none
 	mu    sync.Mutex
 	conns map[string][]*h2Conn
+	// dialing holds, per key, the dial in progress: requests that find no
+	// connection with room wait for it instead of each dialling their own,
+	// and share its error if it fails.
+	dialing map[string]*h2Dial
+}
+
+type h2Dial struct {
+	done chan struct{} // closed when the connection is pooled or failed
+	err  error
 }
 
 type h2Conn struct {
@@ -110,7 +119,7 @@ type h2Conn struct {
 }
 
 func newH2Pool(p *Proxy) *h2Pool {
-	return &h2Pool{p: p, conns: map[string][]*h2Conn{}, t: &http2.Transport{
+	return &h2Pool{p: p, conns: map[string][]*h2Conn{}, dialing: map[string]*h2Dial{}, t: &http2.Transport{
 		AllowHTTP:          true,
 		DisableCompression: true,
 		MaxHeaderListSize:  h2MaxHeaderBytes,
@@ -160,8 +169,33 @@ func retryableH2(err error) bool {
 // get returns a connection for key with a stream reserved, dialling one
 // when none can take another request.
 func (hp *h2Pool) get(ctx context.Context, key, addr string, dial func(context.Context, string) (net.Conn, error)) (*http2.ClientConn, error) {
+	for {
+		cc, wait := hp.pick(key)
+		if cc != nil {
+			return cc, nil
+		}
+		if wait == nil {
+			return hp.dial(ctx, key, addr, dial)
+		}
+		select {
+		case <-wait.done:
+			if wait.err != nil {
+				return nil, wait.err
+			}
+			// A connection is up: look again.
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// pick reserves a stream on a pooled connection for key. With none that
+// has room it returns the channel of a dial in progress to wait for, or
+// nil, nil after registering the caller as the one to dial.
+func (hp *h2Pool) pick(key string) (*http2.ClientConn, *h2Dial) {
 	gen := hp.p.pool.gen.Load()
 	hp.mu.Lock()
+	defer hp.mu.Unlock()
 	l := hp.conns[key]
 	kept := l[:0]
 	var pick *h2Conn
@@ -184,24 +218,39 @@ func (hp *h2Pool) get(ctx context.Context, key, addr string, dial func(context.C
 	}
 	clear(l[len(kept):])
 	hp.conns[key] = kept
-	hp.mu.Unlock()
 	if pick != nil {
 		return pick.cc, nil
 	}
+	if d := hp.dialing[key]; d != nil {
+		return nil, d
+	}
+	hp.dialing[key] = &h2Dial{done: make(chan struct{})}
+	return nil, nil
+}
+
+// dial opens a connection for key (the caller pick chose), reserves a
+// stream on it, pools it and wakes the requests waiting for it.
+func (hp *h2Pool) dial(ctx context.Context, key, addr string, dial func(context.Context, string) (net.Conn, error)) (*http2.ClientConn, error) {
+	gen := hp.p.pool.gen.Load() // before the handshake that verifies the server
+	var cc *http2.ClientConn
 	c, err := dial(ctx, addr)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		if cc, err = hp.t.NewClientConn(c); err != nil {
+			c.Close()
+		} else {
+			cc.ReserveNewRequest()
+		}
 	}
-	cc, err := hp.t.NewClientConn(c)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	cc.ReserveNewRequest()
 	hp.mu.Lock()
-	hp.conns[key] = append(hp.conns[key], &h2Conn{cc: cc, c: c, gen: gen})
+	if cc != nil {
+		hp.conns[key] = append(hp.conns[key], &h2Conn{cc: cc, c: c, gen: gen})
+	}
+	d := hp.dialing[key]
+	d.err = err
+	close(d.done)
+	delete(hp.dialing, key)
 	hp.mu.Unlock()
-	return cc, nil
+	return cc, err
 }
 
 // closeAll closes every pooled connection (Proxy.Close).
