@@ -142,3 +142,21 @@ func TestGRPCRequest(t *testing.T) {
 		}
 	}
 }
+
+// FuzzGRPCRequest: whatever meshctl explain --grpc is given, an accepted
+// method is one POST /service/method request that GRPCMethodOf reads back.
+func FuzzGRPCRequest(f *testing.F) {
+	for _, s := range []string{"pkg.Svc/M", "/pkg.Svc/M", "a/b/c", "", "/", "x/", "/x/y?z"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		method, path, err := GRPCRequest(in)
+		if err != nil {
+			return
+		}
+		sm, ok := GRPCMethodOf(method, path)
+		if method != "POST" || !ok || "/"+sm != path || strings.Count(path, "/") != 2 {
+			t.Fatalf("GRPCRequest(%q) = %s %q (%q, %v)", in, method, path, sm, ok)
+		}
+	})
+}

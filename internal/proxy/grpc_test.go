@@ -359,8 +359,13 @@ func TestGRPCThroughSidecarPair(t *testing.T) {
 	})
 	t.Run("wrong service account refused", func(t *testing.T) {
 		bad := startGRPCPair(t, ca, "spiffe://cluster.local/ns/default/sa/impostor", nil)
-		if _, err := bad.tc.EmptyCall(ctx5(t), &testpb.Empty{}); err == nil {
+		_, err := bad.tc.EmptyCall(ctx5(t), &testpb.Empty{})
+		if err == nil {
 			t.Fatal("gRPC call reached a server of the wrong service account")
+		}
+		// The client sidecar answers the call itself: UNAVAILABLE, saying why.
+		if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "secure_naming") {
+			t.Fatalf("call to the impostor: %v; want Unavailable naming secure_naming", err)
 		}
 		waitFor(t, func() bool {
 			return counterValue(t, bad.cli.m.Handshakes.WithLabelValues("outbound", "refused", reasonSecureNaming)) >= 1

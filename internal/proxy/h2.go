@@ -415,8 +415,12 @@ func (p *Proxy) upstreamFailedH2(w http.ResponseWriter, r *http.Request, info *c
 		p.localH2(w, r, info, l, http.StatusGatewayTimeout, reasonBodyTimeout, "no data either way for "+p.cfg.BodyIdleTimeout.String())
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		p.localH2(w, r, info, l, http.StatusGatewayTimeout, reasonRequestTimeout, "request not answered within "+p.cfg.RequestTimeout.String())
+	case upstreamReason(err) != "upstream_error":
+		// No connection (unreachable, handshake refused, secure naming):
+		// 503, as on HTTP/1.x.
+		p.localH2(w, r, info, l, http.StatusServiceUnavailable, upstreamReason(err), "upstream "+err.Error())
 	default:
-		p.localH2(w, r, info, l, http.StatusBadGateway, upstreamReason(err), "upstream: "+err.Error())
+		p.localH2(w, r, info, l, http.StatusBadGateway, "upstream_error", "upstream: "+err.Error())
 	}
 }
 
