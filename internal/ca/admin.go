@@ -78,19 +78,19 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 		}
 		spiffeID = id.String()
 	}
-	now := c.cfg.Clock()
-	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil {
-		defer c.cfg.OnRevokeIdentity(spiffeID, now, reason) // after c.mu is released
+	if _, ok := serialBytes(serial); serial != "" && !ok {
+		return nil, 0, refuse(KindInvalid, "bad_serial", "serial %q is not hex", serial)
 	}
+	now := c.cfg.Clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	added, version, err := c.store.Revoke(serial, spiffeID, reason, now)
-	var re *Error
-	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil && errors.As(err, &re) && re.Reason == "unknown_identity" {
-		return nil, c.state.Load().bundle.Version, nil
-	}
 	if err != nil {
-		return nil, 0, err
+		var e *Error
+		if errors.As(err, &e) {
+			return nil, 0, e
+		}
+		return nil, 0, internal("record revocation", err)
 	}
 	if err := c.reload(); err != nil {
 		return nil, 0, err

@@ -285,7 +285,7 @@ func (s *store) MaxNotAfter() (map[uint64]int64, error) {
 // authenticated with has been revoked by now. Revocations are written in
 // transactions of the same store, so a renewal racing with the revocation
 // of its parent either commits first, and the revocation's lineage scan
-// (store.revoke, importRevocations) finds and revokes it, or commits after and is refused
+// (store.Revoke) finds and revokes it, or commits after and is refused
 // here: no certificate renewed from a revoked one escapes.
 func (s *store) RecordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
 	val := rec.appendJSON(make([]byte, 0, 256))
@@ -371,16 +371,20 @@ func (s *store) IssuedRecord(serial string) (*IssuanceRecord, error) {
 // Issued returns every issuance log record, for tests and audits.
 func (s *store) Issued() (out []IssuanceRecord, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
-			var r IssuanceRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("issuance %x: %w", k, err)
-			}
-			out = append(out, r)
-			return nil
-		})
+		return forEachIssued(tx, func(r IssuanceRecord) error { out = append(out, r); return nil })
 	})
 	return out, err
+}
+
+// forEachIssued calls f with every record of the issuance log.
+func forEachIssued(tx *bolt.Tx, f func(IssuanceRecord) error) error {
+	return tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
+		var r IssuanceRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("issuance %x: %w", k, err)
+		}
+		return f(r)
+	})
 }
 
 func (s *store) Counts() (issued, revoked, tokens int, err error) {
@@ -443,15 +447,18 @@ func (s *store) Revoke(serial, spiffeID, reason string, now time.Time) (added []
 			}
 			// Whoever holds the key of this certificate may have renewed
 			// it: every certificate renewed from it, transitively, goes too.
-			desc, err := descendants(tx, []string{serial})
-			if err != nil {
+			lin := Lineage{}
+			if err := forEachIssued(tx, func(r IssuanceRecord) error { lin.Add(r); return nil }); err != nil {
 				return err
 			}
-			for _, d := range desc {
-				if d.NotAfter < now.Unix() {
-					continue
+			root := Revocation{Serial: rec.Serial, Reason: reason}
+			for _, r := range lin.Revocations([]Revocation{root}, func(s string) bool { return rb.Get([]byte(s)) != nil }, now) {
+				v, err := json.Marshal(r)
+				if err != nil {
+					return err
 				}
-				if err := addLineage(rb, &added, d, reason, now); err != nil {
+				added = append(added, r)
+				if err := rb.Put([]byte(r.Serial), v); err != nil {
 					return err
 				}
 			}
@@ -460,11 +467,7 @@ func (s *store) Revoke(serial, spiffeID, reason string, now time.Time) (added []
 			// and an index by identity would cost every issuance a second
 			// random B+tree insert on the hot path.
 			found := false
-			err := tx.Bucket(bucketIssued).ForEach(func(_, v []byte) error {
-				var rec IssuanceRecord
-				if err := json.Unmarshal(v, &rec); err != nil {
-					return err
-				}
+			err := forEachIssued(tx, func(rec IssuanceRecord) error {
 				if rec.SPIFFEID != spiffeID {
 					return nil
 				}
@@ -648,4 +651,40 @@ func (r *TokenRecord) usable(now time.Time) error {
 		return refuse(KindUnauthenticated, ReasonTokenUsedUp, "join token %s has been used %d of %d times; create a new one with `meshctl token create`", r.ID, r.Used, r.Uses)
 	}
 	return nil
+}
+
+// pruneIssued deletes up to max issuance log records whose certificate
+// expired before cutoff (Unix seconds). A pruned certificate had long
+// expired: nothing can renew with it, revoke it or be verified with it.
+func (s *store) PruneIssued(cutoff int64, max int) (n int, err error) {
+	var dead [][]byte
+	err = s.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bucketIssued).Cursor()
+		for k, v := cur.First(); k != nil && len(dead) < max; k, v = cur.Next() {
+			var r IssuanceRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("issuance %x: %w", k, err)
+			}
+			if r.NotAfter < cutoff {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+		}
+		return nil
+	})
+	if err != nil || len(dead) == 0 {
+		return 0, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIssued)
+		for _, k := range dead {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(dead), nil
 }

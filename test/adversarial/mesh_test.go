@@ -36,6 +36,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
 
+	"github.com/meshauth/meshauth/internal/kube/kubetest"
 	"github.com/meshauth/meshauth/internal/localmesh"
 )
 
@@ -67,7 +68,10 @@ func TestMain(m *testing.M) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}
-		return m.Run()
+		// A real etcd and kube-apiserver for the tests of the CA replicas
+		// on Kubernetes (kubetest.Need skips them, or fails them with
+		// MESHAUTH_REQUIRE_KUBE=1, when they cannot start).
+		return kubetest.Main(m)
 	}()
 	os.Exit(code)
 }
