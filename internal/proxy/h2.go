@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -274,6 +275,12 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, idle *streamIdle, 
 	h := w.Header()
 	for k, vv := range resp.Header {
 		h[k] = vv
+	}
+	// An HTTP/1.x app's Connection field names more hop-by-hop fields.
+	for _, v := range resp.Header["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			delete(h, textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name)))
+		}
 	}
 	for _, k := range hopHeaders {
 		delete(h, k)

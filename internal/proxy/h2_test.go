@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"testing"
@@ -131,5 +133,28 @@ func TestH2LoadThroughPair(t *testing.T) {
 	}
 	if n := counterValue(t, srv.m.Handshakes.WithLabelValues("inbound", "ok", "mtls")); n != 1 {
 		t.Fatalf("%v mTLS handshakes at the server sidecar, want 1 (multiplexed)", n)
+	}
+}
+
+// TestCopyResponseDropsHopByHop: an HTTP/1.x app's hop-by-hop fields,
+// and those its Connection field names, do not reach an HTTP/2 client;
+// the body and trailers do.
+func TestCopyResponseDropsHopByHop(t *testing.T) {
+	resp := &http.Response{StatusCode: 200, ContentLength: -1,
+		Header: http.Header{"Connection": {"X-Hop, close"}, "X-Hop": {"1"}, "Keep-Alive": {"timeout=5"}, "X-Keep": {"2"}},
+		Body:   io.NopCloser(strings.NewReader("body")), Trailer: http.Header{"Grpc-Status": {"0"}}}
+	rec := httptest.NewRecorder()
+	gs, err := copyResponse(rec, resp, newStreamIdle(0, func() {}), 0)
+	if err != nil || gs != "0" {
+		t.Fatalf("copyResponse: grpc-status %q, %v", gs, err)
+	}
+	h := rec.Result().Header
+	for _, k := range []string{"Connection", "X-Hop", "Keep-Alive"} {
+		if _, ok := h[k]; ok {
+			t.Errorf("hop-by-hop %s passed: %v", k, h)
+		}
+	}
+	if h.Get("X-Keep") != "2" || rec.Body.String() != "body" || rec.Result().Trailer.Get("Grpc-Status") != "0" {
+		t.Errorf("header %v, body %q, trailer %v", h, rec.Body.String(), rec.Result().Trailer)
 	}
 }
