@@ -87,6 +87,19 @@ func New(objs []any) (*Config, error) {
 			}
 		}
 	}
+	// Two target-less Policies in one namespace (Istio 0.8 allowed any
+	// name) would make the namespace's mode depend on load order.
+	nsPolicy := map[string]*Policy{}
+	for _, p := range c.Policies {
+		if len(p.Spec.Targets) > 0 {
+			continue
+		}
+		if first, ok := nsPolicy[p.Metadata.Namespace]; ok {
+			fail(&p.Object, "spec", "namespace %s already has a Policy without targets (%s at %s); a namespace has one namespace-wide policy: merge them", p.Metadata.Namespace, first.Key(), first.Source)
+			continue
+		}
+		nsPolicy[p.Metadata.Namespace] = p
+	}
 	// Two rules for one host in one namespace would make the client mode
 	// depend on load order; refuse. Across namespaces it is allowed (and
 	// common in Kubernetes); the engine picks one deterministically.
@@ -125,6 +138,20 @@ func New(objs []any) (*Config, error) {
 		return nil, errs
 	}
 	return c, nil
+}
+
+// Warnings returns what decoding and validation accepted but flagged, for
+// every object, in file order.
+func (c *Config) Warnings() ErrorList {
+	var out ErrorList
+	if c == nil {
+		return nil
+	}
+	for _, v := range c.Objects() {
+		out = append(out, objectOf(v).Warnings...)
+	}
+	out.Sort()
+	return out
 }
 
 // canonicalKind folds kinds that share one namespace of names.

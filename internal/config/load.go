@@ -353,6 +353,7 @@ func parseDocument(file string, n *yaml.Node, path string) ([]any, ErrorList) {
 			d.object = kind + "/" + ns + nm.Value
 		}
 	}
+	d.protoNames = strings.HasSuffix(strings.SplitN(api, "/", 2)[0], ".istio.io")
 	d.decode(n, reflectValue(obj), path)
 	o := objectOf(obj)
 	o.Source = Pos{File: file, Line: n.Line, Column: n.Column}
@@ -362,5 +363,7 @@ func parseDocument(file string, n *yaml.Node, path string) ([]any, ErrorList) {
 	if len(d.errs) > 0 {
 		return nil, d.errs
 	}
+	d.warns.Sort()
+	o.Warnings = d.warns
 	return []any{obj}, nil
 }

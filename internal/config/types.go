@@ -90,6 +90,11 @@ type Object struct {
 	Metadata   Meta   `json:"metadata" yaml:"metadata"`
 	// Source is where the object was read from.
 	Source Pos `json:"source" yaml:"-"`
+	// Warnings are what decoding and validation accepted but flag: a
+	// duplicate key (the last value is used, as Istio's YAML parser does),
+	// an Istio 0.8 form that 1.0 refuses, a key that never matches. They
+	// travel with the object; Config.Warnings lists them.
+	Warnings []*Error `json:"-" yaml:"-"`
 }
 
 // Key returns kind/namespace/name, the form decisions cite.
@@ -147,10 +152,33 @@ type PolicySpec struct {
 	// PeerIsOptional accepts requests without peer authentication, which
 	// makes an mTLS peer method behave as PERMISSIVE.
 	PeerIsOptional bool `json:"peerIsOptional,omitempty" yaml:"peerIsOptional,omitempty"`
-	// Origins (end-user JWT) are refused at validation: "not supported".
-	Origins          Raw    `json:"-" yaml:"origins,omitempty"`
-	OriginIsOptional bool   `json:"originIsOptional,omitempty" yaml:"originIsOptional,omitempty"`
+	// Origins are the end-user (JWT) authentication methods: a request
+	// must carry a token that one of them verifies, unless
+	// OriginIsOptional.
+	Origins          []OriginMethod `json:"origins,omitempty" yaml:"origins,omitempty"`
+	OriginIsOptional bool           `json:"originIsOptional,omitempty" yaml:"originIsOptional,omitempty"`
+	// PrincipalBinding is USE_PEER (default: the request principal is the
+	// peer's identity) or USE_ORIGIN (the verified token's iss/sub).
 	PrincipalBinding string `json:"principalBinding,omitempty" yaml:"principalBinding,omitempty"`
+}
+
+// OriginMethod is one end-user authentication method.
+type OriginMethod struct {
+	JWT *JWT `json:"jwt,omitempty" yaml:"jwt,omitempty"`
+}
+
+// JWT is Istio's Jwt: who issues the tokens, for which audiences, where
+// their keys are, and where a request carries the token.
+type JWT struct {
+	Issuer    string   `json:"issuer" yaml:"issuer"`
+	Audiences []string `json:"audiences,omitempty" yaml:"audiences,omitempty"`
+	JwksURI   string   `json:"jwksUri,omitempty" yaml:"jwksUri,omitempty"`
+	// JWTHeaders and JWTParams name the request headers and query
+	// parameters that may carry the token; without both, the token is
+	// read from "Authorization: Bearer <token>".
+	JWTHeaders []string `json:"jwtHeaders,omitempty" yaml:"jwtHeaders,omitempty"`
+	JWTParams  []string `json:"jwtParams,omitempty" yaml:"jwtParams,omitempty"`
+	Pos        Pos      `json:"-" yaml:"-"`
 }
 
 // TargetSelector names a service (short name, in the policy's namespace)
@@ -173,7 +201,8 @@ type PeerMethod struct {
 	// MTLS is non-nil when the key is present, including `mtls: {}` and a
 	// bare `mtls:` (null), both of which mean STRICT.
 	MTLS *MutualTLS `json:"mtls,omitempty" yaml:"mtls,omitempty"`
-	JWT  Raw        `json:"-" yaml:"jwt,omitempty"`
+	// JWT peers are decoded (so Istio's checks run) and then refused.
+	JWT *JWT `json:"-" yaml:"jwt,omitempty"`
 }
 
 // MTLSMode is the server side's mutual TLS mode in a Policy.
@@ -210,20 +239,76 @@ type DestinationRuleSpec struct {
 // load-balancing, connection-pool and outlier settings are accepted (so
 // manifests load) and kept, but meshauth does not act on them.
 type TrafficPolicy struct {
-	LoadBalancer      Raw                 `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
-	ConnectionPool    Raw                 `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
-	OutlierDetection  Raw                 `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
-	TLS               *TLSSettings        `json:"tls,omitempty" yaml:"tls,omitempty"`
-	PortLevelSettings []PortTrafficPolicy `json:"portLevelSettings,omitempty" yaml:"portLevelSettings,omitempty"`
+	LoadBalancer      *LoadBalancerSettings   `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
+	ConnectionPool    *ConnectionPoolSettings `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
+	OutlierDetection  *OutlierDetection       `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
+	TLS               *TLSSettings            `json:"tls,omitempty" yaml:"tls,omitempty"`
+	PortLevelSettings []PortTrafficPolicy     `json:"portLevelSettings,omitempty" yaml:"portLevelSettings,omitempty"`
 }
 
 // PortTrafficPolicy is a traffic policy for one port.
 type PortTrafficPolicy struct {
-	Port             PortSelector `json:"port" yaml:"port"`
-	LoadBalancer     Raw          `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
-	ConnectionPool   Raw          `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
-	OutlierDetection Raw          `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
-	TLS              *TLSSettings `json:"tls,omitempty" yaml:"tls,omitempty"`
+	// Port is nil when the key is absent (Istio: "portTrafficPolicy must
+	// have valid port").
+	Port             *PortSelector           `json:"port,omitempty" yaml:"port,omitempty"`
+	LoadBalancer     *LoadBalancerSettings   `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
+	ConnectionPool   *ConnectionPoolSettings `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
+	OutlierDetection *OutlierDetection       `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
+	TLS              *TLSSettings            `json:"tls,omitempty" yaml:"tls,omitempty"`
+}
+
+// LoadBalancerSettings is Istio's load balancer choice (kept, not acted on).
+type LoadBalancerSettings struct {
+	Simple         string            `json:"simple,omitempty" yaml:"simple,omitempty"`
+	ConsistentHash *ConsistentHashLB `json:"consistentHash,omitempty" yaml:"consistentHash,omitempty"`
+}
+
+// ConsistentHashLB is LoadBalancerSettings.consistentHash.
+type ConsistentHashLB struct {
+	HTTPHeaderName string `json:"httpHeaderName,omitempty" yaml:"httpHeaderName,omitempty"`
+	// HTTPHeader is Istio 0.8's name of HTTPHeaderName.
+	HTTPHeader      string      `json:"httpHeader,omitempty" yaml:"httpHeader,omitempty"`
+	HTTPCookie      *HTTPCookie `json:"httpCookie,omitempty" yaml:"httpCookie,omitempty"`
+	UseSourceIP     bool        `json:"useSourceIp,omitempty" yaml:"useSourceIp,omitempty"`
+	MinimumRingSize uint64      `json:"minimumRingSize,omitempty" yaml:"minimumRingSize,omitempty"`
+}
+
+// HTTPCookie is a consistent-hash cookie.
+type HTTPCookie struct {
+	Name string `json:"name" yaml:"name"`
+	Path string `json:"path,omitempty" yaml:"path,omitempty"`
+	TTL  string `json:"ttl,omitempty" yaml:"ttl,omitempty"`
+}
+
+// ConnectionPoolSettings is Istio's connection pool (kept, not acted on).
+type ConnectionPoolSettings struct {
+	TCP  *TCPSettings  `json:"tcp,omitempty" yaml:"tcp,omitempty"`
+	HTTP *HTTPSettings `json:"http,omitempty" yaml:"http,omitempty"`
+}
+
+// TCPSettings is connectionPool.tcp. Numbers are signed (int32 in Istio's
+// API) so that a negative value reaches validation and gets Istio's error.
+type TCPSettings struct {
+	MaxConnections int32  `json:"maxConnections,omitempty" yaml:"maxConnections,omitempty"`
+	ConnectTimeout string `json:"connectTimeout,omitempty" yaml:"connectTimeout,omitempty"`
+}
+
+// HTTPSettings is connectionPool.http.
+type HTTPSettings struct {
+	HTTP1MaxPendingRequests  int32 `json:"http1MaxPendingRequests,omitempty" yaml:"http1MaxPendingRequests,omitempty"`
+	HTTP2MaxRequests         int32 `json:"http2MaxRequests,omitempty" yaml:"http2MaxRequests,omitempty"`
+	MaxRequestsPerConnection int32 `json:"maxRequestsPerConnection,omitempty" yaml:"maxRequestsPerConnection,omitempty"`
+	MaxRetries               int32 `json:"maxRetries,omitempty" yaml:"maxRetries,omitempty"`
+}
+
+// OutlierDetection is Istio's outlier detection (kept, not acted on): the
+// 1.0 form, or 0.8's with the same fields under http.
+type OutlierDetection struct {
+	ConsecutiveErrors  int32             `json:"consecutiveErrors,omitempty" yaml:"consecutiveErrors,omitempty"`
+	Interval           string            `json:"interval,omitempty" yaml:"interval,omitempty"`
+	BaseEjectionTime   string            `json:"baseEjectionTime,omitempty" yaml:"baseEjectionTime,omitempty"`
+	MaxEjectionPercent int32             `json:"maxEjectionPercent,omitempty" yaml:"maxEjectionPercent,omitempty"`
+	HTTP               *OutlierDetection `json:"http,omitempty" yaml:"http,omitempty"`
 }
 
 // TLSMode is a DestinationRule's client TLS mode.
