@@ -128,9 +128,13 @@ func New(objs []any) (*Config, error) {
 	for _, r := range c.ServiceRoles {
 		roles[r.Metadata.Namespace+"/"+r.Metadata.Name] = true
 	}
+	// A binding may come before its role (Kubernetes takes them in any
+	// order, and Istio's validation checks each object alone): until the
+	// role exists the binding grants nothing, so it is a warning.
 	for _, b := range c.ServiceRoleBindings {
 		if !roles[b.Metadata.Namespace+"/"+b.Spec.RoleRef.Name] {
-			fail(&b.Object, "spec.roleRef.name", "ServiceRole %q not found in namespace %s", b.Spec.RoleRef.Name, b.Metadata.Namespace)
+			c.warnings = append(c.warnings, &Error{Pos: b.Source, Object: b.Key(), Path: "spec.roleRef.name",
+				Msg: fmt.Sprintf("ServiceRole %q not found in namespace %s: this binding grants nothing until it exists", b.Spec.RoleRef.Name, b.Metadata.Namespace)})
 		}
 	}
 	if len(errs) > 0 {
@@ -150,6 +154,7 @@ func (c *Config) Warnings() ErrorList {
 	for _, v := range c.Objects() {
 		out = append(out, objectOf(v).Warnings...)
 	}
+	out = append(out, c.warnings...)
 	out.Sort()
 	return out
 }

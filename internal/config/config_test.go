@@ -113,12 +113,17 @@ func TestApplyKeepsOldOnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad, errs := Parse("b.yaml", []byte("apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: x}\nspec:\n  subjects: [{user: \"*\"}]\n  roleRef: {kind: ServiceRole, name: nope}\n"))
+	bad, errs := Parse("b.yaml", []byte("apiVersion: meshauth.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: other}\nspec: {authPolicy: NONE}\n"))
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	if _, err := c.Apply(bad, false); err == nil || !strings.Contains(err.Error(), `ServiceRole "nope" not found`) {
-		t.Fatalf("Apply(bad) = %v, want roleRef error", err)
+	if _, err := c.Apply(bad, false); err == nil || !strings.Contains(err.Error(), `only one MeshConfig is allowed`) {
+		t.Fatalf("Apply(bad) = %v, want a second-MeshConfig error", err)
+	}
+	// A binding whose role is missing grants nothing: valid, with a warning.
+	orphan, _ := Parse("o.yaml", []byte("apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: x}\nspec:\n  subjects: [{user: \"*\"}]\n  roleRef: {kind: ServiceRole, name: nope}\n"))
+	if o, err := c.Apply(orphan, false); err != nil || !strings.Contains(o.Warnings().Error(), `o.yaml:1:1: ServiceRoleBinding/default/x: spec.roleRef.name: ServiceRole "nope" not found in namespace default: this binding grants nothing`) {
+		t.Fatalf("Apply(orphan binding) = %v, warnings %v", err, o.Warnings())
 	}
 	good, _ := Parse("g.yaml", []byte("apiVersion: meshauth.io/v1alpha1\nkind: Service\nmetadata: {name: ratings}\nspec:\n  ports: [{number: 9080}]\n"))
 	n, err := c.Apply(good, false)

@@ -36,6 +36,10 @@ type Config struct {
 	Sidecars            []*Sidecar            `json:"sidecars,omitempty"`
 	Services            []*Service            `json:"services,omitempty"`
 	Workloads           []*Workload           `json:"workloads,omitempty"`
+
+	// warnings are New's cross-object warnings (Warnings adds the
+	// objects' own).
+	warnings ErrorList
 }
 
 // AuthPolicy returns the mesh-wide default (NONE when unset).

@@ -552,9 +552,6 @@ func checkPattern(v string) string {
 	return ""
 }
 
-// constraintKeys are the ServiceRole constraint keys we can evaluate.
-var constraintKeys = []string{"destination.labels[<name>]", "destination.port", "destination.namespace", "destination.user"}
-
 func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 	if len(s.Rules) == 0 {
 		d.fail(path+".rules", "a ServiceRole needs at least one rule")
@@ -584,20 +581,9 @@ func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 		}
 		for j, c := range r.Constraints {
 			cp := fmt.Sprintf("%s.constraints[%d]", rp, j)
-			label := strings.HasPrefix(c.Key, "destination.labels[") && strings.HasSuffix(c.Key, "]") && len(c.Key) > len("destination.labels[]")
-			switch {
-			case label, c.Key == "destination.namespace", c.Key == "destination.user":
-			case c.Key == "destination.port":
-				for k, v := range c.Values {
-					if n, err := strconv.Atoi(v); err != nil || n < 1 || n > 65535 {
-						d.fail(fmt.Sprintf("%s.values[%d]", cp, k), "destination.port values are port numbers, got %q", v)
-					}
-				}
-			default:
-				d.fail(cp+".key", "constraint key %q is not supported (supported: %s)", c.Key, strings.Join(constraintKeys, ", "))
-			}
+			checkConstraintKey(d, c, cp, i, j)
 			if len(c.Values) == 0 {
-				d.fail(cp+".values", "a constraint needs values")
+				d.fail(cp+".values", "at least 1 value must be specified for constraint %d in rule %d", j, i)
 			}
 			for k, v := range c.Values {
 				if e := checkPattern(v); e != "" {
@@ -608,20 +594,17 @@ func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 	}
 }
 
-// subjectProperties are the ServiceRoleBinding properties we evaluate.
-var subjectProperties = []string{"source.namespace", "source.principal"}
-
 func validateBinding(d *decoder, s *ServiceRoleBindingSpec, path string) {
 	if len(s.Subjects) == 0 {
 		d.fail(path+".subjects", "a ServiceRoleBinding needs at least one subject")
 	}
 	for i, sub := range s.Subjects {
 		sp := fmt.Sprintf("%s.subjects[%d]", path, i)
-		if sub.Group != "" {
-			d.fail(sp+".group", "group subjects are not supported; name users or use properties")
+		if sub.Group != "" && sub.Group != "*" {
+			d.warn(sp+".group", "group %q never matches: meshauth knows no groups (Istio 0.8's authorization instance set none, so its Mixer matched only \"*\"; Istio 1.0 ignored groups); this subject grants nothing", sub.Group)
 		}
 		if sub.User == "" && len(sub.Properties) == 0 && sub.Group == "" {
-			d.fail(sp, "a subject needs user (a principal like cluster.local/ns/default/sa/sleep, or \"*\") or properties")
+			d.fail(sp, "at least 1 of user, group or properties must be specified for subject %d (user: a principal like cluster.local/ns/default/sa/sleep, or \"*\")", i)
 		}
 		if sub.User != "" {
 			if e := checkPattern(sub.User); e != "" {
@@ -634,14 +617,10 @@ func validateBinding(d *decoder, s *ServiceRoleBindingSpec, path string) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			ok := false
-			for _, a := range subjectProperties {
-				ok = ok || a == k
-			}
-			if !ok {
-				d.fail(sp+".properties["+k+"]", "property %q is not supported (supported: %s)", k, strings.Join(subjectProperties, ", "))
-			} else if e := checkPattern(sub.Properties[k]); e != "" {
-				d.fail(sp+".properties["+k+"]", "%s", e)
+			pp := sp + ".properties[" + k + "]"
+			checkSubjectProperty(d, k, pp)
+			if e := checkPattern(sub.Properties[k]); e != "" {
+				d.fail(pp, "%s", e)
 			}
 		}
 	}

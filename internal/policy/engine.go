@@ -411,7 +411,10 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 			}
 			rr := RBACRule{Services: r.Services, Methods: r.Methods, Paths: r.Paths}
 			for _, c := range r.Constraints {
-				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: c.Key, Values: c.Values})
+				// Istio 0.8's bare names become the attributes they stand
+				// for ("app" -> destination.labels[app]); a bare name with
+				// no mapping stays as is and never matches.
+				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: config.RBACConstraintKey(c.Key), Values: c.Values})
 			}
 			rules = append(rules, rr)
 		}
@@ -423,10 +426,31 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 			ref := b.Metadata.Namespace + "/" + b.Metadata.Name
 			p.Bindings = append(p.Bindings, ref)
 			for _, s := range b.Spec.Subjects {
-				p.Subjects = append(p.Subjects, RBACSubject{User: s.User, Properties: s.Properties, Binding: ref})
+				p.Subjects = append(p.Subjects, snapshotSubject(s, ref))
 			}
 		}
 		out = append(out, p)
+	}
+	return out
+}
+
+// snapshotSubject converts a binding subject: Istio 0.8's bare property
+// names become attributes ("namespace" -> source.namespace); a group other
+// than "*" (Istio 0.8's Mixer matched only "*", its instance set no groups)
+// becomes a property no request has, so the subject never matches.
+func snapshotSubject(s config.Subject, binding string) RBACSubject {
+	out := RBACSubject{User: s.User, Binding: binding}
+	if s.Group == "*" && s.User == "" {
+		out.User = "*"
+	}
+	if len(s.Properties) > 0 || (s.Group != "" && s.Group != "*") {
+		out.Properties = map[string]string{}
+	}
+	for k, v := range s.Properties {
+		out.Properties[config.RBACSubjectProperty(k)] = v
+	}
+	if s.Group != "" && s.Group != "*" {
+		out.Properties["group"] = s.Group
 	}
 	return out
 }
