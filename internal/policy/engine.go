@@ -108,6 +108,13 @@ func policyMode(p *config.Policy) ServerMode {
 // the service, over the namespace's "default" Policy, over the MeshPolicy,
 // over the mesh config's authPolicy.
 func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[ServerMode] {
+	m, _ := e.serverPolicy(svc, port)
+	return m
+}
+
+// serverPolicy is ServerMode with the Policy that decided (nil for the
+// mesh authPolicy).
+func (e *Engine) serverPolicy(svc *registry.Service, port uint32) (ModeDecision[ServerMode], *config.Policy) {
 	ix := e.ix
 	key := svc.Key()
 	if p, ok := svc.Port(port); ok {
@@ -116,29 +123,52 @@ func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[Ser
 				continue
 			}
 			if pol := ix.portPolicy[key+":"+sel]; pol != nil {
-				return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}
+				return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}, pol
 			}
 		}
 	}
 	if pol := ix.svcPolicy[key]; pol != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}
+		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}, pol
 	}
-	return e.namespaceMode(svc.Namespace)
+	return e.namespacePolicy(svc.Namespace)
+}
+
+// EndUser converts a Policy's origins to the snapshot form; nil when it
+// has none and does not bind the principal to the origin.
+func EndUser(p *config.Policy) *EndUserAuthn {
+	if p == nil || (len(p.Spec.Origins) == 0 && p.Spec.PrincipalBinding != "USE_ORIGIN") {
+		return nil
+	}
+	eu := &EndUserAuthn{Optional: p.Spec.OriginIsOptional, UseOrigin: p.Spec.PrincipalBinding == "USE_ORIGIN", DecidedBy: p.Key()}
+	if len(p.Spec.Origins) == 0 {
+		eu.Optional = true // nothing to verify: only the binding applies
+	}
+	for _, o := range p.Spec.Origins {
+		if j := o.JWT; j != nil {
+			eu.JWT = append(eu.JWT, JWTRule{Issuer: j.Issuer, Audiences: j.Audiences, JwksURI: j.JwksURI, Headers: j.JWTHeaders, Params: j.JWTParams})
+		}
+	}
+	return eu
 }
 
 // namespaceMode is the server mode for a namespace's ports no Policy targets.
 func (e *Engine) namespaceMode(ns string) ModeDecision[ServerMode] {
+	m, _ := e.namespacePolicy(ns)
+	return m
+}
+
+func (e *Engine) namespacePolicy(ns string) (ModeDecision[ServerMode], *config.Policy) {
 	ix := e.ix
 	if pol := ix.nsDefault[ns]; pol != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}
+		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}, pol
 	}
 	if mp := ix.cfg.MeshPolicy; mp != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}
+		return ModeDecision[ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}, mp
 	}
 	if ix.cfg.AuthPolicy() == config.AuthPolicyMutualTLS {
-		return ModeDecision[ServerMode]{Mode: ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}
+		return ModeDecision[ServerMode]{Mode: ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}, nil
 	}
-	return ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}
+	return ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}, nil
 }
 
 // ClientTLS is the client side's decision for one service port.
@@ -625,8 +655,9 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 		TrustDomain: e.ix.cfg.TrustDomain(),
 		Workload:    WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: w.Labels},
 	}
-	nsMode := e.namespaceMode(w.Namespace)
+	nsMode, nsPol := e.namespacePolicy(w.Namespace)
 	s.InboundDefault = nsMode.Mode
+	s.InboundDefaultEndUser = EndUser(nsPol)
 	mine := e.reg.ServicesOf(w.Namespace, w.Name)
 	seen := map[uint32]bool{}
 	var rbacOn, rbacOff []string
@@ -642,9 +673,9 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 				continue // first service (by name) wins a shared target port
 			}
 			seen[p.TargetPort] = true
-			m := e.ServerMode(svc, p.Number)
+			m, pol := e.serverPolicy(svc, p.Number)
 			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: InboundProtocol(p.Protocol, p.Name),
-				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy})
+				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy, EndUser: EndUser(pol)})
 		}
 		on, by := e.RBACFor(svc)
 		rbacBy = by

@@ -20,6 +20,9 @@ type Snapshot struct {
 	// InboundDefault is the server mode for ports not listed in Inbound.
 	InboundDefault ServerMode    `json:"inboundDefault"`
 	Inbound        []InboundPort `json:"inbound,omitempty"`
+	// InboundDefaultEndUser is the end-user authentication of the ports
+	// not listed in Inbound (the namespace's or mesh's Policy).
+	InboundDefaultEndUser *EndUserAuthn `json:"inboundDefaultEndUser,omitempty"`
 
 	// Outbound lists every service this sidecar may call.
 	Outbound []OutboundService `json:"outbound,omitempty"`
@@ -80,6 +83,33 @@ type InboundPort struct {
 	// DecidedBy names the object that set Mode (kind/namespace/name or
 	// "mesh/authPolicy").
 	DecidedBy string `json:"decidedBy,omitempty"`
+	// EndUser is the port's end-user (origin JWT) authentication, from the
+	// same Policy as Mode; nil when that Policy has no origins and does
+	// not bind the principal to the origin.
+	EndUser *EndUserAuthn `json:"endUser,omitempty"`
+}
+
+// EndUserAuthn is a Policy's origins: which JWTs a request must carry
+// (Istio's origins, originIsOptional, principalBinding).
+type EndUserAuthn struct {
+	JWT []JWTRule `json:"jwt,omitempty"`
+	// Optional lets a request without a token through (originIsOptional);
+	// a token that is present must still verify.
+	Optional bool `json:"optional,omitempty"`
+	// UseOrigin makes request.auth.principal the token's iss/sub
+	// (principalBinding USE_ORIGIN) instead of the peer's principal.
+	UseOrigin bool `json:"useOrigin,omitempty"`
+	// DecidedBy names the Policy.
+	DecidedBy string `json:"decidedBy,omitempty"`
+}
+
+// JWTRule is one origin: issuer, audiences, keys and token locations.
+type JWTRule struct {
+	Issuer    string   `json:"issuer"`
+	Audiences []string `json:"audiences,omitempty"`
+	JwksURI   string   `json:"jwksUri"`
+	Headers   []string `json:"jwtHeaders,omitempty"`
+	Params    []string `json:"jwtParams,omitempty"`
 }
 
 // OutboundService is one destination service as seen by a client sidecar.

@@ -2,12 +2,19 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/jwtauthn"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -213,6 +220,17 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		stripH2CUpgrade(d)
 		snap := p.policy.Current()
 		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
+		// End-user authentication (the port's Policy origins) before
+		// RBAC, which may look at its claims.
+		auth, userinfo, err := endUserAuthn(d, snap, info)
+		if err != nil {
+			p.cached.deny.Inc()
+			res := p.localError(d, http.StatusUnauthorized, reasonJWT, "Origin authentication failed: "+err.Error())
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", err.Error(), start)
+			return res
+		}
+		req.Auth = auth
 		if snap != nil && snap.RBAC != nil {
 			// Only built when rules may look at them (saves two
 			// allocations per request with RBAC off).
@@ -230,7 +248,9 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		// Any X-Forwarded-Client-Cert from the client, in any spelling, is
 		// dropped and the sidecar's own is added: a client never chooses
 		// its identity.
-		res := p.exchange(d, app, xfcc, d.dropInboundField, "")
+		// So is any sec-istio-auth-userinfo: the sidecar sets its own from
+		// a token it verified.
+		res := p.exchange(d, app, append(xfcc[:len(xfcc):len(xfcc)], userinfo...), d.dropInboundOrUserinfo, "")
 		p.cached.requests("inbound", res.status).Inc()
 		decision := "allow"
 		if res.reason != "" {
@@ -239,4 +259,87 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		p.logH1("inbound", d, info.app, res.status, decision, res.reason, start)
 		return res
 	})
+}
+
+// End-user (origin JWT) authentication: the hook of the inbound HTTP/1.x
+// path. The HTTP/2 path must call endUserAuthn the same way for each
+// request (and refuse or strip a client's sec-istio-auth-userinfo).
+
+// reasonJWT is the access log reason of a request refused for its JWT.
+const reasonJWT = "jwt_denied"
+
+// userinfoHeader carries the verified claims to the app (Istio's name):
+// base64 of the token's claims as JSON.
+const userinfoHeader = "sec-istio-auth-userinfo"
+
+// endUserVerifier verifies tokens for every port; one JWKS cache per
+// sidecar process. jwksRoots are the CAs trusted for JWKS endpoints (nil:
+// the system's); tests set it before the first request.
+var (
+	jwksRoots       *x509.CertPool
+	endUserVerifier = sync.OnceValue(func() *jwtauthn.Verifier { return jwtauthn.New(jwksRoots) })
+)
+
+// endUserAuthn applies the end-user authentication of the request's port
+// (the Policy that set its mode): with origins, a token must verify
+// (unless originIsOptional and there is none); it returns request.auth
+// for RBAC and the userinfo header line for the app. Without origins,
+// request.auth.principal is the peer's, as in Istio.
+func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.RequestAuth, []byte, error) {
+	peer := strings.TrimPrefix(info.peer, "spiffe://")
+	var eu *policy.EndUserAuthn
+	if snap != nil {
+		eu = snap.InboundDefaultEndUser
+		for _, ip := range snap.Inbound {
+			if ip.Port == info.port {
+				eu = ip.EndUser
+				break
+			}
+		}
+	}
+	auth := &policy.RequestAuth{}
+	if eu == nil || !eu.UseOrigin {
+		auth.Principal = peer
+	}
+	if eu == nil || len(eu.JWT) == 0 {
+		return auth, nil, nil
+	}
+	rules := make([]jwtauthn.Rule, len(eu.JWT))
+	for i, r := range eu.JWT {
+		rules[i] = jwtauthn.Rule{Issuer: r.Issuer, Audiences: r.Audiences, JwksURI: r.JwksURI, Headers: r.Headers, Params: r.Params}
+	}
+	var q url.Values
+	query := func(name string) []string {
+		if q == nil {
+			_, rawQuery, _ := strings.Cut(string(d.req.OriginForm()), "?")
+			q, _ = url.ParseQuery(rawQuery)
+		}
+		return q[name]
+	}
+	raw, applicable, err := jwtauthn.TokenFrom(rules, d.req.Values, query)
+	if err == jwtauthn.ErrNoToken && eu.Optional {
+		return auth, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := endUserVerifier().Verify(context.Background(), raw, applicable)
+	if err != nil {
+		return nil, nil, err
+	}
+	if eu.UseOrigin {
+		auth.Principal = res.Principal
+	}
+	auth.Audiences, auth.Presenter, auth.Claims = res.Audiences, res.Presenter, res.Claims
+	return auth, []byte(userinfoHeader + ": " + base64.StdEncoding.EncodeToString(res.Payload) + "\r\n"), nil
+}
+
+// dropInboundOrUserinfo is dropInboundField plus any spelling of
+// sec-istio-auth-userinfo: a client never writes the claims the app trusts.
+func (d *dconn) dropInboundOrUserinfo(name []byte) bool {
+	if normalEqual(name, userinfoHeader) {
+		d.dropped = append(d.dropped, string(name))
+		return true
+	}
+	return d.dropInboundField(name)
 }
