@@ -334,6 +334,28 @@ func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.Requ
 	return auth, []byte(userinfoHeader + ": " + base64.StdEncoding.EncodeToString(res.Payload) + "\r\n"), nil
 }
 
+// errEndUserNotH1 refuses a connection to a port whose Policy has origins
+// but whose protocol is not HTTP/1.x: only that path verifies tokens (and
+// strips a client's userinfo header) so far; anything else would let
+// requests through unauthenticated.
+var errEndUserNotH1 = errors.New("the port's Policy requires end-user (JWT) authentication, which is enforced on HTTP/1.x ports only: declare the port HTTP")
+
+// endUserNeedsH1 reports whether a connection to port must be refused by
+// errEndUserNotH1.
+func endUserNeedsH1(s *policy.Snapshot, port uint32, proto string) bool {
+	if proto == "HTTP" || s == nil {
+		return false
+	}
+	eu := s.InboundDefaultEndUser
+	for _, ip := range s.Inbound {
+		if ip.Port == port {
+			eu = ip.EndUser
+			break
+		}
+	}
+	return eu != nil && len(eu.JWT) > 0
+}
+
 // dropInboundOrUserinfo is dropInboundField plus any spelling of
 // sec-istio-auth-userinfo: a client never writes the claims the app trusts.
 func (d *dconn) dropInboundOrUserinfo(name []byte) bool {
