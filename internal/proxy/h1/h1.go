@@ -396,6 +396,7 @@ func (h *Head) RespHasBody(head bool) bool {
 // insensitive), in order.
 func (h *Head) Values(name string) []string {
 	var out []string
+	name = string(bytes.ToLower([]byte(name)))
 	for _, f := range h.fields {
 		if ASCIIEqualFold(h.Bytes(f.name), name) {
 			out = append(out, h.Str(f.value))
