@@ -28,21 +28,27 @@ func TestInvalidGolden(t *testing.T) {
 			if _, ok := err.(ErrorList); !ok {
 				t.Fatalf("error is %T, want ErrorList: %v", err, err)
 			}
-			got := err.Error() + "\n"
-			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("read golden (run with -update to create it): %v", err)
-			}
-			if got != string(want) {
-				t.Errorf("errors differ from %s (run with -update if intended)\n got:\n%s\nwant:\n%s", golden, got, want)
-			}
+			compareGolden(t, f, err.Error()+"\n")
 		})
+	}
+}
+
+// compareGolden compares got with the .golden file next to f (-update
+// rewrites it).
+func compareGolden(t *testing.T, f, got string) {
+	t.Helper()
+	golden := strings.TrimSuffix(f, ".yaml") + ".golden"
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create it): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (run with -update if intended)\n got:\n%s\nwant:\n%s", golden, got, want)
 	}
 }
 
@@ -292,20 +298,7 @@ func TestWarningsGolden(t *testing.T) {
 			if len(ws) == 0 {
 				t.Fatal("no warnings")
 			}
-			got := ws.Error() + "\n"
-			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("read golden (run with -update to create it): %v", err)
-			}
-			if got != string(want) {
-				t.Errorf("warnings differ from %s (run with -update if intended)\n got:\n%s\nwant:\n%s", golden, got, want)
-			}
+			compareGolden(t, f, ws.Error()+"\n")
 		})
 	}
 }

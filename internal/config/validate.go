@@ -2,10 +2,11 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -294,7 +295,7 @@ func validateDR(d *decoder, s *DestinationRuleSpec, path string) {
 			d.fail(sp+".name", "duplicate subset %q", ss.Name)
 		}
 		seen[ss.Name] = true
-		for _, k := range sortedMapKeys(ss.Labels) {
+		for _, k := range slices.Sorted(maps.Keys(ss.Labels)) {
 			if !istioTag.MatchString(k) {
 				d.fail(sp+".labels["+k+"]", "invalid tag key: %q (letters, digits, '-', '_', '.', '/')", k)
 			}
@@ -464,14 +465,6 @@ func parseDuration(s string) (time.Duration, error) {
 	return dur, nil
 }
 
-func sortedMapKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
 
 func validateTLS(d *decoder, t *TLSSettings, path string) {
 	if t == nil {
@@ -611,12 +604,7 @@ func validateBinding(d *decoder, s *ServiceRoleBindingSpec, path string) {
 				d.fail(sp+".user", "%s", e)
 			}
 		}
-		keys := make([]string, 0, len(sub.Properties))
-		for k := range sub.Properties {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(sub.Properties)) {
 			pp := sp + ".properties[" + k + "]"
 			checkSubjectProperty(d, k, pp)
 			if e := checkPattern(sub.Properties[k]); e != "" {

@@ -27,20 +27,14 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
-// Rule is one origin of a Policy: an issuer, its audiences and keys, and
-// where a request carries its token.
-type Rule struct {
-	Issuer    string   `json:"issuer"`
-	Audiences []string `json:"audiences,omitempty"`
-	JwksURI   string   `json:"jwksUri"`
-	// Headers and Params name the request headers and query parameters
-	// that may carry the token; with neither, "Authorization: Bearer".
-	Headers []string `json:"jwtHeaders,omitempty"`
-	Params  []string `json:"jwtParams,omitempty"`
-}
+// Rule is one origin of a Policy (config.JWT): an issuer, its audiences
+// and keys, and where a request carries its token (JWTHeaders, JWTParams;
+// with neither, "Authorization: Bearer").
+type Rule = config.JWT
 
 // AllowedAlgorithms are the signature algorithms a token may use.
 var AllowedAlgorithms = []jose.SignatureAlgorithm{
@@ -307,14 +301,14 @@ func TokenFrom(rules []Rule, header func(name string) []string, query func(name 
 	var applicable []Rule
 	for _, r := range rules {
 		var found []string
-		if len(r.Headers) == 0 && len(r.Params) == 0 {
+		if len(r.JWTHeaders) == 0 && len(r.JWTParams) == 0 {
 			for _, v := range header("Authorization") {
 				if t, ok := bearer(v); ok {
 					found = append(found, t)
 				}
 			}
 		}
-		for _, h := range r.Headers {
+		for _, h := range r.JWTHeaders {
 			for _, v := range header(h) {
 				if t, ok := bearer(v); ok {
 					found = append(found, t)
@@ -323,7 +317,7 @@ func TokenFrom(rules []Rule, header func(name string) []string, query func(name 
 				}
 			}
 		}
-		for _, p := range r.Params {
+		for _, p := range r.JWTParams {
 			found = append(found, query(p)...)
 		}
 		for _, t := range found {

@@ -208,8 +208,8 @@ func TestTokenFrom(t *testing.T) {
 	q := map[string][]string{"token": {"ccc"}}
 	query := func(n string) []string { return q[n] }
 	bearerRule := Rule{Issuer: "a"}
-	headerRule := Rule{Issuer: "b", Headers: []string{"x-goog-iap-jwt-assertion"}}
-	paramRule := Rule{Issuer: "c", Params: []string{"token"}}
+	headerRule := Rule{Issuer: "b", JWTHeaders: []string{"x-goog-iap-jwt-assertion"}}
+	paramRule := Rule{Issuer: "c", JWTParams: []string{"token"}}
 	if tok, rs, err := TokenFrom([]Rule{bearerRule}, header, query); err != nil || tok != "aaa" || len(rs) != 1 {
 		t.Errorf("bearer: %q %v %v", tok, rs, err)
 	}

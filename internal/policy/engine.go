@@ -144,8 +144,8 @@ func EndUser(p *config.Policy) *EndUserAuthn {
 		eu.Optional = true // nothing to verify: only the binding applies
 	}
 	for _, o := range p.Spec.Origins {
-		if j := o.JWT; j != nil {
-			eu.JWT = append(eu.JWT, JWTRule{Issuer: j.Issuer, Audiences: j.Audiences, JwksURI: j.JwksURI, Headers: j.JWTHeaders, Params: j.JWTParams})
+		if o.JWT != nil {
+			eu.JWT = append(eu.JWT, *o.JWT)
 		}
 	}
 	return eu

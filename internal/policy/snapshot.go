@@ -7,6 +7,8 @@
 // be tested and explained.
 package policy
 
+import "github.com/meshauth/meshauth/internal/config"
+
 // Snapshot is the effective configuration of one sidecar: everything it needs
 // to serve inbound and outbound traffic. The control plane computes it, the
 // push stream carries it as JSON, and the sidecar swaps it in atomically.
@@ -92,7 +94,7 @@ type InboundPort struct {
 // EndUserAuthn is a Policy's origins: which JWTs a request must carry
 // (Istio's origins, originIsOptional, principalBinding).
 type EndUserAuthn struct {
-	JWT []JWTRule `json:"jwt,omitempty"`
+	JWT []config.JWT `json:"jwt,omitempty"`
 	// Optional lets a request without a token through (originIsOptional);
 	// a token that is present must still verify.
 	Optional bool `json:"optional,omitempty"`
@@ -103,14 +105,6 @@ type EndUserAuthn struct {
 	DecidedBy string `json:"decidedBy,omitempty"`
 }
 
-// JWTRule is one origin: issuer, audiences, keys and token locations.
-type JWTRule struct {
-	Issuer    string   `json:"issuer"`
-	Audiences []string `json:"audiences,omitempty"`
-	JwksURI   string   `json:"jwksUri"`
-	Headers   []string `json:"jwtHeaders,omitempty"`
-	Params    []string `json:"jwtParams,omitempty"`
-}
 
 // OutboundService is one destination service as seen by a client sidecar.
 type OutboundService struct {

@@ -304,10 +304,6 @@ func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.Requ
 	if eu == nil || len(eu.JWT) == 0 {
 		return auth, nil, nil
 	}
-	rules := make([]jwtauthn.Rule, len(eu.JWT))
-	for i, r := range eu.JWT {
-		rules[i] = jwtauthn.Rule{Issuer: r.Issuer, Audiences: r.Audiences, JwksURI: r.JwksURI, Headers: r.Headers, Params: r.Params}
-	}
 	var q url.Values
 	query := func(name string) []string {
 		if q == nil {
@@ -316,7 +312,7 @@ func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.Requ
 		}
 		return q[name]
 	}
-	raw, applicable, err := jwtauthn.TokenFrom(rules, d.req.Values, query)
+	raw, applicable, err := jwtauthn.TokenFrom(eu.JWT, d.req.Values, query)
 	if err == jwtauthn.ErrNoToken && eu.Optional {
 		return auth, nil, nil
 	}

@@ -14,15 +14,9 @@ var userinfoSpellings = []string{"sec-istio-auth-userinfo", "Sec-Istio-Auth-User
 // forgedUserinfo is base64 of {"iss":"https://issuer.example","sub":"admin"}.
 const forgedUserinfo = "eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWRtaW4ifQ=="
 
-func userinfoSeen(a appSaw) []string {
-	var out []string
-	for k, v := range a.Headers {
-		if cgiName(k) == "HTTP_SEC_ISTIO_AUTH_USERINFO" {
-			out = append(out, v...)
-		}
-	}
-	return out
-}
+// userinfoSeen returns every sec-istio-auth-userinfo the app saw, in any
+// spelling a CGI-style app maps to the same variable.
+func userinfoSeen(a appSaw) []string { return cgiValues(a, "HTTP_SEC_ISTIO_AUTH_USERINFO") }
 
 // TestForgedUserinfo (issue 16): the app trusts sec-istio-auth-userinfo as
 // the claims of a token the sidecar verified, so a client's own, in any
@@ -30,18 +24,7 @@ func userinfoSeen(a appSaw) []string {
 // authentication, not on one where the token is optional and absent.
 // Without a token where one is required, the request is refused (401).
 func TestForgedUserinfo(t *testing.T) {
-	optional := `apiVersion: authentication.istio.io/v1alpha1
-kind: Policy
-metadata:
-  name: httpbin-jwt
-  namespace: default
-spec:
-  targets:
-  - name: httpbin
-  peers:
-  - mtls:
-      mode: PERMISSIVE
-  origins:
+	optional := httpbinPermissive + `  origins:
   - jwt:
       issuer: https://issuer.example
       jwksUri: https://127.0.0.1:1/jwks
