@@ -465,7 +465,6 @@ func parseDuration(s string) (time.Duration, error) {
 	return dur, nil
 }
 
-
 func validateTLS(d *decoder, t *TLSSettings, path string) {
 	if t == nil {
 		return

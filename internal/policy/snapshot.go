@@ -105,7 +105,6 @@ type EndUserAuthn struct {
 	DecidedBy string `json:"decidedBy,omitempty"`
 }
 
-
 // OutboundService is one destination service as seen by a client sidecar.
 type OutboundService struct {
 	Name      string `json:"name"`
