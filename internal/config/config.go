@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,6 +63,12 @@ func New(objs []any) (*Config, error) {
 			c.Services = append(c.Services, x)
 		case *Workload:
 			c.Workloads = append(c.Workloads, x)
+		case *Authorization:
+			if c.Authorization != nil {
+				fail(o, "", "only one authorization instance is read (it gives Istio 0.8's RBAC names their meaning); another is at %s", c.Authorization.Source)
+				continue
+			}
+			c.Authorization = x
 		}
 	}
 	c.sort()
@@ -137,11 +145,47 @@ func New(objs []any) (*Config, error) {
 				Msg: fmt.Sprintf("ServiceRole %q not found in namespace %s: this binding grants nothing until it exists", b.Spec.RoleRef.Name, b.Metadata.Namespace)})
 		}
 	}
+	names := c.RBACNames()
+	// Istio 0.8's bare RBAC names mean what the authorization instance
+	// (or the samples') says.
+	for _, r := range c.ServiceRoles {
+		for i, rule := range r.Spec.Rules {
+			for j, cn := range rule.Constraints {
+				msg, isErr := names.checkConstraint(cn.Key)
+				c.note(&errs, isErr, &r.Object, cn.Pos, fmt.Sprintf("spec.rules[%d].constraints[%d].key", i, j), msg)
+			}
+		}
+	}
+	for _, b := range c.ServiceRoleBindings {
+		for i, sub := range b.Spec.Subjects {
+			for _, k := range slices.Sorted(maps.Keys(sub.Properties)) {
+				msg, isErr := names.checkProperty(k)
+				c.note(&errs, isErr, &b.Object, sub.Pos, fmt.Sprintf("spec.subjects[%d].properties[%s]", i, k), msg)
+			}
+		}
+	}
 	if len(errs) > 0 {
 		errs.Sort()
 		return nil, errs
 	}
 	return c, nil
+}
+
+// note records msg (if any) about object o at pos as an error or a
+// warning.
+func (c *Config) note(errs *ErrorList, isErr bool, o *Object, pos Pos, path, msg string) {
+	if msg == "" {
+		return
+	}
+	if pos.File == "" {
+		pos = o.Source
+	}
+	e := &Error{Pos: pos, Object: o.Key(), Path: path, Msg: msg}
+	if isErr {
+		*errs = append(*errs, e)
+	} else {
+		c.warnings = append(c.warnings, e)
+	}
 }
 
 // Warnings returns what decoding and validation accepted but flagged, for

@@ -44,6 +44,9 @@ const (
 	KindSidecar            = "Sidecar"
 	KindService            = "Service"
 	KindWorkload           = "Workload"
+	// KindAuthorization is Istio 0.8's Mixer `authorization` template
+	// instance: it names the properties 0.8's RBAC keys stand for.
+	KindAuthorization = "authorization"
 )
 
 // Pos is where an object or field was written.
@@ -429,6 +432,7 @@ type AccessRule struct {
 type Constraint struct {
 	Key    string   `json:"key" yaml:"key"`
 	Values []string `json:"values" yaml:"values"`
+	Pos    Pos      `json:"-" yaml:"-"`
 }
 
 // ServiceRoleBinding binds subjects to a ServiceRole.
@@ -447,6 +451,39 @@ type ServiceRoleBindingSpec struct {
 type Subject struct {
 	User       string            `json:"user,omitempty" yaml:"user,omitempty"`
 	Group      string            `json:"group,omitempty" yaml:"group,omitempty"`
+	Properties map[string]string `json:"properties,omitempty" yaml:"properties,omitempty"`
+	Pos        Pos               `json:"-" yaml:"-"`
+}
+
+// Authorization is Istio 0.8's Mixer `authorization` template instance
+// (config.istio.io/v1alpha2), read only for what 0.8's RBAC names meant:
+// each property of subject and action maps a name that ServiceRole
+// constraint keys and ServiceRoleBinding properties use to an attribute
+// expression. See RBACNames.
+type Authorization struct {
+	Object `json:",inline" yaml:",inline"`
+	Spec   AuthorizationSpec `json:"spec" yaml:"spec"`
+}
+
+// AuthorizationSpec is the instance body.
+type AuthorizationSpec struct {
+	Subject AuthorizationSubject `json:"subject" yaml:"subject"`
+	Action  AuthorizationAction  `json:"action" yaml:"action"`
+}
+
+// AuthorizationSubject is the instance's subject: who calls.
+type AuthorizationSubject struct {
+	User       string            `json:"user,omitempty" yaml:"user,omitempty"`
+	Groups     string            `json:"groups,omitempty" yaml:"groups,omitempty"`
+	Properties map[string]string `json:"properties,omitempty" yaml:"properties,omitempty"`
+}
+
+// AuthorizationAction is the instance's action: what is called.
+type AuthorizationAction struct {
+	Namespace  string            `json:"namespace,omitempty" yaml:"namespace,omitempty"`
+	Service    string            `json:"service,omitempty" yaml:"service,omitempty"`
+	Method     string            `json:"method,omitempty" yaml:"method,omitempty"`
+	Path       string            `json:"path,omitempty" yaml:"path,omitempty"`
 	Properties map[string]string `json:"properties,omitempty" yaml:"properties,omitempty"`
 }
 

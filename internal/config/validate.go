@@ -111,6 +111,8 @@ func validateObject(d *decoder, obj any, path string) {
 		validateService(d, v, p("spec"))
 	case *Workload:
 		validateWorkload(d, v, p("spec"))
+	case *Authorization:
+		validateAuthorization(d, &v.Spec, p("spec"))
 	}
 }
 

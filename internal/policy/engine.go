@@ -432,6 +432,7 @@ func (e *Engine) RBACFor(svc *registry.Service) (bool, string) {
 // (name.namespace) into the snapshot form, with their bound subjects.
 func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 	var out []RBACPolicy
+	names := e.ix.rbacNames
 	for _, cr := range e.ix.roles[ns] {
 		relevant := false
 		var rules []RBACRule
@@ -444,7 +445,7 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 				// Istio 0.8's bare names become the attributes they stand
 				// for ("app" -> destination.labels[app]); a bare name with
 				// no mapping stays as is and never matches.
-				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: config.RBACConstraintKey(c.Key), Values: c.Values})
+				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: names.ConstraintKey(c.Key), Values: c.Values})
 			}
 			rules = append(rules, rr)
 		}
@@ -456,7 +457,7 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 			ref := b.Metadata.Namespace + "/" + b.Metadata.Name
 			p.Bindings = append(p.Bindings, ref)
 			for _, s := range b.Spec.Subjects {
-				p.Subjects = append(p.Subjects, snapshotSubject(s, ref))
+				p.Subjects = append(p.Subjects, snapshotSubject(names, s, ref))
 			}
 		}
 		out = append(out, p)
@@ -468,7 +469,7 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 // names become attributes ("namespace" -> source.namespace); a group other
 // than "*" (Istio 0.8's Mixer matched only "*", its instance set no groups)
 // becomes a property no request has, so the subject never matches.
-func snapshotSubject(s config.Subject, binding string) RBACSubject {
+func snapshotSubject(names config.RBACNames, s config.Subject, binding string) RBACSubject {
 	out := RBACSubject{User: s.User, Binding: binding}
 	if s.Group == "*" && s.User == "" {
 		out.User = "*"
@@ -477,7 +478,7 @@ func snapshotSubject(s config.Subject, binding string) RBACSubject {
 		out.Properties = map[string]string{}
 	}
 	for k, v := range s.Properties {
-		out.Properties[config.RBACSubjectProperty(k)] = v
+		out.Properties[names.SubjectProperty(k)] = v
 	}
 	if s.Group != "" && s.Group != "*" {
 		out.Properties["group"] = s.Group

@@ -104,3 +104,35 @@ func TestRequestAuthProperties(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthorizationInstance: with the cluster's own authorization
+// instance, 0.8's names mean what it says ("tier" is the destination's
+// tier label, "ns" the caller's namespace), and a name it does not define
+// ("app") stays a key no request has.
+func TestAuthorizationInstance(t *testing.T) {
+	e := load(t, []string{"../config/testdata/warnings/authorization-instance.yaml", "testdata/matrix-registry.yaml"}, `apiVersion: rbac.istio.io/v1alpha1
+kind: RbacConfig
+metadata: {name: default}
+spec: {mode: "ON"}
+`)
+	svc := e.Registry().Service("default", "b")
+	snap := e.Snapshot(e.Registry().Endpoints(svc.Key())[0])
+	if snap.RBAC == nil || len(snap.RBAC.Policies) != 1 {
+		t.Fatalf("rbac = %+v", snap.RBAC)
+	}
+	p := snap.RBAC.Policies[0]
+	if k := p.Rules[0].Constraints[0].Key; k != "destination.labels[tier]" {
+		t.Errorf("constraint tier -> %q, want destination.labels[tier]", k)
+	}
+	if k := p.Rules[1].Constraints[0].Key; k != "app" {
+		t.Errorf("constraint app (not in the instance) -> %q, want app (never matches)", k)
+	}
+	if v, ok := p.Subjects[0].Properties["source.namespace"]; !ok || v != "default" {
+		t.Errorf("property ns -> %v, want source.namespace=default", p.Subjects[0].Properties)
+	}
+	// b's workload has no tier label and "app" is no attribute: denied.
+	d := Authorize(snap, Request{Source: "spiffe://cluster.local/ns/default/sa/default", Port: svc.Ports[0].TargetPort, Service: "b.default", Method: "GET", Path: "/"})
+	if d.Allow {
+		t.Errorf("allowed: %s", d.Reason)
+	}
+}
