@@ -6,10 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -197,6 +199,42 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 	closedLogged(t, srv, reasonRecheckDenied)
 	if err := echo(c, br); err == nil {
 		t.Fatal("relay still carries data after authorization turned to deny")
+	}
+}
+
+// TestTCPPortWithOrigins: end-user (JWT) authentication is enforced on
+// HTTP/1.x ports only, so a TCP port whose Policy gains origins refuses
+// new connections and closes the relays it carries; no request gets
+// through unauthenticated.
+func TestTCPPortWithOrigins(t *testing.T) {
+	ca := catest.New(t)
+	client := ca.Issue(t, sleepID)
+	srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
+	c := dialTLS(t, srv.InboundAddrs[0].String(), client, alpnTCP)
+	br := bufio.NewReader(c)
+	if err := echo(c, br); err != nil {
+		t.Fatal(err)
+	}
+	withJWT := tcpSnap(policy.ServerStrict, nil)
+	withJWT.Inbound[0].EndUser = &policy.EndUserAuthn{JWT: []config.JWT{{Issuer: "iss", JwksURI: "https://127.0.0.1:1/jwks"}}, Optional: true}
+	if err := srv.config.Set(withJWT); err != nil {
+		t.Fatal(err)
+	}
+	closedLogged(t, srv, reasonJWT)
+	if err := echo(c, br); err == nil {
+		t.Fatal("relay still carries data after its port required end-user authentication")
+	}
+	// A new connection is refused before its TLS handshake completes.
+	c2, err := tls.Dial("tcp", srv.InboundAddrs[0].String(), &tls.Config{InsecureSkipVerify: true,
+		Certificates: []tls.Certificate{client.TLS}, NextProtos: []string{alpnTCP}})
+	if err == nil {
+		defer c2.Close()
+		if err := echo(c2, bufio.NewReader(c2)); err == nil {
+			t.Fatal("a new TCP connection to a port with origins was relayed")
+		}
+	}
+	if !strings.Contains(srv.log.String(), `"reason":"jwt_denied"`) {
+		t.Errorf("no jwt_denied in the log:\n%s", srv.log.String())
 	}
 }
 
