@@ -1,6 +1,9 @@
 package policy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // TestMixerRBACKeys: Istio 0.8's RBAC names go through the default
 // authorization instance: constraint "app" is the destination's app label,
@@ -134,5 +137,50 @@ spec: {mode: "ON"}
 	d := Authorize(snap, Request{Source: "spiffe://cluster.local/ns/default/sa/default", Port: svc.Ports[0].TargetPort, Service: "b.default", Method: "GET", Path: "/"})
 	if d.Allow {
 		t.Errorf("allowed: %s", d.Reason)
+	}
+}
+
+// TestExplainEndUser: explain names the Policy that requires a JWT, and
+// with principalBinding USE_PEER request.auth.principal is the peer's.
+func TestExplainEndUser(t *testing.T) {
+	e := load(t, []string{"testdata/matrix-registry.yaml"}, `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: b-jwt}
+spec:
+  targets: [{name: b}]
+  peers: [{mtls: {}}]
+  origins: [{jwt: {issuer: "https://issuer.example", jwksUri: "https://issuer.example/jwks"}}]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: RbacConfig
+metadata: {name: default}
+spec: {mode: "ON"}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: r}
+spec:
+  rules: [{services: ["*"], methods: ["*"]}]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: r}
+spec:
+  subjects: [{properties: {"request.auth.principal": "cluster.local/ns/default/sa/a"}}]
+  roleRef: {kind: ServiceRole, name: r}
+`, `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: all}
+spec:
+  host: "*.local"
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+`)
+	from := e.Registry().Workload("default", "a-1")
+	x, err := e.Explain(from, e.Registry().Service("default", "b"), 80, "GET", "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !x.Allow || !strings.Contains(strings.Join(x.Notes, "\n"), "Policy/default/b-jwt requires end-user authentication") {
+		t.Errorf("explain = %s", x.Text())
 	}
 }
