@@ -55,10 +55,12 @@ type Result struct {
 	Audiences []string
 	// Presenter is the azp claim.
 	Presenter string
-	// Claims are every claim, as JSON decodes them; Payload is them as
-	// JSON (for sec-istio-auth-userinfo).
-	Claims  map[string]any
-	Payload []byte
+	// Claims are every claim, as JSON decodes them.
+	Claims map[string]any
+	// Payload is the verified payload segment of the token as sent
+	// (base64url of the claims' JSON): what Istio's JWT filter forwards
+	// to the app as sec-istio-auth-userinfo.
+	Payload string
 }
 
 // Error is a refused token; Reason is said to the client with the 401.
@@ -123,6 +125,9 @@ func (v *Verifier) now() time.Time {
 // Verify checks a raw token against rules (the origins the token's
 // location allows) and returns its claims, or an *Error saying why not.
 func (v *Verifier) Verify(ctx context.Context, raw string, rules []Rule) (*Result, error) {
+	if strings.Count(raw, ".") != 2 {
+		return nil, fail("malformed token: not a compact JWS (header.payload.signature)")
+	}
 	tok, err := jwt.ParseSigned(raw, AllowedAlgorithms)
 	if err != nil {
 		return nil, fail("malformed or unsupported token: %v", err)
@@ -157,6 +162,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, rules []Rule) (*Resul
 	if verr != nil {
 		return nil, verr
 	}
+	res.Payload = strings.Split(raw, ".")[1]
 	return res, nil
 }
 
@@ -205,12 +211,8 @@ func (v *Verifier) checkClaims(std jwt.Claims, all map[string]any, rule *Rule) (
 		}
 		return nil, fail("claims refused: %v", err)
 	}
-	raw, err := json.Marshal(all)
-	if err != nil {
-		return nil, fail("claims cannot be encoded: %v", err)
-	}
 	r := &Result{Issuer: std.Issuer, Subject: std.Subject, Principal: std.Issuer + "/" + std.Subject,
-		Audiences: []string(std.Audience), Claims: all, Payload: raw}
+		Audiences: []string(std.Audience), Claims: all}
 	if azp, ok := all["azp"].(string); ok {
 		r.Presenter = azp
 	}

@@ -104,6 +104,9 @@ func TestVerify(t *testing.T) {
 	if res.Principal != "https://issuer.example/alice" || res.Claims["groups"].([]any)[0] != "dev" || len(res.Audiences) != 1 {
 		t.Errorf("result = %+v", res)
 	}
+	if p, err := base64.RawURLEncoding.DecodeString(res.Payload); err != nil || !strings.Contains(string(p), `"sub":"alice"`) {
+		t.Errorf("payload %q: %s %v", res.Payload, p, err)
+	}
 
 	other := newKey(t, "k1") // same kid, another key: a forgery
 	hs := func() string {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"net"
 	"net/http"
@@ -268,8 +267,9 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 // reasonJWT is the access log reason of a request refused for its JWT.
 const reasonJWT = "jwt_denied"
 
-// userinfoHeader carries the verified claims to the app (Istio's name):
-// base64 of the token's claims as JSON.
+// userinfoHeader carries the verified claims to the app, as Istio's JWT
+// filter forwarded them: the token's payload segment (base64url of the
+// claims' JSON).
 const userinfoHeader = "sec-istio-auth-userinfo"
 
 // endUserVerifier verifies tokens for every port; one JWKS cache per
@@ -327,7 +327,7 @@ func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.Requ
 		auth.Principal = res.Principal
 	}
 	auth.Audiences, auth.Presenter, auth.Claims = res.Audiences, res.Presenter, res.Claims
-	return auth, []byte(userinfoHeader + ": " + base64.StdEncoding.EncodeToString(res.Payload) + "\r\n"), nil
+	return auth, []byte(userinfoHeader + ": " + res.Payload + "\r\n"), nil
 }
 
 // errEndUserNotH1 refuses a connection to a port whose Policy has origins

@@ -115,7 +115,7 @@ spec:
 	if len(seen) != 1 || seen[0] == forgedUserinfo {
 		t.Fatalf("app saw sec-istio-auth-userinfo %q; want only the sidecar's", seen)
 	}
-	claims, err := base64.StdEncoding.DecodeString(seen[0])
+	claims, err := base64.RawURLEncoding.DecodeString(seen[0])
 	if err != nil || !strings.Contains(string(claims), `"sub":"alice"`) || !strings.Contains(string(claims), `"admin"`) {
 		t.Fatalf("userinfo = %s (%v), want the verified claims", claims, err)
 	}
