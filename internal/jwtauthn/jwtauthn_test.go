@@ -30,7 +30,7 @@ type jwks struct {
 	fetches atomic.Int32
 }
 
-func newJWKS(t *testing.T, keys ...jose.JSONWebKey) *jwks {
+func newJWKS(t testing.TB, keys ...jose.JSONWebKey) *jwks {
 	j := &jwks{keys: keys}
 	j.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		j.fetches.Add(1)
@@ -60,7 +60,7 @@ func (j *jwks) verifier(now time.Time) *Verifier {
 	return v
 }
 
-func newKey(t *testing.T, kid string) jose.JSONWebKey {
+func newKey(t testing.TB, kid string) jose.JSONWebKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func newKey(t *testing.T, kid string) jose.JSONWebKey {
 	return jose.JSONWebKey{Key: k, KeyID: kid, Algorithm: string(jose.ES256), Use: "sig"}
 }
 
-func sign(t *testing.T, k jose.JSONWebKey, claims any) string {
+func sign(t testing.TB, k jose.JSONWebKey, claims any) string {
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", k.KeyID))
 	if err != nil {
