@@ -221,7 +221,7 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
 		// End-user authentication (the port's Policy origins) before
 		// RBAC, which may look at its claims.
-		auth, userinfo, err := endUserAuthn(d, snap, info)
+		auth, claims, err := endUserAuthn(snap, info.port, info.peer, d.req.Values, func() string { return string(d.req.OriginForm()) })
 		if err != nil {
 			p.cached.deny.Inc()
 			res := p.localError(d, http.StatusUnauthorized, reasonJWT, "Origin authentication failed: "+err.Error())
@@ -230,6 +230,10 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 			return res
 		}
 		req.Auth = auth
+		var userinfo []byte
+		if claims != "" {
+			userinfo = []byte(userinfoHeader + ": " + claims + "\r\n")
+		}
 		if snap != nil && snap.RBAC != nil {
 			// Only built when rules may look at them (saves two
 			// allocations per request with RBAC off).
@@ -261,8 +265,12 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 }
 
 // End-user (origin JWT) authentication: the hook of the inbound HTTP/1.x
-// path. The HTTP/2 path must call endUserAuthn the same way for each
-// request (and refuse or strip a client's sec-istio-auth-userinfo).
+// path (serveInboundH1). The HTTP/2 path must call endUserAuthn the same
+// way for each request, before RBAC, answer 401 on error, pass the
+// RequestAuth to policy.AuthorizeHTTP, set userinfoHeader to the claims
+// it returns, and drop (or refuse, as h2guard does XFCC) a client's
+// userinfoHeader in any spelling; until then endUserNeedsH1 refuses
+// connections to non-HTTP/1 ports whose Policy has origins.
 
 // reasonJWT is the access log reason of a request refused for its JWT.
 const reasonJWT = "jwt_denied"
@@ -274,24 +282,26 @@ const userinfoHeader = "sec-istio-auth-userinfo"
 
 // endUserVerifier verifies tokens for every port; one JWKS cache per
 // sidecar process. jwksRoots are the CAs trusted for JWKS endpoints (nil:
-// the system's); tests set it before the first request.
+// the system's, which SSL_CERT_FILE and SSL_CERT_DIR can set).
 var (
 	jwksRoots       *x509.CertPool
 	endUserVerifier = sync.OnceValue(func() *jwtauthn.Verifier { return jwtauthn.New(jwksRoots) })
 )
 
-// endUserAuthn applies the end-user authentication of the request's port
-// (the Policy that set its mode): with origins, a token must verify
-// (unless originIsOptional and there is none); it returns request.auth
-// for RBAC and the userinfo header line for the app. Without origins,
-// request.auth.principal is the peer's, as in Istio.
-func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.RequestAuth, []byte, error) {
-	peer := strings.TrimPrefix(info.peer, "spiffe://")
+// endUserAuthn applies the end-user authentication of a request to port
+// (from the Policy that set the port's mode) for the peer peerID ("" for
+// plaintext): with origins, a token must verify (unless originIsOptional
+// and there is none). header returns a request header's values (any case
+// of the name), target the request target (path and query). It returns
+// request.auth for RBAC and the value of userinfoHeader for the app ("" for
+// none). Without origins, request.auth.principal is the peer's, as in
+// Istio.
+func endUserAuthn(snap *policy.Snapshot, port uint32, peerID string, header func(string) []string, target func() string) (*policy.RequestAuth, string, error) {
 	var eu *policy.EndUserAuthn
 	if snap != nil {
 		eu = snap.InboundDefaultEndUser
 		for _, ip := range snap.Inbound {
-			if ip.Port == info.port {
+			if ip.Port == port {
 				eu = ip.EndUser
 				break
 			}
@@ -299,35 +309,35 @@ func endUserAuthn(d *dconn, snap *policy.Snapshot, info *connInfo) (*policy.Requ
 	}
 	auth := &policy.RequestAuth{}
 	if eu == nil || !eu.UseOrigin {
-		auth.Principal = peer
+		auth.Principal = strings.TrimPrefix(peerID, "spiffe://")
 	}
 	if eu == nil || len(eu.JWT) == 0 {
-		return auth, nil, nil
+		return auth, "", nil
 	}
 	var q url.Values
 	query := func(name string) []string {
 		if q == nil {
-			_, rawQuery, _ := strings.Cut(string(d.req.OriginForm()), "?")
+			_, rawQuery, _ := strings.Cut(target(), "?")
 			q, _ = url.ParseQuery(rawQuery)
 		}
 		return q[name]
 	}
-	raw, applicable, err := jwtauthn.TokenFrom(eu.JWT, d.req.Values, query)
+	raw, applicable, err := jwtauthn.TokenFrom(eu.JWT, header, query)
 	if err == jwtauthn.ErrNoToken && eu.Optional {
-		return auth, nil, nil
+		return auth, "", nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, "", err
 	}
 	res, err := endUserVerifier().Verify(context.Background(), raw, applicable)
 	if err != nil {
-		return nil, nil, err
+		return nil, "", err
 	}
 	if eu.UseOrigin {
 		auth.Principal = res.Principal
 	}
 	auth.Audiences, auth.Presenter, auth.Claims = res.Audiences, res.Presenter, res.Claims
-	return auth, []byte(userinfoHeader + ": " + res.Payload + "\r\n"), nil
+	return auth, res.Payload, nil
 }
 
 // errEndUserNotH1 refuses a connection to a port whose Policy has origins

@@ -181,9 +181,10 @@ func TestRevokedPeerConnectionsClosed(t *testing.T) {
 	})
 }
 
-// TestTCPRelayClosedWhenAuthzDenies: a TCP relay authorized at its start is
-// closed when RBAC changes to deny its source.
-func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
+// startTCPRelay starts a STRICT TCP sidecar and an mTLS relay through it
+// from sleep, checked to carry data.
+func startTCPRelay(t *testing.T) (*sidecar, *catest.Cert, *tls.Conn, *bufio.Reader) {
+	t.Helper()
 	ca := catest.New(t)
 	client := ca.Issue(t, sleepID)
 	srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
@@ -192,6 +193,13 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 	if err := echo(c, br); err != nil {
 		t.Fatal(err)
 	}
+	return srv, client, c, br
+}
+
+// TestTCPRelayClosedWhenAuthzDenies: a TCP relay authorized at its start is
+// closed when RBAC changes to deny its source.
+func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
+	srv, _, c, br := startTCPRelay(t)
 	// RBAC on with no role binding sleep: deny.
 	if err := srv.config.Set(tcpSnap(policy.ServerStrict, &policy.RBAC{DecidedBy: "RbacConfig default"})); err != nil {
 		t.Fatal(err)
@@ -207,14 +215,7 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 // new connections and closes the relays it carries; no request gets
 // through unauthenticated.
 func TestTCPPortWithOrigins(t *testing.T) {
-	ca := catest.New(t)
-	client := ca.Issue(t, sleepID)
-	srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
-	c := dialTLS(t, srv.InboundAddrs[0].String(), client, alpnTCP)
-	br := bufio.NewReader(c)
-	if err := echo(c, br); err != nil {
-		t.Fatal(err)
-	}
+	srv, client, c, br := startTCPRelay(t)
 	withJWT := tcpSnap(policy.ServerStrict, nil)
 	withJWT.Inbound[0].EndUser = &policy.EndUserAuthn{JWT: []config.JWT{{Issuer: "iss", JwksURI: "https://127.0.0.1:1/jwks"}}, Optional: true}
 	if err := srv.config.Set(withJWT); err != nil {
