@@ -244,16 +244,7 @@ func summary(v any) string {
 		if len(t) > 0 {
 			target = strings.Join(t, ",")
 		}
-		mode := "no peer auth (plaintext)"
-		for _, p := range o.Spec.Peers {
-			if p.MTLS != nil {
-				mode = "mTLS " + string(orStrict(p.MTLS.Mode))
-				if o.Spec.PeerIsOptional {
-					mode += " (peer optional)"
-				}
-			}
-		}
-		return target + ": " + mode
+		return target + ": " + policyModes(o)
 	case *config.DestinationRule:
 		mode := "no tls"
 		if o.Spec.TrafficPolicy != nil && o.Spec.TrafficPolicy.TLS != nil {
@@ -294,4 +285,33 @@ func orStrict(m config.MTLSMode) config.MTLSMode {
 		return config.MTLSStrict
 	}
 	return m
+}
+
+// policyModes summarises a Policy's peer and end-user authentication.
+func policyModes(o *config.Policy) string {
+	mode := "no peer auth (plaintext)"
+	for _, p := range o.Spec.Peers {
+		if p.MTLS != nil {
+			mode = "mTLS " + string(orStrict(p.MTLS.Mode))
+			if o.Spec.PeerIsOptional {
+				mode += " (peer optional)"
+			}
+		}
+	}
+	var iss []string
+	for _, or := range o.Spec.Origins {
+		if or.JWT != nil {
+			iss = append(iss, or.JWT.Issuer)
+		}
+	}
+	if len(iss) > 0 {
+		mode += "; JWT from " + strings.Join(iss, ", ")
+		if o.Spec.OriginIsOptional {
+			mode += " (optional)"
+		}
+	}
+	if o.Spec.PrincipalBinding == "USE_ORIGIN" {
+		mode += "; principal from origin"
+	}
+	return mode
 }

@@ -42,15 +42,18 @@ control plane. Exit status 1 if anything is wrong.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "OK: %d objects valid\n", len(cfg.Objects()))
-			// With the mesh's services in the batch, also flag references to
-			// services and ports that do not exist (valid, but no effect).
+			// The config's own warnings, and with the mesh's services in the
+			// batch, references to services and ports that do not exist
+			// (valid, but no effect).
+			lint := policy.ConfigWarnings(cfg)
 			if len(cfg.Services) > 0 {
 				ss, ws := registry.FromConfig(cfg)
 				reg := registry.New()
 				reg.Sync(registry.SourceConfig, ss, ws)
-				for _, w := range policy.New(cfg, reg).Lint() {
-					fmt.Fprintln(cmd.OutOrStdout(), w.String())
-				}
+				lint = append(lint, policy.New(cfg, reg).LintReferences()...)
+			}
+			for _, w := range lint {
+				fmt.Fprintln(cmd.OutOrStdout(), w.String())
 			}
 			return nil
 		},

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,6 +63,12 @@ func New(objs []any) (*Config, error) {
 			c.Services = append(c.Services, x)
 		case *Workload:
 			c.Workloads = append(c.Workloads, x)
+		case *Authorization:
+			if c.Authorization != nil {
+				fail(o, "", "only one authorization instance is read (it gives Istio 0.8's RBAC names their meaning); another is at %s", c.Authorization.Source)
+				continue
+			}
+			c.Authorization = x
 		}
 	}
 	c.sort()
@@ -86,6 +94,19 @@ func New(objs []any) (*Config, error) {
 				targets[k] = p
 			}
 		}
+	}
+	// Two target-less Policies in one namespace (Istio 0.8 allowed any
+	// name) would make the namespace's mode depend on load order.
+	nsPolicy := map[string]*Policy{}
+	for _, p := range c.Policies {
+		if len(p.Spec.Targets) > 0 {
+			continue
+		}
+		if first, ok := nsPolicy[p.Metadata.Namespace]; ok {
+			fail(&p.Object, "spec", "namespace %s already has a Policy without targets (%s at %s); a namespace has one namespace-wide policy: merge them", p.Metadata.Namespace, first.Key(), first.Source)
+			continue
+		}
+		nsPolicy[p.Metadata.Namespace] = p
 	}
 	// Two rules for one host in one namespace would make the client mode
 	// depend on load order; refuse. Across namespaces it is allowed (and
@@ -115,9 +136,32 @@ func New(objs []any) (*Config, error) {
 	for _, r := range c.ServiceRoles {
 		roles[r.Metadata.Namespace+"/"+r.Metadata.Name] = true
 	}
+	// A binding may come before its role (Kubernetes takes them in any
+	// order, and Istio's validation checks each object alone): until the
+	// role exists the binding grants nothing, so it is a warning.
 	for _, b := range c.ServiceRoleBindings {
 		if !roles[b.Metadata.Namespace+"/"+b.Spec.RoleRef.Name] {
-			fail(&b.Object, "spec.roleRef.name", "ServiceRole %q not found in namespace %s", b.Spec.RoleRef.Name, b.Metadata.Namespace)
+			c.warnings = append(c.warnings, &Error{Pos: b.Source, Object: b.Key(), Path: "spec.roleRef.name",
+				Msg: fmt.Sprintf("ServiceRole %q not found in namespace %s: this binding grants nothing until it exists", b.Spec.RoleRef.Name, b.Metadata.Namespace)})
+		}
+	}
+	names := c.RBACNames()
+	// Istio 0.8's bare RBAC names mean what the authorization instance
+	// (or the samples') says.
+	for _, r := range c.ServiceRoles {
+		for i, rule := range r.Spec.Rules {
+			for j, cn := range rule.Constraints {
+				msg, isErr := names.checkConstraint(cn.Key)
+				c.note(&errs, isErr, &r.Object, cn.Pos, fmt.Sprintf("spec.rules[%d].constraints[%d].key", i, j), msg)
+			}
+		}
+	}
+	for _, b := range c.ServiceRoleBindings {
+		for i, sub := range b.Spec.Subjects {
+			for _, k := range slices.Sorted(maps.Keys(sub.Properties)) {
+				msg, isErr := names.checkProperty(k)
+				c.note(&errs, isErr, &b.Object, sub.Pos, fmt.Sprintf("spec.subjects[%d].properties[%s]", i, k), msg)
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -125,6 +169,38 @@ func New(objs []any) (*Config, error) {
 		return nil, errs
 	}
 	return c, nil
+}
+
+// note records msg (if any) about object o at pos as an error or a
+// warning.
+func (c *Config) note(errs *ErrorList, isErr bool, o *Object, pos Pos, path, msg string) {
+	if msg == "" {
+		return
+	}
+	if pos.File == "" {
+		pos = o.Source
+	}
+	e := &Error{Pos: pos, Object: o.Key(), Path: path, Msg: msg}
+	if isErr {
+		*errs = append(*errs, e)
+	} else {
+		c.warnings = append(c.warnings, e)
+	}
+}
+
+// Warnings returns what decoding and validation accepted but flagged, for
+// every object, in file order.
+func (c *Config) Warnings() ErrorList {
+	var out ErrorList
+	if c == nil {
+		return nil
+	}
+	for _, v := range c.Objects() {
+		out = append(out, objectOf(v).Warnings...)
+	}
+	out = append(out, c.warnings...)
+	out.Sort()
+	return out
 }
 
 // canonicalKind folds kinds that share one namespace of names.

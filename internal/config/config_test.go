@@ -28,21 +28,27 @@ func TestInvalidGolden(t *testing.T) {
 			if _, ok := err.(ErrorList); !ok {
 				t.Fatalf("error is %T, want ErrorList: %v", err, err)
 			}
-			got := err.Error() + "\n"
-			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("read golden (run with -update to create it): %v", err)
-			}
-			if got != string(want) {
-				t.Errorf("errors differ from %s (run with -update if intended)\n got:\n%s\nwant:\n%s", golden, got, want)
-			}
+			compareGolden(t, f, err.Error()+"\n")
 		})
+	}
+}
+
+// compareGolden compares got with the .golden file next to f (-update
+// rewrites it).
+func compareGolden(t *testing.T, f, got string) {
+	t.Helper()
+	golden := strings.TrimSuffix(f, ".yaml") + ".golden"
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create it): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (run with -update if intended)\n got:\n%s\nwant:\n%s", golden, got, want)
 	}
 }
 
@@ -70,7 +76,7 @@ func TestLoadValid(t *testing.T) {
 	if got := c.Policies[1].Spec.Targets[0].Pos.String(); got != "testdata/valid/istio.yaml:16:5" {
 		t.Errorf("target position = %s", got)
 	}
-	if c.DestinationRules[0].Spec.TrafficPolicy.LoadBalancer.Node == nil {
+	if c.DestinationRules[0].Spec.TrafficPolicy.LoadBalancer == nil {
 		t.Error("loadBalancer not kept")
 	}
 	// The whole config must survive the JSON round trip GetState uses.
@@ -113,12 +119,17 @@ func TestApplyKeepsOldOnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad, errs := Parse("b.yaml", []byte("apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: x}\nspec:\n  subjects: [{user: \"*\"}]\n  roleRef: {kind: ServiceRole, name: nope}\n"))
+	bad, errs := Parse("b.yaml", []byte("apiVersion: meshauth.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: other}\nspec: {authPolicy: NONE}\n"))
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	if _, err := c.Apply(bad, false); err == nil || !strings.Contains(err.Error(), `ServiceRole "nope" not found`) {
-		t.Fatalf("Apply(bad) = %v, want roleRef error", err)
+	if _, err := c.Apply(bad, false); err == nil || !strings.Contains(err.Error(), `only one MeshConfig is allowed`) {
+		t.Fatalf("Apply(bad) = %v, want a second-MeshConfig error", err)
+	}
+	// A binding whose role is missing grants nothing: valid, with a warning.
+	orphan, _ := Parse("o.yaml", []byte("apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: x}\nspec:\n  subjects: [{user: \"*\"}]\n  roleRef: {kind: ServiceRole, name: nope}\n"))
+	if o, err := c.Apply(orphan, false); err != nil || !strings.Contains(o.Warnings().Error(), `o.yaml:1:1: ServiceRoleBinding/default/x: spec.roleRef.name: ServiceRole "nope" not found in namespace default: this binding grants nothing`) {
+		t.Fatalf("Apply(orphan binding) = %v, warnings %v", err, o.Warnings())
 	}
 	good, _ := Parse("g.yaml", []byte("apiVersion: meshauth.io/v1alpha1\nkind: Service\nmetadata: {name: ratings}\nspec:\n  ports: [{number: 9080}]\n"))
 	n, err := c.Apply(good, false)
@@ -147,7 +158,14 @@ func TestCheckHost(t *testing.T) {
 		{"httpbin.default.svc.cluster.local", true},
 		{"*.default.svc.cluster.local", true},
 		{"*.local", true},
-		{"*", false},
+		{"*", true},
+		{"*foo", true},
+		{"*foo.bar.com", true},
+		{"*-foo.bar.com", true},
+		{"1.1.1.1", true},
+		{"foo*.bar.com", false},
+		{"foo.*.com", false},
+		{"**.com", false},
 		{"", false},
 		{"HTTPBIN", false},
 		{"a.*.b", false},
@@ -182,7 +200,7 @@ func TestResolveHost(t *testing.T) {
 // and whatever it accepts must pass whole-batch validation or be rejected
 // with positioned errors.
 func FuzzParse(f *testing.F) {
-	for _, dir := range []string{"testdata/valid", "testdata/invalid"} {
+	for _, dir := range []string{"testdata/valid", "testdata/invalid", "testdata/warnings"} {
 		files, _ := filepath.Glob(dir + "/*.yaml")
 		for _, p := range files {
 			b, _ := os.ReadFile(p)
@@ -199,6 +217,13 @@ func FuzzParse(f *testing.F) {
 		}
 		if len(errs) == 0 && len(objs) == 0 {
 			t.Fatal("ParseFile accepted a file with no object")
+		}
+		for _, o := range objs {
+			for _, w := range ObjectOf(o).Warnings {
+				if w.File != "fuzz.yaml" || w.Line == 0 || w.Msg == "" {
+					t.Fatalf("warning without position or message: %#v", w)
+				}
+			}
 		}
 		if len(errs) == 0 {
 			if _, err := New(objs); err != nil {
@@ -252,5 +277,71 @@ items:
 	_, err = Load([]File{{Name: "bad.yaml", Content: []byte(strings.Replace(list, "mode: STRICT", "mode: STRICTLY", 1))}})
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml:15:28: Policy/default/default: items[0].spec.peers[0].mtls.mode: unknown mode \"STRICTLY\"") {
 		t.Errorf("error in a List item: %v", err)
+	}
+}
+
+// TestWarningsGolden loads each file under testdata/warnings, which must be
+// valid, and compares its warnings (accepted as Istio accepts them, but
+// flagged) with the .golden file next to it.
+func TestWarningsGolden(t *testing.T) {
+	files, err := filepath.Glob("testdata/warnings/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no test files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			c, err := LoadPaths(f)
+			if err != nil {
+				t.Fatalf("LoadPaths(%s): %v", f, err)
+			}
+			ws := c.Warnings()
+			if len(ws) == 0 {
+				t.Fatal("no warnings")
+			}
+			compareGolden(t, f, ws.Error()+"\n")
+		})
+	}
+}
+
+// TestIstioForms checks what the forms of testdata/warnings mean: proto
+// field names set the same fields as JSON names, a duplicate key keeps its
+// last value, a field under both names keeps the JSON name's value.
+func TestIstioForms(t *testing.T) {
+	c, err := LoadPaths("testdata/warnings/istio-forms.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fortio, global *Policy
+	for _, p := range c.Policies {
+		switch p.Metadata.Name {
+		case "fortiotls":
+			fortio = p
+		case "global-enable-mtls":
+			global = p
+		}
+	}
+	if global == nil || len(global.Spec.Targets) != 0 || global.Spec.Peers[0].MTLS == nil {
+		t.Errorf("0.8 target-less policy: %+v", global)
+	}
+	if fortio == nil || fortio.Spec.PeerIsOptional {
+		t.Errorf("peerIsOptional written as both names: want the JSON name's false, got %+v", fortio)
+	}
+	dr := c.DestinationRules[0]
+	tls := dr.Spec.TrafficPolicy.TLS
+	if tls.ClientCertificate != "/etc/certs/cert-chain.pem" || tls.PrivateKey == "" || tls.CACertificates == "" || len(tls.SubjectAltNames) != 1 {
+		t.Errorf("proto-named TLS fields not read: %+v", tls)
+	}
+	if v := dr.Spec.Subsets[1].Labels["version"]; v != "v3" {
+		t.Errorf("duplicate label key: got %q, want the last value v3", v)
+	}
+	// The envelope is Kubernetes', not jsonpb's: no proto names there.
+	_, err = Load([]File{{Name: "m.yaml", Content: []byte("apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmeta_data: {name: default}\n")}})
+	if err == nil || !strings.Contains(err.Error(), `unknown field "meta_data"`) {
+		t.Errorf("proto name in the envelope: %v", err)
+	}
+	// Nor in meshauth's own kinds.
+	_, err = Load([]File{{Name: "s.yaml", Content: []byte("apiVersion: meshauth.io/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{number: 80, target_port: 8080}]\n")}})
+	if err == nil || !strings.Contains(err.Error(), `unknown field "target_port"`) {
+		t.Errorf("proto name in a meshauth kind: %v", err)
 	}
 }

@@ -77,6 +77,10 @@ type decoder struct {
 	// nodes records the node of every path decoded, so that validation can
 	// report the position of the field it rejects.
 	nodes map[string]*yaml.Node
+	// warns are accepted but flagged (Object.Warnings).
+	warns ErrorList
+	// protoNames accepts proto field names in an Istio kind's spec.
+	protoNames bool
 }
 
 // at returns the position of path, or of its nearest recorded parent when
@@ -101,16 +105,30 @@ func (d *decoder) fail(path, format string, args ...any) {
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
+	d.errs = append(d.errs, d.newError(n, path, format, args...))
+}
+
+// warn records a warning at path (validation).
+func (d *decoder) warn(path, format string, args ...any) {
+	d.warnf(d.at(path), path, format, args...)
+}
+
+func (d *decoder) warnf(n *yaml.Node, path, format string, args ...any) {
+	d.warns = append(d.warns, d.newError(n, path, format, args...))
+}
+
+func (d *decoder) newError(n *yaml.Node, path, format string, args ...any) *Error {
 	e := &Error{Pos: Pos{File: d.file}, Path: path, Object: d.object, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Column = n.Line, n.Column
 	}
-	d.errs = append(d.errs, e)
+	return e
 }
 
 var (
-	rawType = reflect.TypeOf(Raw{})
-	posType = reflect.TypeOf(Pos{})
+	rawType  = reflect.TypeOf(Raw{})
+	posType  = reflect.TypeOf(Pos{})
+	metaType = reflect.TypeOf(Meta{})
 )
 
 func isNull(n *yaml.Node) bool {
@@ -186,14 +204,15 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
+		last := d.lastKeys(n)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
 			if k.Kind != yaml.ScalarNode {
 				d.errorf(k, path, "keys must be strings, got %s", nodeKind(k))
 				continue
 			}
-			if m.MapIndex(reflect.ValueOf(k.Value)).IsValid() {
-				d.errorf(k, path+"."+k.Value, "duplicate key %q", k.Value)
+			if j := last[k.Value]; j != i {
+				d.duplicate(k, n.Content[j], path+"."+k.Value)
 				continue
 			}
 			ev := reflect.New(v.Type().Elem()).Elem()
@@ -220,7 +239,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		b, _ := strconv.ParseBool(strings.ToLower(n.Value))
 		v.SetBool(b)
-	case reflect.Uint32, reflect.Uint16, reflect.Uint64, reflect.Int, reflect.Int64:
+	case reflect.Uint32, reflect.Uint16, reflect.Uint64, reflect.Int, reflect.Int64, reflect.Int32:
 		if isNull(n) {
 			return
 		}
@@ -228,8 +247,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.errorf(n, path, "want a number, got %s", nodeKind(n))
 			return
 		}
+		// Int32 fields are Istio's signed numbers: a negative value is
+		// decoded so that validation reports it in Istio's words.
 		i, err := strconv.ParseInt(n.Value, 0, 64)
-		if err != nil || i < 0 || (v.Kind() == reflect.Uint32 && i > math.MaxUint32) || (v.Kind() == reflect.Uint16 && i > math.MaxUint16) {
+		if err != nil || (i < 0 && v.Kind() != reflect.Int32) || (v.Kind() == reflect.Uint32 && i > math.MaxUint32) ||
+			(v.Kind() == reflect.Uint16 && i > math.MaxUint16) || (v.Kind() == reflect.Int32 && (i > math.MaxInt32 || i < math.MinInt32)) {
 			d.errorf(n, path, "number %s out of range", n.Value)
 			return
 		}
@@ -289,32 +311,106 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	fields := structFields(v.Type())
-	seen := map[string]bool{}
+	// Istio reads its specs with jsonpb, which takes a field's proto name
+	// (peer_is_optional) as well as its JSON name (peerIsOptional); the
+	// object's own envelope (apiVersion, metadata) is Kubernetes' and
+	// takes only the JSON name.
+	protoNames := d.protoNames && v.Type() != metaType && !embedsObject(v.Type())
+	// Resolve every key to its field first. A key written twice keeps its
+	// last value (Istio's YAML parser does the same), with a warning; a
+	// field written under both names keeps the JSON name's value, as
+	// jsonpb does.
+	type entry struct {
+		key, val *yaml.Node
+		f        *field
+		proto    bool
+	}
+	var entries []*entry
+	byField := map[string]*entry{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
-		fp := joinPath(path, k.Value)
 		if k.Kind != yaml.ScalarNode {
 			d.errorf(k, path, "keys must be strings, got %s", nodeKind(k))
 			continue
 		}
-		if seen[k.Value] {
-			d.errorf(k, fp, "duplicate key %q", k.Value)
-			continue
-		}
-		seen[k.Value] = true
-		var f *field
+		e := &entry{key: k, val: val}
 		for j := range fields {
 			if fields[j].name == k.Value {
-				f = &fields[j]
+				e.f = &fields[j]
 				break
 			}
 		}
-		if f == nil {
-			d.errorf(k, fp, "unknown field %q%s", k.Value, suggest(k.Value, fields))
+		if e.f == nil && protoNames {
+			for j := range fields {
+				if protoName(fields[j].name) == k.Value {
+					e.f, e.proto = &fields[j], true
+					break
+				}
+			}
+		}
+		if e.f == nil {
+			d.errorf(k, joinPath(path, k.Value), "unknown field %q%s", k.Value, suggest(k.Value, fields))
 			continue
 		}
-		d.decode(val, v.FieldByIndex(f.index), fp)
+		prev := byField[e.f.name]
+		switch {
+		case prev == nil:
+		case prev.key.Value == k.Value:
+			d.duplicate(prev.key, k, joinPath(path, k.Value))
+			prev.f = nil
+		case prev.proto && !e.proto:
+			d.warnf(prev.key, joinPath(path, prev.key.Value), "%q and %q are the same field; the value of %q (line %d) is used, as Istio's jsonpb does", prev.key.Value, k.Value, k.Value, k.Line)
+			prev.f = nil
+		default:
+			d.warnf(k, joinPath(path, k.Value), "%q and %q are the same field; the value of %q (line %d) is used, as Istio's jsonpb does", k.Value, prev.key.Value, prev.key.Value, prev.key.Line)
+			continue
+		}
+		byField[e.f.name] = e
+		entries = append(entries, e)
 	}
+	for _, e := range entries {
+		if e.f != nil {
+			d.decode(e.val, v.FieldByIndex(e.f.index), joinPath(path, e.key.Value))
+		}
+	}
+}
+
+// lastKeys maps each scalar key of a mapping node to the index of its last
+// occurrence.
+func (d *decoder) lastKeys(n *yaml.Node) map[string]int {
+	last := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Kind == yaml.ScalarNode {
+			last[k.Value] = i
+		}
+	}
+	return last
+}
+
+// duplicate warns about a key written twice in one mapping: the later
+// value wins, as in Istio (ghodss/yaml over non-strict yaml.v2).
+func (d *decoder) duplicate(first, later *yaml.Node, path string) {
+	d.warnf(first, path, "duplicate key %q: the later value (line %d) is used, as Istio's YAML parser does", first.Value, later.Line)
+}
+
+// protoName is the proto field name of a lowerCamelCase JSON name
+// (peerIsOptional -> peer_is_optional, http1MaxPendingRequests ->
+// http1_max_pending_requests).
+func protoName(json string) string {
+	var sb strings.Builder
+	for _, r := range json {
+		if r >= 'A' && r <= 'Z' {
+			sb.WriteByte('_')
+			r += 'a' - 'A'
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+func embedsObject(t reflect.Type) bool {
+	f, ok := t.FieldByName("Object")
+	return ok && f.Anonymous
 }
 
 func joinPath(path, key string) string {

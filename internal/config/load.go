@@ -36,6 +36,12 @@ type Config struct {
 	Sidecars            []*Sidecar            `json:"sidecars,omitempty"`
 	Services            []*Service            `json:"services,omitempty"`
 	Workloads           []*Workload           `json:"workloads,omitempty"`
+	// Authorization is Istio 0.8's authorization instance, if given.
+	Authorization *Authorization `json:"authorization,omitempty"`
+
+	// warnings are New's cross-object warnings (Warnings adds the
+	// objects' own).
+	warnings ErrorList
 }
 
 // AuthPolicy returns the mesh-wide default (NONE when unset).
@@ -87,6 +93,9 @@ func (c *Config) Objects() []any {
 	for _, o := range c.Workloads {
 		out = append(out, o)
 	}
+	if c.Authorization != nil {
+		out = append(out, c.Authorization)
+	}
 	return out
 }
 
@@ -110,6 +119,8 @@ func objectOf(v any) *Object {
 	case *Service:
 		return &o.Object
 	case *Workload:
+		return &o.Object
+	case *Authorization:
 		return &o.Object
 	}
 	return nil
@@ -261,6 +272,7 @@ var kinds = map[string]struct {
 	KindSidecar:            {[]string{NetworkingV1a3}, func() any { return new(Sidecar) }},
 	KindService:            {[]string{MeshV1alpha1}, func() any { return new(Service) }},
 	KindWorkload:           {[]string{MeshV1alpha1}, func() any { return new(Workload) }},
+	KindAuthorization:      {[]string{ConfigV1alpha2}, func() any { return new(Authorization) }},
 }
 
 // KnownKinds lists the kinds we accept, for messages and docs.
@@ -320,6 +332,10 @@ func parseDocument(file string, n *yaml.Node, path string) ([]any, ErrorList) {
 		return []any{mc}, nil
 	}
 	k, ok := kinds[kind]
+	if !ok && (kind == "rbac" || kind == "rule") && apiNode != nil && apiNode.Value == ConfigV1alpha2 {
+		d.errorf(kindNode, joinPath(path, "kind"), "Mixer's %s is not read (meshauth has no Mixer): Istio 0.8 turned RBAC on with an rbac handler and a rule; write an RbacConfig instead (a rule matching destination.namespace == \"default\" is mode: ON_WITH_INCLUSION, inclusion: {namespaces: [default]}); the authorization instance is read", kind)
+		return nil, d.errs
+	}
 	if !ok {
 		d.errorf(kindNode, joinPath(path, "kind"), "unsupported kind %q (supported: %s, and Istio's v1 ConfigMap `istio`)", kind, strings.Join(KnownKinds(), ", "))
 		return nil, d.errs
@@ -353,6 +369,7 @@ func parseDocument(file string, n *yaml.Node, path string) ([]any, ErrorList) {
 			d.object = kind + "/" + ns + nm.Value
 		}
 	}
+	d.protoNames = strings.HasSuffix(strings.SplitN(api, "/", 2)[0], ".istio.io")
 	d.decode(n, reflectValue(obj), path)
 	o := objectOf(obj)
 	o.Source = Pos{File: file, Line: n.Line, Column: n.Column}
@@ -362,5 +379,7 @@ func parseDocument(file string, n *yaml.Node, path string) ([]any, ErrorList) {
 	if len(d.errs) > 0 {
 		return nil, d.errs
 	}
+	d.warns.Sort()
+	o.Warnings = d.warns
 	return []any{obj}, nil
 }

@@ -44,6 +44,9 @@ const (
 	KindSidecar            = "Sidecar"
 	KindService            = "Service"
 	KindWorkload           = "Workload"
+	// KindAuthorization is Istio 0.8's Mixer `authorization` template
+	// instance: it names the properties 0.8's RBAC keys stand for.
+	KindAuthorization = "authorization"
 )
 
 // Pos is where an object or field was written.
@@ -90,6 +93,11 @@ type Object struct {
 	Metadata   Meta   `json:"metadata" yaml:"metadata"`
 	// Source is where the object was read from.
 	Source Pos `json:"source" yaml:"-"`
+	// Warnings are what decoding and validation accepted but flag: a
+	// duplicate key (the last value is used, as Istio's YAML parser does),
+	// an Istio 0.8 form that 1.0 refuses, a key that never matches. They
+	// travel with the object; Config.Warnings lists them.
+	Warnings []*Error `json:"-" yaml:"-"`
 }
 
 // Key returns kind/namespace/name, the form decisions cite.
@@ -147,10 +155,33 @@ type PolicySpec struct {
 	// PeerIsOptional accepts requests without peer authentication, which
 	// makes an mTLS peer method behave as PERMISSIVE.
 	PeerIsOptional bool `json:"peerIsOptional,omitempty" yaml:"peerIsOptional,omitempty"`
-	// Origins (end-user JWT) are refused at validation: "not supported".
-	Origins          Raw    `json:"-" yaml:"origins,omitempty"`
-	OriginIsOptional bool   `json:"originIsOptional,omitempty" yaml:"originIsOptional,omitempty"`
+	// Origins are the end-user (JWT) authentication methods: a request
+	// must carry a token that one of them verifies, unless
+	// OriginIsOptional.
+	Origins          []OriginMethod `json:"origins,omitempty" yaml:"origins,omitempty"`
+	OriginIsOptional bool           `json:"originIsOptional,omitempty" yaml:"originIsOptional,omitempty"`
+	// PrincipalBinding is USE_PEER (default: the request principal is the
+	// peer's identity) or USE_ORIGIN (the verified token's iss/sub).
 	PrincipalBinding string `json:"principalBinding,omitempty" yaml:"principalBinding,omitempty"`
+}
+
+// OriginMethod is one end-user authentication method.
+type OriginMethod struct {
+	JWT *JWT `json:"jwt,omitempty" yaml:"jwt,omitempty"`
+}
+
+// JWT is Istio's Jwt: who issues the tokens, for which audiences, where
+// their keys are, and where a request carries the token.
+type JWT struct {
+	Issuer    string   `json:"issuer" yaml:"issuer"`
+	Audiences []string `json:"audiences,omitempty" yaml:"audiences,omitempty"`
+	JwksURI   string   `json:"jwksUri,omitempty" yaml:"jwksUri,omitempty"`
+	// JWTHeaders and JWTParams name the request headers and query
+	// parameters that may carry the token; without both, the token is
+	// read from "Authorization: Bearer <token>".
+	JWTHeaders []string `json:"jwtHeaders,omitempty" yaml:"jwtHeaders,omitempty"`
+	JWTParams  []string `json:"jwtParams,omitempty" yaml:"jwtParams,omitempty"`
+	Pos        Pos      `json:"-" yaml:"-"`
 }
 
 // TargetSelector names a service (short name, in the policy's namespace)
@@ -173,7 +204,8 @@ type PeerMethod struct {
 	// MTLS is non-nil when the key is present, including `mtls: {}` and a
 	// bare `mtls:` (null), both of which mean STRICT.
 	MTLS *MutualTLS `json:"mtls,omitempty" yaml:"mtls,omitempty"`
-	JWT  Raw        `json:"-" yaml:"jwt,omitempty"`
+	// JWT peers are decoded (so Istio's checks run) and then refused.
+	JWT *JWT `json:"-" yaml:"jwt,omitempty"`
 }
 
 // MTLSMode is the server side's mutual TLS mode in a Policy.
@@ -210,20 +242,76 @@ type DestinationRuleSpec struct {
 // load-balancing, connection-pool and outlier settings are accepted (so
 // manifests load) and kept, but meshauth does not act on them.
 type TrafficPolicy struct {
-	LoadBalancer      Raw                 `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
-	ConnectionPool    Raw                 `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
-	OutlierDetection  Raw                 `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
-	TLS               *TLSSettings        `json:"tls,omitempty" yaml:"tls,omitempty"`
-	PortLevelSettings []PortTrafficPolicy `json:"portLevelSettings,omitempty" yaml:"portLevelSettings,omitempty"`
+	LoadBalancer      *LoadBalancerSettings   `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
+	ConnectionPool    *ConnectionPoolSettings `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
+	OutlierDetection  *OutlierDetection       `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
+	TLS               *TLSSettings            `json:"tls,omitempty" yaml:"tls,omitempty"`
+	PortLevelSettings []PortTrafficPolicy     `json:"portLevelSettings,omitempty" yaml:"portLevelSettings,omitempty"`
 }
 
 // PortTrafficPolicy is a traffic policy for one port.
 type PortTrafficPolicy struct {
-	Port             PortSelector `json:"port" yaml:"port"`
-	LoadBalancer     Raw          `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
-	ConnectionPool   Raw          `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
-	OutlierDetection Raw          `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
-	TLS              *TLSSettings `json:"tls,omitempty" yaml:"tls,omitempty"`
+	// Port is nil when the key is absent (Istio: "portTrafficPolicy must
+	// have valid port").
+	Port             *PortSelector           `json:"port,omitempty" yaml:"port,omitempty"`
+	LoadBalancer     *LoadBalancerSettings   `json:"loadBalancer,omitempty" yaml:"loadBalancer,omitempty"`
+	ConnectionPool   *ConnectionPoolSettings `json:"connectionPool,omitempty" yaml:"connectionPool,omitempty"`
+	OutlierDetection *OutlierDetection       `json:"outlierDetection,omitempty" yaml:"outlierDetection,omitempty"`
+	TLS              *TLSSettings            `json:"tls,omitempty" yaml:"tls,omitempty"`
+}
+
+// LoadBalancerSettings is Istio's load balancer choice (kept, not acted on).
+type LoadBalancerSettings struct {
+	Simple         string            `json:"simple,omitempty" yaml:"simple,omitempty"`
+	ConsistentHash *ConsistentHashLB `json:"consistentHash,omitempty" yaml:"consistentHash,omitempty"`
+}
+
+// ConsistentHashLB is LoadBalancerSettings.consistentHash.
+type ConsistentHashLB struct {
+	HTTPHeaderName string `json:"httpHeaderName,omitempty" yaml:"httpHeaderName,omitempty"`
+	// HTTPHeader is Istio 0.8's name of HTTPHeaderName.
+	HTTPHeader      string      `json:"httpHeader,omitempty" yaml:"httpHeader,omitempty"`
+	HTTPCookie      *HTTPCookie `json:"httpCookie,omitempty" yaml:"httpCookie,omitempty"`
+	UseSourceIP     bool        `json:"useSourceIp,omitempty" yaml:"useSourceIp,omitempty"`
+	MinimumRingSize uint64      `json:"minimumRingSize,omitempty" yaml:"minimumRingSize,omitempty"`
+}
+
+// HTTPCookie is a consistent-hash cookie.
+type HTTPCookie struct {
+	Name string `json:"name" yaml:"name"`
+	Path string `json:"path,omitempty" yaml:"path,omitempty"`
+	TTL  string `json:"ttl,omitempty" yaml:"ttl,omitempty"`
+}
+
+// ConnectionPoolSettings is Istio's connection pool (kept, not acted on).
+type ConnectionPoolSettings struct {
+	TCP  *TCPSettings  `json:"tcp,omitempty" yaml:"tcp,omitempty"`
+	HTTP *HTTPSettings `json:"http,omitempty" yaml:"http,omitempty"`
+}
+
+// TCPSettings is connectionPool.tcp. Numbers are signed (int32 in Istio's
+// API) so that a negative value reaches validation and gets Istio's error.
+type TCPSettings struct {
+	MaxConnections int32  `json:"maxConnections,omitempty" yaml:"maxConnections,omitempty"`
+	ConnectTimeout string `json:"connectTimeout,omitempty" yaml:"connectTimeout,omitempty"`
+}
+
+// HTTPSettings is connectionPool.http.
+type HTTPSettings struct {
+	HTTP1MaxPendingRequests  int32 `json:"http1MaxPendingRequests,omitempty" yaml:"http1MaxPendingRequests,omitempty"`
+	HTTP2MaxRequests         int32 `json:"http2MaxRequests,omitempty" yaml:"http2MaxRequests,omitempty"`
+	MaxRequestsPerConnection int32 `json:"maxRequestsPerConnection,omitempty" yaml:"maxRequestsPerConnection,omitempty"`
+	MaxRetries               int32 `json:"maxRetries,omitempty" yaml:"maxRetries,omitempty"`
+}
+
+// OutlierDetection is Istio's outlier detection (kept, not acted on): the
+// 1.0 form, or 0.8's with the same fields under http.
+type OutlierDetection struct {
+	ConsecutiveErrors  int32             `json:"consecutiveErrors,omitempty" yaml:"consecutiveErrors,omitempty"`
+	Interval           string            `json:"interval,omitempty" yaml:"interval,omitempty"`
+	BaseEjectionTime   string            `json:"baseEjectionTime,omitempty" yaml:"baseEjectionTime,omitempty"`
+	MaxEjectionPercent int32             `json:"maxEjectionPercent,omitempty" yaml:"maxEjectionPercent,omitempty"`
+	HTTP               *OutlierDetection `json:"http,omitempty" yaml:"http,omitempty"`
 }
 
 // TLSMode is a DestinationRule's client TLS mode.
@@ -344,6 +432,7 @@ type AccessRule struct {
 type Constraint struct {
 	Key    string   `json:"key" yaml:"key"`
 	Values []string `json:"values" yaml:"values"`
+	Pos    Pos      `json:"-" yaml:"-"`
 }
 
 // ServiceRoleBinding binds subjects to a ServiceRole.
@@ -362,6 +451,39 @@ type ServiceRoleBindingSpec struct {
 type Subject struct {
 	User       string            `json:"user,omitempty" yaml:"user,omitempty"`
 	Group      string            `json:"group,omitempty" yaml:"group,omitempty"`
+	Properties map[string]string `json:"properties,omitempty" yaml:"properties,omitempty"`
+	Pos        Pos               `json:"-" yaml:"-"`
+}
+
+// Authorization is Istio 0.8's Mixer `authorization` template instance
+// (config.istio.io/v1alpha2), read only for what 0.8's RBAC names meant:
+// each property of subject and action maps a name that ServiceRole
+// constraint keys and ServiceRoleBinding properties use to an attribute
+// expression. See RBACNames.
+type Authorization struct {
+	Object `json:",inline" yaml:",inline"`
+	Spec   AuthorizationSpec `json:"spec" yaml:"spec"`
+}
+
+// AuthorizationSpec is the instance body.
+type AuthorizationSpec struct {
+	Subject AuthorizationSubject `json:"subject" yaml:"subject"`
+	Action  AuthorizationAction  `json:"action" yaml:"action"`
+}
+
+// AuthorizationSubject is the instance's subject: who calls.
+type AuthorizationSubject struct {
+	User       string            `json:"user,omitempty" yaml:"user,omitempty"`
+	Groups     string            `json:"groups,omitempty" yaml:"groups,omitempty"`
+	Properties map[string]string `json:"properties,omitempty" yaml:"properties,omitempty"`
+}
+
+// AuthorizationAction is the instance's action: what is called.
+type AuthorizationAction struct {
+	Namespace  string            `json:"namespace,omitempty" yaml:"namespace,omitempty"`
+	Service    string            `json:"service,omitempty" yaml:"service,omitempty"`
+	Method     string            `json:"method,omitempty" yaml:"method,omitempty"`
+	Path       string            `json:"path,omitempty" yaml:"path,omitempty"`
 	Properties map[string]string `json:"properties,omitempty" yaml:"properties,omitempty"`
 }
 

@@ -2,11 +2,14 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"net/url"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -26,23 +29,35 @@ var protocols = []string{"HTTP", "HTTP2", "GRPC", "HTTPS", "TCP", "TLS", "MONGO"
 func isName(s string) bool      { return len(s) <= 63 && dnsLabel.MatchString(s) }
 func isSubdomain(s string) bool { return len(s) <= 253 && dnsSubdomain.MatchString(s) }
 
-// CheckHost validates a DestinationRule-style host: a DNS name, optionally
-// with a leading "*." wildcard ("httpbin", "httpbin.default.svc.cluster.local",
-// "*.default.svc.cluster.local", "*.local"). It returns a reason or "".
+// wildcardLabel is Istio's first label of a host: "*", or a DNS label with
+// an optional "*" or "*-" in front ("*foo", "*-foo").
+var wildcardLabel = regexp.MustCompile(`^(\*|(\*|\*-)?[a-z0-9]([-a-z0-9]*[a-z0-9])?)$`)
+
+// CheckHost validates a DestinationRule-style host as Istio 1.0's
+// ValidateWildcardDomain does: a DNS name whose first label may be "*" or
+// start with "*" ("httpbin", "httpbin.default.svc.cluster.local",
+// "*.default.svc.cluster.local", "*.local", "*", "*foo.bar.com"), at most
+// 255 characters. A wildcard matches every host that ends with what
+// follows it. Unlike Istio, hosts must be lowercase. It returns a reason or
+// "".
 func CheckHost(h string) string {
 	switch {
 	case h == "":
-		return "host is empty"
-	case h == "*":
-		return `a bare "*" is not a host; use "*.local" for every service in the mesh`
+		return "empty domain name not allowed"
+	case len(h) > 255:
+		return "domain name too long (max 255)"
 	case strings.ToLower(h) != h:
 		return "hosts are lowercase DNS names"
-	case len(h) > 253:
-		return "host is longer than 253 characters"
 	}
-	rest := strings.TrimPrefix(h, "*.")
-	if strings.Contains(rest, "*") {
-		return `a wildcard is allowed only as the whole first label ("*.example.com")`
+	first, rest, more := strings.Cut(h, ".")
+	if !strings.Contains(first, "*") && !isName(first) {
+		return fmt.Sprintf("label %q is not a DNS label (lowercase letters, digits and '-', at most 63)", first)
+	}
+	if len(first) > 63 || !wildcardLabel.MatchString(first) {
+		return fmt.Sprintf("label %q invalid: a wildcard is allowed only at the start of the first label (\"*\", \"*.example.com\", \"*foo.example.com\")", first)
+	}
+	if !more {
+		return ""
 	}
 	for _, l := range strings.Split(rest, ".") {
 		if !isName(l) {
@@ -96,6 +111,8 @@ func validateObject(d *decoder, obj any, path string) {
 		validateService(d, v, p("spec"))
 	case *Workload:
 		validateWorkload(d, v, p("spec"))
+	case *Authorization:
+		validateAuthorization(d, &v.Spec, p("spec"))
 	}
 }
 
@@ -126,8 +143,17 @@ func validatePolicy(d *decoder, v *Policy, path string) {
 		if len(s.Targets) > 0 {
 			d.fail(path+".targets", "a MeshPolicy applies to the whole mesh and takes no targets")
 		}
-	} else if len(s.Targets) == 0 && v.Metadata.Name != "default" {
-		d.fail(path, "a Policy without targets applies to its whole namespace and must be named \"default\" (name it default, or add targets)")
+	} else {
+		// Istio's naming rule changed: 0.8 applied a target-less Policy of
+		// any name to its namespace; 1.0 requires the name "default" for
+		// it and refuses "default" with targets. We take both forms a
+		// release accepted, except the one that would be read two ways.
+		if len(s.Targets) == 0 && v.Metadata.Name != "default" {
+			d.warn(path, "a Policy without targets applies to its whole namespace, as in Istio 0.8; Istio 1.0 refuses it (authentication policy with no target rules must be named \"default\", found %q): rename it to default", v.Metadata.Name)
+		}
+		if len(s.Targets) > 0 && v.Metadata.Name == "default" {
+			d.fail(path+".targets", "authentication policy with name \"default\" must not have any target rules (Istio 1.0: \"default\" is the namespace-wide policy); rename this Policy or remove its targets")
+		}
 	}
 	for i, t := range s.Targets {
 		tp := fmt.Sprintf("%s.targets[%d]", path, i)
@@ -138,11 +164,13 @@ func validatePolicy(d *decoder, v *Policy, path string) {
 			checkPortSelector(d, ps, fmt.Sprintf("%s.ports[%d]", tp, j))
 		}
 	}
+	issuers := map[string]bool{}
 	for i, peer := range s.Peers {
 		pp := fmt.Sprintf("%s.peers[%d]", path, i)
 		switch {
-		case peer.JWT.Node != nil:
-			d.fail(pp+".jwt", "jwt peer authentication is not supported by meshauth; use mtls")
+		case peer.JWT != nil:
+			validateJWT(d, peer.JWT, pp+".jwt", issuers)
+			d.fail(pp+".jwt", "jwt peer authentication is not supported by meshauth (a peer is authenticated by its mesh certificate); use mtls here and put the JWT in origins")
 		case peer.MTLS == nil:
 			d.fail(pp, "a peer needs mtls (write `mtls: {}` for STRICT)")
 		default:
@@ -156,16 +184,91 @@ func validatePolicy(d *decoder, v *Policy, path string) {
 			}
 		}
 	}
-	if s.Origins.Node != nil {
-		d.fail(path+".origins", "origins (end-user JWT authentication) are not supported by meshauth; remove spec.origins")
+	for i, o := range s.Origins {
+		op := fmt.Sprintf("%s.origins[%d]", path, i)
+		if o.JWT == nil {
+			d.fail(op, "an origin needs jwt (issuer, jwksUri)")
+			continue
+		}
+		validateJWT(d, o.JWT, op+".jwt", issuers)
 	}
 	switch s.PrincipalBinding {
 	case "", "USE_PEER":
 	case "USE_ORIGIN":
-		d.fail(path+".principalBinding", "USE_ORIGIN is not supported (origins are not supported); use USE_PEER")
+		if len(s.Origins) == 0 {
+			d.warn(path+".principalBinding", "USE_ORIGIN without origins: requests get no request.auth.principal, so RBAC rules on it never match")
+		}
 	default:
-		d.fail(path+".principalBinding", "unknown principalBinding %q (want USE_PEER)", s.PrincipalBinding)
+		d.fail(path+".principalBinding", "unknown principalBinding %q (want USE_PEER or USE_ORIGIN)", s.PrincipalBinding)
 	}
+	if s.OriginIsOptional && len(s.Origins) == 0 {
+		d.warn(path+".originIsOptional", "originIsOptional without origins has no effect")
+	}
+}
+
+// validateJWT runs Istio's checks of a Jwt (issuer set and not already
+// used in the policy, non-empty audiences and token locations) and
+// meshauth's: the keys come from an https jwksUri (fetched through the
+// sidecar's TLS profile), since keys fetched over plain http could be
+// replaced by anyone on the path, and meshauth does no OpenID discovery.
+func validateJWT(d *decoder, j *JWT, path string, issuers map[string]bool) {
+	switch {
+	case j.Issuer == "":
+		d.fail(path+".issuer", "issuer must be set")
+	case issuers[j.Issuer]:
+		d.fail(path+".issuer", "jwt with issuer %q already defined", j.Issuer)
+	}
+	issuers[j.Issuer] = true
+	for i, a := range j.Audiences {
+		if a == "" {
+			d.fail(fmt.Sprintf("%s.audiences[%d]", path, i), "audience must be non-empty string")
+		}
+	}
+	if r := CheckJwksURI(j.JwksURI); r != "" {
+		d.fail(path+".jwksUri", "%s", r)
+	}
+	for i, h := range j.JWTHeaders {
+		if h == "" || !httpToken.MatchString(h) {
+			d.fail(fmt.Sprintf("%s.jwtHeaders[%d]", path, i), "location header must be non-empty string (an HTTP header name), got %q", h)
+		}
+	}
+	for i, q := range j.JWTParams {
+		if q == "" {
+			d.fail(fmt.Sprintf("%s.jwtParams[%d]", path, i), "location query must be non-empty string")
+		}
+	}
+}
+
+// httpToken is an HTTP header name (RFC 9110 token).
+var httpToken = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+// CheckJwksURI checks a jwksUri as Istio's ParseJwksURI does (a URL with a
+// numeric port if any), and that it is https with a host. It returns a
+// reason or "".
+func CheckJwksURI(s string) string {
+	if s == "" {
+		return "jwksUri must be set: meshauth fetches the issuer's keys from it (no OpenID discovery)"
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Sprintf("jwksUri %q is not a URL: %v", s, err)
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		return fmt.Sprintf("jwksUri %q: URI scheme \"http\" is refused: keys fetched without TLS could be replaced by anyone on the path; use https", s)
+	default:
+		return fmt.Sprintf("jwksUri %q: URI scheme %q is not supported (want https)", s, u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return fmt.Sprintf("jwksUri %q has no host", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("jwksUri %q: port %q is not a number in 1-65535", s, p)
+		}
+	}
+	return ""
 }
 
 func checkPortSelector(d *decoder, ps PortSelector, path string) {
@@ -194,6 +297,14 @@ func validateDR(d *decoder, s *DestinationRuleSpec, path string) {
 			d.fail(sp+".name", "duplicate subset %q", ss.Name)
 		}
 		seen[ss.Name] = true
+		for _, k := range slices.Sorted(maps.Keys(ss.Labels)) {
+			if !istioTag.MatchString(k) {
+				d.fail(sp+".labels["+k+"]", "invalid tag key: %q (letters, digits, '-', '_', '.', '/')", k)
+			}
+			if v := ss.Labels[k]; !istioTag.MatchString(v) {
+				d.fail(sp+".labels["+k+"]", "invalid tag value: %q (letters, digits, '-', '_', '.', '/')", v)
+			}
+		}
 		validateTrafficPolicy(d, ss.TrafficPolicy, sp+".trafficPolicy")
 	}
 	for i, e := range s.ExportTo {
@@ -203,22 +314,157 @@ func validateDR(d *decoder, s *DestinationRuleSpec, path string) {
 	}
 }
 
+// istioTag is Istio's label key and value syntax (Labels.Validate).
+var istioTag = regexp.MustCompile(`^[-A-Za-z0-9_./]*$`)
+
+// validateTrafficPolicy runs Istio 1.0's checks of a traffic policy (and
+// 0.8's of outlier detection): no empty policy, pool or outlier block, no
+// negative limit, durations of at least 1ms in whole milliseconds, a
+// percentage in 0..100, a port on every port-level policy.
 func validateTrafficPolicy(d *decoder, tp *TrafficPolicy, path string) {
 	if tp == nil {
 		return
 	}
+	if tp.LoadBalancer == nil && tp.ConnectionPool == nil && tp.OutlierDetection == nil && tp.TLS == nil && len(tp.PortLevelSettings) == 0 {
+		d.fail(path, "traffic policy must have at least one field")
+	}
+	validateLoadBalancer(d, tp.LoadBalancer, path+".loadBalancer")
+	validateConnectionPool(d, tp.ConnectionPool, path+".connectionPool")
+	validateOutlierDetection(d, tp.OutlierDetection, path+".outlierDetection")
 	validateTLS(d, tp.TLS, path+".tls")
 	ports := map[string]bool{}
 	for i, pl := range tp.PortLevelSettings {
 		pp := fmt.Sprintf("%s.portLevelSettings[%d]", path, i)
-		checkPortSelector(d, pl.Port, pp+".port")
-		key := pl.Port.Name + "/" + strconv.Itoa(int(pl.Port.Number))
-		if ports[key] {
-			d.fail(pp+".port", "port listed twice in portLevelSettings")
+		if pl.Port == nil {
+			d.fail(pp+".port", "portTrafficPolicy must have valid port")
+		} else {
+			checkPortSelector(d, *pl.Port, pp+".port")
+			key := pl.Port.Name + "/" + strconv.Itoa(int(pl.Port.Number))
+			if ports[key] {
+				d.fail(pp+".port", "port listed twice in portLevelSettings")
+			}
+			ports[key] = true
 		}
-		ports[key] = true
+		if pl.LoadBalancer == nil && pl.ConnectionPool == nil && pl.OutlierDetection == nil && pl.TLS == nil {
+			d.fail(pp, "port traffic policy must have at least one field")
+		}
+		validateLoadBalancer(d, pl.LoadBalancer, pp+".loadBalancer")
+		validateConnectionPool(d, pl.ConnectionPool, pp+".connectionPool")
+		validateOutlierDetection(d, pl.OutlierDetection, pp+".outlierDetection")
 		validateTLS(d, pl.TLS, pp+".tls")
 	}
+}
+
+func validateLoadBalancer(d *decoder, lb *LoadBalancerSettings, path string) {
+	if lb == nil {
+		return
+	}
+	switch lb.Simple {
+	case "", "ROUND_ROBIN", "LEAST_CONN", "RANDOM", "PASSTHROUGH":
+	default:
+		d.fail(path+".simple", "unknown load balancer %q (want ROUND_ROBIN, LEAST_CONN, RANDOM or PASSTHROUGH)", lb.Simple)
+	}
+	if lb.Simple != "" && lb.ConsistentHash != nil {
+		d.fail(path, "simple and consistentHash are alternatives; set one")
+	}
+	if ch := lb.ConsistentHash; ch != nil && ch.HTTPHeader != "" && ch.HTTPHeaderName != "" {
+		d.fail(path+".consistentHash", "httpHeader (Istio 0.8) and httpHeaderName (1.0) are the same setting; set one")
+	}
+	if ch := lb.ConsistentHash; ch != nil && ch.HTTPCookie != nil && ch.HTTPCookie.TTL != "" {
+		if _, err := parseDuration(ch.HTTPCookie.TTL); err != nil {
+			d.fail(path+".consistentHash.httpCookie.ttl", "%v", err)
+		}
+	}
+}
+
+func validateConnectionPool(d *decoder, cp *ConnectionPoolSettings, path string) {
+	if cp == nil {
+		return
+	}
+	if cp.HTTP == nil && cp.TCP == nil {
+		d.fail(path, "connection pool must have at least one field")
+	}
+	if h := cp.HTTP; h != nil {
+		for _, c := range []struct {
+			v    int32
+			name string
+			msg  string
+		}{
+			{h.HTTP1MaxPendingRequests, "http1MaxPendingRequests", "http1 max pending requests must be non-negative"},
+			{h.HTTP2MaxRequests, "http2MaxRequests", "http2 max requests must be non-negative"},
+			{h.MaxRequestsPerConnection, "maxRequestsPerConnection", "max requests per connection must be non-negative"},
+			{h.MaxRetries, "maxRetries", "max retries must be non-negative"},
+		} {
+			if c.v < 0 {
+				d.fail(path+".http."+c.name, "%s", c.msg)
+			}
+		}
+	}
+	if t := cp.TCP; t != nil {
+		if t.MaxConnections < 0 {
+			d.fail(path+".tcp.maxConnections", "max connections must be non-negative")
+		}
+		checkDuration(d, t.ConnectTimeout, path+".tcp.connectTimeout")
+	}
+}
+
+func validateOutlierDetection(d *decoder, od *OutlierDetection, path string) {
+	if od == nil {
+		return
+	}
+	flat := od.ConsecutiveErrors != 0 || od.Interval != "" || od.BaseEjectionTime != "" || od.MaxEjectionPercent != 0
+	switch {
+	case !flat && od.HTTP == nil:
+		d.fail(path, "outlier detection must have at least one field (Istio 0.8 refuses an empty one)")
+	case flat && od.HTTP != nil:
+		d.fail(path, "write the outlier detection fields at this level (Istio 1.0) or under http (0.8), not both")
+	}
+	for _, o := range []struct {
+		od   *OutlierDetection
+		path string
+	}{{od, path}, {od.HTTP, path + ".http"}} {
+		if o.od == nil {
+			continue
+		}
+		if o.od.HTTP != nil && o.od != od {
+			d.fail(o.path+".http", "http is not nested")
+		}
+		if o.od.ConsecutiveErrors < 0 {
+			d.fail(o.path+".consecutiveErrors", "outlier detection consecutive errors cannot be negative")
+		}
+		checkDuration(d, o.od.Interval, o.path+".interval")
+		checkDuration(d, o.od.BaseEjectionTime, o.path+".baseEjectionTime")
+		if p := o.od.MaxEjectionPercent; p < 0 || p > 100 {
+			d.fail(o.path+".maxEjectionPercent", "percentage %d is not in range 0..100", p)
+		}
+	}
+}
+
+// checkDuration applies Istio's ValidateDuration to a set duration: at
+// least 1ms, in whole milliseconds.
+func checkDuration(d *decoder, s, path string) {
+	if s == "" {
+		return
+	}
+	dur, err := parseDuration(s)
+	switch {
+	case err != nil:
+		d.fail(path, "%v", err)
+	case dur < time.Millisecond:
+		d.fail(path, "duration must be greater than 1ms, got %s", s)
+	case dur%time.Millisecond != 0:
+		d.fail(path, "only durations to ms precision are supported, got %s", s)
+	}
+}
+
+// parseDuration reads a protobuf JSON duration ("2s", "0.5s") or a Go
+// duration ("1m30s"), which Istio's jsonpb also took.
+func parseDuration(s string) (time.Duration, error) {
+	dur, err := time.ParseDuration(s)
+	if err != nil || dur < 0 {
+		return 0, fmt.Errorf("bad duration %q (want e.g. \"2s\", \"100ms\")", s)
+	}
+	return dur, nil
 }
 
 func validateTLS(d *decoder, t *TLSSettings, path string) {
@@ -300,9 +546,6 @@ func checkPattern(v string) string {
 	return ""
 }
 
-// constraintKeys are the ServiceRole constraint keys we can evaluate.
-var constraintKeys = []string{"destination.labels[<name>]", "destination.port", "destination.namespace", "destination.user"}
-
 func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 	if len(s.Rules) == 0 {
 		d.fail(path+".rules", "a ServiceRole needs at least one rule")
@@ -317,6 +560,9 @@ func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 				d.fail(fmt.Sprintf("%s.services[%d]", rp, j), "%s", e)
 			}
 		}
+		if len(r.Methods) == 0 {
+			d.fail(rp+".methods", "at least 1 method must be specified for rule %d (use [\"*\"] for all)", i)
+		}
 		for j, m := range r.Methods {
 			if m != "*" && !httpMethod.MatchString(m) {
 				d.fail(fmt.Sprintf("%s.methods[%d]", rp, j), "method %q is not an HTTP method (uppercase, e.g. GET) or \"*\"", m)
@@ -329,20 +575,9 @@ func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 		}
 		for j, c := range r.Constraints {
 			cp := fmt.Sprintf("%s.constraints[%d]", rp, j)
-			label := strings.HasPrefix(c.Key, "destination.labels[") && strings.HasSuffix(c.Key, "]") && len(c.Key) > len("destination.labels[]")
-			switch {
-			case label, c.Key == "destination.namespace", c.Key == "destination.user":
-			case c.Key == "destination.port":
-				for k, v := range c.Values {
-					if n, err := strconv.Atoi(v); err != nil || n < 1 || n > 65535 {
-						d.fail(fmt.Sprintf("%s.values[%d]", cp, k), "destination.port values are port numbers, got %q", v)
-					}
-				}
-			default:
-				d.fail(cp+".key", "constraint key %q is not supported (supported: %s)", c.Key, strings.Join(constraintKeys, ", "))
-			}
+			checkConstraintKey(d, c, cp, i, j)
 			if len(c.Values) == 0 {
-				d.fail(cp+".values", "a constraint needs values")
+				d.fail(cp+".values", "at least 1 value must be specified for constraint %d in rule %d", j, i)
 			}
 			for k, v := range c.Values {
 				if e := checkPattern(v); e != "" {
@@ -353,40 +588,28 @@ func validateRole(d *decoder, s *ServiceRoleSpec, path string) {
 	}
 }
 
-// subjectProperties are the ServiceRoleBinding properties we evaluate.
-var subjectProperties = []string{"source.namespace", "source.principal"}
-
 func validateBinding(d *decoder, s *ServiceRoleBindingSpec, path string) {
 	if len(s.Subjects) == 0 {
 		d.fail(path+".subjects", "a ServiceRoleBinding needs at least one subject")
 	}
 	for i, sub := range s.Subjects {
 		sp := fmt.Sprintf("%s.subjects[%d]", path, i)
-		if sub.Group != "" {
-			d.fail(sp+".group", "group subjects are not supported; name users or use properties")
+		if sub.Group != "" && sub.Group != "*" {
+			d.warn(sp+".group", "group %q never matches: meshauth knows no groups (Istio 0.8's authorization instance set none, so its Mixer matched only \"*\"; Istio 1.0 ignored groups); this subject grants nothing", sub.Group)
 		}
 		if sub.User == "" && len(sub.Properties) == 0 && sub.Group == "" {
-			d.fail(sp, "a subject needs user (a principal like cluster.local/ns/default/sa/sleep, or \"*\") or properties")
+			d.fail(sp, "at least 1 of user, group or properties must be specified for subject %d (user: a principal like cluster.local/ns/default/sa/sleep, or \"*\")", i)
 		}
 		if sub.User != "" {
 			if e := checkPattern(sub.User); e != "" {
 				d.fail(sp+".user", "%s", e)
 			}
 		}
-		keys := make([]string, 0, len(sub.Properties))
-		for k := range sub.Properties {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			ok := false
-			for _, a := range subjectProperties {
-				ok = ok || a == k
-			}
-			if !ok {
-				d.fail(sp+".properties["+k+"]", "property %q is not supported (supported: %s)", k, strings.Join(subjectProperties, ", "))
-			} else if e := checkPattern(sub.Properties[k]); e != "" {
-				d.fail(sp+".properties["+k+"]", "%s", e)
+		for _, k := range slices.Sorted(maps.Keys(sub.Properties)) {
+			pp := sp + ".properties[" + k + "]"
+			checkSubjectProperty(d, k, pp)
+			if e := checkPattern(sub.Properties[k]); e != "" {
+				d.fail(pp, "%s", e)
 			}
 		}
 	}
@@ -438,6 +661,9 @@ func CheckEgressHost(h string) string {
 	}
 	if host == "*" {
 		return ""
+	}
+	if strings.HasPrefix(host, "*") && !strings.HasPrefix(host, "*.") {
+		return `an egress wildcard is "*" or "*.suffix"`
 	}
 	return CheckHost(host)
 }

@@ -149,7 +149,7 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 		{Name: "good.yaml", Content: []byte(planeMesh)},
 		{Name: "bad.yaml", Content: []byte("apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  origins: [{jwt: {issuer: x}}]\n")},
 	}})
-	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "bad.yaml:5:12") || !strings.Contains(err.Error(), "not supported") {
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "bad.yaml:5:19") || !strings.Contains(err.Error(), "jwksUri must be set") {
 		t.Fatalf("ApplyConfig(bad batch) = %v", err)
 	}
 	if st := getState(t, e); st.ConfigVersion != 0 || len(st.Registry.Services) != 0 {

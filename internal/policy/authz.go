@@ -19,6 +19,22 @@ type Request struct {
 	// Method and Path are set for HTTP; empty for TCP.
 	Method string
 	Path   string
+	// Auth is the request's verified end-user credential (an origin JWT
+	// the sidecar verified), nil without one.
+	Auth *RequestAuth
+}
+
+// RequestAuth is what Istio calls request.auth: the principal the
+// Policy's principalBinding chose, and the verified token's audiences,
+// presenter and claims.
+type RequestAuth struct {
+	// Principal is request.auth.principal: the token's "iss/sub" with
+	// principalBinding USE_ORIGIN, the peer's principal with USE_PEER.
+	Principal string
+	Audiences []string
+	Presenter string
+	// Claims are the token's claims as JSON decodes them.
+	Claims map[string]any
 }
 
 // Decision is the outcome of Authorize, with the rule that decided.
@@ -69,7 +85,7 @@ func Authorize(s *Snapshot, r Request) Decision {
 			continue
 		}
 		for _, sub := range p.Subjects {
-			if !subjectMatches(sub, r.Source) {
+			if !subjectMatches(sub, r) {
 				continue
 			}
 			binding := sub.Binding
@@ -224,6 +240,12 @@ func constraintMatches(c RBACConstraint, s *Snapshot, r Request) bool {
 		v = lv
 	case c.Key == "destination.namespace":
 		v = s.Workload.Namespace
+	case c.Key == "destination.name":
+		name, _, _ := strings.Cut(r.Service, ".")
+		if name == "" {
+			return false
+		}
+		v = name
 	case c.Key == "destination.user":
 		v = s.Workload.ServiceAccount
 	default:
@@ -239,10 +261,12 @@ func constraintMatches(c RBACConstraint, s *Snapshot, r Request) bool {
 	return false
 }
 
-// subjectMatches reports whether a binding subject covers the caller whose
-// SPIFFE ID is src ("" for a plaintext caller). Every field set on the
-// subject must match.
-func subjectMatches(sub RBACSubject, src string) bool {
+// subjectMatches reports whether a binding subject covers the request's
+// caller: its SPIFFE ID r.Source ("" for a plaintext caller) and its
+// verified end-user credential r.Auth. Every field set on the subject must
+// match; a property meshauth does not know never matches.
+func subjectMatches(sub RBACSubject, r Request) bool {
+	src := r.Source
 	if sub.User == "" && len(sub.Properties) == 0 {
 		return false
 	}
@@ -253,17 +277,21 @@ func subjectMatches(sub RBACSubject, src string) bool {
 		}
 	}
 	for k, want := range sub.Properties {
-		switch k {
-		case "source.principal", "source.user":
+		switch {
+		case k == "source.principal", k == "source.user":
 			if want == "*" {
 				continue
 			}
 			if src == "" || !MatchValue(strings.TrimPrefix(want, "spiffe://"), principal) {
 				return false
 			}
-		case "source.namespace":
+		case k == "source.namespace":
 			ns := principalNamespace(principal)
 			if ns == "" || !MatchValue(want, ns) {
+				return false
+			}
+		case strings.HasPrefix(k, "request.auth."):
+			if !requestAuthMatches(k, want, r.Auth) {
 				return false
 			}
 		default:
@@ -271,6 +299,48 @@ func subjectMatches(sub RBACSubject, src string) bool {
 		}
 	}
 	return true
+}
+
+// requestAuthMatches matches a request.auth.* property against the
+// verified credential; without one, nothing matches (not even "*").
+func requestAuthMatches(key, want string, a *RequestAuth) bool {
+	if a == nil {
+		return false
+	}
+	switch {
+	case key == "request.auth.principal":
+		return a.Principal != "" && MatchValue(want, a.Principal)
+	case key == "request.auth.presenter":
+		return a.Presenter != "" && MatchValue(want, a.Presenter)
+	case key == "request.auth.audiences":
+		for _, aud := range a.Audiences {
+			if MatchValue(want, aud) {
+				return true
+			}
+		}
+		return false
+	case strings.HasPrefix(key, "request.auth.claims[") && strings.HasSuffix(key, "]"):
+		claim := key[len("request.auth.claims[") : len(key)-1]
+		return claimMatches(a.Claims[claim], want)
+	}
+	return false
+}
+
+// claimMatches matches a claim that is a string, or a list holding a
+// string, that matches want. Other claim types (numbers, objects) never
+// match.
+func claimMatches(v any, want string) bool {
+	switch c := v.(type) {
+	case string:
+		return MatchValue(want, c)
+	case []any:
+		for _, e := range c {
+			if s, ok := e.(string); ok && MatchValue(want, s) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // principalNamespace extracts N from "td/ns/N/sa/S".

@@ -108,6 +108,13 @@ func policyMode(p *config.Policy) ServerMode {
 // the service, over the namespace's "default" Policy, over the MeshPolicy,
 // over the mesh config's authPolicy.
 func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[ServerMode] {
+	m, _ := e.serverPolicy(svc, port)
+	return m
+}
+
+// serverPolicy is ServerMode with the Policy that decided (nil for the
+// mesh authPolicy).
+func (e *Engine) serverPolicy(svc *registry.Service, port uint32) (ModeDecision[ServerMode], *config.Policy) {
 	ix := e.ix
 	key := svc.Key()
 	if p, ok := svc.Port(port); ok {
@@ -116,29 +123,52 @@ func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[Ser
 				continue
 			}
 			if pol := ix.portPolicy[key+":"+sel]; pol != nil {
-				return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}
+				return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}, pol
 			}
 		}
 	}
 	if pol := ix.svcPolicy[key]; pol != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}
+		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}, pol
 	}
-	return e.namespaceMode(svc.Namespace)
+	return e.namespacePolicy(svc.Namespace)
+}
+
+// EndUser converts a Policy's origins to the snapshot form; nil when it
+// has none and does not bind the principal to the origin.
+func EndUser(p *config.Policy) *EndUserAuthn {
+	if p == nil || (len(p.Spec.Origins) == 0 && p.Spec.PrincipalBinding != "USE_ORIGIN") {
+		return nil
+	}
+	eu := &EndUserAuthn{Optional: p.Spec.OriginIsOptional, UseOrigin: p.Spec.PrincipalBinding == "USE_ORIGIN", DecidedBy: p.Key()}
+	if len(p.Spec.Origins) == 0 {
+		eu.Optional = true // nothing to verify: only the binding applies
+	}
+	for _, o := range p.Spec.Origins {
+		if o.JWT != nil {
+			eu.JWT = append(eu.JWT, *o.JWT)
+		}
+	}
+	return eu
 }
 
 // namespaceMode is the server mode for a namespace's ports no Policy targets.
 func (e *Engine) namespaceMode(ns string) ModeDecision[ServerMode] {
+	m, _ := e.namespacePolicy(ns)
+	return m
+}
+
+func (e *Engine) namespacePolicy(ns string) (ModeDecision[ServerMode], *config.Policy) {
 	ix := e.ix
 	if pol := ix.nsDefault[ns]; pol != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}
+		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}, pol
 	}
 	if mp := ix.cfg.MeshPolicy; mp != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}
+		return ModeDecision[ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}, mp
 	}
 	if ix.cfg.AuthPolicy() == config.AuthPolicyMutualTLS {
-		return ModeDecision[ServerMode]{Mode: ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}
+		return ModeDecision[ServerMode]{Mode: ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}, nil
 	}
-	return ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}
+	return ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}, nil
 }
 
 // ClientTLS is the client side's decision for one service port.
@@ -402,6 +432,7 @@ func (e *Engine) RBACFor(svc *registry.Service) (bool, string) {
 // (name.namespace) into the snapshot form, with their bound subjects.
 func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 	var out []RBACPolicy
+	names := e.ix.rbacNames
 	for _, cr := range e.ix.roles[ns] {
 		relevant := false
 		var rules []RBACRule
@@ -411,7 +442,10 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 			}
 			rr := RBACRule{Services: r.Services, Methods: r.Methods, Paths: r.Paths}
 			for _, c := range r.Constraints {
-				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: c.Key, Values: c.Values})
+				// Istio 0.8's bare names become the attributes they stand
+				// for ("app" -> destination.labels[app]); a bare name with
+				// no mapping stays as is and never matches.
+				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: names.ConstraintKey(c.Key), Values: c.Values})
 			}
 			rules = append(rules, rr)
 		}
@@ -423,10 +457,31 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 			ref := b.Metadata.Namespace + "/" + b.Metadata.Name
 			p.Bindings = append(p.Bindings, ref)
 			for _, s := range b.Spec.Subjects {
-				p.Subjects = append(p.Subjects, RBACSubject{User: s.User, Properties: s.Properties, Binding: ref})
+				p.Subjects = append(p.Subjects, snapshotSubject(names, s, ref))
 			}
 		}
 		out = append(out, p)
+	}
+	return out
+}
+
+// snapshotSubject converts a binding subject: Istio 0.8's bare property
+// names become attributes ("namespace" -> source.namespace); a group other
+// than "*" (Istio 0.8's Mixer matched only "*", its instance set no groups)
+// becomes a property no request has, so the subject never matches.
+func snapshotSubject(names config.RBACNames, s config.Subject, binding string) RBACSubject {
+	out := RBACSubject{User: s.User, Binding: binding}
+	if s.Group == "*" && s.User == "" {
+		out.User = "*"
+	}
+	if len(s.Properties) > 0 || (s.Group != "" && s.Group != "*") {
+		out.Properties = map[string]string{}
+	}
+	for k, v := range s.Properties {
+		out.Properties[names.SubjectProperty(k)] = v
+	}
+	if s.Group != "" && s.Group != "*" {
+		out.Properties["group"] = s.Group
 	}
 	return out
 }
@@ -601,8 +656,9 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 		TrustDomain: e.ix.cfg.TrustDomain(),
 		Workload:    WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: w.Labels},
 	}
-	nsMode := e.namespaceMode(w.Namespace)
+	nsMode, nsPol := e.namespacePolicy(w.Namespace)
 	s.InboundDefault = nsMode.Mode
+	s.InboundDefaultEndUser = EndUser(nsPol)
 	mine := e.reg.ServicesOf(w.Namespace, w.Name)
 	seen := map[uint32]bool{}
 	var rbacOn, rbacOff []string
@@ -618,9 +674,9 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 				continue // first service (by name) wins a shared target port
 			}
 			seen[p.TargetPort] = true
-			m := e.ServerMode(svc, p.Number)
+			m, pol := e.serverPolicy(svc, p.Number)
 			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: InboundProtocol(p.Protocol, p.Name),
-				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy})
+				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy, EndUser: EndUser(pol)})
 		}
 		on, by := e.RBACFor(svc)
 		rbacBy = by

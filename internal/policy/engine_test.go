@@ -56,6 +56,28 @@ func golden(t *testing.T, name, got string) {
 // (the first, 80), 80 and 8080. Only t->b and t->d:8080 fail.
 func TestIstio08Matrix(t *testing.T) {
 	e := load(t, []string{"testdata/matrix.yaml", "testdata/matrix-registry.yaml"})
+	checkMatrix(t, e, "matrix.golden", true)
+}
+
+// TestIstio08MatrixLiteral runs the same matrix on Istio 0.8's own e2e
+// files, byte for byte (testdata/istio-0.8, from istio/istio 0.8.0
+// tests/e2e/tests/pilot/testdata/authn: authn-policy.yaml.tmpl and
+// destination-rule.yaml.tmpl, which use no template variable): the
+// namespace-wide Policy is named global-enable-mtls, as 0.8 allowed, so it
+// loads with a warning that Istio 1.0 would want it named default.
+func TestIstio08MatrixLiteral(t *testing.T) {
+	e := load(t, []string{"testdata/istio-0.8", "testdata/matrix-registry.yaml"})
+	ws := ConfigWarnings(e.Config())
+	if len(ws) != 1 || ws[0].Object != "Policy/default/global-enable-mtls" || !strings.Contains(ws[0].Msg, "Istio 1.0 refuses it") {
+		t.Errorf("warnings = %v, want the 0.8 naming warning for global-enable-mtls", ws)
+	}
+	// No rule names t here (the rewrite has a namespace-wide one), so
+	// clients reach t in plaintext: no conflict anywhere.
+	checkMatrix(t, e, "matrix-0.8-literal.golden", false)
+}
+
+func checkMatrix(t *testing.T, e *Engine, goldenName string, tConflict bool) {
+	t.Helper()
 	var table strings.Builder
 	for _, src := range []string{"a", "t"} {
 		from := e.Registry().Workload("default", src+"-1")
@@ -84,12 +106,12 @@ func TestIstio08Matrix(t *testing.T) {
 			}
 		}
 	}
-	golden(t, "matrix.golden", table.String())
+	golden(t, goldenName, table.String())
 
-	// tls-check flags the service whose endpoint has no sidecar: t takes
-	// plaintext only, and the namespace's rule sends it ISTIO_MUTUAL.
+	// tls-check flags the service whose endpoint has no sidecar when a
+	// rule sends it ISTIO_MUTUAL: t takes plaintext only.
 	for _, r := range e.TLSCheck(nil) {
-		wantConflict := strings.HasPrefix(r.Host, "t.")
+		wantConflict := tConflict && strings.HasPrefix(r.Host, "t.")
 		if (r.Status == "CONFLICT") != wantConflict {
 			t.Errorf("tls-check %s:%d = %s (%s), want conflict %v", r.Host, r.Port, r.Status, r.Problem, wantConflict)
 		}

@@ -119,6 +119,25 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 		snap = e.inboundFor(target, svc)
 	}
 	req := Request{Source: x.SourceID, Port: p.TargetPort, Service: svc.Name + "." + svc.Namespace, Method: method, Path: path}
+	// End-user authentication runs before RBAC on the server's sidecar;
+	// explain presents no token, so request.auth is the peer's principal
+	// unless the Policy binds it to the origin.
+	_, pol := e.serverPolicy(svc, port)
+	eu := EndUser(pol)
+	if eu == nil || !eu.UseOrigin {
+		req.Auth = &RequestAuth{Principal: strings.TrimPrefix(x.SourceID, "spiffe://")}
+	}
+	if eu != nil && len(eu.JWT) > 0 {
+		var iss []string
+		for _, j := range eu.JWT {
+			iss = append(iss, j.Issuer)
+		}
+		need := "required: a request without one is answered 401"
+		if eu.Optional {
+			need = "optional (originIsOptional), but one that is present must verify"
+		}
+		x.Notes = append(x.Notes, fmt.Sprintf("%s requires end-user authentication on HTTP/1.x: a JWT from %s is %s; explain presents none (RBAC on request.auth.* sees no token)", eu.DecidedBy, strings.Join(iss, " or "), need))
+	}
 	if path == "" {
 		x.RBAC = Authorize(snap, req)
 	} else if norm, err := NormalizePath(strings.SplitN(path, "?", 2)[0]); err != nil {

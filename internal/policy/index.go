@@ -29,6 +29,8 @@ type index struct {
 	// nsSidecar: namespace -> its Sidecar without one.
 	sidecars  map[string][]*config.Sidecar
 	nsSidecar map[string]*config.Sidecar
+	// rbacNames are what Istio 0.8's bare RBAC names stand for.
+	rbacNames config.RBACNames
 }
 
 type compiledRole struct {
@@ -50,6 +52,7 @@ func compile(c *config.Config) *index {
 		roles:      map[string][]*compiledRole{},
 		sidecars:   map[string][]*config.Sidecar{},
 		nsSidecar:  map[string]*config.Sidecar{},
+		rbacNames:  c.RBACNames(),
 	}
 	for _, sc := range c.Sidecars {
 		if sc.Spec.WorkloadSelector == nil {

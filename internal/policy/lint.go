@@ -21,9 +21,30 @@ func (w Warning) String() string {
 	return fmt.Sprintf("%s: %s: warning: %s", w.Pos, w.Object, w.Msg)
 }
 
-// Lint checks the config against the registry and returns a warning for
-// every reference to a service or port that does not exist.
+// Lint returns the config's own warnings (config.Config.Warnings: a
+// duplicate key, an Istio 0.8 form, a key that never matches), then checks
+// the config against the registry and returns a warning for every
+// reference to a service or port that does not exist.
 func (e *Engine) Lint() []Warning {
+	return append(ConfigWarnings(e.ix.cfg), e.LintReferences()...)
+}
+
+// ConfigWarnings converts the config's own warnings.
+func ConfigWarnings(cfg *config.Config) []Warning {
+	var out []Warning
+	for _, w := range cfg.Warnings() {
+		msg := w.Msg
+		if w.Path != "" {
+			msg = w.Path + ": " + msg
+		}
+		out = append(out, Warning{w.Pos, w.Object, msg})
+	}
+	return out
+}
+
+// LintReferences returns a warning for every reference to a service or
+// port that does not exist in the registry.
+func (e *Engine) LintReferences() []Warning {
 	var out []Warning
 	cfg := e.ix.cfg
 	hasPort := func(svc *registry.Service, ps config.PortSelector) bool {
@@ -64,7 +85,7 @@ func (e *Engine) Lint() []Warning {
 		}
 		if tp := dr.Spec.TrafficPolicy; tp != nil {
 			for _, pl := range tp.PortLevelSettings {
-				if !hasPort(svc, pl.Port) {
+				if pl.Port != nil && !hasPort(svc, *pl.Port) {
 					out = append(out, Warning{dr.Source, dr.Key(), fmt.Sprintf("service %s has no port %s: those port-level settings apply to nothing", svc.Key(), pl.Port.String())})
 				}
 			}

@@ -7,6 +7,8 @@
 // be tested and explained.
 package policy
 
+import "github.com/meshauth/meshauth/internal/config"
+
 // Snapshot is the effective configuration of one sidecar: everything it needs
 // to serve inbound and outbound traffic. The control plane computes it, the
 // push stream carries it as JSON, and the sidecar swaps it in atomically.
@@ -20,6 +22,9 @@ type Snapshot struct {
 	// InboundDefault is the server mode for ports not listed in Inbound.
 	InboundDefault ServerMode    `json:"inboundDefault"`
 	Inbound        []InboundPort `json:"inbound,omitempty"`
+	// InboundDefaultEndUser is the end-user authentication of the ports
+	// not listed in Inbound (the namespace's or mesh's Policy).
+	InboundDefaultEndUser *EndUserAuthn `json:"inboundDefaultEndUser,omitempty"`
 
 	// Outbound lists every service this sidecar may call.
 	Outbound []OutboundService `json:"outbound,omitempty"`
@@ -79,6 +84,24 @@ type InboundPort struct {
 	Service string `json:"service,omitempty"`
 	// DecidedBy names the object that set Mode (kind/namespace/name or
 	// "mesh/authPolicy").
+	DecidedBy string `json:"decidedBy,omitempty"`
+	// EndUser is the port's end-user (origin JWT) authentication, from the
+	// same Policy as Mode; nil when that Policy has no origins and does
+	// not bind the principal to the origin.
+	EndUser *EndUserAuthn `json:"endUser,omitempty"`
+}
+
+// EndUserAuthn is a Policy's origins: which JWTs a request must carry
+// (Istio's origins, originIsOptional, principalBinding).
+type EndUserAuthn struct {
+	JWT []config.JWT `json:"jwt,omitempty"`
+	// Optional lets a request without a token through (originIsOptional);
+	// a token that is present must still verify.
+	Optional bool `json:"optional,omitempty"`
+	// UseOrigin makes request.auth.principal the token's iss/sub
+	// (principalBinding USE_ORIGIN) instead of the peer's principal.
+	UseOrigin bool `json:"useOrigin,omitempty"`
+	// DecidedBy names the Policy.
 	DecidedBy string `json:"decidedBy,omitempty"`
 }
 

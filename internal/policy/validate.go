@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Validate checks a snapshot received from the control plane before a
@@ -29,6 +30,12 @@ func (s *Snapshot) Validate() error {
 		if !validServer(in.Mode) {
 			return fmt.Errorf("policy: inbound[%d] (port %d): mode %q is not STRICT, PERMISSIVE or DISABLE", i, in.Port, in.Mode)
 		}
+		if err := in.EndUser.validate(); err != nil {
+			return fmt.Errorf("policy: inbound[%d] (port %d): %w", i, in.Port, err)
+		}
+	}
+	if err := s.InboundDefaultEndUser.validate(); err != nil {
+		return fmt.Errorf("policy: inboundDefaultEndUser: %w", err)
 	}
 	for i, o := range s.Outbound {
 		if o.Name == "" || o.Namespace == "" || len(o.Hosts) == 0 {
@@ -50,4 +57,17 @@ func (s *Snapshot) Validate() error {
 
 func validServer(m ServerMode) bool {
 	return m == ServerStrict || m == ServerPermissive || m == ServerDisable
+}
+
+// validate checks end-user rules: an issuer and an https JWKS URI each.
+func (eu *EndUserAuthn) validate() error {
+	if eu == nil {
+		return nil
+	}
+	for i, r := range eu.JWT {
+		if r.Issuer == "" || !strings.HasPrefix(r.JwksURI, "https://") {
+			return fmt.Errorf("endUser.jwt[%d]: want an issuer and an https jwksUri, got %q %q", i, r.Issuer, r.JwksURI)
+		}
+	}
+	return nil
 }

@@ -42,6 +42,10 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	p.cached.inConns(ip.Mode).Inc()
 	info := &connInfo{port: port, app: app, mode: string(ip.Mode), service: ip.Service, src: src}
 	defer p.track(c, info)()
+	if endUserNeedsH1(p.policy.Current(), port, proto) {
+		p.refuseInbound(c, info, reasonJWT, errEndUserNotH1)
+		return
+	}
 
 	// A plain TCP port in DISABLE mode is relayed as is, without waiting for
 	// the client to speak first (server-first protocols).

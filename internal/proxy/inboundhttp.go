@@ -2,12 +2,18 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/jwtauthn"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -234,6 +240,21 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		stripH2CUpgrade(d)
 		snap := p.policy.Current()
 		req := policy.Request{Source: info.peer, Port: info.port, Service: info.service}
+		// End-user authentication (the port's Policy origins) before
+		// RBAC, which may look at its claims.
+		auth, claims, err := endUserAuthn(snap, info.port, info.peer, d.req.Values, func() string { return string(d.req.OriginForm()) })
+		if err != nil {
+			p.cached.deny.Inc()
+			res := p.localError(d, http.StatusUnauthorized, reasonJWT, "Origin authentication failed: "+err.Error())
+			p.cached.requests("inbound", res.status).Inc()
+			p.logH1("inbound", d, info.app, res.status, "deny", err.Error(), start)
+			return res
+		}
+		req.Auth = auth
+		var userinfo []byte
+		if claims != "" {
+			userinfo = []byte(userinfoHeader + ": " + claims + "\r\n")
+		}
 		if snap != nil && snap.RBAC != nil {
 			// Only built when rules may look at them (saves two
 			// allocations per request with RBAC off).
@@ -251,7 +272,9 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		// Any X-Forwarded-Client-Cert from the client, in any spelling, is
 		// dropped and the sidecar's own is added: a client never chooses
 		// its identity.
-		res := p.exchange(d, app, xfcc, d.dropInboundField, "")
+		// So is any sec-istio-auth-userinfo: the sidecar sets its own from
+		// a token it verified.
+		res := p.exchange(d, app, append(xfcc[:len(xfcc):len(xfcc)], userinfo...), d.dropInboundOrUserinfo, "")
 		p.cached.requests("inbound", res.status).Inc()
 		decision := "allow"
 		if res.reason != "" {
@@ -260,4 +283,112 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 		p.logH1("inbound", d, info.app, res.status, decision, res.reason, start)
 		return res
 	})
+}
+
+// End-user (origin JWT) authentication: the hook of the inbound HTTP/1.x
+// path (serveInboundH1). The HTTP/2 path must call endUserAuthn the same
+// way for each request, before RBAC, answer 401 on error, pass the
+// RequestAuth to policy.AuthorizeHTTP, set userinfoHeader to the claims
+// it returns, and drop (or refuse, as h2guard does XFCC) a client's
+// userinfoHeader in any spelling; until then endUserNeedsH1 refuses
+// connections to non-HTTP/1 ports whose Policy has origins.
+
+// reasonJWT is the access log reason of a request refused for its JWT.
+const reasonJWT = "jwt_denied"
+
+// userinfoHeader carries the verified claims to the app, as Istio's JWT
+// filter forwarded them: the token's payload segment (base64url of the
+// claims' JSON).
+const userinfoHeader = "sec-istio-auth-userinfo"
+
+// endUserVerifier verifies tokens for every port; one JWKS cache per
+// sidecar process. jwksRoots are the CAs trusted for JWKS endpoints (nil:
+// the system's, which SSL_CERT_FILE and SSL_CERT_DIR can set).
+var (
+	jwksRoots       *x509.CertPool
+	endUserVerifier = sync.OnceValue(func() *jwtauthn.Verifier { return jwtauthn.New(jwksRoots) })
+)
+
+// endUserAuthn applies the end-user authentication of a request to port
+// (from the Policy that set the port's mode) for the peer peerID ("" for
+// plaintext): with origins, a token must verify (unless originIsOptional
+// and there is none). header returns a request header's values (any case
+// of the name), target the request target (path and query). It returns
+// request.auth for RBAC and the value of userinfoHeader for the app ("" for
+// none). Without origins, request.auth.principal is the peer's, as in
+// Istio.
+func endUserAuthn(snap *policy.Snapshot, port uint32, peerID string, header func(string) []string, target func() string) (*policy.RequestAuth, string, error) {
+	var eu *policy.EndUserAuthn
+	if snap != nil {
+		eu = snap.InboundDefaultEndUser
+		for _, ip := range snap.Inbound {
+			if ip.Port == port {
+				eu = ip.EndUser
+				break
+			}
+		}
+	}
+	auth := &policy.RequestAuth{}
+	if eu == nil || !eu.UseOrigin {
+		auth.Principal = strings.TrimPrefix(peerID, "spiffe://")
+	}
+	if eu == nil || len(eu.JWT) == 0 {
+		return auth, "", nil
+	}
+	var q url.Values
+	query := func(name string) []string {
+		if q == nil {
+			_, rawQuery, _ := strings.Cut(target(), "?")
+			q, _ = url.ParseQuery(rawQuery)
+		}
+		return q[name]
+	}
+	raw, applicable, err := jwtauthn.TokenFrom(eu.JWT, header, query)
+	if err == jwtauthn.ErrNoToken && eu.Optional {
+		return auth, "", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	res, err := endUserVerifier().Verify(context.Background(), raw, applicable)
+	if err != nil {
+		return nil, "", err
+	}
+	if eu.UseOrigin {
+		auth.Principal = res.Principal
+	}
+	auth.Audiences, auth.Presenter, auth.Claims = res.Audiences, res.Presenter, res.Claims
+	return auth, res.Payload, nil
+}
+
+// errEndUserNotH1 refuses a connection to a port whose Policy has origins
+// but whose protocol is not HTTP/1.x: only that path verifies tokens (and
+// strips a client's userinfo header) so far; anything else would let
+// requests through unauthenticated.
+var errEndUserNotH1 = errors.New("the port's Policy requires end-user (JWT) authentication, which is enforced on HTTP/1.x ports only: declare the port HTTP")
+
+// endUserNeedsH1 reports whether a connection to port must be refused by
+// errEndUserNotH1.
+func endUserNeedsH1(s *policy.Snapshot, port uint32, proto string) bool {
+	if proto == "HTTP" || s == nil {
+		return false
+	}
+	eu := s.InboundDefaultEndUser
+	for _, ip := range s.Inbound {
+		if ip.Port == port {
+			eu = ip.EndUser
+			break
+		}
+	}
+	return eu != nil && len(eu.JWT) > 0
+}
+
+// dropInboundOrUserinfo is dropInboundField plus any spelling of
+// sec-istio-auth-userinfo: a client never writes the claims the app trusts.
+func (d *dconn) dropInboundOrUserinfo(name []byte) bool {
+	if normalEqual(name, userinfoHeader) {
+		d.dropped = append(d.dropped, string(name))
+		return true
+	}
+	return d.dropInboundField(name)
 }

@@ -6,10 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -179,9 +181,10 @@ func TestRevokedPeerConnectionsClosed(t *testing.T) {
 	})
 }
 
-// TestTCPRelayClosedWhenAuthzDenies: a TCP relay authorized at its start is
-// closed when RBAC changes to deny its source.
-func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
+// startTCPRelay starts a STRICT TCP sidecar and an mTLS relay through it
+// from sleep, checked to carry data.
+func startTCPRelay(t *testing.T) (*sidecar, *catest.Cert, *tls.Conn, *bufio.Reader) {
+	t.Helper()
 	ca := catest.New(t)
 	client := ca.Issue(t, sleepID)
 	srv := startTCPServer(t, ca, tcpSnap(policy.ServerStrict, nil))
@@ -190,6 +193,13 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 	if err := echo(c, br); err != nil {
 		t.Fatal(err)
 	}
+	return srv, client, c, br
+}
+
+// TestTCPRelayClosedWhenAuthzDenies: a TCP relay authorized at its start is
+// closed when RBAC changes to deny its source.
+func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
+	srv, _, c, br := startTCPRelay(t)
 	// RBAC on with no role binding sleep: deny.
 	if err := srv.config.Set(tcpSnap(policy.ServerStrict, &policy.RBAC{DecidedBy: "RbacConfig default"})); err != nil {
 		t.Fatal(err)
@@ -197,6 +207,35 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 	closedLogged(t, srv, reasonRecheckDenied)
 	if err := echo(c, br); err == nil {
 		t.Fatal("relay still carries data after authorization turned to deny")
+	}
+}
+
+// TestTCPPortWithOrigins: end-user (JWT) authentication is enforced on
+// HTTP/1.x ports only, so a TCP port whose Policy gains origins refuses
+// new connections and closes the relays it carries; no request gets
+// through unauthenticated.
+func TestTCPPortWithOrigins(t *testing.T) {
+	srv, client, c, br := startTCPRelay(t)
+	withJWT := tcpSnap(policy.ServerStrict, nil)
+	withJWT.Inbound[0].EndUser = &policy.EndUserAuthn{JWT: []config.JWT{{Issuer: "iss", JwksURI: "https://127.0.0.1:1/jwks"}}, Optional: true}
+	if err := srv.config.Set(withJWT); err != nil {
+		t.Fatal(err)
+	}
+	closedLogged(t, srv, reasonJWT)
+	if err := echo(c, br); err == nil {
+		t.Fatal("relay still carries data after its port required end-user authentication")
+	}
+	// A new connection is refused before its TLS handshake completes.
+	c2, err := tls.Dial("tcp", srv.InboundAddrs[0].String(), &tls.Config{InsecureSkipVerify: true,
+		Certificates: []tls.Certificate{client.TLS}, NextProtos: []string{alpnTCP}})
+	if err == nil {
+		defer c2.Close()
+		if err := echo(c2, bufio.NewReader(c2)); err == nil {
+			t.Fatal("a new TCP connection to a port with origins was relayed")
+		}
+	}
+	if !strings.Contains(srv.log.String(), `"reason":"jwt_denied"`) {
+		t.Errorf("no jwt_denied in the log:\n%s", srv.log.String())
 	}
 }
 

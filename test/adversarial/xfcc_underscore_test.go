@@ -24,25 +24,8 @@ func cgiName(h string) string {
 	return "HTTP_" + sb.String()
 }
 
-// cgiXFCC returns every value the app saw under a header that a CGI-style
-// app maps to HTTP_X_FORWARDED_CLIENT_CERT.
-func cgiXFCC(a appSaw) []string {
-	var out []string
-	for k, v := range a.Headers {
-		if cgiName(k) == "HTTP_X_FORWARDED_CLIENT_CERT" {
-			out = append(out, v...)
-		}
-	}
-	return out
-}
-
-// TestUnderscoreXFCC (issue #11 finding 3): X_Forwarded_Client_Cert and
-// the other spellings an app maps to the same variable used to pass the
-// sidecar untouched, with a certificate (STRICT) and, on a PERMISSIVE
-// port, with none at all. Now every spelling is dropped (and listed in the
-// access log), and only the sidecar's own XFCC reaches the app.
-func TestUnderscoreXFCC(t *testing.T) {
-	permissive := `apiVersion: authentication.istio.io/v1alpha1
+// httpbinPermissive is a Policy that makes httpbin's port PERMISSIVE.
+const httpbinPermissive = `apiVersion: authentication.istio.io/v1alpha1
 kind: Policy
 metadata:
   name: httpbin-permissive
@@ -54,6 +37,30 @@ spec:
   - mtls:
       mode: PERMISSIVE
 `
+
+// cgiXFCC returns every value the app saw under a header that a CGI-style
+// app maps to HTTP_X_FORWARDED_CLIENT_CERT.
+func cgiXFCC(a appSaw) []string { return cgiValues(a, "HTTP_X_FORWARDED_CLIENT_CERT") }
+
+// cgiValues returns every value the app saw under a header that a
+// CGI-style app maps to the variable v.
+func cgiValues(a appSaw, v string) []string {
+	var out []string
+	for k, vals := range a.Headers {
+		if cgiName(k) == v {
+			out = append(out, vals...)
+		}
+	}
+	return out
+}
+
+// TestUnderscoreXFCC (issue #11 finding 3): X_Forwarded_Client_Cert and
+// the other spellings an app maps to the same variable used to pass the
+// sidecar untouched, with a certificate (STRICT) and, on a PERMISSIVE
+// port, with none at all. Now every spelling is dropped (and listed in the
+// access log), and only the sidecar's own XFCC reaches the app.
+func TestUnderscoreXFCC(t *testing.T) {
+	permissive := httpbinPermissive
 	m := startMesh(t, meshOptions{Config: map[string]string{"permissive.yaml": permissive}})
 	in := m.Httpbin.InboundAddr
 	var hdrs strings.Builder

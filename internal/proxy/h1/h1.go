@@ -392,6 +392,19 @@ func (h *Head) RespHasBody(head bool) bool {
 	return true
 }
 
+// Values returns the value of every field named name (ASCII case
+// insensitive), in order.
+func (h *Head) Values(name string) []string {
+	var out []string
+	name = string(bytes.ToLower([]byte(name)))
+	for _, f := range h.fields {
+		if ASCIIEqualFold(h.Bytes(f.name), name) {
+			out = append(out, h.Str(f.value))
+		}
+	}
+	return out
+}
+
 // WriteFields writes every end-to-end field of h, skipping hop-by-hop ones,
 // the framing fields (see WriteFraming) and those drop (if set) reports.
 func (h *Head) WriteFields(w *bufio.Writer, drop func(name []byte) bool) {

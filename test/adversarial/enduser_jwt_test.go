@@ -1,0 +1,149 @@
+package adversarial
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// TestEndUserJWT runs end-user authentication through a real sidecar: the
+// issuer's JWKS is served over TLS on loopback (the sidecar trusts its
+// certificate through SSL_CERT_FILE), tokens are signed in the test. A
+// valid token reaches the app with its claims in sec-istio-auth-userinfo
+// (a forged one is dropped), RBAC reads request.auth.claims, an expired
+// token or one signed with a key the issuer removed gets 401, and a key
+// the issuer rotated in is fetched.
+func TestEndUserJWT(t *testing.T) {
+	newKey := func(kid string) jose.JSONWebKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jose.JSONWebKey{Key: k, KeyID: kid, Algorithm: string(jose.ES256), Use: "sig"}
+	}
+	var mu sync.Mutex
+	k1, k2 := newKey("k1"), newKey("k2")
+	current := k1
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{current.Public()}})
+	}))
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "jwks-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SSL_CERT_FILE", caFile) // inherited by the sidecars
+
+	policy := `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: httpbin-jwt, namespace: default}
+spec:
+  targets: [{name: httpbin}]
+  peers: [{mtls: {mode: PERMISSIVE}}]
+  origins:
+  - jwt:
+      issuer: https://issuer.example
+      audiences: [httpbin]
+      jwksUri: ` + srv.URL + `/jwks
+  principalBinding: USE_ORIGIN
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: RbacConfig
+metadata: {name: default}
+spec: {mode: "ON"}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: admins, namespace: default}
+spec:
+  rules: [{services: ["*"], methods: ["GET"]}]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: admins, namespace: default}
+spec:
+  subjects: [{properties: {"request.auth.claims[groups]": admin, "request.auth.principal": "https://issuer.example/*"}}]
+  roleRef: {kind: ServiceRole, name: admins}
+`
+	m := startMesh(t, meshOptions{Config: map[string]string{"jwt.yaml": policy}})
+	now := time.Now()
+	token := func(k jose.JSONWebKey, groups []string, exp time.Time) string {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k}, (&jose.SignerOptions{}).WithHeader("kid", k.KeyID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := jwt.Signed(s).Claims(struct {
+			jwt.Claims
+			Groups []string `json:"groups"`
+		}{jwt.Claims{Issuer: "https://issuer.example", Subject: "alice", Audience: jwt.Audience{"httpbin"},
+			Expiry: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(now.Add(-time.Minute))}, groups}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	get := func(tok string) (int, string) {
+		body, stderr, code := curl(t, "-i", "-H", "Authorization: Bearer "+tok, "-H", "Sec-Istio-Auth-Userinfo: "+forgedUserinfo,
+			"http://"+m.Httpbin.InboundAddr+"/headers")
+		if code != 0 {
+			t.Fatalf("curl: exit %d: %s", code, stderr)
+		}
+		return statusOf(body), body
+	}
+
+	status, body := get(token(k1, []string{"dev", "admin"}, now.Add(time.Hour)))
+	if status != 200 {
+		t.Fatalf("valid token: want 200, got:\n%s", body)
+	}
+	seen := userinfoSeen(parseAppSaw(t, body))
+	if len(seen) != 1 || seen[0] == forgedUserinfo {
+		t.Fatalf("app saw sec-istio-auth-userinfo %q; want only the sidecar's", seen)
+	}
+	claims, err := base64.RawURLEncoding.DecodeString(seen[0])
+	if err != nil || !strings.Contains(string(claims), `"sub":"alice"`) || !strings.Contains(string(claims), `"admin"`) {
+		t.Fatalf("userinfo = %s (%v), want the verified claims", claims, err)
+	}
+
+	if status, body := get(token(k1, []string{"dev"}, now.Add(time.Hour))); status != 403 {
+		t.Errorf("valid token without the admin group: want 403 (RBAC), got:\n%s", body)
+	}
+	if status, body := get(token(k1, []string{"admin"}, now.Add(-time.Hour))); status != 401 || !strings.Contains(body, "token expired") {
+		t.Errorf("expired token: want 401 token expired, got:\n%s", body)
+	}
+
+	// The issuer rotates its key. A token with the new key makes the
+	// sidecar fetch the keys again (at most every few seconds: retry).
+	mu.Lock()
+	current = k2
+	mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		status, body = get(token(k2, []string{"admin"}, now.Add(time.Hour)))
+		if status == 200 {
+			break
+		}
+		if status != 401 || time.Now().After(deadline) {
+			t.Fatalf("token signed with the rotated key: want 200, got:\n%s", body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if status, body := get(token(k1, []string{"admin"}, now.Add(time.Hour))); status != 401 {
+		t.Errorf("token signed with the removed key: want 401, got:\n%s", body)
+	}
+}
