@@ -2,6 +2,7 @@ package meshapi
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"strings"
@@ -27,6 +28,7 @@ var configSets = map[string][]string{
 	"mesh":      {"../config/testdata/valid/mesh.yaml"},
 	"matrix":    {"../policy/testdata/matrix.yaml", "../policy/testdata/matrix-registry.yaml"},
 	"rbac":      {"../policy/testdata/matrix-registry.yaml", "../../cmd/meshctl/testdata/policycli/rbac.yaml"},
+	"jwt":       {"../policy/testdata/matrix-registry.yaml", "testdata/jwt.yaml"},
 }
 
 func loadSet(t testing.TB, paths []string) (*config.Config, *registry.Registry) {
@@ -55,7 +57,9 @@ func wire[M proto.Message](t testing.TB, m M, into M) M {
 }
 
 // canon returns v with every empty slice and map made nil: the one
-// difference a protobuf round trip may make (see the package doc).
+// difference a protobuf round trip may make (see the package doc); and
+// every field the JSON form never carried either (tagged json:"-", such
+// as config.JWT's Pos, the position in the config file) zero.
 func canon[T any](v T) T {
 	rv := reflect.ValueOf(&v).Elem()
 	canonValue(rv)
@@ -70,7 +74,13 @@ func canonValue(v reflect.Value) {
 		}
 	case reflect.Struct:
 		for i := 0; i < v.NumField(); i++ {
-			if v.Type().Field(i).IsExported() {
+			switch f := v.Type().Field(i); {
+			case !f.IsExported():
+			case f.Tag.Get("json") == "-":
+				if v.Field(i).CanSet() {
+					v.Field(i).SetZero()
+				}
+			default:
 				canonValue(v.Field(i))
 			}
 		}
@@ -94,7 +104,7 @@ func canonValue(v reflect.Value) {
 // TestSnapshotRoundTripEngine: every snapshot the policy engine computes
 // for the repository's configs survives Go -> proto -> wire -> Go.
 func TestSnapshotRoundTripEngine(t *testing.T) {
-	n := 0
+	n, rbac, endUserDefault, endUserPort := 0, 0, 0, 0
 	for name, paths := range configSets {
 		cfg, reg := loadSet(t, paths)
 		e := policy.New(cfg, reg)
@@ -110,20 +120,108 @@ func TestSnapshotRoundTripEngine(t *testing.T) {
 				t.Fatalf("%s %s: %v", name, w.Key(), err)
 			}
 			if want := canon(*snap); !reflect.DeepEqual(*back, want) {
-				t.Errorf("%s %s: round trip changed the snapshot\n got: %+v\nwant: %+v", name, w.Key(), *back, want)
+				t.Errorf("%s %s: round trip changed the snapshot\n got: %s\nwant: %s", name, w.Key(), asJSON(back), asJSON(want))
 			}
 			if err := back.Validate(); err != nil {
 				t.Errorf("%s %s: %v", name, w.Key(), err)
 			}
 			n++
 			if snap.RBAC != nil && len(snap.RBAC.Policies) > 0 {
-				n += 1000 // counted apart: at least one snapshot had RBAC policies
+				rbac++
+			}
+			if snap.InboundDefaultEndUser != nil {
+				endUserDefault++
+			}
+			for _, in := range snap.Inbound {
+				if in.EndUser != nil && len(in.EndUser.JWT) > 1 && in.EndUser.Optional && in.EndUser.UseOrigin {
+					endUserPort++
+				}
 			}
 		}
 	}
-	if n%1000 == 0 || n < 1000 {
-		t.Fatalf("%d snapshots (x1000: with RBAC policies): the configs exercise too little", n)
+	if n == 0 || rbac == 0 || endUserDefault == 0 || endUserPort == 0 {
+		t.Fatalf("%d snapshots, %d with RBAC policies, %d with a default end-user authentication, %d ports with one: the configs exercise too little",
+			n, rbac, endUserDefault, endUserPort)
 	}
+}
+
+// TestSnapshotEveryField fills every field of a policy.Snapshot, at every
+// depth, by reflection (so a field added to any of its structs is filled
+// too) and requires the round trip to give it all back: a field the
+// conversion forgets comes back zero and fails here. Only fields the JSON
+// form did not carry either (json:"-") are left out.
+func TestSnapshotEveryField(t *testing.T) {
+	var s policy.Snapshot
+	n := 0
+	fillAll(reflect.ValueOf(&s).Elem(), &n)
+	if s.InboundDefaultEndUser == nil || len(s.Inbound) == 0 || s.Inbound[0].EndUser == nil || len(s.Inbound[0].EndUser.JWT) == 0 ||
+		len(s.Inbound[0].EndUser.JWT[0].JWTParams) == 0 || s.RBAC == nil || len(s.RBAC.Policies[0].Rules[0].Constraints) == 0 {
+		t.Fatalf("fillAll left fields empty: %s", asJSON(s))
+	}
+	m, err := SnapshotToProto(&s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := canon(s); !reflect.DeepEqual(*back, want) {
+		t.Fatalf("the round trip lost fields\n got: %s\nwant: %s", asJSON(back), asJSON(want))
+	}
+}
+
+// fillAll sets every exported field under v (but json:"-") to a value
+// that is not zero, different per field (n counts); enums get a known
+// mode, lists two elements, maps one entry.
+func fillAll(v reflect.Value, n *int) {
+	*n++
+	switch v.Interface().(type) {
+	case policy.ServerMode:
+		v.Set(reflect.ValueOf([]policy.ServerMode{policy.ServerStrict, policy.ServerPermissive, policy.ServerDisable}[*n%3]))
+		return
+	case policy.ClientTLSMode:
+		v.Set(reflect.ValueOf([]policy.ClientTLSMode{policy.ClientDisable, policy.ClientSimple, policy.ClientMutual, policy.ClientIstioMutual}[*n%4]))
+		return
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(fmt.Sprintf("v%d", *n))
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Uint32, reflect.Uint64, reflect.Int, reflect.Int32, reflect.Int64:
+		if v.CanUint() {
+			v.SetUint(uint64(*n))
+		} else {
+			v.SetInt(int64(*n))
+		}
+	case reflect.Pointer:
+		v.Set(reflect.New(v.Type().Elem()))
+		fillAll(v.Elem(), n)
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if f := v.Type().Field(i); f.IsExported() && f.Tag.Get("json") != "-" {
+				fillAll(v.Field(i), n)
+			}
+		}
+	case reflect.Slice:
+		v.Set(reflect.MakeSlice(v.Type(), 2, 2))
+		fillAll(v.Index(0), n)
+		fillAll(v.Index(1), n)
+	case reflect.Map:
+		v.Set(reflect.MakeMap(v.Type()))
+		k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+		fillAll(k, n)
+		fillAll(e, n)
+		v.SetMapIndex(k, e)
+	default:
+		panic(fmt.Sprintf("fillAll: no value for %s (kind %s): teach it", v.Type(), v.Kind()))
+	}
+}
+
+func asJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }
 
 // randSnapshot builds a snapshot from a seed: every field set or not,
@@ -159,8 +257,20 @@ func randSnapshot(r *rand.Rand) *policy.Snapshot {
 	clients := []policy.ClientTLSMode{"", policy.ClientDisable, policy.ClientSimple, policy.ClientMutual, policy.ClientIstioMutual}
 	s := &policy.Snapshot{Version: str(), TrustDomain: str(), OutboundScope: str(), InboundDefault: servers[r.IntN(len(servers))],
 		Workload: policy.WorkloadRef{Name: str(), Namespace: str(), ServiceAccount: str(), Labels: strMap()}}
+	endUser := func() *policy.EndUserAuthn {
+		if r.IntN(2) == 0 {
+			return nil
+		}
+		e := &policy.EndUserAuthn{Optional: r.IntN(2) == 0, UseOrigin: r.IntN(2) == 0, DecidedBy: str()}
+		for range r.IntN(3) {
+			e.JWT = append(e.JWT, config.JWT{Issuer: str(), Audiences: strs(), JwksURI: str(), JWTHeaders: strs(), JWTParams: strs()})
+		}
+		return e
+	}
+	s.InboundDefaultEndUser = endUser()
 	for range r.IntN(3) {
-		s.Inbound = append(s.Inbound, policy.InboundPort{Port: r.Uint32(), Mode: servers[r.IntN(len(servers))], Protocol: str(), Service: str(), DecidedBy: str()})
+		s.Inbound = append(s.Inbound, policy.InboundPort{Port: r.Uint32(), Mode: servers[r.IntN(len(servers))], Protocol: str(), Service: str(), DecidedBy: str(),
+			EndUser: endUser()})
 	}
 	for range r.IntN(3) {
 		o := policy.OutboundService{Name: str(), Namespace: str(), Hosts: strs(), Address: str(), ServerIdentities: strs()}

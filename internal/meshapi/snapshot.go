@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -31,6 +32,7 @@ func SnapshotToProto(s *policy.Snapshot) (*pb.PolicySnapshot, error) {
 	}
 	out := &pb.PolicySnapshot{
 		Version: s.Version, TrustDomain: s.TrustDomain, InboundDefault: def, OutboundScope: s.OutboundScope,
+		InboundDefaultEndUser: endUserToProto(s.InboundDefaultEndUser),
 		Workload: &pb.WorkloadRef{Name: s.Workload.Name, Namespace: s.Workload.Namespace,
 			ServiceAccount: s.Workload.ServiceAccount, Labels: mapOrNil(s.Workload.Labels)},
 	}
@@ -39,7 +41,8 @@ func SnapshotToProto(s *policy.Snapshot) (*pb.PolicySnapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		out.Inbound = append(out.Inbound, &pb.InboundPort{Port: in.Port, Mode: mode, Protocol: in.Protocol, Service: in.Service, DecidedBy: in.DecidedBy})
+		out.Inbound = append(out.Inbound, &pb.InboundPort{Port: in.Port, Mode: mode, Protocol: in.Protocol, Service: in.Service, DecidedBy: in.DecidedBy,
+			EndUser: endUserToProto(in.EndUser)})
 	}
 	for i := range s.Outbound {
 		o, err := outboundToProto(&s.Outbound[i], fmt.Sprintf("outbound[%d]", i))
@@ -74,6 +77,32 @@ func outboundToProto(o *policy.OutboundService, path string) (*pb.OutboundServic
 	return out, nil
 }
 
+// endUserToProto converts a port's end-user authentication; nil stays
+// unset. config.JWT's Pos (where in the config file) is not carried.
+func endUserToProto(e *policy.EndUserAuthn) *pb.EndUserAuthn {
+	if e == nil {
+		return nil
+	}
+	out := &pb.EndUserAuthn{Optional: e.Optional, UseOrigin: e.UseOrigin, DecidedBy: e.DecidedBy}
+	for _, j := range e.JWT {
+		out.Jwt = append(out.Jwt, &pb.JWT{Issuer: j.Issuer, Audiences: j.Audiences, JwksUri: j.JwksURI,
+			JwtHeaders: j.JWTHeaders, JwtParams: j.JWTParams})
+	}
+	return out
+}
+
+func endUserFromProto(e *pb.EndUserAuthn) *policy.EndUserAuthn {
+	if e == nil {
+		return nil
+	}
+	out := &policy.EndUserAuthn{Optional: e.GetOptional(), UseOrigin: e.GetUseOrigin(), DecidedBy: e.GetDecidedBy()}
+	for _, j := range e.GetJwt() {
+		out.JWT = append(out.JWT, config.JWT{Issuer: j.GetIssuer(), Audiences: nilIfEmpty(j.GetAudiences()), JwksURI: j.GetJwksUri(),
+			JWTHeaders: nilIfEmpty(j.GetJwtHeaders()), JWTParams: nilIfEmpty(j.GetJwtParams())})
+	}
+	return out
+}
+
 func rbacToProto(r *policy.RBAC) *pb.RBAC {
 	out := &pb.RBAC{DecidedBy: r.DecidedBy, OffServices: r.OffServices}
 	for _, p := range r.Policies {
@@ -105,7 +134,8 @@ func SnapshotFromProto(m *pb.PolicySnapshot) (*policy.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &policy.Snapshot{Version: m.Version, TrustDomain: m.TrustDomain, InboundDefault: def, OutboundScope: m.OutboundScope}
+	s := &policy.Snapshot{Version: m.Version, TrustDomain: m.TrustDomain, InboundDefault: def, OutboundScope: m.OutboundScope,
+		InboundDefaultEndUser: endUserFromProto(m.InboundDefaultEndUser)}
 	if w := m.Workload; w != nil {
 		s.Workload = policy.WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: mapOrNil(w.Labels)}
 	}
@@ -114,7 +144,8 @@ func SnapshotFromProto(m *pb.PolicySnapshot) (*policy.Snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.Inbound = append(s.Inbound, policy.InboundPort{Port: in.GetPort(), Mode: mode, Protocol: in.GetProtocol(), Service: in.GetService(), DecidedBy: in.GetDecidedBy()})
+		s.Inbound = append(s.Inbound, policy.InboundPort{Port: in.GetPort(), Mode: mode, Protocol: in.GetProtocol(), Service: in.GetService(), DecidedBy: in.GetDecidedBy(),
+			EndUser: endUserFromProto(in.GetEndUser())})
 	}
 	for i, o := range m.Outbound {
 		g, err := outboundFromProto(o, fmt.Sprintf("outbound[%d]", i))

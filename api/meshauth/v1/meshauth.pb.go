@@ -2554,8 +2554,11 @@ type PolicySnapshot struct {
 	Rbac *RBAC `protobuf:"bytes,8,opt,name=rbac,proto3" json:"rbac,omitempty"`
 	// Services that refused this workload's registration as an endpoint.
 	RegistrationRefused []*Refusal `protobuf:"bytes,9,rep,name=registration_refused,json=registrationRefused,proto3" json:"registration_refused,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The end-user authentication of the ports not listed in inbound (the
+	// namespace's or mesh's Policy); unset: none.
+	InboundDefaultEndUser *EndUserAuthn `protobuf:"bytes,10,opt,name=inbound_default_end_user,json=inboundDefaultEndUser,proto3" json:"inbound_default_end_user,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *PolicySnapshot) Reset() {
@@ -2651,6 +2654,13 @@ func (x *PolicySnapshot) GetRegistrationRefused() []*Refusal {
 	return nil
 }
 
+func (x *PolicySnapshot) GetInboundDefaultEndUser() *EndUserAuthn {
+	if x != nil {
+		return x.InboundDefaultEndUser
+	}
+	return nil
+}
+
 type WorkloadRef struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2728,7 +2738,10 @@ type InboundPort struct {
 	// name.namespace of the service this port serves, for RBAC.
 	Service string `protobuf:"bytes,4,opt,name=service,proto3" json:"service,omitempty"`
 	// The object that set mode.
-	DecidedBy     string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	DecidedBy string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// The port's end-user (origin JWT) authentication, from the same Policy
+	// as mode; unset: none.
+	EndUser       *EndUserAuthn `protobuf:"bytes,6,opt,name=end_user,json=endUser,proto3" json:"end_user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2798,6 +2811,167 @@ func (x *InboundPort) GetDecidedBy() string {
 	return ""
 }
 
+func (x *InboundPort) GetEndUser() *EndUserAuthn {
+	if x != nil {
+		return x.EndUser
+	}
+	return nil
+}
+
+// EndUserAuthn is a Policy's origins (internal/policy.EndUserAuthn).
+type EndUserAuthn struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The JWTs a request may carry; one must verify.
+	Jwt []*JWT `protobuf:"bytes,1,rep,name=jwt,proto3" json:"jwt,omitempty"`
+	// originIsOptional: a request without a token passes (a present token
+	// must still verify).
+	Optional bool `protobuf:"varint,2,opt,name=optional,proto3" json:"optional,omitempty"`
+	// principalBinding USE_ORIGIN: request.auth.principal is the token's
+	// iss/sub.
+	UseOrigin bool `protobuf:"varint,3,opt,name=use_origin,json=useOrigin,proto3" json:"use_origin,omitempty"`
+	// The Policy (kind/namespace/name).
+	DecidedBy     string `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndUserAuthn) Reset() {
+	*x = EndUserAuthn{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndUserAuthn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndUserAuthn) ProtoMessage() {}
+
+func (x *EndUserAuthn) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndUserAuthn.ProtoReflect.Descriptor instead.
+func (*EndUserAuthn) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *EndUserAuthn) GetJwt() []*JWT {
+	if x != nil {
+		return x.Jwt
+	}
+	return nil
+}
+
+func (x *EndUserAuthn) GetOptional() bool {
+	if x != nil {
+		return x.Optional
+	}
+	return false
+}
+
+func (x *EndUserAuthn) GetUseOrigin() bool {
+	if x != nil {
+		return x.UseOrigin
+	}
+	return false
+}
+
+func (x *EndUserAuthn) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+// JWT is one origin's token issuer (internal/config.JWT).
+type JWT struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Issuer    string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Audiences []string               `protobuf:"bytes,2,rep,name=audiences,proto3" json:"audiences,omitempty"`
+	JwksUri   string                 `protobuf:"bytes,3,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// Request headers and query parameters that may carry the token; with
+	// neither, "Authorization: Bearer <token>".
+	JwtHeaders    []string `protobuf:"bytes,4,rep,name=jwt_headers,json=jwtHeaders,proto3" json:"jwt_headers,omitempty"`
+	JwtParams     []string `protobuf:"bytes,5,rep,name=jwt_params,json=jwtParams,proto3" json:"jwt_params,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWT) Reset() {
+	*x = JWT{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWT) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWT) ProtoMessage() {}
+
+func (x *JWT) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWT.ProtoReflect.Descriptor instead.
+func (*JWT) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *JWT) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *JWT) GetAudiences() []string {
+	if x != nil {
+		return x.Audiences
+	}
+	return nil
+}
+
+func (x *JWT) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *JWT) GetJwtHeaders() []string {
+	if x != nil {
+		return x.JwtHeaders
+	}
+	return nil
+}
+
+func (x *JWT) GetJwtParams() []string {
+	if x != nil {
+		return x.JwtParams
+	}
+	return nil
+}
+
 type OutboundService struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2816,7 +2990,7 @@ type OutboundService struct {
 
 func (x *OutboundService) Reset() {
 	*x = OutboundService{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +3002,7 @@ func (x *OutboundService) String() string {
 func (*OutboundService) ProtoMessage() {}
 
 func (x *OutboundService) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +3015,7 @@ func (x *OutboundService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboundService.ProtoReflect.Descriptor instead.
 func (*OutboundService) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{37}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *OutboundService) GetName() string {
@@ -2911,7 +3085,7 @@ type OutboundPort struct {
 
 func (x *OutboundPort) Reset() {
 	*x = OutboundPort{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2923,7 +3097,7 @@ func (x *OutboundPort) String() string {
 func (*OutboundPort) ProtoMessage() {}
 
 func (x *OutboundPort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2936,7 +3110,7 @@ func (x *OutboundPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboundPort.ProtoReflect.Descriptor instead.
 func (*OutboundPort) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{38}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *OutboundPort) GetName() string {
@@ -3010,7 +3184,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3022,7 +3196,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3035,7 +3209,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{39}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Endpoint) GetWorkload() string {
@@ -3086,7 +3260,7 @@ type RBAC struct {
 
 func (x *RBAC) Reset() {
 	*x = RBAC{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3098,7 +3272,7 @@ func (x *RBAC) String() string {
 func (*RBAC) ProtoMessage() {}
 
 func (x *RBAC) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3111,7 +3285,7 @@ func (x *RBAC) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBAC.ProtoReflect.Descriptor instead.
 func (*RBAC) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{40}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RBAC) GetPolicies() []*RBACPolicy {
@@ -3150,7 +3324,7 @@ type RBACPolicy struct {
 
 func (x *RBACPolicy) Reset() {
 	*x = RBACPolicy{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3162,7 +3336,7 @@ func (x *RBACPolicy) String() string {
 func (*RBACPolicy) ProtoMessage() {}
 
 func (x *RBACPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3175,7 +3349,7 @@ func (x *RBACPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACPolicy.ProtoReflect.Descriptor instead.
 func (*RBACPolicy) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{41}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RBACPolicy) GetRole() string {
@@ -3219,7 +3393,7 @@ type RBACRule struct {
 
 func (x *RBACRule) Reset() {
 	*x = RBACRule{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3231,7 +3405,7 @@ func (x *RBACRule) String() string {
 func (*RBACRule) ProtoMessage() {}
 
 func (x *RBACRule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3244,7 +3418,7 @@ func (x *RBACRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACRule.ProtoReflect.Descriptor instead.
 func (*RBACRule) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{42}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RBACRule) GetServices() []string {
@@ -3292,7 +3466,7 @@ type RBACConstraint struct {
 
 func (x *RBACConstraint) Reset() {
 	*x = RBACConstraint{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3304,7 +3478,7 @@ func (x *RBACConstraint) String() string {
 func (*RBACConstraint) ProtoMessage() {}
 
 func (x *RBACConstraint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3317,7 +3491,7 @@ func (x *RBACConstraint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACConstraint.ProtoReflect.Descriptor instead.
 func (*RBACConstraint) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{43}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RBACConstraint) GetKey() string {
@@ -3346,7 +3520,7 @@ type RBACSubject struct {
 
 func (x *RBACSubject) Reset() {
 	*x = RBACSubject{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3358,7 +3532,7 @@ func (x *RBACSubject) String() string {
 func (*RBACSubject) ProtoMessage() {}
 
 func (x *RBACSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3371,7 +3545,7 @@ func (x *RBACSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACSubject.ProtoReflect.Descriptor instead.
 func (*RBACSubject) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{44}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RBACSubject) GetUser() string {
@@ -3411,7 +3585,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3423,7 +3597,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3436,7 +3610,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{45}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Refusal) GetService() string {
@@ -3665,7 +3839,7 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"|\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x123\n" +
-	"\x06policy\x18\x04 \x01(\v2\x1b.meshauth.v1.PolicySnapshotR\x06policyJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\rsnapshot_jsonR\x06bundle\"\xca\x03\n" +
+	"\x06policy\x18\x04 \x01(\v2\x1b.meshauth.v1.PolicySnapshotR\x06policyJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\rsnapshot_jsonR\x06bundle\"\x9e\x04\n" +
 	"\x0ePolicySnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x124\n" +
@@ -3675,7 +3849,9 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\boutbound\x18\x06 \x03(\v2\x1c.meshauth.v1.OutboundServiceR\boutbound\x12%\n" +
 	"\x0eoutbound_scope\x18\a \x01(\tR\routboundScope\x12%\n" +
 	"\x04rbac\x18\b \x01(\v2\x11.meshauth.v1.RBACR\x04rbac\x12G\n" +
-	"\x14registration_refused\x18\t \x03(\v2\x14.meshauth.v1.RefusalR\x13registrationRefused\"\xe1\x01\n" +
+	"\x14registration_refused\x18\t \x03(\v2\x14.meshauth.v1.RefusalR\x13registrationRefused\x12R\n" +
+	"\x18inbound_default_end_user\x18\n" +
+	" \x01(\v2\x19.meshauth.v1.EndUserAuthnR\x15inboundDefaultEndUser\"\xe1\x01\n" +
 	"\vWorkloadRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -3683,14 +3859,30 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x06labels\x18\x04 \x03(\v2$.meshauth.v1.WorkloadRef.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd9\x01\n" +
 	"\vInboundPort\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.meshauth.v1.ServerModeR\x04mode\x12\x1a\n" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x18\n" +
 	"\aservice\x18\x04 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
-	"decided_by\x18\x05 \x01(\tR\tdecidedBy\"\x86\x02\n" +
+	"decided_by\x18\x05 \x01(\tR\tdecidedBy\x124\n" +
+	"\bend_user\x18\x06 \x01(\v2\x19.meshauth.v1.EndUserAuthnR\aendUser\"\x8c\x01\n" +
+	"\fEndUserAuthn\x12\"\n" +
+	"\x03jwt\x18\x01 \x03(\v2\x10.meshauth.v1.JWTR\x03jwt\x12\x1a\n" +
+	"\boptional\x18\x02 \x01(\bR\boptional\x12\x1d\n" +
+	"\n" +
+	"use_origin\x18\x03 \x01(\bR\tuseOrigin\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x04 \x01(\tR\tdecidedBy\"\x96\x01\n" +
+	"\x03JWT\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x1c\n" +
+	"\taudiences\x18\x02 \x03(\tR\taudiences\x12\x19\n" +
+	"\bjwks_uri\x18\x03 \x01(\tR\ajwksUri\x12\x1f\n" +
+	"\vjwt_headers\x18\x04 \x03(\tR\n" +
+	"jwtHeaders\x12\x1d\n" +
+	"\n" +
+	"jwt_params\x18\x05 \x03(\tR\tjwtParams\"\x86\x02\n" +
 	"\x0fOutboundService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x14\n" +
@@ -3805,7 +3997,7 @@ func file_api_meshauth_v1_meshauth_proto_rawDescGZIP() []byte {
 }
 
 var file_api_meshauth_v1_meshauth_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
 	(RootState)(0),                    // 0: meshauth.v1.RootState
 	(ServerMode)(0),                   // 1: meshauth.v1.ServerMode
@@ -3847,40 +4039,42 @@ var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
 	(*PolicySnapshot)(nil),            // 37: meshauth.v1.PolicySnapshot
 	(*WorkloadRef)(nil),               // 38: meshauth.v1.WorkloadRef
 	(*InboundPort)(nil),               // 39: meshauth.v1.InboundPort
-	(*OutboundService)(nil),           // 40: meshauth.v1.OutboundService
-	(*OutboundPort)(nil),              // 41: meshauth.v1.OutboundPort
-	(*Endpoint)(nil),                  // 42: meshauth.v1.Endpoint
-	(*RBAC)(nil),                      // 43: meshauth.v1.RBAC
-	(*RBACPolicy)(nil),                // 44: meshauth.v1.RBACPolicy
-	(*RBACRule)(nil),                  // 45: meshauth.v1.RBACRule
-	(*RBACConstraint)(nil),            // 46: meshauth.v1.RBACConstraint
-	(*RBACSubject)(nil),               // 47: meshauth.v1.RBACSubject
-	(*Refusal)(nil),                   // 48: meshauth.v1.Refusal
-	nil,                               // 49: meshauth.v1.RegistryService.SelectorEntry
-	nil,                               // 50: meshauth.v1.RegistryWorkload.LabelsEntry
-	nil,                               // 51: meshauth.v1.Register.LabelsEntry
-	nil,                               // 52: meshauth.v1.Register.SidecarPortsEntry
-	nil,                               // 53: meshauth.v1.WorkloadRef.LabelsEntry
-	nil,                               // 54: meshauth.v1.Endpoint.PortsEntry
-	nil,                               // 55: meshauth.v1.RBACRule.ExtraEntry
-	nil,                               // 56: meshauth.v1.RBACSubject.PropertiesEntry
-	(*durationpb.Duration)(nil),       // 57: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 58: google.protobuf.Timestamp
+	(*EndUserAuthn)(nil),              // 40: meshauth.v1.EndUserAuthn
+	(*JWT)(nil),                       // 41: meshauth.v1.JWT
+	(*OutboundService)(nil),           // 42: meshauth.v1.OutboundService
+	(*OutboundPort)(nil),              // 43: meshauth.v1.OutboundPort
+	(*Endpoint)(nil),                  // 44: meshauth.v1.Endpoint
+	(*RBAC)(nil),                      // 45: meshauth.v1.RBAC
+	(*RBACPolicy)(nil),                // 46: meshauth.v1.RBACPolicy
+	(*RBACRule)(nil),                  // 47: meshauth.v1.RBACRule
+	(*RBACConstraint)(nil),            // 48: meshauth.v1.RBACConstraint
+	(*RBACSubject)(nil),               // 49: meshauth.v1.RBACSubject
+	(*Refusal)(nil),                   // 50: meshauth.v1.Refusal
+	nil,                               // 51: meshauth.v1.RegistryService.SelectorEntry
+	nil,                               // 52: meshauth.v1.RegistryWorkload.LabelsEntry
+	nil,                               // 53: meshauth.v1.Register.LabelsEntry
+	nil,                               // 54: meshauth.v1.Register.SidecarPortsEntry
+	nil,                               // 55: meshauth.v1.WorkloadRef.LabelsEntry
+	nil,                               // 56: meshauth.v1.Endpoint.PortsEntry
+	nil,                               // 57: meshauth.v1.RBACRule.ExtraEntry
+	nil,                               // 58: meshauth.v1.RBACSubject.PropertiesEntry
+	(*durationpb.Duration)(nil),       // 59: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 60: google.protobuf.Timestamp
 }
 var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
 	7,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
 	10, // 1: meshauth.v1.ListIssuedResponse.entries:type_name -> meshauth.v1.IssuedCertificate
 	20, // 2: meshauth.v1.CAStatusResponse.roots:type_name -> meshauth.v1.RootStatus
 	19, // 3: meshauth.v1.CAStatusResponse.signing:type_name -> meshauth.v1.CACertificate
-	57, // 4: meshauth.v1.CAStatusResponse.default_ttl:type_name -> google.protobuf.Duration
-	57, // 5: meshauth.v1.CAStatusResponse.max_ttl:type_name -> google.protobuf.Duration
-	58, // 6: meshauth.v1.CAStatusResponse.now:type_name -> google.protobuf.Timestamp
-	58, // 7: meshauth.v1.CACertificate.not_before:type_name -> google.protobuf.Timestamp
-	58, // 8: meshauth.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	59, // 4: meshauth.v1.CAStatusResponse.default_ttl:type_name -> google.protobuf.Duration
+	59, // 5: meshauth.v1.CAStatusResponse.max_ttl:type_name -> google.protobuf.Duration
+	60, // 6: meshauth.v1.CAStatusResponse.now:type_name -> google.protobuf.Timestamp
+	60, // 7: meshauth.v1.CACertificate.not_before:type_name -> google.protobuf.Timestamp
+	60, // 8: meshauth.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
 	19, // 9: meshauth.v1.RootStatus.certificate:type_name -> meshauth.v1.CACertificate
 	0,  // 10: meshauth.v1.RootStatus.state:type_name -> meshauth.v1.RootState
-	58, // 11: meshauth.v1.RootStatus.activate_at:type_name -> google.protobuf.Timestamp
-	58, // 12: meshauth.v1.RootStatus.last_issued_not_after:type_name -> google.protobuf.Timestamp
+	60, // 11: meshauth.v1.RootStatus.activate_at:type_name -> google.protobuf.Timestamp
+	60, // 12: meshauth.v1.RootStatus.last_issued_not_after:type_name -> google.protobuf.Timestamp
 	22, // 13: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
 	26, // 14: meshauth.v1.GetStateResponse.config:type_name -> meshauth.v1.ConfigObject
 	27, // 15: meshauth.v1.GetStateResponse.services:type_name -> meshauth.v1.RegistryService
@@ -3888,60 +4082,63 @@ var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
 	31, // 17: meshauth.v1.GetStateResponse.sidecars:type_name -> meshauth.v1.SidecarStatus
 	32, // 18: meshauth.v1.GetStateResponse.config_rejected:type_name -> meshauth.v1.ConfigRejection
 	28, // 19: meshauth.v1.RegistryService.ports:type_name -> meshauth.v1.ServicePort
-	49, // 20: meshauth.v1.RegistryService.selector:type_name -> meshauth.v1.RegistryService.SelectorEntry
-	50, // 21: meshauth.v1.RegistryWorkload.labels:type_name -> meshauth.v1.RegistryWorkload.LabelsEntry
+	51, // 20: meshauth.v1.RegistryService.selector:type_name -> meshauth.v1.RegistryService.SelectorEntry
+	52, // 21: meshauth.v1.RegistryWorkload.labels:type_name -> meshauth.v1.RegistryWorkload.LabelsEntry
 	30, // 22: meshauth.v1.RegistryWorkload.ports:type_name -> meshauth.v1.WorkloadPort
-	58, // 23: meshauth.v1.ConfigRejection.at:type_name -> google.protobuf.Timestamp
+	60, // 23: meshauth.v1.ConfigRejection.at:type_name -> google.protobuf.Timestamp
 	34, // 24: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
 	35, // 25: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
-	51, // 26: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
-	52, // 27: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
+	53, // 26: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
+	54, // 27: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
 	37, // 28: meshauth.v1.Snapshot.policy:type_name -> meshauth.v1.PolicySnapshot
 	38, // 29: meshauth.v1.PolicySnapshot.workload:type_name -> meshauth.v1.WorkloadRef
 	1,  // 30: meshauth.v1.PolicySnapshot.inbound_default:type_name -> meshauth.v1.ServerMode
 	39, // 31: meshauth.v1.PolicySnapshot.inbound:type_name -> meshauth.v1.InboundPort
-	40, // 32: meshauth.v1.PolicySnapshot.outbound:type_name -> meshauth.v1.OutboundService
-	43, // 33: meshauth.v1.PolicySnapshot.rbac:type_name -> meshauth.v1.RBAC
-	48, // 34: meshauth.v1.PolicySnapshot.registration_refused:type_name -> meshauth.v1.Refusal
-	53, // 35: meshauth.v1.WorkloadRef.labels:type_name -> meshauth.v1.WorkloadRef.LabelsEntry
-	1,  // 36: meshauth.v1.InboundPort.mode:type_name -> meshauth.v1.ServerMode
-	41, // 37: meshauth.v1.OutboundService.ports:type_name -> meshauth.v1.OutboundPort
-	42, // 38: meshauth.v1.OutboundService.endpoints:type_name -> meshauth.v1.Endpoint
-	2,  // 39: meshauth.v1.OutboundPort.tls_mode:type_name -> meshauth.v1.ClientTLSMode
-	54, // 40: meshauth.v1.Endpoint.ports:type_name -> meshauth.v1.Endpoint.PortsEntry
-	44, // 41: meshauth.v1.RBAC.policies:type_name -> meshauth.v1.RBACPolicy
-	45, // 42: meshauth.v1.RBACPolicy.rules:type_name -> meshauth.v1.RBACRule
-	47, // 43: meshauth.v1.RBACPolicy.subjects:type_name -> meshauth.v1.RBACSubject
-	46, // 44: meshauth.v1.RBACRule.constraints:type_name -> meshauth.v1.RBACConstraint
-	55, // 45: meshauth.v1.RBACRule.extra:type_name -> meshauth.v1.RBACRule.ExtraEntry
-	56, // 46: meshauth.v1.RBACSubject.properties:type_name -> meshauth.v1.RBACSubject.PropertiesEntry
-	3,  // 47: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
-	5,  // 48: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	5,  // 49: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	11, // 50: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
-	13, // 51: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
-	15, // 52: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
-	17, // 53: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
-	21, // 54: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
-	24, // 55: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
-	8,  // 56: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
-	33, // 57: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
-	4,  // 58: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
-	6,  // 59: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
-	6,  // 60: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
-	12, // 61: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
-	14, // 62: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
-	16, // 63: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
-	18, // 64: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
-	23, // 65: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
-	25, // 66: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
-	9,  // 67: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
-	36, // 68: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
-	58, // [58:69] is the sub-list for method output_type
-	47, // [47:58] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	42, // 32: meshauth.v1.PolicySnapshot.outbound:type_name -> meshauth.v1.OutboundService
+	45, // 33: meshauth.v1.PolicySnapshot.rbac:type_name -> meshauth.v1.RBAC
+	50, // 34: meshauth.v1.PolicySnapshot.registration_refused:type_name -> meshauth.v1.Refusal
+	40, // 35: meshauth.v1.PolicySnapshot.inbound_default_end_user:type_name -> meshauth.v1.EndUserAuthn
+	55, // 36: meshauth.v1.WorkloadRef.labels:type_name -> meshauth.v1.WorkloadRef.LabelsEntry
+	1,  // 37: meshauth.v1.InboundPort.mode:type_name -> meshauth.v1.ServerMode
+	40, // 38: meshauth.v1.InboundPort.end_user:type_name -> meshauth.v1.EndUserAuthn
+	41, // 39: meshauth.v1.EndUserAuthn.jwt:type_name -> meshauth.v1.JWT
+	43, // 40: meshauth.v1.OutboundService.ports:type_name -> meshauth.v1.OutboundPort
+	44, // 41: meshauth.v1.OutboundService.endpoints:type_name -> meshauth.v1.Endpoint
+	2,  // 42: meshauth.v1.OutboundPort.tls_mode:type_name -> meshauth.v1.ClientTLSMode
+	56, // 43: meshauth.v1.Endpoint.ports:type_name -> meshauth.v1.Endpoint.PortsEntry
+	46, // 44: meshauth.v1.RBAC.policies:type_name -> meshauth.v1.RBACPolicy
+	47, // 45: meshauth.v1.RBACPolicy.rules:type_name -> meshauth.v1.RBACRule
+	49, // 46: meshauth.v1.RBACPolicy.subjects:type_name -> meshauth.v1.RBACSubject
+	48, // 47: meshauth.v1.RBACRule.constraints:type_name -> meshauth.v1.RBACConstraint
+	57, // 48: meshauth.v1.RBACRule.extra:type_name -> meshauth.v1.RBACRule.ExtraEntry
+	58, // 49: meshauth.v1.RBACSubject.properties:type_name -> meshauth.v1.RBACSubject.PropertiesEntry
+	3,  // 50: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
+	5,  // 51: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	5,  // 52: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	11, // 53: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
+	13, // 54: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
+	15, // 55: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
+	17, // 56: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
+	21, // 57: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
+	24, // 58: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
+	8,  // 59: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
+	33, // 60: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
+	4,  // 61: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
+	6,  // 62: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
+	6,  // 63: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
+	12, // 64: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
+	14, // 65: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
+	16, // 66: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
+	18, // 67: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
+	23, // 68: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
+	25, // 69: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
+	9,  // 70: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
+	36, // 71: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
+	61, // [61:72] is the sub-list for method output_type
+	50, // [50:61] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_api_meshauth_v1_meshauth_proto_init() }
@@ -3959,7 +4156,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_meshauth_v1_meshauth_proto_rawDesc), len(file_api_meshauth_v1_meshauth_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   54,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
