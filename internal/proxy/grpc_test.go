@@ -25,18 +25,23 @@ import (
 
 // grpcApp is a real gRPC server (grpc-go's interop TestService) behind the
 // server sidecar. It answers with the X-Forwarded-Client-Cert values it
-// received in SimpleResponse.Username (unary) and counts the streams whose
+// received in SimpleResponse.Username (unary), the sec-istio-auth-userinfo
+// values in OauthScope, and counts the streams whose
 // context ended because the caller cancelled.
 type grpcApp struct {
 	testpb.UnimplementedTestServiceServer
 	cancelled atomic.Int32
 }
 
-func xfccOf(ctx context.Context) string {
+func xfccOf(ctx context.Context) string { return metadataOf(ctx, xfccNorm) }
+
+// metadataOf joins the values of every metadata key whose normal form
+// (normalEqual) is norm.
+func metadataOf(ctx context.Context, norm string) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	var all []string
 	for k, v := range md {
-		if normalEqual([]byte(k), xfccNorm) {
+		if normalEqual([]byte(k), norm) {
 			all = append(all, v...)
 		}
 	}
@@ -55,7 +60,7 @@ func (a *grpcApp) UnaryCall(ctx context.Context, r *testpb.SimpleRequest) (*test
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	return &testpb.SimpleResponse{Username: xfccOf(ctx),
+	return &testpb.SimpleResponse{Username: xfccOf(ctx), OauthScope: metadataOf(ctx, userinfoHeader),
 		Payload: &testpb.Payload{Body: make([]byte, r.ResponseSize)}}, nil
 }
 

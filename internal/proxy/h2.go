@@ -29,10 +29,11 @@ import (
 // (decoded header bytes bounded by MaxHeaderBytes), SETTINGS and PING
 // floods (bounded control-frame queue).
 //
-//   - inbound (h2in.go): every request is authorized by the policy engine
-//     (a gRPC call as POST /pkg.Service/Method), the client's
-//     X-Forwarded-Client-Cert in any spelling dropped and the verified one
-//     set, the normalised :path forwarded; forwarded to the app over h2c
+//   - inbound (h2in.go): every request is end-user authenticated (the
+//     port's JWT origins) and authorized by the policy engine (a gRPC call
+//     as POST /pkg.Service/Method), the client's X-Forwarded-Client-Cert
+//     and sec-istio-auth-userinfo in any spelling dropped and the verified
+//     ones set, the normalised :path forwarded; forwarded to the app over h2c
 //     (HTTP2, GRPC and undeclared ports) or HTTP/1.1 (HTTP ports).
 //   - outbound (h2out.go): HTTP/2 from the app is routed per request and
 //     carried to the server sidecar multiplexed over mTLS with ALPN h2.
@@ -150,6 +151,7 @@ func isGRPC(h http.Header) bool {
 // gRPC status codes the sidecar answers with.
 const (
 	grpcPermissionDenied = "7"
+	grpcUnauthenticated  = "16"
 	grpcUnavailable      = "14"
 	grpcInternal         = "13"
 	grpcDeadlineExceeded = "4"
@@ -160,6 +162,8 @@ func grpcStatusFor(status int) string {
 	switch status {
 	case http.StatusForbidden:
 		return grpcPermissionDenied
+	case http.StatusUnauthorized:
+		return grpcUnauthenticated
 	case http.StatusGatewayTimeout, http.StatusRequestTimeout:
 		return grpcDeadlineExceeded
 	case http.StatusBadGateway, http.StatusServiceUnavailable:
@@ -344,6 +348,9 @@ type h2Hop struct {
 	// server sidecar's dropInbound); xfcc, if set, is added.
 	drop func([]byte) bool
 	xfcc string
+	// userinfo, if set, is the verified token's claims for
+	// sec-istio-auth-userinfo.
+	userinfo string
 }
 
 // forwardH2 sends a request (path already checked, query as sent) over
@@ -368,6 +375,9 @@ func (p *Proxy) forwardH2(w http.ResponseWriter, r *http.Request, l *reqLog, hop
 	}
 	if hop.xfcc != "" {
 		hdr[xfccHeader] = []string{hop.xfcc}
+	}
+	if hop.userinfo != "" {
+		hdr[userinfoHeader] = []string{hop.userinfo}
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	if rt := p.cfg.RequestTimeout; rt > 0 {

@@ -10,8 +10,9 @@ import (
 )
 
 // The server sidecar's HTTP/2: each request on an accepted (and, for
-// mTLS, verified) HTTP/2 connection is authorized, cleaned of client
-// identity headers, given the verified X-Forwarded-Client-Cert and
+// mTLS, verified) HTTP/2 connection is end-user authenticated (the port's
+// JWT origins), authorized, cleaned of client identity headers, given the
+// verified X-Forwarded-Client-Cert (and sec-istio-auth-userinfo) and
 // forwarded to the app, exactly as an HTTP/1.x request (inboundhttp.go).
 
 // inboundH2 serves the requests of one inbound HTTP/2 connection.
@@ -66,7 +67,17 @@ func (h *inboundH2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	l.path = fwd
-	dec := policy.AuthorizeHTTP(p.policy.Current(), policy.Request{Source: info.peer, Port: info.port, Service: info.service, Method: r.Method, Path: fwd})
+	snap := p.policy.Current()
+	// End-user authentication (the port's Policy origins) before RBAC,
+	// which may look at its claims, as on HTTP/1.x.
+	auth, claims, err := endUserAuthn(snap, info.port, info.peer, r.Header.Values, func() string { return "?" + query })
+	if err != nil {
+		p.cached.deny.Inc()
+		l.reason = err.Error()
+		p.localH2(w, r, info, &l, http.StatusUnauthorized, reasonJWT, "Origin authentication failed: "+err.Error())
+		return
+	}
+	dec := policy.AuthorizeHTTP(snap, policy.Request{Source: info.peer, Port: info.port, Service: info.service, Method: r.Method, Path: fwd, Auth: auth})
 	if !dec.Allow {
 		p.cached.deny.Inc()
 		l.reason = dec.Reason
@@ -75,5 +86,8 @@ func (h *inboundH2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p.cached.allow.Inc()
 	l.decision = "allow"
-	p.forwardH2(w, r, &l, h2Hop{info: info, tr: h.tr, addr: info.app, drop: dropInbound, xfcc: h.xfcc}, fwd, query)
+	// A client's X-Forwarded-Client-Cert and sec-istio-auth-userinfo, in
+	// any spelling, in the head or the trailers, are dropped; the
+	// sidecar's own are set.
+	p.forwardH2(w, r, &l, h2Hop{info: info, tr: h.tr, addr: info.app, drop: dropInboundUserinfo, xfcc: h.xfcc, userinfo: claims}, fwd, query)
 }

@@ -42,8 +42,8 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 	p.cached.inConns(ip.Mode).Inc()
 	info := &connInfo{port: port, app: app, mode: string(ip.Mode), service: ip.Service, src: src}
 	defer p.track(c, info)()
-	if endUserNeedsH1(p.policy.Current(), port, proto) {
-		p.refuseInbound(c, info, reasonJWT, errEndUserNotH1)
+	if endUserNeedsHTTP(p.policy.Current(), port, proto) {
+		p.refuseInbound(c, info, reasonJWT, errEndUserNotHTTP)
 		return
 	}
 

@@ -286,12 +286,13 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 }
 
 // End-user (origin JWT) authentication: the hook of the inbound HTTP/1.x
-// path (serveInboundH1). The HTTP/2 path must call endUserAuthn the same
-// way for each request, before RBAC, answer 401 on error, pass the
-// RequestAuth to policy.AuthorizeHTTP, set userinfoHeader to the claims
-// it returns, and drop (or refuse, as h2guard does XFCC) a client's
-// userinfoHeader in any spelling; until then endUserNeedsH1 refuses
-// connections to non-HTTP/1 ports whose Policy has origins.
+// (serveInboundH1) and HTTP/2 (inboundH2) paths. Each calls endUserAuthn
+// for each request, before RBAC, answers 401 on error (gRPC: grpc-status
+// 16 UNAUTHENTICATED), passes the RequestAuth to policy.AuthorizeHTTP,
+// sets userinfoHeader to the claims it returns, and drops a client's
+// userinfoHeader in any spelling (headers and trailers). A port whose
+// requests are not parsed (TCP, or undeclared and possibly relayed) is
+// refused by endUserNeedsHTTP.
 
 // reasonJWT is the access log reason of a request refused for its JWT.
 const reasonJWT = "jwt_denied"
@@ -318,16 +319,7 @@ var (
 // none). Without origins, request.auth.principal is the peer's, as in
 // Istio.
 func endUserAuthn(snap *policy.Snapshot, port uint32, peerID string, header func(string) []string, target func() string) (*policy.RequestAuth, string, error) {
-	var eu *policy.EndUserAuthn
-	if snap != nil {
-		eu = snap.InboundDefaultEndUser
-		for _, ip := range snap.Inbound {
-			if ip.Port == port {
-				eu = ip.EndUser
-				break
-			}
-		}
-	}
+	eu := endUserOf(snap, port)
 	auth := &policy.RequestAuth{}
 	if eu == nil || !eu.UseOrigin {
 		auth.Principal = strings.TrimPrefix(peerID, "spiffe://")
@@ -361,26 +353,35 @@ func endUserAuthn(snap *policy.Snapshot, port uint32, peerID string, header func
 	return auth, res.Payload, nil
 }
 
-// errEndUserNotH1 refuses a connection to a port whose Policy has origins
-// but whose protocol is not HTTP/1.x: only that path verifies tokens (and
-// strips a client's userinfo header) so far; anything else would let
-// requests through unauthenticated.
-var errEndUserNotH1 = errors.New("the port's Policy requires end-user (JWT) authentication, which is enforced on HTTP/1.x ports only: declare the port HTTP")
+// errEndUserNotHTTP refuses a connection to a port whose Policy has
+// origins but whose protocol is not declared HTTP, HTTP2 or GRPC: only
+// their requests are parsed, so only they can be checked for a token (and
+// cleaned of a client's userinfo header); a relay would let requests
+// through unauthenticated.
+var errEndUserNotHTTP = errors.New("the port's Policy requires end-user (JWT) authentication, which is enforced on HTTP, HTTP2 and GRPC ports only: declare the port's protocol")
 
-// endUserNeedsH1 reports whether a connection to port must be refused by
-// errEndUserNotH1.
-func endUserNeedsH1(s *policy.Snapshot, port uint32, proto string) bool {
-	if proto == "HTTP" || s == nil {
+// endUserNeedsHTTP reports whether a connection to port, whose protocol
+// (policy.InboundProtocol) is proto, must be refused by errEndUserNotHTTP.
+func endUserNeedsHTTP(s *policy.Snapshot, port uint32, proto string) bool {
+	if proto == "HTTP" || proto == "HTTP2" {
 		return false
 	}
-	eu := s.InboundDefaultEndUser
+	eu := endUserOf(s, port)
+	return eu != nil && len(eu.JWT) > 0
+}
+
+// endUserOf returns the end-user authentication of port: its own, or for a
+// port not listed, the default; nil for none.
+func endUserOf(s *policy.Snapshot, port uint32) *policy.EndUserAuthn {
+	if s == nil {
+		return nil
+	}
 	for _, ip := range s.Inbound {
 		if ip.Port == port {
-			eu = ip.EndUser
-			break
+			return ip.EndUser
 		}
 	}
-	return eu != nil && len(eu.JWT) > 0
+	return s.InboundDefaultEndUser
 }
 
 // dropInboundOrUserinfo is dropInboundField plus any spelling of
@@ -391,4 +392,10 @@ func (d *dconn) dropInboundOrUserinfo(name []byte) bool {
 		return true
 	}
 	return d.dropInboundField(name)
+}
+
+// dropInboundUserinfo is HTTP/2's inbound field filter: dropInbound plus
+// any spelling of sec-istio-auth-userinfo.
+func dropInboundUserinfo(name []byte) bool {
+	return normalEqual(name, userinfoHeader) || dropInbound(name)
 }

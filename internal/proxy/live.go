@@ -147,8 +147,8 @@ func (p *Proxy) liveCheck(l *liveConn, snap *policy.Snapshot) liveVictim {
 		if dec := policy.Authorize(snap, policy.Request{Source: l.peer, Port: l.port, Service: l.service}); !dec.Allow {
 			return liveVictim{l, reasonRecheckDenied, errors.New(dec.Reason)}
 		}
-		if endUserNeedsH1(snap, l.port, "TCP") {
-			return liveVictim{l, reasonJWT, errEndUserNotH1}
+		if endUserNeedsHTTP(snap, l.port, "TCP") {
+			return liveVictim{l, reasonJWT, errEndUserNotHTTP}
 		}
 	}
 	return liveVictim{}

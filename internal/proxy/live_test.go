@@ -211,7 +211,7 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 }
 
 // TestTCPPortWithOrigins: end-user (JWT) authentication is enforced on
-// HTTP/1.x ports only, so a TCP port whose Policy gains origins refuses
+// HTTP, HTTP2 and GRPC ports only, so a TCP port whose Policy gains origins refuses
 // new connections and closes the relays it carries; no request gets
 // through unauthenticated.
 func TestTCPPortWithOrigins(t *testing.T) {
