@@ -56,6 +56,7 @@ metadata: {name: greeter-admin}
 spec:
   rules:
   - services: ["greeter.default.svc.cluster.local"]
+    methods: ["*"]
     paths: ["/helloworld.Greeter/*"]
 ---
 apiVersion: rbac.istio.io/v1alpha1
