@@ -38,17 +38,11 @@ func TestEndUserJWT(t *testing.T) {
 	var mu sync.Mutex
 	k1, k2 := newKey("k1"), newKey("k2")
 	current := k1
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := serveJWKS(t, func() jose.JSONWebKey {
 		mu.Lock()
 		defer mu.Unlock()
-		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{current.Public()}})
-	}))
-	defer srv.Close()
-	caFile := filepath.Join(t.TempDir(), "jwks-ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SSL_CERT_FILE", caFile) // inherited by the sidecars
+		return current
+	})
 
 	policy := `apiVersion: authentication.istio.io/v1alpha1
 kind: Policy
@@ -146,4 +140,22 @@ spec:
 	if status, body := get(token(k1, []string{"admin"}, now.Add(time.Hour))); status != 401 {
 		t.Errorf("token signed with the removed key: want 401, got:\n%s", body)
 	}
+}
+
+// serveJWKS serves key()'s public half as a JWKS over TLS on loopback and
+// makes the sidecars the test starts trust its certificate (SSL_CERT_FILE,
+// inherited by the sidecars). The server closes at the test's end.
+func serveJWKS(t *testing.T, key func() jose.JSONWebKey) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		k := key()
+		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{k.Public()}})
+	}))
+	t.Cleanup(srv.Close)
+	caFile := filepath.Join(t.TempDir(), "jwks-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SSL_CERT_FILE", caFile)
+	return srv
 }
