@@ -491,7 +491,9 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func
 	d := &dconn{c: c, io: x, br: getReader(x), bw: getWriter(x), info: info}
 	defer func() {
 		c.Close()
-		putReader(d.br)
+		if d.br != nil {
+			putReader(d.br)
+		}
 		putWriter(d.bw)
 	}()
 	for first := true; ; first = false {
@@ -503,7 +505,13 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func
 			d.io.readBy(limitFor(p.cfg.RequestHeadersTimeout))
 			if first && h2 != nil && prefaceNext(d.br) {
 				d.io.readBy(time.Time{})
-				h2(&bufferedConn{Conn: c, r: d.br})
+				// The reader is not pooled again: http2's frame reader
+				// goroutine may still be in its Read after ServeConn
+				// returns, and would write into the buffer of whichever
+				// connection got it next.
+				br := d.br
+				d.br = nil
+				h2(&bufferedConn{Conn: c, r: br})
 				return
 			}
 			if err = d.req.Read(d.br, true); isTimeout(err) {
