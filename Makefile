@@ -16,7 +16,7 @@ TEST_PKGS += nginx libnginx-mod-stream haproxy stunnel4 wrk
 TEST_TOOLS += nginx haproxy stunnel4 wrk
 FORTIO_VERSION := v1.68.2
 
-.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver
+.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver kube-node
 
 all: build
 
@@ -42,6 +42,21 @@ deps:
 kube-apiserver: $(BIN)/kube-apiserver
 $(BIN)/kube-apiserver: tools/kube-apiserver/go.mod tools/kube-apiserver/go.sum tools/kube-apiserver/main.go
 	cd tools/kube-apiserver && $(GO) build -trimpath -ldflags=-s -o ../../$(BIN)/kube-apiserver .
+
+# The node and control-plane binaries of the test cluster (test/cluster):
+# kubelet, kube-proxy, kube-controller-manager, kube-scheduler and kubectl,
+# built from the module cache at the apiserver's version (tools/kube-node).
+# Cold: several minutes on 2 cores (kubelet is the longest); warm: a relink
+# each. Version stamped as upstream's release build does, so that
+# `kubectl get nodes` shows v1.34.4.
+KUBE_NODE_CMDS := kubelet kube-proxy kube-controller-manager kube-scheduler kubectl
+KUBE_VERSION := v1.34.4
+KUBE_LDFLAGS := -s -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34 \
+	-X k8s.io/component-base/version.gitTreeState=clean
+kube-node: $(addprefix $(BIN)/kube-node/,$(KUBE_NODE_CMDS))
+$(BIN)/kube-node/%: tools/kube-node/go.mod tools/kube-node/go.sum
+	cd tools/kube-node && $(GO) build -trimpath -ldflags='$(KUBE_LDFLAGS)' -o ../../$@ k8s.io/kubernetes/cmd/$*
 
 # The one test command (README, .ci/run). MESHAUTH_REQUIRE_KUBE=1 makes the
 # Kubernetes tests fail, not skip, if etcd or kube-apiserver is missing.
