@@ -10,13 +10,17 @@ export GOTOOLCHAIN := local
 # iptables/iproute2 for network-namespace pods, etcd for the Kubernetes tests.
 TEST_PKGS := curl openssl iptables iproute2 etcd-server ca-certificates
 TEST_TOOLS := curl openssl iptables ip etcd
+# The test cluster (test/cluster): containerd 1.6 and runc from Debian, the
+# CNI plugins, conntrack for kube-proxy.
+TEST_PKGS += containerd runc containernetworking-plugins conntrack
+TEST_TOOLS += containerd runc conntrack
 # The peer proxies and load generator bench/ compares against (its smoke
 # test skips any that are missing, with a message).
 TEST_PKGS += nginx libnginx-mod-stream haproxy stunnel4 wrk
 TEST_TOOLS += nginx haproxy stunnel4 wrk
 FORTIO_VERSION := v1.68.2
 
-.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver kube-node
+.PHONY: all build test test-unit demo demo-k8s up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver kube-node
 
 all: build
 
@@ -29,6 +33,7 @@ build:
 
 deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	test -x /usr/lib/cni/bridge || missing="$$missing cni-plugins"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test tools (missing:$$missing)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PKGS) >/dev/null; \
@@ -60,7 +65,7 @@ $(BIN)/kube-node/%: tools/kube-node/go.mod tools/kube-node/go.sum
 
 # The one test command (README, .ci/run). MESHAUTH_REQUIRE_KUBE=1 makes the
 # Kubernetes tests fail, not skip, if etcd or kube-apiserver is missing.
-test: deps build kube-apiserver
+test: deps build kube-apiserver kube-node
 	$(GO) vet ./...
 	MESHAUTH_REQUIRE_KUBE=1 $(GO) test -count=1 -timeout 25m ./...
 
@@ -69,6 +74,12 @@ test-unit:
 
 demo: deps build
 	./$(BIN)/meshctl demo
+
+# The seed on a real single-node Kubernetes cluster (test/cluster): up in a
+# network namespace, every seed command replayed with OBSERVED next to the
+# seed's output, down leaving nothing behind. Needs root.
+demo-k8s: deps build kube-apiserver kube-node
+	$(GO) run ./test/cluster/cmd/demo-k8s
 
 up: build
 	./$(BIN)/meshctl up

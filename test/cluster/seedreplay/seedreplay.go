@@ -68,8 +68,18 @@ func Curl(want walkthrough.Expect) func(walkthrough.Observation) (bool, string, 
 // Contains checks that stdout contains want (the seed's output line).
 func Contains(want string) func(walkthrough.Observation) (bool, string, string) {
 	return func(o walkthrough.Observation) (bool, string, string) {
-		return o.Exit == 0 && strings.Contains(o.Stdout, want), firstLine(o.Stdout) + fmt.Sprintf(" (exit %d)", o.Exit), want
+		return o.Exit == 0 && strings.Contains(o.Stdout, want), lineWith(o.Stdout, want) + fmt.Sprintf(" (exit %d)", o.Exit), want
 	}
+}
+
+// lineWith is the line of s that contains want, else s's first line.
+func lineWith(s, want string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, want) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return firstLine(s)
 }
 
 func firstLine(s string) string {
@@ -197,4 +207,31 @@ func (p *Replayer) Seed(ctx context.Context) {
 	p.Install(ctx, "secret")
 	p.Verify(ctx, "default")
 	p.Traffic(ctx)
+}
+
+// StepUntil runs line until its observation matches want (at most 60
+// attempts, a second apart), then prints the last run and checks it. For
+// steps that wait on the cluster (a new endpoint, an event); the attempts
+// are printed, and a step that never matches fails.
+func (p *Replayer) StepUntil(ctx context.Context, what, line string, want walkthrough.Expect) walkthrough.Observation {
+	var o walkthrough.Observation
+	n := 0
+	for n < 60 {
+		n++
+		c, cancel := context.WithTimeout(ctx, time.Minute)
+		var err error
+		o, err = walkthrough.Run(p.C.Shell(c, line))
+		cancel()
+		if err == nil && want.Match(o) {
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	p.R.Command(line)
+	p.R.Output(o)
+	p.R.Check(fmt.Sprintf("%s (attempt %d)", what, n), want.Match(o), o.String(), want.String())
+	return o
 }
