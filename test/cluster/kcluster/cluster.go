@@ -544,12 +544,13 @@ func (c *Cluster) Apply(manifest string) error {
 }
 
 // Shell returns a bash running line in the node's network namespace, with
-// kubectl, meshctl and meshd on PATH and KUBECONFIG set: the seed's command
-// lines (process substitution, pipes, $(...)) run exactly as written.
+// kubectl, meshctl and meshd on PATH, KUBECONFIG set and KUBELET_ROOT the
+// kubelet's --root-dir (pod volumes, as a node admin sees them): the seed's
+// command lines (process substitution, pipes, $(...)) run exactly as written.
 func (c *Cluster) Shell(ctx context.Context, line string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "nsenter", "--net="+c.NetnsPath(), "bash", "-o", "pipefail", "-c", line)
 	cmd.Dir = c.cfg.Repo
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig,
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig, "KUBELET_ROOT="+c.path("kubelet", "root"),
 		"PATH="+c.Bin+":"+filepath.Join(c.cfg.Repo, "bin")+":"+os.Getenv("PATH"))
 	return cmd
 }
