@@ -150,6 +150,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if cfg.Netns == "" {
 		cfg.Netns = "ma-cl-" + pid
 	}
+	ReapStale(cfg.Log)
 	c = &Cluster{cfg: cfg, began: time.Now(), Bin: filepath.Join(cfg.Repo, "bin", "kube-node"), sysctls: map[string]string{}}
 	c.Kubeconfig = c.path("kubeconfigs", "admin.kubeconfig")
 	defer func() {
@@ -300,7 +301,15 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 	c.mu.Lock()
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
-	return os.WriteFile(c.path("run", name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	// "<pid> <binary>": ReapStale kills the PID only if it still runs that binary.
+	exe := bin
+	if p, err := exec.LookPath(bin); err == nil {
+		exe = p
+	}
+	if p, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = p
+	}
+	return os.WriteFile(c.path("run", name+".pid"), []byte(fmt.Sprintf("%d %s\n", cmd.Process.Pid, exe)), 0o644)
 }
 
 func (c *Cluster) startControlPlane() error {
@@ -409,15 +418,30 @@ func (c *Cluster) startNode() error {
 			return err
 		}
 	}
-	// kubelet's cgroupfs driver makes kubepods/ in every hierarchy (v1) or
-	// in the unified one (v2).
-	hier, _ := filepath.Glob("/sys/fs/cgroup/*")
-	for _, h := range append(hier, "/sys/fs/cgroup") {
-		if st, err := os.Stat(h); err != nil || !st.IsDir() {
+	// Pods go under a cgroup of this cluster's own (kubelet's cgroupRoot),
+	// made here in every hierarchy (v1; or the unified one, v2): two
+	// clusters never share kubepods/, and Down can find, kill and remove
+	// everything under it.
+	var hier []string
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.procs"); err == nil {
+		hier = []string{"/sys/fs/cgroup"}
+	} else {
+		hier, _ = filepath.Glob("/sys/fs/cgroup/*")
+	}
+	seen := map[string]bool{}
+	for _, h := range hier {
+		real, err := filepath.EvalSymlinks(h)
+		if _, perr := os.Stat(filepath.Join(real, "cgroup.procs")); err != nil || perr != nil || seen[real] {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(h, "kubepods")); errors.Is(err, os.ErrNotExist) {
-			c.cgroups = append(c.cgroups, filepath.Join(h, "kubepods"))
+		seen[real] = true
+		d := filepath.Join(real, c.cfg.Netns)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return fmt.Errorf("kcluster: cgroup root: %w", err)
+		}
+		c.cgroups = append(c.cgroups, d)
+		if err := c.record("cgroups", d); err != nil {
+			return err
 		}
 	}
 	w, p := c.path, c.path("pki")
@@ -435,6 +459,7 @@ authorization: {mode: Webhook}
 tlsCertFile: %[1]s/kubelet-serving.crt
 tlsPrivateKeyFile: %[1]s/kubelet-serving.key
 cgroupDriver: cgroupfs
+cgroupRoot: /%[8]s
 failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://%[2]s
@@ -456,7 +481,7 @@ nodeStatusReportFrequency: 10s
 syncFrequency: 10s
 fileCheckFrequency: 10s
 staticPodPath: %[7]s
-`, p, w("run", "containerd.sock"), DNSIP, w("kubelet", "resolv.conf"), w("pod-logs"), NodeIP, w("kubelet", "manifests"))
+`, p, w("run", "containerd.sock"), DNSIP, w("kubelet", "resolv.conf"), w("pod-logs"), NodeIP, w("kubelet", "manifests"), c.cfg.Netns)
 	if err := os.WriteFile(w("kubelet", "config.yaml"), []byte(kubelet), 0o644); err != nil {
 		return err
 	}
@@ -509,8 +534,23 @@ func (c *Cluster) startControllers() error {
 func (c *Cluster) markAbsent(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		c.created = append(c.created, path)
+		return c.record("created", path)
 	}
 	return nil
+}
+
+// record appends line to run/<file>, so ReapStale can undo it if this
+// process dies before Down.
+func (c *Cluster) record(file, line string) error {
+	f, err := os.OpenFile(c.path("run", file), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(f, line); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func (c *Cluster) run(name string, args ...string) ([]byte, error) {

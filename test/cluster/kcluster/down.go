@@ -27,9 +27,7 @@ func (c *Cluster) Down() []string {
 	if out, err := c.run("ip", "netns", "del", c.cfg.Netns); err != nil && !strings.Contains(string(out), "No such file") {
 		c.logf("ip netns del %s: %v: %s", c.cfg.Netns, err, out)
 	}
-	for _, d := range c.cgroups {
-		removeEmptyDirs(d)
-	}
+	c.removeCgroups()
 	for k, v := range c.sysctls {
 		os.WriteFile("/proc/sys/"+strings.ReplaceAll(k, ".", "/"), []byte(v), 0o644)
 	}
@@ -175,6 +173,36 @@ func (c *Cluster) cleanOutside() {
 		removeEmptyDirs(d)
 	}
 	c.created = nil
+}
+
+// removeCgroups kills any process left in this cluster's cgroups (a
+// container whose shim died first) and removes them, deepest first; it
+// waits up to 5 s for the kernel to let go of killed processes.
+func (c *Cluster) removeCgroups() {
+	for i := 0; i < 50; i++ {
+		left := false
+		for _, d := range c.cgroups {
+			filepath.Walk(d, func(p string, info os.FileInfo, err error) error {
+				if err != nil || info.Name() != "cgroup.procs" {
+					return nil
+				}
+				b, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(b)) {
+					var pid int
+					if _, err := fmt.Sscanf(f, "%d", &pid); err == nil && pid > 1 {
+						syscall.Kill(pid, syscall.SIGKILL)
+						left = true
+					}
+				}
+				return nil
+			})
+			removeEmptyDirs(d)
+		}
+		if !left {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // removeEmptyDirs removes dir and its subdirectories, deepest first, if
