@@ -44,7 +44,7 @@ func (c *Cluster) Down() []string {
 	return left
 }
 
-// stop sends SIGTERM to the named components, waits up to 10 s, then SIGKILLs.
+// stop sends SIGTERM to the named components, waits up to 5 s, then SIGKILLs.
 func (c *Cluster) stop(names ...string) {
 	c.mu.Lock()
 	var ps []*proc
@@ -59,11 +59,12 @@ func (c *Cluster) stop(names ...string) {
 	for _, p := range ps {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 	}
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(5 * time.Second)
 	for _, p := range ps {
 		select {
 		case <-p.done:
 		case <-deadline:
+			c.logf("%s did not stop within 5 s of SIGTERM: SIGKILL", p.name)
 			p.cmd.Process.Kill()
 			<-p.done
 		}
