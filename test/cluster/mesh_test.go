@@ -11,6 +11,18 @@ import (
 	"github.com/meshauth/meshauth/test/cluster/seedreplay"
 )
 
+// begin starts a test on the shared cluster: a Replayer whose transcript is
+// logged (and whose failed checks fail t) when the test ends, a context
+// bounded by d, and the seed's install applied.
+func begin(t *testing.T, d time.Duration) (context.Context, *seedreplay.Replayer) {
+	t.Helper()
+	p, done := replayer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(func() { cancel(); done() })
+	installed(ctx, t, p)
+	return ctx, p
+}
+
 // installed applies the seed's install (idempotent: TestSeed did it first
 // when it ran) and waits for the control plane.
 func installed(ctx context.Context, t *testing.T, p *seedreplay.Replayer) {
@@ -43,11 +55,7 @@ func deploy(ctx context.Context, p *seedreplay.Replayer, ns string, applies ...s
 // plain samples (no kube-inject) get istio-init and istio-proxy from the
 // control plane's webhook, and the seed's three curls behave as in default.
 func TestWebhookInjection(t *testing.T) {
-	p, done := replayer(t)
-	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	installed(ctx, t, p)
+	ctx, p := begin(t, 8*time.Minute)
 	p.R.Section("Webhook injection in a labelled namespace")
 	p.Step(ctx, "namespace", "kubectl create ns webhook && kubectl label namespace webhook istio-injection=enabled", seedreplay.Succeeds)
 	deploy(ctx, p, "webhook", "kubectl apply -f samples/httpbin/httpbin.yaml -n webhook", "kubectl apply -f samples/sleep/sleep.yaml -n webhook")
@@ -61,16 +69,10 @@ func TestWebhookInjection(t *testing.T) {
 		seedreplay.Curl(walkthrough.SeedOK))
 	p.Step(ctx, "a namespace without the label gets no sidecar (legacy)",
 		`kubectl create ns plain >/dev/null && kubectl apply -f samples/sleep/sleep.yaml -n plain >/dev/null && kubectl get deploy sleep -n plain -o jsonpath='{.spec.template.spec.containers[*].name}{"\n"}'`,
-		func(o walkthrough.Observation) (bool, string, string) {
-			got := strings.TrimSpace(o.Stdout)
-			return o.Exit == 0 && got == "sleep", got, "sleep"
-		})
+		seedreplay.Equals("sleep"))
 	p.Step(ctx, "plain pod injected? (the pod, not the template)",
 		`kubectl wait --for=condition=Available deploy/sleep -n plain --timeout=170s >/dev/null && kubectl get pod -l app=sleep -n plain -o jsonpath='{.items[0].spec.containers[*].name}{"\n"}'`,
-		func(o walkthrough.Observation) (bool, string, string) {
-			got := strings.TrimSpace(o.Stdout)
-			return o.Exit == 0 && got == "sleep", got, "sleep"
-		})
+		seedreplay.Equals("sleep"))
 }
 
 // TestCSRMode: kube-inject --mode csr: the key never leaves the pod; the
@@ -78,11 +80,7 @@ func TestWebhookInjection(t *testing.T) {
 // istio-ca) that the CA checks with a TokenReview. The pods talk mTLS to each
 // other and to the Secret-mode httpbin in default.
 func TestCSRMode(t *testing.T) {
-	p, done := replayer(t)
-	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	installed(ctx, t, p)
+	ctx, p := begin(t, 8*time.Minute)
 	p.R.Section("CSR mode: projected ServiceAccount tokens and TokenReview")
 	p.Step(ctx, "namespace", "kubectl create ns csr", seedreplay.Succeeds)
 	deploy(ctx, p, "csr",
@@ -93,10 +91,7 @@ func TestCSRMode(t *testing.T) {
 		seedreplay.Contains("istio-ca"))
 	p.Step(ctx, "no Secret volume in CSR mode",
 		`kubectl get deploy sleep -n csr -o jsonpath='{.spec.template.spec.volumes[*].secret.secretName}{"\n"}'`,
-		func(o walkthrough.Observation) (bool, string, string) {
-			got := strings.TrimSpace(o.Stdout)
-			return o.Exit == 0 && got == "", got, "(none)"
-		})
+		seedreplay.Equals(""))
 	p.Step(ctx, "sleep's certificate names its own ServiceAccount",
 		"kubectl exec $(kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name} -n csr) -c istio-proxy -n csr -- cat /etc/certs/cert-chain.pem | openssl x509 -noout -ext subjectAltName",
 		seedreplay.Contains("URI:spiffe://cluster.local/ns/csr/sa/sleep"))

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -34,11 +33,7 @@ const meshctlCheck = "meshctl --dir $KUBELET_ROOT/pods/$(kubectl get pod -n isti
 // MUTUAL_TLS; a DestinationRule that turns TLS off for httpbin makes it a
 // CONFLICT (exit 1) naming the rule; removing the rule clears it.
 func TestTLSCheckKubeconfig(t *testing.T) {
-	p, done := replayer(t)
-	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	installed(ctx, t, p)
+	ctx, p := begin(t, 6*time.Minute)
 	p.R.Section("meshctl tls-check --kubeconfig, and a CONFLICT from a DestinationRule")
 	p.Step(ctx, "httpbin deployed", "kubectl apply -f <(meshctl kube-inject -f samples/httpbin/httpbin.yaml)", seedreplay.Succeeds)
 	tlsCheck := "meshctl --kubeconfig $KUBECONFIG tls-check httpbin.default"

@@ -65,6 +65,17 @@ func Curl(want walkthrough.Expect) func(walkthrough.Observation) (bool, string, 
 	}
 }
 
+// Equals checks that the trimmed stdout is want ("" shows as "(none)").
+func Equals(want string) func(walkthrough.Observation) (bool, string, string) {
+	return func(o walkthrough.Observation) (bool, string, string) {
+		got, exp := strings.TrimSpace(o.Stdout), want
+		if exp == "" {
+			exp = "(none)"
+		}
+		return o.Exit == 0 && got == want, got, exp
+	}
+}
+
 // Contains checks that stdout contains want (the seed's output line).
 func Contains(want string) func(walkthrough.Observation) (bool, string, string) {
 	return func(o walkthrough.Observation) (bool, string, string) {
