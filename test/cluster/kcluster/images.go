@@ -49,10 +49,12 @@ var (
 )
 
 // BuildImages builds the Go binaries (CGO_ENABLED=0, from the repository at
-// repo) and writes every image as an OCI tar into dir; it returns the tar
-// paths. The build is Go's, so a second run is a cache hit and a relink.
+// repo, into repo/bin/cluster-images) and writes every image as an OCI tar
+// into dir; it returns the tar paths.
 func BuildImages(repo, dir string) ([]string, error) {
-	bin := filepath.Join(dir, "bin")
+	// The binaries stay in bin/cluster-images between runs: `go build -o`
+	// leaves an up-to-date binary alone, so a warm run links nothing.
+	bin := filepath.Join(repo, "bin", "cluster-images")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return nil, err
 	}
