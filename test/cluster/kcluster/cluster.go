@@ -187,10 +187,24 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err := <-images; err != nil {
 		return c, err
 	}
+	c.logf("images written (%d); importing", len(tars))
+	// The imports run at once: each is mostly unpacking one layer.
+	errs := make(chan error, len(tars))
 	for _, t := range tars {
-		if out, err := c.run("ctr", "--address", c.path("run", "containerd.sock"), "-n", "k8s.io", "images", "import", t); err != nil {
-			return c, fmt.Errorf("kcluster: ctr import %s: %v: %s", t, err, out)
-		}
+		go func() {
+			if out, err := c.run("ctr", "--address", c.path("run", "containerd.sock"), "-n", "k8s.io", "images", "import", t); err != nil {
+				errs <- fmt.Errorf("kcluster: ctr import %s: %v: %s", t, err, out)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var importErr error
+	for range tars {
+		importErr = errors.Join(importErr, <-errs)
+	}
+	if importErr != nil {
+		return c, importErr
 	}
 	c.logf("images built and imported (%d)", len(tars))
 	if err := c.startNode(); err != nil {
