@@ -15,21 +15,21 @@ import (
 func TestRestartAndRollout(t *testing.T) {
 	ctx, p := begin(t, 8*time.Minute)
 	p.R.Section("Pod restart and rollout keep mutual TLS")
-	deploy(ctx, p, "restart",
+	p.Deploy(ctx, "restart",
 		"kubectl create ns restart",
 		"kubectl apply -n restart -f <(meshctl kube-inject -f samples/httpbin/httpbin.yaml)",
 		"kubectl apply -n restart -f <(meshctl kube-inject -f samples/sleep/sleep.yaml)")
-	p.StepUntil(ctx, "before: sleep -> httpbin", curlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
+	p.StepUntil(ctx, "before: sleep -> httpbin", seedreplay.CurlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
 	p.Step(ctx, "httpbin pod deleted", "kubectl delete pod -l app=httpbin -n restart --wait=true", seedreplay.Succeeds)
 	p.Step(ctx, "httpbin back", "kubectl wait --for=condition=Available deploy/httpbin -n restart --timeout=170s", seedreplay.Succeeds)
-	p.StepUntil(ctx, "after pod restart: sleep -> httpbin", curlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
+	p.StepUntil(ctx, "after pod restart: sleep -> httpbin", seedreplay.CurlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
 	for _, app := range []string{"httpbin", "sleep"} {
 		p.Step(ctx, app+" rolled out again (and its old pod gone)",
 			"old=$(kubectl get pod -l app="+app+" -n restart -o jsonpath={.items..metadata.name}) && kubectl rollout restart deploy/"+app+" -n restart && kubectl rollout status deploy/"+app+" -n restart --timeout=170s && kubectl wait --for=delete pod/$old -n restart --timeout=120s",
 			seedreplay.Succeeds)
 	}
-	p.StepUntil(ctx, "after rollout: sleep -> httpbin", curlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
-	p.Step(ctx, "after rollout: istio-proxy -> httpbin, plain http", curlFrom("sleep", "istio-proxy", "restart", "httpbin:8000/headers"), seedreplay.Curl(walkthrough.SeedReset))
+	p.StepUntil(ctx, "after rollout: sleep -> httpbin", seedreplay.CurlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
+	p.Step(ctx, "after rollout: istio-proxy -> httpbin, plain http", seedreplay.CurlFrom("sleep", "istio-proxy", "restart", "httpbin:8000/headers"), seedreplay.Curl(walkthrough.SeedReset))
 }
 
 // TestProbesUnderStrict: kubelet's HTTP readiness and liveness probes pass

@@ -246,3 +246,47 @@ func (p *Replayer) StepUntil(ctx context.Context, what, line string, want walkth
 	p.R.Check(fmt.Sprintf("%s (attempt %d)", what, n), want.Match(o), o.String(), want.String())
 	return o
 }
+
+// CurlFrom is the seed's curl from app's container c in namespace ns.
+func CurlFrom(app, c, ns, url string, extra ...string) string {
+	line := fmt.Sprintf("kubectl exec $(kubectl get pod -l app=%s -o jsonpath={.items..metadata.name} -n %s) -c %s -n %s -- curl %s -o /dev/null -s -w '%%{http_code}\\n'",
+		app, ns, c, ns, url)
+	if len(extra) > 0 {
+		line += " " + strings.Join(extra, " ")
+	}
+	return line
+}
+
+// Deploy applies httpbin and sleep to ns with the given apply lines and
+// waits for them.
+func (p *Replayer) Deploy(ctx context.Context, ns string, applies ...string) {
+	for _, a := range applies {
+		p.Step(ctx, "applied: "+a, a, Succeeds)
+	}
+	p.Step(ctx, "httpbin and sleep available in "+ns,
+		"kubectl wait --for=condition=Available deploy/httpbin deploy/sleep -n "+ns+" --timeout=170s", Succeeds)
+}
+
+// Webhook is the seed's deployment done by the webhook instead of
+// kube-inject: the plain samples in a namespace labelled
+// istio-injection=enabled get istio-init and istio-proxy, the seed's curls
+// behave as in default, and a namespace without the label gets no sidecar.
+func (p *Replayer) Webhook(ctx context.Context) {
+	p.R.Section("Webhook injection in a labelled namespace")
+	p.Step(ctx, "namespace", "kubectl create ns webhook && kubectl label namespace webhook istio-injection=enabled", Succeeds)
+	p.Deploy(ctx, "webhook", "kubectl apply -f samples/httpbin/httpbin.yaml -n webhook", "kubectl apply -f samples/sleep/sleep.yaml -n webhook")
+	p.Step(ctx, "webhook injected the sidecar",
+		`kubectl get pod -l app=sleep -n webhook -o jsonpath='{.items[0].spec.initContainers[*].name} {.items[0].spec.containers[*].name}{"\n"}'`,
+		Contains("istio-init sleep istio-proxy"))
+	p.Step(ctx, "sleep -> httpbin", CurlFrom("sleep", "sleep", "webhook", "httpbin:8000/headers"), Curl(walkthrough.SeedOK))
+	p.Step(ctx, "istio-proxy -> httpbin, plain http", CurlFrom("sleep", "istio-proxy", "webhook", "httpbin:8000/headers"), Curl(walkthrough.SeedReset))
+	p.Step(ctx, "istio-proxy -> httpbin, https with the sidecar's certificate",
+		CurlFrom("sleep", "istio-proxy", "webhook", "https://httpbin:8000/headers", "--key /etc/certs/key.pem --cert /etc/certs/cert-chain.pem --cacert /etc/certs/root-cert.pem -k"),
+		Curl(walkthrough.SeedOK))
+	p.Step(ctx, "a namespace without the label gets no sidecar (legacy)",
+		`kubectl create ns plain >/dev/null && kubectl apply -f samples/sleep/sleep.yaml -n plain >/dev/null && kubectl get deploy sleep -n plain -o jsonpath='{.spec.template.spec.containers[*].name}{"\n"}'`,
+		Equals("sleep"))
+	p.Step(ctx, "the pod in the unlabelled namespace has no sidecar",
+		`kubectl wait --for=condition=Available deploy/sleep -n plain --timeout=170s >/dev/null && kubectl get pod -l app=sleep -n plain -o jsonpath='{.items[0].spec.containers[*].name}{"\n"}'`,
+		Equals("sleep"))
+}

@@ -1,6 +1,7 @@
 // Command demo-k8s is `make demo-k8s`: it brings up the test cluster
 // (test/cluster/kcluster), replays the seed walkthrough on it command by
-// command (test/cluster/seedreplay), printing what each command OBSERVED
+// command, then deploys the same samples through the webhook in a labelled
+// namespace (test/cluster/seedreplay), printing what each command OBSERVED
 // next to what the seed shows, and tears the cluster down. It exits 1 if a
 // check failed or the teardown left anything behind.
 package main
@@ -37,7 +38,9 @@ func main() {
 		os.Exit(1)
 	}
 	r := walkthrough.NewReporter(os.Stdout)
-	(&seedreplay.Replayer{C: c, R: r}).Seed(ctx)
+	p := &seedreplay.Replayer{C: c, R: r}
+	p.Seed(ctx)
+	p.Webhook(ctx)
 	left := c.Down()
 	fails := r.Failures()
 	fmt.Printf("\n%d checks passed, %d failed", r.Passes(), len(fails))
