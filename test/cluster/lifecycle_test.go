@@ -29,6 +29,7 @@ func TestRestartAndRollout(t *testing.T) {
 			seedreplay.Succeeds)
 	}
 	p.StepUntil(ctx, "after rollout: sleep -> httpbin", seedreplay.CurlFrom("sleep", "sleep", "restart", "httpbin:8000/headers"), walkthrough.SeedOK)
+	p.ServiceProgrammed(ctx, "httpbin", "restart", 8000)
 	p.Step(ctx, "after rollout: istio-proxy -> httpbin, plain http", seedreplay.CurlFrom("sleep", "istio-proxy", "restart", "httpbin:8000/headers"), seedreplay.Curl(walkthrough.SeedReset))
 }
 

@@ -129,6 +129,7 @@ func (p *Replayer) Install(ctx context.Context, injectMode string) {
 	p.Step(ctx, "sleep applied", "kubectl apply -f <("+inject+" samples/sleep/sleep.yaml)", Succeeds)
 	r.Note("waiting for the pods (not a seed command)")
 	p.Step(ctx, "httpbin and sleep available", "kubectl wait --for=condition=Available deploy/httpbin deploy/sleep --timeout=170s", Succeeds)
+	p.ServiceProgrammed(ctx, "httpbin", "default", 8000)
 	p.Step(ctx, "sidecars injected", `kubectl get pod -l app=httpbin -o jsonpath='{.items[0].spec.initContainers[*].name} {.items[0].spec.containers[*].name}{"\n"}'`,
 		Contains("istio-init httpbin istio-proxy"))
 }
@@ -265,6 +266,20 @@ func (p *Replayer) Deploy(ctx context.Context, ns string, applies ...string) {
 	}
 	p.Step(ctx, "httpbin and sleep available in "+ns,
 		"kubectl wait --for=condition=Available deploy/httpbin deploy/sleep -n "+ns+" --timeout=170s", Succeeds)
+	p.ServiceProgrammed(ctx, "httpbin", ns, 8000)
+}
+
+// ServiceProgrammed waits until a TCP connection from the node to the
+// Service's ClusterIP opens: kube-proxy has programmed its endpoints. Pods
+// being Ready does not mean that yet, and before it kube-proxy rejects the
+// ClusterIP (curl exit 7), which is not what the seed's commands are about.
+// A harness wait, printed as one; sidecar-to-sidecar calls do not need it
+// (sidecars dial the endpoints they get from the control plane).
+func (p *Replayer) ServiceProgrammed(ctx context.Context, svc, ns string, port int) {
+	p.R.Note("waiting for kube-proxy to program %s.%s (not a seed command)", svc, ns)
+	p.StepUntil(ctx, fmt.Sprintf("%s.%s:%d reachable from the node", svc, ns, port),
+		fmt.Sprintf("timeout 2 bash -c \"</dev/tcp/$(kubectl get svc %s -n %s -o jsonpath={.spec.clusterIP})/%d\"", svc, ns, port),
+		walkthrough.Expect{})
 }
 
 // Webhook is the seed's deployment done by the webhook instead of
