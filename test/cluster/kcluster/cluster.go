@@ -189,22 +189,13 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	c.logf("images written (%d); importing", len(tars))
 	// The imports run at once: each is mostly unpacking one layer.
-	errs := make(chan error, len(tars))
-	for _, t := range tars {
-		go func() {
-			if out, err := c.run("ctr", "--address", c.path("run", "containerd.sock"), "-n", "k8s.io", "images", "import", t); err != nil {
-				errs <- fmt.Errorf("kcluster: ctr import %s: %v: %s", t, err, out)
-				return
-			}
-			errs <- nil
-		}()
-	}
-	var importErr error
-	for range tars {
-		importErr = errors.Join(importErr, <-errs)
-	}
-	if importErr != nil {
-		return c, importErr
+	if err := inParallel(len(tars), func(i int) error {
+		if out, err := c.run("ctr", "--address", c.path("run", "containerd.sock"), "-n", "k8s.io", "images", "import", tars[i]); err != nil {
+			return fmt.Errorf("kcluster: ctr import %s: %v: %s", tars[i], err, out)
+		}
+		return nil
+	}); err != nil {
+		return c, err
 	}
 	c.logf("images built and imported (%d)", len(tars))
 	if err := c.startNode(); err != nil {
@@ -551,6 +542,19 @@ func (c *Cluster) markAbsent(path string) error {
 		return c.record("created", path)
 	}
 	return nil
+}
+
+// inParallel runs f(0) .. f(n-1) at once and joins their errors.
+func inParallel(n int, f func(i int) error) error {
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() { errs <- f(i) }()
+	}
+	var all error
+	for i := 0; i < n; i++ {
+		all = errors.Join(all, <-errs)
+	}
+	return all
 }
 
 // record appends line to run/<file>, so ReapStale can undo it if this

@@ -1,7 +1,6 @@
 package kcluster
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -60,29 +59,21 @@ func BuildImages(repo, dir string) ([]string, error) {
 	}
 	// The builds run at once: each is mostly a link (the compile is in Go's
 	// cache after the first run), and links do not share work.
-	errs := make(chan error, len(goBinaries))
-	for _, b := range goBinaries {
-		go func() {
-			args := []string{"build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(bin, b.name)}
-			if b.tags != "" {
-				args = append(args, "-tags", b.tags)
-			}
-			cmd := exec.Command("go", append(args, b.pkg)...)
-			cmd.Dir = repo
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				errs <- fmt.Errorf("kcluster: go %s: %v\n%s", strings.Join(cmd.Args[1:], " "), err, out)
-				return
-			}
-			errs <- nil
-		}()
-	}
-	var buildErr error
-	for range goBinaries {
-		buildErr = errors.Join(buildErr, <-errs)
-	}
-	if buildErr != nil {
-		return nil, buildErr
+	if err := inParallel(len(goBinaries), func(i int) error {
+		b := goBinaries[i]
+		args := []string{"build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(bin, b.name)}
+		if b.tags != "" {
+			args = append(args, "-tags", b.tags)
+		}
+		cmd := exec.Command("go", append(args, b.pkg)...)
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("kcluster: go %s: %v\n%s", strings.Join(cmd.Args[1:], " "), err, out)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	shell, err := ociimage.HostBinaries(shellTools...)
 	if err != nil {
