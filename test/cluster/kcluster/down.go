@@ -23,6 +23,7 @@ func (c *Cluster) Down() []string {
 	c.stop("kube-apiserver")
 	c.stop("etcd")
 	c.killShims()
+	c.cleanRuncState()
 	c.unmountAll()
 	if out, err := c.run("ip", "netns", "del", c.cfg.Netns); err != nil && !strings.Contains(string(out), "No such file") {
 		c.logf("ip netns del %s: %v: %s", c.cfg.Netns, err, out)
@@ -237,6 +238,12 @@ func (c *Cluster) Leftovers() []string {
 	c.mu.Unlock()
 	for _, pid := range c.shimPIDs() {
 		left = append(left, fmt.Sprintf("containerd shim (pid %d)", pid))
+	}
+	states, _ := filepath.Glob(filepath.Join(runcRoot, "*", "state.json"))
+	for _, st := range states {
+		if b, err := os.ReadFile(st); err == nil && strings.Contains(string(b), c.cfg.Work+"/") {
+			left = append(left, "runc state "+filepath.Dir(st))
+		}
 	}
 	for _, m := range c.mounts() {
 		left = append(left, "mount "+m)

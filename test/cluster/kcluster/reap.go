@@ -1,8 +1,11 @@
 package kcluster
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -80,4 +83,29 @@ func (c *Cluster) loadStale() {
 	}
 	c.cgroups = lines("cgroups")
 	c.created = lines("created")
+	c.cleanRuncState()
+}
+
+// runcRoot is where containerd 1.6's runc shim keeps container state
+// (k8s.io namespace) whatever containerd's own state directory.
+const runcRoot = "/run/containerd/runc/k8s.io"
+
+// cleanRuncState removes what a dead containerd left in /run/containerd for
+// this cluster's containers: each container whose runc state names this
+// work directory is deleted with runc (killing what is left of it), and its
+// shim's socket, /run/containerd/s/sha256(<containerd socket>/k8s.io/<id>),
+// is removed.
+func (c *Cluster) cleanRuncState() {
+	dirs, _ := filepath.Glob(filepath.Join(runcRoot, "*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "state.json"))
+		if err != nil || !strings.Contains(string(b), c.cfg.Work+"/") {
+			continue
+		}
+		id := filepath.Base(d)
+		exec.Command("runc", "--root", runcRoot, "delete", "--force", id).Run()
+		os.RemoveAll(d)
+		sum := sha256.Sum256([]byte(filepath.Join(c.path("run", "containerd.sock"), "k8s.io", id)))
+		os.Remove(filepath.Join("/run/containerd/s", hex.EncodeToString(sum[:])))
+	}
 }
