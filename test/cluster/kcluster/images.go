@@ -2,6 +2,7 @@ package kcluster
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,7 +89,7 @@ func BuildImages(repo, dir string) ([]string, error) {
 		return nil, err
 	}
 	etc := []ociimage.Entry{
-		{Path: "/tmp", Dir: true, Mode: 0o1777},
+		{Path: "/tmp", Dir: true, Mode: fs.ModeSticky | 0o777},
 		{Path: "/etc/passwd", Src: writeFileOnce(bin, "passwd", "root:x:0:0:root:/root:/bin/sh\nistio-proxy:x:1337:1337::/tmp:/bin/sh\n")},
 		{Path: "/etc/group", Src: writeFileOnce(bin, "group", "root:x:0:\nistio-proxy:x:1337:\n")},
 	}

@@ -37,7 +37,8 @@ type Entry struct {
 	Link string
 	// Dir makes Path an empty directory.
 	Dir bool
-	// Mode overrides the permission bits (default: Src's, or 0755).
+	// Mode overrides the permission bits (default: Src's, or 0755); for a
+	// directory fs.ModeSticky sets the sticky bit.
 	Mode fs.FileMode
 }
 
@@ -98,6 +99,9 @@ func writeEntry(tw *tar.Writer, e Entry) error {
 		h.Typeflag, h.Name, h.Mode = tar.TypeDir, h.Name+"/", 0o755
 		if e.Mode != 0 {
 			h.Mode = int64(e.Mode.Perm())
+		}
+		if e.Mode&fs.ModeSticky != 0 {
+			h.Mode |= 0o1000 // /tmp
 		}
 		return tw.WriteHeader(h)
 	}
