@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -393,8 +394,9 @@ func inboundMode(eng *policy.Engine, w *registry.Workload, port uint32) policy.S
 func checkWorkloadCert(ctx context.Context, addr string, want identity.ID, b *identity.Bundle, now time.Time, tmo time.Duration) (status, detail string) {
 	var chain []*x509.Certificate
 	cfg := tlsprofile.New()
-	// Verification is done below, with the mesh's rules (SPIFFE ID,
-	// revocation), which crypto/tls's hostname check cannot express.
+	// Verification is done below with identity.VerifyPeer, the mesh's rules
+	// (SPIFFE ID, revocation) that crypto/tls's hostname check cannot
+	// express, after the handshake so a refused certificate is still shown.
 	cfg.InsecureSkipVerify = true
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		chain = cs.PeerCertificates
@@ -411,12 +413,13 @@ func checkWorkloadCert(ctx context.Context, addr string, want identity.ID, b *id
 		return checkFail, fmt.Sprintf("no certificate from the sidecar at %s: %v", addr, err)
 	}
 	leaf := chain[0]
-	got, verr := b.Verify(chain, now)
-	if verr != nil {
+	got, verr := identity.VerifyPeer(b, chain, now, identity.AuthorizeOneOf(want.SPIFFE()))
+	var bad *identity.UnauthorizedIDError
+	switch {
+	case errors.As(verr, &bad):
+		return checkFail, fmt.Sprintf("sidecar at %s presents %s, but the workload's service account is %s", addr, bad.ID, want)
+	case verr != nil:
 		return checkFail, fmt.Sprintf("sidecar at %s: %v (serial %s)", addr, verr, identity.SerialHex(leaf))
-	}
-	if got != want {
-		return checkFail, fmt.Sprintf("sidecar at %s presents %s, but the workload's service account is %s", addr, got, want)
 	}
 	left := leaf.NotAfter.Sub(now)
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
