@@ -90,6 +90,7 @@ func (g *Gauge) Value() float64 { return math.Float64frombits(g.bits.Load()) }
 type family struct {
 	name, help, typ string
 	labels          []string
+	order           []int          // indexes of labels in name order, as written
 	fn              func() float64 // GaugeFunc/CounterFunc: read at scrape time
 
 	mu     sync.RWMutex
@@ -160,6 +161,12 @@ func (r *Registry) add(name, help, typ string, labels []string, fn func() float6
 		}
 	}
 	f := &family{name: name, help: help, typ: typ, labels: slices.Clone(labels), fn: fn, series: map[string]*series{}}
+	// The Prometheus client writes label pairs sorted by name, whatever
+	// order they were declared in; so do we.
+	for i := range labels {
+		f.order = append(f.order, i)
+	}
+	slices.SortStableFunc(f.order, func(a, b int) int { return strings.Compare(labels[a], labels[b]) })
 	if r == nil {
 		return f
 	}
@@ -204,7 +211,7 @@ func (r *Registry) CounterFunc(name, help string, fn func() float64) {
 }
 
 // Write writes every family with at least one series in the text format:
-// families by name, series by label values.
+// families by name, label pairs by name, series by label values.
 func (r *Registry) Write(w io.Writer) error {
 	r.mu.Lock()
 	fams := make([]*family, 0, len(r.fam))
@@ -226,7 +233,7 @@ func (r *Registry) Write(w io.Writer) error {
 
 func (f *family) appendText(b []byte) []byte {
 	type row struct {
-		values []string
+		values []string // in name order
 		v      float64
 	}
 	var rows []row
@@ -235,7 +242,10 @@ func (f *family) appendText(b []byte) []byte {
 	} else {
 		f.mu.RLock()
 		for _, s := range f.series {
-			r := row{values: s.values}
+			r := row{values: make([]string, len(f.order))}
+			for i, j := range f.order {
+				r.values[i] = s.values[j]
+			}
 			if s.c != nil {
 				r.v = s.c.Value()
 			} else {
@@ -262,11 +272,11 @@ func (f *family) appendText(b []byte) []byte {
 		b = append(b, f.name...)
 		if len(f.labels) > 0 {
 			b = append(b, '{')
-			for i, l := range f.labels {
+			for i, j := range f.order {
 				if i > 0 {
 					b = append(b, ',')
 				}
-				b = append(b, l...)
+				b = append(b, f.labels[j]...)
 				b = append(b, `="`...)
 				b = appendEscaped(b, r.values[i], true)
 				b = append(b, '"')
