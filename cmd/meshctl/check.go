@@ -27,6 +27,7 @@ import (
 	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
@@ -183,7 +184,7 @@ func runChecks(ctx context.Context, g *globalFlags, f *checkFlags) []checkResult
 		cfg = &config.Config{}
 	}
 	reg := registry.FromState(state.Registry)
-	eng := policy.New(cfg, reg)
+	eng := engine.New(cfg, reg)
 	c.checkConfig(state, cfg, eng)
 
 	// 4. Workloads.
@@ -273,7 +274,7 @@ func (c *checker) state(ctx context.Context, admin pb.AdminClient) (*checkState,
 
 // checkConfig reports the config directory, the mesh mode, refused
 // registrations and the tls-check rows.
-func (c *checker) checkConfig(state *checkState, cfg *config.Config, eng *policy.Engine) {
+func (c *checker) checkConfig(state *checkState, cfg *config.Config, eng *engine.Engine) {
 	if rej := state.ConfigRejected; rej != nil {
 		c.add("config directory", checkFail, "%s is rejected since %s; the last good config (version %d) stays in force until it is fixed: %s",
 			rej.Dir, rej.At.Local().Format(time.RFC3339), state.ConfigVersion, strings.Join(rej.Errors, "; "))
@@ -299,7 +300,7 @@ func (c *checker) checkConfig(state *checkState, cfg *config.Config, eng *policy
 // and the certificate it serves (or, with nothing to probe, the newest one
 // in the issuance log).
 func (c *checker) checkWorkload(ctx context.Context, admin pb.AdminClient, w *registry.Workload, cfg *config.Config,
-	eng *policy.Engine, connected map[string]checkSidecar, bundle *identity.Bundle) {
+	eng *engine.Engine, connected map[string]checkSidecar, bundle *identity.Bundle) {
 	name := "workload " + w.Key()
 	if !w.Sidecar {
 		c.add(name, checkSkip, "no sidecar: no mesh identity to check")
@@ -375,7 +376,7 @@ func probeAddr(w *registry.Workload) (addr string, port uint32) {
 
 // inboundMode is the server mode the control plane gives the workload's
 // port, from the same snapshot it pushes to the sidecar.
-func inboundMode(eng *policy.Engine, w *registry.Workload, port uint32) policy.ServerMode {
+func inboundMode(eng *engine.Engine, w *registry.Workload, port uint32) policy.ServerMode {
 	s := eng.Snapshot(w)
 	for _, ip := range s.Inbound {
 		if ip.Port == port {
@@ -449,7 +450,7 @@ const annotationOutboundProxy = "meshauth.io/outbound-proxy"
 
 // reachability calls every service port from every sidecar source whose
 // outbound proxy is known and compares the outcome with explain.
-func reachability(ctx context.Context, eng *policy.Engine, reg *registry.Registry, cfg *config.Config, tmo time.Duration) []checkResult {
+func reachability(ctx context.Context, eng *engine.Engine, reg *registry.Registry, cfg *config.Config, tmo time.Duration) []checkResult {
 	var out []checkResult
 	proxies := map[string]string{} // namespace/name -> proxy URL
 	for _, w := range cfg.Workloads {

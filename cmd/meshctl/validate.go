@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshauth/meshauth/internal/config"
-	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -48,7 +48,7 @@ control plane. Exit status 1 if anything is wrong.`,
 				ss, ws := registry.FromConfig(cfg)
 				reg := registry.New()
 				reg.Sync(registry.SourceConfig, ss, ws)
-				for _, w := range policy.New(cfg, reg).Lint() {
+				for _, w := range engine.New(cfg, reg).Lint() {
 					fmt.Fprintln(cmd.OutOrStdout(), w.String())
 				}
 			}

@@ -13,7 +13,8 @@ import (
 // most of every sidecar's memory: BENCHMARKS.md, "Idle sidecar memory"):
 // `go list -deps` of this command, built as `make build` and the proxy
 // image build it, has the sidecar and none of the control plane, the CA
-// store, Kubernetes, cobra (text/template), the
+// store, the config loader (YAML), the registry, the policy engine,
+// the push server, Kubernetes, cobra (text/template), the
 // Prometheus client library, gRPC tracing (html/template) or pprof's HTTP
 // handlers; and the Makefile and the image do build it that way.
 func TestSmallSidecar(t *testing.T) {
@@ -25,19 +26,23 @@ func TestSmallSidecar(t *testing.T) {
 	const mod = "github.com/meshauth/meshauth/"
 	banned := []string{
 		mod + "internal/control", mod + "internal/ca", mod + "internal/kube", mod + "internal/localmesh",
-		"go.etcd.io/bbolt", "sigs.k8s.io/yaml", "k8s.io",
+		mod + "internal/config", mod + "internal/registry", mod + "internal/policy/engine",
+		"go.etcd.io/bbolt", "gopkg.in/yaml.v3", "sigs.k8s.io/yaml", "k8s.io",
 		"github.com/spf13/cobra", "text/template", "html/template",
 		"github.com/prometheus/client_golang", "github.com/prometheus/common", "github.com/prometheus/procfs",
 		"golang.org/x/net/trace", "net/http/pprof", "expvar",
 	}
 	for _, dep := range deps {
+		if dep == mod+"internal/push" { // the server; the client is push/pushclient
+			t.Errorf("meshd-sidecar depends on %s", dep)
+		}
 		for _, b := range banned {
 			if dep == b || strings.HasPrefix(dep, b+"/") {
 				t.Errorf("meshd-sidecar depends on %s", dep)
 			}
 		}
 	}
-	for _, want := range []string{mod + "internal/sidecar", mod + "internal/proxy", mod + "internal/agent", mod + "internal/metrics"} {
+	for _, want := range []string{mod + "internal/sidecar", mod + "internal/proxy", mod + "internal/agent", mod + "internal/metrics", mod + "internal/push/pushclient"} {
 		if !slices.Contains(deps, want) {
 			t.Errorf("meshd-sidecar lacks %s", want)
 		}

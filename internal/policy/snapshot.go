@@ -1,11 +1,13 @@
-// Package policy computes what a sidecar does for a connection, and why.
-//
-// It is the mesh's policy engine: from the config kinds (mesh config,
-// authentication Policy, DestinationRule, RBAC) and the registry it derives
-// each sidecar's Snapshot, and it explains every decision with the objects
-// that made it. It does no I/O: every function is pure, so every decision can
-// be tested and explained.
+// Package policy is what a sidecar enforces: the Snapshot the control plane
+// computes for it (ports and their modes, outbound services, secure naming,
+// RBAC), and the pure decisions made with it per connection and request
+// (Authorize, AuthorizeHTTP, path normalisation). It imports neither the
+// config kinds nor the registry, so the sidecar binary does not link them;
+// the engine that derives each sidecar's Snapshot from them is
+// internal/policy/engine.
 package policy
+
+import "strings"
 
 // Snapshot is the effective configuration of one sidecar: everything it needs
 // to serve inbound and outbound traffic. The control plane computes it, the
@@ -175,4 +177,47 @@ type RBACSubject struct {
 	// Binding is the namespace/name of the ServiceRoleBinding this subject
 	// comes from, so a decision names the exact binding that allowed it.
 	Binding string `json:"binding,omitempty"`
+}
+
+// Refusal is a self-registered sidecar that a service's selector matches
+// but that is not one of its endpoints, because the service does not allow
+// its identity.
+type Refusal struct {
+	Service  string `json:"service"`  // name.namespace
+	Workload string `json:"workload"` // namespace/name
+	SPIFFEID string `json:"spiffeId"`
+	Reason   string `json:"reason"`
+}
+
+// InboundProtocol is the protocol a server sidecar applies to a port, from
+// the port's declared protocol or, when none is declared, Istio's port
+// naming convention ("http", "http-web", "http2-x", "grpc", "grpc-x",
+// "tcp-db"):
+//
+//   - "HTTP": HTTP/1.x. Every request is parsed, authorized, and gets the
+//     verified X-Forwarded-Client-Cert; HTTP/2 is refused.
+//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is relayed
+//     with every header block inspected; HTTP/1.x is served as on "HTTP".
+//   - "TCP": every other declared protocol; an opaque relay.
+//   - "": nothing declared; the sidecar detects the protocol.
+//
+// The port's protocol decides, never what a client offers (ALPN, CONNECT).
+func InboundProtocol(proto, name string) string {
+	p := strings.ToUpper(proto)
+	if p == "" {
+		prefix, _, _ := strings.Cut(strings.ToLower(name), "-")
+		switch prefix {
+		case "http", "http2", "grpc", "https", "tls", "tcp", "mongo", "redis", "mysql":
+			p = strings.ToUpper(prefix)
+		}
+	}
+	switch p {
+	case "HTTP", "HTTP1":
+		return "HTTP"
+	case "HTTP2", "GRPC", "GRPC-WEB":
+		return "HTTP2"
+	case "":
+		return ""
+	}
+	return "TCP"
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -26,6 +25,8 @@ import (
 	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -86,7 +87,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func engineFor(t testing.TB, reg *registry.Registry, docs ...string) *policy.Engine {
+func engineFor(t testing.TB, reg *registry.Registry, docs ...string) *engine.Engine {
 	t.Helper()
 	var files []config.File
 	for i, d := range docs {
@@ -98,7 +99,7 @@ func engineFor(t testing.TB, reg *registry.Registry, docs ...string) *policy.Eng
 	}
 	ss, ws := registry.FromConfig(cfg)
 	reg.Sync(registry.SourceConfig, ss, ws)
-	return policy.New(cfg, reg)
+	return engine.New(cfg, reg)
 }
 
 func newEnv(t testing.TB) *env { return newEnvDebounce(t, 5*time.Millisecond) }
@@ -111,7 +112,7 @@ func newEnvDebounce(t testing.TB, debounce time.Duration) *env {
 
 // start serves on addr (":0" for a new port, or the old address to
 // simulate a control-plane restart).
-func (e *env) start(addr string, eng *policy.Engine) {
+func (e *env) start(addr string, eng *engine.Engine) {
 	t := e.t
 	if e.bundle.Load() == nil {
 		e.bundle.Store(e.ca.Bundle())
@@ -200,8 +201,8 @@ func (e *env) dialCert(cert *catest.Cert) *grpc.ClientConn {
 	return cc
 }
 
-func (e *env) client(spiffeID, workload string, validate func(*Update) error) *Client {
-	c := NewClient(ClientConfig{
+func (e *env) client(spiffeID, workload string, validate func(*pushclient.Update) error) *pushclient.Client {
+	c := pushclient.NewClient(pushclient.ClientConfig{
 		Conn: e.dial(spiffeID),
 		Register: func() *pb.Register {
 			return &pb.Register{Workload: workload, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3",
@@ -315,7 +316,7 @@ func TestStreamAuthentication(t *testing.T) {
 func TestRevocationEndsStream(t *testing.T) {
 	e := newEnv(t)
 	cert := e.ca.Issue(t, "spiffe://cluster.local/ns/default/sa/sleep")
-	c := NewClient(ClientConfig{
+	c := pushclient.NewClient(pushclient.ClientConfig{
 		Conn:       e.dialCert(cert),
 		Register:   func() *pb.Register { return &pb.Register{Workload: "sleep-1"} },
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
@@ -376,7 +377,7 @@ spec:
 func TestNACKKeepsGoodSnapshot(t *testing.T) {
 	e := newEnv(t)
 	errBad := errors.New("cannot serve port 9999: address already in use")
-	c := e.client("spiffe://cluster.local/ns/default/sa/sleep", "sleep-1", func(u *Update) error {
+	c := e.client("spiffe://cluster.local/ns/default/sa/sleep", "sleep-1", func(u *pushclient.Update) error {
 		for _, o := range u.Snapshot.Outbound {
 			if o.Name == "bad" {
 				return errBad
@@ -406,58 +407,6 @@ spec:
 	if c.NACKs() == 0 {
 		t.Error("client counted no NACK")
 	}
-}
-
-// TestClientRejectsMalformedSnapshots drives the client's accept path with
-// snapshots a broken or hostile control plane could send.
-func TestClientRejectsMalformedSnapshots(t *testing.T) {
-	c := NewClient(ClientConfig{})
-	good := `{"version":"v1","trustDomain":"cluster.local","workload":{"name":"w","namespace":"default","serviceAccount":"sa"},"inboundDefault":"STRICT"}`
-	if err := c.accept(&pb.Snapshot{Version: "v1", SnapshotJson: []byte(good)}); err != nil {
-		t.Fatalf("good snapshot rejected: %v", err)
-	}
-	tests := []struct{ name, version, js string }{
-		{"not json", "v2", `{`},
-		{"version mismatch", "v2", strings.Replace(good, "v1", "v3", 1)},
-		{"unknown server mode", "v2", strings.NewReplacer("v1", "v2", "STRICT", "MAYBE").Replace(good)},
-		{"no workload", "v2", `{"version":"v2","inboundDefault":"STRICT"}`},
-		{"bad tls mode", "v2", strings.Replace(strings.Replace(good, "v1", "v2", 1), `"inboundDefault":"STRICT"`,
-			`"inboundDefault":"STRICT","outbound":[{"name":"a","namespace":"b","hosts":["a.b"],"ports":[{"port":80,"targetPort":80,"tlsMode":"TLS"}]}]`, 1)},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if err := c.accept(&pb.Snapshot{Version: tc.version, SnapshotJson: []byte(tc.js)}); err == nil {
-				t.Fatal("accepted")
-			}
-			if c.Current().Version != "v1" {
-				t.Fatal("bad snapshot replaced the good one")
-			}
-		})
-	}
-}
-
-// FuzzClientAccept feeds arbitrary snapshot JSON to the sidecar's accept
-// path: it must never panic, and a rejected snapshot must never replace the
-// good one.
-func FuzzClientAccept(f *testing.F) {
-	good := `{"version":"v1","trustDomain":"cluster.local","workload":{"name":"w","namespace":"default","serviceAccount":"sa"},"inboundDefault":"STRICT"}`
-	f.Add("v2", []byte(strings.Replace(good, "v1", "v2", 1)))
-	f.Add("v2", []byte(`{"version":"v2","workload":{"name":"w","namespace":"n","serviceAccount":"s"},"inboundDefault":"DISABLE","inbound":[{"port":0,"mode":"STRICT"}],"outbound":[{"name":"a","namespace":"b","hosts":["a.b"],"ports":[{"port":80,"targetPort":8080,"tlsMode":"ISTIO_MUTUAL"}],"endpoints":[{"workload":"a-1","address":"10.0.0.1","ports":{"8080":15006}}]}],"rbac":{"policies":[{"role":"n/r","rules":[{"services":["*"]}],"subjects":[{"user":"*"}]}]}}`))
-	f.Add("v3", []byte(`null`))
-	f.Fuzz(func(t *testing.T, version string, js []byte) {
-		c := NewClient(ClientConfig{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err := c.accept(&pb.Snapshot{Version: "v1", SnapshotJson: []byte(good)}); err != nil {
-			t.Fatal(err)
-		}
-		before := c.Current()
-		err := c.accept(&pb.Snapshot{Version: version, SnapshotJson: js})
-		if err != nil && c.Current() != before {
-			t.Fatal("a rejected snapshot replaced the good one")
-		}
-		if err == nil && c.Current().Snapshot.Validate() != nil {
-			t.Fatal("accepted a snapshot that does not validate")
-		}
-	})
 }
 
 // TestStoppingEndsStreams: when the control plane starts shutting down, open

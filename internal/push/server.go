@@ -8,10 +8,11 @@
 // it changes. It answers each snapshot with an ACK, or a NACK with the
 // reason.
 //
-// The client half runs in the sidecar: it keeps the last good snapshot
-// (a NACKed one never replaces it), keeps serving it while the control plane
-// is away, and reconnects with exponential backoff and jitter. The sidecar
-// reads Current() and waits on Changed().
+// The client half runs in the sidecar and is internal/push/pushclient: it
+// keeps the last good snapshot (a NACKed one never replaces it), keeps
+// serving it while the control plane is away, and reconnects with
+// exponential backoff and jitter. The sidecar reads Current() and waits on
+// Changed().
 package push
 
 import (
@@ -38,6 +39,7 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -74,7 +76,7 @@ type Server struct {
 	pb.UnimplementedDiscoveryServer
 	cfg    Config
 	log    *slog.Logger
-	engine atomic.Pointer[policy.Engine]
+	engine atomic.Pointer[engine.Engine]
 	held   atomic.Bool // Hold: no snapshot goes out
 	bundle atomic.Pointer[pb.TrustBundle]
 	kick   chan struct{}
@@ -123,7 +125,7 @@ type SidecarStatus struct {
 }
 
 // NewServer returns a push server computing snapshots with e.
-func NewServer(cfg Config, e *policy.Engine) *Server {
+func NewServer(cfg Config, e *engine.Engine) *Server {
 	if cfg.Debounce == 0 {
 		cfg.Debounce = 50 * time.Millisecond
 	}
@@ -141,7 +143,7 @@ func NewServer(cfg Config, e *policy.Engine) *Server {
 
 // SetEngine installs the engine for a new config and pushes to everyone.
 // The engine should share the registry of the previous one.
-func (s *Server) SetEngine(e *policy.Engine) {
+func (s *Server) SetEngine(e *engine.Engine) {
 	s.engine.Store(e)
 	s.gen.Add(1)
 	s.poke()
@@ -163,7 +165,7 @@ func (s *Server) Release() {
 }
 
 // Engine returns the engine in use.
-func (s *Server) Engine() *policy.Engine { return s.engine.Load() }
+func (s *Server) Engine() *engine.Engine { return s.engine.Load() }
 
 // SetBundle installs a new trust bundle (roots and revocations) and pushes.
 func (s *Server) SetBundle(b *pb.TrustBundle) {

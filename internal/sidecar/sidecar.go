@@ -29,7 +29,7 @@ import (
 	"github.com/meshauth/meshauth/internal/metrics"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/proxy"
-	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
 
 // Config is one sidecar. Field names follow `meshd sidecar`'s flags
@@ -221,12 +221,12 @@ func (s *sidecar) startCerts(ctx context.Context) (<-chan error, error) {
 // startPush takes policy from the control plane's push stream, over mTLS
 // with the workload certificate once there is one (a new connection for
 // each certificate: see agent.CertConn).
-func (s *sidecar) startPush(ctx context.Context) (*push.Client, func() error, error) {
+func (s *sidecar) startPush(ctx context.Context) (*pushclient.Client, func() error, error) {
 	conn := agent.NewCertConn(s.store, func(ctx context.Context) (*grpc.ClientConn, error) { return s.cc.dial(ctx, true) })
 	if _, err := conn.Conn(ctx); err != nil {
 		return nil, nil, err
 	}
-	pc := push.NewClient(push.ClientConfig{
+	pc := pushclient.NewClient(pushclient.ClientConfig{
 		Conn: conn,
 		Log:  s.log,
 		Register: func() *pb.Register {

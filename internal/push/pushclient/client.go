@@ -1,4 +1,10 @@
-package push
+// Package pushclient is the sidecar's side of the Discovery stream
+// (internal/push is the control plane's): it keeps one stream open,
+// validates every snapshot before it ACKs it (NACK keeps the last good
+// one), and hands accepted snapshots and trust bundles to the sidecar. It
+// is its own package so the sidecar does not link the push server, the
+// policy engine, the registry or the config kinds.
+package pushclient
 
 import (
 	"context"
