@@ -311,26 +311,33 @@ func config(f flags, app []string) (sidecar.Config, error) {
 		App:       app,
 	}
 	for _, s := range f.inbound {
-		l, a, ok := strings.Cut(s, "=")
-		if !ok || l == "" || a == "" {
-			return cfg, fmt.Errorf("--inbound %q: want LISTEN=APP, e.g. 18000=127.0.0.1:8000", s)
-		}
-		if !strings.Contains(l, ":") {
-			l = ":" + l
+		l, a, err := cutListen("--inbound", s, "", "LISTEN=APP, e.g. 18000=127.0.0.1:8000")
+		if err != nil {
+			return cfg, err
 		}
 		cfg.Inbound = append(cfg.Inbound, proxy.InboundListener{Listen: l, App: a})
 	}
 	for _, s := range f.upstreams {
-		l, svc, ok := strings.Cut(s, "=")
-		if !ok || l == "" || svc == "" {
-			return cfg, fmt.Errorf("--upstream %q: want LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306", s)
-		}
-		if !strings.Contains(l, ":") {
-			l = "127.0.0.1:" + l
+		l, svc, err := cutListen("--upstream", s, "127.0.0.1", "LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306")
+		if err != nil {
+			return cfg, err
 		}
 		cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Listen: l, Service: svc})
 	}
 	return cfg, nil
+}
+
+// cutListen splits a LISTEN=TARGET flag value; a LISTEN that is only a
+// port gets host (":PORT" for every address when host is empty).
+func cutListen(flag, s, host, want string) (listen, target string, err error) {
+	l, t, ok := strings.Cut(s, "=")
+	if !ok || l == "" || t == "" {
+		return "", "", fmt.Errorf("%s %q: want %s", flag, s, want)
+	}
+	if !strings.Contains(l, ":") {
+		l = host + ":" + l
+	}
+	return l, t, nil
 }
 
 // offIfZero maps a flag's 0 ("no limit") to proxy.Config's "no limit" (a
