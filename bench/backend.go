@@ -24,6 +24,12 @@ func runChild() bool {
 	switch os.Getenv(childEnv) {
 	case "":
 		return false
+	case "grpc-backend":
+		if err := serveGRPCBackend(os.Getenv("MESHAUTH_BENCH_LISTEN")); err != nil {
+			fmt.Fprintln(os.Stderr, "grpc-backend:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	case "backend":
 		if err := serveBackend(os.Getenv("MESHAUTH_BENCH_LISTEN")); err != nil {
 			fmt.Fprintln(os.Stderr, "backend:", err)

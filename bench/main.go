@@ -109,6 +109,7 @@ func main() {
 	flag.StringVar(&cfg.PprofDir, "pprof", "", "directory for CPU profiles of the meshauth sidecars (meshd sidecar --cpuprofile), written when they stop")
 	flag.StringVar(&cfg.WorkDir, "work", "", "work directory to keep configs and logs (default: temporary)")
 	flag.BoolVar(&quick, "quick", false, "smoke settings: 1 run, sub-second durations, 16 MiB upload")
+	grpcRows := flag.Bool("grpc", false, "measure the gRPC rows instead (grpc.go): unary and bidi streaming through direct, meshauth, haproxy (HTTP mode) and nginx (grpc_pass); prints the table")
 	flag.Parse()
 	cfg.Variants = strings.Split(variants, ",")
 	if meshdEnv != "" {
@@ -122,6 +123,15 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *grpcRows {
+		table, err := runGRPC(ctx, cfg)
+		fmt.Print(table)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	rep, err := run(ctx, cfg)
 	if rep != nil {
 		fmt.Print(rep.markdown())

@@ -104,15 +104,22 @@ func startMeshauth(ctx context.Context, e *env, cfg *config, spec string) (*vari
 	v.addr = fmt.Sprintf("127.0.0.1:%d", outPort)
 	serverID := "spiffe://cluster.local/ns/" + meshNamespace + "/sa/server"
 
+	proto, clientArgs := "HTTP", []string{"--outbound-listen", v.addr}
+	if e.grpc {
+		// gRPC (h2c) from the app to an --upstream port of the GRPC
+		// service; HTTP/2 between the sidecars.
+		proto, clientArgs = "GRPC", []string{"--outbound-listen", "", "--upstream", v.addr + "=" + v.target}
+		v.proxy, v.target = false, v.addr
+	}
 	serverSnap := policy.Snapshot{
 		TrustDomain: "cluster.local", InboundDefault: policy.ServerStrict,
-		Inbound: []policy.InboundPort{{Port: uint32(backendPort), Mode: policy.ServerStrict, Protocol: "HTTP", Service: meshService + "." + meshNamespace}},
+		Inbound: []policy.InboundPort{{Port: uint32(backendPort), Mode: policy.ServerStrict, Protocol: proto, Service: meshService + "." + meshNamespace}},
 	}
 	clientSnap := policy.Snapshot{
 		TrustDomain: "cluster.local",
 		Outbound: []policy.OutboundService{{
 			Name: meshService, Namespace: meshNamespace, Hosts: []string{meshService + "." + meshNamespace},
-			Ports: []policy.OutboundPort{{Name: "http", Port: meshServicePort, TargetPort: uint32(backendPort), Protocol: "HTTP", TLSMode: policy.ClientIstioMutual}},
+			Ports: []policy.OutboundPort{{Name: strings.ToLower(proto), Port: meshServicePort, TargetPort: uint32(backendPort), Protocol: proto, TLSMode: policy.ClientIstioMutual}},
 			Endpoints: []policy.Endpoint{{Workload: "server-1", ServiceAccount: "server", Address: "127.0.0.1",
 				Ports: map[uint32]uint32{uint32(backendPort): uint32(inPort)}, Sidecar: true}},
 			ServerIdentities: []string{serverID},
@@ -125,7 +132,7 @@ func startMeshauth(ctx context.Context, e *env, cfg *config, spec string) (*vari
 		addr string
 	}{
 		{"server", serverSnap, []string{"--inbound", v.serverTLS + "=" + e.backend, "--outbound-listen", ""}, v.serverTLS},
-		{"client", clientSnap, []string{"--outbound-listen", v.addr}, v.addr},
+		{"client", clientSnap, clientArgs, v.addr},
 	} {
 		snapPath := filepath.Join(e.dir, tag+"-"+side.sa+".json")
 		b, _ := json.MarshalIndent(side.snap, "", "  ")

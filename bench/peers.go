@@ -40,6 +40,10 @@ type env struct {
 	pki     *pki
 	backend string // host:port of the 1 KiB backend
 	workers int    // worker processes/threads per peer proxy
+	// grpc: the backend is the gRPC server (grpc.go) and the pairs carry
+	// HTTP/2: meshauth's port is GRPC and the client app uses an
+	// --upstream port with h2c.
+	grpc bool
 }
 
 // peer describes a peer proxy pair and how to start it.
@@ -183,18 +187,7 @@ func startHAProxy(ctx context.Context, e *env) (*variant, error) {
 	if err != nil {
 		return nil, err
 	}
-	head := fmt.Sprintf(`global
-  nbthread %d
-  maxconn 8000
-  ssl-server-verify required
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  http-reuse always
-`, e.workers)
+	head := haproxyHead(e.workers)
 	server := head + fmt.Sprintf(`frontend fe
   bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3
   default_backend app
@@ -253,4 +246,21 @@ sslVersionMin = TLSv1.3
 	}
 	return startPair(ctx, e, "stunnel", "stunnel pair", bin, ca, sa, [2]string{server, client},
 		func(conf string) []string { return []string{conf} })
+}
+
+// haproxyHead is the global and defaults sections of both sides of a
+// haproxy pair: HTTP mode, upstream connections reused.
+func haproxyHead(workers int) string {
+	return fmt.Sprintf(`global
+  nbthread %d
+  maxconn 8000
+  ssl-server-verify required
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  http-reuse always
+`, workers)
 }

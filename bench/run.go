@@ -260,6 +260,11 @@ func last(xs []float64) int {
 
 // startBackend starts the 1 KiB backend as a child process of this binary.
 func startBackend(ctx context.Context, dir string) (*proc, string, error) {
+	return startChild(ctx, dir, "backend")
+}
+
+// startChild starts the named helper (runChild) on a free port.
+func startChild(ctx context.Context, dir, child string) (*proc, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
@@ -269,7 +274,7 @@ func startBackend(ctx context.Context, dir string) (*proc, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := startProc(dir, "backend", exe, nil, []string{childEnv + "=backend", "MESHAUTH_BENCH_LISTEN=" + addr})
+	p, err := startProc(dir, child, exe, nil, []string{childEnv + "=" + child, "MESHAUTH_BENCH_LISTEN=" + addr})
 	if err != nil {
 		return nil, "", err
 	}

@@ -14,8 +14,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
-	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/client"
+	"github.com/meshauth/meshauth/internal/meshapi"
 )
 
 // dialControl connects to the control plane found through --dir/--addr,
@@ -74,15 +75,14 @@ func newCAStatusCmd(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				_, err := cmd.OutOrStdout().Write(append(resp.StatusJson, '\n'))
-				return err
-			}
-			var st ca.Status
-			if err := json.Unmarshal(resp.StatusJson, &st); err != nil {
+			st, err := meshapi.StatusFromProto(resp)
+			if err != nil {
 				return fmt.Errorf("ca status: decode: %w", err)
 			}
-			printStatus(cmd.OutOrStdout(), &st)
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
 			return nil
 		},
 	}
@@ -203,24 +203,24 @@ func runRevoke(cmd *cobra.Command, g *globalFlags, f *revokeFlags) error {
 	}
 	// The reasons (which name the certificate each was renewed
 	// from) are in the public bundle.
-	reasons := map[string]ca.Revocation{}
+	reasons := map[string]*pb.Revocation{}
 	if b, err := pb.NewCertificateAuthorityClient(conn).GetTrustBundle(ctx, &pb.GetTrustBundleRequest{}); err == nil {
 		for _, r := range b.Revocations {
-			reasons[r.Serial] = ca.Revocation{SPIFFEID: r.SpiffeId, Reason: r.Reason}
+			reasons[r.Serial] = r
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  SERIAL\tIDENTITY\tREASON")
 	for _, s := range resp.Serials {
-		r := reasons[s]
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s, orDash(r.SPIFFEID), orDash(r.Reason))
+		r := reasons[s] // nil-safe getters: "-" when the bundle did not say
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s, orDash(r.GetSpiffeId()), orDash(r.GetReason()))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "bundle version %d (pushed to sidecars)\n", resp.BundleVersion)
 	return nil
 }
 
-func printStatus(w io.Writer, st *ca.Status) {
+func printStatus(w io.Writer, st *careport.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Trust domain:\t%s\n", st.TrustDomain)
 	fmt.Fprintf(tw, "Mode:\t%s\n", st.Mode)
@@ -236,9 +236,9 @@ func printStatus(w io.Writer, st *ca.Status) {
 	for _, r := range st.Roots {
 		note := ""
 		switch r.State {
-		case "pending":
+		case careport.RootPending:
 			note = "signs from " + r.ActivateAt.Format(time.RFC3339)
-		case "retiring":
+		case careport.RootRetiring:
 			note = "leaves after " + r.LastIssuedNotAfter.Format(time.RFC3339)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.State, short(r.Fingerprint), r.Subject, r.NotAfter.Format("2006-01-02"), note)
@@ -269,4 +269,15 @@ func left(t, now time.Time) string {
 		return fmt.Sprintf("%dd left", int(d.Hours()/24))
 	}
 	return d.Round(time.Second).String() + " left"
+}
+
+// printJSON writes v as one line of JSON, as the control plane's JSON
+// answers were printed before the API was typed.
+func printJSON(w io.Writer, v any) error {
+	js, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(js, '\n'))
+	return err
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -10,7 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
-	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/careport"
+	"github.com/meshauth/meshauth/internal/meshapi"
 )
 
 // caIssuedCmd is `meshctl ca issued`: the CA's issuance log, for audits.
@@ -41,13 +41,9 @@ an expired certificate shows as not revoked.`,
 			if err != nil {
 				return err
 			}
+			entries := meshapi.IssuedFromProto(resp.Entries)
 			if output == "json" {
-				_, err := cmd.OutOrStdout().Write(append(resp.EntriesJson, '\n'))
-				return err
-			}
-			var entries []ca.IssuedEntry
-			if err := json.Unmarshal(resp.EntriesJson, &entries); err != nil {
-				return fmt.Errorf("ca issued: decode: %w", err)
+				return printJSON(cmd.OutOrStdout(), entries)
 			}
 			printIssued(cmd.OutOrStdout(), entries, int(resp.Matched))
 			return nil
@@ -60,7 +56,7 @@ an expired certificate shows as not revoked.`,
 	return cmd
 }
 
-func printIssued(w io.Writer, entries []ca.IssuedEntry, matched int) {
+func printIssued(w io.Writer, entries []careport.IssuedEntry, matched int) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERIAL\tIDENTITY\tISSUED\tNOT AFTER\tREQUESTER\tREVOKED")
 	for _, e := range entries {

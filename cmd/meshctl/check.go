@@ -23,9 +23,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
-	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
@@ -117,34 +119,6 @@ type checkResult struct {
 // rootWarnWindow is how close to expiry a root gets a WARN.
 const rootWarnWindow = 30 * 24 * time.Hour
 
-// checkState is what GetState returns: the config, the registry and the
-// sidecars connected to the push stream.
-type checkState struct {
-	ConfigVersion uint64         `json:"configVersion"`
-	Config        *config.Config `json:"config"`
-	Registry      registry.State `json:"registry"`
-	Sidecars      []checkSidecar `json:"sidecars"`
-	// ConfigRejected is set while the control plane's config directory
-	// holds content it rejected (the last good config is in force).
-	ConfigRejected *struct {
-		Dir    string    `json:"dir"`
-		At     time.Time `json:"at"`
-		Errors []string  `json:"errors"`
-	} `json:"configRejected,omitempty"`
-}
-
-// checkSidecar is one connected sidecar as the control plane sees it: the
-// identity its verified certificate carries and the config versions it was
-// sent and acknowledged.
-type checkSidecar struct {
-	Workload  string `json:"workload"` // namespace/name
-	SPIFFEID  string `json:"spiffeId"`
-	Sent      string `json:"sent"`
-	Acked     string `json:"acked"`
-	Nacked    string `json:"nacked,omitempty"`
-	NackError string `json:"nackError,omitempty"`
-}
-
 // checker collects the results of one meshctl check run.
 type checker struct {
 	out []checkResult
@@ -188,7 +162,7 @@ func runChecks(ctx context.Context, g *globalFlags, f *checkFlags) []checkResult
 	c.checkConfig(state, cfg, eng)
 
 	// 4. Workloads.
-	connected := map[string]checkSidecar{}
+	connected := map[string]meshapi.SidecarStatus{}
 	for _, sc := range state.Sidecars {
 		connected[sc.Workload] = sc
 	}
@@ -213,9 +187,9 @@ func (c *checker) checkCA(ctx context.Context, admin pb.AdminClient, dir string)
 		c.add("control plane reachable", checkFail, "%v (is meshctl up running? --dir %s)", rpcError("CA status", err), dir)
 		return false
 	}
-	var st ca.Status
-	if err := json.Unmarshal(resp.StatusJson, &st); err != nil {
-		c.add("control plane reachable", checkFail, "CA status is not valid JSON: %v", err)
+	st, err := meshapi.StatusFromProto(resp)
+	if err != nil {
+		c.add("control plane reachable", checkFail, "CA status: %v", err)
 		return false
 	}
 	c.add("control plane reachable", checkPass, "CA answered in %s (%s, trust domain %s, bundle v%d)", time.Since(t0).Round(time.Millisecond), st.Mode, st.TrustDomain, st.BundleVersion)
@@ -238,11 +212,7 @@ func (c *checker) trustBundle(ctx context.Context, caClient pb.CertificateAuthor
 	cancel()
 	var bundle *identity.Bundle
 	if err == nil {
-		rev := map[string]string{}
-		for _, r := range tb.Revocations {
-			rev[strings.ToLower(r.Serial)] = r.SpiffeId
-		}
-		bundle, err = identity.NewBundle(tb.TrustDomain, tb.Version, tb.Roots, rev)
+		bundle, err = sidecarapi.BundleFromProto(tb)
 	}
 	if err != nil {
 		c.add("trust bundle", checkFail, "%v", err)
@@ -252,7 +222,7 @@ func (c *checker) trustBundle(ctx context.Context, caClient pb.CertificateAuthor
 
 // state fetches the control plane's config, registry and sidecars; false
 // (with a FAIL) stops the run.
-func (c *checker) state(ctx context.Context, admin pb.AdminClient) (*checkState, bool) {
+func (c *checker) state(ctx context.Context, admin pb.AdminClient) (*meshapi.State, bool) {
 	cctx, cancel := context.WithTimeout(ctx, c.tmo)
 	sresp, err := admin.GetState(cctx, &pb.GetStateRequest{})
 	cancel()
@@ -264,17 +234,17 @@ func (c *checker) state(ctx context.Context, admin pb.AdminClient) (*checkState,
 		}
 		return nil, false
 	}
-	var state checkState
-	if err := json.Unmarshal(sresp.StateJson, &state); err != nil {
-		c.add("mesh config", checkFail, "state is not valid JSON: %v", err)
+	state, err := meshapi.StateFromProto(sresp)
+	if err != nil {
+		c.add("mesh config", checkFail, "%v", err)
 		return nil, false
 	}
-	return &state, true
+	return state, true
 }
 
 // checkConfig reports the config directory, the mesh mode, refused
 // registrations and the tls-check rows.
-func (c *checker) checkConfig(state *checkState, cfg *config.Config, eng *engine.Engine) {
+func (c *checker) checkConfig(state *meshapi.State, cfg *config.Config, eng *engine.Engine) {
 	if rej := state.ConfigRejected; rej != nil {
 		c.add("config directory", checkFail, "%s is rejected since %s; the last good config (version %d) stays in force until it is fixed: %s",
 			rej.Dir, rej.At.Local().Format(time.RFC3339), state.ConfigVersion, strings.Join(rej.Errors, "; "))
@@ -300,7 +270,7 @@ func (c *checker) checkConfig(state *checkState, cfg *config.Config, eng *engine
 // and the certificate it serves (or, with nothing to probe, the newest one
 // in the issuance log).
 func (c *checker) checkWorkload(ctx context.Context, admin pb.AdminClient, w *registry.Workload, cfg *config.Config,
-	eng *engine.Engine, connected map[string]checkSidecar, bundle *identity.Bundle) {
+	eng *engine.Engine, connected map[string]meshapi.SidecarStatus, bundle *identity.Bundle) {
 	name := "workload " + w.Key()
 	if !w.Sidecar {
 		c.add(name, checkSkip, "no sidecar: no mesh identity to check")
@@ -345,7 +315,7 @@ func (c *checker) checkWorkload(ctx context.Context, admin pb.AdminClient, w *re
 }
 
 // checkRoot judges one root of the trust bundle at time now.
-func checkRoot(r ca.RootStatus, now time.Time) (status, detail string) {
+func checkRoot(r careport.RootStatus, now time.Time) (status, detail string) {
 	left := r.NotAfter.Sub(now)
 	switch {
 	case now.Before(r.NotBefore):
@@ -562,10 +532,7 @@ func checkFromLog(ctx context.Context, admin pb.AdminClient, want identity.ID, n
 	if err != nil {
 		return checkFail, rpcError("issuance log", err).Error()
 	}
-	var entries []ca.IssuedEntry
-	if err := json.Unmarshal(resp.EntriesJson, &entries); err != nil {
-		return checkFail, fmt.Sprintf("issuance log is not valid JSON: %v", err)
-	}
+	entries := meshapi.IssuedFromProto(resp.Entries)
 	for i := len(entries) - 1; i >= 0; i-- { // newest first
 		e := entries[i]
 		if e.Revoked || now.After(time.Unix(e.NotAfter, 0)) {

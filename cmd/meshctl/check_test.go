@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
@@ -96,12 +96,12 @@ func TestFmtLeft(t *testing.T) {
 
 func TestCheckRoot(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	root := func(nb, na time.Time) ca.RootStatus {
-		return ca.RootStatus{CertStatus: ca.CertStatus{Subject: "CN=root", NotBefore: nb, NotAfter: na}, State: "signing"}
+	root := func(nb, na time.Time) careport.RootStatus {
+		return careport.RootStatus{CertStatus: careport.CertStatus{Subject: "CN=root", NotBefore: nb, NotAfter: na}, State: "signing"}
 	}
 	tests := []struct {
 		name string
-		r    ca.RootStatus
+		r    careport.RootStatus
 		want string
 	}{
 		{"ten years left", root(now.Add(-time.Hour), now.AddDate(10, 0, 0)), checkPass},

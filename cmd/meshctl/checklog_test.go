@@ -16,6 +16,7 @@ import (
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/control/controltest"
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
@@ -25,17 +26,7 @@ import (
 // unexpired certificate is revoked, FAIL when there is none.
 func TestCheckFromLog(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := control.New(control.Config{Dir: dir, Listen: "127.0.0.1:0", MetricsListen: ""})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for srv.Addr() == "" {
-		time.Sleep(10 * time.Millisecond)
-	}
+	srv := controltest.Start(t, control.Config{Dir: dir})
 	conn, err := client.Dial(context.Background(), client.Options{Dir: dir, Addr: srv.Addr(), AdminToken: true})
 	if err != nil {
 		t.Fatal(err)

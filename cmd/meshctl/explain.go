@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -19,10 +20,11 @@ func newExplainCmd(g *globalFlags) *cobra.Command {
 	var (
 		files                  []string
 		from, to, method, path string
+		grpcMethod             string
 		output                 string
 	)
 	cmd := &cobra.Command{
-		Use:   "explain --from WORKLOAD --to SERVICE[:PORT] [--method M --path P]",
+		Use:   "explain --from WORKLOAD --to SERVICE[:PORT] [--method M --path P | --grpc PKG.SERVICE/METHOD]",
 		Short: "Explain a call: ALLOW or DENY, both TLS modes, expected server identities, the deciding objects",
 		Long: `explain computes, with the control plane's own engine, what happens when
 WORKLOAD (name.namespace, namespace/name or name in default) calls SERVICE
@@ -30,11 +32,16 @@ WORKLOAD (name.namespace, namespace/name or name in default) calls SERVICE
 service has one): the client TLS mode and the object that set it, the server
 mode and the object that set it, whether they fit, the client identity the
 server will see, the server identities the client accepts (secure naming),
-and the RBAC decision for --method and --path. Exit status 1 for DENY.`,
+and the RBAC decision for --method and --path, or for the gRPC call --grpc
+(authorized as POST /PKG.SERVICE/METHOD). Exit status 1 for DENY.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from == "" || to == "" {
 				return &exitError{2, errors.New("explain: --from and --to are required")}
+			}
+			method, path, err := explainRequest(method, path, grpcMethod)
+			if err != nil {
+				return &exitError{2, err}
 			}
 			st, err := policyState(cmd.Context(), g, files)
 			if err != nil {
@@ -50,18 +57,9 @@ and the RBAC decision for --method and --path. Exit status 1 for DENY.`,
 			if svc == nil {
 				return &exitError{2, fmt.Errorf("explain: no service %q seen from namespace %s (meshctl get services)", host, w.Namespace)}
 			}
-			var port uint32
-			switch {
-			case hasPort:
-				p, err := strconv.ParseUint(portStr, 10, 16)
-				if err != nil {
-					return &exitError{2, fmt.Errorf("explain: port %q is not a number", portStr)}
-				}
-				port = uint32(p)
-			case len(svc.Ports) == 1:
-				port = svc.Ports[0].Number
-			default:
-				return &exitError{2, fmt.Errorf("explain: service %s has several ports; give --to %s:PORT", svc.Key(), host)}
+			port, err := explainPort(svc, host, portStr, hasPort)
+			if err != nil {
+				return &exitError{2, err}
 			}
 			x, err := e.Explain(w, svc, port, method, path)
 			if err != nil {
@@ -88,8 +86,41 @@ and the RBAC decision for --method and --path. Exit status 1 for DENY.`,
 	f.StringVar(&to, "to", "", "called service and port: SERVICE[.NAMESPACE][:PORT]")
 	f.StringVar(&method, "method", "", "HTTP method, for RBAC (empty: a TCP connection)")
 	f.StringVar(&path, "path", "", "HTTP path, for RBAC")
+	f.StringVar(&grpcMethod, "grpc", "", "gRPC method (package.Service/Method), for RBAC: the call POST /package.Service/Method")
 	f.StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// explainPort is the service port explain asks about: the one given, or
+// the service's only port.
+func explainPort(svc *registry.Service, host, portStr string, hasPort bool) (uint32, error) {
+	switch {
+	case hasPort:
+		p, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("explain: port %q is not a number", portStr)
+		}
+		return uint32(p), nil
+	case len(svc.Ports) == 1:
+		return svc.Ports[0].Number, nil
+	}
+	return 0, fmt.Errorf("explain: service %s has several ports; give --to %s:PORT", svc.Key(), host)
+}
+
+// explainRequest is the request explain authorizes: --method and --path,
+// or the gRPC call --grpc names (POST /package.Service/Method).
+func explainRequest(method, path, grpcMethod string) (string, string, error) {
+	if grpcMethod == "" {
+		return method, path, nil
+	}
+	if method != "" || path != "" {
+		return "", "", errors.New("explain: --grpc replaces --method and --path")
+	}
+	m, p, err := policy.GRPCRequest(grpcMethod)
+	if err != nil {
+		return "", "", fmt.Errorf("explain: --grpc: %w", err)
+	}
+	return m, p, nil
 }
 
 // lookupWorkload accepts "ns/name", "name.ns" and "name" (in default).

@@ -17,15 +17,14 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/config"
-	"github.com/meshauth/meshauth/internal/control"
-	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
 // policyState loads what tls-check, explain and get work on: from files
 // (offline, no control plane) when any are given, else from the running
 // control plane's Admin.GetState.
-func policyState(ctx context.Context, g *globalFlags, files []string) (*control.State, error) {
+func policyState(ctx context.Context, g *globalFlags, files []string) (*meshapi.State, error) {
 	if len(files) > 0 {
 		cfg, err := config.LoadPaths(files...)
 		if err != nil {
@@ -34,7 +33,7 @@ func policyState(ctx context.Context, g *globalFlags, files []string) (*control.
 		ss, ws := registry.FromConfig(cfg)
 		reg := registry.New()
 		reg.Sync(registry.SourceConfig, ss, ws)
-		return &control.State{Config: cfg, Registry: reg.State()}, nil
+		return &meshapi.State{Config: cfg, Registry: reg.State()}, nil
 	}
 	// --kubeconfig: read the cluster directly (kubestate.go).
 	if st, ok, err := g.Kube.clusterState(ctx); ok {
@@ -44,14 +43,11 @@ func policyState(ctx context.Context, g *globalFlags, files []string) (*control.
 	if err != nil {
 		return nil, err
 	}
-	var st control.State
-	if err := json.Unmarshal(resp.StateJson, &st); err != nil {
+	st, err := meshapi.StateFromProto(resp)
+	if err != nil {
 		return nil, fmt.Errorf("get state: decode: %w", err)
 	}
-	if st.Config == nil {
-		st.Config = &config.Config{}
-	}
-	return &st, nil
+	return st, nil
 }
 
 // kindAliases maps what people type to a kind.
@@ -104,7 +100,7 @@ With -f it reads files instead of asking the control plane.`,
 	return cmd
 }
 
-func printGet(w io.Writer, st *control.State, kind, ns, output string) error {
+func printGet(w io.Writer, st *meshapi.State, kind, ns, output string) error {
 	var items []any
 	inNS := func(n string) bool { return ns == "" || n == ns }
 	switch kind {
@@ -190,7 +186,7 @@ func printTable(w io.Writer, kind string, items []any) error {
 	case "Connected":
 		fmt.Fprintln(tw, "WORKLOAD\tIDENTITY\tSENT\tACKED\tNACK")
 		for _, it := range items {
-			s := it.(push.SidecarStatus)
+			s := it.(meshapi.SidecarStatus)
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Workload, s.SPIFFEID, s.Sent, orDash(s.Acked), orDash(s.NackError))
 		}
 	default:

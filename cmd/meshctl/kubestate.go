@@ -8,8 +8,8 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/kube"
+	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/spf13/cobra"
 )
 
@@ -31,7 +31,7 @@ func (k *kubeFlags) register(root *cobra.Command) {
 // ConfigMap and the registry (Services, EndpointSlices, Pods) straight from
 // the cluster with the user's credentials, validated exactly as meshd
 // kube-control validates them. ok is false without --kubeconfig.
-func (k *kubeFlags) clusterState(ctx context.Context) (st *control.State, ok bool, err error) {
+func (k *kubeFlags) clusterState(ctx context.Context) (st *meshapi.State, ok bool, err error) {
 	if k.kubeconfig == "" {
 		return nil, false, nil
 	}

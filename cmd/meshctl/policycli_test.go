@@ -53,6 +53,8 @@ func TestPolicyCLIGolden(t *testing.T) {
 		{"explain allow", []string{"explain", "-f", rbac, "--from", "sleep-1", "--to", "httpbin:8000", "--method", "GET", "--path", "/status/418"}, 0, "explain-allow.golden"},
 		{"explain rbac deny", []string{"explain", "-f", rbac, "--from", "sleep-1.default", "--to", "httpbin.default", "--method", "DELETE", "--path", "/headers"}, 1, "explain-deny.golden"},
 		{"explain matrix t->d:8080", []string{"explain", "-f", matrix, "-f", matrixReg, "--from", "default/t-1", "--to", "d:8080"}, 1, "explain-matrix.golden"},
+		{"explain grpc allow", []string{"explain", "-f", "testdata/policycli/grpc.yaml", "--from", "sleep-1", "--to", "greeter:9090", "--grpc", "helloworld.Greeter/SayHello"}, 0, "explain-grpc-allow.golden"},
+		{"explain grpc deny", []string{"explain", "-f", "testdata/policycli/grpc.yaml", "--from", "sleep-1", "--to", "greeter", "--grpc", "/helloworld.Greeter/SayGoodbye"}, 1, "explain-grpc-deny.golden"},
 		{"get policies", []string{"get", "policies", "-f", matrix}, 0, "get-policies.golden"},
 		{"get destinationrules yaml", []string{"get", "dr", "-f", matrix, "-o", "yaml"}, 0, "get-dr-yaml.golden"},
 		{"get workloads", []string{"get", "workloads", "-f", rbac}, 0, "get-workloads.golden"},

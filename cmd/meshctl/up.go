@@ -124,7 +124,7 @@ func waitControlAddr(ctx context.Context, addrFile string, exited <-chan error) 
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil {
 			addr := strings.TrimSpace(string(b))
-			if localmesh.WaitListening(addr) == nil {
+			if localmesh.Listening(addr) == nil {
 				return addr, nil
 			}
 		}

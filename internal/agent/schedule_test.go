@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"crypto/tls"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/control/controltest"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/sidecar"
 	"google.golang.org/grpc"
@@ -106,23 +106,7 @@ func (c *fakeClock) advance(t time.Time) {
 // newClockedControlPlane starts a real control plane whose CA runs on clock.
 func newClockedControlPlane(t *testing.T, clock func() time.Time, caCfg ca.Config) *control.Server {
 	t.Helper()
-	dir := t.TempDir()
-	srv, err := control.New(control.Config{Dir: dir, Listen: "127.0.0.1:0", Clock: clock, CA: caCfg, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for srv.Addr() == "" {
-		select {
-		case err := <-done:
-			t.Fatalf("control plane: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return srv
+	return controltest.Start(t, control.Config{Clock: clock, CA: caCfg})
 }
 
 // connectTo is the sidecar's gRPC CA client to srv, with the join token

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/identity"
 )
 
@@ -78,19 +79,19 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 		}
 		spiffeID = id.String()
 	}
-	now := c.cfg.Clock()
-	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil {
-		defer c.cfg.OnRevokeIdentity(spiffeID, now, reason) // after c.mu is released
+	if _, ok := serialBytes(serial); serial != "" && !ok {
+		return nil, 0, refuse(KindInvalid, "bad_serial", "serial %q is not hex", serial)
 	}
+	now := c.cfg.Clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	added, version, err := c.store.Revoke(serial, spiffeID, reason, now)
-	var re *Error
-	if spiffeID != "" && c.cfg.OnRevokeIdentity != nil && errors.As(err, &re) && re.Reason == "unknown_identity" {
-		return nil, c.state.Load().bundle.Version, nil
-	}
 	if err != nil {
-		return nil, 0, err
+		var e *Error
+		if errors.As(err, &e) {
+			return nil, 0, e
+		}
+		return nil, 0, internal("record revocation", err)
 	}
 	if err := c.reload(); err != nil {
 		return nil, 0, err
@@ -222,52 +223,19 @@ func (c *CA) Tick() error {
 // guaranteed. It scans the whole log: for audits and tests, not hot paths.
 func (c *CA) IssuanceLog() ([]IssuanceRecord, error) { return c.store.Issued() }
 
-// Status describes the CA for `meshctl ca status`.
-type Status struct {
-	TrustDomain   string       `json:"trustDomain"`
-	Mode          string       `json:"mode"` // "self-signed" or "plugged-in"
-	BundleVersion uint64       `json:"bundleVersion"`
-	Roots         []RootStatus `json:"roots"`
-	Signing       CertStatus   `json:"signing"`
-	Issued        int          `json:"issued"`
-	Revoked       int          `json:"revoked"`
-	JoinTokens    int          `json:"joinTokens"`
-	DefaultTTL    string       `json:"defaultTTL"`
-	MaxTTL        string       `json:"maxTTL"`
-	Now           time.Time    `json:"now"`
-}
-
-// RootStatus is one root in the bundle.
-type RootStatus struct {
-	CertStatus
-	// State: "signing", "pending" (trusted, signs from ActivateAt) or
-	// "retiring" (trusted until LastIssuedNotAfter).
-	State              string    `json:"state"`
-	ActivateAt         time.Time `json:"activateAt"`
-	LastIssuedNotAfter time.Time `json:"lastIssuedNotAfter,omitzero"`
-}
-
-// CertStatus names a CA certificate.
-type CertStatus struct {
-	Subject     string    `json:"subject"`
-	Fingerprint string    `json:"sha256"`
-	NotBefore   time.Time `json:"notBefore"`
-	NotAfter    time.Time `json:"notAfter"`
-}
-
-func certStatus(c interface{ String() string }, fp string, nb, na time.Time) CertStatus {
-	return CertStatus{Subject: c.String(), Fingerprint: fp, NotBefore: nb.UTC(), NotAfter: na.UTC()}
+func certStatus(c interface{ String() string }, fp string, nb, na time.Time) careport.CertStatus {
+	return careport.CertStatus{Subject: c.String(), Fingerprint: fp, NotBefore: nb.UTC(), NotAfter: na.UTC()}
 }
 
 // Status reports roots, the signing certificate and counts.
-func (c *CA) Status() (*Status, error) {
+func (c *CA) Status() (*careport.Status, error) {
 	s := c.state.Load()
 	now := c.cfg.Clock()
 	issued, revoked, tokens, err := c.store.Counts()
 	if err != nil {
 		return nil, internal("read counts", err)
 	}
-	st := &Status{
+	st := &careport.Status{
 		TrustDomain: c.td, BundleVersion: s.bundle.Version,
 		Issued: issued, Revoked: revoked, JoinTokens: tokens,
 		DefaultTTL: c.cfg.DefaultTTL.String(), MaxTTL: c.cfg.MaxTTL.String(), Now: now.UTC(),
@@ -276,14 +244,14 @@ func (c *CA) Status() (*Status, error) {
 	signer := pickSigner(s.authorities, now)
 	st.Signing = certStatus(signer.cert.Subject, identity.Fingerprint(signer.cert), signer.cert.NotBefore, signer.cert.NotAfter)
 	for _, a := range s.authorities {
-		rs := RootStatus{CertStatus: certStatus(a.root.Subject, identity.Fingerprint(a.root), a.root.NotBefore, a.root.NotAfter), ActivateAt: a.activateAt.UTC()}
+		rs := careport.RootStatus{CertStatus: certStatus(a.root.Subject, identity.Fingerprint(a.root), a.root.NotBefore, a.root.NotAfter), ActivateAt: a.activateAt.UTC()}
 		switch {
 		case a == signer:
-			rs.State = "signing"
+			rs.State = careport.RootSigning
 		case a.activateAt.After(now):
-			rs.State = "pending"
+			rs.State = careport.RootPending
 		default:
-			rs.State = "retiring"
+			rs.State = careport.RootRetiring
 		}
 		if m := a.maxIssued.Load(); m > 0 {
 			rs.LastIssuedNotAfter = time.Unix(m, 0).UTC()
@@ -298,17 +266,10 @@ func (r *Rotation) String() string {
 	return fmt.Sprintf("new root %s signs from %s (bundle v%d)", r.NewRoot[:16], r.SwitchAt.UTC().Format(time.RFC3339), r.BundleVersion)
 }
 
-// IssuedEntry is one issuance log record with its revocation, for audits.
-type IssuedEntry struct {
-	IssuanceRecord
-	Revoked       bool   `json:"revoked,omitempty"`
-	RevokedReason string `json:"revoked_reason,omitempty"`
-}
-
 // ListIssued returns the issuance log, oldest first: only spiffeID's
 // certificates when it is set, only unexpired ones with onlyValid, and the
 // newest limit of them when limit > 0. matched counts before the limit.
-func (c *CA) ListIssued(spiffeID string, onlyValid bool, limit int) (entries []IssuedEntry, matched int, err error) {
+func (c *CA) ListIssued(spiffeID string, onlyValid bool, limit int) (entries []careport.IssuedEntry, matched int, err error) {
 	recs, err := c.store.Issued()
 	if err != nil {
 		return nil, 0, err
@@ -325,7 +286,7 @@ func (c *CA) ListIssued(spiffeID string, onlyValid bool, limit int) (entries []I
 		if onlyValid && r.NotAfter < now {
 			continue
 		}
-		e := IssuedEntry{IssuanceRecord: r}
+		e := careport.IssuedEntry{IssuanceRecord: r}
 		e.RevokedReason, e.Revoked = revoked[r.Serial]
 		entries = append(entries, e)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -95,6 +96,16 @@ func newAuthority(b *Authority) (*authority, error) {
 	return a, nil
 }
 
+// same reports whether b is the authority a was built from: the same
+// certificate, chain, roots and activation.
+func (a *authority) same(b *Authority) bool {
+	eq := func(x, y []*x509.Certificate) bool {
+		return slices.EqualFunc(x, y, func(p, q *x509.Certificate) bool { return p.Equal(q) })
+	}
+	return b.Certificate != nil && b.Root != nil && a.id == b.ID && a.cert.Equal(b.Certificate) &&
+		a.root.Equal(b.Root) && eq(a.chain, b.Chain) && eq(a.otherRoots, b.OtherRoots) && a.activateAt.Equal(b.ActivateAt)
+}
+
 // storeBackend is the default Backend: self-signed roots kept, with their
 // keys, in the CA's bbolt store. It rotates.
 type storeBackend struct {
@@ -133,10 +144,12 @@ func (b *storeBackend) RetireRoot(id uint64) (bool, error) {
 	return true, b.store.retireAuthority(id)
 }
 
-// Refresh re-reads the Backend's authorities and, if they changed (another
-// CA replica rotated a root kept in a shared place, e.g. a Kubernetes
-// Secret), bumps the bundle version and rebuilds the bundle. A Backend
-// only this CA changes never needs it.
+// Refresh re-reads the Backend's authorities and the store's bundle
+// version. If the authorities changed (another CA replica rotated a root
+// kept in a shared place, e.g. a Kubernetes Secret) it bumps the bundle
+// version and rebuilds the bundle; if only the store's version moved
+// (another replica revoked, in a store they share) it rebuilds the bundle
+// from the store. A Backend and a Store only this CA changes never need it.
 func (c *CA) Refresh() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -144,13 +157,23 @@ func (c *CA) Refresh() error {
 	if err != nil {
 		return fmt.Errorf("ca: %s: %w", c.backend.Source(), err)
 	}
-	cur := c.state.Load().authorities
-	same := len(cur) == len(bauths)
-	for i := 0; same && i < len(cur); i++ {
-		b := bauths[i]
-		same = cur[i].id == b.ID && b.Certificate != nil && cur[i].cert.Equal(b.Certificate) && cur[i].activateAt.Equal(b.ActivateAt)
+	cur := c.state.Load()
+	same := len(cur.authorities) == len(bauths)
+	for i := 0; same && i < len(cur.authorities); i++ {
+		same = cur.authorities[i].same(bauths[i])
 	}
 	if same {
+		v, err := c.store.BundleVersion()
+		if err != nil {
+			return internal("read bundle version", err)
+		}
+		if v == cur.bundle.Version {
+			return nil
+		}
+		if err := c.reload(); err != nil {
+			return err
+		}
+		c.log.Info("CA store changed", "bundle_version", c.state.Load().bundle.Version, "revocations", len(c.state.Load().bundle.Revocations))
 		return nil
 	}
 	if _, err := c.store.Bump(); err != nil {

@@ -90,12 +90,6 @@ type Config struct {
 	// Metrics registers the CA's collectors (default: a private registry,
 	// i.e. metrics are kept but not exported).
 	Metrics prometheus.Registerer
-	// OnRevokeIdentity, when set, is told of every revocation by identity
-	// (after it is applied here), so that other CA replicas can revoke the
-	// certificates they signed for it (see RevokeIssuedBefore). With it set,
-	// revoking an identity this CA never signed for is not an error: another
-	// replica may have.
-	OnRevokeIdentity func(spiffeID string, at time.Time, reason string)
 	// Reserved identities are signed only for the CA's own process
 	// (Caller{Method: "self"} with no Subject): the control plane's own
 	// identity, which every client trusts to serve the CA, Discovery and

@@ -9,7 +9,7 @@ func FuzzParsePrivateKeyPEM(f *testing.F) {
 	f.Add([]byte("-----BEGIN RSA PRIVATE KEY-----\nAA==\n-----END RSA PRIVATE KEY-----\n"))
 	f.Add([]byte("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAA==\n-----END ENCRYPTED PRIVATE KEY-----\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		k, err := parsePrivateKeyPEM(data)
+		k, err := ParsePrivateKeyPEM(data)
 		if err == nil && (k == nil || k.Public() == nil) {
 			t.Fatal("no error and no usable key")
 		}

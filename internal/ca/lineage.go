@@ -1,12 +1,8 @@
 package ca
 
 import (
-	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // A certificate's lineage is the chain of renewals that started from one
@@ -19,76 +15,63 @@ import (
 //     granted at bootstrap (CA.renewalLimit), so a stolen 24h certificate
 //     cannot turn itself into a 90-day one;
 //   - revoking a serial revokes every certificate renewed from it,
-//     transitively (store.revoke, store.importRevocations): whoever stole
-//     the key may have renewed it already.
+//     transitively (store.Revoke here; on Kubernetes every replica does it
+//     for its own log, internal/kube's SecretStore): whoever stole the key
+//     may have renewed it already.
 
-// descendantEntry is a logged certificate renewed (transitively) from one
-// of the roots of a descendants call, with the serial it was renewed from.
-type descendantEntry struct {
-	IssuanceRecord
-	parent string
+// Lineage indexes (part of) an issuance log by the serial each record was
+// renewed from. Revocation is a rare act, so it is built by one scan of the
+// log when needed rather than kept as an index every issuance would pay for.
+type Lineage map[string][]IssuanceRecord
+
+// Add indexes r if it is a renewal.
+func (l Lineage) Add(r IssuanceRecord) {
+	if p := r.RenewedFrom(); p != "" {
+		l[p] = append(l[p], r)
+	}
 }
 
-// descendants returns every logged certificate renewed, directly or
-// transitively, from one of the serials in roots, parents before children.
-// It scans the whole log once: revocation is a rare act, and an index by
-// parent would cost every issuance a second B+tree insert.
-func descendants(tx *bolt.Tx, roots []string) ([]descendantEntry, error) {
-	children := map[string][]IssuanceRecord{}
-	err := tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
-		var r IssuanceRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return fmt.Errorf("issuance %x: %w", k, err)
-		}
-		if p := r.RenewedFrom(); p != "" {
-			children[p] = append(children[p], r)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	var out []descendantEntry
+// Revocations returns a revocation for every certificate renewed, directly
+// or transitively, from one of revoked, parents before children, except
+// those expired at now or already revoked (isRevoked); the walk goes on
+// through them. Each reason names the certificate it was renewed from and
+// keeps the words of the revocation its lineage descends from.
+func (l Lineage) Revocations(revoked []Revocation, isRevoked func(serial string) bool, now time.Time) []Revocation {
+	type item struct{ serial, reason string }
 	seen := map[string]bool{}
-	queue := append([]string(nil), roots...)
-	for _, r := range roots {
-		seen[r] = true
+	var queue []item
+	for _, r := range revoked {
+		seen[r.Serial] = true
+		queue = append(queue, item{r.Serial, lineageBase(r.Reason)})
 	}
+	var out []Revocation
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
-		for _, c := range children[p] {
+		for _, c := range l[p.serial] {
 			if seen[c.Serial] {
 				continue
 			}
 			seen[c.Serial] = true
-			out = append(out, descendantEntry{IssuanceRecord: c, parent: p})
-			queue = append(queue, c.Serial)
+			queue = append(queue, item{c.Serial, p.reason})
+			if c.NotAfter < now.Unix() || isRevoked(c.Serial) {
+				continue
+			}
+			why := "renewed from revoked " + p.serial
+			if p.reason != "" {
+				why += ": " + p.reason
+			}
+			out = append(out, Revocation{Serial: c.Serial, SPIFFEID: c.SPIFFEID, NotAfter: time.Unix(c.NotAfter, 0).UTC(), RevokedAt: now.UTC(), Reason: why})
 		}
 	}
-	return out, nil
+	return out
 }
 
-// addLineage revokes d, a certificate renewed from a revoked one, unless it
-// is revoked already. Its reason names the certificate it was renewed from.
-func addLineage(rb *bolt.Bucket, added *[]Revocation, d descendantEntry, reason string, now time.Time) error {
-	if rb.Get([]byte(d.Serial)) != nil {
-		return nil
-	}
-	// A reason that is itself a lineage's (imported from a replica) is
-	// not stacked: keep the operator's words.
+// lineageBase is the operator's words in a revocation's reason: a reason
+// that is itself a lineage's is not stacked.
+func lineageBase(reason string) string {
 	if rest, ok := strings.CutPrefix(reason, "renewed from revoked "); ok {
 		_, reason, _ = strings.Cut(rest, ": ")
 	}
-	why := "renewed from revoked " + d.parent
-	if reason != "" {
-		why += ": " + reason
-	}
-	r := Revocation{Serial: d.Serial, SPIFFEID: d.SPIFFEID, NotAfter: time.Unix(d.NotAfter, 0).UTC(), RevokedAt: now.UTC(), Reason: why}
-	v, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	*added = append(*added, r)
-	return rb.Put([]byte(d.Serial), v)
+	return reason
 }

@@ -85,7 +85,7 @@ func NewPluggedBackend(p PluggedCA, now time.Time) (Backend, error) {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s is not valid until %s (check the clock)", certPath, cert.NotBefore.UTC().Format(time.RFC3339))
 	}
 
-	key, err := parsePrivateKeyPEM(keyPEM)
+	key, err := ParsePrivateKeyPEM(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("ca: plugged-in CA: %s: %w", keyPath, err)
 	}
@@ -152,9 +152,9 @@ func NewPluggedBackend(p PluggedCA, now time.Time) (Backend, error) {
 	return &pluggedBackend{source: p.Source, a: &Authority{Certificate: cert, Signer: key, Root: root, OtherRoots: others, Chain: chain}}, nil
 }
 
-// parsePrivateKeyPEM accepts PKCS#8, SEC 1 (EC) and PKCS#1 (RSA) keys, the
+// ParsePrivateKeyPEM accepts PKCS#8, SEC 1 (EC) and PKCS#1 (RSA) keys, the
 // three forms openssl writes.
-func parsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
+func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 	for {
 		var blk *pem.Block
 		blk, data = pem.Decode(data)

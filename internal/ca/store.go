@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/careport"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -36,41 +36,15 @@ var (
 
 var ErrSerialExists = errors.New("ca: serial already in the issuance log")
 
-// IssuanceRecord is one line of the issuance log.
-type IssuanceRecord struct {
-	Serial    string `json:"serial"`
-	SPIFFEID  string `json:"spiffe_id"`
-	NotBefore int64  `json:"not_before"`
-	NotAfter  int64  `json:"not_after"`
-	IssuedAt  int64  `json:"issued_at"`
-	// Requester says who asked and how they proved it, e.g.
-	// "join_token:3f2a9c1b0d4e" or "mtls:<serial of the presented cert>".
-	Requester string `json:"requester"`
-	Authority uint64 `json:"authority"`
-	// GrantedTTL (seconds) is the longest lifetime a renewal of this
-	// certificate may ask for: fixed when its lineage started (a join
-	// token, a ServiceAccount token) as the larger of the CA's default TTL
-	// and the TTL that first issuance asked for, and handed down unchanged
-	// to every certificate renewed from it. 0 in records written before it
-	// existed (see CA.renewalLimit).
-	GrantedTTL int64 `json:"granted_ttl,omitempty"`
-}
+// IssuanceRecord is one line of the issuance log. The type lives in
+// internal/careport, so that the log's entries reach meshctl (ListIssued)
+// without meshctl linking the CA.
+type IssuanceRecord = careport.IssuanceRecord
 
-// RenewedFrom returns the serial of the certificate the caller presented
-// to get this one (an mTLS renewal), or "" when the record starts a
-// lineage. The requester field holds it ("mtls:<serial>").
-func (r *IssuanceRecord) RenewedFrom() string {
-	s, ok := strings.CutPrefix(r.Requester, "mtls:")
-	if !ok {
-		return ""
-	}
-	return s
-}
-
-// appendJSON appends the record as encoding/json would write it (same
-// field names and order, so json.Unmarshal reads it back), without
+// appendIssuanceJSON appends the record as encoding/json would write it
+// (same field names and order, so json.Unmarshal reads it back), without
 // reflection: it runs once per issuance.
-func (r *IssuanceRecord) appendJSON(b []byte) []byte {
+func appendIssuanceJSON(b []byte, r *IssuanceRecord) []byte {
 	b = append(b, `{"serial":`...)
 	b = appendJSONString(b, r.Serial)
 	b = append(b, `,"spiffe_id":`...)
@@ -285,10 +259,10 @@ func (s *store) MaxNotAfter() (map[uint64]int64, error) {
 // authenticated with has been revoked by now. Revocations are written in
 // transactions of the same store, so a renewal racing with the revocation
 // of its parent either commits first, and the revocation's lineage scan
-// (store.revoke, importRevocations) finds and revokes it, or commits after and is refused
+// (store.Revoke) finds and revokes it, or commits after and is refused
 // here: no certificate renewed from a revoked one escapes.
 func (s *store) RecordIssuance(rec *IssuanceRecord, serial []byte, tokenHash string, now time.Time) error {
-	val := rec.appendJSON(make([]byte, 0, 256))
+	val := appendIssuanceJSON(make([]byte, 0, 256), rec)
 	parent := rec.RenewedFrom()
 	// spent is the token record as the last run of fn wrote it: bbolt may
 	// run fn more than once, and only the run that commits counts.
@@ -371,16 +345,20 @@ func (s *store) IssuedRecord(serial string) (*IssuanceRecord, error) {
 // Issued returns every issuance log record, for tests and audits.
 func (s *store) Issued() (out []IssuanceRecord, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
-			var r IssuanceRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("issuance %x: %w", k, err)
-			}
-			out = append(out, r)
-			return nil
-		})
+		return forEachIssued(tx, func(r IssuanceRecord) error { out = append(out, r); return nil })
 	})
 	return out, err
+}
+
+// forEachIssued calls f with every record of the issuance log.
+func forEachIssued(tx *bolt.Tx, f func(IssuanceRecord) error) error {
+	return tx.Bucket(bucketIssued).ForEach(func(k, v []byte) error {
+		var r IssuanceRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("issuance %x: %w", k, err)
+		}
+		return f(r)
+	})
 }
 
 func (s *store) Counts() (issued, revoked, tokens int, err error) {
@@ -443,15 +421,18 @@ func (s *store) Revoke(serial, spiffeID, reason string, now time.Time) (added []
 			}
 			// Whoever holds the key of this certificate may have renewed
 			// it: every certificate renewed from it, transitively, goes too.
-			desc, err := descendants(tx, []string{serial})
-			if err != nil {
+			lin := Lineage{}
+			if err := forEachIssued(tx, func(r IssuanceRecord) error { lin.Add(r); return nil }); err != nil {
 				return err
 			}
-			for _, d := range desc {
-				if d.NotAfter < now.Unix() {
-					continue
+			root := Revocation{Serial: rec.Serial, Reason: reason}
+			for _, r := range lin.Revocations([]Revocation{root}, func(s string) bool { return rb.Get([]byte(s)) != nil }, now) {
+				v, err := json.Marshal(r)
+				if err != nil {
+					return err
 				}
-				if err := addLineage(rb, &added, d, reason, now); err != nil {
+				added = append(added, r)
+				if err := rb.Put([]byte(r.Serial), v); err != nil {
 					return err
 				}
 			}
@@ -460,11 +441,7 @@ func (s *store) Revoke(serial, spiffeID, reason string, now time.Time) (added []
 			// and an index by identity would cost every issuance a second
 			// random B+tree insert on the hot path.
 			found := false
-			err := tx.Bucket(bucketIssued).ForEach(func(_, v []byte) error {
-				var rec IssuanceRecord
-				if err := json.Unmarshal(v, &rec); err != nil {
-					return err
-				}
+			err := forEachIssued(tx, func(rec IssuanceRecord) error {
 				if rec.SPIFFEID != spiffeID {
 					return nil
 				}
@@ -648,4 +625,40 @@ func (r *TokenRecord) usable(now time.Time) error {
 		return refuse(KindUnauthenticated, ReasonTokenUsedUp, "join token %s has been used %d of %d times; create a new one with `meshctl token create`", r.ID, r.Used, r.Uses)
 	}
 	return nil
+}
+
+// pruneIssued deletes up to max issuance log records whose certificate
+// expired before cutoff (Unix seconds). A pruned certificate had long
+// expired: nothing can renew with it, revoke it or be verified with it.
+func (s *store) PruneIssued(cutoff int64, max int) (n int, err error) {
+	var dead [][]byte
+	err = s.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bucketIssued).Cursor()
+		for k, v := cur.First(); k != nil && len(dead) < max; k, v = cur.Next() {
+			var r IssuanceRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("issuance %x: %w", k, err)
+			}
+			if r.NotAfter < cutoff {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+		}
+		return nil
+	})
+	if err != nil || len(dead) == 0 {
+		return 0, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIssued)
+		for _, k := range dead {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(dead), nil
 }

@@ -19,8 +19,8 @@ func TestIssuanceRecordJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := r.appendJSON(nil); string(got) != string(want) {
-			t.Errorf("appendJSON\n got %s\nwant %s", got, want)
+		if got := appendIssuanceJSON(nil, &r); string(got) != string(want) {
+			t.Errorf("appendIssuanceJSON\n got %s\nwant %s", got, want)
 		}
 	}
 }

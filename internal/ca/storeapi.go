@@ -4,7 +4,14 @@ import "time"
 
 // Store keeps what the CA records, whatever Backend holds its keys: the
 // bundle version, the issuance log, revocations and join tokens. The
-// default is the bbolt file DIR/ca.db (openStore). Methods that refuse for
+// default is the bbolt file DIR/ca.db (OpenStore); on Kubernetes,
+// internal/kube's SecretStore keeps the bundle version and revocations in
+// a Secret every replica reads and writes, and the rest in the bbolt file.
+//
+// The CA reads BundleVersion before Revocations when it builds a bundle: a
+// shared store that changes between the two calls then yields an older
+// version with newer revocations, which the next Refresh corrects, never a
+// newer version with older revocations. Methods that refuse for
 // a reason a caller should see (an unknown serial, a spent token) return
 // an *Error; everything else is an internal error.
 type Store interface {
@@ -33,10 +40,14 @@ type Store interface {
 	// Revocations returns the revocation list.
 	Revocations() ([]Revocation, error)
 	// Revoke revokes serial, or every certificate of spiffeID, and the
-	// certificates renewed from them; it bumps the bundle version.
+	// certificates renewed from them (see Lineage), and bumps the bundle
+	// version, in one durable write: after it returns, RecordIssuance
+	// refuses any renewal from a revoked serial. serial is lowercase hex.
+	// A store that only this CA writes refuses an unknown serial or
+	// identity (KindNotFound); a store shared by replicas that each keep
+	// their own issuance log accepts one that another replica may have
+	// signed (internal/kube's SecretStore).
 	Revoke(serial, spiffeID, reason string, now time.Time) (added []Revocation, version uint64, err error)
-	// ImportRevocations adds revocations made elsewhere (another replica).
-	ImportRevocations(rs []Revocation, now time.Time) (added []Revocation, version uint64, err error)
 	// PruneRevocations drops revocations of expired certificates.
 	PruneRevocations(now time.Time) (n int, version uint64, err error)
 
@@ -46,6 +57,18 @@ type Store interface {
 	GetToken(hash string) (*TokenRecord, error)
 
 	Close() error
+}
+
+// OpenStore opens (or creates) the bbolt store DIR/ca.db, the default
+// Store. A Store shared by CA replicas wraps it for what each replica
+// keeps for itself (internal/kube's SecretStore: the issuance log and join
+// tokens).
+func OpenStore(dir string) (Store, error) {
+	s, err := openStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 var _ Store = (*store)(nil)

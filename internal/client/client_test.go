@@ -2,8 +2,6 @@ package client_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/control/controltest"
 )
 
 func TestTrustDomainOf(t *testing.T) {
@@ -51,17 +50,8 @@ func TestDialErrorsSayWhatToDo(t *testing.T) {
 // root-cert.pem that a real control plane wrote, and the admin token.
 func TestDialFindsTheServer(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := control.New(control.Config{Dir: dir, Listen: "127.0.0.1:0", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
-	for srv.Addr() == "" {
-		time.Sleep(5 * time.Millisecond)
-	}
+	controltest.Start(t, control.Config{Dir: dir})
+	ctx := context.Background()
 	conn, err := client.Dial(ctx, client.Options{Dir: dir, AdminToken: true})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
@@ -28,9 +27,12 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 )
 
 // clock is the control plane's clock in tests, movable forward.
@@ -427,7 +429,7 @@ func TestWatchTrustBundle(t *testing.T) {
 	if err != nil || b2.Version <= b1.Version || len(b2.Roots) != 2 {
 		t.Fatalf("after rotate: %v %v", b2, err)
 	}
-	ib, err := control.BundleFromProto(b2)
+	ib, err := sidecarapi.BundleFromProto(b2)
 	if err != nil || !ib.IsRevoked(issued.Serial) || len(ib.Roots) != 2 {
 		t.Fatalf("BundleFromProto: %v", err)
 	}
@@ -459,7 +461,7 @@ func TestRotationOverTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := control.BundleFromProto(b)
+	bundle, err := sidecarapi.BundleFromProto(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,17 +542,13 @@ func TestListIssued(t *testing.T) {
 	if _, err := adm.Revoke(ctx, &pb.RevokeRequest{Serial: first.Serial, Reason: "key compromise"}); err != nil {
 		t.Fatal(err)
 	}
-	list := func(req *pb.ListIssuedRequest) ([]ca.IssuedEntry, int32) {
+	list := func(req *pb.ListIssuedRequest) ([]careport.IssuedEntry, int32) {
 		t.Helper()
 		resp, err := adm.ListIssued(ctx, req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []ca.IssuedEntry
-		if err := json.Unmarshal(resp.EntriesJson, &out); err != nil {
-			t.Fatal(err)
-		}
-		return out, resp.Matched
+		return meshapi.IssuedFromProto(resp.Entries), resp.Matched
 	}
 	all, _ := list(&pb.ListIssuedRequest{SpiffeId: sleep})
 	if len(all) != 2 || all[0].Serial != first.Serial || all[1].Serial != second.Serial {

@@ -3,7 +3,6 @@ package control
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +21,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/push"
 	"github.com/meshauth/meshauth/internal/registry"
@@ -59,7 +59,7 @@ type Plane struct {
 	srcObjs []any // last good batch from src
 	// srcRejected is set while the source's content is rejected (the
 	// last good config stays in force); nil when what it holds applies.
-	srcRejected *ConfigRejection
+	srcRejected *meshapi.ConfigRejection
 	rejects     atomic.Uint64
 	applied     []any // objects from ApplyConfig, by key, in apply order
 	current     *config.Config
@@ -78,7 +78,7 @@ func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
 	p := &Plane{s: s, cfg: pc, src: pc.Source, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
 	p.current = &config.Config{}
 	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log(), Stopping: s.Stopping()}, engine.New(p.withTrustDomain(p.current), p.reg))
-	p.push.SetBundle(BundleProto(s.CA().Bundle()))
+	p.push.BundleChanged(s.CA().Bundle().Version)
 	// Config applied through the admin API survives restarts: a restart
 	// that forgot it would silently weaken policy.
 	applied, err := loadApplied(filepath.Join(s.Dir(), FileAppliedConfig))
@@ -184,12 +184,13 @@ func (p *Plane) logApplied(attrs ...any) {
 	p.log.Info("config applied from source", append([]any{"source", p.src.Name()}, attrs...)...)
 }
 
-// watchBundle sends every new trust bundle (roots, revocations) to the
-// sidecars.
+// watchBundle tells the push server of every new trust bundle (roots,
+// revocations), so that it ends the streams of revoked sidecars. The
+// sidecars get the bundle itself from the CA's WatchTrustBundle.
 func (p *Plane) watchBundle(ctx context.Context) {
 	for {
 		b, ch := p.s.CA().Watch()
-		p.push.SetBundle(BundleProto(b))
+		p.push.BundleChanged(b.Version)
 		select {
 		case <-ctx.Done():
 			return
@@ -212,19 +213,9 @@ func (p *Plane) logRejected(err error) {
 	p.log.Error("config rejected; the last good config stays in force", "error", err)
 }
 
-// ConfigRejection says why the config source's current content is not in
-// force (Admin.GetState, meshctl check).
-type ConfigRejection struct {
-	// Dir is the source's Name (the config directory).
-	Dir string    `json:"dir"`
-	At  time.Time `json:"at"`
-	// Errors are file:line:column: object: field: message, one per problem.
-	Errors []string `json:"errors"`
-}
-
 // reject records why the source's content is not in force; p.mu is held.
 func (p *Plane) reject(err error) {
-	r := &ConfigRejection{Dir: p.src.Name(), At: time.Now().UTC()}
+	r := &meshapi.ConfigRejection{Dir: p.src.Name(), At: time.Now().UTC()}
 	var list config.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -435,34 +426,18 @@ func mergeApplied(old, batch []any, replace bool) []any {
 	return append(out, batch...)
 }
 
-// State is what Admin.GetState returns (as JSON): the config in force, the
-// registry and the connected sidecars. meshctl rebuilds a policy engine
-// from it to answer get, tls-check and explain locally.
-type State struct {
-	ConfigVersion uint64               `json:"configVersion"`
-	Config        *config.Config       `json:"config"`
-	Registry      registry.State       `json:"registry"`
-	Sidecars      []push.SidecarStatus `json:"sidecars"`
-	// ConfigRejected is set while the config directory holds content that
-	// was rejected: the config in force is the last good one.
-	ConfigRejected *ConfigRejection `json:"configRejected,omitempty"`
-}
-
-// Engine rebuilds the policy engine the control plane uses.
-func (st *State) Engine() *engine.Engine {
-	return engine.New(st.Config, registry.FromState(st.Registry))
-}
-
-// GetState returns the State as JSON.
+// GetState returns the config in force, the registry and the connected
+// sidecars (meshapi.State); meshctl rebuilds a policy engine from it to
+// answer get, tls-check, explain and check locally.
 func (p *Plane) GetState(ctx context.Context, _ *pb.GetStateRequest) (*pb.GetStateResponse, error) {
 	p.mu.Lock()
 	cfg := p.withTrustDomain(p.current)
 	rej := p.srcRejected
 	p.mu.Unlock()
-	st := State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status(), ConfigRejected: rej}
-	js, err := json.Marshal(&st)
+	st := meshapi.State{ConfigVersion: cfg.Version, Config: cfg, Registry: p.reg.State(), Sidecars: p.push.Status(), ConfigRejected: rej}
+	m, err := meshapi.StateToProto(&st)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode state: %v", err)
 	}
-	return &pb.GetStateResponse{StateJson: js}, nil
+	return m, nil
 }

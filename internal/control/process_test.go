@@ -21,6 +21,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 )
@@ -204,7 +205,7 @@ func TestCLIWithOpenSSL(t *testing.T) {
 		t.Fatalf("token reuse: %v\n%s", err, out)
 	}
 
-	var st ca.Status
+	var st careport.Status
 	if err := json.Unmarshal([]byte(run(t, meshctl, "--dir", dir, "ca", "status", "-o", "json")), &st); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package control
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -15,6 +14,7 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/meshapi"
 )
 
 // ErrorDomain is the ErrorInfo domain of meshauth's gRPC errors; the
@@ -78,9 +78,10 @@ func statusf(_ context.Context, reason, format string, args ...any) error {
 	return withReason(codes.Unauthenticated, reason, fmt.Sprintf(format, args...))
 }
 
-// BundleProto converts a CA bundle to its wire form. The config plane puts
-// it in every Snapshot it pushes.
-func BundleProto(b *ca.TrustBundle) *pb.TrustBundle {
+// bundleProto converts the CA's bundle to its wire form, for
+// GetTrustBundle and WatchTrustBundle (the one stream that carries it to
+// sidecars). internal/sidecarapi.BundleFromProto is the other direction.
+func bundleProto(b *ca.TrustBundle) *pb.TrustBundle {
 	out := &pb.TrustBundle{Version: b.Version, TrustDomain: b.TrustDomain, Roots: b.RootsPEM}
 	for _, r := range b.Revocations {
 		out.Revocations = append(out.Revocations, &pb.Revocation{
@@ -89,16 +90,6 @@ func BundleProto(b *ca.TrustBundle) *pb.TrustBundle {
 		})
 	}
 	return out
-}
-
-// BundleFromProto converts the wire form to an identity.Bundle, for clients
-// (the sidecar agent) that verify peers against it.
-func BundleFromProto(b *pb.TrustBundle) (*identity.Bundle, error) {
-	revoked := make(map[string]string, len(b.Revocations))
-	for _, r := range b.Revocations {
-		revoked[r.Serial] = r.SpiffeId
-	}
-	return identity.NewBundle(b.TrustDomain, b.Version, b.Roots, revoked)
 }
 
 type caService struct {
@@ -125,7 +116,7 @@ func (c *caService) CreateCertificate(ctx context.Context, req *pb.CreateCertifi
 }
 
 func (c *caService) GetTrustBundle(ctx context.Context, _ *pb.GetTrustBundleRequest) (*pb.TrustBundle, error) {
-	return BundleProto(c.s.ca.Bundle()), nil
+	return bundleProto(c.s.ca.Bundle()), nil
 }
 
 // WatchTrustBundle sends the bundle now and after every change. Bundles are
@@ -134,7 +125,7 @@ func (c *caService) WatchTrustBundle(_ *pb.GetTrustBundleRequest, stream grpc.Se
 	ctx := stream.Context()
 	for {
 		b, ch := c.s.ca.Watch()
-		if err := stream.Send(BundleProto(b)); err != nil {
+		if err := stream.Send(bundleProto(b)); err != nil {
 			return err
 		}
 		select {
@@ -192,11 +183,11 @@ func (a *adminService) CAStatus(ctx context.Context, _ *pb.CAStatusRequest) (*pb
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	js, err := json.Marshal(st)
+	m, err := meshapi.StatusToProto(st)
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	return &pb.CAStatusResponse{StatusJson: js}, nil
+	return m, nil
 }
 
 func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest) (*pb.ListIssuedResponse, error) {
@@ -215,14 +206,7 @@ func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	if entries == nil {
-		entries = []ca.IssuedEntry{}
-	}
-	js, err := json.Marshal(entries)
-	if err != nil {
-		return nil, a.s.toStatus(ctx, err)
-	}
-	return &pb.ListIssuedResponse{EntriesJson: js, Matched: int32(matched)}, nil
+	return &pb.ListIssuedResponse{Entries: meshapi.IssuedToProto(entries), Matched: int32(matched)}, nil
 }
 
 // ApplyConfig and GetState are the config plane's.

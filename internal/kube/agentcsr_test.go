@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca"
@@ -58,57 +59,12 @@ func TestAgentCSRModeAfterRevocation(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 
-	tokenFile := filepath.Join(t.TempDir(), "istio-token")
+	store, tokenFile := startCSRAgent(t, ctx, cs, ns, "sleep", dir, srv.Addr())
 	writeSAToken := func() {
 		if err := os.WriteFile(tokenFile, []byte(requestToken(t, cs, ns, "sleep", TokenAudience)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	writeSAToken()
-	tokens, err := agent.NewTokenSource("", tokenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/sleep")
-	roots, err := client.LoadRoots(dir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := agent.NewStore(agent.StoreConfig{Want: id})
-	connect := sidecar.GRPCCA{Dial: func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error) {
-		o := client.Options{Dir: dir, Addr: srv.Addr(), Roots: func() *identity.Bundle {
-			if b := store.Bundle(); b != nil {
-				return b
-			}
-			return roots
-		}}
-		if !bootstrap {
-			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				if s := store.SVID(); s != nil {
-					return s.TLS, nil
-				}
-				return &tls.Certificate{}, nil
-			}
-		} else {
-			tok, err := tokens.Token()
-			if err != nil {
-				return nil, err
-			}
-			o.Token = tok
-		}
-		return client.Dial(ctx, o)
-	}}
-	a, err := agent.New(agent.Config{
-		ID: id, NoFiles: true, CA: connect, Store: store, Tokens: tokens, TokenPoll: 50 * time.Millisecond,
-		MinRenewInterval: 100 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, acancel := context.WithCancel(ctx)
-	adone := make(chan struct{})
-	go func() { a.Run(actx); close(adone) }()
-	defer func() { acancel(); <-adone }()
 
 	wait := func(what string, cond func() bool) {
 		t.Helper()
@@ -146,4 +102,61 @@ func TestAgentCSRModeAfterRevocation(t *testing.T) {
 	wait("a new certificate from the rotated token", func() bool {
 		return store.SVID().Serial() != second && store.Health() == nil
 	})
+}
+
+// startCSRAgent runs a CSR-mode agent for ServiceAccount sa of ns, with a
+// token file holding a fresh ServiceAccount token (returned, for the test
+// to rewrite), against the control plane at addr whose state directory
+// (root-cert.pem) is dir; it stops with the test.
+func startCSRAgent(t *testing.T, ctx context.Context, cs kubernetes.Interface, ns, sa, dir, addr string) (*agent.Store, string) {
+	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "istio-token")
+	if err := os.WriteFile(tokenFile, []byte(requestToken(t, cs, ns, sa, TokenAudience)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := agent.NewTokenSource("", tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
+	roots, err := client.LoadRoots(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := agent.NewStore(agent.StoreConfig{Want: id})
+	connect := sidecar.GRPCCA{Dial: func(ctx context.Context, bootstrap bool) (*grpc.ClientConn, error) {
+		o := client.Options{Dir: dir, Addr: addr, Roots: func() *identity.Bundle {
+			if b := store.Bundle(); b != nil {
+				return b
+			}
+			return roots
+		}}
+		if !bootstrap {
+			o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				if s := store.SVID(); s != nil {
+					return s.TLS, nil
+				}
+				return &tls.Certificate{}, nil
+			}
+		} else {
+			tok, err := tokens.Token()
+			if err != nil {
+				return nil, err
+			}
+			o.Token = tok
+		}
+		return client.Dial(ctx, o)
+	}}
+	a, err := agent.New(agent.Config{
+		ID: id, NoFiles: true, CA: connect, Store: store, Tokens: tokens, TokenPoll: 50 * time.Millisecond,
+		MinRenewInterval: 100 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(ctx)
+	adone := make(chan struct{})
+	go func() { a.Run(actx); close(adone) }()
+	t.Cleanup(func() { acancel(); <-adone })
+	return store, tokenFile
 }

@@ -128,7 +128,7 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 
-	backend, src, err := NewCABackend(ctx, cs, cfg.Namespace, cfg.TrustDomain, time.Now())
+	backend, src, err := NewCABackend(ctx, cs, cfg.Namespace, cfg.TrustDomain, time.Now(), cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -143,10 +143,16 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	if err != nil {
 		return err
 	}
-	idrevs := NewIdentityRevocations()
+	// Revocations and the bundle version are in a Secret every replica
+	// shares (read before anything is served); the issuance log and join
+	// tokens in this replica's own ca.db.
+	store, err := OpenCAStore(ctx, cs, cfg.Namespace, cfg.Dir, cfg.Log)
+	if err != nil {
+		return err
+	}
 	srv, err := control.New(control.Config{
 		Dir: cfg.Dir, Listen: cfg.Listen, MetricsListen: cfg.MetricsListen,
-		CA: ca.Config{TrustDomain: cfg.TrustDomain, Backend: backend, OnRevokeIdentity: idrevs.Add,
+		CA: ca.Config{TrustDomain: cfg.TrustDomain, Backend: backend, Store: store,
 			LogRetention: 365 * 24 * time.Hour},
 		Authenticators: []ca.Authenticator{reviewer},
 		Plane:          control.PlaneConfig{Source: cfgSrc},
@@ -161,7 +167,7 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 6)
+	errc := make(chan error, 8)
 	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -171,19 +177,19 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 			}
 		}()
 	}
-	// Revocations made before a restart, or by another replica, are in the
-	// CA's bundle before it serves anything.
-	if err := ImportRevocationsSecret(ctx, cs, cfg.Namespace, srv.CA(), idrevs, cfg.Log); err != nil {
-		return err
-	}
 	run("control", srv.Serve)
-	if roots, ok := backend.(*SecretRoots); ok {
-		// A root rotated on another replica reaches this one's bundle.
-		run("CA roots", func(ctx context.Context) error { return roots.Watch(ctx, srv.CA().Refresh, log) })
+	// A revocation on another replica reaches this one's bundle.
+	run("CA store", func(ctx context.Context) error { return store.Run(ctx, srv.CA().Refresh) })
+	switch b := backend.(type) {
+	case *SecretRoots:
+		// A root rotated on another replica reaches this one's bundle; a
+		// root about to expire is re-issued from its key.
+		run("CA roots", func(ctx context.Context) error { return b.Watch(ctx, srv.CA().Refresh, log) })
+		run("CA root renewal", func(ctx context.Context) error { return b.RenewLoop(ctx, time.Hour, log) })
+	case *PluggedSecret:
+		// The operator's new cacerts signs without a restart.
+		run("cacerts", func(ctx context.Context) error { return b.Watch(ctx, srv.CA().Refresh, log) })
 	}
-	run("revocation sync", func(ctx context.Context) error {
-		return SyncRevocations(ctx, RevocationSyncConfig{Client: cs, Namespace: cfg.Namespace, CA: srv.CA(), Identities: idrevs, Log: cfg.Log})
-	})
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight
 	// over them. The lease is in the control plane's namespace.

@@ -3,7 +3,6 @@ package kube
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/kube/kubetest"
+	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
 )
@@ -198,16 +198,16 @@ spec:
 `)
 
 	plane := srv.Plane()
-	state := func() *control.State {
+	state := func() *meshapi.State {
 		resp, err := plane.GetState(ctx, &pb.GetStateRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		var st control.State
-		if err := json.Unmarshal(resp.StateJson, &st); err != nil {
+		st, err := meshapi.StateFromProto(resp)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return &st
+		return st
 	}
 	kubetest.WaitFor(t, 30*time.Second, "policy, destination rule and service to reach the control plane", func() (bool, error) {
 		st := state()

@@ -2,12 +2,9 @@ package kube
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/identity"
@@ -16,9 +13,9 @@ import (
 
 // TestRevocationLineageAcrossReplicas (issue 11, finding 2): against a real
 // kube-apiserver, a certificate replica a signed is renewed at replica b
-// (which has no record of it). When a revokes the serial, b's import
+// (which has no record of it). When a revokes the serial, b's lineage scan
 // revokes the renewal too, and the lineage-expanded set is what reaches
-// the meshauth-revocations Secret and a's bundle.
+// the shared store (Secret meshauth-ca-store) and a's bundle.
 func TestRevocationLineageAcrossReplicas(t *testing.T) {
 	env := kubetest.Need(t)
 	cs := env.Clientset(t)
@@ -52,22 +49,7 @@ func TestRevocationLineageAcrossReplicas(t *testing.T) {
 	if _, _, err := a.srv.CA().Revoke(p.Serial, "", "key compromise"); err != nil {
 		t.Fatal(err)
 	}
-	inSecret := func(serial string) bool {
-		s, err := cs.CoreV1().Secrets(system).Get(ctx, RevocationsSecret, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		var l revocationList
-		if json.Unmarshal(s.Data[revocationsKey], &l) != nil {
-			return false
-		}
-		for _, r := range l.Revocations {
-			if r.Serial == serial {
-				return true
-			}
-		}
-		return false
-	}
+	inSecret := func(serial string) bool { return storeSerials(t, cs, system)[serial] }
 	kubetest.WaitFor(t, 30*time.Second, "the renewal b signed revoked on both replicas and in the Secret", func() (bool, error) {
 		return b.srv.CA().Bundle().Identity().IsRevoked(child.Serial) && a.srv.CA().Bundle().Identity().IsRevoked(child.Serial) && inSecret(child.Serial), nil
 	})

@@ -21,11 +21,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshauth/meshauth/internal/ca"
+	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/pki"
 )
 
@@ -44,23 +43,28 @@ const (
 // the pod's disk):
 //
 //   - a Secret "cacerts" with ca-cert.pem, ca-key.pem, cert-chain.pem and
-//     root-cert.pem (an operator's intermediate) wins, as in the seed;
+//     root-cert.pem (an operator's intermediate) wins, as in the seed
+//     (PluggedSecret: a change is taken in without a restart);
 //   - otherwise the self-signed root in Secret "istio-ca-secret"
-//     (ca-cert.pem, ca-key.pem), created on first start.
+//     (ca-cert.pem, ca-key.pem), created on first start (SecretRoots; a
+//     signing root that has expired or is about to is re-issued from its
+//     key first, as Istio's root rotator does: RenewRoots).
 //
 // Keeping the root in a Secret, not on the pod's disk, is what lets the
 // control plane restart or move without re-rooting the mesh. If two
 // replicas race to create istio-ca-secret, the loser reads the winner's.
-func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, trustDomain string, now time.Time) (ca.Backend, RootSource, error) {
+func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, trustDomain string, now time.Time, log *slog.Logger) (ca.Backend, RootSource, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	secrets := client.CoreV1().Secrets(namespace)
 	if s, err := secrets.Get(ctx, PluggedCASecret, metav1.GetOptions{}); err == nil {
-		for _, k := range []string{CACertKey, CAKeyKey, CertChainKey, RootCertKey} {
-			if len(s.Data[k]) == 0 {
-				return nil, "", fmt.Errorf("kube: secret %s/%s has no %s: a plugged-in CA needs ca-cert.pem, ca-key.pem, cert-chain.pem and root-cert.pem", namespace, PluggedCASecret, k)
-			}
+		p := &PluggedSecret{client: client, ns: namespace, Clock: func() time.Time { return now }}
+		if _, err := p.apply(s); err != nil {
+			return nil, "", err
 		}
-		b, err := ca.NewPluggedBackend(secretCA(namespace, PluggedCASecret, s.Data[CACertKey], s.Data[CAKeyKey], s.Data[CertChainKey], s.Data[RootCertKey]), now)
-		return b, RootPlugged, err
+		p.Clock = time.Now
+		return p, RootPlugged, nil
 	} else if !apierrors.IsNotFound(err) {
 		return nil, "", fmt.Errorf("kube: read secret %s/%s: %w", namespace, PluggedCASecret, err)
 	}
@@ -83,14 +87,14 @@ func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, t
 	if err != nil {
 		return nil, "", fmt.Errorf("kube: root secret %s/%s: %w", namespace, CASecret, err)
 	}
-	cert, key := s.Data[CACertKey], s.Data[CAKeyKey]
-	if len(cert) == 0 || len(key) == 0 {
-		return nil, "", fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", namespace, CASecret, CACertKey, CAKeyKey)
-	}
-	r := &SecretRoots{client: client, ns: namespace, Clock: time.Now, RetireAfter: DefaultRetireAfter}
-	if err := r.apply(s, now); err != nil {
+	if _, err := decodeRoots(namespace, s); err != nil {
 		return nil, "", err
 	}
+	r := &SecretRoots{client: client, ns: namespace, Clock: func() time.Time { return now }, RetireAfter: DefaultRetireAfter}
+	if err := r.RenewRoots(log); err != nil {
+		return nil, "", err
+	}
+	r.Clock = time.Now
 	return r, RootSelfSigned, nil
 }
 
@@ -140,32 +144,35 @@ func (r *SecretRoots) Authorities() ([]*ca.Authority, error) {
 	return append([]*ca.Authority(nil), r.auths...), nil
 }
 
-// parseRoots reads the roots of istio-ca-secret and checks each as a
-// plugged-in CA (a CA certificate, its key, valid now).
-func parseRoots(ns string, s *corev1.Secret, now time.Time) ([]secretRoot, []*ca.Authority, error) {
+// decodeRoots reads the roots of istio-ca-secret, unchecked.
+func decodeRoots(ns string, s *corev1.Secret) ([]secretRoot, error) {
 	var roots []secretRoot
 	if j := s.Data[RootsKey]; len(j) > 0 {
 		if err := json.Unmarshal(j, &roots); err != nil {
-			return nil, nil, fmt.Errorf("kube: secret %s/%s key %s: %w", ns, CASecret, RootsKey, err)
+			return nil, fmt.Errorf("kube: secret %s/%s key %s: %w", ns, CASecret, RootsKey, err)
 		}
 		if len(roots) == 0 {
-			return nil, nil, fmt.Errorf("kube: secret %s/%s key %s holds no root", ns, CASecret, RootsKey)
+			return nil, fmt.Errorf("kube: secret %s/%s key %s holds no root", ns, CASecret, RootsKey)
 		}
-	} else {
-		cert, key := s.Data[CACertKey], s.Data[CAKeyKey]
-		if len(cert) == 0 || len(key) == 0 {
-			return nil, nil, fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", ns, CASecret, CACertKey, CAKeyKey)
-		}
-		roots = []secretRoot{{ID: 0, Cert: string(cert), Key: string(key)}}
+		return roots, nil
+	}
+	cert, key := s.Data[CACertKey], s.Data[CAKeyKey]
+	if len(cert) == 0 || len(key) == 0 {
+		return nil, fmt.Errorf("kube: secret %s/%s lacks %s or %s; delete it to have a new root made, or fill it in", ns, CASecret, CACertKey, CAKeyKey)
+	}
+	return []secretRoot{{ID: 0, Cert: string(cert), Key: string(key)}}, nil
+}
+
+// parseRoots reads the roots of istio-ca-secret and checks each as a
+// plugged-in CA (a CA certificate, its key, valid now).
+func parseRoots(ns string, s *corev1.Secret, now time.Time) ([]secretRoot, []*ca.Authority, error) {
+	roots, err := decodeRoots(ns, s)
+	if err != nil {
+		return nil, nil, err
 	}
 	auths := make([]*ca.Authority, 0, len(roots))
 	for i, sr := range roots {
-		p := secretCA(ns, CASecret, []byte(sr.Cert), []byte(sr.Key), []byte(sr.Cert), []byte(sr.Cert))
-		if len(s.Data[RootsKey]) > 0 {
-			name := fmt.Sprintf("secret %s/%s key %s root %d", ns, CASecret, RootsKey, i)
-			p.CertName, p.KeyName, p.ChainName, p.RootName = name+" cert", name+" key", name+" cert", name+" cert"
-		}
-		b, err := ca.NewPluggedBackend(p, now)
+		b, err := ca.NewPluggedBackend(rootCA(ns, s, i, sr), now)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -175,6 +182,105 @@ func parseRoots(ns string, s *corev1.Secret, now time.Time) ([]secretRoot, []*ca
 		auths = append(auths, &a)
 	}
 	return roots, auths, nil
+}
+
+// rootCA is root i of istio-ca-secret as a plugged-in CA, its keys named
+// for refusals.
+func rootCA(ns string, s *corev1.Secret, i int, sr secretRoot) ca.PluggedCA {
+	p := secretCA(ns, CASecret, []byte(sr.Cert), []byte(sr.Key), []byte(sr.Cert), []byte(sr.Cert))
+	if len(s.Data[RootsKey]) > 0 {
+		name := fmt.Sprintf("secret %s/%s key %s root %d", ns, CASecret, RootsKey, i)
+		p.CertName, p.KeyName, p.ChainName, p.RootName = name+" cert", name+" key", name+" cert", name+" cert"
+	}
+	return p
+}
+
+// RenewFraction: the signing root of istio-ca-secret is re-issued once
+// less than this fraction of its lifetime is left (or it has expired), as
+// Istio's self-signed root rotator does (its default grace period, 20 %).
+const RenewFraction = 0.2
+
+// renewRoots is what Istio's SelfSignedCARootCertRotator does to a root
+// about to expire, for the roots of istio-ca-secret: the signing root
+// (the newest that has started signing) is re-issued from its own key,
+// with the same subject, for its original lifetime from now, once less
+// than RenewFraction of its lifetime is left or it has expired. Same key
+// and subject: every certificate it signed still verifies against the new
+// root certificate and vice versa, so nothing in the mesh has to change
+// but the bundle. An expired root that no longer signs is dropped
+// (nothing it signed is still valid). It returns nil when nothing is due,
+// and what it did, for the log.
+func renewRoots(roots []secretRoot, now time.Time) ([]secretRoot, []string, error) {
+	signer := -1
+	for i, sr := range roots {
+		if !sr.ActivateAt.After(now) && (signer < 0 || sr.ActivateAt.After(roots[signer].ActivateAt)) {
+			signer = i
+		}
+	}
+	var out []secretRoot
+	var did []string
+	for i, sr := range roots {
+		cert, err := identity.ParseCertsPEM([]byte(sr.Cert))
+		if err != nil || len(cert) == 0 {
+			return nil, nil, fmt.Errorf("root %d: certificate: %v", sr.ID, err)
+		}
+		c := cert[0]
+		life := c.NotAfter.Sub(c.NotBefore)
+		switch {
+		case i != signer && now.After(c.NotAfter) && sr.ActivateAt.Before(now):
+			did = append(did, fmt.Sprintf("dropped root %d (expired %s, no longer signing)", sr.ID, c.NotAfter.UTC().Format(time.RFC3339)))
+			continue
+		case i == signer && c.NotAfter.Sub(now) < time.Duration(float64(life)*RenewFraction):
+			key, err := ca.ParsePrivateKeyPEM([]byte(sr.Key))
+			if err != nil {
+				return nil, nil, fmt.Errorf("root %d: key: %w", sr.ID, err)
+			}
+			n, err := pki.SelfSignedCA(key, pki.CA{Subject: c.Subject, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(life), KeyUsage: c.KeyUsage, URIs: c.URIs})
+			if err != nil {
+				return nil, nil, fmt.Errorf("root %d: re-issue: %w", sr.ID, err)
+			}
+			did = append(did, fmt.Sprintf("re-issued signing root %d from its own key (was valid until %s, now until %s)", sr.ID, c.NotAfter.UTC().Format(time.RFC3339), n.NotAfter.UTC().Format(time.RFC3339)))
+			sr.Cert = string(pemCert(n))
+		}
+		out = append(out, sr)
+	}
+	if len(did) == 0 {
+		return nil, nil, nil
+	}
+	return out, did, nil
+}
+
+// RenewRoots re-issues istio-ca-secret's signing root from its own key if
+// it has expired or is about to (renewRoots), and writes it with the API
+// server's optimistic concurrency: when replicas race, the first write
+// wins and the others find nothing left to do. NewCABackend calls it
+// before loading the roots, so an expired root no longer stops start-up;
+// kube-control calls it every hour after.
+func (r *SecretRoots) RenewRoots(log *slog.Logger) error {
+	var did []string
+	err := r.update(func(roots []secretRoot) ([]secretRoot, error) {
+		out, d, err := renewRoots(roots, r.Clock())
+		did = d
+		return out, err
+	})
+	for _, d := range did {
+		log.Warn("CA root in secret "+r.ns+"/"+CASecret+": "+d, "as", "Istio's self-signed root rotator")
+	}
+	return err
+}
+
+// RenewLoop calls RenewRoots every interval until ctx is done.
+func (r *SecretRoots) RenewLoop(ctx context.Context, every time.Duration, log *slog.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+		if err := r.RenewRoots(log); err != nil && ctx.Err() == nil {
+			log.Error("CA root renewal check failed; retried in an hour", "secret", r.ns+"/"+CASecret, "error", err)
+		}
+	}
 }
 
 func (r *SecretRoots) apply(s *corev1.Secret, now time.Time) error {
@@ -201,7 +307,8 @@ func older(a, b string) bool {
 }
 
 // update applies change to the roots in the Secret and writes it, retrying
-// on a conflict with another replica's write.
+// on a conflict with another replica's write; change returns nil roots
+// for no change. The result is checked (apply) after it is written.
 func (r *SecretRoots) update(change func([]secretRoot) ([]secretRoot, error)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -211,13 +318,16 @@ func (r *SecretRoots) update(change func([]secretRoot) ([]secretRoot, error)) er
 		if err != nil {
 			return fmt.Errorf("kube: read secret %s/%s: %w", r.ns, CASecret, err)
 		}
-		roots, _, err := parseRoots(r.ns, s, r.Clock())
+		roots, err := decodeRoots(r.ns, s)
 		if err != nil {
 			return err
 		}
 		roots, err = change(roots)
 		if err != nil {
 			return err
+		}
+		if roots == nil { // nothing to change
+			return r.apply(s, r.Clock())
 		}
 		j, err := json.Marshal(roots)
 		if err != nil {
@@ -293,38 +403,18 @@ func (r *SecretRoots) RetireRoot(id uint64) (bool, error) {
 // follows. A Secret that does not parse is logged and ignored: the CA
 // keeps the roots it has.
 func (r *SecretRoots) Watch(ctx context.Context, refresh func() error, log *slog.Logger) error {
-	api := r.client.CoreV1().Secrets(r.ns)
-	sel := fields.OneTermEqualSelector("metadata.name", CASecret).String()
-	for ctx.Err() == nil {
-		w, err := api.Watch(ctx, metav1.ListOptions{FieldSelector: sel})
-		if err != nil {
-			log.Warn("watch CA root secret", "secret", r.ns+"/"+CASecret, "error", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
+	return watchSecret(ctx, r.client, r.ns, CASecret, log, func(s *corev1.Secret) {
+		if s == nil {
+			return // deleted: keep the roots in memory; the next start makes a new one
 		}
-		for ev := range w.ResultChan() {
-			s, ok := ev.Object.(*corev1.Secret)
-			if !ok || (ev.Type != watch.Added && ev.Type != watch.Modified) {
-				continue
-			}
-			if err := r.apply(s, r.Clock()); err != nil {
-				log.Error("CA root secret changed but does not parse; keeping the current roots", "error", err)
-				continue
-			}
-			if err := refresh(); err != nil {
-				log.Error("CA refresh after root secret change", "error", err)
-			}
+		if err := r.apply(s, r.Clock()); err != nil {
+			log.Error("CA root secret changed but does not parse; keeping the current roots", "error", err)
+			return
 		}
-		w.Stop()
-		select { // the API server ended the watch; do not spin if it keeps doing so
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
+		if err := refresh(); err != nil {
+			log.Error("CA refresh after root secret change", "error", err)
 		}
-	}
-	return nil
+	})
 }
 
 // secretCA names each key of a CA Secret for refusals.

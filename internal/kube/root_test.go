@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -52,7 +51,7 @@ func TestKubeCAWritesNoKey(t *testing.T) {
 	cs := env.Clientset(t)
 	ctx := context.Background()
 	ns := createNamespace(t, cs, "nokey", nil)
-	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
+	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now(), discardLog())
 	if err != nil || src != RootSelfSigned {
 		t.Fatalf("NewCABackend = %s, %v", src, err)
 	}
@@ -108,7 +107,7 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	var reps []replica
 	for range 2 {
-		b, src, err := NewCABackend(ctx, cs, ns, "cluster.local", clock.Now())
+		b, src, err := NewCABackend(ctx, cs, ns, "cluster.local", clock.Now(), discardLog())
 		if err != nil || src != RootSelfSigned {
 			t.Fatalf("NewCABackend = %s, %v", src, err)
 		}
@@ -127,18 +126,7 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	a, b := reps[0], reps[1]
 	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
-	sign := func(c *ca.CA) []*x509.Certificate {
-		t.Helper()
-		iss, err := c.Sign(ctx, ca.Caller{ID: id, Method: "self"}, csrFor(t, ""), time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		chain, err := identity.ParseCertsPEM([]byte(strings.Join(iss.ChainPEM, "")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return chain
-	}
+	sign := func(c *ca.CA) []*x509.Certificate { t.Helper(); return signChain(t, c, id) }
 	waitRoots := func(c *ca.CA, n int) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)

@@ -38,7 +38,7 @@ func (c *fakeClock) Add(d time.Duration) {
 func newKubeCA(t *testing.T, cs kubernetes.Interface, caNS string, clock *fakeClock) *ca.CA {
 	t.Helper()
 	dir := t.TempDir()
-	backend, src, err := NewCABackend(context.Background(), cs, caNS, "cluster.local", clock.Now())
+	backend, src, err := NewCABackend(context.Background(), cs, caNS, "cluster.local", clock.Now(), discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func TestPluggedRootFromCacerts(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
+	backend, src, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now(), discardLog())
 	if err != nil || src != RootPlugged {
 		t.Fatalf("NewCABackend = %s, %v; want %s", src, err, RootPlugged)
 	}
@@ -79,7 +79,7 @@ func TestPluggedRootFromCacerts(t *testing.T) {
 		if _, err := cs.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now())
+		_, _, err := NewCABackend(ctx, cs, ns, "cluster.local", time.Now(), discardLog())
 		if err == nil || !strings.Contains(err.Error(), "has no ca-key.pem") {
 			t.Fatalf("err = %v, want it to name the missing ca-key.pem", err)
 		}

@@ -11,8 +11,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -21,7 +21,7 @@ import (
 // config objects and the registry from Services, EndpointSlices and Pods.
 // It needs only read access, so `meshctl --kubeconfig ... tls-check` works
 // with a user's own credentials, without reaching the control plane.
-func ClusterState(ctx context.Context, rc *rest.Config, meshNamespace string) (*control.State, []Invalid, error) {
+func ClusterState(ctx context.Context, rc *rest.Config, meshNamespace string) (*meshapi.State, []Invalid, error) {
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, err
@@ -74,7 +74,7 @@ func ClusterState(ctx context.Context, rc *rest.Config, meshNamespace string) (*
 	ss, ws := Convert(ptrs(svcs.Items), ptrs(pods.Items), ptrs(eps.Items), td)
 	reg := registry.New()
 	reg.Sync(registry.SourceKube, ss, ws)
-	return &control.State{Config: res.Config, Registry: reg.State()}, res.Invalid, nil
+	return &meshapi.State{Config: res.Config, Registry: reg.State()}, res.Invalid, nil
 }
 
 func ptrs[T any](items []T) []*T {

@@ -72,7 +72,7 @@ func mintToken(t *testing.T, env *kubetest.Env, sa *corev1.ServiceAccount, audie
 	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
-func csrFor(t *testing.T, uri string) []byte {
+func csrFor(t testing.TB, uri string) []byte {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -163,7 +163,7 @@ func testPod(name string, annotations map[string]string) *corev1.Pod {
 
 // createNamespace makes a namespace with a generated name, deleted at the
 // end of the test.
-func createNamespace(t *testing.T, cs kubernetes.Interface, prefix string, labels map[string]string) string {
+func createNamespace(t testing.TB, cs kubernetes.Interface, prefix string, labels map[string]string) string {
 	t.Helper()
 	ns, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-", Labels: labels},

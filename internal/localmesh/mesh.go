@@ -122,7 +122,7 @@ func (m *Mesh) StartControl(ctx context.Context) error {
 			return fmt.Errorf("control plane has not written %s yet", addrFile)
 		}
 		addr := strings.TrimSpace(string(b))
-		if err := WaitListening(addr); err != nil {
+		if err := Listening(addr); err != nil {
 			return fmt.Errorf("control plane at %s: %w", addr, err)
 		}
 		m.ControlAddr = addr

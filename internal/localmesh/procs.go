@@ -189,8 +189,9 @@ func Binary(name string) (string, error) {
 	return "", fmt.Errorf("localmesh: %s not found next to %s or on PATH; build it with `make build` (go build -o bin/ ./cmd/...)", name, os.Args[0])
 }
 
-// WaitListening reports whether something accepts TCP connections on addr.
-func WaitListening(addr string) error {
+// Listening reports whether something accepts TCP connections on addr now
+// (one dial; callers that wait poll it).
+func Listening(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return err

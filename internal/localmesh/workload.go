@@ -174,7 +174,7 @@ func (m *Mesh) StartWorkload(ctx context.Context, spec WorkloadSpec) (*Workload,
 			if a == "" {
 				continue
 			}
-			if err := WaitListening(a); err != nil {
+			if err := Listening(a); err != nil {
 				return err
 			}
 		}

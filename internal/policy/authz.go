@@ -290,3 +290,28 @@ func sortedKeys(m map[string]string) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// GRPCRequest returns the HTTP/2 request a gRPC call is made and
+// authorized as: POST /package.Service/Method. fullMethod is
+// "package.Service/Method", with or without the leading '/'.
+func GRPCRequest(fullMethod string) (method, path string, err error) {
+	p := "/" + strings.TrimPrefix(fullMethod, "/")
+	if _, ok := GRPCMethodOf("POST", p); !ok {
+		return "", "", fmt.Errorf("gRPC method %q: want package.Service/Method", fullMethod)
+	}
+	return "POST", p, nil
+}
+
+// GRPCMethodOf reports whether an HTTP/2 request is shaped as a gRPC call
+// (POST /service/method, one service and one method segment, no query)
+// and returns "service/method".
+func GRPCMethodOf(method, path string) (string, bool) {
+	if method != "POST" || len(path) < 4 || path[0] != '/' || strings.ContainsAny(path, "?#") {
+		return "", false
+	}
+	svc, m, ok := strings.Cut(path[1:], "/")
+	if !ok || svc == "" || m == "" || strings.Contains(m, "/") {
+		return "", false
+	}
+	return path[1:], true
+}

@@ -195,9 +195,11 @@ type Refusal struct {
 // "tcp-db"):
 //
 //   - "HTTP": HTTP/1.x. Every request is parsed, authorized, and gets the
-//     verified X-Forwarded-Client-Cert; HTTP/2 is refused.
-//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is relayed
-//     with every header block inspected; HTTP/1.x is served as on "HTTP".
+//     verified X-Forwarded-Client-Cert; HTTP/2 with prior knowledge is
+//     terminated per request the same way and reaches the app as HTTP/1.1.
+//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is
+//     terminated per request (authorized, XFCC) and reaches the app over
+//     h2c; HTTP/1.x is served as on "HTTP".
 //   - "TCP": every other declared protocol; an opaque relay.
 //   - "": nothing declared; the sidecar detects the protocol.
 //

@@ -12,31 +12,53 @@ import (
 // connection is served are logged where they happen (refuseInbound,
 // serveH1's bad requests).
 
-// logH1 writes the access-log line of one request.
+// logH1 writes the access-log line of one HTTP/1.x request.
 func (p *Proxy) logH1(dir string, d *dconn, dest string, status int, decision, reason string, start time.Time) {
 	if !p.access.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
-	info := d.info
 	host := ""
 	if d.req.HasHost {
 		host = d.req.Str(d.req.Host)
 	}
+	p.logRequest(d.info, reqLog{dir: dir, dest: dest, method: d.req.Str(d.req.Method), host: host, path: d.req.Path(),
+		status: status, decision: decision, reason: reason, start: start, dropped: d.dropped})
+}
+
+// reqLog is what the access-log line of one request says.
+type reqLog struct {
+	dir, dest, method, host, path string
+	status                        int
+	decision, reason              string
+	start                         time.Time
+	dropped                       []string // request fields the sidecar dropped
+	// HTTP/2 only: the protocol ("HTTP/2") and a gRPC call's grpc-status.
+	proto, grpcStatus string
+}
+
+// logRequest writes the access-log line ("http") of one request.
+func (p *Proxy) logRequest(info *connInfo, l reqLog) {
 	attrs := []slog.Attr{
-		slog.String("direction", dir),
+		slog.String("direction", l.dir),
 		slog.String("source", sourceName(info)),
-		slog.String("destination", dest),
+		slog.String("destination", l.dest),
 		slog.String("tls_mode", info.mode),
-		slog.String("method", d.req.Str(d.req.Method)),
-		slog.String("host", host),
-		slog.String("path", d.req.Path()),
-		slog.Int("status", status),
-		slog.String("decision", decision),
-		slog.String("reason", reason),
-		slog.Duration("duration", time.Since(start)),
+		slog.String("method", l.method),
+		slog.String("host", l.host),
+		slog.String("path", l.path),
+		slog.Int("status", l.status),
+		slog.String("decision", l.decision),
+		slog.String("reason", l.reason),
+		slog.Duration("duration", time.Since(l.start)),
 	}
-	if len(d.dropped) > 0 {
-		attrs = append(attrs, slog.Any("dropped_headers", d.dropped))
+	if l.proto != "" {
+		attrs = append(attrs, slog.String("protocol", l.proto))
+	}
+	if l.grpcStatus != "" {
+		attrs = append(attrs, slog.String("grpc_status", l.grpcStatus))
+	}
+	if len(l.dropped) > 0 {
+		attrs = append(attrs, slog.Any("dropped_headers", l.dropped))
 	}
 	p.access.LogAttrs(context.Background(), slog.LevelInfo, "http", attrs...)
 }

@@ -481,8 +481,10 @@ func (b *bufferedConn) CloseWrite() error {
 }
 
 // serveH1 runs the request loop of one downstream connection. next is
-// called for each request head and does the exchange.
-func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchangeResult) {
+// called for each request head and does the exchange. A connection that
+// starts with the HTTP/2 preface (prior knowledge) is handed to h2 instead
+// (the preface still unread) when h2 is not nil.
+func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func(d *dconn) exchangeResult) {
 	// Writes to the client are idle-limited: one that stops reading its
 	// response does not hold the connection.
 	x := newIdleIO(c, p.cfg.BodyIdleTimeout)
@@ -492,13 +494,18 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchange
 		putReader(d.br)
 		putWriter(d.bw)
 	}()
-	for {
+	for first := true; ; first = false {
 		// Idle between requests for at most IdleTimeout; once a request
 		// starts, its head must be complete within RequestHeadersTimeout.
 		d.io.readBy(limitFor(p.cfg.IdleTimeout))
 		_, err := d.br.Peek(1)
 		if err == nil {
 			d.io.readBy(limitFor(p.cfg.RequestHeadersTimeout))
+			if first && h2 != nil && prefaceNext(d.br) {
+				d.io.readBy(time.Time{})
+				h2(&bufferedConn{Conn: c, r: d.br})
+				return
+			}
 			if err = d.req.Read(d.br, true); isTimeout(err) {
 				d.req.Close = true
 				p.timedOut(d, timeoutRequestHeaders, "request head")
@@ -530,6 +537,20 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, next func(d *dconn) exchange
 			return
 		}
 	}
+}
+
+// prefaceNext reports whether br's next bytes are the HTTP/2 client
+// preface. It reads only as far as they match it: an HTTP/1.x request
+// differs by its second byte at the latest, so it never waits for bytes a
+// client has not sent.
+func prefaceNext(br *bufio.Reader) bool {
+	for n := 1; n <= len(h2Preface); n++ {
+		b, err := br.Peek(n)
+		if err != nil || b[n-1] != h2Preface[n-1] {
+			return false
+		}
+	}
+	return true
 }
 
 // reasonHeader tells a caller why the sidecar, not the app, answered.

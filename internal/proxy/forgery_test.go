@@ -52,7 +52,7 @@ func (s sawApp) xfccLike() []string {
 // echoApp2 echoes the request target as received, the headers and the
 // trailers (after reading the body) as JSON. It speaks HTTP/1.1, HTTP/2
 // with prior knowledge and h2c upgrades, as many Go apps do.
-func echoApp2(t *testing.T) net.Listener {
+func echoApp2(t testing.TB) net.Listener {
 	t.Helper()
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -71,7 +71,7 @@ func echoApp2(t *testing.T) net.Listener {
 
 // startEcho2 is a sidecar with one inbound port 80 of the given mode,
 // protocol and RBAC in front of echoApp2.
-func startEcho2(t *testing.T, ca *catest.CA, mode policy.ServerMode, proto string, rbac *policy.RBAC) *sidecar {
+func startEcho2(t testing.TB, ca *catest.CA, mode policy.ServerMode, proto string, rbac *policy.RBAC) *sidecar {
 	t.Helper()
 	app := echoApp2(t)
 	return startSidecar(t, ca, httpbinID, sidecarOpts{
@@ -144,15 +144,24 @@ func TestHTTPPortIgnoresClientALPN(t *testing.T) {
 			}
 		})
 	}
-	t.Run("HTTP/2 prior knowledge refused on an HTTP/1 port", func(t *testing.T) {
-		conn := mtlsConn(t, addr, sleep, alpnTCP)
-		resp, saw := rawExchange(t, conn, h2Preface)
-		if resp.StatusCode != http.StatusBadRequest || saw != nil {
-			t.Fatalf("status %d, app saw %+v; want 400 from the sidecar", resp.StatusCode, saw)
+	t.Run("HTTP/2 prior knowledge on an HTTP/1 port is terminated per request", func(t *testing.T) {
+		// Issue #14: before, the preface was answered 400; now each
+		// HTTP/2 request is authorized, gets the verified XFCC and
+		// reaches the HTTP/1.x app as HTTP/1.1.
+		req, _ := http.NewRequest("GET", "http://httpbin/headers", nil)
+		req.Header.Set("X-Forwarded-Client-Cert", forgedXFCC)
+		resp, err := h2Client(addr, sleep).Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
-		waitFor(t, func() bool {
-			return strings.Contains(srv.log.String(), "HTTP/2 connection preface on a port that is HTTP/1.x")
-		}, "the log names the HTTP/2 preface")
+		defer resp.Body.Close()
+		var saw sawApp
+		if err := json.NewDecoder(resp.Body).Decode(&saw); err != nil || saw.Proto != "HTTP/1.1" {
+			t.Fatalf("status %d, app saw %+v (%v); want the app's answer over HTTP/1.1", resp.StatusCode, saw, err)
+		}
+		if got := saw.xfccLike(); len(got) != 1 || got[0] != want {
+			t.Fatalf("app saw XFCC %q, want only %q", got, want)
+		}
 	})
 	t.Run("h2c upgrade stripped", func(t *testing.T) {
 		conn := mtlsConn(t, addr, sleep, alpnTCP)
@@ -236,45 +245,79 @@ func h2Client(addr string, c *catest.Cert) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
 }
 
-// TestHTTP2PortRefusesClientXFCC (finding 1, HTTP/2): on a GRPC/HTTP2 port
-// HTTP/2 is relayed, but a header block carrying X-Forwarded-Client-Cert in
-// any spelling ends the connection before it reaches the app, with the
-// reason logged. Before the fix the app received the forged header.
-func TestHTTP2PortRefusesClientXFCC(t *testing.T) {
+// TestHTTP2PortStripsClientXFCC (finding 1, HTTP/2; issue #14): on a
+// GRPC/HTTP2 port every HTTP/2 request is terminated: a client
+// X-Forwarded-Client-Cert in any spelling, in the header block or the
+// trailers, is dropped (and named in the access log) and the app gets the
+// verified one; a plaintext PERMISSIVE peer's request reaches the app with
+// none. Before: the byte relay passed the forged header to the app, then
+// the HPACK guard ended the whole connection.
+func TestHTTP2PortStripsClientXFCC(t *testing.T) {
 	ca := catest.New(t)
-	srv := startEcho2(t, ca, policy.ServerStrict, "GRPC", nil)
+	srv := startEcho2(t, ca, policy.ServerPermissive, "GRPC", nil)
 	addr := srv.InboundAddrs[0].String()
 	sleep := ca.Issue(t, sleepID)
+	verified := "By=" + httpbinID + ";URI=" + sleepID
 
-	get := func(name string) (*sawApp, error) {
-		req, _ := http.NewRequest("GET", "http://httpbin/headers", nil)
-		if name != "" {
+	get := func(t *testing.T, cl *http.Client, name string, trailer bool) *sawApp {
+		t.Helper()
+		var body io.Reader
+		method := "GET"
+		if trailer {
+			method, body = "POST", io.MultiReader(strings.NewReader("abc"))
+		}
+		req, _ := http.NewRequest(method, "http://httpbin/headers", body)
+		if name != "" && !trailer {
 			req.Header[name] = []string{forgedXFCC}
 		}
-		resp, err := h2Client(addr, sleep).Do(req)
+		if trailer {
+			req.Trailer = http.Header{name: []string{forgedXFCC}, "X-Other-Trailer": []string{"kept"}}
+		}
+		resp, err := cl.Do(req)
 		if err != nil {
-			return nil, err
+			t.Fatalf("HTTP/2 request with %q: %v", name, err)
 		}
 		defer resp.Body.Close()
 		var s sawApp
-		return &s, json.NewDecoder(resp.Body).Decode(&s)
-	}
-	saw, err := get("")
-	if err != nil || saw.Proto != "HTTP/2.0" {
-		t.Fatalf("plain HTTP/2 request: %+v, %v", saw, err)
-	}
-	if got, want := saw.xfccLike(), "By="+httpbinID+";URI="+sleepID; len(got) != 1 || got[0] != want {
-		t.Fatalf("HTTP/2 app saw XFCC %q, want the verified %q", got, want)
-	}
-	for i, name := range []string{"x-forwarded-client-cert", "x_forwarded_client_cert", "X.Forwarded.Client.Cert"} {
-		saw, err := get(name)
-		if err == nil {
-			t.Fatalf("%s: HTTP/2 request reached the app, which saw XFCC %q", name, saw.xfccLike())
+		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || s.Proto != "HTTP/2.0" {
+			t.Fatalf("HTTP/2 request with %q: status %d, app saw %+v (%v)", name, resp.StatusCode, s, err)
 		}
-		waitFor(t, func() bool {
-			return strings.Count(srv.log.String(), `"reason":"`+reasonH2ClientXFCC+`: `) == i+1
-		}, "log line %d with reason %s", i+1, reasonH2ClientXFCC)
+		return &s
 	}
+	names := []string{"X-Forwarded-Client-Cert", "X_forwarded_client_cert", "X.forwarded.client.cert"}
+	for _, name := range names {
+		t.Run("mTLS/"+name, func(t *testing.T) {
+			if got := get(t, h2Client(addr, sleep), name, false).xfccLike(); len(got) != 1 || got[0] != verified {
+				t.Fatalf("app saw XFCC %q, want only the verified %q", got, verified)
+			}
+			waitFor(t, func() bool {
+				return strings.Contains(srv.log.String(), `"protocol":"HTTP/2","dropped_headers":["`+name+`"]`)
+			}, "the access log names the dropped %s", name)
+		})
+		t.Run("trailer/"+name, func(t *testing.T) {
+			saw := get(t, h2Client(addr, sleep), name, true)
+			if got := saw.xfccLike(); len(got) != 1 || got[0] != verified {
+				t.Fatalf("app saw XFCC %q (trailers %v), want only the verified %q", got, saw.Trailer, verified)
+			}
+			if len(saw.Trailer["X-Other-Trailer"]) == 0 {
+				t.Errorf("an unrelated trailer was dropped: %v", saw.Trailer)
+			}
+		})
+		t.Run("plaintext/"+name, func(t *testing.T) {
+			if got := get(t, h2cClient(addr), name, false).xfccLike(); len(got) != 0 {
+				t.Fatalf("app saw XFCC %q from a plaintext peer, want none", got)
+			}
+		})
+	}
+}
+
+// h2cClient speaks HTTP/2 with prior knowledge in plaintext.
+func h2cClient(addr string) *http.Client {
+	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}}
+	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
 }
 
 // TestUnderscoreXFCCDropped (finding 3): every spelling an app maps to

@@ -108,11 +108,12 @@ func (p *Proxy) handleInbound(c net.Conn, port uint32, app string) {
 //   - HTTP: the HTTP/1.x engine, whatever the client offered; every
 //     request is parsed, authorized and gets the verified XFCC (HTTP/2 is
 //     answered 400).
-//   - HTTP2 (HTTP2, GRPC): HTTP/2 with prior knowledge is relayed through
-//     h2Guard; anything else goes to the HTTP/1.x engine.
+//   - HTTP2 (HTTP2, GRPC): HTTP/2 with prior knowledge is terminated per
+//     request (serveInboundH2: each request authorized, XFCC set, h2c to
+//     the app); anything else goes to the HTTP/1.x engine.
 //   - TCP: an opaque relay.
 //   - undeclared: the first bytes decide, as Istio's protocol detection
-//     does: HTTP/1.x to the engine, HTTP/2 through h2Guard, anything else
+//     does: HTTP/1.x to the engine, HTTP/2 per request, anything else
 //     (or a client silent for sniffTimeout: a server-first protocol) is
 //     relayed. Declare the port to rule the relay out.
 func (p *Proxy) serveProtocol(c net.Conn, info *connInfo, proto string) {
@@ -140,15 +141,7 @@ func (p *Proxy) serveProtocol(c net.Conn, info *connInfo, proto string) {
 	pc := &peekedConn{Conn: c, buf: pre}
 	switch {
 	case kind == KindHTTP2:
-		xfcc := ""
-		if info.peer != "" {
-			by := ""
-			if s := p.certs.SVID(); s != nil {
-				by = s.URI
-			}
-			xfcc = XFCC(by, info.peer)
-		}
-		p.inboundTCP(newH2Guard(pc, xfcc), info)
+		p.serveInboundH2(pc, info, proto)
 	case proto == "HTTP2":
 		if err != nil && len(pre) == 0 {
 			c.Close()
@@ -232,12 +225,6 @@ func (p *Proxy) inboundTCP(c net.Conn, info *connInfo) {
 	p.cached.activeIn.Dec()
 	p.cached.bytesInUp.Add(float64(sent))
 	p.cached.bytesInDown.Add(float64(recv))
-	if g, ok := c.(*h2Guard); ok && g.bad != nil {
-		// The guard ended the relay: say why.
-		p.cached.deny.Inc()
-		p.logConn("inbound", info, info.app, "deny", g.reason+": "+g.bad.Error(), sent, recv)
-		return
-	}
 	if l, ok := c.(*lateHTTPConn); ok && l.refused {
 		p.cached.deny.Inc()
 		p.logConn("inbound", info, info.app, "deny", errLateHTTP.Error(), sent, recv)

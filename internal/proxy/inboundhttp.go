@@ -32,22 +32,37 @@ func (p *Proxy) inboundTarget(d *dconn) (exchangeResult, bool) {
 	default:
 		return p.badTarget(d, "request target "+strconv.Quote(string(t))+" is neither a path (origin-form) nor an absolute http URI"), false
 	}
-	ot := d.req.OriginForm()
+	fwd, err := normalizeOrigin(d.req.OriginForm())
+	if err != nil {
+		return p.badTarget(d, err.Error()), false
+	}
+	if fwd != nil {
+		d.req.FwdTarget = fwd
+	}
+	return exchangeResult{}, true
+}
+
+// normalizeOrigin normalises the path of an origin-form target ("/path" or
+// "/path?query") with policy.NormalizePath. It returns the target the app
+// gets (the normalised path, the query as sent), or nil when the path is
+// already normal; an error says why the path cannot be normalised safely.
+// HTTP/1.x (inboundTarget) and HTTP/2 (inboundH2) share it.
+func normalizeOrigin(ot []byte) ([]byte, error) {
 	path, query := ot, []byte(nil)
 	if i := bytes.IndexByte(ot, '?'); i >= 0 {
 		path, query = ot[:i], ot[i:]
 	}
 	if len(path) > 0 && path[0] == '/' && policy.PathIsNormal(path) {
-		return exchangeResult{}, true // the common case: nothing to do
+		return nil, nil // the common case: nothing to do
 	}
 	norm, err := policy.NormalizePath(string(path))
 	if err != nil {
-		return p.badTarget(d, err.Error()), false
+		return nil, err
 	}
-	if norm != string(path) {
-		d.req.FwdTarget = append([]byte(norm), query...)
+	if norm == string(path) {
+		return nil, nil
 	}
-	return exchangeResult{}, true
+	return append([]byte(norm), query...), nil
 }
 
 // reasonBadPath is the access log reason of a request refused by
@@ -190,7 +205,13 @@ func (p *Proxy) serveInboundH1(c net.Conn, info *connInfo) {
 	}
 	p.cached.activeIn.Inc()
 	defer p.cached.activeIn.Dec()
-	p.serveH1(c, info, func(d *dconn) exchangeResult {
+	// HTTP/2 with prior knowledge (a client sidecar carrying HTTP/2 from
+	// its app, or any h2c client) is terminated per request as well; on an
+	// HTTP port it reaches the app as HTTP/1.1.
+	h2 := func(c net.Conn) {
+		p.serveInboundH2(c, info, policy.InboundProtocol(inboundPort(p.policy.Current(), info.port).Protocol, ""))
+	}
+	p.serveH1(c, info, h2, func(d *dconn) exchangeResult {
 		start := time.Now()
 		// The mode was checked when the connection was accepted; a
 		// kept-alive plaintext connection must not outlive a change of its

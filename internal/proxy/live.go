@@ -237,14 +237,7 @@ func (p *Proxy) claimClose(info *connInfo) bool {
 // current bundle before it carries another request. The server identity was
 // matched against the route's allowed identities at the handshake, and the
 // pool key holds that list, so only the chain needs checking again.
-func (p *Proxy) verifyPooled(u *upConn) error {
-	tc := tlsOf(u.c)
-	if tc == nil {
-		return nil // plaintext (DISABLE or passthrough): nothing to verify
-	}
-	_, err := p.verifyPeer(tc.ConnectionState().PeerCertificates)
-	return err
-}
+func (p *Proxy) verifyPooled(u *upConn) error { return p.verifyConn(u.c) }
 
 func (p *Proxy) poolStale(u *upConn, err error) {
 	p.logClosed("outbound", identity.Reason(err), err, slog.String("peer", u.c.RemoteAddr().String()))

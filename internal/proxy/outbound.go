@@ -123,7 +123,14 @@ func (p *Proxy) outboundConn(c net.Conn, info *connInfo) {
 			kind, pre, _ := sniff(c)
 			c.SetReadDeadline(time.Time{})
 			c = &peekedConn{Conn: c, buf: pre}
-			isHTTP = kind == KindHTTP && !strings.EqualFold(r.protocol, "TCP")
+			isTCP := strings.EqualFold(r.protocol, "TCP")
+			isHTTP = kind == KindHTTP && !isTCP
+			if kind == KindHTTP2 && !isTCP {
+				// HTTP/2 with prior knowledge (gRPC): per request, over
+				// multiplexed h2 to the server sidecar.
+				p.serveOutboundH2(c, info)
+				return
+			}
 		}
 		if isHTTP {
 			// Each request is decided again (the snapshot may change

@@ -57,7 +57,8 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 	p.cached.activeOut.Inc()
 	defer p.cached.activeOut.Dec()
 	side := &poolSide{p: p}
-	p.serveH1(c, info, func(d *dconn) exchangeResult {
+	h2 := func(c net.Conn) { p.serveOutboundH2(c, info) }
+	p.serveH1(c, info, h2, func(d *dconn) exchangeResult {
 		start := time.Now()
 		host, port := info.origHost, info.origPort
 		if host == "" {
@@ -131,11 +132,12 @@ func (p *Proxy) connectH1(d *dconn) {
 	}
 	o := p.decide(host, port, false)
 	dest := o.target
-	if rt := o.route; rt != nil && rt.http {
-		// CONNECT to an HTTP/1.x service port: the port's protocol
-		// decides, so the tunnel's requests are proxied one by one (the
-		// server sidecar parses them and sets XFCC either way), never
-		// relayed as bytes.
+	if rt := o.route; rt != nil && (rt.http || rt.h2) {
+		// CONNECT to an HTTP, HTTP2 or GRPC service port: the port's
+		// protocol decides, so the tunnel's requests are proxied one by
+		// one (HTTP/1.x, or HTTP/2 with prior knowledge as gRPC's
+		// HTTPS_PROXY support sends it; the server sidecar parses them
+		// and sets XFCC either way), never relayed as bytes.
 		d.bw.WriteString("HTTP/1.1 200 Connection Established\r\n\r\n")
 		if err := d.bw.Flush(); err != nil {
 			return

@@ -160,6 +160,7 @@ type Proxy struct {
 	serverConf *tls.Config
 
 	pool       *connPool // pooled upstream HTTP connections (client side)
+	h2         *h2State  // HTTP/2 server and transports (h2.go)
 	live       liveSet   // established inbound connections, rechecked on changes
 	transports sync.Map  // transportKey -> *upstream (TLS configs)
 
@@ -250,6 +251,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.cached = newCachedMetrics(p.m)
 	p.serverConf = p.serverTLS()
+	p.h2 = p.newH2State()
 	// Close pooled connections well before the server sidecar's idle
 	// timeout would, so a request rarely meets a connection being closed.
 	p.pool = newConnPool(cfg.IdleTimeout / 2)
@@ -327,7 +329,8 @@ func (p *Proxy) Start() error {
 }
 
 // Close stops accepting and closes idle connections. Established TCP
-// tunnels end when their peers close them.
+// tunnels end when their peers close them; HTTP/2 connections get GOAWAY
+// (drain: their streams in flight finish, new ones go elsewhere).
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	select {
@@ -343,6 +346,7 @@ func (p *Proxy) Close() error {
 	p.mu.Unlock()
 	p.wg.Wait()
 	p.pool.closeIdle()
+	p.drainH2()
 	return nil
 }
 

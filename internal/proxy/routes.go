@@ -18,7 +18,8 @@ type route struct {
 	service   string // name.namespace
 	port      uint32
 	mode      policy.ClientTLSMode
-	http      bool
+	http      bool // HTTP/1.x (policy.InboundProtocol "HTTP")
+	h2        bool // HTTP2 or GRPC
 	protocol  string
 	sni       string
 	allowed   []string // SPIFFE IDs allowed to serve (secure naming)
@@ -66,6 +67,7 @@ func buildRoutes(s *policy.Snapshot) *routeTable {
 				port:     p.Port,
 				mode:     p.TLSMode,
 				http:     isHTTPProtocol(p.Protocol, p.Name),
+				h2:       policy.InboundProtocol(p.Protocol, p.Name) == "HTTP2",
 				protocol: p.Protocol,
 				sni:      p.SNI,
 				allowed:  svc.ServerIdentities,

@@ -91,7 +91,7 @@ func (p *Proxy) serverTLS() *tls.Config {
 		}
 		return s.TLS, nil
 	}
-	c.NextProtos = []string{alpnHTTP1, alpnTCP}
+	c.NextProtos = []string{alpnH2, alpnHTTP1, alpnTCP}
 	c.VerifyConnection = identity.VerifyConnection(p.certs.Bundle, p.now, identity.AuthorizeAny())
 	return c
 }
@@ -210,6 +210,7 @@ type upstream struct {
 	mode    policy.ClientTLSMode
 	httpTLS *tls.Config // ALPN http/1.1, for pooled HTTP
 	tcpTLS  *tls.Config // ALPN meshauth-tcp, for tunnels
+	h2TLS   *tls.Config // ALPN h2, for multiplexed HTTP/2 (h2out.go)
 }
 
 func (p *Proxy) upstreamFor(r *route) *upstream {
@@ -220,6 +221,7 @@ func (p *Proxy) upstreamFor(r *route) *upstream {
 	if r.mode != policy.ClientDisable {
 		u.httpTLS = p.clientTLS(r.allowed, r.sni, alpnHTTP1)
 		u.tcpTLS = p.clientTLS(r.allowed, r.sni, alpnTCP)
+		u.h2TLS = p.clientTLS(r.allowed, r.sni, alpnH2)
 	}
 	v, _ := p.transports.LoadOrStore(r.transportKey, u)
 	return v.(*upstream)

@@ -89,8 +89,8 @@ func needsQuote(v string) bool {
 // This is Envoy's headers_with_underscores_action: DROP_HEADER narrowed to
 // the names that matter (nginx drops every underscore field by default).
 // Dropped names are listed in the request's access log line
-// ("dropped_headers"). HTTP/2 (h2guard.go) refuses the connection instead,
-// as it cannot remove a field from an HPACK stream it does not re-encode.
+// ("dropped_headers"). HTTP/2 requests (h2in.go) are filtered the same
+// way, in the header block and the trailers.
 
 // protectedNames are the normal forms the sidecar manages (see above).
 var protectedNames = [...]string{

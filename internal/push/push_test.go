@@ -135,7 +135,7 @@ func (e *env) start(addr string, eng *engine.Engine) {
 			return e.bundle.Load().Verify(ti.State.PeerCertificates, time.Now())
 		},
 	}, eng)
-	e.server.SetBundle(&pb.TrustBundle{Version: 1, TrustDomain: "cluster.local", Roots: []string{string(e.ca.RootPEM())}})
+	e.server.BundleChanged(1)
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -233,6 +233,16 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// httpbinPlaintext is a config change that concerns the sleep sidecars:
+// httpbin's client TLS mode becomes DISABLE.
+const httpbinPlaintext = `apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy: {tls: {mode: DISABLE}}
+`
+
 func TestPushAckAndUpdate(t *testing.T) {
 	e := newEnv(t)
 	c := e.client("spiffe://cluster.local/ns/default/sa/sleep", "sleep-1", nil)
@@ -243,9 +253,6 @@ func TestPushAckAndUpdate(t *testing.T) {
 	}
 	if len(u.Snapshot.Outbound) != 1 || u.Snapshot.Outbound[0].Ports[0].TLSMode != policy.ClientIstioMutual {
 		t.Errorf("outbound = %+v", u.Snapshot.Outbound)
-	}
-	if u.Bundle == nil || len(u.Bundle.Roots) != 1 {
-		t.Errorf("bundle = %+v", u.Bundle)
 	}
 	if w := e.reg.Workload("default", "sleep-1"); w == nil || w.Source != registry.SourceSidecar || w.Address != "127.0.0.3" ||
 		len(w.Ports) != 1 || w.Ports[0].SidecarPort != 18080 {
@@ -258,13 +265,7 @@ func TestPushAckAndUpdate(t *testing.T) {
 	}
 	// A config change reaches the sidecar as a new version and is ACKed.
 	changed := c.Changed()
-	e.server.SetEngine(engineFor(t, e.reg, meshYAML, `apiVersion: networking.istio.io/v1alpha3
-kind: DestinationRule
-metadata: {name: httpbin}
-spec:
-  host: httpbin
-  trafficPolicy: {tls: {mode: DISABLE}}
-`))
+	e.server.SetEngine(engineFor(t, e.reg, meshYAML, httpbinPlaintext))
 	<-changed
 	if got := c.Current().Snapshot.Outbound[0].Ports[0].TLSMode; got != policy.ClientDisable {
 		t.Errorf("after config change TLS mode = %s, want DISABLE", got)
@@ -329,8 +330,7 @@ func TestRevocationEndsStream(t *testing.T) {
 	waitFor(t, "connected", func() bool { return c.Connected() && len(e.server.Status()) == 1 })
 
 	e.bundle.Store(e.ca.Bundle(cert))
-	e.server.SetBundle(&pb.TrustBundle{Version: 2, TrustDomain: "cluster.local", Roots: []string{string(e.ca.RootPEM())},
-		Revocations: []*pb.Revocation{{Serial: cert.Serial(), SpiffeId: "spiffe://cluster.local/ns/default/sa/sleep"}}})
+	e.server.BundleChanged(2)
 	waitFor(t, "stream ended", func() bool { return len(e.server.Status()) == 0 })
 	time.Sleep(300 * time.Millisecond) // several reconnect attempts
 	if n := len(e.server.Status()); n != 0 {
@@ -406,6 +406,37 @@ spec:
 	}
 	if c.NACKs() == 0 {
 		t.Error("client counted no NACK")
+	}
+}
+
+// TestBundleChangeSendsNoSnapshot: the trust bundle travels on the CA's
+// WatchTrustBundle stream only. A bundle change rechecks the connected
+// sidecars (TestRevocationEndsStream) but sends a sidecar that is still
+// valid nothing new: its snapshot version stays and the server counts no
+// send.
+func TestBundleChangeSendsNoSnapshot(t *testing.T) {
+	e := newEnv(t)
+	c := e.client("spiffe://cluster.local/ns/default/sa/sleep", "sleep-1", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	waitFor(t, "first snapshot", func() bool { return c.Current() != nil })
+	if err := e.server.WaitSynced(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	before, sent := c.Current(), e.server.Stats().Sent
+	e.server.BundleChanged(2)
+	if err := e.server.WaitSynced(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// A config change after it is the next thing the sidecar receives.
+	changed := c.Changed()
+	e.server.SetEngine(engineFor(t, e.reg, meshYAML, httpbinPlaintext))
+	<-changed
+	if got := e.server.Stats().Sent; got != sent+1 {
+		t.Errorf("sent %d snapshots for a bundle change and a config change; want 1 (the config change)", got-sent)
+	}
+	if c.Current().Version == before.Version {
+		t.Error("config change did not change the version")
 	}
 }
 

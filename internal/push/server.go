@@ -4,9 +4,12 @@
 // Discovery.Stream, authenticates with its workload certificate (the server
 // takes namespace and service account from the verified certificate, never
 // from the request), registers its workload, and then receives a versioned
-// policy.Snapshot plus the trust bundle every time something that concerns
-// it changes. It answers each snapshot with an ACK, or a NACK with the
-// reason.
+// policy.Snapshot (typed protobuf, converted by internal/meshapi) every time
+// something that concerns it changes. It answers each snapshot with an ACK,
+// or a NACK with the reason. The trust bundle is not pushed here: the
+// sidecar's certificate agent has it from the CA's WatchTrustBundle stream,
+// the one source of roots and revocations in every mode; the server only
+// uses bundle changes to recheck connected sidecars for revocation.
 //
 // The client half runs in the sidecar and is internal/push/pushclient: it
 // keeps the last good snapshot (a NACKed one never replaces it), keeps
@@ -16,18 +19,15 @@
 package push
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"regexp"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +35,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
@@ -78,9 +81,10 @@ type Server struct {
 	log    *slog.Logger
 	engine atomic.Pointer[engine.Engine]
 	held   atomic.Bool // Hold: no snapshot goes out
-	bundle atomic.Pointer[pb.TrustBundle]
-	kick   chan struct{}
-	// gen counts SetEngine/SetBundle calls; a conn records the gen it last
+	// bundleVersion is the CA's trust bundle version (BundleChanged).
+	bundleVersion atomic.Uint64
+	kick          chan struct{}
+	// gen counts SetEngine/BundleChanged calls; a conn records the gen it last
 	// computed under, so WaitSynced knows who has seen the latest config.
 	gen atomic.Uint64
 	// Counters for metrics (Stats).
@@ -112,16 +116,6 @@ type conn struct {
 	acked   string
 	nacked  string
 	nackErr string
-}
-
-// SidecarStatus is what the server knows of one connected sidecar.
-type SidecarStatus struct {
-	Workload  string `json:"workload"` // namespace/name
-	SPIFFEID  string `json:"spiffeId"`
-	Sent      string `json:"sent"`
-	Acked     string `json:"acked"`
-	Nacked    string `json:"nacked,omitempty"`
-	NackError string `json:"nackError,omitempty"`
 }
 
 // NewServer returns a push server computing snapshots with e.
@@ -167,9 +161,13 @@ func (s *Server) Release() {
 // Engine returns the engine in use.
 func (s *Server) Engine() *engine.Engine { return s.engine.Load() }
 
-// SetBundle installs a new trust bundle (roots and revocations) and pushes.
-func (s *Server) SetBundle(b *pb.TrustBundle) {
-	s.bundle.Store(b)
+// BundleChanged tells the server that the CA's trust bundle (roots or
+// revocations) is now at version v: every connected sidecar's certificate
+// is checked again (Config.Identity) and a revoked one's stream ends. The
+// bundle itself reaches sidecars on the CA's WatchTrustBundle stream, not
+// on this one.
+func (s *Server) BundleChanged(v uint64) {
+	s.bundleVersion.Store(v)
 	s.gen.Add(1)
 	s.poke()
 }
@@ -340,9 +338,8 @@ func (s *Server) recvAcks(stream pb.Discovery_StreamServer, c *conn) error {
 }
 
 // push computes c's snapshot and sends it if it differs from the last one
-// sent. The version is a hash of the content and the bundle version, so an
-// unchanged snapshot is never resent and versions are stable across control
-// plane restarts.
+// sent. The version is a hash of the content, so an unchanged snapshot is
+// never resent and versions are stable across control plane restarts.
 func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 	gen := s.gen.Load()
 	e := s.engine.Load()
@@ -351,13 +348,12 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 	if w == nil {
 		return status.Errorf(codes.NotFound, "workload %s left the registry", c.workload)
 	}
-	b := s.bundle.Load()
 	// A certificate revoked while its stream is open ends the stream: the
 	// revoked workload gets no more policy or endpoints. (Expiry does not:
 	// the sidecar renews its certificate but keeps its TLS connection, and
 	// proved its identity when it connected.)
-	if b != nil && b.Version != c.bundleChecked {
-		c.bundleChecked = b.Version
+	if bv := s.bundleVersion.Load(); bv != 0 && bv != c.bundleChecked {
+		c.bundleChecked = bv
 		if _, err := s.cfg.Identity(stream.Context()); errors.Is(err, identity.ErrRevoked) {
 			s.refused.Add(1)
 			c.revoked = true
@@ -369,7 +365,7 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 		return nil // Release kicks every stream
 	}
 	snap := e.Snapshot(w)
-	js, version, err := encode(snap, b)
+	m, version, err := encode(snap)
 	if err != nil {
 		return status.Errorf(codes.Internal, "encode snapshot: %v", err)
 	}
@@ -382,7 +378,7 @@ func (s *Server) push(stream pb.Discovery_StreamServer, c *conn) error {
 	if same {
 		return nil
 	}
-	if err := stream.Send(&pb.Snapshot{Version: version, SnapshotJson: js, Bundle: b}); err != nil {
+	if err := stream.Send(&pb.Snapshot{Version: version, Policy: m}); err != nil {
 		return err
 	}
 	s.sent.Add(1)
@@ -401,32 +397,22 @@ func cutKey(k string) (string, string, bool) {
 	return "", k, false
 }
 
-// encode marshals snap with its version set to a content hash.
-func encode(snap *policy.Snapshot, b *pb.TrustBundle) ([]byte, string, error) {
+// encode converts snap with its version set to a content hash: SHA-256 of
+// the deterministic protobuf encoding without the version.
+func encode(snap *policy.Snapshot) (*pb.PolicySnapshot, string, error) {
 	snap.Version = ""
-	js, err := json.Marshal(snap)
+	m, err := sidecarapi.SnapshotToProto(snap)
 	if err != nil {
 		return nil, "", err
 	}
-	h := sha256.New()
-	h.Write(js)
-	if b != nil {
-		h.Write([]byte(strconv.FormatUint(b.Version, 10)))
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, "", err
 	}
-	version := hex.EncodeToString(h.Sum(nil)[:8])
-	snap.Version = version
-	// Version is the first field: splice it in rather than encode twice.
-	const empty = `{"version":""`
-	if bytes.HasPrefix(js, []byte(empty)) {
-		out := make([]byte, 0, len(js)+len(version))
-		out = append(out, `{"version":"`...)
-		out = append(out, version...)
-		out = append(out, '"')
-		out = append(out, js[len(empty):]...)
-		return out, version, nil
-	}
-	js, err = json.Marshal(snap)
-	return js, version, err
+	h := sha256.Sum256(b)
+	version := hex.EncodeToString(h[:8])
+	snap.Version, m.Version = version, version
+	return m, version, nil
 }
 
 // Stats are the server's counters since it started.
@@ -448,12 +434,12 @@ func (s *Server) Stats() Stats {
 }
 
 // Status lists connected sidecars, by workload.
-func (s *Server) Status() []SidecarStatus {
+func (s *Server) Status() []meshapi.SidecarStatus {
 	s.mu.Lock()
-	out := make([]SidecarStatus, 0, len(s.conns))
+	out := make([]meshapi.SidecarStatus, 0, len(s.conns))
 	for c := range s.conns {
 		c.mu.Lock()
-		out = append(out, SidecarStatus{Workload: c.workload, SPIFFEID: c.id.String(), Sent: c.sent, Acked: c.acked, Nacked: c.nacked, NackError: c.nackErr})
+		out = append(out, meshapi.SidecarStatus{Workload: c.workload, SPIFFEID: c.id.String(), Sent: c.sent, Acked: c.acked, Nacked: c.nacked, NackError: c.nackErr})
 		c.mu.Unlock()
 	}
 	s.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 )
 
 // GRPCCA is the agent's CA (agent.CA) over the control plane's
@@ -58,10 +59,6 @@ func (c GRPCCA) WatchBundle(ctx context.Context, update func(agent.BundleUpdate)
 		if err != nil {
 			return err
 		}
-		revoked := make(map[string]string, len(tb.Revocations))
-		for _, r := range tb.Revocations {
-			revoked[r.Serial] = r.SpiffeId
-		}
-		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: revoked})
+		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: sidecarapi.RevokedFromProto(tb.Revocations)})
 	}
 }

@@ -33,6 +33,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+
+	"github.com/meshauth/meshauth/internal/kube/kubetest"
 	"github.com/meshauth/meshauth/internal/localmesh"
 )
 
@@ -64,7 +68,10 @@ func TestMain(m *testing.M) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}
-		return m.Run()
+		// A real etcd and kube-apiserver for the tests of the CA replicas
+		// on Kubernetes (kubetest.Need skips them, or fails them with
+		// MESHAUTH_REQUIRE_KUBE=1, when they cannot start).
+		return kubetest.Main(m)
 	}()
 	os.Exit(code)
 }
@@ -409,7 +416,8 @@ func (m *mesh) waitBaseline(t *testing.T, w *localmesh.Workload, base usage, sla
 
 // runApp is the echo app: GET/POST anything answers with what it received
 // (appSaw as JSON); /hang never answers while the client stays; /slow-body
-// sends headers, then one byte, then nothing.
+// sends headers, then one byte, then nothing. It speaks HTTP/1.1 and h2c
+// (prior knowledge), for ports declared GRPC or HTTP2.
 func runApp(addr string) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -433,7 +441,7 @@ func runApp(addr string) {
 		fmt.Fprintln(os.Stderr, "adversarial-app:", err)
 		os.Exit(1)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h2c.NewHandler(h, &http2.Server{}), ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintln(os.Stderr, "adversarial-app: listening on", addr)
 	if err := srv.Serve(ln); err != nil {
 		fmt.Fprintln(os.Stderr, "adversarial-app:", err)

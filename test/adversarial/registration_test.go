@@ -74,8 +74,15 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := localmesh.WaitListening(app); err != nil {
-		t.Fatal(err)
+	// The app is a child of the sidecar: poll until it listens.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := localmesh.Listening(app)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the attacker's app never listened on %s: %v", app, err)
+		}
 	}
 	if err := m.Sleep.WaitOutbound(ctx, "reviews", "default", 30*time.Second); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == grpcHelperArg {
+		runGRPCHelper(os.Args[2:]) // the gRPC app or client in a pod
+	}
 	flag.Parse()
 	code := func() int {
 		if testing.Short() {

@@ -15,6 +15,8 @@ package meshauthv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -26,6 +28,174 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// RootState is a root's place in a rotation.
+type RootState int32
+
+const (
+	RootState_ROOT_STATE_UNSPECIFIED RootState = 0
+	// It signs workload certificates now.
+	RootState_ROOT_STATE_SIGNING RootState = 1
+	// Trusted; it signs from activate_at.
+	RootState_ROOT_STATE_PENDING RootState = 2
+	// Trusted until last_issued_not_after; it no longer signs.
+	RootState_ROOT_STATE_RETIRING RootState = 3
+)
+
+// Enum value maps for RootState.
+var (
+	RootState_name = map[int32]string{
+		0: "ROOT_STATE_UNSPECIFIED",
+		1: "ROOT_STATE_SIGNING",
+		2: "ROOT_STATE_PENDING",
+		3: "ROOT_STATE_RETIRING",
+	}
+	RootState_value = map[string]int32{
+		"ROOT_STATE_UNSPECIFIED": 0,
+		"ROOT_STATE_SIGNING":     1,
+		"ROOT_STATE_PENDING":     2,
+		"ROOT_STATE_RETIRING":    3,
+	}
+)
+
+func (x RootState) Enum() *RootState {
+	p := new(RootState)
+	*p = x
+	return p
+}
+
+func (x RootState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RootState) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_meshauth_v1_meshauth_proto_enumTypes[0].Descriptor()
+}
+
+func (RootState) Type() protoreflect.EnumType {
+	return &file_api_meshauth_v1_meshauth_proto_enumTypes[0]
+}
+
+func (x RootState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RootState.Descriptor instead.
+func (RootState) EnumDescriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{0}
+}
+
+// ServerMode is how a sidecar treats inbound connections on a port.
+type ServerMode int32
+
+const (
+	ServerMode_SERVER_MODE_UNSPECIFIED ServerMode = 0
+	// Mutual TLS with a verified mesh identity only.
+	ServerMode_SERVER_MODE_STRICT ServerMode = 1
+	// Mutual TLS and plaintext on the same port.
+	ServerMode_SERVER_MODE_PERMISSIVE ServerMode = 2
+	// Plaintext only.
+	ServerMode_SERVER_MODE_DISABLE ServerMode = 3
+)
+
+// Enum value maps for ServerMode.
+var (
+	ServerMode_name = map[int32]string{
+		0: "SERVER_MODE_UNSPECIFIED",
+		1: "SERVER_MODE_STRICT",
+		2: "SERVER_MODE_PERMISSIVE",
+		3: "SERVER_MODE_DISABLE",
+	}
+	ServerMode_value = map[string]int32{
+		"SERVER_MODE_UNSPECIFIED": 0,
+		"SERVER_MODE_STRICT":      1,
+		"SERVER_MODE_PERMISSIVE":  2,
+		"SERVER_MODE_DISABLE":     3,
+	}
+)
+
+func (x ServerMode) Enum() *ServerMode {
+	p := new(ServerMode)
+	*p = x
+	return p
+}
+
+func (x ServerMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServerMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_meshauth_v1_meshauth_proto_enumTypes[1].Descriptor()
+}
+
+func (ServerMode) Type() protoreflect.EnumType {
+	return &file_api_meshauth_v1_meshauth_proto_enumTypes[1]
+}
+
+func (x ServerMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServerMode.Descriptor instead.
+func (ServerMode) EnumDescriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{1}
+}
+
+// ClientTLSMode is DestinationRule's trafficPolicy.tls.mode.
+type ClientTLSMode int32
+
+const (
+	ClientTLSMode_CLIENT_TLS_MODE_UNSPECIFIED  ClientTLSMode = 0
+	ClientTLSMode_CLIENT_TLS_MODE_DISABLE      ClientTLSMode = 1
+	ClientTLSMode_CLIENT_TLS_MODE_SIMPLE       ClientTLSMode = 2
+	ClientTLSMode_CLIENT_TLS_MODE_MUTUAL       ClientTLSMode = 3
+	ClientTLSMode_CLIENT_TLS_MODE_ISTIO_MUTUAL ClientTLSMode = 4
+)
+
+// Enum value maps for ClientTLSMode.
+var (
+	ClientTLSMode_name = map[int32]string{
+		0: "CLIENT_TLS_MODE_UNSPECIFIED",
+		1: "CLIENT_TLS_MODE_DISABLE",
+		2: "CLIENT_TLS_MODE_SIMPLE",
+		3: "CLIENT_TLS_MODE_MUTUAL",
+		4: "CLIENT_TLS_MODE_ISTIO_MUTUAL",
+	}
+	ClientTLSMode_value = map[string]int32{
+		"CLIENT_TLS_MODE_UNSPECIFIED":  0,
+		"CLIENT_TLS_MODE_DISABLE":      1,
+		"CLIENT_TLS_MODE_SIMPLE":       2,
+		"CLIENT_TLS_MODE_MUTUAL":       3,
+		"CLIENT_TLS_MODE_ISTIO_MUTUAL": 4,
+	}
+)
+
+func (x ClientTLSMode) Enum() *ClientTLSMode {
+	p := new(ClientTLSMode)
+	*p = x
+	return p
+}
+
+func (x ClientTLSMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClientTLSMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_meshauth_v1_meshauth_proto_enumTypes[2].Descriptor()
+}
+
+func (ClientTLSMode) Type() protoreflect.EnumType {
+	return &file_api_meshauth_v1_meshauth_proto_enumTypes[2]
+}
+
+func (x ClientTLSMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClientTLSMode.Descriptor instead.
+func (ClientTLSMode) EnumDescriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{2}
+}
 
 type CreateCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -403,10 +573,10 @@ func (x *ListIssuedRequest) GetLimit() int32 {
 
 type ListIssuedResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// JSON array of internal/ca.IssuedEntry.
-	EntriesJson []byte `protobuf:"bytes,1,opt,name=entries_json,json=entriesJson,proto3" json:"entries_json,omitempty"`
 	// How many matched before limit.
-	Matched       int32 `protobuf:"varint,2,opt,name=matched,proto3" json:"matched,omitempty"`
+	Matched int32 `protobuf:"varint,2,opt,name=matched,proto3" json:"matched,omitempty"`
+	// The certificates, oldest first.
+	Entries       []*IssuedCertificate `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -441,18 +611,143 @@ func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
 	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *ListIssuedResponse) GetEntriesJson() []byte {
-	if x != nil {
-		return x.EntriesJson
-	}
-	return nil
-}
-
 func (x *ListIssuedResponse) GetMatched() int32 {
 	if x != nil {
 		return x.Matched
 	}
 	return 0
+}
+
+func (x *ListIssuedResponse) GetEntries() []*IssuedCertificate {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// IssuedCertificate is one record of the CA's issuance log with its
+// revocation (internal/careport.IssuedEntry).
+type IssuedCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lowercase hex serial.
+	Serial   string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// Unix seconds.
+	NotBefore int64 `protobuf:"varint,3,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  int64 `protobuf:"varint,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	IssuedAt  int64 `protobuf:"varint,5,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	// Who asked and how they proved it: "join_token:<id>", "mtls:<serial>",
+	// "k8s_token:<ServiceAccount UID>", "self".
+	Requester string `protobuf:"bytes,6,opt,name=requester,proto3" json:"requester,omitempty"`
+	// Which root's authority signed it (the CA's authority number).
+	Authority uint64 `protobuf:"varint,7,opt,name=authority,proto3" json:"authority,omitempty"`
+	// The longest lifetime (seconds) a renewal of this certificate may ask
+	// for; 0 in records written before it existed.
+	GrantedTtlSeconds int64  `protobuf:"varint,8,opt,name=granted_ttl_seconds,json=grantedTtlSeconds,proto3" json:"granted_ttl_seconds,omitempty"`
+	Revoked           bool   `protobuf:"varint,9,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedReason     string `protobuf:"bytes,10,opt,name=revoked_reason,json=revokedReason,proto3" json:"revoked_reason,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *IssuedCertificate) Reset() {
+	*x = IssuedCertificate{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuedCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuedCertificate) ProtoMessage() {}
+
+func (x *IssuedCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuedCertificate.ProtoReflect.Descriptor instead.
+func (*IssuedCertificate) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *IssuedCertificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *IssuedCertificate) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *IssuedCertificate) GetNotBefore() int64 {
+	if x != nil {
+		return x.NotBefore
+	}
+	return 0
+}
+
+func (x *IssuedCertificate) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *IssuedCertificate) GetIssuedAt() int64 {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return 0
+}
+
+func (x *IssuedCertificate) GetRequester() string {
+	if x != nil {
+		return x.Requester
+	}
+	return ""
+}
+
+func (x *IssuedCertificate) GetAuthority() uint64 {
+	if x != nil {
+		return x.Authority
+	}
+	return 0
+}
+
+func (x *IssuedCertificate) GetGrantedTtlSeconds() int64 {
+	if x != nil {
+		return x.GrantedTtlSeconds
+	}
+	return 0
+}
+
+func (x *IssuedCertificate) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *IssuedCertificate) GetRevokedReason() string {
+	if x != nil {
+		return x.RevokedReason
+	}
+	return ""
 }
 
 type CreateJoinTokenRequest struct {
@@ -467,7 +762,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +774,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +787,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{7}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateJoinTokenRequest) GetNamespace() string {
@@ -535,7 +830,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +842,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +855,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{8}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -603,7 +898,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +910,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +923,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{9}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeRequest) GetSerial() string {
@@ -662,7 +957,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +969,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +982,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{10}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeResponse) GetSerials() []string {
@@ -714,7 +1009,7 @@ type RotateRootRequest struct {
 
 func (x *RotateRootRequest) Reset() {
 	*x = RotateRootRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +1021,7 @@ func (x *RotateRootRequest) String() string {
 func (*RotateRootRequest) ProtoMessage() {}
 
 func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +1034,7 @@ func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootRequest.ProtoReflect.Descriptor instead.
 func (*RotateRootRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{11}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RotateRootRequest) GetOverlapSeconds() int64 {
@@ -760,7 +1055,7 @@ type RotateRootResponse struct {
 
 func (x *RotateRootResponse) Reset() {
 	*x = RotateRootResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1067,7 @@ func (x *RotateRootResponse) String() string {
 func (*RotateRootResponse) ProtoMessage() {}
 
 func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1080,7 @@ func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{12}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RotateRootResponse) GetNewRootFingerprint() string {
@@ -817,7 +1112,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +1124,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,21 +1137,37 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{13}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{14}
 }
 
+// CAStatusResponse describes the CA: its roots, the signing certificate and
+// counts (internal/careport.Status).
 type CAStatusResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// JSON document describing roots, signing certificate, counts; see
-	// internal/ca.Status.
-	StatusJson    []byte `protobuf:"bytes,1,opt,name=status_json,json=statusJson,proto3" json:"status_json,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The CA backend: "self-signed", "plugged-in", ... (its own name).
+	Mode          string `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	BundleVersion uint64 `protobuf:"varint,4,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	// Every root in the bundle.
+	Roots []*RootStatus `protobuf:"bytes,5,rep,name=roots,proto3" json:"roots,omitempty"`
+	// The certificate that signs workload certificates now.
+	Signing *CACertificate `protobuf:"bytes,6,opt,name=signing,proto3" json:"signing,omitempty"`
+	Issued  int64          `protobuf:"varint,7,opt,name=issued,proto3" json:"issued,omitempty"`
+	// Revoked and not yet expired.
+	Revoked    int64 `protobuf:"varint,8,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	JoinTokens int64 `protobuf:"varint,9,opt,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	// Workload certificate lifetimes: the default and the longest allowed.
+	DefaultTtl *durationpb.Duration `protobuf:"bytes,10,opt,name=default_ttl,json=defaultTtl,proto3" json:"default_ttl,omitempty"`
+	MaxTtl     *durationpb.Duration `protobuf:"bytes,11,opt,name=max_ttl,json=maxTtl,proto3" json:"max_ttl,omitempty"`
+	// The CA's clock when it answered.
+	Now           *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=now,proto3" json:"now,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +1179,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,12 +1192,222 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{14}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{15}
 }
 
-func (x *CAStatusResponse) GetStatusJson() []byte {
+func (x *CAStatusResponse) GetTrustDomain() string {
 	if x != nil {
-		return x.StatusJson
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *CAStatusResponse) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *CAStatusResponse) GetBundleVersion() uint64 {
+	if x != nil {
+		return x.BundleVersion
+	}
+	return 0
+}
+
+func (x *CAStatusResponse) GetRoots() []*RootStatus {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetSigning() *CACertificate {
+	if x != nil {
+		return x.Signing
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetIssued() int64 {
+	if x != nil {
+		return x.Issued
+	}
+	return 0
+}
+
+func (x *CAStatusResponse) GetRevoked() int64 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+func (x *CAStatusResponse) GetJoinTokens() int64 {
+	if x != nil {
+		return x.JoinTokens
+	}
+	return 0
+}
+
+func (x *CAStatusResponse) GetDefaultTtl() *durationpb.Duration {
+	if x != nil {
+		return x.DefaultTtl
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetMaxTtl() *durationpb.Duration {
+	if x != nil {
+		return x.MaxTtl
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
+	}
+	return nil
+}
+
+// CACertificate names a CA certificate.
+type CACertificate struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Lowercase hex SHA-256 of the DER certificate.
+	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CACertificate) Reset() {
+	*x = CACertificate{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CACertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CACertificate) ProtoMessage() {}
+
+func (x *CACertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CACertificate.ProtoReflect.Descriptor instead.
+func (*CACertificate) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CACertificate) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CACertificate) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *CACertificate) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *CACertificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+// RootStatus is one root in the bundle.
+type RootStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Certificate *CACertificate         `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	State       RootState              `protobuf:"varint,2,opt,name=state,proto3,enum=meshauth.v1.RootState" json:"state,omitempty"`
+	ActivateAt  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=activate_at,json=activateAt,proto3" json:"activate_at,omitempty"`
+	// The latest not_after of a certificate it signed; unset if none.
+	LastIssuedNotAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_issued_not_after,json=lastIssuedNotAfter,proto3" json:"last_issued_not_after,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RootStatus) Reset() {
+	*x = RootStatus{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RootStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RootStatus) ProtoMessage() {}
+
+func (x *RootStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RootStatus.ProtoReflect.Descriptor instead.
+func (*RootStatus) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RootStatus) GetCertificate() *CACertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *RootStatus) GetState() RootState {
+	if x != nil {
+		return x.State
+	}
+	return RootState_ROOT_STATE_UNSPECIFIED
+}
+
+func (x *RootStatus) GetActivateAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivateAt
+	}
+	return nil
+}
+
+func (x *RootStatus) GetLastIssuedNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastIssuedNotAfter
 	}
 	return nil
 }
@@ -903,7 +1424,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1436,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1449,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{15}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ApplyConfigRequest) GetFiles() []*ConfigFile {
@@ -955,7 +1476,7 @@ type ConfigFile struct {
 
 func (x *ConfigFile) Reset() {
 	*x = ConfigFile{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1488,7 @@ func (x *ConfigFile) String() string {
 func (*ConfigFile) ProtoMessage() {}
 
 func (x *ConfigFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1501,7 @@ func (x *ConfigFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigFile.ProtoReflect.Descriptor instead.
 func (*ConfigFile) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{16}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConfigFile) GetName() string {
@@ -1007,7 +1528,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1540,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1553,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{17}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApplyConfigResponse) GetConfigVersion() uint64 {
@@ -1057,7 +1578,7 @@ type GetStateRequest struct {
 
 func (x *GetStateRequest) Reset() {
 	*x = GetStateRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1590,7 @@ func (x *GetStateRequest) String() string {
 func (*GetStateRequest) ProtoMessage() {}
 
 func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,19 +1603,31 @@ func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateRequest.ProtoReflect.Descriptor instead.
 func (*GetStateRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{18}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{21}
 }
 
+// GetStateResponse is the control plane's effective config, registry and
+// connected sidecars (internal/meshapi.State).
 type GetStateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	StateJson     []byte                 `protobuf:"bytes,1,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version of the config in force.
+	ConfigVersion uint64 `protobuf:"varint,2,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
+	// The config in force, one object per document.
+	Config    []*ConfigObject     `protobuf:"bytes,3,rep,name=config,proto3" json:"config,omitempty"`
+	Services  []*RegistryService  `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	Workloads []*RegistryWorkload `protobuf:"bytes,5,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	// The sidecars connected to the Discovery stream, by workload.
+	Sidecars []*SidecarStatus `protobuf:"bytes,6,rep,name=sidecars,proto3" json:"sidecars,omitempty"`
+	// Set while the config source holds content that was rejected: the
+	// config in force is the last good one.
+	ConfigRejected *ConfigRejection `protobuf:"bytes,7,opt,name=config_rejected,json=configRejected,proto3" json:"config_rejected,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetStateResponse) Reset() {
 	*x = GetStateResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1639,7 @@ func (x *GetStateResponse) String() string {
 func (*GetStateResponse) ProtoMessage() {}
 
 func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,12 +1652,602 @@ func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateResponse.ProtoReflect.Descriptor instead.
 func (*GetStateResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{19}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{22}
 }
 
-func (x *GetStateResponse) GetStateJson() []byte {
+func (x *GetStateResponse) GetConfigVersion() uint64 {
 	if x != nil {
-		return x.StateJson
+		return x.ConfigVersion
+	}
+	return 0
+}
+
+func (x *GetStateResponse) GetConfig() []*ConfigObject {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *GetStateResponse) GetServices() []*RegistryService {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *GetStateResponse) GetWorkloads() []*RegistryWorkload {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+func (x *GetStateResponse) GetSidecars() []*SidecarStatus {
+	if x != nil {
+		return x.Sidecars
+	}
+	return nil
+}
+
+func (x *GetStateResponse) GetConfigRejected() *ConfigRejection {
+	if x != nil {
+		return x.ConfigRejected
+	}
+	return nil
+}
+
+// ConfigObject is one config object as a YAML document in the Istio
+// resource format internal/config parses (what `meshctl apply` sends), with
+// where the control plane read it: the document itself has no position.
+type ConfigObject struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Yaml          []byte                 `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	SourceFile    string                 `protobuf:"bytes,2,opt,name=source_file,json=sourceFile,proto3" json:"source_file,omitempty"`
+	SourceLine    int32                  `protobuf:"varint,3,opt,name=source_line,json=sourceLine,proto3" json:"source_line,omitempty"`
+	SourceColumn  int32                  `protobuf:"varint,4,opt,name=source_column,json=sourceColumn,proto3" json:"source_column,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigObject) Reset() {
+	*x = ConfigObject{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigObject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigObject) ProtoMessage() {}
+
+func (x *ConfigObject) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigObject.ProtoReflect.Descriptor instead.
+func (*ConfigObject) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ConfigObject) GetYaml() []byte {
+	if x != nil {
+		return x.Yaml
+	}
+	return nil
+}
+
+func (x *ConfigObject) GetSourceFile() string {
+	if x != nil {
+		return x.SourceFile
+	}
+	return ""
+}
+
+func (x *ConfigObject) GetSourceLine() int32 {
+	if x != nil {
+		return x.SourceLine
+	}
+	return 0
+}
+
+func (x *ConfigObject) GetSourceColumn() int32 {
+	if x != nil {
+		return x.SourceColumn
+	}
+	return 0
+}
+
+// RegistryService is one service in the registry.
+type RegistryService struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Ports     []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	Selector  map[string]string      `protobuf:"bytes,4,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Address   string                 `protobuf:"bytes,5,opt,name=address,proto3" json:"address,omitempty"`
+	// Where the entry came from: "config", "kubernetes", "sidecar".
+	Source string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// Extra SPIFFE IDs allowed to serve the service.
+	ServiceAccounts []string `protobuf:"bytes,7,rep,name=service_accounts,json=serviceAccounts,proto3" json:"service_accounts,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RegistryService) Reset() {
+	*x = RegistryService{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryService) ProtoMessage() {}
+
+func (x *RegistryService) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryService.ProtoReflect.Descriptor instead.
+func (*RegistryService) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RegistryService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RegistryService) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RegistryService) GetPorts() []*ServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *RegistryService) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *RegistryService) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RegistryService) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *RegistryService) GetServiceAccounts() []string {
+	if x != nil {
+		return x.ServiceAccounts
+	}
+	return nil
+}
+
+type ServicePort struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Number        uint32                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Protocol      string                 `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	TargetPort    uint32                 `protobuf:"varint,4,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServicePort) Reset() {
+	*x = ServicePort{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServicePort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServicePort) ProtoMessage() {}
+
+func (x *ServicePort) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
+func (*ServicePort) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ServicePort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServicePort) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *ServicePort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *ServicePort) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+// RegistryWorkload is one workload instance in the registry.
+type RegistryWorkload struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace      string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Labels         map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Address        string                 `protobuf:"bytes,5,opt,name=address,proto3" json:"address,omitempty"`
+	Ports          []*WorkloadPort        `protobuf:"bytes,6,rep,name=ports,proto3" json:"ports,omitempty"`
+	Sidecar        bool                   `protobuf:"varint,7,opt,name=sidecar,proto3" json:"sidecar,omitempty"`
+	Source         string                 `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RegistryWorkload) Reset() {
+	*x = RegistryWorkload{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryWorkload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryWorkload) ProtoMessage() {}
+
+func (x *RegistryWorkload) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryWorkload.ProtoReflect.Descriptor instead.
+func (*RegistryWorkload) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RegistryWorkload) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RegistryWorkload) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RegistryWorkload) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *RegistryWorkload) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *RegistryWorkload) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RegistryWorkload) GetPorts() []*WorkloadPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *RegistryWorkload) GetSidecar() bool {
+	if x != nil {
+		return x.Sidecar
+	}
+	return false
+}
+
+func (x *RegistryWorkload) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+type WorkloadPort struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Number   uint32                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Protocol string                 `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// Explicit mode: the port the workload's sidecar serves it on.
+	SidecarPort   uint32 `protobuf:"varint,4,opt,name=sidecar_port,json=sidecarPort,proto3" json:"sidecar_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadPort) Reset() {
+	*x = WorkloadPort{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadPort) ProtoMessage() {}
+
+func (x *WorkloadPort) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadPort.ProtoReflect.Descriptor instead.
+func (*WorkloadPort) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WorkloadPort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadPort) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *WorkloadPort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *WorkloadPort) GetSidecarPort() uint32 {
+	if x != nil {
+		return x.SidecarPort
+	}
+	return 0
+}
+
+// SidecarStatus is one sidecar on the Discovery stream: the identity its
+// verified certificate carries and the snapshot versions it was sent and
+// acknowledged.
+type SidecarStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// namespace/name
+	Workload      string `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	SpiffeId      string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Sent          string `protobuf:"bytes,3,opt,name=sent,proto3" json:"sent,omitempty"`
+	Acked         string `protobuf:"bytes,4,opt,name=acked,proto3" json:"acked,omitempty"`
+	Nacked        string `protobuf:"bytes,5,opt,name=nacked,proto3" json:"nacked,omitempty"`
+	NackError     string `protobuf:"bytes,6,opt,name=nack_error,json=nackError,proto3" json:"nack_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SidecarStatus) Reset() {
+	*x = SidecarStatus{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SidecarStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SidecarStatus) ProtoMessage() {}
+
+func (x *SidecarStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SidecarStatus.ProtoReflect.Descriptor instead.
+func (*SidecarStatus) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SidecarStatus) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *SidecarStatus) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SidecarStatus) GetSent() string {
+	if x != nil {
+		return x.Sent
+	}
+	return ""
+}
+
+func (x *SidecarStatus) GetAcked() string {
+	if x != nil {
+		return x.Acked
+	}
+	return ""
+}
+
+func (x *SidecarStatus) GetNacked() string {
+	if x != nil {
+		return x.Nacked
+	}
+	return ""
+}
+
+func (x *SidecarStatus) GetNackError() string {
+	if x != nil {
+		return x.NackError
+	}
+	return ""
+}
+
+// ConfigRejection says why the config source's content is not in force.
+type ConfigRejection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source's name (the config directory).
+	Dir string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
+	At  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// file:line:column: object: field: message, one per problem.
+	Errors        []string `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigRejection) Reset() {
+	*x = ConfigRejection{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigRejection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigRejection) ProtoMessage() {}
+
+func (x *ConfigRejection) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigRejection.ProtoReflect.Descriptor instead.
+func (*ConfigRejection) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ConfigRejection) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *ConfigRejection) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ConfigRejection) GetErrors() []string {
+	if x != nil {
+		return x.Errors
 	}
 	return nil
 }
@@ -1142,7 +2265,7 @@ type DiscoveryRequest struct {
 
 func (x *DiscoveryRequest) Reset() {
 	*x = DiscoveryRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +2277,7 @@ func (x *DiscoveryRequest) String() string {
 func (*DiscoveryRequest) ProtoMessage() {}
 
 func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +2290,7 @@ func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*DiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{20}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DiscoveryRequest) GetKind() isDiscoveryRequest_Kind {
@@ -1232,7 +2355,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +2367,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +2380,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{21}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Register) GetWorkload() string {
@@ -1313,7 +2436,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +2448,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +2461,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{22}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Ack) GetVersion() string {
@@ -1355,20 +2478,22 @@ func (x *Ack) GetError() string {
 	return ""
 }
 
+// Snapshot is one push: the sidecar's policy. The trust bundle is not
+// here: it reaches the sidecar on one stream only, the CA's
+// WatchTrustBundle, which the certificate agent keeps open in every mode
+// (with or without this stream).
 type Snapshot struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	// JSON encoding of internal/policy.Snapshot. Kept as JSON so the snapshot
-	// type has one definition, in Go, shared with meshctl explain.
-	SnapshotJson  []byte       `protobuf:"bytes,2,opt,name=snapshot_json,json=snapshotJson,proto3" json:"snapshot_json,omitempty"`
-	Bundle        *TrustBundle `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Its version equals version.
+	Policy        *PolicySnapshot `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +2505,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +2518,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{23}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -1403,25 +2528,950 @@ func (x *Snapshot) GetVersion() string {
 	return ""
 }
 
-func (x *Snapshot) GetSnapshotJson() []byte {
+func (x *Snapshot) GetPolicy() *PolicySnapshot {
 	if x != nil {
-		return x.SnapshotJson
+		return x.Policy
 	}
 	return nil
 }
 
-func (x *Snapshot) GetBundle() *TrustBundle {
+// PolicySnapshot is the effective configuration of one sidecar
+// (internal/policy.Snapshot; internal/meshapi converts).
+type PolicySnapshot struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Version     string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	TrustDomain string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Workload    *WorkloadRef           `protobuf:"bytes,3,opt,name=workload,proto3" json:"workload,omitempty"`
+	// The server mode for ports not listed in inbound.
+	InboundDefault ServerMode     `protobuf:"varint,4,opt,name=inbound_default,json=inboundDefault,proto3,enum=meshauth.v1.ServerMode" json:"inbound_default,omitempty"`
+	Inbound        []*InboundPort `protobuf:"bytes,5,rep,name=inbound,proto3" json:"inbound,omitempty"`
+	// Every service this sidecar may call.
+	Outbound []*OutboundService `protobuf:"bytes,6,rep,name=outbound,proto3" json:"outbound,omitempty"`
+	// The Sidecar object (kind/namespace/name) that limited outbound; empty:
+	// every service.
+	OutboundScope string `protobuf:"bytes,7,opt,name=outbound_scope,json=outboundScope,proto3" json:"outbound_scope,omitempty"`
+	// Authorization for this workload as a server; unset: authorization off.
+	Rbac *RBAC `protobuf:"bytes,8,opt,name=rbac,proto3" json:"rbac,omitempty"`
+	// Services that refused this workload's registration as an endpoint.
+	RegistrationRefused []*Refusal `protobuf:"bytes,9,rep,name=registration_refused,json=registrationRefused,proto3" json:"registration_refused,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *PolicySnapshot) Reset() {
+	*x = PolicySnapshot{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicySnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicySnapshot) ProtoMessage() {}
+
+func (x *PolicySnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[34]
 	if x != nil {
-		return x.Bundle
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicySnapshot.ProtoReflect.Descriptor instead.
+func (*PolicySnapshot) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *PolicySnapshot) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *PolicySnapshot) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *PolicySnapshot) GetWorkload() *WorkloadRef {
+	if x != nil {
+		return x.Workload
 	}
 	return nil
+}
+
+func (x *PolicySnapshot) GetInboundDefault() ServerMode {
+	if x != nil {
+		return x.InboundDefault
+	}
+	return ServerMode_SERVER_MODE_UNSPECIFIED
+}
+
+func (x *PolicySnapshot) GetInbound() []*InboundPort {
+	if x != nil {
+		return x.Inbound
+	}
+	return nil
+}
+
+func (x *PolicySnapshot) GetOutbound() []*OutboundService {
+	if x != nil {
+		return x.Outbound
+	}
+	return nil
+}
+
+func (x *PolicySnapshot) GetOutboundScope() string {
+	if x != nil {
+		return x.OutboundScope
+	}
+	return ""
+}
+
+func (x *PolicySnapshot) GetRbac() *RBAC {
+	if x != nil {
+		return x.Rbac
+	}
+	return nil
+}
+
+func (x *PolicySnapshot) GetRegistrationRefused() []*Refusal {
+	if x != nil {
+		return x.RegistrationRefused
+	}
+	return nil
+}
+
+type WorkloadRef struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace      string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Labels         map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WorkloadRef) Reset() {
+	*x = WorkloadRef{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRef) ProtoMessage() {}
+
+func (x *WorkloadRef) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRef.ProtoReflect.Descriptor instead.
+func (*WorkloadRef) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *WorkloadRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WorkloadRef) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *WorkloadRef) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type InboundPort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Port  uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	Mode  ServerMode             `protobuf:"varint,2,opt,name=mode,proto3,enum=meshauth.v1.ServerMode" json:"mode,omitempty"`
+	// "HTTP" or "TCP".
+	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// name.namespace of the service this port serves, for RBAC.
+	Service string `protobuf:"bytes,4,opt,name=service,proto3" json:"service,omitempty"`
+	// The object that set mode.
+	DecidedBy     string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboundPort) Reset() {
+	*x = InboundPort{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboundPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboundPort) ProtoMessage() {}
+
+func (x *InboundPort) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboundPort.ProtoReflect.Descriptor instead.
+func (*InboundPort) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *InboundPort) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *InboundPort) GetMode() ServerMode {
+	if x != nil {
+		return x.Mode
+	}
+	return ServerMode_SERVER_MODE_UNSPECIFIED
+}
+
+func (x *InboundPort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *InboundPort) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *InboundPort) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+type OutboundService struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Every name a caller may use.
+	Hosts []string `protobuf:"bytes,3,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// The service's virtual IP, if any.
+	Address   string          `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	Ports     []*OutboundPort `protobuf:"bytes,5,rep,name=ports,proto3" json:"ports,omitempty"`
+	Endpoints []*Endpoint     `protobuf:"bytes,6,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// The SPIFFE IDs allowed to serve this service (secure naming).
+	ServerIdentities []string `protobuf:"bytes,7,rep,name=server_identities,json=serverIdentities,proto3" json:"server_identities,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *OutboundService) Reset() {
+	*x = OutboundService{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutboundService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutboundService) ProtoMessage() {}
+
+func (x *OutboundService) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutboundService.ProtoReflect.Descriptor instead.
+func (*OutboundService) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *OutboundService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *OutboundService) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *OutboundService) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *OutboundService) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *OutboundService) GetPorts() []*OutboundPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *OutboundService) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *OutboundService) GetServerIdentities() []string {
+	if x != nil {
+		return x.ServerIdentities
+	}
+	return nil
+}
+
+type OutboundPort struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Port     uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Protocol string                 `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// The workload (container) port behind port.
+	TargetPort uint32        `protobuf:"varint,4,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	TlsMode    ClientTLSMode `protobuf:"varint,5,opt,name=tls_mode,json=tlsMode,proto3,enum=meshauth.v1.ClientTLSMode" json:"tls_mode,omitempty"`
+	Sni        string        `protobuf:"bytes,6,opt,name=sni,proto3" json:"sni,omitempty"`
+	// If set, they replace the service's server_identities.
+	SubjectAltNames []string `protobuf:"bytes,7,rep,name=subject_alt_names,json=subjectAltNames,proto3" json:"subject_alt_names,omitempty"`
+	DecidedBy       string   `protobuf:"bytes,8,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *OutboundPort) Reset() {
+	*x = OutboundPort{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutboundPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutboundPort) ProtoMessage() {}
+
+func (x *OutboundPort) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutboundPort.ProtoReflect.Descriptor instead.
+func (*OutboundPort) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *OutboundPort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *OutboundPort) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *OutboundPort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *OutboundPort) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *OutboundPort) GetTlsMode() ClientTLSMode {
+	if x != nil {
+		return x.TlsMode
+	}
+	return ClientTLSMode_CLIENT_TLS_MODE_UNSPECIFIED
+}
+
+func (x *OutboundPort) GetSni() string {
+	if x != nil {
+		return x.Sni
+	}
+	return ""
+}
+
+func (x *OutboundPort) GetSubjectAltNames() []string {
+	if x != nil {
+		return x.SubjectAltNames
+	}
+	return nil
+}
+
+func (x *OutboundPort) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+type Endpoint struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Workload       string                 `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,2,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Address        string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// Target port -> the port the workload's sidecar listens on for it
+	// (explicit mode); empty in transparent mode.
+	Ports         map[uint32]uint32 `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Sidecar       bool              `protobuf:"varint,5,opt,name=sidecar,proto3" json:"sidecar,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Endpoint) Reset() {
+	*x = Endpoint{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Endpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Endpoint) ProtoMessage() {}
+
+func (x *Endpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
+func (*Endpoint) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Endpoint) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *Endpoint) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *Endpoint) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Endpoint) GetPorts() map[uint32]uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Endpoint) GetSidecar() bool {
+	if x != nil {
+		return x.Sidecar
+	}
+	return false
+}
+
+type RBAC struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Policies []*RBACPolicy          `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	// The RbacConfig that turned authorization on.
+	DecidedBy string `protobuf:"bytes,2,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// Services (name.namespace) for which authorization is off.
+	OffServices   []string `protobuf:"bytes,3,rep,name=off_services,json=offServices,proto3" json:"off_services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RBAC) Reset() {
+	*x = RBAC{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RBAC) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RBAC) ProtoMessage() {}
+
+func (x *RBAC) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RBAC.ProtoReflect.Descriptor instead.
+func (*RBAC) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RBAC) GetPolicies() []*RBACPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *RBAC) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *RBAC) GetOffServices() []string {
+	if x != nil {
+		return x.OffServices
+	}
+	return nil
+}
+
+// RBACPolicy is one ServiceRole with the subjects bound to it.
+type RBACPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// namespace/name of the ServiceRole.
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// namespace/name of the bindings.
+	Bindings      []string       `protobuf:"bytes,2,rep,name=bindings,proto3" json:"bindings,omitempty"`
+	Rules         []*RBACRule    `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	Subjects      []*RBACSubject `protobuf:"bytes,4,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RBACPolicy) Reset() {
+	*x = RBACPolicy{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RBACPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RBACPolicy) ProtoMessage() {}
+
+func (x *RBACPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RBACPolicy.ProtoReflect.Descriptor instead.
+func (*RBACPolicy) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RBACPolicy) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RBACPolicy) GetBindings() []string {
+	if x != nil {
+		return x.Bindings
+	}
+	return nil
+}
+
+func (x *RBACPolicy) GetRules() []*RBACRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *RBACPolicy) GetSubjects() []*RBACSubject {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+type RBACRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Services      []string               `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	Methods       []string               `protobuf:"bytes,2,rep,name=methods,proto3" json:"methods,omitempty"`
+	Paths         []string               `protobuf:"bytes,3,rep,name=paths,proto3" json:"paths,omitempty"`
+	Constraints   []*RBACConstraint      `protobuf:"bytes,4,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	Extra         map[string]string      `protobuf:"bytes,5,rep,name=extra,proto3" json:"extra,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RBACRule) Reset() {
+	*x = RBACRule{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RBACRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RBACRule) ProtoMessage() {}
+
+func (x *RBACRule) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RBACRule.ProtoReflect.Descriptor instead.
+func (*RBACRule) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RBACRule) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *RBACRule) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *RBACRule) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *RBACRule) GetConstraints() []*RBACConstraint {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
+func (x *RBACRule) GetExtra() map[string]string {
+	if x != nil {
+		return x.Extra
+	}
+	return nil
+}
+
+type RBACConstraint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RBACConstraint) Reset() {
+	*x = RBACConstraint{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RBACConstraint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RBACConstraint) ProtoMessage() {}
+
+func (x *RBACConstraint) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RBACConstraint.ProtoReflect.Descriptor instead.
+func (*RBACConstraint) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RBACConstraint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *RBACConstraint) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+type RBACSubject struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	User       string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Properties map[string]string      `protobuf:"bytes,2,rep,name=properties,proto3" json:"properties,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// namespace/name of the ServiceRoleBinding it comes from.
+	Binding       string `protobuf:"bytes,3,opt,name=binding,proto3" json:"binding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RBACSubject) Reset() {
+	*x = RBACSubject{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RBACSubject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RBACSubject) ProtoMessage() {}
+
+func (x *RBACSubject) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RBACSubject.ProtoReflect.Descriptor instead.
+func (*RBACSubject) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RBACSubject) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RBACSubject) GetProperties() map[string]string {
+	if x != nil {
+		return x.Properties
+	}
+	return nil
+}
+
+func (x *RBACSubject) GetBinding() string {
+	if x != nil {
+		return x.Binding
+	}
+	return ""
+}
+
+// Refusal: a service whose selector matches the workload's registration
+// but that does not allow its identity.
+type Refusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name.namespace
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// namespace/name
+	Workload      string `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
+	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Refusal) Reset() {
+	*x = Refusal{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Refusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Refusal) ProtoMessage() {}
+
+func (x *Refusal) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
+func (*Refusal) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *Refusal) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Refusal) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *Refusal) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Refusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 var File_api_meshauth_v1_meshauth_proto protoreflect.FileDescriptor
 
 const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\n" +
-	"\x1eapi/meshauth/v1/meshauth.proto\x12\vmeshauth.v1\"M\n" +
+	"\x1eapi/meshauth/v1/meshauth.proto\x12\vmeshauth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n" +
 	"\x18CreateCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -1450,10 +3500,23 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
 	"only_valid\x18\x02 \x01(\bR\tonlyValid\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\x05R\x05limit\"Q\n" +
-	"\x12ListIssuedResponse\x12!\n" +
-	"\fentries_json\x18\x01 \x01(\fR\ventriesJson\x12\x18\n" +
-	"\amatched\x18\x02 \x01(\x05R\amatched\"\x94\x01\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"|\n" +
+	"\x12ListIssuedResponse\x12\x18\n" +
+	"\amatched\x18\x02 \x01(\x05R\amatched\x128\n" +
+	"\aentries\x18\x03 \x03(\v2\x1e.meshauth.v1.IssuedCertificateR\aentriesJ\x04\b\x01\x10\x02R\fentries_json\"\xce\x02\n" +
+	"\x11IssuedCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"not_before\x18\x03 \x01(\x03R\tnotBefore\x12\x1b\n" +
+	"\tnot_after\x18\x04 \x01(\x03R\bnotAfter\x12\x1b\n" +
+	"\tissued_at\x18\x05 \x01(\x03R\bissuedAt\x12\x1c\n" +
+	"\trequester\x18\x06 \x01(\tR\trequester\x12\x1c\n" +
+	"\tauthority\x18\a \x01(\x04R\tauthority\x12.\n" +
+	"\x13granted_ttl_seconds\x18\b \x01(\x03R\x11grantedTtlSeconds\x12\x18\n" +
+	"\arevoked\x18\t \x01(\bR\arevoked\x12%\n" +
+	"\x0erevoked_reason\x18\n" +
+	" \x01(\tR\rrevokedReason\"\x94\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x1f\n" +
@@ -1479,10 +3542,35 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x14new_root_fingerprint\x18\x01 \x01(\tR\x12newRootFingerprint\x12*\n" +
 	"\x11signing_switch_at\x18\x02 \x01(\x03R\x0fsigningSwitchAt\x12%\n" +
 	"\x0ebundle_version\x18\x03 \x01(\x04R\rbundleVersion\"\x11\n" +
-	"\x0fCAStatusRequest\"3\n" +
-	"\x10CAStatusResponse\x12\x1f\n" +
-	"\vstatus_json\x18\x01 \x01(\fR\n" +
-	"statusJson\"]\n" +
+	"\x0fCAStatusRequest\"\xd9\x03\n" +
+	"\x10CAStatusResponse\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\tR\x04mode\x12%\n" +
+	"\x0ebundle_version\x18\x04 \x01(\x04R\rbundleVersion\x12-\n" +
+	"\x05roots\x18\x05 \x03(\v2\x17.meshauth.v1.RootStatusR\x05roots\x124\n" +
+	"\asigning\x18\x06 \x01(\v2\x1a.meshauth.v1.CACertificateR\asigning\x12\x16\n" +
+	"\x06issued\x18\a \x01(\x03R\x06issued\x12\x18\n" +
+	"\arevoked\x18\b \x01(\x03R\arevoked\x12\x1f\n" +
+	"\vjoin_tokens\x18\t \x01(\x03R\n" +
+	"joinTokens\x12:\n" +
+	"\vdefault_ttl\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"defaultTtl\x122\n" +
+	"\amax_ttl\x18\v \x01(\v2\x19.google.protobuf.DurationR\x06maxTtl\x12,\n" +
+	"\x03now\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x03nowJ\x04\b\x01\x10\x02R\vstatus_json\"\xb5\x01\n" +
+	"\rCACertificate\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x129\n" +
+	"\n" +
+	"not_before\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\x84\x02\n" +
+	"\n" +
+	"RootStatus\x12<\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1a.meshauth.v1.CACertificateR\vcertificate\x12,\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x16.meshauth.v1.RootStateR\x05state\x12;\n" +
+	"\vactivate_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"activateAt\x12M\n" +
+	"\x15last_issued_not_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x12lastIssuedNotAfter\"]\n" +
 	"\x12ApplyConfigRequest\x12-\n" +
 	"\x05files\x18\x01 \x03(\v2\x17.meshauth.v1.ConfigFileR\x05files\x12\x18\n" +
 	"\areplace\x18\x02 \x01(\bR\areplace\":\n" +
@@ -1493,10 +3581,68 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x13ApplyConfigResponse\x12%\n" +
 	"\x0econfig_version\x18\x01 \x01(\x04R\rconfigVersion\x12\x18\n" +
 	"\aapplied\x18\x02 \x03(\tR\aapplied\"\x11\n" +
-	"\x0fGetStateRequest\"1\n" +
-	"\x10GetStateResponse\x12\x1d\n" +
+	"\x0fGetStateRequest\"\xf4\x02\n" +
+	"\x10GetStateResponse\x12%\n" +
+	"\x0econfig_version\x18\x02 \x01(\x04R\rconfigVersion\x121\n" +
+	"\x06config\x18\x03 \x03(\v2\x19.meshauth.v1.ConfigObjectR\x06config\x128\n" +
+	"\bservices\x18\x04 \x03(\v2\x1c.meshauth.v1.RegistryServiceR\bservices\x12;\n" +
+	"\tworkloads\x18\x05 \x03(\v2\x1d.meshauth.v1.RegistryWorkloadR\tworkloads\x126\n" +
+	"\bsidecars\x18\x06 \x03(\v2\x1a.meshauth.v1.SidecarStatusR\bsidecars\x12E\n" +
+	"\x0fconfig_rejected\x18\a \x01(\v2\x1c.meshauth.v1.ConfigRejectionR\x0econfigRejectedJ\x04\b\x01\x10\x02R\n" +
+	"state_json\"\x89\x01\n" +
+	"\fConfigObject\x12\x12\n" +
+	"\x04yaml\x18\x01 \x01(\fR\x04yaml\x12\x1f\n" +
+	"\vsource_file\x18\x02 \x01(\tR\n" +
+	"sourceFile\x12\x1f\n" +
+	"\vsource_line\x18\x03 \x01(\x05R\n" +
+	"sourceLine\x12#\n" +
+	"\rsource_column\x18\x04 \x01(\x05R\fsourceColumn\"\xd5\x02\n" +
+	"\x0fRegistryService\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12.\n" +
+	"\x05ports\x18\x03 \x03(\v2\x18.meshauth.v1.ServicePortR\x05ports\x12F\n" +
+	"\bselector\x18\x04 \x03(\v2*.meshauth.v1.RegistryService.SelectorEntryR\bselector\x12\x18\n" +
+	"\aaddress\x18\x05 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12)\n" +
+	"\x10service_accounts\x18\a \x03(\tR\x0fserviceAccounts\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\vServicePort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\rR\x06number\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x1f\n" +
+	"\vtarget_port\x18\x04 \x01(\rR\n" +
+	"targetPort\"\xe8\x02\n" +
+	"\x10RegistryWorkload\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12A\n" +
+	"\x06labels\x18\x04 \x03(\v2).meshauth.v1.RegistryWorkload.LabelsEntryR\x06labels\x12\x18\n" +
+	"\aaddress\x18\x05 \x01(\tR\aaddress\x12/\n" +
+	"\x05ports\x18\x06 \x03(\v2\x19.meshauth.v1.WorkloadPortR\x05ports\x12\x18\n" +
+	"\asidecar\x18\a \x01(\bR\asidecar\x12\x16\n" +
+	"\x06source\x18\b \x01(\tR\x06source\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
+	"\fWorkloadPort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\rR\x06number\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12!\n" +
+	"\fsidecar_port\x18\x04 \x01(\rR\vsidecarPort\"\xa9\x01\n" +
+	"\rSidecarStatus\x12\x1a\n" +
+	"\bworkload\x18\x01 \x01(\tR\bworkload\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x12\n" +
+	"\x04sent\x18\x03 \x01(\tR\x04sent\x12\x14\n" +
+	"\x05acked\x18\x04 \x01(\tR\x05acked\x12\x16\n" +
+	"\x06nacked\x18\x05 \x01(\tR\x06nacked\x12\x1d\n" +
 	"\n" +
-	"state_json\x18\x01 \x01(\fR\tstateJson\"u\n" +
+	"nack_error\x18\x06 \x01(\tR\tnackError\"g\n" +
+	"\x0fConfigRejection\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06errors\x18\x03 \x03(\tR\x06errors\"u\n" +
 	"\x10DiscoveryRequest\x123\n" +
 	"\bregister\x18\x01 \x01(\v2\x15.meshauth.v1.RegisterH\x00R\bregister\x12$\n" +
 	"\x03ack\x18\x02 \x01(\v2\x10.meshauth.v1.AckH\x00R\x03ackB\x06\n" +
@@ -1516,11 +3662,119 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"5\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"{\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"|\n" +
 	"\bSnapshot\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion\x12#\n" +
-	"\rsnapshot_json\x18\x02 \x01(\fR\fsnapshotJson\x120\n" +
-	"\x06bundle\x18\x03 \x01(\v2\x18.meshauth.v1.TrustBundleR\x06bundle2\x9e\x02\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x123\n" +
+	"\x06policy\x18\x04 \x01(\v2\x1b.meshauth.v1.PolicySnapshotR\x06policyJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04R\rsnapshot_jsonR\x06bundle\"\xca\x03\n" +
+	"\x0ePolicySnapshot\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x124\n" +
+	"\bworkload\x18\x03 \x01(\v2\x18.meshauth.v1.WorkloadRefR\bworkload\x12@\n" +
+	"\x0finbound_default\x18\x04 \x01(\x0e2\x17.meshauth.v1.ServerModeR\x0einboundDefault\x122\n" +
+	"\ainbound\x18\x05 \x03(\v2\x18.meshauth.v1.InboundPortR\ainbound\x128\n" +
+	"\boutbound\x18\x06 \x03(\v2\x1c.meshauth.v1.OutboundServiceR\boutbound\x12%\n" +
+	"\x0eoutbound_scope\x18\a \x01(\tR\routboundScope\x12%\n" +
+	"\x04rbac\x18\b \x01(\v2\x11.meshauth.v1.RBACR\x04rbac\x12G\n" +
+	"\x14registration_refused\x18\t \x03(\v2\x14.meshauth.v1.RefusalR\x13registrationRefused\"\xe1\x01\n" +
+	"\vWorkloadRef\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12<\n" +
+	"\x06labels\x18\x04 \x03(\v2$.meshauth.v1.WorkloadRef.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa3\x01\n" +
+	"\vInboundPort\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\x12+\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x17.meshauth.v1.ServerModeR\x04mode\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x18\n" +
+	"\aservice\x18\x04 \x01(\tR\aservice\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x05 \x01(\tR\tdecidedBy\"\x86\x02\n" +
+	"\x0fOutboundService\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x14\n" +
+	"\x05hosts\x18\x03 \x03(\tR\x05hosts\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12/\n" +
+	"\x05ports\x18\x05 \x03(\v2\x19.meshauth.v1.OutboundPortR\x05ports\x123\n" +
+	"\tendpoints\x18\x06 \x03(\v2\x15.meshauth.v1.EndpointR\tendpoints\x12+\n" +
+	"\x11server_identities\x18\a \x03(\tR\x10serverIdentities\"\x87\x02\n" +
+	"\fOutboundPort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x1f\n" +
+	"\vtarget_port\x18\x04 \x01(\rR\n" +
+	"targetPort\x125\n" +
+	"\btls_mode\x18\x05 \x01(\x0e2\x1a.meshauth.v1.ClientTLSModeR\atlsMode\x12\x10\n" +
+	"\x03sni\x18\x06 \x01(\tR\x03sni\x12*\n" +
+	"\x11subject_alt_names\x18\a \x03(\tR\x0fsubjectAltNames\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\b \x01(\tR\tdecidedBy\"\xf5\x01\n" +
+	"\bEndpoint\x12\x1a\n" +
+	"\bworkload\x18\x01 \x01(\tR\bworkload\x12'\n" +
+	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x126\n" +
+	"\x05ports\x18\x04 \x03(\v2 .meshauth.v1.Endpoint.PortsEntryR\x05ports\x12\x18\n" +
+	"\asidecar\x18\x05 \x01(\bR\asidecar\x1a8\n" +
+	"\n" +
+	"PortsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"}\n" +
+	"\x04RBAC\x123\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x17.meshauth.v1.RBACPolicyR\bpolicies\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x02 \x01(\tR\tdecidedBy\x12!\n" +
+	"\foff_services\x18\x03 \x03(\tR\voffServices\"\x9f\x01\n" +
+	"\n" +
+	"RBACPolicy\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1a\n" +
+	"\bbindings\x18\x02 \x03(\tR\bbindings\x12+\n" +
+	"\x05rules\x18\x03 \x03(\v2\x15.meshauth.v1.RBACRuleR\x05rules\x124\n" +
+	"\bsubjects\x18\x04 \x03(\v2\x18.meshauth.v1.RBACSubjectR\bsubjects\"\x87\x02\n" +
+	"\bRBACRule\x12\x1a\n" +
+	"\bservices\x18\x01 \x03(\tR\bservices\x12\x18\n" +
+	"\amethods\x18\x02 \x03(\tR\amethods\x12\x14\n" +
+	"\x05paths\x18\x03 \x03(\tR\x05paths\x12=\n" +
+	"\vconstraints\x18\x04 \x03(\v2\x1b.meshauth.v1.RBACConstraintR\vconstraints\x126\n" +
+	"\x05extra\x18\x05 \x03(\v2 .meshauth.v1.RBACRule.ExtraEntryR\x05extra\x1a8\n" +
+	"\n" +
+	"ExtraEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
+	"\x0eRBACConstraint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\xc4\x01\n" +
+	"\vRBACSubject\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12H\n" +
+	"\n" +
+	"properties\x18\x02 \x03(\v2(.meshauth.v1.RBACSubject.PropertiesEntryR\n" +
+	"properties\x12\x18\n" +
+	"\abinding\x18\x03 \x01(\tR\abinding\x1a=\n" +
+	"\x0fPropertiesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"t\n" +
+	"\aRefusal\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
+	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason*p\n" +
+	"\tRootState\x12\x1a\n" +
+	"\x16ROOT_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12ROOT_STATE_SIGNING\x10\x01\x12\x16\n" +
+	"\x12ROOT_STATE_PENDING\x10\x02\x12\x17\n" +
+	"\x13ROOT_STATE_RETIRING\x10\x03*v\n" +
+	"\n" +
+	"ServerMode\x12\x1b\n" +
+	"\x17SERVER_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12SERVER_MODE_STRICT\x10\x01\x12\x1a\n" +
+	"\x16SERVER_MODE_PERMISSIVE\x10\x02\x12\x17\n" +
+	"\x13SERVER_MODE_DISABLE\x10\x03*\xa7\x01\n" +
+	"\rClientTLSMode\x12\x1f\n" +
+	"\x1bCLIENT_TLS_MODE_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17CLIENT_TLS_MODE_DISABLE\x10\x01\x12\x1a\n" +
+	"\x16CLIENT_TLS_MODE_SIMPLE\x10\x02\x12\x1a\n" +
+	"\x16CLIENT_TLS_MODE_MUTUAL\x10\x03\x12 \n" +
+	"\x1cCLIENT_TLS_MODE_ISTIO_MUTUAL\x10\x042\x9e\x02\n" +
 	"\x14CertificateAuthority\x12b\n" +
 	"\x11CreateCertificate\x12%.meshauth.v1.CreateCertificateRequest\x1a&.meshauth.v1.CreateCertificateResponse\x12N\n" +
 	"\x0eGetTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle\x12R\n" +
@@ -1550,70 +3804,144 @@ func file_api_meshauth_v1_meshauth_proto_rawDescGZIP() []byte {
 	return file_api_meshauth_v1_meshauth_proto_rawDescData
 }
 
-var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_api_meshauth_v1_meshauth_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
-	(*CreateCertificateRequest)(nil),  // 0: meshauth.v1.CreateCertificateRequest
-	(*CreateCertificateResponse)(nil), // 1: meshauth.v1.CreateCertificateResponse
-	(*GetTrustBundleRequest)(nil),     // 2: meshauth.v1.GetTrustBundleRequest
-	(*TrustBundle)(nil),               // 3: meshauth.v1.TrustBundle
-	(*Revocation)(nil),                // 4: meshauth.v1.Revocation
-	(*ListIssuedRequest)(nil),         // 5: meshauth.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),        // 6: meshauth.v1.ListIssuedResponse
-	(*CreateJoinTokenRequest)(nil),    // 7: meshauth.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),   // 8: meshauth.v1.CreateJoinTokenResponse
-	(*RevokeRequest)(nil),             // 9: meshauth.v1.RevokeRequest
-	(*RevokeResponse)(nil),            // 10: meshauth.v1.RevokeResponse
-	(*RotateRootRequest)(nil),         // 11: meshauth.v1.RotateRootRequest
-	(*RotateRootResponse)(nil),        // 12: meshauth.v1.RotateRootResponse
-	(*CAStatusRequest)(nil),           // 13: meshauth.v1.CAStatusRequest
-	(*CAStatusResponse)(nil),          // 14: meshauth.v1.CAStatusResponse
-	(*ApplyConfigRequest)(nil),        // 15: meshauth.v1.ApplyConfigRequest
-	(*ConfigFile)(nil),                // 16: meshauth.v1.ConfigFile
-	(*ApplyConfigResponse)(nil),       // 17: meshauth.v1.ApplyConfigResponse
-	(*GetStateRequest)(nil),           // 18: meshauth.v1.GetStateRequest
-	(*GetStateResponse)(nil),          // 19: meshauth.v1.GetStateResponse
-	(*DiscoveryRequest)(nil),          // 20: meshauth.v1.DiscoveryRequest
-	(*Register)(nil),                  // 21: meshauth.v1.Register
-	(*Ack)(nil),                       // 22: meshauth.v1.Ack
-	(*Snapshot)(nil),                  // 23: meshauth.v1.Snapshot
-	nil,                               // 24: meshauth.v1.Register.LabelsEntry
-	nil,                               // 25: meshauth.v1.Register.SidecarPortsEntry
+	(RootState)(0),                    // 0: meshauth.v1.RootState
+	(ServerMode)(0),                   // 1: meshauth.v1.ServerMode
+	(ClientTLSMode)(0),                // 2: meshauth.v1.ClientTLSMode
+	(*CreateCertificateRequest)(nil),  // 3: meshauth.v1.CreateCertificateRequest
+	(*CreateCertificateResponse)(nil), // 4: meshauth.v1.CreateCertificateResponse
+	(*GetTrustBundleRequest)(nil),     // 5: meshauth.v1.GetTrustBundleRequest
+	(*TrustBundle)(nil),               // 6: meshauth.v1.TrustBundle
+	(*Revocation)(nil),                // 7: meshauth.v1.Revocation
+	(*ListIssuedRequest)(nil),         // 8: meshauth.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),        // 9: meshauth.v1.ListIssuedResponse
+	(*IssuedCertificate)(nil),         // 10: meshauth.v1.IssuedCertificate
+	(*CreateJoinTokenRequest)(nil),    // 11: meshauth.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),   // 12: meshauth.v1.CreateJoinTokenResponse
+	(*RevokeRequest)(nil),             // 13: meshauth.v1.RevokeRequest
+	(*RevokeResponse)(nil),            // 14: meshauth.v1.RevokeResponse
+	(*RotateRootRequest)(nil),         // 15: meshauth.v1.RotateRootRequest
+	(*RotateRootResponse)(nil),        // 16: meshauth.v1.RotateRootResponse
+	(*CAStatusRequest)(nil),           // 17: meshauth.v1.CAStatusRequest
+	(*CAStatusResponse)(nil),          // 18: meshauth.v1.CAStatusResponse
+	(*CACertificate)(nil),             // 19: meshauth.v1.CACertificate
+	(*RootStatus)(nil),                // 20: meshauth.v1.RootStatus
+	(*ApplyConfigRequest)(nil),        // 21: meshauth.v1.ApplyConfigRequest
+	(*ConfigFile)(nil),                // 22: meshauth.v1.ConfigFile
+	(*ApplyConfigResponse)(nil),       // 23: meshauth.v1.ApplyConfigResponse
+	(*GetStateRequest)(nil),           // 24: meshauth.v1.GetStateRequest
+	(*GetStateResponse)(nil),          // 25: meshauth.v1.GetStateResponse
+	(*ConfigObject)(nil),              // 26: meshauth.v1.ConfigObject
+	(*RegistryService)(nil),           // 27: meshauth.v1.RegistryService
+	(*ServicePort)(nil),               // 28: meshauth.v1.ServicePort
+	(*RegistryWorkload)(nil),          // 29: meshauth.v1.RegistryWorkload
+	(*WorkloadPort)(nil),              // 30: meshauth.v1.WorkloadPort
+	(*SidecarStatus)(nil),             // 31: meshauth.v1.SidecarStatus
+	(*ConfigRejection)(nil),           // 32: meshauth.v1.ConfigRejection
+	(*DiscoveryRequest)(nil),          // 33: meshauth.v1.DiscoveryRequest
+	(*Register)(nil),                  // 34: meshauth.v1.Register
+	(*Ack)(nil),                       // 35: meshauth.v1.Ack
+	(*Snapshot)(nil),                  // 36: meshauth.v1.Snapshot
+	(*PolicySnapshot)(nil),            // 37: meshauth.v1.PolicySnapshot
+	(*WorkloadRef)(nil),               // 38: meshauth.v1.WorkloadRef
+	(*InboundPort)(nil),               // 39: meshauth.v1.InboundPort
+	(*OutboundService)(nil),           // 40: meshauth.v1.OutboundService
+	(*OutboundPort)(nil),              // 41: meshauth.v1.OutboundPort
+	(*Endpoint)(nil),                  // 42: meshauth.v1.Endpoint
+	(*RBAC)(nil),                      // 43: meshauth.v1.RBAC
+	(*RBACPolicy)(nil),                // 44: meshauth.v1.RBACPolicy
+	(*RBACRule)(nil),                  // 45: meshauth.v1.RBACRule
+	(*RBACConstraint)(nil),            // 46: meshauth.v1.RBACConstraint
+	(*RBACSubject)(nil),               // 47: meshauth.v1.RBACSubject
+	(*Refusal)(nil),                   // 48: meshauth.v1.Refusal
+	nil,                               // 49: meshauth.v1.RegistryService.SelectorEntry
+	nil,                               // 50: meshauth.v1.RegistryWorkload.LabelsEntry
+	nil,                               // 51: meshauth.v1.Register.LabelsEntry
+	nil,                               // 52: meshauth.v1.Register.SidecarPortsEntry
+	nil,                               // 53: meshauth.v1.WorkloadRef.LabelsEntry
+	nil,                               // 54: meshauth.v1.Endpoint.PortsEntry
+	nil,                               // 55: meshauth.v1.RBACRule.ExtraEntry
+	nil,                               // 56: meshauth.v1.RBACSubject.PropertiesEntry
+	(*durationpb.Duration)(nil),       // 57: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 58: google.protobuf.Timestamp
 }
 var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
-	4,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
-	16, // 1: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
-	21, // 2: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
-	22, // 3: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
-	24, // 4: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
-	25, // 5: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
-	3,  // 6: meshauth.v1.Snapshot.bundle:type_name -> meshauth.v1.TrustBundle
-	0,  // 7: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
-	2,  // 8: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	2,  // 9: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	7,  // 10: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
-	9,  // 11: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
-	11, // 12: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
-	13, // 13: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
-	15, // 14: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
-	18, // 15: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
-	5,  // 16: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
-	20, // 17: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
-	1,  // 18: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
-	3,  // 19: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
-	3,  // 20: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
-	8,  // 21: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
-	10, // 22: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
-	12, // 23: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
-	14, // 24: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
-	17, // 25: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
-	19, // 26: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
-	6,  // 27: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
-	23, // 28: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
-	18, // [18:29] is the sub-list for method output_type
-	7,  // [7:18] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	7,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
+	10, // 1: meshauth.v1.ListIssuedResponse.entries:type_name -> meshauth.v1.IssuedCertificate
+	20, // 2: meshauth.v1.CAStatusResponse.roots:type_name -> meshauth.v1.RootStatus
+	19, // 3: meshauth.v1.CAStatusResponse.signing:type_name -> meshauth.v1.CACertificate
+	57, // 4: meshauth.v1.CAStatusResponse.default_ttl:type_name -> google.protobuf.Duration
+	57, // 5: meshauth.v1.CAStatusResponse.max_ttl:type_name -> google.protobuf.Duration
+	58, // 6: meshauth.v1.CAStatusResponse.now:type_name -> google.protobuf.Timestamp
+	58, // 7: meshauth.v1.CACertificate.not_before:type_name -> google.protobuf.Timestamp
+	58, // 8: meshauth.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	19, // 9: meshauth.v1.RootStatus.certificate:type_name -> meshauth.v1.CACertificate
+	0,  // 10: meshauth.v1.RootStatus.state:type_name -> meshauth.v1.RootState
+	58, // 11: meshauth.v1.RootStatus.activate_at:type_name -> google.protobuf.Timestamp
+	58, // 12: meshauth.v1.RootStatus.last_issued_not_after:type_name -> google.protobuf.Timestamp
+	22, // 13: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
+	26, // 14: meshauth.v1.GetStateResponse.config:type_name -> meshauth.v1.ConfigObject
+	27, // 15: meshauth.v1.GetStateResponse.services:type_name -> meshauth.v1.RegistryService
+	29, // 16: meshauth.v1.GetStateResponse.workloads:type_name -> meshauth.v1.RegistryWorkload
+	31, // 17: meshauth.v1.GetStateResponse.sidecars:type_name -> meshauth.v1.SidecarStatus
+	32, // 18: meshauth.v1.GetStateResponse.config_rejected:type_name -> meshauth.v1.ConfigRejection
+	28, // 19: meshauth.v1.RegistryService.ports:type_name -> meshauth.v1.ServicePort
+	49, // 20: meshauth.v1.RegistryService.selector:type_name -> meshauth.v1.RegistryService.SelectorEntry
+	50, // 21: meshauth.v1.RegistryWorkload.labels:type_name -> meshauth.v1.RegistryWorkload.LabelsEntry
+	30, // 22: meshauth.v1.RegistryWorkload.ports:type_name -> meshauth.v1.WorkloadPort
+	58, // 23: meshauth.v1.ConfigRejection.at:type_name -> google.protobuf.Timestamp
+	34, // 24: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
+	35, // 25: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
+	51, // 26: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
+	52, // 27: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
+	37, // 28: meshauth.v1.Snapshot.policy:type_name -> meshauth.v1.PolicySnapshot
+	38, // 29: meshauth.v1.PolicySnapshot.workload:type_name -> meshauth.v1.WorkloadRef
+	1,  // 30: meshauth.v1.PolicySnapshot.inbound_default:type_name -> meshauth.v1.ServerMode
+	39, // 31: meshauth.v1.PolicySnapshot.inbound:type_name -> meshauth.v1.InboundPort
+	40, // 32: meshauth.v1.PolicySnapshot.outbound:type_name -> meshauth.v1.OutboundService
+	43, // 33: meshauth.v1.PolicySnapshot.rbac:type_name -> meshauth.v1.RBAC
+	48, // 34: meshauth.v1.PolicySnapshot.registration_refused:type_name -> meshauth.v1.Refusal
+	53, // 35: meshauth.v1.WorkloadRef.labels:type_name -> meshauth.v1.WorkloadRef.LabelsEntry
+	1,  // 36: meshauth.v1.InboundPort.mode:type_name -> meshauth.v1.ServerMode
+	41, // 37: meshauth.v1.OutboundService.ports:type_name -> meshauth.v1.OutboundPort
+	42, // 38: meshauth.v1.OutboundService.endpoints:type_name -> meshauth.v1.Endpoint
+	2,  // 39: meshauth.v1.OutboundPort.tls_mode:type_name -> meshauth.v1.ClientTLSMode
+	54, // 40: meshauth.v1.Endpoint.ports:type_name -> meshauth.v1.Endpoint.PortsEntry
+	44, // 41: meshauth.v1.RBAC.policies:type_name -> meshauth.v1.RBACPolicy
+	45, // 42: meshauth.v1.RBACPolicy.rules:type_name -> meshauth.v1.RBACRule
+	47, // 43: meshauth.v1.RBACPolicy.subjects:type_name -> meshauth.v1.RBACSubject
+	46, // 44: meshauth.v1.RBACRule.constraints:type_name -> meshauth.v1.RBACConstraint
+	55, // 45: meshauth.v1.RBACRule.extra:type_name -> meshauth.v1.RBACRule.ExtraEntry
+	56, // 46: meshauth.v1.RBACSubject.properties:type_name -> meshauth.v1.RBACSubject.PropertiesEntry
+	3,  // 47: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
+	5,  // 48: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	5,  // 49: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	11, // 50: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
+	13, // 51: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
+	15, // 52: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
+	17, // 53: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
+	21, // 54: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
+	24, // 55: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
+	8,  // 56: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
+	33, // 57: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
+	4,  // 58: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
+	6,  // 59: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
+	6,  // 60: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
+	12, // 61: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
+	14, // 62: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
+	16, // 63: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
+	18, // 64: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
+	23, // 65: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
+	25, // 66: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
+	9,  // 67: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
+	36, // 68: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
+	58, // [58:69] is the sub-list for method output_type
+	47, // [47:58] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_api_meshauth_v1_meshauth_proto_init() }
@@ -1621,7 +3949,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 	if File_api_meshauth_v1_meshauth_proto != nil {
 		return
 	}
-	file_api_meshauth_v1_meshauth_proto_msgTypes[20].OneofWrappers = []any{
+	file_api_meshauth_v1_meshauth_proto_msgTypes[30].OneofWrappers = []any{
 		(*DiscoveryRequest_Register)(nil),
 		(*DiscoveryRequest_Ack)(nil),
 	}
@@ -1630,13 +3958,14 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_meshauth_v1_meshauth_proto_rawDesc), len(file_api_meshauth_v1_meshauth_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   26,
+			NumEnums:      3,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
 		GoTypes:           file_api_meshauth_v1_meshauth_proto_goTypes,
 		DependencyIndexes: file_api_meshauth_v1_meshauth_proto_depIdxs,
+		EnumInfos:         file_api_meshauth_v1_meshauth_proto_enumTypes,
 		MessageInfos:      file_api_meshauth_v1_meshauth_proto_msgTypes,
 	}.Build()
 	File_api_meshauth_v1_meshauth_proto = out.File

@@ -251,7 +251,7 @@ type AdminClient interface {
 	// ApplyConfig validates a batch of YAML documents and, if all are valid,
 	// replaces (or merges into) the stored config. A bad batch changes nothing.
 	ApplyConfig(ctx context.Context, in *ApplyConfigRequest, opts ...grpc.CallOption) (*ApplyConfigResponse, error)
-	// GetState returns the effective config and registry as JSON, for meshctl's
+	// GetState returns the effective config, registry and sidecars, for meshctl's
 	// get, tls-check, explain and check commands (which compute locally with the
 	// same policy engine the control plane uses).
 	GetState(ctx context.Context, in *GetStateRequest, opts ...grpc.CallOption) (*GetStateResponse, error)
@@ -354,7 +354,7 @@ type AdminServer interface {
 	// ApplyConfig validates a batch of YAML documents and, if all are valid,
 	// replaces (or merges into) the stored config. A bad batch changes nothing.
 	ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error)
-	// GetState returns the effective config and registry as JSON, for meshctl's
+	// GetState returns the effective config, registry and sidecars, for meshctl's
 	// get, tls-check, explain and check commands (which compute locally with the
 	// same policy engine the control plane uses).
 	GetState(context.Context, *GetStateRequest) (*GetStateResponse, error)

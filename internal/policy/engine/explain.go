@@ -16,6 +16,9 @@ import (
 type Explanation struct {
 	From string `json:"from"`
 	To   string `json:"to"`
+	// Call says what kind of request was asked about on an HTTP2/GRPC
+	// port: a gRPC method or another HTTP/2 request (empty otherwise).
+	Call string `json:"call,omitempty"`
 	// Allow is the verdict: TLS modes fit and RBAC allows.
 	Allow bool `json:"allow"`
 	// Reason is one sentence saying what decided the verdict.
@@ -99,6 +102,13 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 			x.Notes = append(x.Notes, "no server identity is known for the service: secure naming will refuse every endpoint")
 		}
 	}
+	if policy.InboundProtocol(p.Protocol, p.Name) == "HTTP2" && (method != "" || path != "") {
+		// The server sidecar terminates HTTP/2 and authorizes each call.
+		x.Call = "HTTP/2 " + method + " " + path
+		if svcMethod, ok := policy.GRPCMethodOf(method, path); ok {
+			x.Call = "gRPC method " + svcMethod + " (HTTP/2 POST " + path + ", authorized per call)"
+		}
+	}
 	// RBAC runs on the server's sidecar, against a representative endpoint
 	// (constraints on destination labels need one).
 	target := &registry.Workload{Name: svc.Name, Namespace: svc.Namespace}
@@ -173,6 +183,9 @@ func (x *Explanation) Text() string {
 		verdict = "ALLOW"
 	}
 	fmt.Fprintf(&b, "%s  %s -> %s\n", verdict, x.From, x.To)
+	if x.Call != "" {
+		fmt.Fprintf(&b, "  call:             %s\n", x.Call)
+	}
 	fmt.Fprintf(&b, "  reason:           %s\n", x.Reason)
 	fmt.Fprintf(&b, "  client TLS mode:  %-13s set by %s (%s)\n", x.Client.Mode, x.Client.DecidedBy, x.Client.Why)
 	fmt.Fprintf(&b, "  server mTLS mode: %-13s set by %s (%s)\n", x.Server.Mode, x.Server.DecidedBy, x.Server.Why)

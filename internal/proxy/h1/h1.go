@@ -34,7 +34,7 @@ var (
 	ErrHeadTooLarge = errors.New("http: message head larger than 64 KiB")
 	ErrBadHead      = errors.New("http: malformed message head")
 	// errHTTP2Preface: HTTP/2 with prior knowledge where HTTP/1.x is read.
-	errHTTP2Preface = fmt.Errorf("%w: HTTP/2 connection preface on a port that is HTTP/1.x (declare the port HTTP2 or GRPC to relay HTTP/2)", ErrBadHead)
+	errHTTP2Preface = fmt.Errorf("%w: HTTP/2 connection preface after HTTP/1.x requests on the same connection", ErrBadHead)
 )
 
 // Span is a [start,end) slice of a Head's buffer.

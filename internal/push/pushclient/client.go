@@ -8,8 +8,6 @@ package pushclient
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -21,15 +19,16 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
-// Update is one accepted snapshot with the trust bundle that came with it.
-// Treat it as immutable.
+// Update is one accepted snapshot. Treat it as immutable. (The trust
+// bundle is not part of it: the certificate agent follows the CA's
+// WatchTrustBundle stream.)
 type Update struct {
 	Version  string
 	Snapshot *policy.Snapshot
-	Bundle   *pb.TrustBundle
 }
 
 // ClientConfig configures the sidecar side. Zero values get the defaults
@@ -181,10 +180,10 @@ func (c *Client) stream(ctx context.Context) (got bool, err error) {
 	}
 }
 
-// accept decodes and checks a snapshot and, if good, makes it current.
+// accept converts and checks a snapshot and, if good, makes it current.
 func (c *Client) accept(m *pb.Snapshot) error {
-	var s policy.Snapshot
-	if err := json.Unmarshal(m.SnapshotJson, &s); err != nil {
+	s, err := sidecarapi.SnapshotFromProto(m.Policy)
+	if err != nil {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}
 	if s.Version != m.Version {
@@ -193,14 +192,7 @@ func (c *Client) accept(m *pb.Snapshot) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if m.Bundle != nil && len(m.Bundle.Roots) == 0 {
-		return errors.New("trust bundle has no roots")
-	}
-	u := &Update{Version: m.Version, Snapshot: &s, Bundle: m.Bundle}
-	if cur := c.current.Load(); cur != nil && u.Bundle == nil {
-		// A snapshot without a bundle keeps the bundle we have.
-		u.Bundle = cur.Bundle
-	}
+	u := &Update{Version: m.Version, Snapshot: s}
 	if c.cfg.Validate != nil {
 		if err := c.cfg.Validate(u); err != nil {
 			return err
