@@ -15,7 +15,7 @@
 //	CGO_ENABLED=0 go build -tags sidecaronly,grpcnotrace -trimpath -ldflags=-s ./cmd/meshd
 //
 // `meshd sidecar` execs meshd-sidecar (cmd/meshd-sidecar, the sidecar
-// alone, 12 MB) when it sits beside meshd, as `make build` and the proxy
+// alone, about 12.7 MB) when it sits beside meshd, as `make build` and the proxy
 // image put it, so every sidecar maps the small binary (BENCHMARKS.md,
 // "Idle sidecar memory"); otherwise it runs the same code itself. Its flags
 // are internal/sidecar/cli's, the sidecar itself is internal/sidecar.

@@ -3,7 +3,7 @@
 # meshd is built with -tags sidecaronly,grpcnotrace (no Kubernetes client
 # code, no control plane: `meshd control` is in the meshd image), and
 # beside it meshd-sidecar, the sidecar alone, which `meshd sidecar` execs:
-# about 12 MB, without cobra, the config loader or the Prometheus client
+# about 12.7 MB, without cobra, the config loader or the Prometheus client
 # (cmd/meshd-sidecar/main_test.go keeps it that way). Every sidecar maps
 # it, so its size is most of a sidecar's RSS (BENCHMARKS.md, "Idle sidecar
 # memory").
