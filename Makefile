@@ -24,11 +24,15 @@ FORTIO_VERSION := v1.68.2
 
 all: build
 
-# bin/meshd is the plain build (no k8s.io package): meshctl up, meshctl demo
-# and every local sidecar run it. bin/meshd-kube adds `meshd kube-control`
-# (-tags kube), as the control-plane image builds it.
+# bin/meshd is the plain build (no k8s.io package): meshctl up and meshctl
+# demo run it. bin/meshd-sidecar is the sidecar alone, which `meshd sidecar`
+# execs when it sits beside meshd, so every local sidecar runs it: static
+# (no libc mapped), without gRPC tracing (cmd/meshd-sidecar/main_test.go
+# checks this line). bin/meshd-kube adds `meshd kube-control` (-tags kube),
+# as the control-plane image builds it.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/meshd ./cmd/meshctl
+	CGO_ENABLED=0 $(GO) build -tags grpcnotrace -trimpath -ldflags=-s -o $(BIN)/ ./cmd/meshd-sidecar
 	$(GO) build -tags kube -o $(BIN)/meshd-kube ./cmd/meshd
 
 deps:
