@@ -10,25 +10,34 @@ export GOTOOLCHAIN := local
 # iptables/iproute2 for network-namespace pods, etcd for the Kubernetes tests.
 TEST_PKGS := curl openssl iptables iproute2 etcd-server ca-certificates
 TEST_TOOLS := curl openssl iptables ip etcd
+# The test cluster (test/cluster): containerd 1.6 and runc from Debian, the
+# CNI plugins, conntrack for kube-proxy.
+TEST_PKGS += containerd runc containernetworking-plugins conntrack
+TEST_TOOLS += containerd runc conntrack
 # The peer proxies and load generator bench/ compares against (its smoke
 # test skips any that are missing, with a message).
 TEST_PKGS += nginx libnginx-mod-stream haproxy stunnel4 wrk
 TEST_TOOLS += nginx haproxy stunnel4 wrk
 FORTIO_VERSION := v1.68.2
 
-.PHONY: all build test test-unit demo up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver
+.PHONY: all build test test-unit demo demo-k8s up deps proto fuzz bench bench-deps bench-smoke clean kube-apiserver kube-node
 
 all: build
 
-# bin/meshd is the plain build (no k8s.io package): meshctl up, meshctl demo
-# and every local sidecar run it. bin/meshd-kube adds `meshd kube-control`
-# (-tags kube), as the control-plane image builds it.
+# bin/meshd is the plain build (no k8s.io package): meshctl up and meshctl
+# demo run it. bin/meshd-sidecar is the sidecar alone, which `meshd sidecar`
+# execs when it sits beside meshd, so every local sidecar runs it: static
+# (no libc mapped), without gRPC tracing (cmd/meshd-sidecar/main_test.go
+# checks this line). bin/meshd-kube adds `meshd kube-control` (-tags kube),
+# as the control-plane image builds it.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/meshd ./cmd/meshctl
+	CGO_ENABLED=0 $(GO) build -tags grpcnotrace -trimpath -ldflags=-s -o $(BIN)/ ./cmd/meshd-sidecar
 	$(GO) build -tags kube -o $(BIN)/meshd-kube ./cmd/meshd
 
 deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	test -x /usr/lib/cni/bridge || missing="$$missing cni-plugins"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test tools (missing:$$missing)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PKGS) >/dev/null; \
@@ -43,9 +52,24 @@ kube-apiserver: $(BIN)/kube-apiserver
 $(BIN)/kube-apiserver: tools/kube-apiserver/go.mod tools/kube-apiserver/go.sum tools/kube-apiserver/main.go
 	cd tools/kube-apiserver && $(GO) build -trimpath -ldflags=-s -o ../../$(BIN)/kube-apiserver .
 
+# The node and control-plane binaries of the test cluster (test/cluster):
+# kubelet, kube-proxy, kube-controller-manager, kube-scheduler and kubectl,
+# built from the module cache at the apiserver's version (tools/kube-node).
+# Cold: several minutes on 2 cores (kubelet is the longest); warm: a relink
+# each. Version stamped as upstream's release build does, so that
+# `kubectl get nodes` shows v1.34.4.
+KUBE_NODE_CMDS := kubelet kube-proxy kube-controller-manager kube-scheduler kubectl
+KUBE_VERSION := v1.34.4
+KUBE_LDFLAGS := -s -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34 \
+	-X k8s.io/component-base/version.gitTreeState=clean
+kube-node: $(addprefix $(BIN)/kube-node/,$(KUBE_NODE_CMDS))
+$(BIN)/kube-node/%: tools/kube-node/go.mod tools/kube-node/go.sum
+	cd tools/kube-node && $(GO) build -trimpath -ldflags='$(KUBE_LDFLAGS)' -o ../../$@ k8s.io/kubernetes/cmd/$*
+
 # The one test command (README, .ci/run). MESHAUTH_REQUIRE_KUBE=1 makes the
 # Kubernetes tests fail, not skip, if etcd or kube-apiserver is missing.
-test: deps build kube-apiserver
+test: deps build kube-apiserver kube-node
 	$(GO) vet ./...
 	MESHAUTH_REQUIRE_KUBE=1 $(GO) test -count=1 -timeout 25m ./...
 
@@ -54,6 +78,12 @@ test-unit:
 
 demo: deps build
 	./$(BIN)/meshctl demo
+
+# The seed on a real single-node Kubernetes cluster (test/cluster): up in a
+# network namespace, every seed command replayed with OBSERVED next to the
+# seed's output, down leaving nothing behind. Needs root.
+demo-k8s: deps build kube-apiserver kube-node
+	$(GO) run ./test/cluster/cmd/demo-k8s
 
 up: build
 	./$(BIN)/meshctl up

@@ -103,7 +103,7 @@ func main() {
 	flag.DurationVar(&cfg.CADuration, "ca-d", 5*time.Second, "duration of each CA issuance run")
 	flag.IntVar(&cfg.CAWorkers, "ca-workers", 64, "parallel CA clients")
 	flag.StringVar(&cfg.Out, "out", "BENCHMARKS.md", "markdown file whose section to write (empty: stdout only)")
-	flag.StringVar(&cfg.Meshd, "meshd", "", "meshd binary for the sidecars (default: ./cmd/meshd built as the sidecar image builds it, -tags sidecaronly,grpcnotrace)")
+	flag.StringVar(&cfg.Meshd, "meshd", "", "meshd binary for the sidecars (default: ./cmd/meshd built as the sidecar image builds it, -tags sidecaronly,grpcnotrace, with ./cmd/meshd-sidecar beside it, which its `meshd sidecar` execs)")
 	var meshdEnv string
 	flag.StringVar(&meshdEnv, "meshd-env", "", "extra KEY=VALUE,... environment for the sidecars (profiling experiments; recorded in the report)")
 	flag.StringVar(&cfg.PprofDir, "pprof", "", "directory for CPU profiles of the meshauth sidecars (meshd sidecar --cpuprofile), written when they stop")

@@ -341,7 +341,9 @@ const sidecarTags = "sidecaronly,grpcnotrace"
 // meshdBinary returns cfg.Meshd, or builds ./cmd/meshd of this module into
 // dir once, exactly as install/docker/proxy.Dockerfile builds the sidecar
 // image: static (CGO_ENABLED=0), -tags sidecaronly,grpcnotrace,
-// stripped. That build has no `meshd control`: see controlBinary.
+// stripped, with ./cmd/meshd-sidecar (-tags grpcnotrace) beside it, which
+// `meshd sidecar` then execs. That build has no `meshd control`: see
+// controlBinary.
 func (c *config) meshdBinary(dir string) (string, error) {
 	if c.Meshd != "" {
 		if _, err := os.Stat(c.Meshd); err != nil {
@@ -349,8 +351,11 @@ func (c *config) meshdBinary(dir string) (string, error) {
 		}
 		return c.Meshd, nil
 	}
-	bin, err := buildMeshd(dir, "meshd", sidecarTags)
+	bin, err := buildMeshd(dir, "meshd", sidecarTags, "./cmd/meshd")
 	if err != nil {
+		return "", err
+	}
+	if _, err := buildMeshd(dir, "meshd-sidecar", "grpcnotrace", "./cmd/meshd-sidecar"); err != nil {
 		return "", err
 	}
 	c.Meshd = bin
@@ -370,7 +375,7 @@ func (c *config) controlBinary(dir string) (string, error) {
 			return c.control, nil
 		}
 	}
-	bin, err := buildMeshd(dir, "meshd-control", "")
+	bin, err := buildMeshd(dir, "meshd-control", "", "./cmd/meshd")
 	if err != nil {
 		return "", err
 	}
@@ -378,18 +383,18 @@ func (c *config) controlBinary(dir string) (string, error) {
 	return bin, nil
 }
 
-func buildMeshd(dir, name, tags string) (string, error) {
+func buildMeshd(dir, name, tags, pkg string) (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || len(trimNL(out)) == 0 || string(trimNL(out)) == os.DevNull {
 		return "", fmt.Errorf("not inside the meshauth module and no -meshd given")
 	}
 	root := filepath.Dir(string(trimNL(out)))
 	bin := filepath.Join(dir, name)
-	build := exec.Command("go", "build", "-tags", tags, "-trimpath", "-ldflags=-s", "-o", bin, "./cmd/meshd")
+	build := exec.Command("go", "build", "-tags", tags, "-trimpath", "-ldflags=-s", "-o", bin, pkg)
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build -tags %s ./cmd/meshd: %w\n%s", tags, err, b)
+		return "", fmt.Errorf("go build -tags %s %s: %w\n%s", tags, pkg, err, b)
 	}
 	return bin, nil
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,7 +27,9 @@ import (
 	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
@@ -155,7 +158,7 @@ func runChecks(ctx context.Context, g *globalFlags, f *checkFlags) []checkResult
 		cfg = &config.Config{}
 	}
 	reg := registry.FromState(state.Registry)
-	eng := policy.New(cfg, reg)
+	eng := engine.New(cfg, reg)
 	c.checkConfig(state, cfg, eng)
 
 	// 4. Workloads.
@@ -209,7 +212,7 @@ func (c *checker) trustBundle(ctx context.Context, caClient pb.CertificateAuthor
 	cancel()
 	var bundle *identity.Bundle
 	if err == nil {
-		bundle, err = meshapi.BundleFromProto(tb)
+		bundle, err = sidecarapi.BundleFromProto(tb)
 	}
 	if err != nil {
 		c.add("trust bundle", checkFail, "%v", err)
@@ -241,7 +244,7 @@ func (c *checker) state(ctx context.Context, admin pb.AdminClient) (*meshapi.Sta
 
 // checkConfig reports the config directory, the mesh mode, refused
 // registrations and the tls-check rows.
-func (c *checker) checkConfig(state *meshapi.State, cfg *config.Config, eng *policy.Engine) {
+func (c *checker) checkConfig(state *meshapi.State, cfg *config.Config, eng *engine.Engine) {
 	if rej := state.ConfigRejected; rej != nil {
 		c.add("config directory", checkFail, "%s is rejected since %s; the last good config (version %d) stays in force until it is fixed: %s",
 			rej.Dir, rej.At.Local().Format(time.RFC3339), state.ConfigVersion, strings.Join(rej.Errors, "; "))
@@ -267,7 +270,7 @@ func (c *checker) checkConfig(state *meshapi.State, cfg *config.Config, eng *pol
 // and the certificate it serves (or, with nothing to probe, the newest one
 // in the issuance log).
 func (c *checker) checkWorkload(ctx context.Context, admin pb.AdminClient, w *registry.Workload, cfg *config.Config,
-	eng *policy.Engine, connected map[string]meshapi.SidecarStatus, bundle *identity.Bundle) {
+	eng *engine.Engine, connected map[string]meshapi.SidecarStatus, bundle *identity.Bundle) {
 	name := "workload " + w.Key()
 	if !w.Sidecar {
 		c.add(name, checkSkip, "no sidecar: no mesh identity to check")
@@ -343,7 +346,7 @@ func probeAddr(w *registry.Workload) (addr string, port uint32) {
 
 // inboundMode is the server mode the control plane gives the workload's
 // port, from the same snapshot it pushes to the sidecar.
-func inboundMode(eng *policy.Engine, w *registry.Workload, port uint32) policy.ServerMode {
+func inboundMode(eng *engine.Engine, w *registry.Workload, port uint32) policy.ServerMode {
 	s := eng.Snapshot(w)
 	for _, ip := range s.Inbound {
 		if ip.Port == port {
@@ -362,8 +365,9 @@ func inboundMode(eng *policy.Engine, w *registry.Workload, port uint32) policy.S
 func checkWorkloadCert(ctx context.Context, addr string, want identity.ID, b *identity.Bundle, now time.Time, tmo time.Duration) (status, detail string) {
 	var chain []*x509.Certificate
 	cfg := tlsprofile.New()
-	// Verification is done below, with the mesh's rules (SPIFFE ID,
-	// revocation), which crypto/tls's hostname check cannot express.
+	// Verification is done below with identity.VerifyPeer, the mesh's rules
+	// (SPIFFE ID, revocation) that crypto/tls's hostname check cannot
+	// express, after the handshake so a refused certificate is still shown.
 	cfg.InsecureSkipVerify = true
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		chain = cs.PeerCertificates
@@ -380,12 +384,13 @@ func checkWorkloadCert(ctx context.Context, addr string, want identity.ID, b *id
 		return checkFail, fmt.Sprintf("no certificate from the sidecar at %s: %v", addr, err)
 	}
 	leaf := chain[0]
-	got, verr := b.Verify(chain, now)
-	if verr != nil {
+	got, verr := identity.VerifyPeer(b, chain, now, identity.AuthorizeOneOf(want.SPIFFE()))
+	var bad *identity.UnauthorizedIDError
+	switch {
+	case errors.As(verr, &bad):
+		return checkFail, fmt.Sprintf("sidecar at %s presents %s, but the workload's service account is %s", addr, bad.ID, want)
+	case verr != nil:
 		return checkFail, fmt.Sprintf("sidecar at %s: %v (serial %s)", addr, verr, identity.SerialHex(leaf))
-	}
-	if got != want {
-		return checkFail, fmt.Sprintf("sidecar at %s presents %s, but the workload's service account is %s", addr, got, want)
 	}
 	left := leaf.NotAfter.Sub(now)
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
@@ -415,7 +420,7 @@ const annotationOutboundProxy = "meshauth.io/outbound-proxy"
 
 // reachability calls every service port from every sidecar source whose
 // outbound proxy is known and compares the outcome with explain.
-func reachability(ctx context.Context, eng *policy.Engine, reg *registry.Registry, cfg *config.Config, tmo time.Duration) []checkResult {
+func reachability(ctx context.Context, eng *engine.Engine, reg *registry.Registry, cfg *config.Config, tmo time.Duration) []checkResult {
 	var out []checkResult
 	proxies := map[string]string{} // namespace/name -> proxy URL
 	for _, w := range cfg.Workloads {

@@ -77,9 +77,9 @@ func newSampleCmd() *cobra.Command {
 
 // Seed expectations, one per command of "Testing the authentication setup".
 var (
-	wantOK        = walkthrough.Expect{Code: "200"}
-	wantReset     = walkthrough.Expect{Code: "000", Exit: 56}
-	wantTLSFailed = walkthrough.Expect{Code: "000", AnyFailure: true}
+	wantOK        = walkthrough.SeedOK
+	wantReset     = walkthrough.SeedReset
+	wantTLSFailed = walkthrough.SeedTLSFailed
 )
 
 // demo holds the running mesh and what the walkthrough needs to know about it.

@@ -35,8 +35,8 @@ func runMeshctl(t *testing.T, args ...string) (string, string, int) {
 }
 
 func TestPolicyCLIGolden(t *testing.T) {
-	const matrix = "../../internal/policy/testdata/matrix.yaml"
-	const matrixReg = "../../internal/policy/testdata/matrix-registry.yaml"
+	const matrix = "../../internal/policy/engine/testdata/matrix.yaml"
+	const matrixReg = "../../internal/policy/engine/testdata/matrix-registry.yaml"
 	const rbac = "testdata/policycli/rbac.yaml"
 	tests := []struct {
 		name   string

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -53,13 +53,13 @@ Exit status 1 if any port is in CONFLICT.`,
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				if rows == nil {
-					rows = []policy.TLSCheckRow{}
+					rows = []engine.TLSCheckRow{}
 				}
 				if err := enc.Encode(rows); err != nil {
 					return err
 				}
 			} else {
-				fmt.Fprint(cmd.OutOrStdout(), policy.TLSCheckTable(rows))
+				fmt.Fprint(cmd.OutOrStdout(), engine.TLSCheckTable(rows))
 			}
 			var conflicts []string
 			for _, r := range rows {

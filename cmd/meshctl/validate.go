@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshauth/meshauth/internal/config"
-	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -45,12 +45,12 @@ control plane. Exit status 1 if anything is wrong.`,
 			// The config's own warnings, and with the mesh's services in the
 			// batch, references to services and ports that do not exist
 			// (valid, but no effect).
-			lint := policy.ConfigWarnings(cfg)
+			lint := engine.ConfigWarnings(cfg)
 			if len(cfg.Services) > 0 {
 				ss, ws := registry.FromConfig(cfg)
 				reg := registry.New()
 				reg.Sync(registry.SourceConfig, ss, ws)
-				lint = append(lint, policy.New(cfg, reg).LintReferences()...)
+				lint = append(lint, engine.New(cfg, reg).LintReferences()...)
 			}
 			for _, w := range lint {
 				fmt.Fprintln(cmd.OutOrStdout(), w.String())

@@ -14,10 +14,11 @@
 //
 //	CGO_ENABLED=0 go build -tags sidecaronly,grpcnotrace -trimpath -ldflags=-s ./cmd/meshd
 //
-// That binary is about 13 MB instead of 16.8 MB (the plain build), and
-// every sidecar maps less of it (BENCHMARKS.md). `meshd sidecar` and `meshd
-// init-net` are the same in every build; the sidecar itself is
-// internal/sidecar.
+// `meshd sidecar` execs meshd-sidecar (cmd/meshd-sidecar, the sidecar
+// alone, about 12.7 MB) when it sits beside meshd, as `make build` and the proxy
+// image put it, so every sidecar maps the small binary (BENCHMARKS.md,
+// "Idle sidecar memory"); otherwise it runs the same code itself. Its flags
+// are internal/sidecar/cli's, the sidecar itself is internal/sidecar.
 package main
 
 import (

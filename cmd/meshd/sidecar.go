@@ -1,318 +1,54 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/exec"
-	"runtime"
-	"runtime/debug"
-	"runtime/pprof"
-	"strconv"
-	"strings"
-	"time"
+	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
-	"github.com/meshauth/meshauth/internal/identity"
-	"github.com/meshauth/meshauth/internal/proxy"
-	"github.com/meshauth/meshauth/internal/sidecar"
+	"github.com/meshauth/meshauth/internal/sidecar/cli"
 )
 
-// sidecarFlags are the flags of `meshd sidecar`.
-type sidecarFlags struct {
-	workload, namespace, sa, trustDomain string
-	control, controlDir, caRoots         string
-	token, tokenFile                     string
-	certTTL                              time.Duration
-	certsDir                             string
-	staticCerts                          bool
-	snapshot                             string
-	inbound, upstreams                   []string
-	outbound, capture, admin             string
-	transparent, denyUnknown             bool
-	workloadAPI                          string
-	workloadAPIUIDs                      []int
-	outboundUIDs                         []int
-	labels                               map[string]string
-	address                              string
-	// Port-number forms, as the Kubernetes injector passes them.
-	inboundPort, outboundPort, adminPort, healthPort int
-	prometheus                                       string
-	prometheusPort                                   int
-	certSource                                       string
-	health                                           string
-	logLevel                                         string
-	accessLog                                        bool
-	handshakeTimeout, idleTimeout                    time.Duration
-	requestHeadersTimeout, responseHeadersTimeout    time.Duration
-	bodyIdleTimeout, requestTimeout                  time.Duration
-	maxConnections                                   int
-	cpuProfile                                       string
-	cpus                                             int
-}
+// smallSidecar is the sidecar-only binary (cmd/meshd-sidecar) that
+// `meshd sidecar` runs when it sits beside meshd.
+const smallSidecar = "meshd-sidecar"
 
 func init() {
-	var f sidecarFlags
-	cmd := &cobra.Command{
-		Use:   "sidecar [flags] [-- app command...]",
-		Short: "Run the certificate agent and the mTLS proxy for one workload",
-		Long: `sidecar gives one workload a mesh identity and mutual TLS.
-
-The agent generates the workload's key, has the CA (meshd control) sign it
-(join token the first time, its own certificate afterwards), writes
-cert-chain.pem, key.pem and root-cert.pem into --certs-dir, renews at about half
-the lifetime and serves the SPIFFE Workload API on --workload-api.
-
-The proxy serves inbound traffic on explicit listeners (--inbound
-LISTEN=APP, no root needed) or on the capture port (--transparent, after
-meshd init-net), with the mode the policy gives each port (STRICT,
-PERMISSIVE, DISABLE), and outbound traffic as an HTTP proxy on
---outbound-listen (http_proxy=http://127.0.0.1:15001) or, with --transparent,
-as the iptables redirect target. The policy comes from --snapshot (a JSON
-policy.Snapshot, reloaded on SIGHUP).
-
-With an app command after --, the sidecar starts it, forwards signals, and
-exits with its status.`,
-		Example: `  meshd sidecar --control 127.0.0.1:15012 --control-dir .meshauth --token $(cat join.token) \
-    --namespace default --service-account httpbin --workload httpbin-1 \
-    --certs-dir ./certs/httpbin --snapshot httpbin.json \
-    --inbound 18000=127.0.0.1:8000 --outbound-listen 127.0.0.1:15101 --admin 127.0.0.1:15100`,
-		RunE: func(cmd *cobra.Command, args []string) error { return runSidecar(cmd, f, args) },
-	}
-	bindSidecarFlags(cmd.Flags(), &f)
-	root.AddCommand(cmd)
+	root.AddCommand(&cobra.Command{
+		Use:     "sidecar [flags] [-- app command...]",
+		Short:   cli.Short,
+		Long:    cli.Long + "\n\nRun `meshd sidecar --help` for the flags.",
+		Example: cli.Example,
+		// The flags are internal/sidecar/cli's, parsed there (or by
+		// meshd-sidecar), so that both binaries take the same command line.
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := execSmall(args); err != nil {
+				return err
+			}
+			return cli.Main("meshd sidecar", args, cmd.OutOrStdout())
+		},
+	})
 }
 
-// bindSidecarFlags defines the flags of `meshd sidecar` on fl, into f.
-func bindSidecarFlags(fl *pflag.FlagSet, f *sidecarFlags) {
-	fl.StringVar(&f.workload, "workload", "", "workload (instance) name, for logs and registration")
-	fl.StringVarP(&f.namespace, "namespace", "n", "default", "namespace of the workload's identity")
-	fl.StringVarP(&f.sa, "service-account", "s", "default", "service account of the workload's identity")
-	fl.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "mesh trust domain")
-	fl.StringVar(&f.control, "control", "", "control plane address (default: CONTROL_DIR/control.addr, then 127.0.0.1:15012)")
-	fl.StringVar(&f.controlDir, "control-dir", "", "control plane state dir, to read control.addr and root-cert.pem")
-	fl.StringVar(&f.caRoots, "ca-roots", "", "PEM roots that the control plane's certificate chains to (default CONTROL_DIR/root-cert.pem, then CERTS_DIR/root-cert.pem)")
-	fl.StringVar(&f.token, "token", "", "join token for the first certificate (prefer --token-file)")
-	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the join token (or Kubernetes token); read again on every use, so a new token written into it gets a revoked sidecar a new certificate without a restart")
-	fl.DurationVar(&f.certTTL, "cert-ttl", 0, "certificate lifetime to ask for (0: the CA's default); renewed at about half of it from issuance, +-10% jitter, at most once per 10s. A TTL the CA refuses makes the sidecar exit 1 at start-up with the CA's message")
-	fl.StringVar(&f.certsDir, "certs-dir", "/etc/certs", "directory for cert-chain.pem, key.pem and root-cert.pem")
-	fl.BoolVar(&f.staticCerts, "static-certs", false, "no agent: use the certificates already in --certs-dir (re-read on SIGHUP)")
-	fl.StringVar(&f.snapshot, "snapshot", "", "policy snapshot JSON file (re-read on SIGHUP); default: the control plane's push stream, or with --static-certs every port STRICT and no outbound services")
-	fl.StringToStringVar(&f.labels, "label", nil, "workload label k=v sent to the control plane's registry, where Service selectors match it (self-registration, no Workload YAML needed); the Service must allow this identity (spec.serviceAccounts); repeatable")
-	fl.StringVar(&f.address, "address", "", "workload address for the registry (default: as the control plane sees the connection)")
-	fl.StringArrayVar(&f.inbound, "inbound", nil, "explicit inbound listener LISTEN=APP, e.g. 18000=127.0.0.1:8000 (the app's port names the policy port); repeatable")
-	fl.StringArrayVar(&f.upstreams, "upstream", nil, "explicit outbound TCP port LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306; serves loopback clients only (and --outbound-uid), whatever address it binds; repeatable")
-	fl.StringVar(&f.outbound, "outbound-listen", "127.0.0.1:15001", "outbound listener: HTTP proxy, and the capture target with --transparent (empty: off)")
-	fl.StringVar(&f.capture, "inbound-capture", "", "inbound capture listener (default 0.0.0.0:15006 with --transparent)")
-	fl.BoolVar(&f.transparent, "transparent", false, "serve traffic redirected by meshd init-net (SO_ORIGINAL_DST); run as uid 1337")
-	fl.BoolVar(&f.denyUnknown, "deny-unknown", false, "refuse outbound traffic to destinations that are not mesh services (default: pass through)")
-	fl.IntSliceVar(&f.outboundUIDs, "outbound-uid", nil, "serve the explicit proxy and --upstream ports only to local processes of these uids (found via /proc/net/tcp; one table read per connection); repeatable; default: any local process")
-	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "admin listener: /healthz/ready, /certs, /config_dump, /metrics (empty: off)")
-	fl.StringVar(&f.workloadAPI, "workload-api", "", `SPIFFE Workload API unix socket (default CERTS_DIR-agent.sock, beside the certs directory; "off" disables)`)
-	fl.IntSliceVar(&f.workloadAPIUIDs, "workload-api-uid", nil, "uid besides the sidecar's own that may use the Workload API (it hands out the private key); repeatable")
-	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	fl.BoolVar(&f.accessLog, "access-log", true, "log one line per request / TCP connection")
-	fl.DurationVar(&f.handshakeTimeout, "handshake-timeout", 10*time.Second, "limit for the first bytes plus the TLS handshake of a connection")
-	fl.DurationVar(&f.idleTimeout, "idle-timeout", 90*time.Second, "close keep-alive connections idle between requests, and TCP relays idle both ways (or not read by their receiver), after this long; pooled upstream connections after half of it")
-	fl.DurationVar(&f.requestHeadersTimeout, "request-headers-timeout", proxy.DefaultRequestHeadersTimeout, "a request head must be complete this long after its first byte (slowloris; 408)")
-	fl.DurationVar(&f.responseHeadersTimeout, "response-headers-timeout", proxy.DefaultResponseHeadersTimeout, "the upstream must start its response this long after the request was sent (504; 0: no limit)")
-	fl.DurationVar(&f.bodyIdleTimeout, "body-idle-timeout", proxy.DefaultBodyIdleTimeout, "abort a request or response body after this long without a byte moving (a stream with traffic is never cut)")
-	fl.DurationVar(&f.requestTimeout, "request-timeout", 0, "bound a whole HTTP exchange, request to end of response (504; 0: no limit)")
-	fl.IntVar(&f.maxConnections, "max-connections", proxy.DefaultMaxConnections, "downstream connections served at once over all proxy listeners; more are reset, logged and counted (0: no limit)")
-	// The injector's (and Istio's) port-number flags; each sets the
-	// matching address flag, and --inbound-port/--outbound-port mean
-	// transparent capture.
-	fl.IntVar(&f.inboundPort, "inbound-port", 0, "transparent mode: inbound capture port (sets --inbound-capture :PORT and --transparent)")
-	fl.IntVar(&f.outboundPort, "outbound-port", 0, "transparent mode: outbound capture port (sets --outbound-listen :PORT and --transparent)")
-	fl.IntVar(&f.adminPort, "admin-port", 0, "admin port on 127.0.0.1 (sets --admin)")
-	fl.IntVar(&f.healthPort, "health-port", 0, "health port on all addresses (sets --health :PORT)")
-	fl.StringVar(&f.prometheus, "prometheus", "", "metrics-only listener for Prometheus: /metrics and /stats/prometheus, nothing else of the admin API (empty: off)")
-	fl.IntVar(&f.prometheusPort, "prometheus-port", 0, "Prometheus port on all addresses (sets --prometheus :PORT; injected pods use 15090, as Istio's)")
-	fl.StringVar(&f.health, "health", "", "health listener: /healthz/ready and the app probes from $MESHAUTH_APP_PROBERS (empty: off)")
-	fl.StringVar(&f.certSource, "cert-source", "ca", `where certificates come from: "ca" (the agent) or "files" (--certs-dir, written by someone else, e.g. a Secret; re-read when they change)`)
-	fl.StringVar(&f.certsDir, "cert-dir", "/etc/certs", "alias of --certs-dir")
-	fl.StringVar(&f.caRoots, "ca-root", "", "alias of --ca-roots")
-	fl.IntVar(&f.cpus, "cpus", defaultCPUs, "threads running Go code at once (GOMAXPROCS; 0: one per CPU, or the cgroup CPU limit); a GOMAXPROCS environment variable wins over the default")
-	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (bench/ -pprof)")
-	for _, n := range []string{"cert-dir", "ca-root", "cpuprofile"} {
-		fl.MarkHidden(n)
-	}
-}
-
-// The sidecar's runtime defaults (BENCHMARKS.md, "Fixes and before/after").
-const (
-	// defaultCPUs is --cpus' default.
-	defaultCPUs = 0
-	// sidecarGOGC is the GC target unless GOGC is set: the sidecar's live
-	// heap is small (buffers of open connections), and at GOGC=100 the
-	// runtime lets it grow to its 4 MB minimum before collecting.
-	sidecarGOGC = 50
-)
-
-// setRuntime applies --cpus (explicit, or its default when GOMAXPROCS is
-// not set) and the GC target.
-func setRuntime(cpusSet bool, cpus int) {
-	if cpus < 0 {
-		cpus = 0
-	}
-	if cpus > 0 && (cpusSet || os.Getenv("GOMAXPROCS") == "") {
-		runtime.GOMAXPROCS(cpus)
-	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(sidecarGOGC)
-	}
-}
-
-// applyEnvAndAliases fills identity flags from the Downward API variables
-// the injector sets, and turns port-number flags into addresses.
-func applyEnvAndAliases(cmd *cobra.Command, f *sidecarFlags) error {
-	fl := cmd.Flags()
-	for _, e := range []struct {
-		flag, env string
-		dst       *string
-	}{
-		{"workload", "POD_NAME", &f.workload},
-		{"namespace", "POD_NAMESPACE", &f.namespace},
-		{"service-account", "SERVICE_ACCOUNT", &f.sa},
-		{"address", "INSTANCE_IP", &f.address},
-	} {
-		if v := os.Getenv(e.env); v != "" && !fl.Changed(e.flag) {
-			*e.dst = v
-		}
-	}
-	if f.inboundPort != 0 {
-		f.transparent = true
-		f.capture = ":" + strconv.Itoa(f.inboundPort)
-	}
-	if f.outboundPort != 0 {
-		f.transparent = true
-		f.outbound = ":" + strconv.Itoa(f.outboundPort)
-	} else if f.transparent && !fl.Changed("outbound-listen") {
-		// REDIRECT sends IPv4 to 127.0.0.1 and IPv6 to ::1: listen on both.
-		// Explicit proxy use stays loopback-only (see proxy.handleOutbound).
-		f.outbound = ":15001"
-	}
-	if f.adminPort != 0 {
-		f.admin = "127.0.0.1:" + strconv.Itoa(f.adminPort)
-	}
-	if f.healthPort != 0 {
-		f.health = ":" + strconv.Itoa(f.healthPort)
-	}
-	if f.prometheusPort != 0 {
-		f.prometheus = ":" + strconv.Itoa(f.prometheusPort)
-	}
-	switch f.certSource {
-	case "ca":
-	case "files":
-		f.staticCerts = true
-	default:
-		return fmt.Errorf("--cert-source %q: want ca or files", f.certSource)
-	}
-	return nil
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	err := l.UnmarshalText([]byte(s))
-	return l, err
-}
-
-// runSidecar sets up the process (GOMAXPROCS and GC, CPU profile, log) and
-// runs internal/sidecar with the flags as its Config. An app that exits
-// non-zero makes meshd exit with the app's status.
-func runSidecar(cmd *cobra.Command, f sidecarFlags, app []string) error {
-	if err := applyEnvAndAliases(cmd, &f); err != nil {
-		return err
-	}
-	setRuntime(cmd.Flags().Changed("cpus"), f.cpus)
-	if f.cpuProfile != "" {
-		// For the hot-spot profiles in BENCHMARKS.md; written when the
-		// sidecar exits on SIGINT/SIGTERM, as meshd control's --cpuprofile.
-		pf, err := os.Create(f.cpuProfile)
-		if err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-	}
-	level, err := parseLevel(f.logLevel)
+// execSmall replaces this process with meshd-sidecar from meshd's own
+// directory, with the same arguments, when it is there (`make build`'s bin/,
+// the proxy image): the sidecar then runs in a binary without the control
+// plane, its CA store, the config loader and cobra, which every sidecar maps
+// (BENCHMARKS.md, "Idle sidecar memory"). The PID stays the same. Without
+// it (a lone `go install ./cmd/meshd`) it returns nil and the sidecar runs
+// in this process.
+func execSmall(args []string) error {
+	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+		return nil
 	}
-	cfg, err := sidecarConfig(f, app)
-	if err != nil {
-		return err
+	small := filepath.Join(filepath.Dir(exe), smallSidecar)
+	if st, err := os.Stat(small); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+		return nil
 	}
-	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	err = sidecar.Run(context.Background(), cfg)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		os.Exit(ee.ExitCode())
-	}
-	return err
-}
-
-// sidecarConfig maps the flags (after applyEnvAndAliases) to a
-// sidecar.Config.
-func sidecarConfig(f sidecarFlags, app []string) (sidecar.Config, error) {
-	cfg := sidecar.Config{
-		Workload: f.workload, Namespace: f.namespace, ServiceAccount: f.sa, TrustDomain: f.trustDomain,
-		Control: f.control, ControlDir: f.controlDir, CARoots: f.caRoots,
-		Token: f.token, TokenFile: f.tokenFile, CertTTL: f.certTTL,
-		CertsDir: f.certsDir, StaticCerts: f.staticCerts, Snapshot: f.snapshot,
-		Labels: f.labels, Address: f.address,
-		Outbound: f.outbound, InboundCapture: f.capture, Transparent: f.transparent, DenyUnknown: f.denyUnknown,
-		OutboundUIDs:     f.outboundUIDs,
-		HandshakeTimeout: f.handshakeTimeout, IdleTimeout: f.idleTimeout,
-		RequestHeadersTimeout: offIfZero(f.requestHeadersTimeout), ResponseHeadersTimeout: offIfZero(f.responseHeadersTimeout),
-		BodyIdleTimeout: offIfZero(f.bodyIdleTimeout), RequestTimeout: f.requestTimeout, MaxConnections: offIfZeroInt(f.maxConnections),
-		Admin: f.admin, Health: f.health, Prometheus: f.prometheus, AppProbers: os.Getenv("MESHAUTH_APP_PROBERS"),
-		WorkloadAPI: f.workloadAPI, WorkloadAPIUIDs: f.workloadAPIUIDs,
-		AccessLog: f.accessLog,
-		App:       app,
-	}
-	for _, s := range f.inbound {
-		l, a, ok := strings.Cut(s, "=")
-		if !ok || l == "" || a == "" {
-			return cfg, fmt.Errorf("--inbound %q: want LISTEN=APP, e.g. 18000=127.0.0.1:8000", s)
-		}
-		if !strings.Contains(l, ":") {
-			l = ":" + l
-		}
-		cfg.Inbound = append(cfg.Inbound, proxy.InboundListener{Listen: l, App: a})
-	}
-	for _, s := range f.upstreams {
-		l, svc, ok := strings.Cut(s, "=")
-		if !ok || l == "" || svc == "" {
-			return cfg, fmt.Errorf("--upstream %q: want LISTEN=SERVICE:PORT, e.g. 127.0.0.1:13306=mysql:3306", s)
-		}
-		if !strings.Contains(l, ":") {
-			l = "127.0.0.1:" + l
-		}
-		cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Listen: l, Service: svc})
-	}
-	return cfg, nil
-}
-
-// offIfZero maps a flag's 0 ("no limit") to proxy.Config's "no limit" (a
-// negative value; 0 there means the default).
-func offIfZero(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
-}
-
-func offIfZeroInt(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
+	err = syscall.Exec(small, append([]string{small}, args...), os.Environ())
+	return fmt.Errorf("exec %s: %w", small, err)
 }

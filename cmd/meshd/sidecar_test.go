@@ -27,7 +27,8 @@ var (
 	buildErr  error
 )
 
-// meshdBinary builds this command once per test run.
+// meshdBinary builds this command, and meshd-sidecar beside it as `make
+// build` does, once per test run: `meshd sidecar` then runs meshd-sidecar.
 func meshdBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -37,7 +38,7 @@ func meshdBinary(t *testing.T) string {
 			return
 		}
 		meshdBin = filepath.Join(dir, "meshd")
-		out, err := exec.Command("go", "build", "-o", meshdBin, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", dir+"/", ".", "../meshd-sidecar").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -88,6 +89,11 @@ func startMeshd(t *testing.T, admin string, args ...string) *bytes.Buffer {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
+				// The ready sidecar is meshd-sidecar, exec'd by meshd
+				// in place (same PID).
+				if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)); filepath.Base(exe) != smallSidecar {
+					t.Fatalf("meshd sidecar runs as %s, want %s beside meshd", exe, smallSidecar)
+				}
 				return &logs
 			}
 		}
@@ -250,4 +256,28 @@ func TestSidecarSeedWalkthrough(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestSidecarInProcess: without meshd-sidecar beside it (a lone `go
+// install ./cmd/meshd`), `meshd sidecar` runs the same command itself:
+// the same help and the same flag errors.
+func TestSidecarInProcess(t *testing.T) {
+	alone := filepath.Join(t.TempDir(), "meshd")
+	b, err := os.ReadFile(meshdBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(alone, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, bin := range []string{alone, meshdBinary(t)} {
+		out, err := exec.Command(bin, "sidecar", "--help").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--certs-dir") || !strings.Contains(string(out), "mesh identity and mutual TLS") {
+			t.Errorf("%s sidecar --help: %v\n%s", bin, err, out)
+		}
+		out, err = exec.Command(bin, "sidecar", "--no-such-flag").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "unknown flag: --no-such-flag") {
+			t.Errorf("%s sidecar --no-such-flag: %v\n%s", bin, err, out)
+		}
+	}
 }

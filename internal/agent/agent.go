@@ -23,10 +23,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/meshauth/meshauth/internal/atomicfile"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/metrics"
 )
 
 // File names in the certs directory, as the seed shows them in /etc/certs.
@@ -76,8 +75,9 @@ type Config struct {
 	After func(time.Duration) <-chan time.Time
 	// Log; nil discards.
 	Log *slog.Logger
-	// Registerer for the agent's metrics; nil keeps them unexported.
-	Registerer prometheus.Registerer
+	// Metrics is the registry of the agent's metrics; nil keeps them
+	// unexported.
+	Metrics *metrics.Registry
 }
 
 // Agent obtains and rotates the workload certificate.
@@ -87,9 +87,9 @@ type Agent struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	renewals *prometheus.CounterVec
-	expiry   prometheus.Gauge
-	bundles  *prometheus.CounterVec
+	renewals *metrics.CounterVec
+	expiry   *metrics.Gauge
+	bundles  *metrics.CounterVec
 
 	// kick wakes the renewal loop: the bundle revoked our certificate, or
 	// the token changed.
@@ -146,21 +146,14 @@ func New(cfg Config) (*Agent, error) {
 		cfg.MaxBackoff = 30 * time.Second
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, now: cfg.Now, kick: make(chan struct{}, 1)}
-	a.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "meshauth_agent_certificate_requests_total",
-		Help: "CSRs sent to the CA, by kind (bootstrap|renewal) and result (ok|error).",
-	}, []string{"kind", "result"})
-	a.expiry = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "meshauth_agent_cert_expiry_timestamp_seconds",
-		Help: "NotAfter of the agent's current certificate, as Unix seconds.",
-	})
-	a.bundles = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "meshauth_agent_bundle_updates_total",
-		Help: "Trust bundles received from the CA, by result (applied|refused).",
-	}, []string{"result"})
-	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.renewals, a.expiry, a.bundles)
-	}
+	a.renewals = cfg.Metrics.CounterVec("meshauth_agent_certificate_requests_total",
+		"CSRs sent to the CA, by kind (bootstrap|renewal) and result (ok|error).",
+		"kind", "result")
+	a.expiry = cfg.Metrics.Gauge("meshauth_agent_cert_expiry_timestamp_seconds",
+		"NotAfter of the agent's current certificate, as Unix seconds.")
+	a.bundles = cfg.Metrics.CounterVec("meshauth_agent_bundle_updates_total",
+		"Trust bundles received from the CA, by result (applied|refused).",
+		"result")
 	a.store = cfg.Store
 	if a.store == nil {
 		a.store = NewStore(StoreConfig{Want: cfg.ID, Now: cfg.Now, Log: cfg.Log})

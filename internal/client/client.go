@@ -16,10 +16,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -85,14 +84,13 @@ func Dial(ctx context.Context, o Options) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	source := bundleSource(roots)
-	// go-spiffe's config verifies the server's chain against the bundle and
-	// authorizes exactly the control plane's ID (no hostname checks: the
-	// server's certificate has only the SPIFFE ID).
-	tlsCfg := tlsprofile.Apply(tlsconfig.TLSClientConfig(source, tlsconfig.AuthorizeID(serverID)))
-	// The bundle's revocations cover the control plane too: a revoked
-	// control-plane certificate (its key stolen) is refused like any other.
-	tlsCfg.VerifyPeerCertificate = refuseRevoked(tlsCfg.VerifyPeerCertificate, roots)
+	// The server's chain is verified against the current bundle, with its
+	// revocations (a revoked control-plane certificate, its key stolen, is
+	// refused like any other), and exactly the control plane's ID is
+	// authorized; no hostname checks: its certificate has only the SPIFFE ID.
+	tlsCfg := tlsprofile.New()
+	tlsCfg.InsecureSkipVerify = true
+	tlsCfg.VerifyConnection = controlPlaneVerifier(roots, serverID)
 	tlsCfg.GetClientCertificate = o.GetClientCertificate
 	if tlsCfg.GetClientCertificate == nil {
 		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -134,26 +132,19 @@ func resolveAddr(o Options) (string, error) {
 	return DefaultAddr, nil
 }
 
-// refuseRevoked wraps go-spiffe's verification (chain to the bundle, the
-// control plane's SPIFFE ID) with a check of the server's leaf against the
-// bundle's revoked serials.
-func refuseRevoked(verify func([][]byte, [][]*x509.Certificate) error, roots func() *identity.Bundle) func([][]byte, [][]*x509.Certificate) error {
-	return func(raw [][]byte, chains [][]*x509.Certificate) error {
-		if verify != nil {
-			if err := verify(raw, chains); err != nil {
-				return err
-			}
+// controlPlaneVerifier is identity.VerifyConnection authorizing serverID,
+// with the refusal of a revoked certificate explained.
+func controlPlaneVerifier(roots func() *identity.Bundle, serverID spiffeid.ID) func(tls.ConnectionState) error {
+	verify := identity.VerifyConnection(roots, time.Now, identity.AuthorizeOneOf(serverID))
+	return func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		var rev *identity.RevokedError
+		if errors.As(err, &rev) {
+			return fmt.Errorf("client: %w: the control plane presented certificate serial %s, which the trust bundle (version %d) lists as revoked; refusing it (the real control plane re-issues its own certificate when it is revoked: one that keeps presenting a revoked certificate may be someone holding its stolen key)",
+				identity.ErrRevoked, rev.Serial, rev.BundleVersion)
 		}
-		if len(raw) == 0 {
-			return errors.New("client: the control plane presented no certificate")
-		}
-		leaf, err := x509.ParseCertificate(raw[0])
 		if err != nil {
 			return fmt.Errorf("client: control plane certificate: %w", err)
-		}
-		if b := roots(); b != nil && b.IsRevoked(identity.SerialHex(leaf)) {
-			return fmt.Errorf("client: %w: the control plane presented certificate serial %s, which the trust bundle (version %d) lists as revoked; refusing it (the real control plane re-issues its own certificate when it is revoked: one that keeps presenting a revoked certificate may be someone holding its stolen key)",
-				identity.ErrRevoked, identity.SerialHex(leaf), b.Version)
 		}
 		return nil
 	}
@@ -231,17 +222,6 @@ func TrustDomainOf(roots []*x509.Certificate) string {
 		}
 	}
 	return identity.DefaultTrustDomain
-}
-
-// bundleSource adapts a bundle func to go-spiffe's x509bundle.Source.
-type bundleSource func() *identity.Bundle
-
-func (f bundleSource) GetX509BundleForTrustDomain(t spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	b := f()
-	if b == nil || b.TrustDomain != t.Name() {
-		return nil, fmt.Errorf("client: no bundle for trust domain %q", t)
-	}
-	return b.X509Bundle(), nil
 }
 
 type bearerCreds string

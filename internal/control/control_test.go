@@ -32,6 +32,7 @@ import (
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 )
 
 // clock is the control plane's clock in tests, movable forward.
@@ -428,7 +429,7 @@ func TestWatchTrustBundle(t *testing.T) {
 	if err != nil || b2.Version <= b1.Version || len(b2.Roots) != 2 {
 		t.Fatalf("after rotate: %v %v", b2, err)
 	}
-	ib, err := meshapi.BundleFromProto(b2)
+	ib, err := sidecarapi.BundleFromProto(b2)
 	if err != nil || !ib.IsRevoked(issued.Serial) || len(ib.Roots) != 2 {
 		t.Fatalf("BundleFromProto: %v", err)
 	}
@@ -460,7 +461,7 @@ func TestRotationOverTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := meshapi.BundleFromProto(b)
+	bundle, err := sidecarapi.BundleFromProto(b)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/policy"
-	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
 
 // lateSource is chanSource whose content arrives only through Watch, as
@@ -34,7 +34,7 @@ func TestLateSourceHoldsSnapshots(t *testing.T) {
 	t.Cleanup(e.srv.Plane().Close)
 
 	cert, _ := e.issueTLS(t, "default", "sleep")
-	c := push.NewClient(push.ClientConfig{Conn: e.dial(t, client.Options{GetClientCertificate: withCert(cert)}), MinBackoff: 10 * time.Millisecond,
+	c := pushclient.NewClient(pushclient.ClientConfig{Conn: e.dial(t, client.Options{GetClientCertificate: withCert(cert)}), MinBackoff: 10 * time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Register: func() *pb.Register { return &pb.Register{Workload: "sleep-1"} }})
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -18,7 +18,7 @@ import (
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/identity"
-	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 )
 
 // renewOver renews over real mTLS gRPC, presenting cert, and returns the
@@ -136,7 +136,7 @@ func TestRevokeSerialRevokesRenewals(t *testing.T) {
 	if reasons[first.Serial] != "key stolen" || reasons[grandResp.Serial] != "renewed from revoked "+childResp.Serial+": key stolen" || reasons[siblingResp.Serial] != "" {
 		t.Fatalf("bundle revocations %v", reasons)
 	}
-	ib, err := meshapi.BundleFromProto(b)
+	ib, err := sidecarapi.BundleFromProto(b)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/meshapi"
-	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/push"
 	"github.com/meshauth/meshauth/internal/registry"
 )
@@ -77,7 +77,7 @@ func newPlane(s *Server, pc PlaneConfig) (*Plane, error) {
 	}
 	p := &Plane{s: s, cfg: pc, src: pc.Source, log: s.Log().With("subsystem", "config"), reg: registry.New(), done: make(chan struct{})}
 	p.current = &config.Config{}
-	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log(), Stopping: s.Stopping()}, policy.New(p.withTrustDomain(p.current), p.reg))
+	p.push = push.NewServer(push.Config{Identity: s.PeerIdentity, Debounce: pc.Debounce, Log: s.Log(), Stopping: s.Stopping()}, engine.New(p.withTrustDomain(p.current), p.reg))
 	p.push.BundleChanged(s.CA().Bundle().Version)
 	// Config applied through the admin API survives restarts: a restart
 	// that forgot it would silently weaken policy.
@@ -271,7 +271,7 @@ func (p *Plane) install(cfg *config.Config) {
 	p.current = cfg
 	ss, ws := registry.FromConfig(cfg)
 	p.reg.Sync(registry.SourceConfig, ss, ws)
-	eng := policy.New(p.withTrustDomain(cfg), p.reg)
+	eng := engine.New(p.withTrustDomain(cfg), p.reg)
 	p.push.SetEngine(eng)
 	// Valid config that applies to nothing (a target or host with a typo)
 	// is logged, not rejected: the service may simply not be there yet.

@@ -20,7 +20,7 @@ import (
 	"github.com/meshauth/meshauth/internal/control"
 	"github.com/meshauth/meshauth/internal/meshapi"
 	"github.com/meshauth/meshauth/internal/policy"
-	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
 
 const planeMesh = `apiVersion: meshauth.io/v1alpha1
@@ -167,7 +167,7 @@ func TestApplyConfigAndDiscovery(t *testing.T) {
 	// receives its snapshot; its identity comes from the certificate.
 	cert, _ := e.issueTLS(t, "default", "httpbin")
 	conn := e.dial(t, client.Options{GetClientCertificate: withCert(cert)})
-	c := push.NewClient(push.ClientConfig{Conn: conn, MinBackoff: 10 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Register: func() *pb.Register {
+	c := pushclient.NewClient(pushclient.ClientConfig{Conn: conn, MinBackoff: 10 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Register: func() *pb.Register {
 		return &pb.Register{Workload: "httpbin-1", Labels: map[string]string{"app": "httpbin"}, Address: "127.0.0.2", Ports: []uint32{80}}
 	}})
 	runCtx, stop := context.WithCancel(ctx)

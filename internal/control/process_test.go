@@ -45,7 +45,7 @@ func binaries(t testing.TB) (meshd, meshctl string) {
 		if binErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir, "../../cmd/meshd", "../../cmd/meshctl").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binDir, "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

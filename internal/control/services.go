@@ -80,7 +80,7 @@ func statusf(_ context.Context, reason, format string, args ...any) error {
 
 // bundleProto converts the CA's bundle to its wire form, for
 // GetTrustBundle and WatchTrustBundle (the one stream that carries it to
-// sidecars). internal/meshapi.BundleFromProto is the other direction.
+// sidecars). internal/sidecarapi.BundleFromProto is the other direction.
 func bundleProto(b *ca.TrustBundle) *pb.TrustBundle {
 	out := &pb.TrustBundle{Version: b.Version, TrustDomain: b.TrustDomain, Roots: b.RootsPEM}
 	for _, r := range b.Revocations {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // Reasons a peer is refused. Each is a sentinel so callers (the proxy's
@@ -87,46 +86,10 @@ func (b *Bundle) X509Bundle() *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(td, b.Roots)
 }
 
-// Verify checks a peer chain (leaf first) at time now: it must chain to one of
-// the bundle's roots, carry exactly one SPIFFE URI of the bundle's trust
-// domain and the workload shape, and not be revoked. The returned error wraps
-// one of the Err* sentinels.
+// Verify is VerifyPeer with AuthorizeAny: the chain verifies against b at
+// now, in the workload shape, and its serial is not revoked.
 func (b *Bundle) Verify(chain []*x509.Certificate, now time.Time) (ID, error) {
-	if len(chain) == 0 {
-		return ID{}, ErrNoCertificate
-	}
-	leaf := chain[0]
-	// Time checks first so that the reason is precise (x509 would only say
-	// "certificate has expired or is not yet valid").
-	if now.After(leaf.NotAfter) {
-		return ID{}, fmt.Errorf("%w: NotAfter %s", ErrExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if now.Before(leaf.NotBefore) {
-		return ID{}, fmt.Errorf("%w: NotBefore %s", ErrNotYetValid, leaf.NotBefore.UTC().Format(time.RFC3339))
-	}
-	if len(leaf.URIs) == 0 {
-		return ID{}, ErrNoSPIFFEID
-	}
-	sid, err := x509svid.IDFromCert(leaf)
-	if err != nil {
-		return ID{}, fmt.Errorf("%w: %v", ErrNoSPIFFEID, err)
-	}
-	if sid.TrustDomain().Name() != b.TrustDomain {
-		return ID{}, fmt.Errorf("%w: %q, want %q", ErrForeignTrustDomain, sid.TrustDomain().Name(), b.TrustDomain)
-	}
-	// go-spiffe does the SVID-specific checks (leaf not a CA, key usage,
-	// chain to the bundle of the ID's trust domain).
-	if _, _, err := x509svid.Verify(chain, b.X509Bundle(), x509svid.WithTime(now)); err != nil {
-		return ID{}, fmt.Errorf("%w: %v", ErrUntrustedChain, err)
-	}
-	id, err := FromSPIFFE(sid)
-	if err != nil {
-		return ID{}, err
-	}
-	if b.IsRevoked(SerialHex(leaf)) {
-		return ID{}, fmt.Errorf("%w: serial %s", ErrRevoked, SerialHex(leaf))
-	}
-	return id, nil
+	return VerifyPeer(b, chain, now, nil)
 }
 
 // Reason returns a short, constant label for a verification error, for
@@ -151,6 +114,10 @@ func Reason(err error) string {
 		return "untrusted_chain"
 	case errors.Is(err, ErrNotWorkloadID):
 		return "not_workload_id"
+	case errors.Is(err, ErrUnauthorizedID):
+		return "unauthorized_id"
+	case errors.Is(err, ErrNoBundle):
+		return "no_bundle"
 	}
 	return "other"
 }

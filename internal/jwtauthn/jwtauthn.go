@@ -27,14 +27,14 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
-	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
 )
 
-// Rule is one origin of a Policy (config.JWT): an issuer, its audiences
+// Rule is one origin of a Policy (policy.JWTRule): an issuer, its audiences
 // and keys, and where a request carries its token (JWTHeaders, JWTParams;
 // with neither, "Authorization: Bearer").
-type Rule = config.JWT
+type Rule = policy.JWTRule
 
 // AllowedAlgorithms are the signature algorithms a token may use.
 var AllowedAlgorithms = []jose.SignatureAlgorithm{

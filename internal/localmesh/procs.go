@@ -172,8 +172,10 @@ func FreePort() (int, error) {
 // Binary finds a meshauth binary: next to the running executable first (so
 // `bin/meshctl demo` uses `bin/meshd` from the same build), then on PATH.
 // "meshd" is the plain build (`go build ./cmd/meshd`), which links no
-// Kubernetes client code (cmd/meshd/deps_test.go), so a local sidecar does
-// not pay for it; bin/meshd-kube (-tags kube) is never picked.
+// Kubernetes client code (cmd/meshd/deps_test.go); bin/meshd-kube (-tags
+// kube) is never picked. Its `meshd sidecar` execs bin/meshd-sidecar, the
+// sidecar alone, when `make build` put it beside meshd, so every local
+// sidecar runs the small binary (cmd/meshd-sidecar).
 func Binary(name string) (string, error) {
 	if exe, err := os.Executable(); err == nil {
 		p := filepath.Join(filepath.Dir(exe), name)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -64,7 +65,7 @@ func BenchmarkSnapshotWire(b *testing.B) {
 	b.Run("proto", func(b *testing.B) {
 		var size int
 		for b.Loop() {
-			m, err := SnapshotToProto(s)
+			m, err := sidecarapi.SnapshotToProto(s)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -76,7 +77,7 @@ func BenchmarkSnapshotWire(b *testing.B) {
 			if err := proto.Unmarshal(data, &back); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := SnapshotFromProto(&back); err != nil {
+			if _, err := sidecarapi.SnapshotFromProto(&back); err != nil {
 				b.Fatal(err)
 			}
 			size = len(data)

@@ -9,11 +9,12 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/careport"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 )
 
 type rootState string
 
-var rootStates = newEnum("RootState", map[rootState]pb.RootState{
+var rootStates = sidecarapi.NewEnum("RootState", map[rootState]pb.RootState{
 	careport.RootSigning:  pb.RootState_ROOT_STATE_SIGNING,
 	careport.RootPending:  pb.RootState_ROOT_STATE_PENDING,
 	careport.RootRetiring: pb.RootState_ROOT_STATE_RETIRING,
@@ -35,7 +36,7 @@ func StatusToProto(st *careport.Status) (*pb.CAStatusResponse, error) {
 		DefaultTtl: durationpb.New(def), MaxTtl: durationpb.New(maxTTL), Now: timeToProto(st.Now),
 	}
 	for i, r := range st.Roots {
-		state, err := rootStates.wire(rootState(r.State), fmt.Sprintf("CA status: roots[%d].state", i))
+		state, err := rootStates.Wire(rootState(r.State), fmt.Sprintf("CA status: roots[%d].state", i))
 		if err != nil {
 			return nil, err
 		}
@@ -53,7 +54,7 @@ func StatusFromProto(m *pb.CAStatusResponse) (*careport.Status, error) {
 		DefaultTTL: m.DefaultTtl.AsDuration().String(), MaxTTL: m.MaxTtl.AsDuration().String(), Now: timeFromProto(m.Now),
 	}
 	for i, r := range m.Roots {
-		state, err := rootStates.fromProto(r.GetState(), fmt.Sprintf("CA status: roots[%d].state", i))
+		state, err := rootStates.FromProto(r.GetState(), fmt.Sprintf("CA status: roots[%d].state", i))
 		if err != nil {
 			return nil, err
 		}

@@ -15,7 +15,9 @@ import (
 	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/careport"
 	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -26,9 +28,9 @@ var configSets = map[string][]string{
 	"istio":     {"../config/testdata/valid/istio.yaml"},
 	"configmap": {"../config/testdata/valid/istio-configmap.yaml"},
 	"mesh":      {"../config/testdata/valid/mesh.yaml"},
-	"matrix":    {"../policy/testdata/matrix.yaml", "../policy/testdata/matrix-registry.yaml"},
-	"rbac":      {"../policy/testdata/matrix-registry.yaml", "../../cmd/meshctl/testdata/policycli/rbac.yaml"},
-	"jwt":       {"../policy/testdata/matrix-registry.yaml", "testdata/jwt.yaml"},
+	"matrix":    {"../policy/engine/testdata/matrix.yaml", "../policy/engine/testdata/matrix-registry.yaml"},
+	"rbac":      {"../policy/engine/testdata/matrix-registry.yaml", "../../cmd/meshctl/testdata/policycli/rbac.yaml"},
+	"jwt":       {"../policy/engine/testdata/matrix-registry.yaml", "testdata/jwt.yaml"},
 }
 
 func loadSet(t testing.TB, paths []string) (*config.Config, *registry.Registry) {
@@ -58,8 +60,7 @@ func wire[M proto.Message](t testing.TB, m M, into M) M {
 
 // canon returns v with every empty slice and map made nil: the one
 // difference a protobuf round trip may make (see the package doc); and
-// every field the JSON form never carried either (tagged json:"-", such
-// as config.JWT's Pos, the position in the config file) zero.
+// every field the JSON form never carried either (tagged json:"-") zero.
 func canon[T any](v T) T {
 	rv := reflect.ValueOf(&v).Elem()
 	canonValue(rv)
@@ -107,15 +108,15 @@ func TestSnapshotRoundTripEngine(t *testing.T) {
 	n, rbac, endUserDefault, endUserPort := 0, 0, 0, 0
 	for name, paths := range configSets {
 		cfg, reg := loadSet(t, paths)
-		e := policy.New(cfg, reg)
+		e := engine.New(cfg, reg)
 		for _, w := range reg.Workloads() {
 			snap := e.Snapshot(w)
 			snap.Version = "v-" + name
-			m, err := SnapshotToProto(snap)
+			m, err := sidecarapi.SnapshotToProto(snap)
 			if err != nil {
 				t.Fatalf("%s %s: %v", name, w.Key(), err)
 			}
-			back, err := SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
+			back, err := sidecarapi.SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
 			if err != nil {
 				t.Fatalf("%s %s: %v", name, w.Key(), err)
 			}
@@ -158,11 +159,11 @@ func TestSnapshotEveryField(t *testing.T) {
 		len(s.Inbound[0].EndUser.JWT[0].JWTParams) == 0 || s.RBAC == nil || len(s.RBAC.Policies[0].Rules[0].Constraints) == 0 {
 		t.Fatalf("fillAll left fields empty: %s", asJSON(s))
 	}
-	m, err := SnapshotToProto(&s)
+	m, err := sidecarapi.SnapshotToProto(&s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	back, err := SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
+	back, err := sidecarapi.SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +264,7 @@ func randSnapshot(r *rand.Rand) *policy.Snapshot {
 		}
 		e := &policy.EndUserAuthn{Optional: r.IntN(2) == 0, UseOrigin: r.IntN(2) == 0, DecidedBy: str()}
 		for range r.IntN(3) {
-			e.JWT = append(e.JWT, config.JWT{Issuer: str(), Audiences: strs(), JwksURI: str(), JWTHeaders: strs(), JWTParams: strs()})
+			e.JWT = append(e.JWT, policy.JWTRule{Issuer: str(), Audiences: strs(), JwksURI: str(), JWTHeaders: strs(), JWTParams: strs()})
 		}
 		return e
 	}
@@ -319,11 +320,11 @@ func FuzzSnapshotRoundTrip(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b uint64) {
 		s := randSnapshot(rand.New(rand.NewPCG(a, b)))
-		m, err := SnapshotToProto(s)
+		m, err := sidecarapi.SnapshotToProto(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, err := SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
+		back, err := sidecarapi.SnapshotFromProto(wire(t, m, &pb.PolicySnapshot{}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -338,7 +339,7 @@ func FuzzSnapshotRoundTrip(f *testing.F) {
 // read is lost or invented).
 func FuzzSnapshotFromWire(f *testing.F) {
 	for i := range uint64(5) {
-		m, err := SnapshotToProto(randSnapshot(rand.New(rand.NewPCG(i, i+1))))
+		m, err := sidecarapi.SnapshotToProto(randSnapshot(rand.New(rand.NewPCG(i, i+1))))
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -350,15 +351,15 @@ func FuzzSnapshotFromWire(f *testing.F) {
 		if proto.Unmarshal(data, &m) != nil {
 			return
 		}
-		s, err := SnapshotFromProto(&m)
+		s, err := sidecarapi.SnapshotFromProto(&m)
 		if err != nil {
 			return
 		}
-		again, err := SnapshotToProto(s)
+		again, err := sidecarapi.SnapshotToProto(s)
 		if err != nil {
 			t.Fatalf("a snapshot read from the wire does not convert back: %v", err)
 		}
-		s2, err := SnapshotFromProto(again)
+		s2, err := sidecarapi.SnapshotFromProto(again)
 		if err != nil || !reflect.DeepEqual(s, s2) {
 			t.Fatalf("wire -> Go -> wire -> Go changed it: %v\n%+v\n%+v", err, s, s2)
 		}
@@ -383,14 +384,14 @@ func TestUnknownEnums(t *testing.T) {
 	} {
 		m := proto.Clone(good).(*pb.PolicySnapshot)
 		tc.edit(m)
-		if _, err := SnapshotFromProto(m); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := sidecarapi.SnapshotFromProto(m); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
 		}
 	}
-	if s, err := SnapshotFromProto(good); err != nil || s.InboundDefault != "" {
+	if s, err := sidecarapi.SnapshotFromProto(good); err != nil || s.InboundDefault != "" {
 		t.Errorf("UNSPECIFIED: %q, %v; want \"\" (refused later by Validate)", s.InboundDefault, err)
 	}
-	if _, err := SnapshotToProto(&policy.Snapshot{InboundDefault: "MAYBE"}); err == nil || !strings.Contains(err.Error(), `inboundDefault: ServerMode "MAYBE" has no protobuf value`) {
+	if _, err := sidecarapi.SnapshotToProto(&policy.Snapshot{InboundDefault: "MAYBE"}); err == nil || !strings.Contains(err.Error(), `inboundDefault: ServerMode "MAYBE" has no protobuf value`) {
 		t.Errorf("Go -> proto of an unknown mode: %v", err)
 	}
 	if _, err := StatusFromProto(&pb.CAStatusResponse{Roots: []*pb.RootStatus{{State: 9}}}); err == nil || !strings.Contains(err.Error(), "roots[0].state: unknown RootState 9") {
@@ -507,7 +508,7 @@ func TestStateRefusesBadConfig(t *testing.T) {
 // without roots is refused.
 func TestBundleFromProto(t *testing.T) {
 	ca := catest.New(t)
-	b, err := BundleFromProto(&pb.TrustBundle{Version: 3, TrustDomain: "cluster.local", Roots: []string{string(ca.RootPEM())},
+	b, err := sidecarapi.BundleFromProto(&pb.TrustBundle{Version: 3, TrustDomain: "cluster.local", Roots: []string{string(ca.RootPEM())},
 		Revocations: []*pb.Revocation{{Serial: "0A1B", SpiffeId: "spiffe://cluster.local/ns/default/sa/sleep"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -515,7 +516,7 @@ func TestBundleFromProto(t *testing.T) {
 	if b.Version != 3 || len(b.Roots) != 1 || !b.IsRevoked("0a1b") || b.Revoked["0a1b"] != "spiffe://cluster.local/ns/default/sa/sleep" {
 		t.Errorf("bundle = %+v", b)
 	}
-	if _, err := BundleFromProto(&pb.TrustBundle{TrustDomain: "cluster.local"}); err == nil {
+	if _, err := sidecarapi.BundleFromProto(&pb.TrustBundle{TrustDomain: "cluster.local"}); err == nil {
 		t.Error("a bundle without roots was accepted")
 	}
 }

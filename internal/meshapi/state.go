@@ -8,7 +8,8 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/config"
-	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -27,8 +28,8 @@ type State struct {
 }
 
 // Engine rebuilds the policy engine the control plane uses.
-func (st *State) Engine() *policy.Engine {
-	return policy.New(st.Config, registry.FromState(st.Registry))
+func (st *State) Engine() *engine.Engine {
+	return engine.New(st.Config, registry.FromState(st.Registry))
 }
 
 // SidecarStatus is what the control plane knows of one sidecar on the
@@ -68,7 +69,7 @@ func StateToProto(st *State) (*pb.GetStateResponse, error) {
 		}
 	}
 	for _, s := range st.Registry.Services {
-		ps := &pb.RegistryService{Name: s.Name, Namespace: s.Namespace, Selector: mapOrNil(s.Selector), Address: s.Address,
+		ps := &pb.RegistryService{Name: s.Name, Namespace: s.Namespace, Selector: sidecarapi.MapOrNil(s.Selector), Address: s.Address,
 			Source: s.Source, ServiceAccounts: s.ServiceAccounts}
 		for _, p := range s.Ports {
 			ps.Ports = append(ps.Ports, &pb.ServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol, TargetPort: p.TargetPort})
@@ -76,7 +77,7 @@ func StateToProto(st *State) (*pb.GetStateResponse, error) {
 		out.Services = append(out.Services, ps)
 	}
 	for _, w := range st.Registry.Workloads {
-		pw := &pb.RegistryWorkload{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: mapOrNil(w.Labels),
+		pw := &pb.RegistryWorkload{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: sidecarapi.MapOrNil(w.Labels),
 			Address: w.Address, Sidecar: w.Sidecar, Source: w.Source}
 		for _, p := range w.Ports {
 			pw.Ports = append(pw.Ports, &pb.WorkloadPort{Name: p.Name, Number: p.Number, Protocol: p.Protocol, SidecarPort: p.SidecarPort})
@@ -104,15 +105,15 @@ func StateFromProto(m *pb.GetStateResponse) (*State, error) {
 	cfg.Version = m.ConfigVersion
 	st := &State{ConfigVersion: m.ConfigVersion, Config: cfg, Registry: registry.State{Services: []*registry.Service{}, Workloads: []*registry.Workload{}}}
 	for _, s := range m.Services {
-		rs := &registry.Service{Name: s.GetName(), Namespace: s.GetNamespace(), Selector: mapOrNil(s.GetSelector()), Address: s.GetAddress(),
-			Source: s.GetSource(), ServiceAccounts: nilIfEmpty(s.GetServiceAccounts())}
+		rs := &registry.Service{Name: s.GetName(), Namespace: s.GetNamespace(), Selector: sidecarapi.MapOrNil(s.GetSelector()), Address: s.GetAddress(),
+			Source: s.GetSource(), ServiceAccounts: sidecarapi.NilIfEmpty(s.GetServiceAccounts())}
 		for _, p := range s.GetPorts() {
 			rs.Ports = append(rs.Ports, registry.Port{Name: p.GetName(), Number: p.GetNumber(), Protocol: p.GetProtocol(), TargetPort: p.GetTargetPort()})
 		}
 		st.Registry.Services = append(st.Registry.Services, rs)
 	}
 	for _, w := range m.Workloads {
-		rw := &registry.Workload{Name: w.GetName(), Namespace: w.GetNamespace(), ServiceAccount: w.GetServiceAccount(), Labels: mapOrNil(w.GetLabels()),
+		rw := &registry.Workload{Name: w.GetName(), Namespace: w.GetNamespace(), ServiceAccount: w.GetServiceAccount(), Labels: sidecarapi.MapOrNil(w.GetLabels()),
 			Address: w.GetAddress(), Sidecar: w.GetSidecar(), Source: w.GetSource()}
 		for _, p := range w.GetPorts() {
 			rw.Ports = append(rw.Ports, registry.WorkloadPort{Name: p.GetName(), Number: p.GetNumber(), Protocol: p.GetProtocol(), SidecarPort: p.GetSidecarPort()})
@@ -125,7 +126,7 @@ func StateFromProto(m *pb.GetStateResponse) (*State, error) {
 			Acked: s.GetAcked(), Nacked: s.GetNacked(), NackError: s.GetNackError()})
 	}
 	if r := m.ConfigRejected; r != nil {
-		st.ConfigRejected = &ConfigRejection{Dir: r.Dir, At: timeFromProto(r.At), Errors: nilIfEmpty(r.Errors)}
+		st.ConfigRejected = &ConfigRejection{Dir: r.Dir, At: timeFromProto(r.At), Errors: sidecarapi.NilIfEmpty(r.Errors)}
 	}
 	return st, nil
 }

@@ -148,7 +148,7 @@ func describeSubject(sub RBACSubject) string {
 
 // ruleMatches reports whether one AccessRule covers the request.
 func ruleMatches(rule *RBACRule, s *Snapshot, r Request) bool {
-	if !serviceMatches(rule.Services, r.Service) {
+	if !ServiceMatches(rule.Services, r.Service) {
 		return false
 	}
 	// Methods and paths only exist for HTTP; a TCP connection (no method)
@@ -197,11 +197,11 @@ func MatchValue(pattern, v string) bool {
 	}
 }
 
-// serviceMatches matches ServiceRole `services` against "name.namespace".
+// ServiceMatches matches ServiceRole `services` against "name.namespace".
 // Users write services in any of the names a Kubernetes client can use
 // ("httpbin", "httpbin.default", "httpbin.default.svc.cluster.local"), with
 // prefix or suffix wildcards; we accept a match on any of those forms.
-func serviceMatches(patterns []string, svc string) bool {
+func ServiceMatches(patterns []string, svc string) bool {
 	if len(patterns) == 0 {
 		return false
 	}

@@ -1,13 +1,13 @@
-// Package policy computes what a sidecar does for a connection, and why.
-//
-// It is the mesh's policy engine: from the config kinds (mesh config,
-// authentication Policy, DestinationRule, RBAC) and the registry it derives
-// each sidecar's Snapshot, and it explains every decision with the objects
-// that made it. It does no I/O: every function is pure, so every decision can
-// be tested and explained.
+// Package policy is what a sidecar enforces: the Snapshot the control plane
+// computes for it (ports and their modes, outbound services, secure naming,
+// RBAC), and the pure decisions made with it per connection and request
+// (Authorize, AuthorizeHTTP, path normalisation). It imports neither the
+// config kinds nor the registry, so the sidecar binary does not link them;
+// the engine that derives each sidecar's Snapshot from them is
+// internal/policy/engine.
 package policy
 
-import "github.com/meshauth/meshauth/internal/config"
+import "strings"
 
 // Snapshot is the effective configuration of one sidecar: everything it needs
 // to serve inbound and outbound traffic. The control plane computes it, the
@@ -94,7 +94,7 @@ type InboundPort struct {
 // EndUserAuthn is a Policy's origins: which JWTs a request must carry
 // (Istio's origins, originIsOptional, principalBinding).
 type EndUserAuthn struct {
-	JWT []config.JWT `json:"jwt,omitempty"`
+	JWT []JWTRule `json:"jwt,omitempty"`
 	// Optional lets a request without a token through (originIsOptional);
 	// a token that is present must still verify.
 	Optional bool `json:"optional,omitempty"`
@@ -103,6 +103,22 @@ type EndUserAuthn struct {
 	UseOrigin bool `json:"useOrigin,omitempty"`
 	// DecidedBy names the Policy.
 	DecidedBy string `json:"decidedBy,omitempty"`
+}
+
+// JWTRule is one origin of a Policy: the issuer whose tokens are accepted,
+// the audiences one of which a token must name, where the issuer's keys
+// are (JWKS over https) and where a request may carry the token. It is the
+// config's JWT without source positions, so that the sidecar links no
+// config kinds.
+type JWTRule struct {
+	Issuer    string   `json:"issuer"`
+	Audiences []string `json:"audiences,omitempty"`
+	JwksURI   string   `json:"jwksUri,omitempty"`
+	// JWTHeaders and JWTParams name the request headers and query
+	// parameters that may carry the token; without both, the token is
+	// read from "Authorization: Bearer <token>".
+	JWTHeaders []string `json:"jwtHeaders,omitempty"`
+	JWTParams  []string `json:"jwtParams,omitempty"`
 }
 
 // OutboundService is one destination service as seen by a client sidecar.
@@ -198,4 +214,49 @@ type RBACSubject struct {
 	// Binding is the namespace/name of the ServiceRoleBinding this subject
 	// comes from, so a decision names the exact binding that allowed it.
 	Binding string `json:"binding,omitempty"`
+}
+
+// Refusal is a self-registered sidecar that a service's selector matches
+// but that is not one of its endpoints, because the service does not allow
+// its identity.
+type Refusal struct {
+	Service  string `json:"service"`  // name.namespace
+	Workload string `json:"workload"` // namespace/name
+	SPIFFEID string `json:"spiffeId"`
+	Reason   string `json:"reason"`
+}
+
+// InboundProtocol is the protocol a server sidecar applies to a port, from
+// the port's declared protocol or, when none is declared, Istio's port
+// naming convention ("http", "http-web", "http2-x", "grpc", "grpc-x",
+// "tcp-db"):
+//
+//   - "HTTP": HTTP/1.x. Every request is parsed, authorized, and gets the
+//     verified X-Forwarded-Client-Cert; HTTP/2 with prior knowledge is
+//     terminated per request the same way and reaches the app as HTTP/1.1.
+//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is
+//     terminated per request (authorized, XFCC) and reaches the app over
+//     h2c; HTTP/1.x is served as on "HTTP".
+//   - "TCP": every other declared protocol; an opaque relay.
+//   - "": nothing declared; the sidecar detects the protocol.
+//
+// The port's protocol decides, never what a client offers (ALPN, CONNECT).
+func InboundProtocol(proto, name string) string {
+	p := strings.ToUpper(proto)
+	if p == "" {
+		prefix, _, _ := strings.Cut(strings.ToLower(name), "-")
+		switch prefix {
+		case "http", "http2", "grpc", "https", "tls", "tcp", "mongo", "redis", "mysql":
+			p = strings.ToUpper(prefix)
+		}
+	}
+	switch p {
+	case "HTTP", "HTTP1":
+		return "HTTP"
+	case "HTTP2", "GRPC", "GRPC-WEB":
+		return "HTTP2"
+	case "":
+		return ""
+	}
+	return "TCP"
 }

@@ -5,10 +5,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/metrics"
 )
 
 // CertsInfo is the /certs document, shaped like Envoy's: the workload
@@ -50,10 +48,10 @@ func (p *Proxy) Certs() CertsInfo {
 }
 
 // AdminHandler serves the admin endpoints: /healthz/ready, /certs,
-// /config_dump and /metrics (gatherer's metrics in Prometheus format).
+// /config_dump and /metrics (reg's metrics in Prometheus format).
 // extra, if non-nil, is merged into /config_dump (the agent's view, CLI
 // flags).
-func (p *Proxy) AdminHandler(gatherer prometheus.Gatherer, extra func() map[string]any) http.Handler {
+func (p *Proxy) AdminHandler(reg *metrics.Registry, extra func() map[string]any) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Ready(); err != nil {
@@ -84,8 +82,8 @@ func (p *Proxy) AdminHandler(gatherer prometheus.Gatherer, extra func() map[stri
 		}
 		writeJSON(w, doc)
 	})
-	if gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	if reg != nil {
+		mux.Handle("GET /metrics", reg.Handler())
 	}
 	return mux
 }

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
-	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/jwtauthn"
 	"github.com/meshauth/meshauth/internal/policy"
 )
@@ -66,7 +65,7 @@ const testIssuerName = "https://issuer.example"
 // endUser is the port's origins: this issuer, audience "httpbin".
 func (iss *testIssuer) endUser() *policy.EndUserAuthn {
 	return &policy.EndUserAuthn{DecidedBy: "Policy/default/jwt", UseOrigin: true,
-		JWT: []config.JWT{{Issuer: testIssuerName, Audiences: []string{"httpbin"}, JwksURI: iss.srv.URL + "/jwks"}}}
+		JWT: []policy.JWTRule{{Issuer: testIssuerName, Audiences: []string{"httpbin"}, JwksURI: iss.srv.URL + "/jwks"}}}
 }
 
 // token signs a token for sub with groups, expiring at exp.

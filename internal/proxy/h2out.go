@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -205,7 +206,7 @@ func (hp *h2Pool) pick(key string) (*http2.ClientConn, *h2Dial) {
 		}
 		if x.gen != gen {
 			if err := hp.p.verifyConn(x.c); err != nil {
-				hp.p.logClosed("outbound", bundleReason(err), err, slog.String("peer", x.c.RemoteAddr().String()))
+				hp.p.logClosed("outbound", identity.Reason(err), err, slog.String("peer", x.c.RemoteAddr().String()))
 				x.cc.Close()
 				continue
 			}

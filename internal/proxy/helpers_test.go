@@ -15,12 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca/catest"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/metrics"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -58,13 +56,9 @@ func (l *logBuf) lines(t testing.TB) []map[string]any {
 	return out
 }
 
-func counterValue(t testing.TB, c prometheus.Counter) float64 {
+func counterValue(t testing.TB, c *metrics.Counter) float64 {
 	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
+	return c.Value()
 }
 
 const (
@@ -78,7 +72,7 @@ type sidecar struct {
 	store  *agent.Store
 	config *ConfigStore
 	log    *logBuf
-	reg    *prometheus.Registry
+	reg    *metrics.Registry
 }
 
 type sidecarOpts struct {
@@ -124,7 +118,7 @@ func startSidecar(t testing.TB, ca *catest.CA, id string, o sidecarOpts) *sideca
 		t.Fatal(err)
 	}
 	lb := &logBuf{}
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	cfg := Config{
 		Certs:            store,
 		Policy:           cs,

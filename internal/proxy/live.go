@@ -136,7 +136,7 @@ func (p *Proxy) liveCheck(l *liveConn, snap *policy.Snapshot) liveVictim {
 	switch l.state {
 	case liveTLS:
 		if _, err := p.verifyPeer(l.chain); err != nil {
-			return liveVictim{l, bundleReason(err), err}
+			return liveVictim{l, identity.Reason(err), err}
 		}
 	case livePlain:
 		if inboundPort(snap, l.port).Mode == policy.ServerStrict {
@@ -214,14 +214,6 @@ func (s *liveSet) claim(closed *bool) bool {
 	return first
 }
 
-// bundleReason is the metric/log reason of a failed peer verification.
-func bundleReason(err error) string {
-	if errors.Is(err, ErrNoBundle) {
-		return "no_bundle"
-	}
-	return identity.Reason(err)
-}
-
 // logClosed records a connection closed by a check made after it was
 // accepted: one access-log line and meshauth_sidecar_connections_closed_total.
 func (p *Proxy) logClosed(direction, reason string, err error, attrs ...slog.Attr) {
@@ -251,7 +243,7 @@ func (p *Proxy) claimClose(info *connInfo) bool {
 func (p *Proxy) verifyPooled(u *upConn) error { return p.verifyConn(u.c) }
 
 func (p *Proxy) poolStale(u *upConn, err error) {
-	p.logClosed("outbound", bundleReason(err), err, slog.String("peer", u.c.RemoteAddr().String()))
+	p.logClosed("outbound", identity.Reason(err), err, slog.String("peer", u.c.RemoteAddr().String()))
 }
 
 // trackOut records an outbound mTLS tunnel until the returned func runs.
@@ -282,6 +274,6 @@ func (p *Proxy) trackOut(up net.Conn, dest string, gen uint64) func() {
 }
 
 func (p *Proxy) closeOut(o *liveOut, err error) {
-	p.logClosed("outbound", bundleReason(err), err, slog.String("destination", o.dest))
+	p.logClosed("outbound", identity.Reason(err), err, slog.String("destination", o.dest))
 	o.c.Close()
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
-	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -217,7 +216,7 @@ func TestTCPRelayClosedWhenAuthzDenies(t *testing.T) {
 func TestTCPPortWithOrigins(t *testing.T) {
 	srv, client, c, br := startTCPRelay(t)
 	withJWT := tcpSnap(policy.ServerStrict, nil)
-	withJWT.Inbound[0].EndUser = &policy.EndUserAuthn{JWT: []config.JWT{{Issuer: "iss", JwksURI: "https://127.0.0.1:1/jwks"}}, Optional: true}
+	withJWT.Inbound[0].EndUser = &policy.EndUserAuthn{JWT: []policy.JWTRule{{Issuer: "iss", JwksURI: "https://127.0.0.1:1/jwks"}}, Optional: true}
 	if err := srv.config.Set(withJWT); err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ import (
 
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/capture"
+	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -476,7 +477,7 @@ func (p *Proxy) Ready() error {
 		// lifetime): peers refuse this certificate, so say so.
 		return fmt.Errorf("workload certificate serial %s expired at %s", s.Serial(), s.NotAfter().UTC().Format(time.RFC3339))
 	case p.certs.Bundle() == nil:
-		return ErrNoBundle
+		return fmt.Errorf("sidecar has %w", identity.ErrNoBundle)
 	case p.policy.Current() == nil:
 		return errors.New("sidecar has no policy snapshot yet")
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
@@ -33,8 +35,6 @@ var (
 	ErrSecureNaming = errors.New("secure naming: server identity is not allowed to run the service")
 	// ErrNoSVID: the sidecar has no certificate yet (agent not bootstrapped).
 	ErrNoSVID = errors.New("sidecar has no workload certificate yet")
-	// ErrNoBundle: the sidecar has no trust bundle yet.
-	ErrNoBundle = errors.New("sidecar has no trust bundle yet")
 )
 
 // refusal reasons the proxy adds to identity.Reason's labels.
@@ -56,7 +56,7 @@ func handshakeReason(err error) string {
 		return "ok"
 	case errors.Is(err, ErrSecureNaming):
 		return reasonSecureNaming
-	case errors.Is(err, ErrNoSVID), errors.Is(err, ErrNoBundle):
+	case errors.Is(err, ErrNoSVID), errors.Is(err, identity.ErrNoBundle):
 		return reasonNoSVID
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
 		return reasonTimeout
@@ -75,10 +75,12 @@ func handshakeReason(err error) string {
 
 // serverTLS is the inbound mTLS config. It asks for a client certificate but
 // lets crypto/tls accept any, then verifies it itself in VerifyConnection
-// against the current bundle — roots, trust domain, SPIFFE URI and revocation
-// — so that every refusal has a precise reason and a rotated bundle applies
-// to the next handshake. VerifyConnection also runs on resumed sessions, so
-// a revoked serial cannot come back through a session ticket.
+// (identity.VerifyConnection: roots, trust domain, SPIFFE URI and
+// revocation of the current bundle; any workload of the trust domain is
+// authorized here, RBAC decides per request) so that every refusal has a
+// precise reason and a rotated bundle applies to the next handshake.
+// VerifyConnection also runs on resumed sessions, so a revoked serial cannot
+// come back through a session ticket.
 func (p *Proxy) serverTLS() *tls.Config {
 	c := tlsprofile.New()
 	c.ClientAuth = tls.RequestClientCert
@@ -90,19 +92,14 @@ func (p *Proxy) serverTLS() *tls.Config {
 		return s.TLS, nil
 	}
 	c.NextProtos = []string{alpnH2, alpnHTTP1, alpnTCP}
-	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		_, err := p.verifyPeer(cs.PeerCertificates)
-		return err
-	}
+	c.VerifyConnection = identity.VerifyConnection(p.certs.Bundle, p.now, identity.AuthorizeAny())
 	return c
 }
 
+// verifyPeer verifies an established connection's peer chain again against
+// the current bundle (rechecks after a bundle change, pooled connections).
 func (p *Proxy) verifyPeer(chain []*x509.Certificate) (identity.ID, error) {
-	b := p.certs.Bundle()
-	if b == nil {
-		return identity.ID{}, ErrNoBundle
-	}
-	return b.Verify(chain, p.now())
+	return identity.VerifyPeer(p.certs.Bundle(), chain, p.now(), nil)
 }
 
 // peerID returns the identity of an already verified connection. The chain
@@ -116,9 +113,19 @@ func peerID(cs tls.ConnectionState) string {
 
 // clientTLS is the outbound mTLS config for one set of allowed server
 // identities. The server's chain is verified against the bundle like an
-// inbound peer, then its identity must be one of allowed (secure naming).
+// inbound peer, then its identity must be one of allowed (secure naming:
+// identity.AuthorizeOneOf).
 func (p *Proxy) clientTLS(allowed []string, sni, alpn string) *tls.Config {
 	allowed = slices.Clone(allowed)
+	ids := make([]spiffeid.ID, 0, len(allowed))
+	for _, a := range allowed {
+		// An entry that is no SPIFFE ID can match no certificate; it is
+		// still named in the refusal.
+		if id, err := spiffeid.FromString(a); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	verify := identity.VerifyConnection(p.certs.Bundle, p.now, identity.AuthorizeOneOf(ids...))
 	c := tlsprofile.New()
 	// Workload certificates carry no DNS names (the seed's reason for
 	// curl -k); the mesh identity check below replaces hostname checks.
@@ -134,17 +141,17 @@ func (p *Proxy) clientTLS(allowed []string, sni, alpn string) *tls.Config {
 	}
 	c.ClientSessionCache = p.sessions
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		id, err := p.verifyPeer(cs.PeerCertificates)
-		if err != nil {
+		err := verify(cs)
+		var bad *identity.UnauthorizedIDError
+		switch {
+		case err == nil:
+			return nil
+		case !errors.As(err, &bad):
 			return fmt.Errorf("server certificate: %w", err)
+		case len(allowed) == 0:
+			return fmt.Errorf("%w: got %s, and the service has no known server identities (no registered workloads or subjectAltNames)", ErrSecureNaming, bad.ID)
 		}
-		if !slices.Contains(allowed, id.String()) {
-			if len(allowed) == 0 {
-				return fmt.Errorf("%w: got %s, and the service has no known server identities (no registered workloads or subjectAltNames)", ErrSecureNaming, id)
-			}
-			return fmt.Errorf("%w: got %s, allowed %s", ErrSecureNaming, id, strings.Join(allowed, ", "))
-		}
-		return nil
+		return fmt.Errorf("%w: got %s, allowed %s", ErrSecureNaming, bad.ID, strings.Join(allowed, ", "))
 	}
 	return c
 }

@@ -13,10 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/metrics"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -75,7 +74,7 @@ func TestTransparentOnLoopback(t *testing.T) {
 			}}),
 		InboundCapture: "127.0.0.1:0",
 		OriginalDst:    srvOrig.lookup,
-		Metrics:        NewMetrics(prometheus.NewRegistry()),
+		Metrics:        NewMetrics(metrics.NewRegistry()),
 		Log:            slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -109,7 +108,7 @@ func TestTransparentOnLoopback(t *testing.T) {
 		Outbound:    "127.0.0.1:0",
 		Transparent: true,
 		OriginalDst: cliOrig.lookup,
-		Metrics:     NewMetrics(prometheus.NewRegistry()),
+		Metrics:     NewMetrics(metrics.NewRegistry()),
 		Log:         slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

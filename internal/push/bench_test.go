@@ -9,6 +9,7 @@ import (
 	"time"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
 
 // BenchmarkConfigChangeAcked1000 measures how long a config change takes to
@@ -25,7 +26,7 @@ func BenchmarkConfigChangeAcked1000(b *testing.B) {
 	defer cancel()
 	for i := 0; i < sidecars; i++ {
 		name := fmt.Sprintf("sc-%d", i)
-		c := NewClient(ClientConfig{
+		c := pushclient.NewClient(pushclient.ClientConfig{
 			Conn: e.dial(fmt.Sprintf("spiffe://cluster.local/ns/default/sa/sleep-%d", i%50)),
 			Register: func() *pb.Register {
 				return &pb.Register{Workload: name, Labels: map[string]string{"app": "sleep"}, Address: "127.0.0.3"}

@@ -9,6 +9,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/ca/catest"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -32,8 +33,8 @@ spec:
 
 // sidecar runs a push client for spiffeID registering as workload with
 // labels, until the test ends or stop is called.
-func (e *env) sidecar(spiffeID, workload string, labels map[string]string) (c *Client, stop func()) {
-	c = NewClient(ClientConfig{
+func (e *env) sidecar(spiffeID, workload string, labels map[string]string) (c *pushclient.Client, stop func()) {
+	c = pushclient.NewClient(pushclient.ClientConfig{
 		Conn: e.dial(spiffeID),
 		Register: func() *pb.Register {
 			return &pb.Register{Workload: workload, Labels: labels, Address: "127.0.0.9", Ports: []uint32{9000, 9100}}

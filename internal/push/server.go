@@ -11,10 +11,11 @@
 // the one source of roots and revocations in every mode; the server only
 // uses bundle changes to recheck connected sidecars for revocation.
 //
-// The client half runs in the sidecar: it keeps the last good snapshot
-// (a NACKed one never replaces it), keeps serving it while the control plane
-// is away, and reconnects with exponential backoff and jitter. The sidecar
-// reads Current() and waits on Changed().
+// The client half runs in the sidecar and is internal/push/pushclient: it
+// keeps the last good snapshot (a NACKed one never replaces it), keeps
+// serving it while the control plane is away, and reconnects with
+// exponential backoff and jitter. The sidecar reads Current() and waits on
+// Changed().
 package push
 
 import (
@@ -39,7 +40,9 @@ import (
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
+	"github.com/meshauth/meshauth/internal/policy/engine"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -76,7 +79,7 @@ type Server struct {
 	pb.UnimplementedDiscoveryServer
 	cfg    Config
 	log    *slog.Logger
-	engine atomic.Pointer[policy.Engine]
+	engine atomic.Pointer[engine.Engine]
 	held   atomic.Bool // Hold: no snapshot goes out
 	// bundleVersion is the CA's trust bundle version (BundleChanged).
 	bundleVersion atomic.Uint64
@@ -116,7 +119,7 @@ type conn struct {
 }
 
 // NewServer returns a push server computing snapshots with e.
-func NewServer(cfg Config, e *policy.Engine) *Server {
+func NewServer(cfg Config, e *engine.Engine) *Server {
 	if cfg.Debounce == 0 {
 		cfg.Debounce = 50 * time.Millisecond
 	}
@@ -134,7 +137,7 @@ func NewServer(cfg Config, e *policy.Engine) *Server {
 
 // SetEngine installs the engine for a new config and pushes to everyone.
 // The engine should share the registry of the previous one.
-func (s *Server) SetEngine(e *policy.Engine) {
+func (s *Server) SetEngine(e *engine.Engine) {
 	s.engine.Store(e)
 	s.gen.Add(1)
 	s.poke()
@@ -156,7 +159,7 @@ func (s *Server) Release() {
 }
 
 // Engine returns the engine in use.
-func (s *Server) Engine() *policy.Engine { return s.engine.Load() }
+func (s *Server) Engine() *engine.Engine { return s.engine.Load() }
 
 // BundleChanged tells the server that the CA's trust bundle (roots or
 // revocations) is now at version v: every connected sidecar's certificate
@@ -398,7 +401,7 @@ func cutKey(k string) (string, string, bool) {
 // the deterministic protobuf encoding without the version.
 func encode(snap *policy.Snapshot) (*pb.PolicySnapshot, string, error) {
 	snap.Version = ""
-	m, err := meshapi.SnapshotToProto(snap)
+	m, err := sidecarapi.SnapshotToProto(snap)
 	if err != nil {
 		return nil, "", err
 	}

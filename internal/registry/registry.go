@@ -45,7 +45,7 @@ type Service struct {
 	// and spec.subjectAltNames, and the seed's
 	// alpha.istio.io/*-serviceaccounts annotations, also read by
 	// internal/kube). They are also the identities whose sidecars may
-	// register themselves as endpoints of the service (policy.Engine).
+	// register themselves as endpoints of the service (internal/policy/engine).
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 

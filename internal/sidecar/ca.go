@@ -9,7 +9,7 @@ import (
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
-	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 )
 
 // GRPCCA is the agent's CA (agent.CA) over the control plane's
@@ -59,6 +59,6 @@ func (c GRPCCA) WatchBundle(ctx context.Context, update func(agent.BundleUpdate)
 		if err != nil {
 			return err
 		}
-		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: meshapi.RevokedFromProto(tb.Revocations)})
+		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: sidecarapi.RevokedFromProto(tb.Revocations)})
 	}
 }

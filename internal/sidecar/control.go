@@ -13,7 +13,7 @@ import (
 	"github.com/meshauth/meshauth/internal/client"
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
-	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
 
 // controlConn holds how the sidecar reaches the control plane: its
@@ -92,7 +92,7 @@ func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, er
 }
 
 // pushSource adapts the push client to the proxy's ConfigSource.
-type pushSource struct{ c *push.Client }
+type pushSource struct{ c *pushclient.Client }
 
 func (p pushSource) Current() *policy.Snapshot {
 	if u := p.c.Current(); u != nil {

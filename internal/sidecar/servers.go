@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/meshauth/meshauth/internal/proxy"
 )
 
@@ -54,7 +52,7 @@ func (s *sidecar) startServers(p *proxy.Proxy) (func(), error) {
 	}
 	if s.cfg.Prometheus != "" {
 		mux := http.NewServeMux()
-		h := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})
+		h := s.reg.Handler()
 		mux.Handle("GET /metrics", h)
 		mux.Handle("GET /stats/prometheus", h) // the path Istio's scrape config uses
 		if err := serve("prometheus", s.cfg.Prometheus, mux); err != nil {

@@ -21,16 +21,15 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
 	"github.com/meshauth/meshauth/internal/agent"
 	"github.com/meshauth/meshauth/internal/identity"
+	"github.com/meshauth/meshauth/internal/metrics"
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/proxy"
-	"github.com/meshauth/meshauth/internal/push"
+	"github.com/meshauth/meshauth/internal/push/pushclient"
 )
 
 // Config is one sidecar. Field names follow `meshd sidecar`'s flags
@@ -102,7 +101,7 @@ type sidecar struct {
 	cfg      Config
 	id       identity.ID
 	log      *slog.Logger
-	reg      *prometheus.Registry
+	reg      *metrics.Registry
 	metrics  *proxy.Metrics
 	cfgStore *proxy.ConfigStore
 	store    *agent.Store
@@ -124,8 +123,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Workload == "" {
 		cfg.Workload = cfg.ServiceAccount
 	}
-	s := &sidecar{cfg: cfg, id: id, log: cfg.Log.With("workload", cfg.Workload), reg: prometheus.NewRegistry()}
-	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s := &sidecar{cfg: cfg, id: id, log: cfg.Log.With("workload", cfg.Workload), reg: metrics.NewRegistry()}
+	s.reg.RegisterRuntime()
 	s.metrics = proxy.NewMetrics(s.reg)
 	if err := s.loadSnapshot(); err != nil {
 		return err
@@ -210,7 +209,7 @@ func (s *sidecar) startCerts(ctx context.Context) (<-chan error, error) {
 	var err error
 	s.ag, err = agent.New(agent.Config{
 		ID: s.id, Dir: s.cfg.CertsDir, CA: s.cc.ca(), Store: s.store, TTL: s.cfg.CertTTL,
-		Tokens: s.cc.tokens, Log: s.log.With("component", "agent"), Registerer: s.reg,
+		Tokens: s.cc.tokens, Log: s.log.With("component", "agent"), Metrics: s.reg,
 	})
 	if err != nil {
 		return nil, err
@@ -222,12 +221,12 @@ func (s *sidecar) startCerts(ctx context.Context) (<-chan error, error) {
 // startPush takes policy from the control plane's push stream, over mTLS
 // with the workload certificate once there is one (a new connection for
 // each certificate: see agent.CertConn).
-func (s *sidecar) startPush(ctx context.Context) (*push.Client, func() error, error) {
+func (s *sidecar) startPush(ctx context.Context) (*pushclient.Client, func() error, error) {
 	conn := agent.NewCertConn(s.store, func(ctx context.Context) (*grpc.ClientConn, error) { return s.cc.dial(ctx, true) })
 	if _, err := conn.Conn(ctx); err != nil {
 		return nil, nil, err
 	}
-	pc := push.NewClient(push.ClientConfig{
+	pc := pushclient.NewClient(pushclient.ClientConfig{
 		Conn: conn,
 		Log:  s.log,
 		Register: func() *pb.Register {

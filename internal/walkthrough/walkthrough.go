@@ -49,6 +49,19 @@ type Expect struct {
 	AnyFailure bool
 }
 
+// The seed's curl outcomes, shared by `meshctl demo`, test/e2e and the
+// Kubernetes replay (test/cluster).
+var (
+	// SeedOK: "200".
+	SeedOK = Expect{Code: "200"}
+	// SeedReset: "000" and "command terminated with exit code 56"
+	// (plain text to a STRICT sidecar, or from a pod without one).
+	SeedReset = Expect{Code: "000", Exit: 56}
+	// SeedTLSFailed: "000" and a non-zero exit (the seed's 77 came from a
+	// curl image without a CA file; curl here reports what it reports).
+	SeedTLSFailed = Expect{Code: "000", AnyFailure: true}
+)
+
 // Match reports whether o is what the seed expects.
 func (e Expect) Match(o Observation) bool {
 	if e.Code != "" && o.Code() != e.Code {
@@ -162,8 +175,9 @@ func (r *Reporter) Output(o Observation) {
 	if s := strings.TrimRight(o.Stderr, "\n"); s != "" {
 		fmt.Fprintln(r.w, s)
 	}
-	if o.Exit != 0 {
-		fmt.Fprintf(r.w, "command terminated with exit code %d\n", o.Exit)
+	// kubectl exec prints this line itself (on stderr).
+	if line := fmt.Sprintf("command terminated with exit code %d", o.Exit); o.Exit != 0 && !strings.Contains(o.Stderr, line) {
+		fmt.Fprintln(r.w, line)
 	}
 }
 

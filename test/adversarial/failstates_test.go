@@ -176,7 +176,9 @@ func TestSidecarTTLOverMaxExits(t *testing.T) {
 		t.Fatalf("sidecar exit: %v, want a non-zero exit status", err)
 	}
 	log := m.Log("greedy")
-	if !strings.Contains(log, "meshd: agent: the CA refused the first certificate: InvalidArgument: requested TTL 2400h0m0s is over the maximum") {
+	// `meshd sidecar` exec'd meshd-sidecar (built beside meshd), which
+	// names itself in its exit message.
+	if !strings.Contains(log, "meshd-sidecar: agent: the CA refused the first certificate: InvalidArgument: requested TTL 2400h0m0s is over the maximum") {
 		t.Fatalf("the sidecar's exit message lacks the CA's reason; log:\n%s", log)
 	}
 	t.Logf("exit %d; last line: %s", ee.ExitCode(), lastLine(log))

@@ -64,7 +64,7 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		bin = dir
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshctl")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}

@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		bin = dir
 		// Build from the module root so the binaries are the ones under test.
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshctl", "../../samples/httpbin/cmd/httpbin", "../../samples/sleep")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl", "../../samples/httpbin/cmd/httpbin", "../../samples/sleep")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}

@@ -16,9 +16,9 @@ import (
 
 // The seed's expectations, one per command.
 var (
-	want200   = walkthrough.Expect{Code: "200"}
-	wantReset = walkthrough.Expect{Code: "000", Exit: 56}
-	wantTLS   = walkthrough.Expect{Code: "000", AnyFailure: true}
+	want200   = walkthrough.SeedOK
+	wantReset = walkthrough.SeedReset
+	wantTLS   = walkthrough.SeedTLSFailed
 )
 
 const seedW = `%{http_code}\n`

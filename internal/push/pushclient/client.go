@@ -1,4 +1,10 @@
-package push
+// Package pushclient is the sidecar's side of the Discovery stream
+// (internal/push is the control plane's): it keeps one stream open,
+// validates every snapshot before it ACKs it (NACK keeps the last good
+// one), and hands accepted snapshots and trust bundles to the sidecar. It
+// is its own package so the sidecar does not link the push server, the
+// policy engine, the registry or the config kinds.
+package pushclient
 
 import (
 	"context"
@@ -13,7 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
-	"github.com/meshauth/meshauth/internal/meshapi"
+	"github.com/meshauth/meshauth/internal/meshapi/sidecarapi"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
@@ -176,7 +182,7 @@ func (c *Client) stream(ctx context.Context) (got bool, err error) {
 
 // accept converts and checks a snapshot and, if good, makes it current.
 func (c *Client) accept(m *pb.Snapshot) error {
-	s, err := meshapi.SnapshotFromProto(m.Policy)
+	s, err := sidecarapi.SnapshotFromProto(m.Policy)
 	if err != nil {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}

@@ -1,21 +1,20 @@
-package meshapi
+package sidecarapi
 
 import (
 	"errors"
 	"fmt"
 
 	pb "github.com/meshauth/meshauth/api/meshauth/v1"
-	"github.com/meshauth/meshauth/internal/config"
 	"github.com/meshauth/meshauth/internal/policy"
 )
 
 var (
-	serverModes = newEnum("ServerMode", map[policy.ServerMode]pb.ServerMode{
+	serverModes = NewEnum("ServerMode", map[policy.ServerMode]pb.ServerMode{
 		policy.ServerStrict:     pb.ServerMode_SERVER_MODE_STRICT,
 		policy.ServerPermissive: pb.ServerMode_SERVER_MODE_PERMISSIVE,
 		policy.ServerDisable:    pb.ServerMode_SERVER_MODE_DISABLE,
 	})
-	clientTLSModes = newEnum("ClientTLSMode", map[policy.ClientTLSMode]pb.ClientTLSMode{
+	clientTLSModes = NewEnum("ClientTLSMode", map[policy.ClientTLSMode]pb.ClientTLSMode{
 		policy.ClientDisable:     pb.ClientTLSMode_CLIENT_TLS_MODE_DISABLE,
 		policy.ClientSimple:      pb.ClientTLSMode_CLIENT_TLS_MODE_SIMPLE,
 		policy.ClientMutual:      pb.ClientTLSMode_CLIENT_TLS_MODE_MUTUAL,
@@ -26,7 +25,7 @@ var (
 // SnapshotToProto converts a sidecar's snapshot for the Discovery stream.
 // It fails only for a mode outside the policy package's constants.
 func SnapshotToProto(s *policy.Snapshot) (*pb.PolicySnapshot, error) {
-	def, err := serverModes.wire(s.InboundDefault, "inboundDefault")
+	def, err := serverModes.Wire(s.InboundDefault, "inboundDefault")
 	if err != nil {
 		return nil, err
 	}
@@ -34,10 +33,10 @@ func SnapshotToProto(s *policy.Snapshot) (*pb.PolicySnapshot, error) {
 		Version: s.Version, TrustDomain: s.TrustDomain, InboundDefault: def, OutboundScope: s.OutboundScope,
 		InboundDefaultEndUser: endUserToProto(s.InboundDefaultEndUser),
 		Workload: &pb.WorkloadRef{Name: s.Workload.Name, Namespace: s.Workload.Namespace,
-			ServiceAccount: s.Workload.ServiceAccount, Labels: mapOrNil(s.Workload.Labels)},
+			ServiceAccount: s.Workload.ServiceAccount, Labels: MapOrNil(s.Workload.Labels)},
 	}
 	for i, in := range s.Inbound {
-		mode, err := serverModes.wire(in.Mode, fmt.Sprintf("inbound[%d].mode", i))
+		mode, err := serverModes.Wire(in.Mode, fmt.Sprintf("inbound[%d].mode", i))
 		if err != nil {
 			return nil, err
 		}
@@ -63,7 +62,7 @@ func SnapshotToProto(s *policy.Snapshot) (*pb.PolicySnapshot, error) {
 func outboundToProto(o *policy.OutboundService, path string) (*pb.OutboundService, error) {
 	out := &pb.OutboundService{Name: o.Name, Namespace: o.Namespace, Hosts: o.Hosts, Address: o.Address, ServerIdentities: o.ServerIdentities}
 	for j, p := range o.Ports {
-		mode, err := clientTLSModes.wire(p.TLSMode, fmt.Sprintf("%s.ports[%d].tlsMode", path, j))
+		mode, err := clientTLSModes.Wire(p.TLSMode, fmt.Sprintf("%s.ports[%d].tlsMode", path, j))
 		if err != nil {
 			return nil, err
 		}
@@ -72,13 +71,13 @@ func outboundToProto(o *policy.OutboundService, path string) (*pb.OutboundServic
 	}
 	for _, e := range o.Endpoints {
 		out.Endpoints = append(out.Endpoints, &pb.Endpoint{Workload: e.Workload, ServiceAccount: e.ServiceAccount,
-			Address: e.Address, Ports: mapOrNil(e.Ports), Sidecar: e.Sidecar})
+			Address: e.Address, Ports: MapOrNil(e.Ports), Sidecar: e.Sidecar})
 	}
 	return out, nil
 }
 
 // endUserToProto converts a port's end-user authentication; nil stays
-// unset. config.JWT's Pos (where in the config file) is not carried.
+// unset.
 func endUserToProto(e *policy.EndUserAuthn) *pb.EndUserAuthn {
 	if e == nil {
 		return nil
@@ -97,8 +96,8 @@ func endUserFromProto(e *pb.EndUserAuthn) *policy.EndUserAuthn {
 	}
 	out := &policy.EndUserAuthn{Optional: e.GetOptional(), UseOrigin: e.GetUseOrigin(), DecidedBy: e.GetDecidedBy()}
 	for _, j := range e.GetJwt() {
-		out.JWT = append(out.JWT, config.JWT{Issuer: j.GetIssuer(), Audiences: nilIfEmpty(j.GetAudiences()), JwksURI: j.GetJwksUri(),
-			JWTHeaders: nilIfEmpty(j.GetJwtHeaders()), JWTParams: nilIfEmpty(j.GetJwtParams())})
+		out.JWT = append(out.JWT, policy.JWTRule{Issuer: j.GetIssuer(), Audiences: NilIfEmpty(j.GetAudiences()), JwksURI: j.GetJwksUri(),
+			JWTHeaders: NilIfEmpty(j.GetJwtHeaders()), JWTParams: NilIfEmpty(j.GetJwtParams())})
 	}
 	return out
 }
@@ -108,14 +107,14 @@ func rbacToProto(r *policy.RBAC) *pb.RBAC {
 	for _, p := range r.Policies {
 		pp := &pb.RBACPolicy{Role: p.Role, Bindings: p.Bindings}
 		for _, rule := range p.Rules {
-			pr := &pb.RBACRule{Services: rule.Services, Methods: rule.Methods, Paths: rule.Paths, Extra: mapOrNil(rule.Extra)}
+			pr := &pb.RBACRule{Services: rule.Services, Methods: rule.Methods, Paths: rule.Paths, Extra: MapOrNil(rule.Extra)}
 			for _, c := range rule.Constraints {
 				pr.Constraints = append(pr.Constraints, &pb.RBACConstraint{Key: c.Key, Values: c.Values})
 			}
 			pp.Rules = append(pp.Rules, pr)
 		}
 		for _, sub := range p.Subjects {
-			pp.Subjects = append(pp.Subjects, &pb.RBACSubject{User: sub.User, Properties: mapOrNil(sub.Properties), Binding: sub.Binding})
+			pp.Subjects = append(pp.Subjects, &pb.RBACSubject{User: sub.User, Properties: MapOrNil(sub.Properties), Binding: sub.Binding})
 		}
 		out.Policies = append(out.Policies, pp)
 	}
@@ -130,17 +129,17 @@ func SnapshotFromProto(m *pb.PolicySnapshot) (*policy.Snapshot, error) {
 	if m == nil {
 		return nil, errors.New("snapshot has no policy")
 	}
-	def, err := serverModes.fromProto(m.InboundDefault, "inboundDefault")
+	def, err := serverModes.FromProto(m.InboundDefault, "inboundDefault")
 	if err != nil {
 		return nil, err
 	}
 	s := &policy.Snapshot{Version: m.Version, TrustDomain: m.TrustDomain, InboundDefault: def, OutboundScope: m.OutboundScope,
 		InboundDefaultEndUser: endUserFromProto(m.InboundDefaultEndUser)}
 	if w := m.Workload; w != nil {
-		s.Workload = policy.WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: mapOrNil(w.Labels)}
+		s.Workload = policy.WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: MapOrNil(w.Labels)}
 	}
 	for i, in := range m.Inbound {
-		mode, err := serverModes.fromProto(in.GetMode(), fmt.Sprintf("inbound[%d].mode", i))
+		mode, err := serverModes.FromProto(in.GetMode(), fmt.Sprintf("inbound[%d].mode", i))
 		if err != nil {
 			return nil, err
 		}
@@ -164,37 +163,37 @@ func SnapshotFromProto(m *pb.PolicySnapshot) (*policy.Snapshot, error) {
 }
 
 func outboundFromProto(o *pb.OutboundService, path string) (policy.OutboundService, error) {
-	g := policy.OutboundService{Name: o.GetName(), Namespace: o.GetNamespace(), Hosts: nilIfEmpty(o.GetHosts()),
-		Address: o.GetAddress(), ServerIdentities: nilIfEmpty(o.GetServerIdentities())}
+	g := policy.OutboundService{Name: o.GetName(), Namespace: o.GetNamespace(), Hosts: NilIfEmpty(o.GetHosts()),
+		Address: o.GetAddress(), ServerIdentities: NilIfEmpty(o.GetServerIdentities())}
 	for j, p := range o.GetPorts() {
-		mode, err := clientTLSModes.fromProto(p.GetTlsMode(), fmt.Sprintf("%s.ports[%d].tlsMode", path, j))
+		mode, err := clientTLSModes.FromProto(p.GetTlsMode(), fmt.Sprintf("%s.ports[%d].tlsMode", path, j))
 		if err != nil {
 			return g, err
 		}
 		g.Ports = append(g.Ports, policy.OutboundPort{Name: p.GetName(), Port: p.GetPort(), Protocol: p.GetProtocol(), TargetPort: p.GetTargetPort(),
-			TLSMode: mode, SNI: p.GetSni(), SubjectAltNames: nilIfEmpty(p.GetSubjectAltNames()), DecidedBy: p.GetDecidedBy()})
+			TLSMode: mode, SNI: p.GetSni(), SubjectAltNames: NilIfEmpty(p.GetSubjectAltNames()), DecidedBy: p.GetDecidedBy()})
 	}
 	for _, e := range o.GetEndpoints() {
 		g.Endpoints = append(g.Endpoints, policy.Endpoint{Workload: e.GetWorkload(), ServiceAccount: e.GetServiceAccount(),
-			Address: e.GetAddress(), Ports: mapOrNil(e.GetPorts()), Sidecar: e.GetSidecar()})
+			Address: e.GetAddress(), Ports: MapOrNil(e.GetPorts()), Sidecar: e.GetSidecar()})
 	}
 	return g, nil
 }
 
 func rbacFromProto(r *pb.RBAC) *policy.RBAC {
-	out := &policy.RBAC{DecidedBy: r.DecidedBy, OffServices: nilIfEmpty(r.OffServices)}
+	out := &policy.RBAC{DecidedBy: r.DecidedBy, OffServices: NilIfEmpty(r.OffServices)}
 	for _, p := range r.Policies {
-		gp := policy.RBACPolicy{Role: p.GetRole(), Bindings: nilIfEmpty(p.GetBindings())}
+		gp := policy.RBACPolicy{Role: p.GetRole(), Bindings: NilIfEmpty(p.GetBindings())}
 		for _, rule := range p.GetRules() {
-			gr := policy.RBACRule{Services: nilIfEmpty(rule.GetServices()), Methods: nilIfEmpty(rule.GetMethods()),
-				Paths: nilIfEmpty(rule.GetPaths()), Extra: mapOrNil(rule.GetExtra())}
+			gr := policy.RBACRule{Services: NilIfEmpty(rule.GetServices()), Methods: NilIfEmpty(rule.GetMethods()),
+				Paths: NilIfEmpty(rule.GetPaths()), Extra: MapOrNil(rule.GetExtra())}
 			for _, c := range rule.GetConstraints() {
-				gr.Constraints = append(gr.Constraints, policy.RBACConstraint{Key: c.GetKey(), Values: nilIfEmpty(c.GetValues())})
+				gr.Constraints = append(gr.Constraints, policy.RBACConstraint{Key: c.GetKey(), Values: NilIfEmpty(c.GetValues())})
 			}
 			gp.Rules = append(gp.Rules, gr)
 		}
 		for _, sub := range p.GetSubjects() {
-			gp.Subjects = append(gp.Subjects, policy.RBACSubject{User: sub.GetUser(), Properties: mapOrNil(sub.GetProperties()), Binding: sub.GetBinding()})
+			gp.Subjects = append(gp.Subjects, policy.RBACSubject{User: sub.GetUser(), Properties: MapOrNil(sub.GetProperties()), Binding: sub.GetBinding()})
 		}
 		out.Policies = append(out.Policies, gp)
 	}

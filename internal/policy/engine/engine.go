@@ -1,4 +1,11 @@
-package policy
+// Package engine is the mesh's policy engine: from the config kinds (mesh
+// config, authentication Policy, DestinationRule, RBAC) and the registry it
+// derives each sidecar's policy.Snapshot, and it explains every decision
+// with the objects that made it (Explain, TLSCheck, Lint). It does no I/O:
+// every function is pure, so every decision can be tested and explained.
+// It runs in the control plane and meshctl; the sidecar needs only
+// internal/policy, so it does not link the config kinds or the registry.
+package engine
 
 import (
 	"fmt"
@@ -9,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -39,7 +47,7 @@ type Engine struct {
 
 type outTable struct {
 	version uint64
-	list    []OutboundService
+	list    []policy.OutboundService
 	// svcs are the services list was built from, index for index.
 	svcs []*registry.Service
 	// nsRange is the [lo, hi) slice of list holding each namespace's
@@ -48,12 +56,12 @@ type outTable struct {
 	// byNS caches, per client namespace, list with that namespace's short
 	// names added. Snapshots share these slices (snapshots are immutable),
 	// so a push to many sidecars of one namespace copies the table once.
-	byNS map[string][]OutboundService
+	byNS map[string][]policy.OutboundService
 }
 
 type outEntry struct {
 	gen uint64
-	svc OutboundService
+	svc policy.OutboundService
 }
 
 type allowEntry struct {
@@ -90,31 +98,31 @@ type ModeDecision[M ~string] struct {
 // policyMode turns an authentication Policy into a server mode: no peers
 // means no peer authentication (plaintext); an mtls peer means STRICT, or
 // PERMISSIVE when mode says so or peerIsOptional is set.
-func policyMode(p *config.Policy) ServerMode {
+func policyMode(p *config.Policy) policy.ServerMode {
 	for _, peer := range p.Spec.Peers {
 		if peer.MTLS == nil {
 			continue
 		}
 		if peer.MTLS.Mode == config.MTLSPermissive || p.Spec.PeerIsOptional {
-			return ServerPermissive
+			return policy.ServerPermissive
 		}
-		return ServerStrict
+		return policy.ServerStrict
 	}
-	return ServerDisable
+	return policy.ServerDisable
 }
 
 // ServerMode returns how the sidecars of svc treat inbound connections on
 // service port port: a Policy targeting that port wins over one targeting
 // the service, over the namespace's "default" Policy, over the MeshPolicy,
 // over the mesh config's authPolicy.
-func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[ServerMode] {
+func (e *Engine) ServerMode(svc *registry.Service, port uint32) ModeDecision[policy.ServerMode] {
 	m, _ := e.serverPolicy(svc, port)
 	return m
 }
 
 // serverPolicy is ServerMode with the Policy that decided (nil for the
 // mesh authPolicy).
-func (e *Engine) serverPolicy(svc *registry.Service, port uint32) (ModeDecision[ServerMode], *config.Policy) {
+func (e *Engine) serverPolicy(svc *registry.Service, port uint32) (ModeDecision[policy.ServerMode], *config.Policy) {
 	ix := e.ix
 	key := svc.Key()
 	if p, ok := svc.Port(port); ok {
@@ -123,57 +131,59 @@ func (e *Engine) serverPolicy(svc *registry.Service, port uint32) (ModeDecision[
 				continue
 			}
 			if pol := ix.portPolicy[key+":"+sel]; pol != nil {
-				return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}, pol
+				return ModeDecision[policy.ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name + " port " + sel}, pol
 			}
 		}
 	}
 	if pol := ix.svcPolicy[key]; pol != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}, pol
+		return ModeDecision[policy.ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "targets " + svc.Name}, pol
 	}
 	return e.namespacePolicy(svc.Namespace)
 }
 
 // EndUser converts a Policy's origins to the snapshot form; nil when it
 // has none and does not bind the principal to the origin.
-func EndUser(p *config.Policy) *EndUserAuthn {
+func EndUser(p *config.Policy) *policy.EndUserAuthn {
 	if p == nil || (len(p.Spec.Origins) == 0 && p.Spec.PrincipalBinding != "USE_ORIGIN") {
 		return nil
 	}
-	eu := &EndUserAuthn{Optional: p.Spec.OriginIsOptional, UseOrigin: p.Spec.PrincipalBinding == "USE_ORIGIN", DecidedBy: p.Key()}
+	eu := &policy.EndUserAuthn{Optional: p.Spec.OriginIsOptional, UseOrigin: p.Spec.PrincipalBinding == "USE_ORIGIN", DecidedBy: p.Key()}
 	if len(p.Spec.Origins) == 0 {
 		eu.Optional = true // nothing to verify: only the binding applies
 	}
 	for _, o := range p.Spec.Origins {
 		if o.JWT != nil {
-			eu.JWT = append(eu.JWT, *o.JWT)
+			j := o.JWT
+			eu.JWT = append(eu.JWT, policy.JWTRule{Issuer: j.Issuer, Audiences: j.Audiences, JwksURI: j.JwksURI,
+				JWTHeaders: j.JWTHeaders, JWTParams: j.JWTParams})
 		}
 	}
 	return eu
 }
 
 // namespaceMode is the server mode for a namespace's ports no Policy targets.
-func (e *Engine) namespaceMode(ns string) ModeDecision[ServerMode] {
+func (e *Engine) namespaceMode(ns string) ModeDecision[policy.ServerMode] {
 	m, _ := e.namespacePolicy(ns)
 	return m
 }
 
-func (e *Engine) namespacePolicy(ns string) (ModeDecision[ServerMode], *config.Policy) {
+func (e *Engine) namespacePolicy(ns string) (ModeDecision[policy.ServerMode], *config.Policy) {
 	ix := e.ix
 	if pol := ix.nsDefault[ns]; pol != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}, pol
+		return ModeDecision[policy.ServerMode]{Mode: policyMode(pol), DecidedBy: pol.Key(), Why: "namespace-wide policy"}, pol
 	}
 	if mp := ix.cfg.MeshPolicy; mp != nil {
-		return ModeDecision[ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}, mp
+		return ModeDecision[policy.ServerMode]{Mode: policyMode(mp), DecidedBy: mp.Key(), Why: "mesh-wide policy"}, mp
 	}
 	if ix.cfg.AuthPolicy() == config.AuthPolicyMutualTLS {
-		return ModeDecision[ServerMode]{Mode: ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}, nil
+		return ModeDecision[policy.ServerMode]{Mode: policy.ServerStrict, DecidedBy: MeshAuthPolicy, Why: "authPolicy: MUTUAL_TLS"}, nil
 	}
-	return ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}, nil
+	return ModeDecision[policy.ServerMode]{Mode: policy.ServerDisable, DecidedBy: MeshAuthPolicy, Why: "authPolicy: NONE"}, nil
 }
 
 // ClientTLS is the client side's decision for one service port.
 type ClientTLS struct {
-	ModeDecision[ClientTLSMode]
+	ModeDecision[policy.ClientTLSMode]
 	// Settings are the TLS settings that applied, if a DestinationRule set them.
 	Settings *config.TLSSettings `json:"settings,omitempty"`
 }
@@ -212,7 +222,7 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 		for _, l := range levels {
 			for _, pl := range l.tp.PortLevelSettings {
 				if pl.TLS != nil && (pl.Port.Number != 0 && pl.Port.Number == port || pl.Port.Name != "" && pl.Port.Name == p.Name) {
-					return ClientTLS{ModeDecision[ClientTLSMode]{Mode: ClientTLSMode(pl.TLS.Mode), DecidedBy: dr.Key(),
+					return ClientTLS{ModeDecision[policy.ClientTLSMode]{Mode: policy.ClientTLSMode(pl.TLS.Mode), DecidedBy: dr.Key(),
 						Why: strings.TrimSpace(l.name + " port-level settings for " + pl.Port.String())}, pl.TLS}
 				}
 			}
@@ -221,18 +231,18 @@ func (e *Engine) ClientMode(svc *registry.Service, port uint32, subset string) C
 				if l.name != "" {
 					why = l.name + " tls"
 				}
-				return ClientTLS{ModeDecision[ClientTLSMode]{Mode: ClientTLSMode(l.tp.TLS.Mode), DecidedBy: dr.Key(), Why: why}, l.tp.TLS}
+				return ClientTLS{ModeDecision[policy.ClientTLSMode]{Mode: policy.ClientTLSMode(l.tp.TLS.Mode), DecidedBy: dr.Key(), Why: why}, l.tp.TLS}
 			}
 		}
 	}
 	var d ClientTLS
 	switch {
 	case e.ix.excluded[fqdn]:
-		d.Mode, d.Why = ClientDisable, "service is in mtlsExcludedServices"
+		d.Mode, d.Why = policy.ClientDisable, "service is in mtlsExcludedServices"
 	case e.ix.cfg.AuthPolicy() == config.AuthPolicyMutualTLS:
-		d.Mode, d.Why = ClientIstioMutual, "authPolicy: MUTUAL_TLS"
+		d.Mode, d.Why = policy.ClientIstioMutual, "authPolicy: MUTUAL_TLS"
 	default:
-		d.Mode, d.Why = ClientDisable, "authPolicy: NONE"
+		d.Mode, d.Why = policy.ClientDisable, "authPolicy: NONE"
 	}
 	d.DecidedBy = MeshAuthPolicy
 	if dr != nil {
@@ -315,24 +325,14 @@ func (e *Engine) AllowedIdentities(svc *registry.Service) []string {
 	return slices.Clone(e.allowed(svc).list)
 }
 
-// Refusal is a self-registered sidecar that a service's selector matches
-// but that is not one of its endpoints, because the service does not allow
-// its identity.
-type Refusal struct {
-	Service  string `json:"service"`  // name.namespace
-	Workload string `json:"workload"` // namespace/name
-	SPIFFEID string `json:"spiffeId"`
-	Reason   string `json:"reason"`
-}
-
 // RefusalsFor returns the services that w's registration claims (their
 // selectors match its labels) but that refuse it. Only self-registered
 // sidecars are ever refused.
-func (e *Engine) RefusalsFor(w *registry.Workload) []Refusal {
+func (e *Engine) RefusalsFor(w *registry.Workload) []policy.Refusal {
 	if w == nil || w.Source != registry.SourceSidecar {
 		return nil
 	}
-	var out []Refusal
+	var out []policy.Refusal
 	id := e.spiffeID(w)
 	for _, svc := range e.reg.ServicesOf(w.Namespace, w.Name) {
 		a := e.allowed(svc)
@@ -340,7 +340,7 @@ func (e *Engine) RefusalsFor(w *registry.Workload) []Refusal {
 			continue
 		}
 		allowed := a.list
-		r := Refusal{Service: svc.Name + "." + svc.Namespace, Workload: w.Key(), SPIFFEID: id}
+		r := policy.Refusal{Service: svc.Name + "." + svc.Namespace, Workload: w.Key(), SPIFFEID: id}
 		if len(allowed) == 0 {
 			r.Reason = "registration is closed: the Service allows no identity (no spec.serviceAccounts, no declared Workload); add the service account to spec.serviceAccounts to admit it"
 		} else {
@@ -353,8 +353,8 @@ func (e *Engine) RefusalsFor(w *registry.Workload) []Refusal {
 
 // Refusals returns every refused self-registration in the mesh, by
 // workload then service.
-func (e *Engine) Refusals() []Refusal {
-	var out []Refusal
+func (e *Engine) Refusals() []policy.Refusal {
+	var out []policy.Refusal
 	for _, w := range e.reg.Workloads() {
 		out = append(out, e.RefusalsFor(w)...)
 	}
@@ -411,7 +411,7 @@ func (e *Engine) RBACFor(svc *registry.Service) (bool, string) {
 			return true
 		}
 		for _, s := range t.Services {
-			if serviceMatches([]string{s}, svc.Name+"."+svc.Namespace) {
+			if policy.ServiceMatches([]string{s}, svc.Name+"."+svc.Namespace) {
 				return true
 			}
 		}
@@ -430,29 +430,29 @@ func (e *Engine) RBACFor(svc *registry.Service) (bool, string) {
 
 // rbacPolicies converts the roles of ns that can apply to one of services
 // (name.namespace) into the snapshot form, with their bound subjects.
-func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
-	var out []RBACPolicy
+func (e *Engine) rbacPolicies(ns string, services []string) []policy.RBACPolicy {
+	var out []policy.RBACPolicy
 	names := e.ix.rbacNames
 	for _, cr := range e.ix.roles[ns] {
 		relevant := false
-		var rules []RBACRule
+		var rules []policy.RBACRule
 		for _, r := range cr.role.Spec.Rules {
 			for _, s := range services {
-				relevant = relevant || serviceMatches(r.Services, s)
+				relevant = relevant || policy.ServiceMatches(r.Services, s)
 			}
-			rr := RBACRule{Services: r.Services, Methods: r.Methods, Paths: r.Paths}
+			rr := policy.RBACRule{Services: r.Services, Methods: r.Methods, Paths: r.Paths}
 			for _, c := range r.Constraints {
 				// Istio 0.8's bare names become the attributes they stand
 				// for ("app" -> destination.labels[app]); a bare name with
 				// no mapping stays as is and never matches.
-				rr.Constraints = append(rr.Constraints, RBACConstraint{Key: names.ConstraintKey(c.Key), Values: c.Values})
+				rr.Constraints = append(rr.Constraints, policy.RBACConstraint{Key: names.ConstraintKey(c.Key), Values: c.Values})
 			}
 			rules = append(rules, rr)
 		}
 		if !relevant || len(cr.bindings) == 0 {
 			continue
 		}
-		p := RBACPolicy{Role: cr.role.Metadata.Namespace + "/" + cr.role.Metadata.Name, Rules: rules}
+		p := policy.RBACPolicy{Role: cr.role.Metadata.Namespace + "/" + cr.role.Metadata.Name, Rules: rules}
 		for _, b := range cr.bindings {
 			ref := b.Metadata.Namespace + "/" + b.Metadata.Name
 			p.Bindings = append(p.Bindings, ref)
@@ -469,8 +469,8 @@ func (e *Engine) rbacPolicies(ns string, services []string) []RBACPolicy {
 // names become attributes ("namespace" -> source.namespace); a group other
 // than "*" (Istio 0.8's Mixer matched only "*", its instance set no groups)
 // becomes a property no request has, so the subject never matches.
-func snapshotSubject(names config.RBACNames, s config.Subject, binding string) RBACSubject {
-	out := RBACSubject{User: s.User, Binding: binding}
+func snapshotSubject(names config.RBACNames, s config.Subject, binding string) policy.RBACSubject {
+	out := policy.RBACSubject{User: s.User, Binding: binding}
 	if s.Group == "*" && s.User == "" {
 		out.User = "*"
 	}
@@ -488,7 +488,7 @@ func snapshotSubject(names config.RBACNames, s config.Subject, binding string) R
 
 // outbound returns the cached outbound entry of a service, recomputing it
 // when the service or its endpoints changed.
-func (e *Engine) outbound(svc *registry.Service) OutboundService {
+func (e *Engine) outbound(svc *registry.Service) policy.OutboundService {
 	key := svc.Key()
 	gen := e.reg.ServiceGen(key)
 	e.mu.Lock()
@@ -497,7 +497,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 	if ok && ent.gen == gen {
 		return ent.svc
 	}
-	o := OutboundService{
+	o := policy.OutboundService{
 		Name:      svc.Name,
 		Namespace: svc.Namespace,
 		Hosts:     []string{svc.Name + "." + svc.Namespace, svc.Name + "." + svc.Namespace + ".svc", svc.FQDN()},
@@ -505,7 +505,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 	}
 	for _, p := range svc.Ports {
 		c := e.ClientMode(svc, p.Number, "")
-		op := OutboundPort{Name: p.Name, Port: p.Number, Protocol: p.Protocol, TargetPort: p.TargetPort, TLSMode: c.Mode, DecidedBy: c.DecidedBy}
+		op := policy.OutboundPort{Name: p.Name, Port: p.Number, Protocol: p.Protocol, TargetPort: p.TargetPort, TLSMode: c.Mode, DecidedBy: c.DecidedBy}
 		if c.Settings != nil {
 			op.SNI = c.Settings.SNI
 			op.SubjectAltNames = c.Settings.SubjectAltNames
@@ -513,7 +513,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 		o.Ports = append(o.Ports, op)
 	}
 	for _, w := range e.Endpoints(svc) {
-		ep := Endpoint{Workload: w.Name, ServiceAccount: w.ServiceAccount, Address: w.Address, Sidecar: w.Sidecar}
+		ep := policy.Endpoint{Workload: w.Name, ServiceAccount: w.ServiceAccount, Address: w.Address, Sidecar: w.Sidecar}
 		for _, wp := range w.Ports {
 			if wp.SidecarPort != 0 {
 				if ep.Ports == nil {
@@ -536,7 +536,7 @@ func (e *Engine) outbound(svc *registry.Service) OutboundService {
 // and the outbound table of every service in the mesh with endpoints,
 // client TLS mode and allowed server identities. Version is left empty; the
 // push server stamps it.
-func (e *Engine) Snapshot(w *registry.Workload) *Snapshot {
+func (e *Engine) Snapshot(w *registry.Workload) *policy.Snapshot {
 	s := e.inbound(w)
 	s.Refused = e.RefusalsFor(w)
 	sc := e.SidecarFor(w)
@@ -592,7 +592,7 @@ func EgressAllows(sc *config.Sidecar, svc *registry.Service) bool {
 // outboundFor returns the outbound table as seen from namespace ns, scoped
 // by sc when not nil: the short name of a service resolves only inside its
 // own namespace. Results are shared by every snapshot with the same view.
-func (e *Engine) outboundFor(ns string, sc *config.Sidecar) []OutboundService {
+func (e *Engine) outboundFor(ns string, sc *config.Sidecar) []policy.OutboundService {
 	t := e.outboundTable()
 	e.tableMu.Lock()
 	defer e.tableMu.Unlock()
@@ -606,9 +606,9 @@ func (e *Engine) outboundFor(ns string, sc *config.Sidecar) []OutboundService {
 	if l, ok := t.byNS[key]; ok {
 		return l
 	}
-	var l []OutboundService
+	var l []policy.OutboundService
 	if sc == nil {
-		l = make([]OutboundService, len(t.list))
+		l = make([]policy.OutboundService, len(t.list))
 		copy(l, t.list)
 	} else {
 		for i, svc := range t.svcs {
@@ -636,7 +636,7 @@ func (e *Engine) outboundTable() *outTable {
 		return e.table
 	}
 	svcs := e.reg.Services()
-	t := &outTable{version: v, svcs: svcs, list: make([]OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]OutboundService{}}
+	t := &outTable{version: v, svcs: svcs, list: make([]policy.OutboundService, 0, len(svcs)), nsRange: map[string][2]int{}, byNS: map[string][]policy.OutboundService{}}
 	for i, svc := range svcs {
 		r, ok := t.nsRange[svc.Namespace]
 		if !ok {
@@ -651,10 +651,10 @@ func (e *Engine) outboundTable() *outTable {
 }
 
 // inbound computes the server half of a snapshot (no outbound table).
-func (e *Engine) inbound(w *registry.Workload) *Snapshot {
-	s := &Snapshot{
+func (e *Engine) inbound(w *registry.Workload) *policy.Snapshot {
+	s := &policy.Snapshot{
 		TrustDomain: e.ix.cfg.TrustDomain(),
-		Workload:    WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: w.Labels},
+		Workload:    policy.WorkloadRef{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Labels: w.Labels},
 	}
 	nsMode, nsPol := e.namespacePolicy(w.Namespace)
 	s.InboundDefault = nsMode.Mode
@@ -675,7 +675,7 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 			}
 			seen[p.TargetPort] = true
 			m, pol := e.serverPolicy(svc, p.Number)
-			s.Inbound = append(s.Inbound, InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: InboundProtocol(p.Protocol, p.Name),
+			s.Inbound = append(s.Inbound, policy.InboundPort{Port: p.TargetPort, Mode: m.Mode, Protocol: policy.InboundProtocol(p.Protocol, p.Name),
 				Service: svc.Name + "." + svc.Namespace, DecidedBy: m.DecidedBy, EndUser: EndUser(pol)})
 		}
 		on, by := e.RBACFor(svc)
@@ -688,60 +688,25 @@ func (e *Engine) inbound(w *registry.Workload) *Snapshot {
 	}
 	sort.Slice(s.Inbound, func(i, j int) bool { return s.Inbound[i].Port < s.Inbound[j].Port })
 	if len(rbacOn) > 0 {
-		s.RBAC = &RBAC{DecidedBy: rbacBy, OffServices: rbacOff, Policies: e.rbacPolicies(w.Namespace, rbacOn)}
+		s.RBAC = &policy.RBAC{DecidedBy: rbacBy, OffServices: rbacOff, Policies: e.rbacPolicies(w.Namespace, rbacOn)}
 	}
 	return s
-}
-
-// InboundProtocol is the protocol a server sidecar applies to a port, from
-// the port's declared protocol or, when none is declared, Istio's port
-// naming convention ("http", "http-web", "http2-x", "grpc", "grpc-x",
-// "tcp-db"):
-//
-//   - "HTTP": HTTP/1.x. Every request is parsed, authorized, and gets the
-//     verified X-Forwarded-Client-Cert; HTTP/2 with prior knowledge is
-//     terminated per request the same way and reaches the app as HTTP/1.1.
-//   - "HTTP2": HTTP2 and GRPC ports. HTTP/2 (prior knowledge) is
-//     terminated per request (authorized, XFCC) and reaches the app over
-//     h2c; HTTP/1.x is served as on "HTTP".
-//   - "TCP": every other declared protocol; an opaque relay.
-//   - "": nothing declared; the sidecar detects the protocol.
-//
-// The port's protocol decides, never what a client offers (ALPN, CONNECT).
-func InboundProtocol(proto, name string) string {
-	p := strings.ToUpper(proto)
-	if p == "" {
-		prefix, _, _ := strings.Cut(strings.ToLower(name), "-")
-		switch prefix {
-		case "http", "http2", "grpc", "https", "tls", "tcp", "mongo", "redis", "mysql":
-			p = strings.ToUpper(prefix)
-		}
-	}
-	switch p {
-	case "HTTP", "HTTP1":
-		return "HTTP"
-	case "HTTP2", "GRPC", "GRPC-WEB":
-		return "HTTP2"
-	case "":
-		return ""
-	}
-	return "TCP"
 }
 
 // Compatible reports whether a client in mode c can talk to a server in
 // mode s, with the reason when it cannot. It is Istio's tls-check rule: a
 // STRICT server needs ISTIO_MUTUAL; a plaintext server must not receive
 // ISTIO_MUTUAL; PERMISSIVE accepts anything and is never a conflict.
-func Compatible(s ServerMode, c ClientTLSMode) (bool, string) {
+func Compatible(s policy.ServerMode, c policy.ClientTLSMode) (bool, string) {
 	switch s {
-	case ServerPermissive:
+	case policy.ServerPermissive:
 		return true, ""
-	case ServerStrict:
-		if c != ClientIstioMutual {
+	case policy.ServerStrict:
+		if c != policy.ClientIstioMutual {
 			return false, fmt.Sprintf("server requires mesh mTLS (STRICT) but the client uses %s", c)
 		}
-	case ServerDisable:
-		if c == ClientIstioMutual {
+	case policy.ServerDisable:
+		if c == policy.ClientIstioMutual {
 			return false, "client sends mesh mTLS (ISTIO_MUTUAL) but the server expects plaintext (DISABLE)"
 		}
 	}

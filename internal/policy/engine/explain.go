@@ -1,10 +1,11 @@
-package policy
+package engine
 
 import (
 	"fmt"
 	"slices"
 	"strings"
 
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -23,17 +24,17 @@ type Explanation struct {
 	// Reason is one sentence saying what decided the verdict.
 	Reason string `json:"reason"`
 
-	Client       ModeDecision[ClientTLSMode] `json:"client"`
-	ClientProxy  bool                        `json:"clientSidecar"`
-	Server       ModeDecision[ServerMode]    `json:"server"`
-	ServerProxy  bool                        `json:"serverSidecar"`
-	TLSOK        bool                        `json:"tlsOk"`
-	TLSProblem   string                      `json:"tlsProblem,omitempty"`
-	SourceID     string                      `json:"sourceIdentity,omitempty"`
-	ServerIDs    []string                    `json:"serverIdentities,omitempty"`
-	TargetPort   uint32                      `json:"targetPort"`
-	RBAC         Decision                    `json:"rbac"`
-	DecidingObjs []string                    `json:"decidedBy"`
+	Client       ModeDecision[policy.ClientTLSMode] `json:"client"`
+	ClientProxy  bool                               `json:"clientSidecar"`
+	Server       ModeDecision[policy.ServerMode]    `json:"server"`
+	ServerProxy  bool                               `json:"serverSidecar"`
+	TLSOK        bool                               `json:"tlsOk"`
+	TLSProblem   string                             `json:"tlsProblem,omitempty"`
+	SourceID     string                             `json:"sourceIdentity,omitempty"`
+	ServerIDs    []string                           `json:"serverIdentities,omitempty"`
+	TargetPort   uint32                             `json:"targetPort"`
+	RBAC         policy.Decision                    `json:"rbac"`
+	DecidingObjs []string                           `json:"decidedBy"`
 	// OutOfScope names the Sidecar whose egress hosts leave the service
 	// out of the client's outbound table (the call has no route).
 	OutOfScope string   `json:"outOfScope,omitempty"`
@@ -71,7 +72,7 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 			x.OutOfScope = sc.Key()
 		}
 	} else {
-		x.Client = ModeDecision[ClientTLSMode]{Mode: ClientDisable, DecidedBy: "Workload/" + from.Namespace + "/" + from.Name, Why: "no sidecar: the app's plaintext goes out as is"}
+		x.Client = ModeDecision[policy.ClientTLSMode]{Mode: policy.ClientDisable, DecidedBy: "Workload/" + from.Namespace + "/" + from.Name, Why: "no sidecar: the app's plaintext goes out as is"}
 	}
 	// Server side: the endpoints' sidecars apply the Policy; an endpoint
 	// without a sidecar takes plaintext only.
@@ -90,21 +91,21 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 	case len(eps) == 0:
 		x.Notes = append(x.Notes, "service has no endpoints: the call fails whatever the policy")
 	case len(withProxy) == 0:
-		x.Server = ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: "Workload/" + without[0].Namespace + "/" + without[0].Name, Why: "no sidecar on the endpoints: plaintext only"}
+		x.Server = ModeDecision[policy.ServerMode]{Mode: policy.ServerDisable, DecidedBy: "Workload/" + without[0].Namespace + "/" + without[0].Name, Why: "no sidecar on the endpoints: plaintext only"}
 	case len(without) > 0:
 		x.Notes = append(x.Notes, fmt.Sprintf("%d of %d endpoints run no sidecar and take plaintext only", len(without), len(eps)))
 	}
 	x.TLSOK, x.TLSProblem = Compatible(x.Server.Mode, x.Client.Mode)
-	if x.Client.Mode == ClientIstioMutual {
+	if x.Client.Mode == policy.ClientIstioMutual {
 		x.SourceID = "spiffe://" + e.ix.cfg.TrustDomain() + "/ns/" + from.Namespace + "/sa/" + from.ServiceAccount
 		if len(x.ServerIDs) == 0 {
 			x.Notes = append(x.Notes, "no server identity is known for the service: secure naming will refuse every endpoint")
 		}
 	}
-	if InboundProtocol(p.Protocol, p.Name) == "HTTP2" && (method != "" || path != "") {
+	if policy.InboundProtocol(p.Protocol, p.Name) == "HTTP2" && (method != "" || path != "") {
 		// The server sidecar terminates HTTP/2 and authorizes each call.
 		x.Call = "HTTP/2 " + method + " " + path
-		if svcMethod, ok := GRPCMethodOf(method, path); ok {
+		if svcMethod, ok := policy.GRPCMethodOf(method, path); ok {
 			x.Call = "gRPC method " + svcMethod + " (HTTP/2 POST " + path + ", authorized per call)"
 		}
 	}
@@ -114,18 +115,18 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 	if len(withProxy) > 0 {
 		target = withProxy[0]
 	}
-	var snap *Snapshot
+	var snap *policy.Snapshot
 	if x.ServerProxy {
 		snap = e.inboundFor(target, svc)
 	}
-	req := Request{Source: x.SourceID, Port: p.TargetPort, Service: svc.Name + "." + svc.Namespace, Method: method, Path: path}
+	req := policy.Request{Source: x.SourceID, Port: p.TargetPort, Service: svc.Name + "." + svc.Namespace, Method: method, Path: path}
 	// End-user authentication runs before RBAC on the server's sidecar;
 	// explain presents no token, so request.auth is the peer's principal
 	// unless the Policy binds it to the origin.
 	_, pol := e.serverPolicy(svc, port)
 	eu := EndUser(pol)
 	if eu == nil || !eu.UseOrigin {
-		req.Auth = &RequestAuth{Principal: strings.TrimPrefix(x.SourceID, "spiffe://")}
+		req.Auth = &policy.RequestAuth{Principal: strings.TrimPrefix(x.SourceID, "spiffe://")}
 	}
 	if eu != nil && len(eu.JWT) > 0 {
 		var iss []string
@@ -139,17 +140,17 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 		x.Notes = append(x.Notes, fmt.Sprintf("%s requires end-user authentication on HTTP/1.x: a JWT from %s is %s; explain presents none (RBAC on request.auth.* sees no token)", eu.DecidedBy, strings.Join(iss, " or "), need))
 	}
 	if path == "" {
-		x.RBAC = Authorize(snap, req)
-	} else if norm, err := NormalizePath(strings.SplitN(path, "?", 2)[0]); err != nil {
+		x.RBAC = policy.Authorize(snap, req)
+	} else if norm, err := policy.NormalizePath(strings.SplitN(path, "?", 2)[0]); err != nil {
 		// The server sidecar answers 400 before authorization.
-		x.RBAC = Decision{Allow: false, Reason: "the server sidecar refuses the path (400): " + err.Error()}
+		x.RBAC = policy.Decision{Allow: false, Reason: "the server sidecar refuses the path (400): " + err.Error()}
 	} else {
 		// The server sidecar authorizes (and forwards) the normalised path.
 		if norm != path {
 			x.Notes = append(x.Notes, fmt.Sprintf("path %s is authorized as %s (normalised)", path, norm))
 		}
 		req.Path = norm
-		x.RBAC = AuthorizeHTTP(snap, req)
+		x.RBAC = policy.AuthorizeHTTP(snap, req)
 	}
 
 	x.DecidingObjs = appendUnique(nil, x.Client.DecidedBy, x.Server.DecidedBy)
@@ -173,13 +174,13 @@ func (e *Engine) Explain(from *registry.Workload, svc *registry.Service, port ui
 
 // inboundFor is the server half of target's snapshot; when target is not a
 // registered workload (no endpoints), RBAC is computed for svc alone.
-func (e *Engine) inboundFor(target *registry.Workload, svc *registry.Service) *Snapshot {
+func (e *Engine) inboundFor(target *registry.Workload, svc *registry.Service) *policy.Snapshot {
 	if e.reg.Workload(target.Namespace, target.Name) != nil {
 		return e.inbound(target)
 	}
-	s := &Snapshot{Workload: WorkloadRef{Name: target.Name, Namespace: target.Namespace}}
+	s := &policy.Snapshot{Workload: policy.WorkloadRef{Name: target.Name, Namespace: target.Namespace}}
 	if on, by := e.RBACFor(svc); on {
-		s.RBAC = &RBAC{DecidedBy: by, Policies: e.rbacPolicies(svc.Namespace, []string{svc.Name + "." + svc.Namespace})}
+		s.RBAC = &policy.RBAC{DecidedBy: by, Policies: e.rbacPolicies(svc.Namespace, []string{svc.Name + "." + svc.Namespace})}
 	}
 	return s
 }

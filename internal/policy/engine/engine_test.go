@@ -1,4 +1,4 @@
-package policy
+package engine
 
 import (
 	"flag"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/meshauth/meshauth/internal/config"
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
@@ -147,7 +148,7 @@ metadata: {name: sleep-1, namespace: legacy, labels: {app: sleep}}
 spec: {address: 10.0.0.4, sidecar: false}
 `
 
-func policy(mode string) string {
+func policyYAML(mode string) string {
 	return `apiVersion: authentication.istio.io/v1alpha1
 kind: Policy
 metadata: {name: httpbin}
@@ -173,35 +174,35 @@ func TestTLSCheck(t *testing.T) {
 		docs   []string
 		port   uint32
 		status string
-		server ServerMode
-		client ClientTLSMode
+		server policy.ServerMode
+		client policy.ClientTLSMode
 	}{
-		{"strict policy, DR disable", []string{policy("STRICT"), dr("DISABLE")}, 8000, "CONFLICT", ServerStrict, ClientDisable},
-		{"strict policy, DR simple", []string{policy("STRICT"), dr("SIMPLE")}, 8000, "CONFLICT", ServerStrict, ClientSimple},
-		{"strict policy, DR istio mutual", []string{policy("STRICT"), dr("ISTIO_MUTUAL")}, 8000, "OK", ServerStrict, ClientIstioMutual},
-		{"permissive, DR disable", []string{policy("PERMISSIVE"), dr("DISABLE")}, 8000, "OK", ServerPermissive, ClientDisable},
-		{"permissive, DR istio mutual", []string{policy("PERMISSIVE"), dr("ISTIO_MUTUAL")}, 8000, "OK", ServerPermissive, ClientIstioMutual},
-		{"permissive, DR simple", []string{policy("PERMISSIVE"), dr("SIMPLE")}, 8000, "OK", ServerPermissive, ClientSimple},
-		{"permissive, no DR, mesh NONE", []string{policy("PERMISSIVE")}, 8000, "OK", ServerPermissive, ClientDisable},
-		{"no DR, mesh MUTUAL_TLS", []string{meshMTLS}, 8000, "OK", ServerStrict, ClientIstioMutual},
-		{"nothing at all", nil, 8000, "OK", ServerDisable, ClientDisable},
-		{"mesh MUTUAL_TLS, DR disable", []string{meshMTLS, dr("DISABLE")}, 8000, "CONFLICT", ServerStrict, ClientDisable},
+		{"strict policy, DR disable", []string{policyYAML("STRICT"), dr("DISABLE")}, 8000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
+		{"strict policy, DR simple", []string{policyYAML("STRICT"), dr("SIMPLE")}, 8000, "CONFLICT", policy.ServerStrict, policy.ClientSimple},
+		{"strict policy, DR istio mutual", []string{policyYAML("STRICT"), dr("ISTIO_MUTUAL")}, 8000, "OK", policy.ServerStrict, policy.ClientIstioMutual},
+		{"permissive, DR disable", []string{policyYAML("PERMISSIVE"), dr("DISABLE")}, 8000, "OK", policy.ServerPermissive, policy.ClientDisable},
+		{"permissive, DR istio mutual", []string{policyYAML("PERMISSIVE"), dr("ISTIO_MUTUAL")}, 8000, "OK", policy.ServerPermissive, policy.ClientIstioMutual},
+		{"permissive, DR simple", []string{policyYAML("PERMISSIVE"), dr("SIMPLE")}, 8000, "OK", policy.ServerPermissive, policy.ClientSimple},
+		{"permissive, no DR, mesh NONE", []string{policyYAML("PERMISSIVE")}, 8000, "OK", policy.ServerPermissive, policy.ClientDisable},
+		{"no DR, mesh MUTUAL_TLS", []string{meshMTLS}, 8000, "OK", policy.ServerStrict, policy.ClientIstioMutual},
+		{"nothing at all", nil, 8000, "OK", policy.ServerDisable, policy.ClientDisable},
+		{"mesh MUTUAL_TLS, DR disable", []string{meshMTLS, dr("DISABLE")}, 8000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
 		{"policy without peers, mesh MUTUAL_TLS", []string{meshMTLS, "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  targets: [{name: httpbin}]\n"},
-			8000, "CONFLICT", ServerDisable, ClientIstioMutual},
+			8000, "CONFLICT", policy.ServerDisable, policy.ClientIstioMutual},
 		{"excluded service", []string{`apiVersion: meshauth.io/v1alpha1
 kind: MeshConfig
 metadata: {name: mesh}
 spec: {authPolicy: MUTUAL_TLS, mtlsExcludedServices: [httpbin.default.svc.cluster.local]}
-`}, 8000, "CONFLICT", ServerStrict, ClientDisable},
+`}, 8000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
 		{"bare mtls is strict", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers:\n  - mtls:\n"},
-			8000, "CONFLICT", ServerStrict, ClientDisable},
+			8000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
 		{"peerIsOptional is permissive", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers: [{mtls: {}}]\n  peerIsOptional: true\n"},
-			8000, "OK", ServerPermissive, ClientDisable},
-		{"port-targeted policy beats service policy", []string{policy("STRICT"),
+			8000, "OK", policy.ServerPermissive, policy.ClientDisable},
+		{"port-targeted policy beats service policy", []string{policyYAML("STRICT"),
 			"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p9000}\nspec:\n  targets: [{name: httpbin, ports: [{number: 9000}]}]\n  peers: [{mtls: {mode: PERMISSIVE}}]\n"},
-			9000, "OK", ServerPermissive, ClientDisable},
+			9000, "OK", policy.ServerPermissive, policy.ClientDisable},
 		{"port selected by name", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: pgrpc}\nspec:\n  targets: [{name: httpbin, ports: [{name: grpc}]}]\n  peers: [{mtls: {}}]\n"},
-			9000, "CONFLICT", ServerStrict, ClientDisable},
+			9000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
 		{"port-level DR setting", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: httpbin}
@@ -210,7 +211,7 @@ spec:
   trafficPolicy:
     tls: {mode: DISABLE}
     portLevelSettings: [{port: {number: 8000}, tls: {mode: ISTIO_MUTUAL}}]
-`}, 8000, "OK", ServerStrict, ClientIstioMutual},
+`}, 8000, "OK", policy.ServerStrict, policy.ClientIstioMutual},
 		{"port-level DR setting by port name", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: httpbin}
@@ -219,23 +220,23 @@ spec:
   trafficPolicy:
     tls: {mode: ISTIO_MUTUAL}
     portLevelSettings: [{port: {name: grpc}, tls: {mode: DISABLE}}]
-`}, 9000, "CONFLICT", ServerStrict, ClientDisable},
+`}, 9000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
 		{"DR without tls keeps mesh default", []string{meshMTLS, `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: httpbin}
 spec:
   host: httpbin
   subsets: [{name: v1, labels: {version: v1}}]
-`}, 8000, "OK", ServerStrict, ClientIstioMutual},
+`}, 8000, "OK", policy.ServerStrict, policy.ClientIstioMutual},
 		{"exact host beats wildcard", []string{meshMTLS, dr("ISTIO_MUTUAL"), `apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata: {name: all}
 spec:
   host: "*.local"
   trafficPolicy: {tls: {mode: DISABLE}}
-`}, 8000, "OK", ServerStrict, ClientIstioMutual},
+`}, 8000, "OK", policy.ServerStrict, policy.ClientIstioMutual},
 		{"MeshPolicy strict needs a DR", []string{"apiVersion: authentication.istio.io/v1alpha1\nkind: MeshPolicy\nmetadata: {name: default}\nspec:\n  peers: [{mtls: {}}]\n"},
-			8000, "CONFLICT", ServerStrict, ClientDisable},
+			8000, "CONFLICT", policy.ServerStrict, policy.ClientDisable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -254,7 +255,7 @@ spec:
 				t.Errorf("got %s server %s client %s, want %s server %s client %s\n%s",
 					row.Status, row.Server.Mode, row.Client.Mode, tc.status, tc.server, tc.client, TLSCheckTable(rows))
 			}
-			if row.Server.Mode == ServerPermissive && row.Status == "CONFLICT" {
+			if row.Server.Mode == policy.ServerPermissive && row.Status == "CONFLICT" {
 				t.Error("PERMISSIVE reported as CONFLICT")
 			}
 		})
@@ -283,15 +284,15 @@ spec:
 	tests := []struct {
 		subset string
 		port   uint32
-		want   ClientTLSMode
+		want   policy.ClientTLSMode
 		why    string
 	}{
-		{"", 8000, ClientIstioMutual, "rule-level tls"},
-		{"", 9000, ClientSimple, "port-level settings for 9000"},
-		{"v1", 8000, ClientDisable, "subset v1 tls"},
-		{"v1", 9000, ClientMutual, "subset v1 port-level settings for 9000"},
-		{"v2", 8000, ClientIstioMutual, "rule-level tls"},
-		{"v2", 9000, ClientSimple, "port-level settings for 9000"},
+		{"", 8000, policy.ClientIstioMutual, "rule-level tls"},
+		{"", 9000, policy.ClientSimple, "port-level settings for 9000"},
+		{"v1", 8000, policy.ClientDisable, "subset v1 tls"},
+		{"v1", 9000, policy.ClientMutual, "subset v1 port-level settings for 9000"},
+		{"v2", 8000, policy.ClientIstioMutual, "rule-level tls"},
+		{"v2", 9000, policy.ClientSimple, "port-level settings for 9000"},
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprintf("%s_%d", tc.subset, tc.port), func(t *testing.T) {
@@ -374,12 +375,12 @@ spec:
 }
 
 func TestSnapshot(t *testing.T) {
-	e := load(t, nil, meshMTLS, httpbin, rbac, policy("PERMISSIVE"))
+	e := load(t, nil, meshMTLS, httpbin, rbac, policyYAML("PERMISSIVE"))
 	s := e.Snapshot(e.Registry().Workload("default", "httpbin-1"))
-	if s.InboundDefault != ServerStrict || len(s.Inbound) != 2 {
+	if s.InboundDefault != policy.ServerStrict || len(s.Inbound) != 2 {
 		t.Fatalf("inbound: default %s, ports %+v", s.InboundDefault, s.Inbound)
 	}
-	if in := s.Inbound[0]; in.Port != 80 || in.Mode != ServerPermissive || in.Service != "httpbin.default" || in.Protocol != "HTTP" || in.DecidedBy != "Policy/default/httpbin" {
+	if in := s.Inbound[0]; in.Port != 80 || in.Mode != policy.ServerPermissive || in.Service != "httpbin.default" || in.Protocol != "HTTP" || in.DecidedBy != "Policy/default/httpbin" {
 		t.Errorf("inbound[0] = %+v", in)
 	}
 	if s.RBAC == nil || len(s.RBAC.Policies) != 1 || s.RBAC.Policies[0].Subjects[0].Binding != "default/sleep-views" {
@@ -389,7 +390,7 @@ func TestSnapshot(t *testing.T) {
 		t.Fatalf("outbound = %+v", s.Outbound)
 	}
 	o := s.Outbound[0]
-	if o.Hosts[0] != "httpbin" || o.ServerIdentities[0] != "spiffe://cluster.local/ns/default/sa/httpbin" || o.Ports[0].TLSMode != ClientIstioMutual || o.Ports[0].TargetPort != 80 {
+	if o.Hosts[0] != "httpbin" || o.ServerIdentities[0] != "spiffe://cluster.local/ns/default/sa/httpbin" || o.Ports[0].TLSMode != policy.ClientIstioMutual || o.Ports[0].TargetPort != 80 {
 		t.Errorf("outbound = %+v", o)
 	}
 	// From another namespace the short name must not resolve.
@@ -398,10 +399,10 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("legacy hosts = %v", ls.Outbound[0].Hosts)
 	}
 	// Authorize on the computed snapshot, as the sidecar will.
-	if d := Authorize(s, Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/headers"}); !d.Allow {
+	if d := policy.Authorize(s, policy.Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/headers"}); !d.Allow {
 		t.Errorf("sleep GET /headers denied: %s", d.Reason)
 	}
-	if d := Authorize(s, Request{Source: "spiffe://cluster.local/ns/legacy/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/headers"}); d.Allow {
+	if d := policy.Authorize(s, policy.Request{Source: "spiffe://cluster.local/ns/legacy/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/headers"}); d.Allow {
 		t.Errorf("legacy sleep allowed: %s", d.Reason)
 	}
 	// A new endpoint invalidates the cached outbound entry.
@@ -438,7 +439,7 @@ func TestRbacConfigModes(t *testing.T) {
 				t.Errorf("RBACFor = %v, %q; want %v", on, by, tc.on)
 			}
 			s := e.Snapshot(e.Registry().Workload("default", "httpbin-1"))
-			d := Authorize(s, Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/"})
+			d := policy.Authorize(s, policy.Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default", Method: "GET", Path: "/"})
 			// No role grants anything, so the request passes only when RBAC is off.
 			if d.Allow == tc.on {
 				t.Errorf("Authorize allow = %v with rbac on = %v: %s", d.Allow, tc.on, d.Reason)
@@ -478,7 +479,7 @@ spec:
   egress:
   - hosts: ["./*"]
 `)
-	hosts := func(s *Snapshot) []string {
+	hosts := func(s *policy.Snapshot) []string {
 		var out []string
 		for _, o := range s.Outbound {
 			out = append(out, o.Hosts[0])
@@ -684,7 +685,7 @@ spec:
   trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
 `)
 	c := e.ClientMode(e.Registry().Service("default", "httpbin"), 8000, "")
-	if c.Mode != ClientIstioMutual || c.DecidedBy != "DestinationRule/default/owner" {
+	if c.Mode != policy.ClientIstioMutual || c.DecidedBy != "DestinationRule/default/owner" {
 		t.Errorf("client mode = %s by %s, want ISTIO_MUTUAL by the service namespace's rule", c.Mode, c.DecidedBy)
 	}
 	ws := e.Lint()

@@ -1,4 +1,4 @@
-package meshapi
+package sidecarapi
 
 import (
 	"strings"

@@ -1,20 +1,21 @@
-package policy
+package engine
 
 import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/registry"
 )
 
 // TLSCheckRow is one service port in `meshctl tls-check`.
 type TLSCheckRow struct {
-	Host   string                      `json:"host"`
-	Port   uint32                      `json:"port"`
-	Status string                      `json:"status"` // OK or CONFLICT
-	Server ModeDecision[ServerMode]    `json:"server"`
-	Client ModeDecision[ClientTLSMode] `json:"client"`
+	Host   string                             `json:"host"`
+	Port   uint32                             `json:"port"`
+	Status string                             `json:"status"` // OK or CONFLICT
+	Server ModeDecision[policy.ServerMode]    `json:"server"`
+	Client ModeDecision[policy.ClientTLSMode] `json:"client"`
 	// Problem says why a CONFLICT is one.
 	Problem string `json:"problem,omitempty"`
 }
@@ -45,7 +46,7 @@ func (e *Engine) TLSCheck(svcs []*registry.Service) []TLSCheckRow {
 		for _, p := range svc.Ports {
 			r := TLSCheckRow{Host: svc.FQDN(), Port: p.Number, Server: e.ServerMode(svc, p.Number), Client: e.ClientMode(svc, p.Number, "").ModeDecision}
 			if noSidecar != nil {
-				r.Server = ModeDecision[ServerMode]{Mode: ServerDisable, DecidedBy: "Workload/" + noSidecar.Namespace + "/" + noSidecar.Name,
+				r.Server = ModeDecision[policy.ServerMode]{Mode: policy.ServerDisable, DecidedBy: "Workload/" + noSidecar.Namespace + "/" + noSidecar.Name,
 					Why: "no sidecar on the endpoints: plaintext only"}
 			}
 			ok, why := Compatible(r.Server.Mode, r.Client.Mode)

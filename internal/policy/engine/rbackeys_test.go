@@ -1,8 +1,10 @@
-package policy
+package engine
 
 import (
 	"strings"
 	"testing"
+
+	"github.com/meshauth/meshauth/internal/policy"
 )
 
 // TestMixerRBACKeys: Istio 0.8's RBAC names go through the default
@@ -64,7 +66,7 @@ spec:
 		svc := e.Registry().Service("default", tc.svc)
 		w := e.Registry().Endpoints(svc.Key())[0]
 		snap := e.Snapshot(w)
-		d := Authorize(snap, Request{Source: tc.src, Port: svc.Ports[0].TargetPort, Service: tc.svc + ".default", Method: "GET", Path: "/"})
+		d := policy.Authorize(snap, policy.Request{Source: tc.src, Port: svc.Ports[0].TargetPort, Service: tc.svc + ".default", Method: "GET", Path: "/"})
 		if d.Allow != tc.allow {
 			t.Errorf("%s -> %s: allow = %v, want %v (%s)", tc.src, tc.svc, d.Allow, tc.allow, d.Reason)
 		}
@@ -75,18 +77,18 @@ spec:
 // verified credential; a request without one matches none of them, not
 // even "*".
 func TestRequestAuthProperties(t *testing.T) {
-	rules := []RBACRule{{Services: []string{"*"}, Methods: []string{"*"}}}
-	snap := func(props map[string]string) *Snapshot {
-		return &Snapshot{Workload: WorkloadRef{Name: "w", Namespace: "default", ServiceAccount: "httpbin"},
-			RBAC: &RBAC{Policies: []RBACPolicy{{Role: "default/r", Bindings: []string{"default/b"}, Rules: rules,
-				Subjects: []RBACSubject{{Properties: props, Binding: "default/b"}}}}}}
+	rules := []policy.RBACRule{{Services: []string{"*"}, Methods: []string{"*"}}}
+	snap := func(props map[string]string) *policy.Snapshot {
+		return &policy.Snapshot{Workload: policy.WorkloadRef{Name: "w", Namespace: "default", ServiceAccount: "httpbin"},
+			RBAC: &policy.RBAC{Policies: []policy.RBACPolicy{{Role: "default/r", Bindings: []string{"default/b"}, Rules: rules,
+				Subjects: []policy.RBACSubject{{Properties: props, Binding: "default/b"}}}}}}
 	}
-	auth := &RequestAuth{Principal: "https://issuer.example/alice", Audiences: []string{"bookstore"}, Presenter: "web",
+	auth := &policy.RequestAuth{Principal: "https://issuer.example/alice", Audiences: []string{"bookstore"}, Presenter: "web",
 		Claims: map[string]any{"groups": []any{"dev", "admin"}, "email": "alice@example.com", "n": 3.0}}
 	for _, tc := range []struct {
 		name  string
 		props map[string]string
-		auth  *RequestAuth
+		auth  *policy.RequestAuth
 		allow bool
 	}{
 		{"principal", map[string]string{"request.auth.principal": "https://issuer.example/alice"}, auth, true},
@@ -100,7 +102,7 @@ func TestRequestAuthProperties(t *testing.T) {
 		{"presenter", map[string]string{"request.auth.presenter": "web", "source.namespace": "default"}, auth, true},
 		{"and with peer", map[string]string{"request.auth.presenter": "web", "source.namespace": "other"}, auth, false},
 	} {
-		d := Authorize(snap(tc.props), Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default",
+		d := policy.Authorize(snap(tc.props), policy.Request{Source: "spiffe://cluster.local/ns/default/sa/sleep", Port: 80, Service: "httpbin.default",
 			Method: "GET", Path: "/", Auth: tc.auth})
 		if d.Allow != tc.allow {
 			t.Errorf("%s: allow = %v, want %v (%s)", tc.name, d.Allow, tc.allow, d.Reason)
@@ -113,7 +115,7 @@ func TestRequestAuthProperties(t *testing.T) {
 // tier label, "ns" the caller's namespace), and a name it does not define
 // ("app") stays a key no request has.
 func TestAuthorizationInstance(t *testing.T) {
-	e := load(t, []string{"../config/testdata/warnings/authorization-instance.yaml", "testdata/matrix-registry.yaml"}, `apiVersion: rbac.istio.io/v1alpha1
+	e := load(t, []string{"../../config/testdata/warnings/authorization-instance.yaml", "testdata/matrix-registry.yaml"}, `apiVersion: rbac.istio.io/v1alpha1
 kind: RbacConfig
 metadata: {name: default}
 spec: {mode: "ON"}
@@ -134,7 +136,7 @@ spec: {mode: "ON"}
 		t.Errorf("property ns -> %v, want source.namespace=default", p.Subjects[0].Properties)
 	}
 	// b's workload has no tier label and "app" is no attribute: denied.
-	d := Authorize(snap, Request{Source: "spiffe://cluster.local/ns/default/sa/default", Port: svc.Ports[0].TargetPort, Service: "b.default", Method: "GET", Path: "/"})
+	d := policy.Authorize(snap, policy.Request{Source: "spiffe://cluster.local/ns/default/sa/default", Port: svc.Ports[0].TargetPort, Service: "b.default", Method: "GET", Path: "/"})
 	if d.Allow {
 		t.Errorf("allowed: %s", d.Reason)
 	}

@@ -1,9 +1,11 @@
-package policy
+package engine
 
 import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/meshauth/meshauth/internal/policy"
 )
 
 // A gRPC service (port 9090, GRPC) whose RBAC names methods: sleep may
@@ -85,7 +87,7 @@ func TestGRPCMethodRBAC(t *testing.T) {
 		{"admin-1", "helloworld.Greeter/SayGoodbye", true},
 		{"admin-1", "grpc.health.v1.Health/Check", false},
 	} {
-		method, path, err := GRPCRequest(tc.method)
+		method, path, err := policy.GRPCRequest(tc.method)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +119,7 @@ func TestExplainGRPC(t *testing.T) {
 	svc := e.Registry().Service("default", "greeter")
 	sleep := e.Registry().Workload("default", "sleep-1")
 	for name, m := range map[string]string{"explain-grpc-allow.golden": "helloworld.Greeter/SayHello", "explain-grpc-deny.golden": "/helloworld.Greeter/SayGoodbye"} {
-		method, path, err := GRPCRequest(m)
+		method, path, err := policy.GRPCRequest(m)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +139,7 @@ func TestGRPCRequest(t *testing.T) {
 		"pkg.Svc/Method": "/pkg.Svc/Method", "/pkg.Svc/Method": "/pkg.Svc/Method",
 		"pkg.Svc": "", "/pkg.Svc/": "", "a/b/c": "", "/": "", "pkg.Svc/M?x=1": "",
 	} {
-		_, got, err := GRPCRequest(in)
+		_, got, err := policy.GRPCRequest(in)
 		if got != want || (err == nil) != (want != "") {
 			t.Errorf("GRPCRequest(%q) = %q, %v; want %q", in, got, err, want)
 		}
@@ -151,11 +153,11 @@ func FuzzGRPCRequest(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		method, path, err := GRPCRequest(in)
+		method, path, err := policy.GRPCRequest(in)
 		if err != nil {
 			return
 		}
-		sm, ok := GRPCMethodOf(method, path)
+		sm, ok := policy.GRPCMethodOf(method, path)
 		if method != "POST" || !ok || "/"+sm != path || strings.Count(path, "/") != 2 {
 			t.Fatalf("GRPCRequest(%q) = %s %q (%q, %v)", in, method, path, sm, ok)
 		}
