@@ -91,6 +91,13 @@ data:
     # Policy or DestinationRule says otherwise. NONE: plaintext by default.
     authPolicy: {{.AuthPolicy}}
     trustDomain: {{.TD}}
+    # Services that sidecars call without their mTLS whatever authPolicy
+    # says: the API server (Istio 0.8's default) and this control plane,
+    # which no sidecar fronts (its callers, the agents and the API server,
+    # bring their own TLS).
+    mtlsExcludedServices:
+    - kubernetes.default.svc.cluster.local
+    - meshauth-control.{{.NS}}.svc.cluster.local
 ---
 apiVersion: v1
 kind: ServiceAccount

@@ -693,3 +693,53 @@ spec:
 		t.Errorf("Lint = %v", ws)
 	}
 }
+
+// TestTLSCheckExcludedWithoutEndpoints: a service in mtlsExcludedServices
+// with no endpoint the registry knows (the API server: its endpoints are
+// not pods) is served without a sidecar, so tls-check shows it OK with both
+// sides DISABLE; an excluded service whose endpoints do run sidecars keeps
+// its Policy's mode, so the real CONFLICT (client DISABLE to a STRICT
+// sidecar) is still shown.
+func TestTLSCheckExcludedWithoutEndpoints(t *testing.T) {
+	e := load(t, nil, `apiVersion: meshauth.io/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec:
+  authPolicy: MUTUAL_TLS
+  mtlsExcludedServices: [api.default.svc.cluster.local, meshed.default.svc.cluster.local]
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: https, number: 443}]
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Service
+metadata: {name: meshed}
+spec:
+  selector: {app: meshed}
+  ports: [{name: http, number: 80}]
+---
+apiVersion: meshauth.io/v1alpha1
+kind: Workload
+metadata: {name: meshed-1, labels: {app: meshed}}
+spec:
+  serviceAccount: meshed
+  address: 10.0.0.20
+  ports: [{number: 80}]
+  sidecar: true
+`)
+	got := map[string]string{}
+	for _, r := range e.TLSCheck(nil) {
+		got[r.Host] = fmt.Sprintf("%s %s %s", r.Status, r.Server.Mode, r.Client.Mode)
+	}
+	for host, want := range map[string]string{
+		"api.default.svc.cluster.local":    "OK DISABLE DISABLE",
+		"meshed.default.svc.cluster.local": "CONFLICT STRICT DISABLE",
+	} {
+		if got[host] != want {
+			t.Errorf("%s: %q, want %q", host, got[host], want)
+		}
+	}
+}

@@ -45,9 +45,16 @@ func (e *Engine) TLSCheck(svcs []*registry.Service) []TLSCheckRow {
 		}
 		for _, p := range svc.Ports {
 			r := TLSCheckRow{Host: svc.FQDN(), Port: p.Number, Server: e.ServerMode(svc, p.Number), Client: e.ClientMode(svc, p.Number, "").ModeDecision}
-			if noSidecar != nil {
+			switch {
+			case noSidecar != nil:
 				r.Server = ModeDecision[policy.ServerMode]{Mode: policy.ServerDisable, DecidedBy: "Workload/" + noSidecar.Namespace + "/" + noSidecar.Name,
 					Why: "no sidecar on the endpoints: plaintext only"}
+			case len(eps) == 0 && e.ix.excluded[svc.FQDN()]:
+				// No endpoint the registry knows (the API server's are not
+				// pods): mtlsExcludedServices is the mesh's word that no
+				// sidecar serves it, which is what the option is for.
+				r.Server = ModeDecision[policy.ServerMode]{Mode: policy.ServerDisable, DecidedBy: MeshAuthPolicy,
+					Why: "in mtlsExcludedServices and no known endpoints: served without a sidecar"}
 			}
 			ok, why := Compatible(r.Server.Mode, r.Client.Mode)
 			r.Status = "OK"
