@@ -522,22 +522,11 @@ metadata: {name: open}
 spec: {selector: {app: open}, ports: [{number: 80}]}
 `)
 	reg := e.Registry()
-	for _, w := range []*registry.Workload{
-		{Name: "evil", Namespace: "default", ServiceAccount: "sleep", Labels: map[string]string{"app": "httpbin"}, Address: "10.6.6.6"},
-		{Name: "httpbin-2", Namespace: "default", ServiceAccount: "httpbin", Labels: map[string]string{"app": "httpbin"}, Address: "10.0.0.9"},
-		{Name: "open-1", Namespace: "default", ServiceAccount: "whoever", Labels: map[string]string{"app": "open"}, Address: "10.0.0.10"},
-	} {
-		if _, err := reg.Register(w); err != nil {
-			t.Fatal(err)
-		}
-	}
-	names := func(svc string) string {
-		var out []string
-		for _, w := range e.Endpoints(reg.Service("default", svc)) {
-			out = append(out, w.Name)
-		}
-		return strings.Join(out, " ")
-	}
+	names := selfRegister(t, e,
+		&registry.Workload{Name: "evil", Namespace: "default", ServiceAccount: "sleep", Labels: map[string]string{"app": "httpbin"}, Address: "10.6.6.6"},
+		&registry.Workload{Name: "httpbin-2", Namespace: "default", ServiceAccount: "httpbin", Labels: map[string]string{"app": "httpbin"}, Address: "10.0.0.9"},
+		&registry.Workload{Name: "open-1", Namespace: "default", ServiceAccount: "whoever", Labels: map[string]string{"app": "open"}, Address: "10.0.0.10"},
+	)
 	if got := names("httpbin"); got != "httpbin-1 httpbin-2" {
 		t.Errorf("httpbin endpoints = %q; the sleep-account registration must be left out", got)
 	}
@@ -577,23 +566,12 @@ spec:
   subjectAltNames: [spiffe://cluster.local/ns/other/sa/vm-other]
 `)
 	reg := e.Registry()
-	for _, w := range []*registry.Workload{
-		{Name: "evil-1", Namespace: "default", ServiceAccount: "attacker", Labels: map[string]string{"app": "open"}, Address: "10.6.6.6", Ports: []registry.WorkloadPort{{Number: 80}}},
-		{Name: "evil-2", Namespace: "default", ServiceAccount: "attacker", Labels: map[string]string{"app": "vm"}, Address: "10.6.6.7", Ports: []registry.WorkloadPort{{Number: 80}}},
-		{Name: "vm-1", Namespace: "default", ServiceAccount: "vm", Labels: map[string]string{"app": "vm"}, Address: "10.0.0.11", Ports: []registry.WorkloadPort{{Number: 80}}},
-		{Name: "vm-2", Namespace: "other", ServiceAccount: "vm-other", Labels: map[string]string{"app": "vm"}, Address: "10.0.0.12"},
-	} {
-		if _, err := reg.Register(w); err != nil {
-			t.Fatal(err)
-		}
-	}
-	names := func(svc string) string {
-		var out []string
-		for _, w := range e.Endpoints(reg.Service("default", svc)) {
-			out = append(out, w.Name)
-		}
-		return strings.Join(out, " ")
-	}
+	names := selfRegister(t, e,
+		&registry.Workload{Name: "evil-1", Namespace: "default", ServiceAccount: "attacker", Labels: map[string]string{"app": "open"}, Address: "10.6.6.6", Ports: []registry.WorkloadPort{{Number: 80}}},
+		&registry.Workload{Name: "evil-2", Namespace: "default", ServiceAccount: "attacker", Labels: map[string]string{"app": "vm"}, Address: "10.6.6.7", Ports: []registry.WorkloadPort{{Number: 80}}},
+		&registry.Workload{Name: "vm-1", Namespace: "default", ServiceAccount: "vm", Labels: map[string]string{"app": "vm"}, Address: "10.0.0.11", Ports: []registry.WorkloadPort{{Number: 80}}},
+		&registry.Workload{Name: "vm-2", Namespace: "other", ServiceAccount: "vm-other", Labels: map[string]string{"app": "vm"}, Address: "10.0.0.12"},
+	)
 	if got := names("open"); got != "" {
 		t.Errorf("open endpoints = %q; a Service that allows no identity must admit no self-registered sidecar", got)
 	}
@@ -741,5 +719,24 @@ spec:
 		if got[host] != want {
 			t.Errorf("%s: %q, want %q", host, got[host], want)
 		}
+	}
+}
+
+// selfRegister registers ws as self-registered sidecars and returns the
+// endpoint names of a service in namespace default, space-separated.
+func selfRegister(t *testing.T, e *Engine, ws ...*registry.Workload) func(svc string) string {
+	t.Helper()
+	reg := e.Registry()
+	for _, w := range ws {
+		if _, err := reg.Register(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func(svc string) string {
+		var out []string
+		for _, w := range e.Endpoints(reg.Service("default", svc)) {
+			out = append(out, w.Name)
+		}
+		return strings.Join(out, " ")
 	}
 }
