@@ -59,7 +59,7 @@ func rpcError(what string, err error) error {
 // newCACmd builds `meshctl ca` and its subcommands.
 func newCACmd(g *globalFlags) *cobra.Command {
 	caCmd := &cobra.Command{Use: "ca", Short: "inspect and operate the certificate authority"}
-	caCmd.AddCommand(newCAStatusCmd(g), newCARotateCmd(g), newCARevokeCmd(g), caIssuedCmd(g))
+	caCmd.AddCommand(newCAStatusCmd(g), newCARotateCmd(g), newCARotationCmd(g), newCARevokeCmd(g), caIssuedCmd(g))
 	return caCmd
 }
 
@@ -88,31 +88,6 @@ func newCAStatusCmd(g *globalFlags) *cobra.Command {
 	}
 	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return status
-}
-
-// newCARotateCmd builds `meshctl ca rotate-root`.
-func newCARotateCmd(g *globalFlags) *cobra.Command {
-	var overlap time.Duration
-	rotate := &cobra.Command{
-		Use:   "rotate-root",
-		Short: "add a new root to the bundle; it starts signing after --overlap",
-		Long: `rotate-root creates a new self-signed root and adds it to the trust bundle at
-once. Signing switches to it after the overlap, so every sidecar trusts the
-new root before it meets a certificate signed by it. The old root leaves the
-bundle only when every certificate it signed has expired.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), g, 30*time.Second, "rotate root", pb.AdminClient.RotateRoot, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "new root sha256:%s\nin the bundle now (version %d); signs from %s\n",
-				resp.NewRootFingerprint, resp.BundleVersion, time.Unix(resp.SigningSwitchAt, 0).UTC().Format(time.RFC3339))
-			return nil
-		},
-	}
-	rotate.Flags().DurationVar(&overlap, "overlap", 0, "time the new root is trusted before it signs (default: the server's --rotation-overlap)")
-	return rotate
 }
 
 // revokeFlags are meshctl ca revoke's flags.
@@ -237,7 +212,10 @@ func printStatus(w io.Writer, st *careport.Status) {
 		note := ""
 		switch r.State {
 		case careport.RootPending:
-			note = "signs from " + r.ActivateAt.Format(time.RFC3339)
+			note = "signs once every sidecar has ACKed it (meshctl ca rotation status)"
+			if !r.ActivateAt.IsZero() {
+				note = "signs from " + r.ActivateAt.Format(time.RFC3339)
+			}
 		case careport.RootRetiring:
 			note = "leaves after " + r.LastIssuedNotAfter.Format(time.RFC3339)
 		}

@@ -39,12 +39,17 @@ type Rotator interface {
 	// type and TTL) that starts signing at activateAt. The CA bumps the
 	// bundle version before it calls AddRoot.
 	AddRoot(cert *x509.Certificate, key crypto.Signer, activateAt, now time.Time) error
+	// ActivateRoot sets when the authority with this ID starts signing (a
+	// root added as Pending, once the fleet has ACKed it). The CA bumps the
+	// bundle version before it calls ActivateRoot.
+	ActivateRoot(id uint64, at time.Time) error
 	// RetireRoot drops the authority with this ID from the bundle, once
 	// this CA no longer needs it (everything it signed here has expired).
 	// A Backend shared by replicas may keep it (false) until no replica can
-	// need it. The CA bumps the bundle version after a retirement (a
+	// need it, unless force (the operator's `rotate-root --retire
+	// --force`). The CA bumps the bundle version after a retirement (a
 	// bundle that still holds a retired root is harmless).
-	RetireRoot(id uint64) (retired bool, err error)
+	RetireRoot(id uint64, force bool) (retired bool, err error)
 }
 
 // Authority is one CA certificate a Backend signs with.
@@ -140,7 +145,11 @@ func (b *storeBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activa
 	return b.store.putAuthority(&authorityRecord{CertDER: cert.Raw, KeyDER: kder, ActivateAt: activateAt, CreatedAt: now})
 }
 
-func (b *storeBackend) RetireRoot(id uint64) (bool, error) {
+func (b *storeBackend) ActivateRoot(id uint64, at time.Time) error {
+	return b.store.activateAuthority(id, at)
+}
+
+func (b *storeBackend) RetireRoot(id uint64, _ bool) (bool, error) {
 	return true, b.store.retireAuthority(id)
 }
 

@@ -40,7 +40,19 @@ func (m *memBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activate
 	m.auths = append(m.auths, &ca.Authority{ID: m.nextID, Certificate: cert, Signer: key, Root: cert, ActivateAt: activateAt})
 	return nil
 }
-func (m *memBackend) RetireRoot(id uint64) (bool, error) {
+func (m *memBackend) ActivateRoot(id uint64, at time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, a := range m.auths {
+		if a.ID == id {
+			c := *a
+			c.ActivateAt = at
+			m.auths[i] = &c
+		}
+	}
+	return nil
+}
+func (m *memBackend) RetireRoot(id uint64, _ bool) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.retired = append(m.retired, id)

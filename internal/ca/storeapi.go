@@ -56,6 +56,16 @@ type Store interface {
 	PutToken(hash string, r *TokenRecord) error
 	GetToken(hash string) (*TokenRecord, error)
 
+	// Rotation is the root rotation in progress or the last one (nil if
+	// none); PutRotation replaces it (rotation.go).
+	Rotation() (*RotationRecord, error)
+	PutRotation(r *RotationRecord) error
+	// Sidecars are the fleet's records (fleet.go); PutSidecar writes one
+	// by its Key, DeleteSidecar drops one.
+	Sidecars() ([]SidecarRecord, error)
+	PutSidecar(r *SidecarRecord) error
+	DeleteSidecar(key string) error
+
 	Close() error
 }
 
