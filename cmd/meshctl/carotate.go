@@ -146,7 +146,11 @@ func printRotation(w io.Writer, st *careport.Rotation) {
 	if st.Phase != "" {
 		fmt.Fprintf(tw, "New root:\tsha256:%s (in the bundle since version %d)\n", short(st.NewRoot), st.BundleVersion)
 		fmt.Fprintf(tw, "Old roots:\t%s\n", shortList(st.OldRoots))
-		fmt.Fprintf(tw, "Started:\t%s   min overlap until %s\n", ts(st.StartedAt), ts(st.MinOverlapUntil))
+		overlap := "no minimum overlap"
+		if st.MinOverlapUntil.After(st.StartedAt) {
+			overlap = "signs no earlier than " + ts(st.MinOverlapUntil)
+		}
+		fmt.Fprintf(tw, "Started:\t%s   (%s)\n", ts(st.StartedAt), overlap)
 		fmt.Fprintf(tw, "Switched:\t%s\n", ts(st.SwitchedAt))
 		fmt.Fprintf(tw, "Retired:\t%s\n", ts(st.RetiredAt))
 	}
