@@ -204,7 +204,7 @@ func (c *caService) awaitChange(ctx context.Context, bs *ca.BundleStream, change
 			return err
 		case m := <-acks:
 			if err := bs.Ack(m.Version, m.RootsSha256, m.Error); err != nil {
-				c.s.log.Warn("refused bundle ACK; ending the stream", "sidecar", bs.Key(), "version", m.Version, "error", err)
+				c.s.log.Warn("refused bundle ACK; ending the stream", "sidecar", bs.Key(), "version", m.Version, "reason", ca.ReasonOf(err), "error", err)
 				return c.s.toStatus(ctx, err)
 			}
 		case <-changed:
