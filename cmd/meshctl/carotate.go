@@ -18,6 +18,7 @@ import (
 type rotateFlags struct {
 	overlap       time.Duration
 	retire, force bool
+	from          string
 }
 
 // newCARotateCmd builds `meshctl ca rotate-root`.
@@ -41,18 +42,27 @@ steps goes on where it was when it starts again):
 'meshctl ca rotation status' shows the step, the sidecars the switch waits
 for and why, and how many live certificates chain to each root.
 
+With an operator's CA on Kubernetes (Secret cacerts), the new CA is the
+operator's: put it in Secret cacerts-next (the same four keys) and run
+'rotate-root --from cacerts-next'; the steps are the same, and retiring the
+old root copies cacerts-next into cacerts and deletes cacerts-next.
+
 --retire ends step 3 now: refused while a live certificate chains to the
 old root (they are listed), unless --force, which retires it anyway and
 prints every certificate that no longer verifies.`,
 		Example: `  meshctl ca rotate-root
   meshctl ca rotation status
-  meshctl ca rotate-root --retire --force`,
+  meshctl ca rotate-root --retire --force
+  kubectl -n istio-system create secret generic cacerts-next --from-file=ca-cert.pem \
+    --from-file=ca-key.pem --from-file=cert-chain.pem --from-file=root-cert.pem
+  meshctl ca rotate-root --from cacerts-next`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRotate(cmd, g, f) },
 	}
 	rotate.Flags().DurationVar(&f.overlap, "min-overlap", 0, "least time the new root is trusted before it signs, even once every sidecar has ACKed it (default: the server's --rotation-overlap)")
 	rotate.Flags().DurationVar(&f.overlap, "overlap", 0, "the same as --min-overlap")
 	rotate.Flags().BoolVar(&f.retire, "retire", false, "retire the old root now (step 3); refused while live certificates chain to it, unless --force")
+	rotate.Flags().StringVar(&f.from, "from", "", "stage the operator's new CA instead of making a root (Kubernetes, plugged-in CA: cacerts-next)")
 	rotate.Flags().BoolVar(&f.force, "force", false, "with --retire: retire even though live certificates chain to the old root (they stop verifying)")
 	return rotate
 }
@@ -62,7 +72,7 @@ func runRotate(cmd *cobra.Command, g *globalFlags, f *rotateFlags) error {
 	if f.force && !f.retire {
 		return &exitError{2, fmt.Errorf("rotate-root: --force goes with --retire")}
 	}
-	req := &pb.RotateRootRequest{OverlapSeconds: int64(f.overlap / time.Second), Retire: f.retire, Force: f.force}
+	req := &pb.RotateRootRequest{OverlapSeconds: int64(f.overlap / time.Second), Retire: f.retire, Force: f.force, From: f.from}
 	resp, err := adminCall(cmd.Context(), g, 30*time.Second, "rotate root", pb.AdminClient.RotateRoot, req)
 	if err != nil {
 		return err

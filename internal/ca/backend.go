@@ -52,6 +52,27 @@ type Rotator interface {
 	RetireRoot(id uint64, force bool) (retired bool, err error)
 }
 
+// Stager is implemented by a Backend whose next CA an operator supplies
+// (a plugged-in CA on Kubernetes: Secret cacerts-next): RotateRoot with
+// from stages it as a pending authority, and the rotation goes on through
+// the same steps as a self-signed one (ActivateRoot once the fleet has
+// ACKed its root, RetireRoot of the old one, which makes the staged CA
+// the one in force).
+type Stager interface {
+	// Stage checks the operator's CA named by from and adds it to the
+	// bundle as Pending (not signing).
+	Stage(from string) error
+	ActivateRoot(id uint64, at time.Time) error
+	RetireRoot(id uint64, force bool) (retired bool, err error)
+}
+
+// rootSwitcher is what a rotation needs of its Backend after the new root
+// is in: both a Rotator and a Stager are one.
+type rootSwitcher interface {
+	ActivateRoot(id uint64, at time.Time) error
+	RetireRoot(id uint64, force bool) (retired bool, err error)
+}
+
 // Authority is one CA certificate a Backend signs with.
 type Authority struct {
 	// ID tells authorities apart in the issuance log (0 for a single

@@ -262,7 +262,7 @@ func TestRotation(t *testing.T) {
 	oldCert := sign()
 	v1 := c.Bundle().Version
 
-	rot, err := c.RotateRoot(30 * time.Minute)
+	rot, err := c.RotateRoot(30*time.Minute, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func TestRotation(t *testing.T) {
 	if !rot.MinOverlapUntil.Equal(t0.Add(30 * time.Minute)) {
 		t.Fatalf("min overlap until %v", rot.MinOverlapUntil)
 	}
-	if _, err := c.RotateRoot(0); err == nil {
+	if _, err := c.RotateRoot(0, ""); err == nil {
 		t.Fatal("second rotation while one is pending was accepted")
 	}
 	// During the overlap the old root still signs.

@@ -302,16 +302,43 @@ func (c *CA) ForgetSidecars(names []string) ([]string, error) {
 	return gone, nil
 }
 
+// fleetRecords is every sidecar record: this process's, and, with a
+// store shared by replicas (internal/kube's SecretStore), the other
+// replicas' sidecars as the store holds them. A sidecar with a stream to
+// this process is as this process knows it; any other as the store says
+// (it may be connected to another replica).
+func (c *CA) fleetRecords() []SidecarRecord {
+	var shared []SidecarRecord
+	if sh, ok := c.store.(SharedStore); ok && sh.SharedByReplicas() {
+		var err error
+		if shared, err = c.store.Sidecars(); err != nil {
+			c.log.Error("read the shared sidecar records; using this replica's", "error", err)
+		}
+	}
+	c.fleetMu.Lock()
+	defer c.fleetMu.Unlock()
+	recs := make([]SidecarRecord, 0, len(c.fleet)+len(shared))
+	seen := map[string]bool{}
+	for _, r := range shared {
+		if e := c.fleet[r.Key]; e != nil && e.streams > 0 {
+			continue
+		}
+		seen[r.Key] = true
+		recs = append(recs, r)
+	}
+	for k, e := range c.fleet {
+		if !seen[k] {
+			recs = append(recs, e.rec)
+		}
+	}
+	return recs
+}
+
 // fleetReport describes every sidecar for a rotation whose new root is
 // newRoot ("" for none): whether it has ACKed it, whether it holds the
 // switch back (only while gating: the rotation waits for ACKs), and why.
 func (c *CA) fleetReport(newRoot string, gating bool, now time.Time) (out []careport.SidecarAck, waiting int) {
-	c.fleetMu.Lock()
-	recs := make([]SidecarRecord, 0, len(c.fleet))
-	for _, e := range c.fleet {
-		recs = append(recs, e.rec)
-	}
-	c.fleetMu.Unlock()
+	recs := c.fleetRecords()
 	sort.Slice(recs, func(i, j int) bool {
 		if recs[i].SPIFFEID != recs[j].SPIFFEID {
 			return recs[i].SPIFFEID < recs[j].SPIFFEID

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -62,14 +63,22 @@ func (r *Rotation) String() string {
 	return fmt.Sprintf("new root %s in bundle v%d, signs once every sidecar ACKed (not before %s)", r.NewRoot[:16], r.BundleVersion, r.MinOverlapUntil.UTC().Format(time.RFC3339))
 }
 
-// RotateRoot starts a root rotation: a new self-signed root, in the bundle
-// now, that signs once every sidecar has ACKed a bundle holding it and
-// minOverlap (0: Config.RotationOverlap; negative refused) has passed. Tick (and every ACK)
-// moves the rotation on; RotationStatus shows it.
-func (c *CA) RotateRoot(minOverlap time.Duration) (*Rotation, error) {
-	rot, ok := c.backend.(Rotator)
-	if !ok {
+// RotateRoot starts a root rotation: a new root, in the bundle now, that
+// signs once every sidecar has ACKed a bundle holding it and minOverlap
+// (0: Config.RotationOverlap; negative refused) has passed. The new root
+// is self-signed, made here (from ""), or the operator's CA that a
+// Stager Backend finds by from (Kubernetes: Secret cacerts-next). Tick
+// (and every ACK) moves the rotation on; RotationStatus shows it.
+func (c *CA) RotateRoot(minOverlap time.Duration, from string) (*Rotation, error) {
+	rot, isRotator := c.backend.(Rotator)
+	stager, isStager := c.backend.(Stager)
+	switch {
+	case from == "" && !isRotator && isStager:
+		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with %s, an operator's CA: put the new CA in Secret cacerts-next (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) and stage it with `meshctl ca rotate-root --from cacerts-next`", c.backend.Source())
+	case from == "" && !isRotator:
 		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with %s; rotate by replacing them (with the old and new roots in root-cert.pem) and restarting", c.backend.Source())
+	case from != "" && !isStager:
+		return nil, refuse(KindFailedPrecondition, "no_staging", "--from stages an operator's CA, which this CA (%s, %s) does not take: rotate without --from", c.backend.Mode(), c.backend.Source())
 	}
 	if minOverlap < 0 {
 		return nil, refuse(KindInvalid, "bad_overlap", "minimum overlap %s is negative", minOverlap)
@@ -93,7 +102,15 @@ func (c *CA) RotateRoot(minOverlap time.Duration) (*Rotation, error) {
 			return nil, refuse(KindFailedPrecondition, "rotation_pending", "a rotation is already pending: root %s is not signing yet", identity.Fingerprint(a.root)[:16])
 		}
 	}
-	if err := c.addRoot(rot, now, Pending); err != nil {
+	if from != "" {
+		if err := stager.Stage(from); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return nil, e
+			}
+			return nil, refuse(KindInvalid, "bad_staged_ca", "%v", err)
+		}
+	} else if err := c.addRoot(rot, now, Pending); err != nil {
 		return nil, err
 	}
 	if err := c.reload(); err != nil {
@@ -211,7 +228,7 @@ func (c *CA) maybeSwitch(r *RotationRecord, now time.Time) error {
 	if _, waiting := c.fleetReport(r.NewRoot, true, now); waiting > 0 {
 		return nil
 	}
-	rot, ok := c.backend.(Rotator)
+	rot, ok := c.backend.(rootSwitcher)
 	if !ok {
 		return nil
 	}
@@ -235,7 +252,7 @@ func (c *CA) maybeSwitch(r *RotationRecord, now time.Time) error {
 // maybeRetire drops each old root that no live certificate chains to (or
 // every old root, with force), and ends the rotation when none is left.
 func (c *CA) maybeRetire(r *RotationRecord, now time.Time, force bool) error {
-	rot, ok := c.backend.(Rotator)
+	rot, ok := c.backend.(rootSwitcher)
 	if !ok || r.Phase != careport.PhaseReissuing {
 		return nil
 	}

@@ -110,7 +110,7 @@ func TestRotationWaitsForACKs(t *testing.T) {
 	b.receive(true)
 	oldRoot := c.Bundle().Roots[0]
 
-	rot, err := c.RotateRoot(0)
+	rot, err := c.RotateRoot(0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestRotationRetire(t *testing.T) {
 	}
 	s := &sidecar{t: t, c: c, id: sleepID, name: "sleep-1", leaf: old}
 	s.connect()
-	if _, err := c.RotateRoot(0); err != nil {
+	if _, err := c.RotateRoot(0, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.RetireOldRoots(true); err == nil || !strings.Contains(err.Error(), "does not sign yet") {
@@ -212,7 +212,7 @@ func TestRotationRetire(t *testing.T) {
 		t.Fatalf("after forced retire: %+v", st)
 	}
 	// The next rotation may start.
-	if _, err := c.RotateRoot(0); err != nil {
+	if _, err := c.RotateRoot(0, ""); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -223,7 +223,7 @@ func TestRotationRetiresWhenNothingLive(t *testing.T) {
 	clk := newClock(t0)
 	c := newCA(t, t.TempDir(), clk, nil)
 	leafFor(t, c, self(sleepID))
-	if _, err := c.RotateRoot(0); err != nil {
+	if _, err := c.RotateRoot(0, ""); err != nil {
 		t.Fatal(err)
 	}
 	tick(t, c)
@@ -251,7 +251,7 @@ func TestForgedAcks(t *testing.T) {
 	attacker := &sidecar{t: t, c: c, id: sleepID, name: "httpbin-1", leaf: leafFor(t, c, self(sleepID))}
 	attacker.connect() // same instance name, another lineage: another sidecar
 	attacker.receive(true)
-	if _, err := c.RotateRoot(0); err != nil {
+	if _, err := c.RotateRoot(0, ""); err != nil {
 		t.Fatal(err)
 	}
 	b := c.Bundle()
@@ -320,7 +320,7 @@ func TestFleetLineage(t *testing.T) {
 	gone.connect()
 	gone.receive(true)
 	gone.stream.Close()
-	if _, err := c.RotateRoot(0); err != nil {
+	if _, err := c.RotateRoot(0, ""); err != nil {
 		t.Fatal(err)
 	}
 	tick(t, c)
@@ -382,7 +382,7 @@ func TestRotationResumesAfterCrash(t *testing.T) {
 	s.receive(true)
 	// Killed after the new root went into the Backend, before the record.
 	fs.fail = func(*ca.RotationRecord) bool { return true }
-	if _, err := c.RotateRoot(0); err == nil {
+	if _, err := c.RotateRoot(0, ""); err == nil {
 		t.Fatal("rotation reported success though its record was not written")
 	}
 	c.Close() // the stream never closed: the store says connected

@@ -69,6 +69,13 @@ type Store interface {
 	Close() error
 }
 
+// SharedStore is implemented by a Store that several CA replicas share
+// (internal/kube's SecretStore): the CA then reads the sidecar records of
+// the other replicas from it, not only its own.
+type SharedStore interface {
+	SharedByReplicas() bool
+}
+
 // OpenStore opens (or creates) the bbolt store DIR/ca.db, the default
 // Store. A Store shared by CA replicas wraps it for what each replica
 // keeps for itself (internal/kube's SecretStore: the issuance log and join

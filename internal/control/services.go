@@ -262,7 +262,7 @@ func (a *adminService) RotateRoot(ctx context.Context, req *pb.RotateRootRequest
 		}
 		return &pb.RotateRootResponse{Broken: broken, BundleVersion: a.s.ca.Bundle().Version}, nil
 	}
-	r, err := a.s.ca.RotateRoot(time.Duration(req.OverlapSeconds) * time.Second)
+	r, err := a.s.ca.RotateRoot(time.Duration(req.OverlapSeconds)*time.Second, req.From)
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}

@@ -665,6 +665,10 @@ func (s *SecretStore) PruneRevocations(now time.Time) (int, uint64, error) {
 	return n, d.BundleVersion, err
 }
 
+// SharedByReplicas: the sidecar records in the Secret are every replica's
+// (ca.SharedStore).
+func (s *SecretStore) SharedByReplicas() bool { return true }
+
 // Rotation is the rotation record in the shared Secret.
 func (s *SecretStore) Rotation() (*ca.RotationRecord, error) {
 	_, d := s.snapshot()

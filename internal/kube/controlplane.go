@@ -189,6 +189,8 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	case *PluggedSecret:
 		// The operator's new cacerts signs without a restart.
 		run("cacerts", func(ctx context.Context) error { return b.Watch(ctx, srv.CA().Refresh, log) })
+		// A staged rotation (cacerts-next) made on another replica.
+		run("cacerts-next", func(ctx context.Context) error { return b.WatchNext(ctx, srv.CA().Refresh, log) })
 	}
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight

@@ -64,6 +64,9 @@ func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, t
 		if _, err := p.apply(s); err != nil {
 			return nil, "", err
 		}
+		if err := p.loadNext(ctx, log); err != nil {
+			return nil, "", err
+		}
 		p.Clock = time.Now
 		return p, RootPlugged, nil
 	} else if !apierrors.IsNotFound(err) {

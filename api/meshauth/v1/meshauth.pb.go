@@ -1091,7 +1091,11 @@ type RotateRootRequest struct {
 	Force  bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	// Sidecars to forget (key, SPIFFE ID or instance name), disconnected
 	// ones only.
-	Forget        []string `protobuf:"bytes,4,rep,name=forget,proto3" json:"forget,omitempty"`
+	Forget []string `protobuf:"bytes,4,rep,name=forget,proto3" json:"forget,omitempty"`
+	// Stage the operator's new CA instead of making a self-signed root: on
+	// Kubernetes with a plugged-in CA, "cacerts-next" (the Secret holding
+	// it, with the keys cacerts has).
+	From          string `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1152,6 +1156,13 @@ func (x *RotateRootRequest) GetForget() []string {
 		return x.Forget
 	}
 	return nil
+}
+
+func (x *RotateRootRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
 }
 
 type RotateRootResponse struct {
@@ -4261,12 +4272,13 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"Q\n" +
 	"\x0eRevokeResponse\x12\x18\n" +
 	"\aserials\x18\x01 \x03(\tR\aserials\x12%\n" +
-	"\x0ebundle_version\x18\x02 \x01(\x04R\rbundleVersion\"\x82\x01\n" +
+	"\x0ebundle_version\x18\x02 \x01(\x04R\rbundleVersion\"\x96\x01\n" +
 	"\x11RotateRootRequest\x12'\n" +
 	"\x0foverlap_seconds\x18\x01 \x01(\x03R\x0eoverlapSeconds\x12\x16\n" +
 	"\x06retire\x18\x02 \x01(\bR\x06retire\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\x12\x16\n" +
-	"\x06forget\x18\x04 \x03(\tR\x06forget\"\xe8\x01\n" +
+	"\x06forget\x18\x04 \x03(\tR\x06forget\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\"\xe8\x01\n" +
 	"\x12RotateRootResponse\x120\n" +
 	"\x14new_root_fingerprint\x18\x01 \x01(\tR\x12newRootFingerprint\x12%\n" +
 	"\x0ebundle_version\x18\x03 \x01(\x04R\rbundleVersion\x12*\n" +
