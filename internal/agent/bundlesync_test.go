@@ -96,4 +96,3 @@ func TestAckFromFiles(t *testing.T) {
 	}
 	waitAcks("sleep-0 v2 ")
 }
-
