@@ -187,7 +187,10 @@ func printRotation(w io.Writer, st *careport.Rotation) {
 		if s.Blocking {
 			wait = "WAIT"
 		}
-		if s.HasNewRoot {
+		switch {
+		case st.Phase == "":
+			hasNew = "-"
+		case s.HasNewRoot:
 			hasNew = "yes"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\tv%d\t%s\t%s\n", wait, orDash(s.Instance), s.SPIFFEID, s.AckedVersion, hasNew, s.Why)

@@ -80,9 +80,12 @@ func (c *CA) loadFleet() error {
 	c.fleetMu.Lock()
 	defer c.fleetMu.Unlock()
 	c.fleet = map[string]*fleetEntry{}
+	now := c.cfg.Clock().UTC()
 	for _, r := range recs {
 		if r.Connected {
-			r.Connected = false // it was, when the last CA process wrote it
+			// It was when the last CA process wrote the record; it has not
+			// been connected to this one, which starts now.
+			r.Connected, r.Since = false, now
 		}
 		c.fleet[r.Key] = &fleetEntry{rec: r}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/meshauth/meshauth/internal/careport"
@@ -398,9 +399,9 @@ func (c *CA) RetireOldRoots(force bool) ([]string, error) {
 
 func sample(s []string, n int) string {
 	if len(s) <= n {
-		return fmt.Sprint(s)
+		return strings.Join(s, ", ")
 	}
-	return fmt.Sprintf("%v and %d more", s[:n], len(s)-n)
+	return fmt.Sprintf("%s and %d more", strings.Join(s[:n], ", "), len(s)-n)
 }
 
 // RotationStatus reports the rotation in progress (or the last one) and
