@@ -65,29 +65,36 @@ func newCACmd(g *globalFlags) *cobra.Command {
 
 // newCAStatusCmd builds `meshctl ca status`.
 func newCAStatusCmd(g *globalFlags) *cobra.Command {
+	return reportCmd(g, "status", "show roots, the signing certificate and counts", "ca status",
+		pb.AdminClient.CAStatus, &pb.CAStatusRequest{}, meshapi.StatusFromProto, printStatus)
+}
+
+// reportCmd builds a command that calls one Admin method, decodes its
+// answer and prints it as text, or as JSON with -o json.
+func reportCmd[Req, Resp, R any](g *globalFlags, use, short, what string,
+	method func(pb.AdminClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req,
+	decode func(Resp) (R, error), print func(io.Writer, R)) *cobra.Command {
 	var output string
-	status := &cobra.Command{
-		Use:   "status",
-		Short: "show roots, the signing certificate and counts",
-		Args:  cobra.NoArgs,
+	c := &cobra.Command{
+		Use: use, Short: short, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), g, 10*time.Second, "ca status", pb.AdminClient.CAStatus, &pb.CAStatusRequest{})
+			resp, err := adminCall(cmd.Context(), g, 10*time.Second, what, method, req)
 			if err != nil {
 				return err
 			}
-			st, err := meshapi.StatusFromProto(resp)
+			r, err := decode(resp)
 			if err != nil {
-				return fmt.Errorf("ca status: decode: %w", err)
+				return fmt.Errorf("%s: decode: %w", what, err)
 			}
 			if output == "json" {
-				return printJSON(cmd.OutOrStdout(), st)
+				return printJSON(cmd.OutOrStdout(), r)
 			}
-			printStatus(cmd.OutOrStdout(), st)
+			print(cmd.OutOrStdout(), r)
 			return nil
 		},
 	}
-	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
-	return status
+	c.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return c
 }
 
 // revokeFlags are meshctl ca revoke's flags.

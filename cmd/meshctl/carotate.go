@@ -99,25 +99,9 @@ func runRotate(cmd *cobra.Command, g *globalFlags, f *rotateFlags) error {
 // newCARotationCmd builds `meshctl ca rotation` (status, forget).
 func newCARotationCmd(g *globalFlags) *cobra.Command {
 	rot := &cobra.Command{Use: "rotation", Short: "follow a root rotation: its step and the sidecars it waits for"}
-	var output string
-	status := &cobra.Command{
-		Use:   "status",
-		Short: "the rotation's step, every sidecar's last ACKed bundle, who holds the switch back and why, live certificates per root",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), g, 10*time.Second, "rotation status", pb.AdminClient.RotationStatus, &pb.RotationStatusRequest{})
-			if err != nil {
-				return err
-			}
-			st := meshapi.RotationFromProto(resp)
-			if output == "json" {
-				return printJSON(cmd.OutOrStdout(), st)
-			}
-			printRotation(cmd.OutOrStdout(), st)
-			return nil
-		},
-	}
-	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	status := reportCmd(g, "status", "the rotation's step, every sidecar's last ACKed bundle, who holds the switch back and why, live certificates per root",
+		"rotation status", pb.AdminClient.RotationStatus, &pb.RotationStatusRequest{},
+		func(m *pb.RotationStatusResponse) (*careport.Rotation, error) { return meshapi.RotationFromProto(m), nil }, printRotation)
 	forget := &cobra.Command{
 		Use:   "forget SIDECAR...",
 		Short: "stop waiting for disconnected sidecars that are gone for good (by key, SPIFFE ID or instance)",

@@ -166,18 +166,7 @@ func TestSecretRootRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	ack := func() {
-		t.Helper()
-		bundle := a.ca.Bundle()
-		stream.Sent(bundle)
-		var fps []string
-		for _, r := range bundle.Roots {
-			fps = append(fps, identity.Fingerprint(r))
-		}
-		if err := stream.Ack(bundle.Version, fps, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ack := func() { t.Helper(); ackCurrent(t, a.ca, stream) }
 	ack()
 
 	rot, err := a.ca.RotateRoot(0, "")
@@ -253,6 +242,21 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	if k, _ := pem.Decode(s.Data[CAKeyKey]); k == nil {
 		t.Fatalf("%s lost %s", CASecret, CAKeyKey)
+	}
+}
+
+// ackCurrent sends c's current bundle on a sidecar's bundle stream and has
+// the sidecar ACK it, as its agent does once the bundle is installed.
+func ackCurrent(t *testing.T, c *ca.CA, stream *ca.BundleStream) {
+	t.Helper()
+	bundle := c.Bundle()
+	stream.Sent(bundle)
+	var fps []string
+	for _, r := range bundle.Roots {
+		fps = append(fps, identity.Fingerprint(r))
+	}
+	if err := stream.Ack(bundle.Version, fps, ""); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -62,18 +62,7 @@ func TestStagedCacertsRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	ack := func() {
-		t.Helper()
-		b := a.srv.CA().Bundle()
-		stream.Sent(b)
-		var fps []string
-		for _, r := range b.Roots {
-			fps = append(fps, identity.Fingerprint(r))
-		}
-		if err := stream.Ack(b.Version, fps, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ack := func() { t.Helper(); ackCurrent(t, a.srv.CA(), stream) }
 	ack()
 
 	// Without --from, and with nothing staged: refused, saying what to do.
