@@ -101,7 +101,9 @@ func newCARotationCmd(g *globalFlags) *cobra.Command {
 	rot := &cobra.Command{Use: "rotation", Short: "follow a root rotation: its step and the sidecars it waits for"}
 	status := reportCmd(g, "status", "the rotation's step, every sidecar's last ACKed bundle, who holds the switch back and why, live certificates per root",
 		"rotation status", pb.AdminClient.RotationStatus, &pb.RotationStatusRequest{},
-		func(m *pb.RotationStatusResponse) (*careport.Rotation, error) { return meshapi.RotationFromProto(m), nil }, printRotation)
+		func(m *pb.RotationStatusResponse) (*careport.Rotation, error) {
+			return meshapi.RotationFromProto(m), nil
+		}, printRotation)
 	forget := &cobra.Command{
 		Use:   "forget SIDECAR...",
 		Short: "stop waiting for disconnected sidecars that are gone for good (by key, SPIFFE ID or instance)",
