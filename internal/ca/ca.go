@@ -128,6 +128,7 @@ type CA struct {
 	fleetMu sync.Mutex
 	fleet   map[string]*fleetEntry
 	origins map[string]string
+	gone    func(spiffeID, instance string) bool
 }
 
 // authority is one root (or plugged-in intermediate) the CA can sign with.

@@ -49,6 +49,16 @@ type SidecarRecord struct {
 	ErrorVersion uint64    `json:"error_version,omitempty"`
 }
 
+// SetSidecarGone gives the CA a way to know that a disconnected sidecar
+// is gone for good (on Kubernetes: its pod, the instance name in its
+// SPIFFE ID's namespace, no longer exists), so a rotation does not wait
+// for it. gone must answer false when it does not know.
+func (c *CA) SetSidecarGone(gone func(spiffeID, instance string) bool) {
+	c.fleetMu.Lock()
+	defer c.fleetMu.Unlock()
+	c.gone = gone
+}
+
 type fleetEntry struct {
 	rec     SidecarRecord
 	streams int
@@ -342,6 +352,9 @@ func (c *CA) fleetRecords() []SidecarRecord {
 // switch back (only while gating: the rotation waits for ACKs), and why.
 func (c *CA) fleetReport(newRoot string, gating bool, now time.Time) (out []careport.SidecarAck, waiting int) {
 	recs := c.fleetRecords()
+	c.fleetMu.Lock()
+	goneFn := c.gone
+	c.fleetMu.Unlock()
 	sort.Slice(recs, func(i, j int) bool {
 		if recs[i].SPIFFEID != recs[j].SPIFFEID {
 			return recs[i].SPIFFEID < recs[j].SPIFFEID
@@ -354,7 +367,8 @@ func (c *CA) fleetReport(newRoot string, gating bool, now time.Time) (out []care
 			Connected: r.Connected, Since: r.Since, AckedVersion: r.AckedVersion, AckedAt: r.AckedAt,
 			HasNewRoot: newRoot != "" && slices.Contains(r.AckedRoots, newRoot), Error: r.Error, ErrorVersion: r.ErrorVersion,
 		}
-		a.Blocking, a.Why = sidecarWhy(r, a.HasNewRoot, gating, now)
+		gone := !r.Connected && gating && !a.HasNewRoot && goneFn != nil && goneFn(r.SPIFFEID, r.Instance)
+		a.Blocking, a.Why = sidecarWhy(r, a.HasNewRoot, gating, gone, now)
 		if a.Blocking {
 			waiting++
 		}
@@ -364,7 +378,7 @@ func (c *CA) fleetReport(newRoot string, gating bool, now time.Time) (out []care
 }
 
 // sidecarWhy says whether r holds a rotation's switch back, and why.
-func sidecarWhy(r SidecarRecord, hasNew, rotating bool, now time.Time) (bool, string) {
+func sidecarWhy(r SidecarRecord, hasNew, rotating, gone bool, now time.Time) (bool, string) {
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	acked := "has ACKed no bundle yet"
 	if r.AckedVersion > 0 {
@@ -386,6 +400,8 @@ func sidecarWhy(r SidecarRecord, hasNew, rotating bool, now time.Time) (bool, st
 		return true, "connected since " + ts(r.Since) + "; " + acked
 	case !now.Before(r.CertNotAfter):
 		return false, "disconnected since " + ts(r.Since) + "; its certificate expired at " + ts(r.CertNotAfter) + ", so it serves no mesh traffic: not waited for"
+	case gone:
+		return false, "disconnected since " + ts(r.Since) + "; its pod " + r.Instance + " no longer exists: not waited for"
 	default:
 		return true, fmt.Sprintf("disconnected since %s; %s; its certificate (serial %s) is valid until %s, so it may still serve with the old bundle (waited for until then, or `meshctl ca rotation forget %s`)",
 			ts(r.Since), acked, r.Serial, ts(r.CertNotAfter), r.Key)

@@ -414,3 +414,36 @@ func TestRotationResumesAfterCrash(t *testing.T) {
 		t.Fatalf("%d roots made, want 2: a step was done twice", mb.added)
 	}
 }
+
+// TestGoneSidecarNotWaitedFor: a disconnected sidecar that the CA is told
+// is gone for good (on Kubernetes: its pod was deleted) does not hold the
+// switch back; one that is connected always does.
+func TestGoneSidecarNotWaitedFor(t *testing.T) {
+	clk := newClock(t0)
+	c := newCA(t, t.TempDir(), clk, nil)
+	c.SetSidecarGone(func(spiffeID, instance string) bool { return instance == "httpbin-old" })
+	old := &sidecar{t: t, c: c, id: httpbinID, name: "httpbin-old", leaf: leafFor(t, c, self(httpbinID))}
+	old.connect()
+	old.receive(true)
+	live := &sidecar{t: t, c: c, id: sleepID, name: "sleep-1", leaf: leafFor(t, c, self(sleepID))}
+	live.connect()
+	live.receive(true)
+	if _, err := c.RotateRoot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	// Connected, it is waited for even if the hook says gone.
+	c.SetSidecarGone(func(string, string) bool { return true })
+	if st := rotationStatus(t, c); st.Waiting != 2 {
+		t.Fatalf("waiting %d, want 2 (both connected)", st.Waiting)
+	}
+	c.SetSidecarGone(func(spiffeID, instance string) bool { return instance == "httpbin-old" })
+	old.stream.Close()
+	st := rotationStatus(t, c)
+	if why := blocking(st); st.Waiting != 1 || !strings.HasPrefix(why[0], "sleep-1:") {
+		t.Fatalf("blocking %q", why)
+	}
+	live.receive(true)
+	if st := rotationStatus(t, c); st.Phase != careport.PhaseReissuing {
+		t.Fatalf("phase %s after the last live sidecar ACKed", st.Phase)
+	}
+}

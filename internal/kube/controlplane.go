@@ -210,6 +210,8 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 	run("registry source", regSrc.Run)
+	// A root rotation does not wait for a sidecar whose pod was deleted.
+	srv.CA().SetSidecarGone(regSrc.PodGone)
 	if cfg.WebhookListen != "-" {
 		in, err := NewInjector(cfg.Inject)
 		if err != nil {
