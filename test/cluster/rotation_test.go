@@ -54,4 +54,3 @@ func TestRootRotation(t *testing.T) {
 	p.R.Check("no pod restarted during the rotation", before == after, strings.TrimSpace(after), strings.TrimSpace(before))
 	p.Step(ctx, "ca status", meshctlAdmin+" ca status", seedreplay.Succeeds)
 }
-
