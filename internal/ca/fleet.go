@@ -23,7 +23,11 @@ import (
 // the stream needs a certificate that verifies against the bundle (mTLS).
 // A sidecar is its certificate's lineage (the first serial of the chain of
 // renewals, from the issuance log) and the instance name it gives, so a
-// workload can only ACK for a lineage whose key it holds. An ACK names the
+// workload can only ACK for a lineage whose key it holds. A certificate
+// the control plane issued on its own (the Secret controller's, shared by
+// every pod of a ServiceAccount) or that this replica did not sign has no
+// lineage here: its sidecar is its identity and instance name, and any
+// holder of that identity's key can speak for it (they hold the same key). An ACK names the
 // bundle version and its roots; a version this stream was never sent, or
 // roots that are not that version's, are refused and end the stream. Every
 // record the CA has seen stays in the store: a sidecar that was connected
@@ -103,8 +107,13 @@ func (c *CA) loadFleet() error {
 }
 
 // lineageOrigin is the first serial of serial's lineage in this CA's
-// issuance log (serial itself when the log does not know where it came
-// from).
+// issuance log, when that lineage started with a credential of one holder
+// (a join token, a ServiceAccount token). It is "" when the log does not
+// know the serial (another replica signed it) or the lineage started with
+// a certificate the control plane issued on its own (the Kubernetes
+// Secret controller's istio.<sa>, shared by every pod of the
+// ServiceAccount and re-issued whole): the sidecar is then known by its
+// identity and instance name only.
 func (c *CA) lineageOrigin(serial string) string {
 	c.fleetMu.Lock()
 	o, ok := c.origins[serial]
@@ -115,7 +124,11 @@ func (c *CA) lineageOrigin(serial string) string {
 	cur := serial
 	for range 1000 {
 		rec, err := c.store.IssuedRecord(cur)
-		if err != nil || rec == nil || rec.RenewedFrom() == "" {
+		if err != nil || rec == nil || strings.HasPrefix(rec.Requester, "self") {
+			cur = ""
+			break
+		}
+		if rec.RenewedFrom() == "" {
 			break
 		}
 		cur = rec.RenewedFrom()
@@ -156,7 +169,11 @@ func (c *CA) OpenBundleStream(leaf *x509.Certificate, id identity.ID, instance s
 		return nil, refuse(KindInvalid, "bad_instance", "%v", err)
 	}
 	serial := identity.SerialHex(leaf)
-	key := c.lineageOrigin(serial) + "/" + instance
+	origin := c.lineageOrigin(serial)
+	if origin == "" {
+		origin = id.String()
+	}
+	key := origin + "/" + instance
 	now := c.cfg.Clock()
 	c.fleetMu.Lock()
 	e := c.fleet[key]
@@ -381,7 +398,7 @@ func (c *CA) fleetReport(newRoot string, gating bool, now time.Time) (out []care
 func sidecarWhy(r SidecarRecord, hasNew, rotating, gone bool, now time.Time) (bool, string) {
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	acked := "has ACKed no bundle yet"
-	if r.AckedVersion > 0 {
+	if !r.AckedAt.IsZero() {
 		acked = fmt.Sprintf("last ACKed bundle version %d at %s", r.AckedVersion, ts(r.AckedAt))
 	}
 	if r.Error != "" {
@@ -394,7 +411,7 @@ func sidecarWhy(r SidecarRecord, hasNew, rotating, gone bool, now time.Time) (bo
 		}
 		return false, "disconnected since " + ts(r.Since) + "; " + acked
 	case r.Connected:
-		if r.AckedVersion > 0 {
+		if !r.AckedAt.IsZero() {
 			acked += " (without the new root)"
 		}
 		return true, "connected since " + ts(r.Since) + "; " + acked

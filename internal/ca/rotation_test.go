@@ -316,6 +316,24 @@ func TestFleetLineage(t *testing.T) {
 		t.Fatalf("renewed sidecar is not the same record: %+v", st.Sidecars)
 	}
 	s.stream.Close()
+	// A certificate the control plane issued on its own (the Kubernetes
+	// Secret controller's, re-issued whole, shared by the ServiceAccount's
+	// pods): the sidecar is its identity and instance, across re-issues.
+	kube := &sidecar{t: t, c: c, id: sleepID, name: "sleep-pod", leaf: leafFor(t, c, ca.Caller{ID: sleepID, Method: "self", Subject: "secret-controller"})}
+	kube.connect()
+	kube.stream.Close()
+	kube.leaf = leafFor(t, c, ca.Caller{ID: sleepID, Method: "self", Subject: "secret-controller"})
+	kube.connect()
+	if k := kube.stream.Key(); k != sleepID.String()+"/sleep-pod" {
+		t.Fatalf("a Secret-controller certificate's sidecar is %q", k)
+	}
+	if st := rotationStatus(t, c); len(st.Sidecars) != 2 {
+		t.Fatalf("a re-issued Secret-controller certificate made a second record: %+v", st.Sidecars)
+	}
+	kube.stream.Close()
+	if _, err := c.ForgetSidecars([]string{"sleep-pod"}); err != nil {
+		t.Fatal(err)
+	}
 	gone := &sidecar{t: t, c: c, id: httpbinID, name: "httpbin-1", leaf: leafFor(t, c, self(httpbinID))}
 	gone.connect()
 	gone.receive(true)
