@@ -224,7 +224,7 @@ func printStatus(w io.Writer, st *careport.Status) {
 				note = "signs from " + r.ActivateAt.Format(time.RFC3339)
 			}
 		case careport.RootRetiring:
-			note = "leaves after " + r.LastIssuedNotAfter.Format(time.RFC3339)
+			note = "leaves when no live certificate chains to it (meshctl ca rotation status)"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.State, short(r.Fingerprint), r.Subject, r.NotAfter.Format("2006-01-02"), note)
 	}
