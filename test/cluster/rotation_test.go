@@ -11,7 +11,7 @@ import (
 
 // meshctlAdmin is meshctl with the control plane's state directory (its
 // pod's emptyDir on the node: admin token, root) and its Service's address,
-// as a node admin runs it (meshctlCheck without the command).
+// as a node admin runs it.
 const meshctlAdmin = "meshctl --dir $KUBELET_ROOT/pods/$(kubectl get pod -n istio-system -l app=meshauth-control -o jsonpath={.items[0].metadata.uid})/volumes/kubernetes.io~empty-dir/state" +
 	" --addr $(kubectl get svc meshauth-control -n istio-system -o jsonpath={.spec.clusterIP}):15012"
 
