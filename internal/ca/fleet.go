@@ -227,12 +227,14 @@ func rootFingerprints(roots []*x509.Certificate) []string {
 func (s *BundleStream) Ack(version uint64, roots []string, installErr string) error {
 	want, ok := s.sent[version]
 	if !ok {
+		s.c.metrics.acks.WithLabelValues("refused").Inc()
 		return refuse(KindInvalid, "ack_unknown_version", "ACK for bundle version %d, which this stream was never sent (last sent: %d)", version, s.last)
 	}
 	got := slices.Clone(roots)
 	sort.Strings(got)
 	got = slices.Compact(got)
 	if installErr == "" && !slices.Equal(got, want) {
+		s.c.metrics.acks.WithLabelValues("refused").Inc()
 		return refuse(KindInvalid, "ack_roots_mismatch", "ACK for bundle version %d names roots %s; that version holds %s", version, shortFPs(got), shortFPs(want))
 	}
 	if len(installErr) > 1024 {
@@ -246,13 +248,18 @@ func (s *BundleStream) Ack(version uint64, roots []string, installErr string) er
 		e = &fleetEntry{rec: SidecarRecord{Key: s.key}, streams: 1}
 		c.fleet[s.key] = e
 	}
-	if installErr != "" {
+	switch {
+	case installErr != "":
+		c.metrics.acks.WithLabelValues("nack").Inc()
 		e.rec.Error, e.rec.ErrorVersion = installErr, version
-	} else if version >= e.rec.AckedVersion {
+	case version >= e.rec.AckedVersion:
+		c.metrics.acks.WithLabelValues("ack").Inc()
 		e.rec.AckedVersion, e.rec.AckedRoots, e.rec.AckedAt = version, want, now
 		if e.rec.ErrorVersion <= version {
 			e.rec.Error, e.rec.ErrorVersion = "", 0
 		}
+	default: // an older version, ACKed late: nothing to record
+		c.metrics.acks.WithLabelValues("ack").Inc()
 	}
 	rec := e.rec
 	c.fleetMu.Unlock()

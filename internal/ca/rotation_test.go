@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/meshauth/meshauth/internal/ca"
 	"github.com/meshauth/meshauth/internal/careport"
@@ -463,5 +467,47 @@ func TestGoneSidecarNotWaitedFor(t *testing.T) {
 	live.receive(true)
 	if st := rotationStatus(t, c); st.Phase != careport.PhaseReissuing {
 		t.Fatalf("phase %s after the last live sidecar ACKed", st.Phase)
+	}
+}
+
+// TestRotationMetrics: meshauth_ca_rotation_waiting_sidecars counts the
+// sidecars the switch waits for; meshauth_ca_bundle_acks_total counts
+// ACKs, NACKs and refused ACKs.
+func TestRotationMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := newCA(t, t.TempDir(), newClock(t0), func(cfg *ca.Config) { cfg.Metrics = reg })
+	s := &sidecar{t: t, c: c, id: sleepID, name: "sleep-1", leaf: leafFor(t, c, self(sleepID))}
+	s.connect()
+	s.receive(true)
+	if _, err := c.RotateRoot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	waiting := func(n int) {
+		t.Helper()
+		want := fmt.Sprintf(`
+# HELP meshauth_ca_rotation_waiting_sidecars Sidecars a root rotation waits for before signing switches to the new root (0 when none is waiting).
+# TYPE meshauth_ca_rotation_waiting_sidecars gauge
+meshauth_ca_rotation_waiting_sidecars %d
+`, n)
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "meshauth_ca_rotation_waiting_sidecars"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waiting(1)
+	b := c.Bundle()
+	s.stream.Sent(b)
+	s.stream.Ack(b.Version+1, fps(b), "")         // refused
+	s.stream.Ack(b.Version, nil, "no space left") // a NACK
+	s.stream.Ack(b.Version, fps(b), "")           // the ACK: signing switches
+	waiting(0)
+	want := `
+# HELP meshauth_ca_bundle_acks_total Bundle acknowledgements from sidecars by result: ack, nack (the sidecar could not install it), refused (a version the stream was not sent, or other roots).
+# TYPE meshauth_ca_bundle_acks_total counter
+meshauth_ca_bundle_acks_total{result="ack"} 2
+meshauth_ca_bundle_acks_total{result="nack"} 1
+meshauth_ca_bundle_acks_total{result="refused"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "meshauth_ca_bundle_acks_total"); err != nil {
+		t.Fatal(err)
 	}
 }
