@@ -59,60 +59,42 @@ func rpcError(what string, err error) error {
 // newCACmd builds `meshctl ca` and its subcommands.
 func newCACmd(g *globalFlags) *cobra.Command {
 	caCmd := &cobra.Command{Use: "ca", Short: "inspect and operate the certificate authority"}
-	caCmd.AddCommand(newCAStatusCmd(g), newCARotateCmd(g), newCARevokeCmd(g), caIssuedCmd(g))
+	caCmd.AddCommand(newCAStatusCmd(g), newCARotateCmd(g), newCARotationCmd(g), newCARevokeCmd(g), caIssuedCmd(g))
 	return caCmd
 }
 
 // newCAStatusCmd builds `meshctl ca status`.
 func newCAStatusCmd(g *globalFlags) *cobra.Command {
-	var output string
-	status := &cobra.Command{
-		Use:   "status",
-		Short: "show roots, the signing certificate and counts",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), g, 10*time.Second, "ca status", pb.AdminClient.CAStatus, &pb.CAStatusRequest{})
-			if err != nil {
-				return err
-			}
-			st, err := meshapi.StatusFromProto(resp)
-			if err != nil {
-				return fmt.Errorf("ca status: decode: %w", err)
-			}
-			if output == "json" {
-				return printJSON(cmd.OutOrStdout(), st)
-			}
-			printStatus(cmd.OutOrStdout(), st)
-			return nil
-		},
-	}
-	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
-	return status
+	return reportCmd(g, "status", "show roots, the signing certificate and counts", "ca status",
+		pb.AdminClient.CAStatus, &pb.CAStatusRequest{}, meshapi.StatusFromProto, printStatus)
 }
 
-// newCARotateCmd builds `meshctl ca rotate-root`.
-func newCARotateCmd(g *globalFlags) *cobra.Command {
-	var overlap time.Duration
-	rotate := &cobra.Command{
-		Use:   "rotate-root",
-		Short: "add a new root to the bundle; it starts signing after --overlap",
-		Long: `rotate-root creates a new self-signed root and adds it to the trust bundle at
-once. Signing switches to it after the overlap, so every sidecar trusts the
-new root before it meets a certificate signed by it. The old root leaves the
-bundle only when every certificate it signed has expired.`,
-		Args: cobra.NoArgs,
+// reportCmd builds a command that calls one Admin method, decodes its
+// answer and prints it as text, or as JSON with -o json.
+func reportCmd[Req, Resp, R any](g *globalFlags, use, short, what string,
+	method func(pb.AdminClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req,
+	decode func(Resp) (R, error), print func(io.Writer, R)) *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use: use, Short: short, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := adminCall(cmd.Context(), g, 30*time.Second, "rotate root", pb.AdminClient.RotateRoot, &pb.RotateRootRequest{OverlapSeconds: int64(overlap / time.Second)})
+			resp, err := adminCall(cmd.Context(), g, 10*time.Second, what, method, req)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "new root sha256:%s\nin the bundle now (version %d); signs from %s\n",
-				resp.NewRootFingerprint, resp.BundleVersion, time.Unix(resp.SigningSwitchAt, 0).UTC().Format(time.RFC3339))
+			r, err := decode(resp)
+			if err != nil {
+				return fmt.Errorf("%s: decode: %w", what, err)
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			print(cmd.OutOrStdout(), r)
 			return nil
 		},
 	}
-	rotate.Flags().DurationVar(&overlap, "overlap", 0, "time the new root is trusted before it signs (default: the server's --rotation-overlap)")
-	return rotate
+	c.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return c
 }
 
 // revokeFlags are meshctl ca revoke's flags.
@@ -237,9 +219,12 @@ func printStatus(w io.Writer, st *careport.Status) {
 		note := ""
 		switch r.State {
 		case careport.RootPending:
-			note = "signs from " + r.ActivateAt.Format(time.RFC3339)
+			note = "signs once every sidecar has ACKed it (meshctl ca rotation status)"
+			if !r.ActivateAt.IsZero() {
+				note = "signs from " + r.ActivateAt.Format(time.RFC3339)
+			}
 		case careport.RootRetiring:
-			note = "leaves after " + r.LastIssuedNotAfter.Format(time.RFC3339)
+			note = "leaves when no live certificate chains to it (meshctl ca rotation status)"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.State, short(r.Fingerprint), r.Subject, r.NotAfter.Format("2006-01-02"), note)
 	}

@@ -79,7 +79,7 @@ self-signed root.`,
 	f.StringVar(&keyType, "key-type", string(ca.KeyECDSAP256), "self-signed root key: ecdsa-p256, rsa-2048 or rsa-3072")
 	f.DurationVar(&cfg.CA.DefaultTTL, "default-ttl", 24*time.Hour, "workload certificate TTL when none is asked")
 	f.DurationVar(&cfg.CA.MaxTTL, "max-ttl", 90*24*time.Hour, "longest workload certificate TTL a caller may ask")
-	f.DurationVar(&cfg.CA.RotationOverlap, "rotation-overlap", time.Hour, "default time a new root is trusted before it signs")
+	f.DurationVar(&cfg.CA.RotationOverlap, "rotation-overlap", 0, "default minimum time a new root is trusted before it signs, even once every sidecar has ACKed it")
 	f.DurationVar(&cfg.CA.LogRetention, "issuance-log-retention", 365*24*time.Hour, "keep issuance log records this long after their certificate expired (0: forever); pruned hourly")
 	f.DurationVar(&cfg.TickInterval, "tick", 10*time.Second, "how often rotation, root retirement and revocation pruning run")
 	f.StringVar(&cfg.Plane.ConfigDir, "config", "", "config directory (Policy, DestinationRule, RBAC, Service, Workload YAML), watched; a bad batch is rejected whole")

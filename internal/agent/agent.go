@@ -46,6 +46,10 @@ type Config struct {
 	// CA signs the agent's certificates and sends its trust bundle.
 	// Required.
 	CA CA
+	// Instance names this sidecar on the bundle stream (its pod or
+	// workload name), so `meshctl ca rotation status` can say which one
+	// has not ACKed a bundle.
+	Instance string
 	// Store receives certificates and bundles; nil creates one.
 	Store *Store
 	// TTL is the certificate lifetime to ask for (0: the CA's default).
@@ -495,49 +499,38 @@ func sameRoots(b *identity.Bundle, roots []string) bool {
 	return n == len(b.Roots)
 }
 
-// watchBundle follows WatchTrustBundle, reconnecting with backoff. It needs
-// a certificate to authenticate, so it waits for the first one.
+// watchBundle follows the bundle stream (SyncTrustBundle), installing
+// each bundle and ACKing it once installed (FollowBundle).
 func (a *Agent) watchBundle(ctx context.Context) {
-	backoff := a.cfg.MinBackoff
-	for ctx.Err() == nil {
-		if a.store.SVID() == nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-a.store.Changed():
-				continue
+	FollowBundle(ctx, BundleFollow{CA: a.cfg.CA, Instance: a.cfg.Instance, Store: a.store, Log: a.log,
+		MinBackoff: a.cfg.MinBackoff, MaxBackoff: a.cfg.MaxBackoff,
+		Update: func(u BundleUpdate, ack Acker) {
+			b, err := a.applyBundle(u)
+			if err != nil {
+				err = ack(u.Version, nil, err.Error())
+			} else {
+				err = ack(u.Version, RootFingerprints(b), "")
 			}
-		}
-		received, err := a.watchOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if received {
-			backoff = a.cfg.MinBackoff
-		}
-		a.log.Warn("trust bundle stream ended; reconnecting", "error", fmt.Sprint(err), "retry_in", backoff.String())
-		t := time.NewTimer(withJitter(backoff))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, a.cfg.MaxBackoff)
+			if err != nil {
+				a.log.Warn("could not ACK trust bundle", "version", u.Version, "error", err.Error())
+			}
+		}})
+}
+
+// RootFingerprints are the SHA-256 (lowercase hex) of b's roots, as an ACK
+// names them.
+func RootFingerprints(b *identity.Bundle) []string {
+	out := make([]string, 0, len(b.Roots))
+	for _, r := range b.Roots {
+		out = append(out, identity.Fingerprint(r))
 	}
+	return out
 }
 
-func (a *Agent) watchOnce(ctx context.Context) (bool, error) {
-	received := false
-	err := a.cfg.CA.WatchBundle(ctx, func(u BundleUpdate) {
-		received = true
-		a.applyBundle(u)
-	})
-	return received, err
-}
-
-// applyBundle checks and stores one bundle from the CA's stream.
-func (a *Agent) applyBundle(u BundleUpdate) {
+// applyBundle checks and stores one bundle from the CA's stream, and
+// returns it as installed (the proxy verifies peers with it from now on),
+// or why it was refused.
+func (a *Agent) applyBundle(u BundleUpdate) (*identity.Bundle, error) {
 	td := u.TrustDomain
 	if td == "" {
 		td = a.cfg.ID.TrustDomain
@@ -550,14 +543,14 @@ func (a *Agent) applyBundle(u BundleUpdate) {
 	if err != nil {
 		a.bundles.WithLabelValues("refused").Inc()
 		a.log.Warn("refused trust bundle from the CA", "version", u.Version, "error", err.Error())
-		return
+		return nil, err
 	}
 	if cur := a.store.Bundle(); cur != nil && cur.Version == b.Version && cur.Version != 0 && len(cur.Revoked) == len(b.Revoked) {
-		return
+		return cur, nil
 	}
 	if err := a.store.SetBundle(b); err != nil {
 		a.bundles.WithLabelValues("refused").Inc()
-		return
+		return nil, err
 	}
 	a.bundles.WithLabelValues("applied").Inc()
 	a.log.Info("trust bundle updated", "version", b.Version, "roots", len(b.Roots), "revoked", len(b.Revoked))
@@ -570,6 +563,7 @@ func (a *Agent) applyBundle(u BundleUpdate) {
 	if err := a.writeFiles(); err != nil {
 		a.log.Warn("writing certs directory failed", "error", err.Error())
 	}
+	return b, nil
 }
 
 // loadFiles reuses the certificate in the certs directory if it is for our

@@ -17,10 +17,14 @@ type CA interface {
 	// failed ("connect to CA: ...", "CreateCertificate: ...") and wrap the
 	// CA's gRPC status, which decides Permanent.
 	Sign(ctx context.Context, csr []byte, ttl time.Duration, bootstrap bool) (chainPEM []byte, roots []string, err error)
-	// WatchBundle follows the CA's trust bundle, authenticated with the
-	// agent's current certificate, calling update for each bundle received,
-	// until the stream ends; it returns what ended it.
-	WatchBundle(ctx context.Context, update func(BundleUpdate)) error
+	// SyncBundle opens the sidecar's bundle stream (SyncTrustBundle),
+	// authenticated with the agent's current certificate, names the
+	// sidecar's instance, and calls update for each bundle received until
+	// the stream ends; it returns what ended it. ack (safe to call from
+	// any goroutine while the stream lasts) tells the CA a bundle version
+	// is installed in the verifier the proxy uses (installErr "") or could
+	// not be.
+	SyncBundle(ctx context.Context, instance string, update func(u BundleUpdate, ack Acker)) error
 }
 
 // BundleUpdate is one trust bundle as the CA sent it, not yet checked.
@@ -33,3 +37,7 @@ type BundleUpdate struct {
 	// Revoked maps a revoked certificate's serial to its SPIFFE ID.
 	Revoked map[string]string
 }
+
+// Acker acknowledges a bundle version on the bundle stream: its roots
+// (RootFingerprints) as installed, or why it could not be installed.
+type Acker func(version uint64, roots []string, installErr string) error

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -102,63 +101,22 @@ func (c *CA) Revoke(serial, spiffeID, reason string) ([]Revocation, uint64, erro
 	return added, version, nil
 }
 
-// Rotation is the outcome of RotateRoot.
-type Rotation struct {
-	NewRoot       string // SHA-256 fingerprint
-	SwitchAt      time.Time
-	BundleVersion uint64
-}
-
-// RotateRoot creates a new self-signed root and adds it to the bundle now.
-// It starts signing after overlap (default Config.RotationOverlap), so every
-// sidecar trusts it before it meets a certificate it signed. The old root
-// stays in the bundle until nothing it signed is still valid (see Tick).
-func (c *CA) RotateRoot(overlap time.Duration) (*Rotation, error) {
-	rot, ok := c.backend.(Rotator)
-	if !ok {
-		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with %s; rotate by replacing them (with the old and new roots in root-cert.pem) and restarting", c.backend.Source())
-	}
-	if overlap < 0 {
-		return nil, refuse(KindInvalid, "bad_overlap", "overlap %s is negative", overlap)
-	}
-	if overlap == 0 {
-		overlap = c.cfg.RotationOverlap
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := c.cfg.Clock()
-	for _, a := range c.state.Load().authorities {
-		if a.activateAt.After(now) {
-			return nil, refuse(KindFailedPrecondition, "rotation_pending", "a rotation is already pending: root %s starts signing at %s", identity.Fingerprint(a.root)[:16], a.activateAt.UTC().Format(time.RFC3339))
-		}
-	}
-	activateAt := now.Add(overlap)
-	if err := c.addRoot(rot, now, activateAt); err != nil {
-		return nil, err
-	}
-	if err := c.reload(); err != nil {
-		return nil, err
-	}
-	s := c.state.Load()
-	newest := s.authorities[len(s.authorities)-1]
-	fp := identity.Fingerprint(newest.root)
-	version := s.bundle.Version
-	c.log.Warn("root rotation started", "new_root", fp, "signing_switch_at", activateAt, "bundle_version", version, "backend", c.backend.Source())
-	return &Rotation{NewRoot: fp, SwitchAt: activateAt, BundleVersion: version}, nil
-}
-
 // retireGrace is how long after the signing switch an old root stays at
 // least, covering issuances that were in flight at the switch.
 const retireGrace = time.Minute
 
-// Tick does the CA's time-driven work at the Clock's now: switching signing
-// to a root whose overlap has passed, dropping a root from the bundle once
-// everything it signed has expired, and pruning revocations of expired
-// certificates. Each change bumps the bundle version. The control plane
+// Tick does the CA's time-driven work at the Clock's now: the next step of
+// a root rotation whose condition holds (rotation.go), switching signing
+// to a root whose activation time has passed, dropping a root from the
+// bundle once everything it signed has expired, and pruning revocations
+// of expired certificates. Each change bumps the bundle version. The control plane
 // calls it periodically; tests call it after moving their clock.
 func (c *CA) Tick() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.advanceRotation(); err != nil {
+		return err
+	}
 	now := c.cfg.Clock()
 	s := c.state.Load()
 	changed := false
@@ -182,7 +140,7 @@ func (c *CA) Tick() error {
 			if now.Before(signer.activateAt.Add(retireGrace)) {
 				continue
 			}
-			retired, err := rot.RetireRoot(a.id)
+			retired, err := rot.RetireRoot(a.id, false)
 			if err != nil {
 				return internal("retire root", err)
 			}
@@ -245,6 +203,9 @@ func (c *CA) Status() (*careport.Status, error) {
 	st.Signing = certStatus(signer.cert.Subject, identity.Fingerprint(signer.cert), signer.cert.NotBefore, signer.cert.NotAfter)
 	for _, a := range s.authorities {
 		rs := careport.RootStatus{CertStatus: certStatus(a.root.Subject, identity.Fingerprint(a.root), a.root.NotBefore, a.root.NotAfter), ActivateAt: a.activateAt.UTC()}
+		if a.activateAt.Equal(Pending) {
+			rs.ActivateAt = time.Time{} // signs once the fleet has ACKed it
+		}
 		switch {
 		case a == signer:
 			rs.State = careport.RootSigning
@@ -259,11 +220,6 @@ func (c *CA) Status() (*careport.Status, error) {
 		st.Roots = append(st.Roots, rs)
 	}
 	return st, nil
-}
-
-// String renders a one-line summary, for logs.
-func (r *Rotation) String() string {
-	return fmt.Sprintf("new root %s signs from %s (bundle v%d)", r.NewRoot[:16], r.SwitchAt.UTC().Format(time.RFC3339), r.BundleVersion)
 }
 
 // ListIssued returns the issuance log, oldest first: only spiffeID's

@@ -39,12 +39,38 @@ type Rotator interface {
 	// type and TTL) that starts signing at activateAt. The CA bumps the
 	// bundle version before it calls AddRoot.
 	AddRoot(cert *x509.Certificate, key crypto.Signer, activateAt, now time.Time) error
+	// ActivateRoot sets when the authority with this ID starts signing (a
+	// root added as Pending, once the fleet has ACKed it). The CA bumps the
+	// bundle version before it calls ActivateRoot.
+	ActivateRoot(id uint64, at time.Time) error
 	// RetireRoot drops the authority with this ID from the bundle, once
 	// this CA no longer needs it (everything it signed here has expired).
 	// A Backend shared by replicas may keep it (false) until no replica can
-	// need it. The CA bumps the bundle version after a retirement (a
+	// need it, unless force (the operator's `rotate-root --retire
+	// --force`). The CA bumps the bundle version after a retirement (a
 	// bundle that still holds a retired root is harmless).
-	RetireRoot(id uint64) (retired bool, err error)
+	RetireRoot(id uint64, force bool) (retired bool, err error)
+}
+
+// Stager is implemented by a Backend whose next CA an operator supplies
+// (a plugged-in CA on Kubernetes: Secret cacerts-next): RotateRoot with
+// from stages it as a pending authority, and the rotation goes on through
+// the same steps as a self-signed one (ActivateRoot once the fleet has
+// ACKed its root, RetireRoot of the old one, which makes the staged CA
+// the one in force).
+type Stager interface {
+	// Stage checks the operator's CA named by from and adds it to the
+	// bundle as Pending (not signing).
+	Stage(from string) error
+	ActivateRoot(id uint64, at time.Time) error
+	RetireRoot(id uint64, force bool) (retired bool, err error)
+}
+
+// rootSwitcher is what a rotation needs of its Backend after the new root
+// is in: both a Rotator and a Stager are one.
+type rootSwitcher interface {
+	ActivateRoot(id uint64, at time.Time) error
+	RetireRoot(id uint64, force bool) (retired bool, err error)
 }
 
 // Authority is one CA certificate a Backend signs with.
@@ -140,7 +166,11 @@ func (b *storeBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activa
 	return b.store.putAuthority(&authorityRecord{CertDER: cert.Raw, KeyDER: kder, ActivateAt: activateAt, CreatedAt: now})
 }
 
-func (b *storeBackend) RetireRoot(id uint64) (bool, error) {
+func (b *storeBackend) ActivateRoot(id uint64, at time.Time) error {
+	return b.store.activateAuthority(id, at)
+}
+
+func (b *storeBackend) RetireRoot(id uint64, _ bool) (bool, error) {
 	return true, b.store.retireAuthority(id)
 }
 

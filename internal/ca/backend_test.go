@@ -40,7 +40,19 @@ func (m *memBackend) AddRoot(cert *x509.Certificate, key crypto.Signer, activate
 	m.auths = append(m.auths, &ca.Authority{ID: m.nextID, Certificate: cert, Signer: key, Root: cert, ActivateAt: activateAt})
 	return nil
 }
-func (m *memBackend) RetireRoot(id uint64) (bool, error) {
+func (m *memBackend) ActivateRoot(id uint64, at time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, a := range m.auths {
+		if a.ID == id {
+			c := *a
+			c.ActivateAt = at
+			m.auths[i] = &c
+		}
+	}
+	return nil
+}
+func (m *memBackend) RetireRoot(id uint64, _ bool) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.retired = append(m.retired, id)
@@ -76,7 +88,7 @@ func TestBackendSeam(t *testing.T) {
 		t.Fatalf("status mode: %v %+v", err, st)
 	}
 
-	rot, err := c.RotateRoot(30 * time.Minute)
+	rot, err := c.RotateRoot(30*time.Minute, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +138,7 @@ func TestBackendWithoutRotator(t *testing.T) {
 	mb := &memBackend{}
 	newCA(t, t.TempDir(), clk, func(cfg *ca.Config) { cfg.Backend = mb }).Close()
 	c := newCA(t, t.TempDir(), clk, func(cfg *ca.Config) { cfg.Backend = staticBackend{mb.auths[0]} })
-	if _, err := c.RotateRoot(0); err == nil || !strings.Contains(err.Error(), "a static test backend") {
+	if _, err := c.RotateRoot(0, ""); err == nil || !strings.Contains(err.Error(), "a static test backend") {
 		t.Fatalf("RotateRoot on a backend without Rotator: %v", err)
 	}
 	if _, err := ca.New(ca.Config{Dir: t.TempDir(), Clock: clk.now, Log: quietLog(), Backend: mb, CACertsDir: "x"}); err == nil {

@@ -66,9 +66,9 @@ type Config struct {
 	// Backdate is subtracted from NotBefore so peers with slightly slow
 	// clocks accept a fresh certificate (default 1 minute).
 	Backdate time.Duration
-	// RotationOverlap is how long a new root is only trusted, not yet used
-	// for signing, so every sidecar has it before the first certificate it
-	// signed appears (default 1h).
+	// RotationOverlap is the default minimum overlap of a root rotation:
+	// the least time a new root is only trusted, not yet signing, even
+	// once every sidecar has ACKed it (default 0: the ACKs decide).
 	RotationOverlap time.Duration
 	// CACertsDir, if set, holds the plugged-in CA files (ca-cert.pem,
 	// ca-key.pem, cert-chain.pem, root-cert.pem); the CA signs with them
@@ -122,6 +122,13 @@ type CA struct {
 	peerCache map[[32]byte]peerEntry
 
 	lastLogPrune time.Time // under mu
+
+	// The fleet on the bundle stream (fleet.go): records by key, and the
+	// lineage origin of each serial seen.
+	fleetMu sync.Mutex
+	fleet   map[string]*fleetEntry
+	origins map[string]string
+	gone    func(spiffeID, instance string) bool
 }
 
 // authority is one root (or plugged-in intermediate) the CA can sign with.
@@ -203,9 +210,6 @@ func New(cfg Config) (*CA, error) {
 	if cfg.Backdate == 0 {
 		cfg.Backdate = time.Minute
 	}
-	if cfg.RotationOverlap == 0 {
-		cfg.RotationOverlap = time.Hour
-	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
@@ -232,7 +236,12 @@ func New(cfg Config) (*CA, error) {
 		}
 		st = bs
 	}
-	c := &CA{cfg: cfg, log: cfg.Log.With("component", "ca"), store: st, changed: make(chan struct{}), peerCache: map[[32]byte]peerEntry{}}
+	c := &CA{cfg: cfg, log: cfg.Log.With("component", "ca"), store: st, changed: make(chan struct{}), peerCache: map[[32]byte]peerEntry{},
+		origins: map[string]string{}}
+	if err := c.loadFleet(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if err := c.open(); err != nil {
 		st.Close()
 		return nil, err
@@ -382,12 +391,13 @@ func (c *CA) reload() error {
 	return nil
 }
 
-// pickSigner returns the newest authority that has activated; if none has
+// pickSigner returns the authority activated last; if none has
 // (impossible in practice: the first root activates at creation) the oldest.
 func pickSigner(auths []*authority, now time.Time) *authority {
 	signer := auths[0]
 	for _, a := range auths {
-		if !a.activateAt.After(now) && a.activateAt.After(signer.activateAt) {
+		// Oldest first: of two activated at the same instant, the newer.
+		if !a.activateAt.After(now) && !a.activateAt.Before(signer.activateAt) {
 			signer = a
 		}
 	}

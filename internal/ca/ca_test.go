@@ -235,9 +235,10 @@ func TestRSARoot(t *testing.T) {
 	}
 }
 
-// TestRotation walks a root rotation on a fake clock: the new root is
-// trusted at once, signs after the overlap, and the old root leaves only
-// once everything it signed has expired. At every step certificates from
+// TestRotation walks a root rotation on a fake clock with no sidecar on
+// the bundle stream (rotation_test.go has the ACK gate): the new root is
+// trusted at once, signs after the minimum overlap, and the old root
+// leaves only once everything it signed has expired. At every step certificates from
 // both roots verify against the bundle.
 func TestRotation(t *testing.T) {
 	clk := newClock(t0)
@@ -261,7 +262,7 @@ func TestRotation(t *testing.T) {
 	oldCert := sign()
 	v1 := c.Bundle().Version
 
-	rot, err := c.RotateRoot(30 * time.Minute)
+	rot, err := c.RotateRoot(30*time.Minute, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,10 +270,10 @@ func TestRotation(t *testing.T) {
 	if len(b.Roots) != 2 || b.Version <= v1 || !b.Roots[0].Equal(oldRoot) {
 		t.Fatalf("after rotate: %d roots, version %d, signing root first = %v", len(b.Roots), b.Version, b.Roots[0].Equal(oldRoot))
 	}
-	if !rot.SwitchAt.Equal(t0.Add(30 * time.Minute)) {
-		t.Fatalf("switch at %v", rot.SwitchAt)
+	if !rot.MinOverlapUntil.Equal(t0.Add(30 * time.Minute)) {
+		t.Fatalf("min overlap until %v", rot.MinOverlapUntil)
 	}
-	if _, err := c.RotateRoot(0); err == nil {
+	if _, err := c.RotateRoot(0, ""); err == nil {
 		t.Fatal("second rotation while one is pending was accepted")
 	}
 	// During the overlap the old root still signs.

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshauth/meshauth/internal/careport"
 )
 
 // metrics are the CA's Prometheus collectors. Expiry gauges are computed at
@@ -14,6 +16,8 @@ type metrics struct {
 	rootExpiry prometheus.Collector
 	signExpiry prometheus.Collector
 	version    prometheus.Collector
+	waiting    prometheus.Collector
+	acks       *prometheus.CounterVec
 }
 
 func newMetrics(c *CA) *metrics {
@@ -45,11 +49,26 @@ func newMetrics(c *CA) *metrics {
 			Namespace: "meshauth", Subsystem: "ca", Name: "bundle_version",
 			Help: "Version of the current trust bundle.",
 		}, func() float64 { return float64(c.state.Load().bundle.Version) }),
+		waiting: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "meshauth", Subsystem: "ca", Name: "rotation_waiting_sidecars",
+			Help: "Sidecars a root rotation waits for before signing switches to the new root (0 when none is waiting).",
+		}, func() float64 {
+			r, err := c.store.Rotation()
+			if err != nil || r == nil || r.Phase != careport.PhaseDistributing {
+				return 0
+			}
+			_, n := c.fleetReport(r.NewRoot, true, c.cfg.Clock())
+			return float64(n)
+		}),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshauth", Subsystem: "ca", Name: "bundle_acks_total",
+			Help: "Bundle acknowledgements from sidecars by result: ack, nack (the sidecar could not install it), refused (a version the stream was not sent, or other roots).",
+		}, []string{"result"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.issuances, m.latency, m.rootExpiry, m.signExpiry, m.version}
+	return []prometheus.Collector{m.issuances, m.latency, m.rootExpiry, m.signExpiry, m.version, m.waiting, m.acks}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {

@@ -106,7 +106,7 @@ func TestPluggedIn(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(b), "OK") {
 		t.Fatalf("openssl verify: %v\n%s", err, b)
 	}
-	if _, err := c.RotateRoot(0); err == nil || !strings.Contains(err.Error(), "plugged-in") {
+	if _, err := c.RotateRoot(0, ""); err == nil || !strings.Contains(err.Error(), "plugged-in") {
 		t.Fatalf("rotating a plugged-in CA: %v", err)
 	}
 	st, _ := c.Status()

@@ -29,9 +29,11 @@ var (
 	bucketIssued      = []byte("issued")
 	bucketRevoked     = []byte("revoked")
 	bucketTokens      = []byte("join_tokens")
+	bucketSidecars    = []byte("sidecars")
 
 	keyBundleVersion = []byte("bundle_version")
 	keyTrustDomain   = []byte("trust_domain")
+	keyRotation      = []byte("rotation")
 )
 
 var ErrSerialExists = errors.New("ca: serial already in the issuance log")
@@ -142,7 +144,7 @@ func openStore(dir string) (*store, error) {
 	db.MaxBatchDelay = 5 * time.Millisecond
 	db.MaxBatchSize = 512
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketAuthorities, bucketMaxNotAfter, bucketIssued, bucketRevoked, bucketTokens} {
+		for _, b := range [][]byte{bucketMeta, bucketAuthorities, bucketMaxNotAfter, bucketIssued, bucketRevoked, bucketTokens, bucketSidecars} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -237,6 +239,27 @@ func (s *store) putAuthority(r *authorityRecord) error {
 func (s *store) retireAuthority(id uint64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAuthorities).Delete(u64b(id))
+	})
+}
+
+// activateAuthority sets when a root starts signing.
+func (s *store) activateAuthority(id uint64, at time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAuthorities)
+		v := b.Get(u64b(id))
+		if v == nil {
+			return fmt.Errorf("no root %d in the store", id)
+		}
+		var r authorityRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("authority %d: %w", id, err)
+		}
+		r.ActivateAt = at
+		nv, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		return b.Put(u64b(id), nv)
 	})
 }
 
@@ -661,4 +684,52 @@ func (s *store) PruneIssued(cutoff int64, max int) (n int, err error) {
 		return 0, err
 	}
 	return len(dead), nil
+}
+
+func (s *store) Rotation() (r *RotationRecord, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyRotation)
+		if v == nil {
+			return nil
+		}
+		r = &RotationRecord{}
+		return json.Unmarshal(v, r)
+	})
+	return r, err
+}
+
+func (s *store) PutRotation(r *RotationRecord) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyRotation, v) })
+}
+
+func (s *store) Sidecars() (out []SidecarRecord, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSidecars).ForEach(func(k, v []byte) error {
+			var r SidecarRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("sidecar record %q: %w", k, err)
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// PutSidecar writes one sidecar record; concurrent writers share one
+// fsynced transaction (bbolt Batch), as issuances do.
+func (s *store) PutSidecar(r *SidecarRecord) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucketSidecars).Put([]byte(r.Key), v) })
+}
+
+func (s *store) DeleteSidecar(key string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSidecars).Delete([]byte(key)) })
 }

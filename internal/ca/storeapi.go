@@ -56,7 +56,24 @@ type Store interface {
 	PutToken(hash string, r *TokenRecord) error
 	GetToken(hash string) (*TokenRecord, error)
 
+	// Rotation is the root rotation in progress or the last one (nil if
+	// none); PutRotation replaces it (rotation.go).
+	Rotation() (*RotationRecord, error)
+	PutRotation(r *RotationRecord) error
+	// Sidecars are the fleet's records (fleet.go); PutSidecar writes one
+	// by its Key, DeleteSidecar drops one.
+	Sidecars() ([]SidecarRecord, error)
+	PutSidecar(r *SidecarRecord) error
+	DeleteSidecar(key string) error
+
 	Close() error
+}
+
+// SharedStore is implemented by a Store that several CA replicas share
+// (internal/kube's SecretStore): the CA then reads the sidecar records of
+// the other replicas from it, not only its own.
+type SharedStore interface {
+	SharedByReplicas() bool
 }
 
 // OpenStore opens (or creates) the bbolt store DIR/ca.db, the default

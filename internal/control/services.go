@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -138,6 +139,80 @@ func (c *caService) WatchTrustBundle(_ *pb.GetTrustBundleRequest, stream grpc.Se
 	}
 }
 
+// SyncTrustBundle is the sidecar's bundle stream: WatchTrustBundle, with
+// the sidecar's ACKs coming back on the same stream (internal/ca
+// fleet.go). It needs a workload certificate that verifies against the
+// bundle: an ACK counts for the sidecar that holds it and nobody else.
+func (c *caService) SyncTrustBundle(stream grpc.BidiStreamingServer[pb.BundleAck, pb.TrustBundle]) error {
+	s := c.s
+	ctx := stream.Context()
+	id, err := s.PeerIdentity(ctx)
+	if err != nil {
+		return withReason(codes.Unauthenticated, ca.ReasonCallerCert, "SyncTrustBundle needs the sidecar's workload certificate (mTLS), which an ACK is counted for: "+err.Error())
+	}
+	hello, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	bs, err := s.ca.OpenBundleStream(peerCerts(ctx)[0], id, hello.Instance)
+	if err != nil {
+		return s.toStatus(ctx, err)
+	}
+	defer bs.Close()
+	acks := make(chan *pb.BundleAck)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case acks <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		b, ch := s.ca.Watch()
+		bs.Sent(b)
+		if err := stream.Send(bundleProto(b)); err != nil {
+			return err
+		}
+		if err := c.awaitChange(ctx, bs, ch, acks, recvErr); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// awaitChange takes the sidecar's ACKs until the bundle changes (nil),
+// the stream ends, or an ACK is refused (the stream ends with the
+// refusal).
+func (c *caService) awaitChange(ctx context.Context, bs *ca.BundleStream, changed <-chan struct{}, acks <-chan *pb.BundleAck, recvErr <-chan error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.s.stopping:
+			return status.Error(codes.Unavailable, "control plane shutting down; reconnect")
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return status.Error(codes.Canceled, "sidecar closed its bundle stream")
+			}
+			return err
+		case m := <-acks:
+			if err := bs.Ack(m.Version, m.RootsSha256, m.Error); err != nil {
+				c.s.log.Warn("refused bundle ACK; ending the stream", "sidecar", bs.Key(), "version", m.Version, "reason", ca.ReasonOf(err), "error", err)
+				return c.s.toStatus(ctx, err)
+			}
+		case <-changed:
+			return nil
+		}
+	}
+}
+
 // adminService serves the Admin API. The interceptor has already checked
 // the admin token for every method, including the config methods that the
 // config plane provides.
@@ -170,12 +245,36 @@ func (a *adminService) Revoke(ctx context.Context, req *pb.RevokeRequest) (*pb.R
 	return out, nil
 }
 
+// RotateRoot starts a rotation, retires the old roots (Retire, Force) or
+// forgets sidecars (Forget).
 func (a *adminService) RotateRoot(ctx context.Context, req *pb.RotateRootRequest) (*pb.RotateRootResponse, error) {
-	r, err := a.s.ca.RotateRoot(time.Duration(req.OverlapSeconds) * time.Second)
+	switch {
+	case len(req.Forget) > 0:
+		keys, err := a.s.ca.ForgetSidecars(req.Forget)
+		if err != nil {
+			return nil, a.s.toStatus(ctx, err)
+		}
+		return &pb.RotateRootResponse{Forgotten: keys, BundleVersion: a.s.ca.Bundle().Version}, nil
+	case req.Retire:
+		broken, err := a.s.ca.RetireOldRoots(req.Force)
+		if err != nil {
+			return nil, a.s.toStatus(ctx, err)
+		}
+		return &pb.RotateRootResponse{Broken: broken, BundleVersion: a.s.ca.Bundle().Version}, nil
+	}
+	r, err := a.s.ca.RotateRoot(time.Duration(req.OverlapSeconds)*time.Second, req.From)
 	if err != nil {
 		return nil, a.s.toStatus(ctx, err)
 	}
-	return &pb.RotateRootResponse{NewRootFingerprint: r.NewRoot, SigningSwitchAt: r.SwitchAt.Unix(), BundleVersion: r.BundleVersion}, nil
+	return &pb.RotateRootResponse{NewRootFingerprint: r.NewRoot, MinOverlapUntil: r.MinOverlapUntil.Unix(), BundleVersion: r.BundleVersion}, nil
+}
+
+func (a *adminService) RotationStatus(ctx context.Context, _ *pb.RotationStatusRequest) (*pb.RotationStatusResponse, error) {
+	st, err := a.s.ca.RotationStatus()
+	if err != nil {
+		return nil, a.s.toStatus(ctx, err)
+	}
+	return meshapi.RotationToProto(st), nil
 }
 
 func (a *adminService) CAStatus(ctx context.Context, _ *pb.CAStatusRequest) (*pb.CAStatusResponse, error) {

@@ -37,6 +37,13 @@ type storeDoc struct {
 	// Identities are revocations by identity: every replica revokes what
 	// it signed for the identity up to RevokedAt.
 	Identities []IdentityRevocation `json:"identities,omitempty"`
+	// Rotation is the root rotation in progress (or the last one), and
+	// Sidecars the fleet whose ACKs it waits for: every replica's
+	// sidecars, so that no replica switches signing while a sidecar
+	// connected to another has not ACKed (internal/ca rotation.go,
+	// fleet.go).
+	Rotation *ca.RotationRecord `json:"rotation,omitempty"`
+	Sidecars []ca.SidecarRecord `json:"sidecars,omitempty"`
 }
 
 // IdentityRevocation is `meshctl ca revoke --identity` made on some replica.
@@ -279,6 +286,11 @@ func (s *SecretStore) snapshot() (string, storeDoc) {
 	d := s.doc
 	d.Revocations = slices.Clone(d.Revocations)
 	d.Identities = slices.Clone(d.Identities)
+	d.Sidecars = slices.Clone(d.Sidecars)
+	if d.Rotation != nil {
+		r := *d.Rotation
+		d.Rotation = &r
+	}
 	return s.rv, d
 }
 
@@ -651,6 +663,67 @@ func (s *SecretStore) PruneRevocations(now time.Time) (int, uint64, error) {
 		return n > 0 || ids != len(d.Identities)
 	})
 	return n, d.BundleVersion, err
+}
+
+// SharedByReplicas: the sidecar records in the Secret are every replica's
+// (ca.SharedStore).
+func (s *SecretStore) SharedByReplicas() bool { return true }
+
+// Rotation is the rotation record in the shared Secret.
+func (s *SecretStore) Rotation() (*ca.RotationRecord, error) {
+	_, d := s.snapshot()
+	return d.Rotation, nil
+}
+
+// PutRotation writes the rotation record to the shared Secret.
+func (s *SecretStore) PutRotation(r *ca.RotationRecord) error {
+	_, err := s.update(context.Background(), func(d *storeDoc) bool {
+		c := *r
+		d.Rotation = &c
+		return true
+	})
+	return err
+}
+
+// Sidecars are the fleet's records in the shared Secret.
+func (s *SecretStore) Sidecars() ([]ca.SidecarRecord, error) {
+	_, d := s.snapshot()
+	return d.Sidecars, nil
+}
+
+// PutSidecar writes one sidecar's record to the shared Secret, unless the
+// Secret already holds exactly it.
+func (s *SecretStore) PutSidecar(r *ca.SidecarRecord) error {
+	_, err := s.update(context.Background(), func(d *storeDoc) bool {
+		for i := range d.Sidecars {
+			if d.Sidecars[i].Key == r.Key {
+				if sameSidecar(d.Sidecars[i], *r) {
+					return false
+				}
+				d.Sidecars[i] = *r
+				return true
+			}
+		}
+		d.Sidecars = append(d.Sidecars, *r)
+		return true
+	})
+	return err
+}
+
+func sameSidecar(a, b ca.SidecarRecord) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+// DeleteSidecar drops one sidecar's record from the shared Secret.
+func (s *SecretStore) DeleteSidecar(key string) error {
+	_, err := s.update(context.Background(), func(d *storeDoc) bool {
+		n := len(d.Sidecars)
+		d.Sidecars = slices.DeleteFunc(d.Sidecars, func(r ca.SidecarRecord) bool { return r.Key == key })
+		return n != len(d.Sidecars)
+	})
+	return err
 }
 
 // Run follows the Secret until ctx is done: each change made by another

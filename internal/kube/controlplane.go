@@ -189,6 +189,8 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 	case *PluggedSecret:
 		// The operator's new cacerts signs without a restart.
 		run("cacerts", func(ctx context.Context) error { return b.Watch(ctx, srv.CA().Refresh, log) })
+		// A staged rotation (cacerts-next) made on another replica.
+		run("cacerts-next", func(ctx context.Context) error { return b.WatchNext(ctx, srv.CA().Refresh, log) })
 	}
 	// Every replica serves CSRs, the webhook and its sidecars' config; only
 	// the leader writes Secrets and ConfigMaps, so replicas never fight
@@ -208,6 +210,8 @@ func RunControl(ctx context.Context, cfg ControlConfig) error {
 		return err
 	}
 	run("registry source", regSrc.Run)
+	// A root rotation does not wait for a sidecar whose pod was deleted.
+	srv.CA().SetSidecarGone(regSrc.PodGone)
 	if cfg.WebhookListen != "-" {
 		in, err := NewInjector(cfg.Inject)
 		if err != nil {

@@ -31,6 +31,11 @@ const (
 	// PluggedCASecret ("cacerts") holds an operator-supplied CA:
 	// ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem.
 	PluggedCASecret = "cacerts"
+	// PluggedCANextSecret ("cacerts-next") holds the operator's next CA,
+	// with the keys of cacerts, during a staged rotation (`meshctl ca
+	// rotate-root --from cacerts-next`); once the old root is retired its
+	// content replaces cacerts' and it is deleted.
+	PluggedCANextSecret = "cacerts-next"
 
 	// RootCertConfigMap is published in every namespace with root-cert.pem,
 	// for CSR-mode sidecars to verify the CA they call.

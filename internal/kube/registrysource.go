@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -99,6 +100,24 @@ func NewRegistrySource(cfg RegistrySourceConfig) (*RegistrySource, error) {
 	}
 	s.svcs, s.pods, s.slices = svc.Lister(), pod.Lister(), es.Lister()
 	return s, nil
+}
+
+// PodGone reports whether the pod a sidecar named itself after (its
+// instance, in the namespace of its SPIFFE ID) no longer exists, for
+// ca.CA.SetSidecarGone: a rotation does not wait for a sidecar whose pod
+// was deleted. False until the informers have synced, or when unsure.
+func (s *RegistrySource) PodGone(spiffeID, instance string) bool {
+	id, err := identity.Parse(spiffeID)
+	if err != nil || instance == "" {
+		return false
+	}
+	for _, ok := range s.synced {
+		if !ok() {
+			return false
+		}
+	}
+	_, err = s.pods.Pods(id.Namespace).Get(instance)
+	return apierrors.IsNotFound(err)
 }
 
 func (s *RegistrySource) changed() {

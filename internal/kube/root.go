@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -61,6 +62,9 @@ func NewCABackend(ctx context.Context, client kubernetes.Interface, namespace, t
 	if s, err := secrets.Get(ctx, PluggedCASecret, metav1.GetOptions{}); err == nil {
 		p := &PluggedSecret{client: client, ns: namespace, Clock: func() time.Time { return now }}
 		if _, err := p.apply(s); err != nil {
+			return nil, "", err
+		}
+		if err := p.loadNext(ctx, log); err != nil {
 			return nil, "", err
 		}
 		p.Clock = time.Now
@@ -367,10 +371,29 @@ func (r *SecretRoots) AddRoot(cert *x509.Certificate, key crypto.Signer, activat
 	})
 }
 
+// ActivateRoot writes when a root added as pending starts signing; every
+// replica takes it in from its watch.
+func (r *SecretRoots) ActivateRoot(id uint64, at time.Time) error {
+	return r.update(func(roots []secretRoot) ([]secretRoot, error) {
+		out := slices.Clone(roots)
+		for i := range out {
+			if out[i].ID == id {
+				if out[i].ActivateAt.Equal(at) {
+					return nil, nil
+				}
+				out[i].ActivateAt = at
+				return out, nil
+			}
+		}
+		return nil, fmt.Errorf("no root %d in secret %s/%s", id, r.ns, CASecret)
+	})
+}
+
 // RetireRoot removes a root from the Secret once its successor has signed
 // for RetireAfter: before that, another replica may still have valid
-// certificates it signed, so the root stays (false).
-func (r *SecretRoots) RetireRoot(id uint64) (bool, error) {
+// certificates it signed, so the root stays (false). With force (the
+// operator's `meshctl ca rotate-root --retire --force`) it goes now.
+func (r *SecretRoots) RetireRoot(id uint64, force bool) (bool, error) {
 	now := r.Clock()
 	r.mu.Lock()
 	var successor time.Time
@@ -380,7 +403,7 @@ func (r *SecretRoots) RetireRoot(id uint64) (bool, error) {
 		}
 	}
 	r.mu.Unlock()
-	if successor.IsZero() || now.Before(successor.Add(r.RetireAfter)) {
+	if successor.IsZero() || (!force && now.Before(successor.Add(r.RetireAfter))) {
 		return false, nil
 	}
 	err := r.update(func(roots []secretRoot) ([]secretRoot, error) {

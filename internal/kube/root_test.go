@@ -88,11 +88,15 @@ func TestKubeCAWritesNoKey(t *testing.T) {
 	noKeyOnDisk(t, dir, blk.Bytes)
 }
 
-// TestSecretRootRotation: two CA replicas share istio-ca-secret. A root
-// rotation on one is written to the Secret and reaches the other's bundle
-// (Watch + Refresh) before it signs; after the overlap both sign with the
-// new root and trust each other's certificates; the old root leaves the
-// Secret only after RetireAfter. No root key reaches either replica's disk.
+// TestSecretRootRotation: two CA replicas share istio-ca-secret and the
+// CA store Secret, as kube-control runs them. A root rotation started on
+// one is written to istio-ca-secret and reaches the other's bundle (Watch
+// + Refresh) without signing; a sidecar whose bundle stream is on replica
+// A and has not ACKed holds the switch back on both replicas (the fleet
+// is in the shared Secret); once it ACKs, both sign with the new root and
+// trust each other's certificates. The old root leaves the Secret only
+// after RetireAfter (another replica may have certificates it signed),
+// or at once by force. No root key reaches either replica's disk.
 func TestSecretRootRotation(t *testing.T) {
 	env := kubetest.Need(t)
 	cs := env.Clientset(t)
@@ -114,27 +118,40 @@ func TestSecretRootRotation(t *testing.T) {
 		roots := b.(*SecretRoots)
 		roots.Clock, roots.RetireAfter = clock.Now, 48*time.Hour
 		dir := t.TempDir()
-		c, err := ca.New(ca.Config{Dir: dir, Backend: b, Clock: clock.Now})
+		store, err := OpenCAStore(ctx, cs, ns, dir, discardLog())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := ca.New(ca.Config{Dir: dir, Backend: b, Store: store, Clock: clock.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		done := make(chan struct{})
-		go func() { roots.Watch(ctx, c.Refresh, slog.Default()); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
+		done := make(chan struct{}, 2)
+		go func() { roots.Watch(ctx, c.Refresh, slog.Default()); done <- struct{}{} }()
+		go func() { store.Run(ctx, c.Refresh); done <- struct{}{} }()
+		t.Cleanup(func() { cancel(); <-done; <-done })
 		reps = append(reps, replica{dir, roots, c})
 	}
 	a, b := reps[0], reps[1]
 	id := identity.MustParse("spiffe://cluster.local/ns/" + ns + "/sa/web")
 	sign := func(c *ca.CA) []*x509.Certificate { t.Helper(); return signChain(t, c, id) }
-	waitRoots := func(c *ca.CA, n int) {
+	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
-		for len(c.Bundle().Roots) != n {
+		for !cond() {
 			if time.Now().After(deadline) {
-				t.Fatalf("bundle has %d roots, want %d", len(c.Bundle().Roots), n)
+				t.Fatalf("not within 10s: %s", what)
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	tickAll := func() {
+		t.Helper()
+		for _, r := range reps {
+			if err := r.ca.Tick(); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	oldRoot := a.ca.Bundle().Roots[0]
@@ -143,7 +160,16 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	before := sign(b.ca)
 
-	rot, err := a.ca.RotateRoot(30 * time.Minute)
+	// A sidecar (web) on replica A's bundle stream, ACKed before the rotation.
+	stream, err := a.ca.OpenBundleStream(before[0], id, "web-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	ack := func() { t.Helper(); ackCurrent(t, a.ca, stream) }
+	ack()
+
+	rot, err := a.ca.RotateRoot(0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,26 +177,30 @@ func TestSecretRootRotation(t *testing.T) {
 	if err != nil || len(s.Data[RootsKey]) == 0 {
 		t.Fatalf("rotation not written to %s: %v", CASecret, err)
 	}
-	waitRoots(b.ca, 2)
+	waitFor("the new root in replica B's bundle", func() bool { return len(b.ca.Bundle().Roots) == 2 })
 	if st, err := b.ca.Status(); err != nil || st.Mode != "self-signed" {
 		t.Fatalf("status: %v %+v", err, st)
 	}
-	if _, err := b.ca.RotateRoot(0); err == nil {
+	if _, err := b.ca.RotateRoot(0, ""); err == nil {
 		t.Fatal("a second rotation on the other replica was accepted while one is pending")
 	}
-
-	clock.Add(31 * time.Minute)
-	for _, r := range reps {
-		if err := r.ca.Tick(); err != nil {
-			t.Fatal(err)
-		}
+	// Replica B does not switch: web, on A's stream, has not ACKed.
+	waitFor("B sees the rotation", func() bool { st, _ := b.ca.RotationStatus(); return st.Phase == "distributing" })
+	tickAll()
+	st, err := b.ca.RotationStatus()
+	if err != nil || st.Waiting != 1 || st.Sidecars[0].Instance != "web-0" || !st.Sidecars[0].Blocking {
+		t.Fatalf("replica B's rotation status: %v %+v", err, st)
 	}
+	if !b.ca.Bundle().Roots[0].Equal(oldRoot) || !a.ca.Bundle().Roots[0].Equal(oldRoot) {
+		t.Fatal("signing switched before the sidecar ACKed")
+	}
+
+	ack() // web installs the two-root bundle: A switches at once
+	waitFor("both replicas sign with the new root", func() bool {
+		return identity.Fingerprint(a.ca.Bundle().Roots[0]) == rot.NewRoot && identity.Fingerprint(b.ca.Bundle().Roots[0]) == rot.NewRoot
+	})
 	fromA, fromB := sign(a.ca), sign(b.ca)
 	for _, r := range reps {
-		newRoot := r.ca.Bundle().Roots[0]
-		if identity.Fingerprint(newRoot) != rot.NewRoot {
-			t.Fatal("after the overlap the new root does not sign")
-		}
 		for what, chain := range map[string][]*x509.Certificate{"A's": fromA, "B's": fromB, "old-root": before} {
 			if _, err := r.ca.Bundle().Identity().Verify(chain, clock.Now()); err != nil {
 				t.Fatalf("%s certificate: %v", what, err)
@@ -182,24 +212,23 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 
 	// Past the old certificates' life but inside RetireAfter: the root stays.
-	clock.Add(2 * time.Hour)
+	clock.Add(25 * time.Hour)
+	tickAll()
 	for _, r := range reps {
-		if err := r.ca.Tick(); err != nil {
-			t.Fatal(err)
-		}
 		if len(r.ca.Bundle().Roots) != 2 {
 			t.Fatal("old root left a replica's bundle before RetireAfter")
 		}
 	}
-	clock.Add(48 * time.Hour)
-	if err := a.ca.Tick(); err != nil {
-		t.Fatal(err)
+	// The operator retires it now, by force (nothing live chains to it).
+	broken, err := a.ca.RetireOldRoots(true)
+	if err != nil || len(broken) != 0 {
+		t.Fatalf("forced retire: %v %v", broken, err)
 	}
-	waitRoots(a.ca, 1)
-	waitRoots(b.ca, 1)
+	waitFor("the old root leaves both bundles", func() bool { return len(a.ca.Bundle().Roots) == 1 && len(b.ca.Bundle().Roots) == 1 })
 	if a.ca.Bundle().Roots[0].Equal(oldRoot) {
 		t.Fatal("the new root was retired instead of the old one")
 	}
+	waitFor("B sees the rotation done", func() bool { st, _ := b.ca.RotationStatus(); return st.Phase == "done" })
 
 	s, err = cs.CoreV1().Secrets(ns).Get(ctx, CASecret, metav1.GetOptions{})
 	if err != nil {
@@ -213,6 +242,21 @@ func TestSecretRootRotation(t *testing.T) {
 	}
 	if k, _ := pem.Decode(s.Data[CAKeyKey]); k == nil {
 		t.Fatalf("%s lost %s", CASecret, CAKeyKey)
+	}
+}
+
+// ackCurrent sends c's current bundle on a sidecar's bundle stream and has
+// the sidecar ACK it, as its agent does once the bundle is installed.
+func ackCurrent(t *testing.T, c *ca.CA, stream *ca.BundleStream) {
+	t.Helper()
+	bundle := c.Bundle()
+	stream.Sent(bundle)
+	var fps []string
+	for _, r := range bundle.Roots {
+		fps = append(fps, identity.Fingerprint(r))
+	}
+	if err := stream.Ack(bundle.Version, fps, ""); err != nil {
+		t.Fatal(err)
 	}
 }
 

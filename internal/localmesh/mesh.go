@@ -26,6 +26,8 @@ type Config struct {
 	// StartTimeout bounds how long a process may take to come up; 0 means
 	// 20s. It only stops a broken start from hanging.
 	StartTimeout time.Duration
+	// ControlArgs are extra `meshd control` flags (tests: a short --tick).
+	ControlArgs []string
 }
 
 // Mesh is a local mesh: one control plane and any number of workloads.
@@ -99,12 +101,23 @@ func (m *Mesh) WriteConfig(name, yaml string) error {
 func (m *Mesh) ControlArgs() []string {
 	// Port 0 everywhere: a demo must not collide with a mesh the user
 	// already runs (meshctl up on 15012) or with another demo.
-	return []string{m.cfg.Meshd, "control", "--dir", m.StateDir, "--listen", "127.0.0.1:0", "--metrics-listen", "", "--config", m.ConfigDir}
+	args := []string{m.cfg.Meshd, "control", "--dir", m.StateDir, "--listen", "127.0.0.1:0", "--metrics-listen", "", "--config", m.ConfigDir}
+	return append(args, m.cfg.ControlArgs...)
 }
+
+// Control is the running control plane process (nil before StartControl).
+// A test may kill it and call StartControl again on the same state.
+func (m *Mesh) Control() *Proc { return m.control }
 
 // StartControl starts `meshd control` and waits until it has written
 // control.addr and accepts connections there.
 func (m *Mesh) StartControl(ctx context.Context) error {
+	addrFile := filepath.Join(m.StateDir, "control.addr")
+	if m.control != nil { // a restart: wait for the new address, not the old one
+		if err := os.Remove(addrFile); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("localmesh: %w", err)
+		}
+	}
 	p, err := m.procs.Start("control", m.ControlArgs(), nil)
 	if err != nil {
 		return err
@@ -112,7 +125,6 @@ func (m *Mesh) StartControl(ctx context.Context) error {
 	m.control = p
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
 	defer cancel()
-	addrFile := filepath.Join(m.StateDir, "control.addr")
 	err = waitFor(ctx, func() error {
 		if err := p.Exited(); err != nil {
 			return permanent{err}

@@ -75,7 +75,7 @@ func TestBundleWithoutDiscovery(t *testing.T) {
 	})
 
 	// A root rotation: the new root is in the sidecar's bundle.
-	if _, err := srv.CA().RotateRoot(time.Hour); err != nil {
+	if _, err := srv.CA().RotateRoot(time.Hour, ""); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("the rotated bundle (two roots)", func() bool {

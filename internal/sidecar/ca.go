@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -43,22 +44,39 @@ func (c GRPCCA) Sign(ctx context.Context, csr []byte, ttl time.Duration, bootstr
 	return chainPEM, resp.Roots, nil
 }
 
-// WatchBundle implements agent.CA with WatchTrustBundle.
-func (c GRPCCA) WatchBundle(ctx context.Context, update func(agent.BundleUpdate)) error {
+// SyncBundle implements agent.CA with SyncTrustBundle.
+func (c GRPCCA) SyncBundle(ctx context.Context, instance string, update func(agent.BundleUpdate, agent.Acker)) error {
 	conn, err := c.Dial(ctx, false)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	stream, err := pb.NewCertificateAuthorityClient(conn).WatchTrustBundle(ctx, &pb.GetTrustBundleRequest{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := pb.NewCertificateAuthorityClient(conn).SyncTrustBundle(ctx)
 	if err != nil {
 		return err
+	}
+	var mu sync.Mutex // Send from one goroutine at a time
+	send := func(m *pb.BundleAck) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return stream.Send(m)
+	}
+	if err := send(&pb.BundleAck{Instance: instance}); err != nil {
+		return err
+	}
+	ack := func(version uint64, roots []string, installErr string) error {
+		return send(&pb.BundleAck{Version: version, RootsSha256: roots, Error: installErr})
 	}
 	for {
 		tb, err := stream.Recv()
 		if err != nil {
 			return err
 		}
-		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: sidecarapi.RevokedFromProto(tb.Revocations)})
+		update(agent.BundleUpdate{TrustDomain: tb.TrustDomain, Version: tb.Version, Roots: tb.Roots, Revoked: sidecarapi.RevokedFromProto(tb.Revocations)}, ack)
 	}
 }

@@ -164,6 +164,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.StaticCerts {
 		go watchStaticCerts(ctx, s.log, cfg.CertsDir, s.store)
+		if s.cc != nil {
+			// No agent: the roots come from the files; the CA still
+			// learns, on the bundle stream, which of its bundles they
+			// cover (a root rotation waits for it).
+			go agent.AckFromFiles(ctx, s.cc.ca(), cfg.Workload, s.store, s.log.With("component", "bundle-ack"))
+		}
 	}
 	s.log.Info("sidecar started", "spiffe_id", id.String(), "outbound", addrString(p.OutboundAddr),
 		"inbound", fmt.Sprint(p.InboundAddrs), "capture", addrString(p.CaptureAddr), "admin", cfg.Admin, "transparent", cfg.Transparent)
@@ -208,7 +214,7 @@ func (s *sidecar) startCerts(ctx context.Context) (<-chan error, error) {
 	}
 	var err error
 	s.ag, err = agent.New(agent.Config{
-		ID: s.id, Dir: s.cfg.CertsDir, CA: s.cc.ca(), Store: s.store, TTL: s.cfg.CertTTL,
+		ID: s.id, Dir: s.cfg.CertsDir, CA: s.cc.ca(), Instance: s.cfg.Workload, Store: s.store, TTL: s.cfg.CertTTL,
 		Tokens: s.cc.tokens, Log: s.log.With("component", "agent"), Metrics: s.reg,
 	})
 	if err != nil {

@@ -25,8 +25,7 @@ spec:
 // meshctlCheck runs meshctl check as a node admin would: the control plane's
 // state directory (admin token, root) is its pod's emptyDir on the node, the
 // address its Service's ClusterIP.
-const meshctlCheck = "meshctl --dir $KUBELET_ROOT/pods/$(kubectl get pod -n istio-system -l app=meshauth-control -o jsonpath={.items[0].metadata.uid})/volumes/kubernetes.io~empty-dir/state" +
-	" --addr $(kubectl get svc meshauth-control -n istio-system -o jsonpath={.spec.clusterIP}):15012 check"
+const meshctlCheck = meshctlAdmin + " check"
 
 // TestTLSCheckKubeconfig: meshctl tls-check --kubeconfig reads the cluster
 // with the user's credentials: httpbin.default is OK under the mesh-wide

@@ -197,6 +197,84 @@ func (ClientTLSMode) EnumDescriptor() ([]byte, []int) {
 	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{2}
 }
 
+// BundleAck is one message of a sidecar on SyncTrustBundle.
+type BundleAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message names the sidecar's instance (its pod or workload
+	// name: letters, digits and ._-/:, at most 253 bytes); later ones
+	// leave it empty.
+	Instance string `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The bundle version installed (or that failed to install); 0 on the
+	// first message. A version this stream was never sent is refused (the
+	// stream ends with InvalidArgument).
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Lowercase hex SHA-256 of each root of that bundle, as installed; must
+	// be exactly the roots of that version.
+	RootsSha256 []string `protobuf:"bytes,3,rep,name=roots_sha256,json=rootsSha256,proto3" json:"roots_sha256,omitempty"`
+	// Set when the bundle could not be installed (a NACK): why.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleAck) Reset() {
+	*x = BundleAck{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleAck) ProtoMessage() {}
+
+func (x *BundleAck) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
+func (*BundleAck) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BundleAck) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *BundleAck) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *BundleAck) GetRootsSha256() []string {
+	if x != nil {
+		return x.RootsSha256
+	}
+	return nil
+}
+
+func (x *BundleAck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type CreateCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// PEM ("CERTIFICATE REQUEST") or DER encoded PKCS#10 CSR. Its URI SAN must be
@@ -210,7 +288,7 @@ type CreateCertificateRequest struct {
 
 func (x *CreateCertificateRequest) Reset() {
 	*x = CreateCertificateRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[0]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +300,7 @@ func (x *CreateCertificateRequest) String() string {
 func (*CreateCertificateRequest) ProtoMessage() {}
 
 func (x *CreateCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[0]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +313,7 @@ func (x *CreateCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCertificateRequest.ProtoReflect.Descriptor instead.
 func (*CreateCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{0}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *CreateCertificateRequest) GetCsr() []byte {
@@ -268,7 +346,7 @@ type CreateCertificateResponse struct {
 
 func (x *CreateCertificateResponse) Reset() {
 	*x = CreateCertificateResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[1]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +358,7 @@ func (x *CreateCertificateResponse) String() string {
 func (*CreateCertificateResponse) ProtoMessage() {}
 
 func (x *CreateCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[1]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +371,7 @@ func (x *CreateCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCertificateResponse.ProtoReflect.Descriptor instead.
 func (*CreateCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{1}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateCertificateResponse) GetCertChain() []string {
@@ -332,7 +410,7 @@ type GetTrustBundleRequest struct {
 
 func (x *GetTrustBundleRequest) Reset() {
 	*x = GetTrustBundleRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[2]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +422,7 @@ func (x *GetTrustBundleRequest) String() string {
 func (*GetTrustBundleRequest) ProtoMessage() {}
 
 func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[2]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +435,7 @@ func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetTrustBundleRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{2}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{3}
 }
 
 type TrustBundle struct {
@@ -374,7 +452,7 @@ type TrustBundle struct {
 
 func (x *TrustBundle) Reset() {
 	*x = TrustBundle{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[3]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +464,7 @@ func (x *TrustBundle) String() string {
 func (*TrustBundle) ProtoMessage() {}
 
 func (x *TrustBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[3]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +477,7 @@ func (x *TrustBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
 func (*TrustBundle) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{3}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TrustBundle) GetVersion() uint64 {
@@ -445,7 +523,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[4]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +535,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[4]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +548,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{4}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Revocation) GetSerial() string {
@@ -522,7 +600,7 @@ type ListIssuedRequest struct {
 
 func (x *ListIssuedRequest) Reset() {
 	*x = ListIssuedRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +612,7 @@ func (x *ListIssuedRequest) String() string {
 func (*ListIssuedRequest) ProtoMessage() {}
 
 func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[5]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +625,7 @@ func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{5}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListIssuedRequest) GetSpiffeId() string {
@@ -583,7 +661,7 @@ type ListIssuedResponse struct {
 
 func (x *ListIssuedResponse) Reset() {
 	*x = ListIssuedResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +673,7 @@ func (x *ListIssuedResponse) String() string {
 func (*ListIssuedResponse) ProtoMessage() {}
 
 func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[6]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +686,7 @@ func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{6}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListIssuedResponse) GetMatched() int32 {
@@ -652,7 +730,7 @@ type IssuedCertificate struct {
 
 func (x *IssuedCertificate) Reset() {
 	*x = IssuedCertificate{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +742,7 @@ func (x *IssuedCertificate) String() string {
 func (*IssuedCertificate) ProtoMessage() {}
 
 func (x *IssuedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[7]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +755,7 @@ func (x *IssuedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssuedCertificate.ProtoReflect.Descriptor instead.
 func (*IssuedCertificate) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{7}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IssuedCertificate) GetSerial() string {
@@ -762,7 +840,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +852,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[8]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +865,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{8}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenRequest) GetNamespace() string {
@@ -830,7 +908,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +920,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[9]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +933,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{9}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -898,7 +976,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +988,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[10]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1001,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{10}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeRequest) GetSerial() string {
@@ -957,7 +1035,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1047,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[11]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1060,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{11}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RevokeResponse) GetSerials() []string {
@@ -999,17 +1077,32 @@ func (x *RevokeResponse) GetBundleVersion() uint64 {
 	return 0
 }
 
+// RotateRootRequest starts a root rotation (no other field set), retires
+// the old roots (retire), or forgets sidecars that are gone for good
+// (forget).
 type RotateRootRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Seconds the new root is trusted before it starts signing; 0 = default.
+	// Least seconds the new root is trusted before it signs, even once
+	// every sidecar has ACKed it; 0 = the server's --rotation-overlap.
 	OverlapSeconds int64 `protobuf:"varint,1,opt,name=overlap_seconds,json=overlapSeconds,proto3" json:"overlap_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Retire the old roots now: refused while a live certificate chains to
+	// one, unless force, which retires them anyway.
+	Retire bool `protobuf:"varint,2,opt,name=retire,proto3" json:"retire,omitempty"`
+	Force  bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	// Sidecars to forget (key, SPIFFE ID or instance name), disconnected
+	// ones only.
+	Forget []string `protobuf:"bytes,4,rep,name=forget,proto3" json:"forget,omitempty"`
+	// Stage the operator's new CA instead of making a self-signed root: on
+	// Kubernetes with a plugged-in CA, "cacerts-next" (the Secret holding
+	// it, with the keys cacerts has).
+	From          string `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateRootRequest) Reset() {
 	*x = RotateRootRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1114,7 @@ func (x *RotateRootRequest) String() string {
 func (*RotateRootRequest) ProtoMessage() {}
 
 func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[12]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1127,7 @@ func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootRequest.ProtoReflect.Descriptor instead.
 func (*RotateRootRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{12}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RotateRootRequest) GetOverlapSeconds() int64 {
@@ -1044,18 +1137,52 @@ func (x *RotateRootRequest) GetOverlapSeconds() int64 {
 	return 0
 }
 
+func (x *RotateRootRequest) GetRetire() bool {
+	if x != nil {
+		return x.Retire
+	}
+	return false
+}
+
+func (x *RotateRootRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RotateRootRequest) GetForget() []string {
+	if x != nil {
+		return x.Forget
+	}
+	return nil
+}
+
+func (x *RotateRootRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
 type RotateRootResponse struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	NewRootFingerprint string                 `protobuf:"bytes,1,opt,name=new_root_fingerprint,json=newRootFingerprint,proto3" json:"new_root_fingerprint,omitempty"`
-	SigningSwitchAt    int64                  `protobuf:"varint,2,opt,name=signing_switch_at,json=signingSwitchAt,proto3" json:"signing_switch_at,omitempty"`
 	BundleVersion      uint64                 `protobuf:"varint,3,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Signing switches no earlier than this (Unix seconds).
+	MinOverlapUntil int64 `protobuf:"varint,4,opt,name=min_overlap_until,json=minOverlapUntil,proto3" json:"min_overlap_until,omitempty"`
+	// retire: the live certificates that chain to the old roots, now
+	// without a trusted root ("<spiffe id> serial <hex>").
+	Broken []string `protobuf:"bytes,5,rep,name=broken,proto3" json:"broken,omitempty"`
+	// forget: the keys of the sidecars forgotten.
+	Forgotten     []string `protobuf:"bytes,6,rep,name=forgotten,proto3" json:"forgotten,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateRootResponse) Reset() {
 	*x = RotateRootResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1194,7 @@ func (x *RotateRootResponse) String() string {
 func (*RotateRootResponse) ProtoMessage() {}
 
 func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[13]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1207,7 @@ func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{13}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RotateRootResponse) GetNewRootFingerprint() string {
@@ -1090,18 +1217,449 @@ func (x *RotateRootResponse) GetNewRootFingerprint() string {
 	return ""
 }
 
-func (x *RotateRootResponse) GetSigningSwitchAt() int64 {
-	if x != nil {
-		return x.SigningSwitchAt
-	}
-	return 0
-}
-
 func (x *RotateRootResponse) GetBundleVersion() uint64 {
 	if x != nil {
 		return x.BundleVersion
 	}
 	return 0
+}
+
+func (x *RotateRootResponse) GetMinOverlapUntil() int64 {
+	if x != nil {
+		return x.MinOverlapUntil
+	}
+	return 0
+}
+
+func (x *RotateRootResponse) GetBroken() []string {
+	if x != nil {
+		return x.Broken
+	}
+	return nil
+}
+
+func (x *RotateRootResponse) GetForgotten() []string {
+	if x != nil {
+		return x.Forgotten
+	}
+	return nil
+}
+
+type RotationStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatusRequest) Reset() {
+	*x = RotationStatusRequest{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusRequest) ProtoMessage() {}
+
+func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
+func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{15}
+}
+
+// RotationStatusResponse is internal/careport.Rotation.
+type RotationStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" (never rotated), "distributing", "reissuing" or "done".
+	Phase          string   `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	NewRootSha256  string   `protobuf:"bytes,2,opt,name=new_root_sha256,json=newRootSha256,proto3" json:"new_root_sha256,omitempty"`
+	OldRootsSha256 []string `protobuf:"bytes,3,rep,name=old_roots_sha256,json=oldRootsSha256,proto3" json:"old_roots_sha256,omitempty"`
+	// The first bundle version that holds the new root.
+	BundleVersion   uint64                 `protobuf:"varint,4,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	StartedAt       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	MinOverlapUntil *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=min_overlap_until,json=minOverlapUntil,proto3" json:"min_overlap_until,omitempty"`
+	SwitchedAt      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=switched_at,json=switchedAt,proto3" json:"switched_at,omitempty"`
+	RetiredAt       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
+	// What a forced retirement left without a trusted root.
+	Forced   []string               `protobuf:"bytes,9,rep,name=forced,proto3" json:"forced,omitempty"`
+	Sidecars []*SidecarBundleStatus `protobuf:"bytes,10,rep,name=sidecars,proto3" json:"sidecars,omitempty"`
+	// Sidecars that hold the signing switch back.
+	Waiting int32       `protobuf:"varint,11,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	Live    []*RootLive `protobuf:"bytes,12,rep,name=live,proto3" json:"live,omitempty"`
+	// What the CA waits for, in words.
+	Next          string                 `protobuf:"bytes,13,opt,name=next,proto3" json:"next,omitempty"`
+	Now           *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=now,proto3" json:"now,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatusResponse) Reset() {
+	*x = RotationStatusResponse{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusResponse) ProtoMessage() {}
+
+func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
+func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RotationStatusResponse) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetNewRootSha256() string {
+	if x != nil {
+		return x.NewRootSha256
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetOldRootsSha256() []string {
+	if x != nil {
+		return x.OldRootsSha256
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetBundleVersion() uint64 {
+	if x != nil {
+		return x.BundleVersion
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetMinOverlapUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MinOverlapUntil
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetSwitchedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SwitchedAt
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetRetiredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetiredAt
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetForced() []string {
+	if x != nil {
+		return x.Forced
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetSidecars() []*SidecarBundleStatus {
+	if x != nil {
+		return x.Sidecars
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetWaiting() int32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetLive() []*RootLive {
+	if x != nil {
+		return x.Live
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetNext() string {
+	if x != nil {
+		return x.Next
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
+	}
+	return nil
+}
+
+// SidecarBundleStatus is one sidecar on the bundle stream.
+type SidecarBundleStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first serial of its certificate's lineage, "/", its instance.
+	Key      string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Instance string `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The certificate it last presented, and its end.
+	Serial       string                 `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
+	CertNotAfter *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	Connected    bool                   `protobuf:"varint,6,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Connected since, or disconnected since.
+	Since        *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=since,proto3" json:"since,omitempty"`
+	AckedVersion uint64                 `protobuf:"varint,8,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
+	AckedAt      *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"`
+	// Its last ACKed bundle holds the rotation's new root.
+	HasNewRoot bool `protobuf:"varint,10,opt,name=has_new_root,json=hasNewRoot,proto3" json:"has_new_root,omitempty"`
+	// The install error it last reported, for error_version.
+	Error        string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorVersion uint64 `protobuf:"varint,12,opt,name=error_version,json=errorVersion,proto3" json:"error_version,omitempty"`
+	// It holds the signing switch back; why says why.
+	Blocking      bool   `protobuf:"varint,13,opt,name=blocking,proto3" json:"blocking,omitempty"`
+	Why           string `protobuf:"bytes,14,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SidecarBundleStatus) Reset() {
+	*x = SidecarBundleStatus{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SidecarBundleStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SidecarBundleStatus) ProtoMessage() {}
+
+func (x *SidecarBundleStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SidecarBundleStatus.ProtoReflect.Descriptor instead.
+func (*SidecarBundleStatus) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SidecarBundleStatus) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *SidecarBundleStatus) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SidecarBundleStatus) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *SidecarBundleStatus) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *SidecarBundleStatus) GetCertNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CertNotAfter
+	}
+	return nil
+}
+
+func (x *SidecarBundleStatus) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *SidecarBundleStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *SidecarBundleStatus) GetAckedVersion() uint64 {
+	if x != nil {
+		return x.AckedVersion
+	}
+	return 0
+}
+
+func (x *SidecarBundleStatus) GetAckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckedAt
+	}
+	return nil
+}
+
+func (x *SidecarBundleStatus) GetHasNewRoot() bool {
+	if x != nil {
+		return x.HasNewRoot
+	}
+	return false
+}
+
+func (x *SidecarBundleStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SidecarBundleStatus) GetErrorVersion() uint64 {
+	if x != nil {
+		return x.ErrorVersion
+	}
+	return 0
+}
+
+func (x *SidecarBundleStatus) GetBlocking() bool {
+	if x != nil {
+		return x.Blocking
+	}
+	return false
+}
+
+func (x *SidecarBundleStatus) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+// RootLive counts the live (unexpired, unrevoked, not yet renewed)
+// certificates in the issuance log that chain to one root.
+type RootLive struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RootSha256 string                 `protobuf:"bytes,1,opt,name=root_sha256,json=rootSha256,proto3" json:"root_sha256,omitempty"`
+	// "signing", "pending" or "retiring".
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Live  int64  `protobuf:"varint,3,opt,name=live,proto3" json:"live,omitempty"`
+	// Some of them: "<spiffe id> serial <hex>".
+	Sample        []string `protobuf:"bytes,4,rep,name=sample,proto3" json:"sample,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RootLive) Reset() {
+	*x = RootLive{}
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RootLive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RootLive) ProtoMessage() {}
+
+func (x *RootLive) ProtoReflect() protoreflect.Message {
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RootLive.ProtoReflect.Descriptor instead.
+func (*RootLive) Descriptor() ([]byte, []int) {
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RootLive) GetRootSha256() string {
+	if x != nil {
+		return x.RootSha256
+	}
+	return ""
+}
+
+func (x *RootLive) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RootLive) GetLive() int64 {
+	if x != nil {
+		return x.Live
+	}
+	return 0
+}
+
+func (x *RootLive) GetSample() []string {
+	if x != nil {
+		return x.Sample
+	}
+	return nil
 }
 
 type CAStatusRequest struct {
@@ -1112,7 +1670,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1682,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[14]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1695,7 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{14}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{19}
 }
 
 // CAStatusResponse describes the CA: its roots, the signing certificate and
@@ -1167,7 +1725,7 @@ type CAStatusResponse struct {
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1737,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[15]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1750,7 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{15}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CAStatusResponse) GetTrustDomain() string {
@@ -1286,7 +1844,7 @@ type CACertificate struct {
 
 func (x *CACertificate) Reset() {
 	*x = CACertificate{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1856,7 @@ func (x *CACertificate) String() string {
 func (*CACertificate) ProtoMessage() {}
 
 func (x *CACertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[16]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1869,7 @@ func (x *CACertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CACertificate.ProtoReflect.Descriptor instead.
 func (*CACertificate) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{16}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CACertificate) GetSubject() string {
@@ -1356,7 +1914,7 @@ type RootStatus struct {
 
 func (x *RootStatus) Reset() {
 	*x = RootStatus{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1926,7 @@ func (x *RootStatus) String() string {
 func (*RootStatus) ProtoMessage() {}
 
 func (x *RootStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[17]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1939,7 @@ func (x *RootStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootStatus.ProtoReflect.Descriptor instead.
 func (*RootStatus) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{17}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RootStatus) GetCertificate() *CACertificate {
@@ -1424,7 +1982,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1994,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[18]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +2007,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{18}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyConfigRequest) GetFiles() []*ConfigFile {
@@ -1476,7 +2034,7 @@ type ConfigFile struct {
 
 func (x *ConfigFile) Reset() {
 	*x = ConfigFile{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +2046,7 @@ func (x *ConfigFile) String() string {
 func (*ConfigFile) ProtoMessage() {}
 
 func (x *ConfigFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[19]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +2059,7 @@ func (x *ConfigFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigFile.ProtoReflect.Descriptor instead.
 func (*ConfigFile) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{19}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConfigFile) GetName() string {
@@ -1528,7 +2086,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +2098,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[20]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +2111,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{20}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyConfigResponse) GetConfigVersion() uint64 {
@@ -1578,7 +2136,7 @@ type GetStateRequest struct {
 
 func (x *GetStateRequest) Reset() {
 	*x = GetStateRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +2148,7 @@ func (x *GetStateRequest) String() string {
 func (*GetStateRequest) ProtoMessage() {}
 
 func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[21]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +2161,7 @@ func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateRequest.ProtoReflect.Descriptor instead.
 func (*GetStateRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{21}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{26}
 }
 
 // GetStateResponse is the control plane's effective config, registry and
@@ -1627,7 +2185,7 @@ type GetStateResponse struct {
 
 func (x *GetStateResponse) Reset() {
 	*x = GetStateResponse{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +2197,7 @@ func (x *GetStateResponse) String() string {
 func (*GetStateResponse) ProtoMessage() {}
 
 func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[22]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +2210,7 @@ func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStateResponse.ProtoReflect.Descriptor instead.
 func (*GetStateResponse) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{22}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetStateResponse) GetConfigVersion() uint64 {
@@ -1712,7 +2270,7 @@ type ConfigObject struct {
 
 func (x *ConfigObject) Reset() {
 	*x = ConfigObject{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +2282,7 @@ func (x *ConfigObject) String() string {
 func (*ConfigObject) ProtoMessage() {}
 
 func (x *ConfigObject) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[23]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +2295,7 @@ func (x *ConfigObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigObject.ProtoReflect.Descriptor instead.
 func (*ConfigObject) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{23}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ConfigObject) GetYaml() []byte {
@@ -1786,7 +2344,7 @@ type RegistryService struct {
 
 func (x *RegistryService) Reset() {
 	*x = RegistryService{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[24]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2356,7 @@ func (x *RegistryService) String() string {
 func (*RegistryService) ProtoMessage() {}
 
 func (x *RegistryService) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[24]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2369,7 @@ func (x *RegistryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryService.ProtoReflect.Descriptor instead.
 func (*RegistryService) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{24}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RegistryService) GetName() string {
@@ -1875,7 +2433,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[25]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2445,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[25]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2458,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{25}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ServicePort) GetName() string {
@@ -1948,7 +2506,7 @@ type RegistryWorkload struct {
 
 func (x *RegistryWorkload) Reset() {
 	*x = RegistryWorkload{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[26]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2518,7 @@ func (x *RegistryWorkload) String() string {
 func (*RegistryWorkload) ProtoMessage() {}
 
 func (x *RegistryWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[26]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2531,7 @@ func (x *RegistryWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryWorkload.ProtoReflect.Descriptor instead.
 func (*RegistryWorkload) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{26}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RegistryWorkload) GetName() string {
@@ -2045,7 +2603,7 @@ type WorkloadPort struct {
 
 func (x *WorkloadPort) Reset() {
 	*x = WorkloadPort{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[27]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2615,7 @@ func (x *WorkloadPort) String() string {
 func (*WorkloadPort) ProtoMessage() {}
 
 func (x *WorkloadPort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[27]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2628,7 @@ func (x *WorkloadPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadPort.ProtoReflect.Descriptor instead.
 func (*WorkloadPort) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{27}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WorkloadPort) GetName() string {
@@ -2119,7 +2677,7 @@ type SidecarStatus struct {
 
 func (x *SidecarStatus) Reset() {
 	*x = SidecarStatus{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[28]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2689,7 @@ func (x *SidecarStatus) String() string {
 func (*SidecarStatus) ProtoMessage() {}
 
 func (x *SidecarStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[28]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2702,7 @@ func (x *SidecarStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarStatus.ProtoReflect.Descriptor instead.
 func (*SidecarStatus) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{28}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SidecarStatus) GetWorkload() string {
@@ -2203,7 +2761,7 @@ type ConfigRejection struct {
 
 func (x *ConfigRejection) Reset() {
 	*x = ConfigRejection{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[29]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2773,7 @@ func (x *ConfigRejection) String() string {
 func (*ConfigRejection) ProtoMessage() {}
 
 func (x *ConfigRejection) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[29]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2786,7 @@ func (x *ConfigRejection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigRejection.ProtoReflect.Descriptor instead.
 func (*ConfigRejection) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{29}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ConfigRejection) GetDir() string {
@@ -2265,7 +2823,7 @@ type DiscoveryRequest struct {
 
 func (x *DiscoveryRequest) Reset() {
 	*x = DiscoveryRequest{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[30]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2835,7 @@ func (x *DiscoveryRequest) String() string {
 func (*DiscoveryRequest) ProtoMessage() {}
 
 func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[30]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2848,7 @@ func (x *DiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*DiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{30}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DiscoveryRequest) GetKind() isDiscoveryRequest_Kind {
@@ -2355,7 +2913,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[31]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2925,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[31]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2938,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{31}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Register) GetWorkload() string {
@@ -2436,7 +2994,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[32]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +3006,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[32]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +3019,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{32}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Ack) GetVersion() string {
@@ -2493,7 +3051,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[33]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +3063,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[33]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +3076,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{33}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -2563,7 +3121,7 @@ type PolicySnapshot struct {
 
 func (x *PolicySnapshot) Reset() {
 	*x = PolicySnapshot{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[34]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +3133,7 @@ func (x *PolicySnapshot) String() string {
 func (*PolicySnapshot) ProtoMessage() {}
 
 func (x *PolicySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[34]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +3146,7 @@ func (x *PolicySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicySnapshot.ProtoReflect.Descriptor instead.
 func (*PolicySnapshot) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{34}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PolicySnapshot) GetVersion() string {
@@ -2673,7 +3231,7 @@ type WorkloadRef struct {
 
 func (x *WorkloadRef) Reset() {
 	*x = WorkloadRef{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[35]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2685,7 +3243,7 @@ func (x *WorkloadRef) String() string {
 func (*WorkloadRef) ProtoMessage() {}
 
 func (x *WorkloadRef) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[35]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2698,7 +3256,7 @@ func (x *WorkloadRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadRef.ProtoReflect.Descriptor instead.
 func (*WorkloadRef) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{35}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WorkloadRef) GetName() string {
@@ -2748,7 +3306,7 @@ type InboundPort struct {
 
 func (x *InboundPort) Reset() {
 	*x = InboundPort{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[36]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +3318,7 @@ func (x *InboundPort) String() string {
 func (*InboundPort) ProtoMessage() {}
 
 func (x *InboundPort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[36]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +3331,7 @@ func (x *InboundPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPort.ProtoReflect.Descriptor instead.
 func (*InboundPort) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{36}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *InboundPort) GetPort() uint32 {
@@ -2837,7 +3395,7 @@ type EndUserAuthn struct {
 
 func (x *EndUserAuthn) Reset() {
 	*x = EndUserAuthn{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +3407,7 @@ func (x *EndUserAuthn) String() string {
 func (*EndUserAuthn) ProtoMessage() {}
 
 func (x *EndUserAuthn) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[37]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +3420,7 @@ func (x *EndUserAuthn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndUserAuthn.ProtoReflect.Descriptor instead.
 func (*EndUserAuthn) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{37}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *EndUserAuthn) GetJwt() []*JWT {
@@ -2909,7 +3467,7 @@ type JWT struct {
 
 func (x *JWT) Reset() {
 	*x = JWT{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2921,7 +3479,7 @@ func (x *JWT) String() string {
 func (*JWT) ProtoMessage() {}
 
 func (x *JWT) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[38]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2934,7 +3492,7 @@ func (x *JWT) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWT.ProtoReflect.Descriptor instead.
 func (*JWT) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{38}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *JWT) GetIssuer() string {
@@ -2990,7 +3548,7 @@ type OutboundService struct {
 
 func (x *OutboundService) Reset() {
 	*x = OutboundService{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3002,7 +3560,7 @@ func (x *OutboundService) String() string {
 func (*OutboundService) ProtoMessage() {}
 
 func (x *OutboundService) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[39]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3015,7 +3573,7 @@ func (x *OutboundService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboundService.ProtoReflect.Descriptor instead.
 func (*OutboundService) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{39}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *OutboundService) GetName() string {
@@ -3085,7 +3643,7 @@ type OutboundPort struct {
 
 func (x *OutboundPort) Reset() {
 	*x = OutboundPort{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3097,7 +3655,7 @@ func (x *OutboundPort) String() string {
 func (*OutboundPort) ProtoMessage() {}
 
 func (x *OutboundPort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[40]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3110,7 +3668,7 @@ func (x *OutboundPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboundPort.ProtoReflect.Descriptor instead.
 func (*OutboundPort) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{40}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *OutboundPort) GetName() string {
@@ -3184,7 +3742,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3754,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[41]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3767,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{41}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Endpoint) GetWorkload() string {
@@ -3260,7 +3818,7 @@ type RBAC struct {
 
 func (x *RBAC) Reset() {
 	*x = RBAC{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3272,7 +3830,7 @@ func (x *RBAC) String() string {
 func (*RBAC) ProtoMessage() {}
 
 func (x *RBAC) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[42]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3285,7 +3843,7 @@ func (x *RBAC) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBAC.ProtoReflect.Descriptor instead.
 func (*RBAC) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{42}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RBAC) GetPolicies() []*RBACPolicy {
@@ -3324,7 +3882,7 @@ type RBACPolicy struct {
 
 func (x *RBACPolicy) Reset() {
 	*x = RBACPolicy{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3894,7 @@ func (x *RBACPolicy) String() string {
 func (*RBACPolicy) ProtoMessage() {}
 
 func (x *RBACPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[43]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3907,7 @@ func (x *RBACPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACPolicy.ProtoReflect.Descriptor instead.
 func (*RBACPolicy) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{43}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RBACPolicy) GetRole() string {
@@ -3393,7 +3951,7 @@ type RBACRule struct {
 
 func (x *RBACRule) Reset() {
 	*x = RBACRule{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3405,7 +3963,7 @@ func (x *RBACRule) String() string {
 func (*RBACRule) ProtoMessage() {}
 
 func (x *RBACRule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[44]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3418,7 +3976,7 @@ func (x *RBACRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACRule.ProtoReflect.Descriptor instead.
 func (*RBACRule) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{44}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RBACRule) GetServices() []string {
@@ -3466,7 +4024,7 @@ type RBACConstraint struct {
 
 func (x *RBACConstraint) Reset() {
 	*x = RBACConstraint{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3478,7 +4036,7 @@ func (x *RBACConstraint) String() string {
 func (*RBACConstraint) ProtoMessage() {}
 
 func (x *RBACConstraint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[45]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3491,7 +4049,7 @@ func (x *RBACConstraint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACConstraint.ProtoReflect.Descriptor instead.
 func (*RBACConstraint) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{45}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RBACConstraint) GetKey() string {
@@ -3520,7 +4078,7 @@ type RBACSubject struct {
 
 func (x *RBACSubject) Reset() {
 	*x = RBACSubject{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[46]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3532,7 +4090,7 @@ func (x *RBACSubject) String() string {
 func (*RBACSubject) ProtoMessage() {}
 
 func (x *RBACSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[46]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3545,7 +4103,7 @@ func (x *RBACSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBACSubject.ProtoReflect.Descriptor instead.
 func (*RBACSubject) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{46}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RBACSubject) GetUser() string {
@@ -3585,7 +4143,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[47]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3597,7 +4155,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[47]
+	mi := &file_api_meshauth_v1_meshauth_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3610,7 +4168,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{47}
+	return file_api_meshauth_v1_meshauth_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *Refusal) GetService() string {
@@ -3645,7 +4203,12 @@ var File_api_meshauth_v1_meshauth_proto protoreflect.FileDescriptor
 
 const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\n" +
-	"\x1eapi/meshauth/v1/meshauth.proto\x12\vmeshauth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n" +
+	"\x1eapi/meshauth/v1/meshauth.proto\x12\vmeshauth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n" +
+	"\tBundleAck\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
+	"\froots_sha256\x18\x03 \x03(\tR\vrootsSha256\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"M\n" +
 	"\x18CreateCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -3709,13 +4272,62 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"Q\n" +
 	"\x0eRevokeResponse\x12\x18\n" +
 	"\aserials\x18\x01 \x03(\tR\aserials\x12%\n" +
-	"\x0ebundle_version\x18\x02 \x01(\x04R\rbundleVersion\"<\n" +
+	"\x0ebundle_version\x18\x02 \x01(\x04R\rbundleVersion\"\x96\x01\n" +
 	"\x11RotateRootRequest\x12'\n" +
-	"\x0foverlap_seconds\x18\x01 \x01(\x03R\x0eoverlapSeconds\"\x99\x01\n" +
+	"\x0foverlap_seconds\x18\x01 \x01(\x03R\x0eoverlapSeconds\x12\x16\n" +
+	"\x06retire\x18\x02 \x01(\bR\x06retire\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x16\n" +
+	"\x06forget\x18\x04 \x03(\tR\x06forget\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\"\xe8\x01\n" +
 	"\x12RotateRootResponse\x120\n" +
-	"\x14new_root_fingerprint\x18\x01 \x01(\tR\x12newRootFingerprint\x12*\n" +
-	"\x11signing_switch_at\x18\x02 \x01(\x03R\x0fsigningSwitchAt\x12%\n" +
-	"\x0ebundle_version\x18\x03 \x01(\x04R\rbundleVersion\"\x11\n" +
+	"\x14new_root_fingerprint\x18\x01 \x01(\tR\x12newRootFingerprint\x12%\n" +
+	"\x0ebundle_version\x18\x03 \x01(\x04R\rbundleVersion\x12*\n" +
+	"\x11min_overlap_until\x18\x04 \x01(\x03R\x0fminOverlapUntil\x12\x16\n" +
+	"\x06broken\x18\x05 \x03(\tR\x06broken\x12\x1c\n" +
+	"\tforgotten\x18\x06 \x03(\tR\tforgottenJ\x04\b\x02\x10\x03R\x11signing_switch_at\"\x17\n" +
+	"\x15RotationStatusRequest\"\xff\x04\n" +
+	"\x16RotationStatusResponse\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12&\n" +
+	"\x0fnew_root_sha256\x18\x02 \x01(\tR\rnewRootSha256\x12(\n" +
+	"\x10old_roots_sha256\x18\x03 \x03(\tR\x0eoldRootsSha256\x12%\n" +
+	"\x0ebundle_version\x18\x04 \x01(\x04R\rbundleVersion\x129\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12F\n" +
+	"\x11min_overlap_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0fminOverlapUntil\x12;\n" +
+	"\vswitched_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"switchedAt\x129\n" +
+	"\n" +
+	"retired_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x16\n" +
+	"\x06forced\x18\t \x03(\tR\x06forced\x12<\n" +
+	"\bsidecars\x18\n" +
+	" \x03(\v2 .meshauth.v1.SidecarBundleStatusR\bsidecars\x12\x18\n" +
+	"\awaiting\x18\v \x01(\x05R\awaiting\x12)\n" +
+	"\x04live\x18\f \x03(\v2\x15.meshauth.v1.RootLiveR\x04live\x12\x12\n" +
+	"\x04next\x18\r \x01(\tR\x04next\x12,\n" +
+	"\x03now\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x03now\"\xf1\x03\n" +
+	"\x13SidecarBundleStatus\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\binstance\x18\x03 \x01(\tR\binstance\x12\x16\n" +
+	"\x06serial\x18\x04 \x01(\tR\x06serial\x12@\n" +
+	"\x0ecert_not_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\x12\x1c\n" +
+	"\tconnected\x18\x06 \x01(\bR\tconnected\x120\n" +
+	"\x05since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12#\n" +
+	"\racked_version\x18\b \x01(\x04R\fackedVersion\x125\n" +
+	"\backed_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aackedAt\x12 \n" +
+	"\fhas_new_root\x18\n" +
+	" \x01(\bR\n" +
+	"hasNewRoot\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05error\x12#\n" +
+	"\rerror_version\x18\f \x01(\x04R\ferrorVersion\x12\x1a\n" +
+	"\bblocking\x18\r \x01(\bR\bblocking\x12\x10\n" +
+	"\x03why\x18\x0e \x01(\tR\x03why\"m\n" +
+	"\bRootLive\x12\x1f\n" +
+	"\vroot_sha256\x18\x01 \x01(\tR\n" +
+	"rootSha256\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
+	"\x04live\x18\x03 \x01(\x03R\x04live\x12\x16\n" +
+	"\x06sample\x18\x04 \x03(\tR\x06sample\"\x11\n" +
 	"\x0fCAStatusRequest\"\xd9\x03\n" +
 	"\x10CAStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x12\n" +
@@ -3966,17 +4578,19 @@ const file_api_meshauth_v1_meshauth_proto_rawDesc = "" +
 	"\x17CLIENT_TLS_MODE_DISABLE\x10\x01\x12\x1a\n" +
 	"\x16CLIENT_TLS_MODE_SIMPLE\x10\x02\x12\x1a\n" +
 	"\x16CLIENT_TLS_MODE_MUTUAL\x10\x03\x12 \n" +
-	"\x1cCLIENT_TLS_MODE_ISTIO_MUTUAL\x10\x042\x9e\x02\n" +
+	"\x1cCLIENT_TLS_MODE_ISTIO_MUTUAL\x10\x042\xe7\x02\n" +
 	"\x14CertificateAuthority\x12b\n" +
 	"\x11CreateCertificate\x12%.meshauth.v1.CreateCertificateRequest\x1a&.meshauth.v1.CreateCertificateResponse\x12N\n" +
 	"\x0eGetTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle\x12R\n" +
-	"\x10WatchTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle0\x012\xaa\x04\n" +
+	"\x10WatchTrustBundle\x12\".meshauth.v1.GetTrustBundleRequest\x1a\x18.meshauth.v1.TrustBundle0\x01\x12G\n" +
+	"\x0fSyncTrustBundle\x12\x16.meshauth.v1.BundleAck\x1a\x18.meshauth.v1.TrustBundle(\x010\x012\x85\x05\n" +
 	"\x05Admin\x12\\\n" +
 	"\x0fCreateJoinToken\x12#.meshauth.v1.CreateJoinTokenRequest\x1a$.meshauth.v1.CreateJoinTokenResponse\x12A\n" +
 	"\x06Revoke\x12\x1a.meshauth.v1.RevokeRequest\x1a\x1b.meshauth.v1.RevokeResponse\x12M\n" +
 	"\n" +
 	"RotateRoot\x12\x1e.meshauth.v1.RotateRootRequest\x1a\x1f.meshauth.v1.RotateRootResponse\x12G\n" +
-	"\bCAStatus\x12\x1c.meshauth.v1.CAStatusRequest\x1a\x1d.meshauth.v1.CAStatusResponse\x12P\n" +
+	"\bCAStatus\x12\x1c.meshauth.v1.CAStatusRequest\x1a\x1d.meshauth.v1.CAStatusResponse\x12Y\n" +
+	"\x0eRotationStatus\x12\".meshauth.v1.RotationStatusRequest\x1a#.meshauth.v1.RotationStatusResponse\x12P\n" +
 	"\vApplyConfig\x12\x1f.meshauth.v1.ApplyConfigRequest\x1a .meshauth.v1.ApplyConfigResponse\x12G\n" +
 	"\bGetState\x12\x1c.meshauth.v1.GetStateRequest\x1a\x1d.meshauth.v1.GetStateResponse\x12M\n" +
 	"\n" +
@@ -3997,148 +4611,167 @@ func file_api_meshauth_v1_meshauth_proto_rawDescGZIP() []byte {
 }
 
 var file_api_meshauth_v1_meshauth_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_api_meshauth_v1_meshauth_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_api_meshauth_v1_meshauth_proto_goTypes = []any{
 	(RootState)(0),                    // 0: meshauth.v1.RootState
 	(ServerMode)(0),                   // 1: meshauth.v1.ServerMode
 	(ClientTLSMode)(0),                // 2: meshauth.v1.ClientTLSMode
-	(*CreateCertificateRequest)(nil),  // 3: meshauth.v1.CreateCertificateRequest
-	(*CreateCertificateResponse)(nil), // 4: meshauth.v1.CreateCertificateResponse
-	(*GetTrustBundleRequest)(nil),     // 5: meshauth.v1.GetTrustBundleRequest
-	(*TrustBundle)(nil),               // 6: meshauth.v1.TrustBundle
-	(*Revocation)(nil),                // 7: meshauth.v1.Revocation
-	(*ListIssuedRequest)(nil),         // 8: meshauth.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),        // 9: meshauth.v1.ListIssuedResponse
-	(*IssuedCertificate)(nil),         // 10: meshauth.v1.IssuedCertificate
-	(*CreateJoinTokenRequest)(nil),    // 11: meshauth.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),   // 12: meshauth.v1.CreateJoinTokenResponse
-	(*RevokeRequest)(nil),             // 13: meshauth.v1.RevokeRequest
-	(*RevokeResponse)(nil),            // 14: meshauth.v1.RevokeResponse
-	(*RotateRootRequest)(nil),         // 15: meshauth.v1.RotateRootRequest
-	(*RotateRootResponse)(nil),        // 16: meshauth.v1.RotateRootResponse
-	(*CAStatusRequest)(nil),           // 17: meshauth.v1.CAStatusRequest
-	(*CAStatusResponse)(nil),          // 18: meshauth.v1.CAStatusResponse
-	(*CACertificate)(nil),             // 19: meshauth.v1.CACertificate
-	(*RootStatus)(nil),                // 20: meshauth.v1.RootStatus
-	(*ApplyConfigRequest)(nil),        // 21: meshauth.v1.ApplyConfigRequest
-	(*ConfigFile)(nil),                // 22: meshauth.v1.ConfigFile
-	(*ApplyConfigResponse)(nil),       // 23: meshauth.v1.ApplyConfigResponse
-	(*GetStateRequest)(nil),           // 24: meshauth.v1.GetStateRequest
-	(*GetStateResponse)(nil),          // 25: meshauth.v1.GetStateResponse
-	(*ConfigObject)(nil),              // 26: meshauth.v1.ConfigObject
-	(*RegistryService)(nil),           // 27: meshauth.v1.RegistryService
-	(*ServicePort)(nil),               // 28: meshauth.v1.ServicePort
-	(*RegistryWorkload)(nil),          // 29: meshauth.v1.RegistryWorkload
-	(*WorkloadPort)(nil),              // 30: meshauth.v1.WorkloadPort
-	(*SidecarStatus)(nil),             // 31: meshauth.v1.SidecarStatus
-	(*ConfigRejection)(nil),           // 32: meshauth.v1.ConfigRejection
-	(*DiscoveryRequest)(nil),          // 33: meshauth.v1.DiscoveryRequest
-	(*Register)(nil),                  // 34: meshauth.v1.Register
-	(*Ack)(nil),                       // 35: meshauth.v1.Ack
-	(*Snapshot)(nil),                  // 36: meshauth.v1.Snapshot
-	(*PolicySnapshot)(nil),            // 37: meshauth.v1.PolicySnapshot
-	(*WorkloadRef)(nil),               // 38: meshauth.v1.WorkloadRef
-	(*InboundPort)(nil),               // 39: meshauth.v1.InboundPort
-	(*EndUserAuthn)(nil),              // 40: meshauth.v1.EndUserAuthn
-	(*JWT)(nil),                       // 41: meshauth.v1.JWT
-	(*OutboundService)(nil),           // 42: meshauth.v1.OutboundService
-	(*OutboundPort)(nil),              // 43: meshauth.v1.OutboundPort
-	(*Endpoint)(nil),                  // 44: meshauth.v1.Endpoint
-	(*RBAC)(nil),                      // 45: meshauth.v1.RBAC
-	(*RBACPolicy)(nil),                // 46: meshauth.v1.RBACPolicy
-	(*RBACRule)(nil),                  // 47: meshauth.v1.RBACRule
-	(*RBACConstraint)(nil),            // 48: meshauth.v1.RBACConstraint
-	(*RBACSubject)(nil),               // 49: meshauth.v1.RBACSubject
-	(*Refusal)(nil),                   // 50: meshauth.v1.Refusal
-	nil,                               // 51: meshauth.v1.RegistryService.SelectorEntry
-	nil,                               // 52: meshauth.v1.RegistryWorkload.LabelsEntry
-	nil,                               // 53: meshauth.v1.Register.LabelsEntry
-	nil,                               // 54: meshauth.v1.Register.SidecarPortsEntry
-	nil,                               // 55: meshauth.v1.WorkloadRef.LabelsEntry
-	nil,                               // 56: meshauth.v1.Endpoint.PortsEntry
-	nil,                               // 57: meshauth.v1.RBACRule.ExtraEntry
-	nil,                               // 58: meshauth.v1.RBACSubject.PropertiesEntry
-	(*durationpb.Duration)(nil),       // 59: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 60: google.protobuf.Timestamp
+	(*BundleAck)(nil),                 // 3: meshauth.v1.BundleAck
+	(*CreateCertificateRequest)(nil),  // 4: meshauth.v1.CreateCertificateRequest
+	(*CreateCertificateResponse)(nil), // 5: meshauth.v1.CreateCertificateResponse
+	(*GetTrustBundleRequest)(nil),     // 6: meshauth.v1.GetTrustBundleRequest
+	(*TrustBundle)(nil),               // 7: meshauth.v1.TrustBundle
+	(*Revocation)(nil),                // 8: meshauth.v1.Revocation
+	(*ListIssuedRequest)(nil),         // 9: meshauth.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),        // 10: meshauth.v1.ListIssuedResponse
+	(*IssuedCertificate)(nil),         // 11: meshauth.v1.IssuedCertificate
+	(*CreateJoinTokenRequest)(nil),    // 12: meshauth.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),   // 13: meshauth.v1.CreateJoinTokenResponse
+	(*RevokeRequest)(nil),             // 14: meshauth.v1.RevokeRequest
+	(*RevokeResponse)(nil),            // 15: meshauth.v1.RevokeResponse
+	(*RotateRootRequest)(nil),         // 16: meshauth.v1.RotateRootRequest
+	(*RotateRootResponse)(nil),        // 17: meshauth.v1.RotateRootResponse
+	(*RotationStatusRequest)(nil),     // 18: meshauth.v1.RotationStatusRequest
+	(*RotationStatusResponse)(nil),    // 19: meshauth.v1.RotationStatusResponse
+	(*SidecarBundleStatus)(nil),       // 20: meshauth.v1.SidecarBundleStatus
+	(*RootLive)(nil),                  // 21: meshauth.v1.RootLive
+	(*CAStatusRequest)(nil),           // 22: meshauth.v1.CAStatusRequest
+	(*CAStatusResponse)(nil),          // 23: meshauth.v1.CAStatusResponse
+	(*CACertificate)(nil),             // 24: meshauth.v1.CACertificate
+	(*RootStatus)(nil),                // 25: meshauth.v1.RootStatus
+	(*ApplyConfigRequest)(nil),        // 26: meshauth.v1.ApplyConfigRequest
+	(*ConfigFile)(nil),                // 27: meshauth.v1.ConfigFile
+	(*ApplyConfigResponse)(nil),       // 28: meshauth.v1.ApplyConfigResponse
+	(*GetStateRequest)(nil),           // 29: meshauth.v1.GetStateRequest
+	(*GetStateResponse)(nil),          // 30: meshauth.v1.GetStateResponse
+	(*ConfigObject)(nil),              // 31: meshauth.v1.ConfigObject
+	(*RegistryService)(nil),           // 32: meshauth.v1.RegistryService
+	(*ServicePort)(nil),               // 33: meshauth.v1.ServicePort
+	(*RegistryWorkload)(nil),          // 34: meshauth.v1.RegistryWorkload
+	(*WorkloadPort)(nil),              // 35: meshauth.v1.WorkloadPort
+	(*SidecarStatus)(nil),             // 36: meshauth.v1.SidecarStatus
+	(*ConfigRejection)(nil),           // 37: meshauth.v1.ConfigRejection
+	(*DiscoveryRequest)(nil),          // 38: meshauth.v1.DiscoveryRequest
+	(*Register)(nil),                  // 39: meshauth.v1.Register
+	(*Ack)(nil),                       // 40: meshauth.v1.Ack
+	(*Snapshot)(nil),                  // 41: meshauth.v1.Snapshot
+	(*PolicySnapshot)(nil),            // 42: meshauth.v1.PolicySnapshot
+	(*WorkloadRef)(nil),               // 43: meshauth.v1.WorkloadRef
+	(*InboundPort)(nil),               // 44: meshauth.v1.InboundPort
+	(*EndUserAuthn)(nil),              // 45: meshauth.v1.EndUserAuthn
+	(*JWT)(nil),                       // 46: meshauth.v1.JWT
+	(*OutboundService)(nil),           // 47: meshauth.v1.OutboundService
+	(*OutboundPort)(nil),              // 48: meshauth.v1.OutboundPort
+	(*Endpoint)(nil),                  // 49: meshauth.v1.Endpoint
+	(*RBAC)(nil),                      // 50: meshauth.v1.RBAC
+	(*RBACPolicy)(nil),                // 51: meshauth.v1.RBACPolicy
+	(*RBACRule)(nil),                  // 52: meshauth.v1.RBACRule
+	(*RBACConstraint)(nil),            // 53: meshauth.v1.RBACConstraint
+	(*RBACSubject)(nil),               // 54: meshauth.v1.RBACSubject
+	(*Refusal)(nil),                   // 55: meshauth.v1.Refusal
+	nil,                               // 56: meshauth.v1.RegistryService.SelectorEntry
+	nil,                               // 57: meshauth.v1.RegistryWorkload.LabelsEntry
+	nil,                               // 58: meshauth.v1.Register.LabelsEntry
+	nil,                               // 59: meshauth.v1.Register.SidecarPortsEntry
+	nil,                               // 60: meshauth.v1.WorkloadRef.LabelsEntry
+	nil,                               // 61: meshauth.v1.Endpoint.PortsEntry
+	nil,                               // 62: meshauth.v1.RBACRule.ExtraEntry
+	nil,                               // 63: meshauth.v1.RBACSubject.PropertiesEntry
+	(*timestamppb.Timestamp)(nil),     // 64: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 65: google.protobuf.Duration
 }
 var file_api_meshauth_v1_meshauth_proto_depIdxs = []int32{
-	7,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
-	10, // 1: meshauth.v1.ListIssuedResponse.entries:type_name -> meshauth.v1.IssuedCertificate
-	20, // 2: meshauth.v1.CAStatusResponse.roots:type_name -> meshauth.v1.RootStatus
-	19, // 3: meshauth.v1.CAStatusResponse.signing:type_name -> meshauth.v1.CACertificate
-	59, // 4: meshauth.v1.CAStatusResponse.default_ttl:type_name -> google.protobuf.Duration
-	59, // 5: meshauth.v1.CAStatusResponse.max_ttl:type_name -> google.protobuf.Duration
-	60, // 6: meshauth.v1.CAStatusResponse.now:type_name -> google.protobuf.Timestamp
-	60, // 7: meshauth.v1.CACertificate.not_before:type_name -> google.protobuf.Timestamp
-	60, // 8: meshauth.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	19, // 9: meshauth.v1.RootStatus.certificate:type_name -> meshauth.v1.CACertificate
-	0,  // 10: meshauth.v1.RootStatus.state:type_name -> meshauth.v1.RootState
-	60, // 11: meshauth.v1.RootStatus.activate_at:type_name -> google.protobuf.Timestamp
-	60, // 12: meshauth.v1.RootStatus.last_issued_not_after:type_name -> google.protobuf.Timestamp
-	22, // 13: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
-	26, // 14: meshauth.v1.GetStateResponse.config:type_name -> meshauth.v1.ConfigObject
-	27, // 15: meshauth.v1.GetStateResponse.services:type_name -> meshauth.v1.RegistryService
-	29, // 16: meshauth.v1.GetStateResponse.workloads:type_name -> meshauth.v1.RegistryWorkload
-	31, // 17: meshauth.v1.GetStateResponse.sidecars:type_name -> meshauth.v1.SidecarStatus
-	32, // 18: meshauth.v1.GetStateResponse.config_rejected:type_name -> meshauth.v1.ConfigRejection
-	28, // 19: meshauth.v1.RegistryService.ports:type_name -> meshauth.v1.ServicePort
-	51, // 20: meshauth.v1.RegistryService.selector:type_name -> meshauth.v1.RegistryService.SelectorEntry
-	52, // 21: meshauth.v1.RegistryWorkload.labels:type_name -> meshauth.v1.RegistryWorkload.LabelsEntry
-	30, // 22: meshauth.v1.RegistryWorkload.ports:type_name -> meshauth.v1.WorkloadPort
-	60, // 23: meshauth.v1.ConfigRejection.at:type_name -> google.protobuf.Timestamp
-	34, // 24: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
-	35, // 25: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
-	53, // 26: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
-	54, // 27: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
-	37, // 28: meshauth.v1.Snapshot.policy:type_name -> meshauth.v1.PolicySnapshot
-	38, // 29: meshauth.v1.PolicySnapshot.workload:type_name -> meshauth.v1.WorkloadRef
-	1,  // 30: meshauth.v1.PolicySnapshot.inbound_default:type_name -> meshauth.v1.ServerMode
-	39, // 31: meshauth.v1.PolicySnapshot.inbound:type_name -> meshauth.v1.InboundPort
-	42, // 32: meshauth.v1.PolicySnapshot.outbound:type_name -> meshauth.v1.OutboundService
-	45, // 33: meshauth.v1.PolicySnapshot.rbac:type_name -> meshauth.v1.RBAC
-	50, // 34: meshauth.v1.PolicySnapshot.registration_refused:type_name -> meshauth.v1.Refusal
-	40, // 35: meshauth.v1.PolicySnapshot.inbound_default_end_user:type_name -> meshauth.v1.EndUserAuthn
-	55, // 36: meshauth.v1.WorkloadRef.labels:type_name -> meshauth.v1.WorkloadRef.LabelsEntry
-	1,  // 37: meshauth.v1.InboundPort.mode:type_name -> meshauth.v1.ServerMode
-	40, // 38: meshauth.v1.InboundPort.end_user:type_name -> meshauth.v1.EndUserAuthn
-	41, // 39: meshauth.v1.EndUserAuthn.jwt:type_name -> meshauth.v1.JWT
-	43, // 40: meshauth.v1.OutboundService.ports:type_name -> meshauth.v1.OutboundPort
-	44, // 41: meshauth.v1.OutboundService.endpoints:type_name -> meshauth.v1.Endpoint
-	2,  // 42: meshauth.v1.OutboundPort.tls_mode:type_name -> meshauth.v1.ClientTLSMode
-	56, // 43: meshauth.v1.Endpoint.ports:type_name -> meshauth.v1.Endpoint.PortsEntry
-	46, // 44: meshauth.v1.RBAC.policies:type_name -> meshauth.v1.RBACPolicy
-	47, // 45: meshauth.v1.RBACPolicy.rules:type_name -> meshauth.v1.RBACRule
-	49, // 46: meshauth.v1.RBACPolicy.subjects:type_name -> meshauth.v1.RBACSubject
-	48, // 47: meshauth.v1.RBACRule.constraints:type_name -> meshauth.v1.RBACConstraint
-	57, // 48: meshauth.v1.RBACRule.extra:type_name -> meshauth.v1.RBACRule.ExtraEntry
-	58, // 49: meshauth.v1.RBACSubject.properties:type_name -> meshauth.v1.RBACSubject.PropertiesEntry
-	3,  // 50: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
-	5,  // 51: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	5,  // 52: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
-	11, // 53: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
-	13, // 54: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
-	15, // 55: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
-	17, // 56: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
-	21, // 57: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
-	24, // 58: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
-	8,  // 59: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
-	33, // 60: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
-	4,  // 61: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
-	6,  // 62: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
-	6,  // 63: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
-	12, // 64: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
-	14, // 65: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
-	16, // 66: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
-	18, // 67: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
-	23, // 68: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
-	25, // 69: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
-	9,  // 70: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
-	36, // 71: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
-	61, // [61:72] is the sub-list for method output_type
-	50, // [50:61] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	8,  // 0: meshauth.v1.TrustBundle.revocations:type_name -> meshauth.v1.Revocation
+	11, // 1: meshauth.v1.ListIssuedResponse.entries:type_name -> meshauth.v1.IssuedCertificate
+	64, // 2: meshauth.v1.RotationStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	64, // 3: meshauth.v1.RotationStatusResponse.min_overlap_until:type_name -> google.protobuf.Timestamp
+	64, // 4: meshauth.v1.RotationStatusResponse.switched_at:type_name -> google.protobuf.Timestamp
+	64, // 5: meshauth.v1.RotationStatusResponse.retired_at:type_name -> google.protobuf.Timestamp
+	20, // 6: meshauth.v1.RotationStatusResponse.sidecars:type_name -> meshauth.v1.SidecarBundleStatus
+	21, // 7: meshauth.v1.RotationStatusResponse.live:type_name -> meshauth.v1.RootLive
+	64, // 8: meshauth.v1.RotationStatusResponse.now:type_name -> google.protobuf.Timestamp
+	64, // 9: meshauth.v1.SidecarBundleStatus.cert_not_after:type_name -> google.protobuf.Timestamp
+	64, // 10: meshauth.v1.SidecarBundleStatus.since:type_name -> google.protobuf.Timestamp
+	64, // 11: meshauth.v1.SidecarBundleStatus.acked_at:type_name -> google.protobuf.Timestamp
+	25, // 12: meshauth.v1.CAStatusResponse.roots:type_name -> meshauth.v1.RootStatus
+	24, // 13: meshauth.v1.CAStatusResponse.signing:type_name -> meshauth.v1.CACertificate
+	65, // 14: meshauth.v1.CAStatusResponse.default_ttl:type_name -> google.protobuf.Duration
+	65, // 15: meshauth.v1.CAStatusResponse.max_ttl:type_name -> google.protobuf.Duration
+	64, // 16: meshauth.v1.CAStatusResponse.now:type_name -> google.protobuf.Timestamp
+	64, // 17: meshauth.v1.CACertificate.not_before:type_name -> google.protobuf.Timestamp
+	64, // 18: meshauth.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	24, // 19: meshauth.v1.RootStatus.certificate:type_name -> meshauth.v1.CACertificate
+	0,  // 20: meshauth.v1.RootStatus.state:type_name -> meshauth.v1.RootState
+	64, // 21: meshauth.v1.RootStatus.activate_at:type_name -> google.protobuf.Timestamp
+	64, // 22: meshauth.v1.RootStatus.last_issued_not_after:type_name -> google.protobuf.Timestamp
+	27, // 23: meshauth.v1.ApplyConfigRequest.files:type_name -> meshauth.v1.ConfigFile
+	31, // 24: meshauth.v1.GetStateResponse.config:type_name -> meshauth.v1.ConfigObject
+	32, // 25: meshauth.v1.GetStateResponse.services:type_name -> meshauth.v1.RegistryService
+	34, // 26: meshauth.v1.GetStateResponse.workloads:type_name -> meshauth.v1.RegistryWorkload
+	36, // 27: meshauth.v1.GetStateResponse.sidecars:type_name -> meshauth.v1.SidecarStatus
+	37, // 28: meshauth.v1.GetStateResponse.config_rejected:type_name -> meshauth.v1.ConfigRejection
+	33, // 29: meshauth.v1.RegistryService.ports:type_name -> meshauth.v1.ServicePort
+	56, // 30: meshauth.v1.RegistryService.selector:type_name -> meshauth.v1.RegistryService.SelectorEntry
+	57, // 31: meshauth.v1.RegistryWorkload.labels:type_name -> meshauth.v1.RegistryWorkload.LabelsEntry
+	35, // 32: meshauth.v1.RegistryWorkload.ports:type_name -> meshauth.v1.WorkloadPort
+	64, // 33: meshauth.v1.ConfigRejection.at:type_name -> google.protobuf.Timestamp
+	39, // 34: meshauth.v1.DiscoveryRequest.register:type_name -> meshauth.v1.Register
+	40, // 35: meshauth.v1.DiscoveryRequest.ack:type_name -> meshauth.v1.Ack
+	58, // 36: meshauth.v1.Register.labels:type_name -> meshauth.v1.Register.LabelsEntry
+	59, // 37: meshauth.v1.Register.sidecar_ports:type_name -> meshauth.v1.Register.SidecarPortsEntry
+	42, // 38: meshauth.v1.Snapshot.policy:type_name -> meshauth.v1.PolicySnapshot
+	43, // 39: meshauth.v1.PolicySnapshot.workload:type_name -> meshauth.v1.WorkloadRef
+	1,  // 40: meshauth.v1.PolicySnapshot.inbound_default:type_name -> meshauth.v1.ServerMode
+	44, // 41: meshauth.v1.PolicySnapshot.inbound:type_name -> meshauth.v1.InboundPort
+	47, // 42: meshauth.v1.PolicySnapshot.outbound:type_name -> meshauth.v1.OutboundService
+	50, // 43: meshauth.v1.PolicySnapshot.rbac:type_name -> meshauth.v1.RBAC
+	55, // 44: meshauth.v1.PolicySnapshot.registration_refused:type_name -> meshauth.v1.Refusal
+	45, // 45: meshauth.v1.PolicySnapshot.inbound_default_end_user:type_name -> meshauth.v1.EndUserAuthn
+	60, // 46: meshauth.v1.WorkloadRef.labels:type_name -> meshauth.v1.WorkloadRef.LabelsEntry
+	1,  // 47: meshauth.v1.InboundPort.mode:type_name -> meshauth.v1.ServerMode
+	45, // 48: meshauth.v1.InboundPort.end_user:type_name -> meshauth.v1.EndUserAuthn
+	46, // 49: meshauth.v1.EndUserAuthn.jwt:type_name -> meshauth.v1.JWT
+	48, // 50: meshauth.v1.OutboundService.ports:type_name -> meshauth.v1.OutboundPort
+	49, // 51: meshauth.v1.OutboundService.endpoints:type_name -> meshauth.v1.Endpoint
+	2,  // 52: meshauth.v1.OutboundPort.tls_mode:type_name -> meshauth.v1.ClientTLSMode
+	61, // 53: meshauth.v1.Endpoint.ports:type_name -> meshauth.v1.Endpoint.PortsEntry
+	51, // 54: meshauth.v1.RBAC.policies:type_name -> meshauth.v1.RBACPolicy
+	52, // 55: meshauth.v1.RBACPolicy.rules:type_name -> meshauth.v1.RBACRule
+	54, // 56: meshauth.v1.RBACPolicy.subjects:type_name -> meshauth.v1.RBACSubject
+	53, // 57: meshauth.v1.RBACRule.constraints:type_name -> meshauth.v1.RBACConstraint
+	62, // 58: meshauth.v1.RBACRule.extra:type_name -> meshauth.v1.RBACRule.ExtraEntry
+	63, // 59: meshauth.v1.RBACSubject.properties:type_name -> meshauth.v1.RBACSubject.PropertiesEntry
+	4,  // 60: meshauth.v1.CertificateAuthority.CreateCertificate:input_type -> meshauth.v1.CreateCertificateRequest
+	6,  // 61: meshauth.v1.CertificateAuthority.GetTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	6,  // 62: meshauth.v1.CertificateAuthority.WatchTrustBundle:input_type -> meshauth.v1.GetTrustBundleRequest
+	3,  // 63: meshauth.v1.CertificateAuthority.SyncTrustBundle:input_type -> meshauth.v1.BundleAck
+	12, // 64: meshauth.v1.Admin.CreateJoinToken:input_type -> meshauth.v1.CreateJoinTokenRequest
+	14, // 65: meshauth.v1.Admin.Revoke:input_type -> meshauth.v1.RevokeRequest
+	16, // 66: meshauth.v1.Admin.RotateRoot:input_type -> meshauth.v1.RotateRootRequest
+	22, // 67: meshauth.v1.Admin.CAStatus:input_type -> meshauth.v1.CAStatusRequest
+	18, // 68: meshauth.v1.Admin.RotationStatus:input_type -> meshauth.v1.RotationStatusRequest
+	26, // 69: meshauth.v1.Admin.ApplyConfig:input_type -> meshauth.v1.ApplyConfigRequest
+	29, // 70: meshauth.v1.Admin.GetState:input_type -> meshauth.v1.GetStateRequest
+	9,  // 71: meshauth.v1.Admin.ListIssued:input_type -> meshauth.v1.ListIssuedRequest
+	38, // 72: meshauth.v1.Discovery.Stream:input_type -> meshauth.v1.DiscoveryRequest
+	5,  // 73: meshauth.v1.CertificateAuthority.CreateCertificate:output_type -> meshauth.v1.CreateCertificateResponse
+	7,  // 74: meshauth.v1.CertificateAuthority.GetTrustBundle:output_type -> meshauth.v1.TrustBundle
+	7,  // 75: meshauth.v1.CertificateAuthority.WatchTrustBundle:output_type -> meshauth.v1.TrustBundle
+	7,  // 76: meshauth.v1.CertificateAuthority.SyncTrustBundle:output_type -> meshauth.v1.TrustBundle
+	13, // 77: meshauth.v1.Admin.CreateJoinToken:output_type -> meshauth.v1.CreateJoinTokenResponse
+	15, // 78: meshauth.v1.Admin.Revoke:output_type -> meshauth.v1.RevokeResponse
+	17, // 79: meshauth.v1.Admin.RotateRoot:output_type -> meshauth.v1.RotateRootResponse
+	23, // 80: meshauth.v1.Admin.CAStatus:output_type -> meshauth.v1.CAStatusResponse
+	19, // 81: meshauth.v1.Admin.RotationStatus:output_type -> meshauth.v1.RotationStatusResponse
+	28, // 82: meshauth.v1.Admin.ApplyConfig:output_type -> meshauth.v1.ApplyConfigResponse
+	30, // 83: meshauth.v1.Admin.GetState:output_type -> meshauth.v1.GetStateResponse
+	10, // 84: meshauth.v1.Admin.ListIssued:output_type -> meshauth.v1.ListIssuedResponse
+	41, // 85: meshauth.v1.Discovery.Stream:output_type -> meshauth.v1.Snapshot
+	73, // [73:86] is the sub-list for method output_type
+	60, // [60:73] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_api_meshauth_v1_meshauth_proto_init() }
@@ -4146,7 +4779,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 	if File_api_meshauth_v1_meshauth_proto != nil {
 		return
 	}
-	file_api_meshauth_v1_meshauth_proto_msgTypes[30].OneofWrappers = []any{
+	file_api_meshauth_v1_meshauth_proto_msgTypes[35].OneofWrappers = []any{
 		(*DiscoveryRequest_Register)(nil),
 		(*DiscoveryRequest_Ack)(nil),
 	}
@@ -4156,7 +4789,7 @@ func file_api_meshauth_v1_meshauth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_meshauth_v1_meshauth_proto_rawDesc), len(file_api_meshauth_v1_meshauth_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   56,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

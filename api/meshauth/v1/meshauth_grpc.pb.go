@@ -28,6 +28,7 @@ const (
 	CertificateAuthority_CreateCertificate_FullMethodName = "/meshauth.v1.CertificateAuthority/CreateCertificate"
 	CertificateAuthority_GetTrustBundle_FullMethodName    = "/meshauth.v1.CertificateAuthority/GetTrustBundle"
 	CertificateAuthority_WatchTrustBundle_FullMethodName  = "/meshauth.v1.CertificateAuthority/WatchTrustBundle"
+	CertificateAuthority_SyncTrustBundle_FullMethodName   = "/meshauth.v1.CertificateAuthority/SyncTrustBundle"
 )
 
 // CertificateAuthorityClient is the client API for CertificateAuthority service.
@@ -45,8 +46,18 @@ type CertificateAuthorityClient interface {
 	CreateCertificate(ctx context.Context, in *CreateCertificateRequest, opts ...grpc.CallOption) (*CreateCertificateResponse, error)
 	// GetTrustBundle returns the current trust bundle and revocation list.
 	GetTrustBundle(ctx context.Context, in *GetTrustBundleRequest, opts ...grpc.CallOption) (*TrustBundle, error)
-	// WatchTrustBundle streams the bundle now and then on every change.
+	// WatchTrustBundle streams the bundle now and then on every change. It
+	// needs no credential (for tools); sidecars use SyncTrustBundle.
 	WatchTrustBundle(ctx context.Context, in *GetTrustBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TrustBundle], error)
+	// SyncTrustBundle is WatchTrustBundle with acknowledgements, the
+	// sidecar's bundle stream: the server sends the bundle now and on every
+	// change; the sidecar sends a BundleAck first (its instance name) and
+	// then one for each bundle once it is installed in the verifier its
+	// proxy uses (or could not be). It needs the sidecar's workload
+	// certificate (mTLS): an ACK counts for the sidecar that holds it, on
+	// this stream only. A root rotation switches signing to a new root only
+	// once every sidecar has ACKed a bundle holding it.
+	SyncTrustBundle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BundleAck, TrustBundle], error)
 }
 
 type certificateAuthorityClient struct {
@@ -96,6 +107,19 @@ func (c *certificateAuthorityClient) WatchTrustBundle(ctx context.Context, in *G
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CertificateAuthority_WatchTrustBundleClient = grpc.ServerStreamingClient[TrustBundle]
 
+func (c *certificateAuthorityClient) SyncTrustBundle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BundleAck, TrustBundle], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CertificateAuthority_ServiceDesc.Streams[1], CertificateAuthority_SyncTrustBundle_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BundleAck, TrustBundle]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CertificateAuthority_SyncTrustBundleClient = grpc.BidiStreamingClient[BundleAck, TrustBundle]
+
 // CertificateAuthorityServer is the server API for CertificateAuthority service.
 // All implementations must embed UnimplementedCertificateAuthorityServer
 // for forward compatibility.
@@ -111,8 +135,18 @@ type CertificateAuthorityServer interface {
 	CreateCertificate(context.Context, *CreateCertificateRequest) (*CreateCertificateResponse, error)
 	// GetTrustBundle returns the current trust bundle and revocation list.
 	GetTrustBundle(context.Context, *GetTrustBundleRequest) (*TrustBundle, error)
-	// WatchTrustBundle streams the bundle now and then on every change.
+	// WatchTrustBundle streams the bundle now and then on every change. It
+	// needs no credential (for tools); sidecars use SyncTrustBundle.
 	WatchTrustBundle(*GetTrustBundleRequest, grpc.ServerStreamingServer[TrustBundle]) error
+	// SyncTrustBundle is WatchTrustBundle with acknowledgements, the
+	// sidecar's bundle stream: the server sends the bundle now and on every
+	// change; the sidecar sends a BundleAck first (its instance name) and
+	// then one for each bundle once it is installed in the verifier its
+	// proxy uses (or could not be). It needs the sidecar's workload
+	// certificate (mTLS): an ACK counts for the sidecar that holds it, on
+	// this stream only. A root rotation switches signing to a new root only
+	// once every sidecar has ACKed a bundle holding it.
+	SyncTrustBundle(grpc.BidiStreamingServer[BundleAck, TrustBundle]) error
 	mustEmbedUnimplementedCertificateAuthorityServer()
 }
 
@@ -131,6 +165,9 @@ func (UnimplementedCertificateAuthorityServer) GetTrustBundle(context.Context, *
 }
 func (UnimplementedCertificateAuthorityServer) WatchTrustBundle(*GetTrustBundleRequest, grpc.ServerStreamingServer[TrustBundle]) error {
 	return status.Error(codes.Unimplemented, "method WatchTrustBundle not implemented")
+}
+func (UnimplementedCertificateAuthorityServer) SyncTrustBundle(grpc.BidiStreamingServer[BundleAck, TrustBundle]) error {
+	return status.Error(codes.Unimplemented, "method SyncTrustBundle not implemented")
 }
 func (UnimplementedCertificateAuthorityServer) mustEmbedUnimplementedCertificateAuthorityServer() {}
 func (UnimplementedCertificateAuthorityServer) testEmbeddedByValue()                              {}
@@ -200,6 +237,13 @@ func _CertificateAuthority_WatchTrustBundle_Handler(srv interface{}, stream grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CertificateAuthority_WatchTrustBundleServer = grpc.ServerStreamingServer[TrustBundle]
 
+func _CertificateAuthority_SyncTrustBundle_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CertificateAuthorityServer).SyncTrustBundle(&grpc.GenericServerStream[BundleAck, TrustBundle]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CertificateAuthority_SyncTrustBundleServer = grpc.BidiStreamingServer[BundleAck, TrustBundle]
+
 // CertificateAuthority_ServiceDesc is the grpc.ServiceDesc for CertificateAuthority service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -222,6 +266,12 @@ var CertificateAuthority_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _CertificateAuthority_WatchTrustBundle_Handler,
 			ServerStreams: true,
 		},
+		{
+			StreamName:    "SyncTrustBundle",
+			Handler:       _CertificateAuthority_SyncTrustBundle_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 	},
 	Metadata: "api/meshauth/v1/meshauth.proto",
 }
@@ -231,6 +281,7 @@ const (
 	Admin_Revoke_FullMethodName          = "/meshauth.v1.Admin/Revoke"
 	Admin_RotateRoot_FullMethodName      = "/meshauth.v1.Admin/RotateRoot"
 	Admin_CAStatus_FullMethodName        = "/meshauth.v1.Admin/CAStatus"
+	Admin_RotationStatus_FullMethodName  = "/meshauth.v1.Admin/RotationStatus"
 	Admin_ApplyConfig_FullMethodName     = "/meshauth.v1.Admin/ApplyConfig"
 	Admin_GetState_FullMethodName        = "/meshauth.v1.Admin/GetState"
 	Admin_ListIssued_FullMethodName      = "/meshauth.v1.Admin/ListIssued"
@@ -248,6 +299,9 @@ type AdminClient interface {
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 	RotateRoot(ctx context.Context, in *RotateRootRequest, opts ...grpc.CallOption) (*RotateRootResponse, error)
 	CAStatus(ctx context.Context, in *CAStatusRequest, opts ...grpc.CallOption) (*CAStatusResponse, error)
+	// RotationStatus is the root rotation in progress (or the last one) and
+	// every sidecar on the bundle stream: which hold the switch back, why.
+	RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error)
 	// ApplyConfig validates a batch of YAML documents and, if all are valid,
 	// replaces (or merges into) the stored config. A bad batch changes nothing.
 	ApplyConfig(ctx context.Context, in *ApplyConfigRequest, opts ...grpc.CallOption) (*ApplyConfigResponse, error)
@@ -309,6 +363,16 @@ func (c *adminClient) CAStatus(ctx context.Context, in *CAStatusRequest, opts ..
 	return out, nil
 }
 
+func (c *adminClient) RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotationStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_RotationStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ApplyConfig(ctx context.Context, in *ApplyConfigRequest, opts ...grpc.CallOption) (*ApplyConfigResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ApplyConfigResponse)
@@ -351,6 +415,9 @@ type AdminServer interface {
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	RotateRoot(context.Context, *RotateRootRequest) (*RotateRootResponse, error)
 	CAStatus(context.Context, *CAStatusRequest) (*CAStatusResponse, error)
+	// RotationStatus is the root rotation in progress (or the last one) and
+	// every sidecar on the bundle stream: which hold the switch back, why.
+	RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error)
 	// ApplyConfig validates a batch of YAML documents and, if all are valid,
 	// replaces (or merges into) the stored config. A bad batch changes nothing.
 	ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error)
@@ -383,6 +450,9 @@ func (UnimplementedAdminServer) RotateRoot(context.Context, *RotateRootRequest) 
 }
 func (UnimplementedAdminServer) CAStatus(context.Context, *CAStatusRequest) (*CAStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CAStatus not implemented")
+}
+func (UnimplementedAdminServer) RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotationStatus not implemented")
 }
 func (UnimplementedAdminServer) ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyConfig not implemented")
@@ -486,6 +556,24 @@ func _Admin_CAStatus_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RotationStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotationStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RotationStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RotationStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RotationStatus(ctx, req.(*RotationStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ApplyConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ApplyConfigRequest)
 	if err := dec(in); err != nil {
@@ -562,6 +650,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CAStatus",
 			Handler:    _Admin_CAStatus_Handler,
+		},
+		{
+			MethodName: "RotationStatus",
+			Handler:    _Admin_RotationStatus_Handler,
 		},
 		{
 			MethodName: "ApplyConfig",

@@ -101,8 +101,8 @@ func firstLine(s string) string {
 	return s
 }
 
-// The seed's `$(kubectl get pod -l app=X -o jsonpath={.items..metadata.name})`.
-func podOf(app, ns string) string {
+// PodOf is the seed's `$(kubectl get pod -l app=X -o jsonpath={.items..metadata.name})`.
+func PodOf(app, ns string) string {
 	if ns != "" {
 		return fmt.Sprintf("$(kubectl get pod -l app=%s -o jsonpath={.items..metadata.name} -n %s)", app, ns)
 	}
@@ -155,7 +155,7 @@ func (p *Replayer) Verify(ctx context.Context, ns string) {
 	p.Step(ctx, "destination rules listed", "kubectl get destinationrules.networking.istio.io --all-namespaces", Succeeds)
 
 	r.Section("Verifying keys and certificates installation")
-	pod := podOf("httpbin", "")
+	pod := PodOf("httpbin", "")
 	p.Step(ctx, "istio-proxy has the three files", "kubectl exec "+pod+" -c istio-proxy -- ls /etc/certs",
 		func(o walkthrough.Observation) (bool, string, string) {
 			got := strings.Join(strings.Fields(o.Stdout), " ")
@@ -196,7 +196,7 @@ func validNow(o walkthrough.Observation) (bool, string, string) {
 func (p *Replayer) Traffic(ctx context.Context) {
 	r := p.R
 	r.Section("Testing the authentication setup")
-	sleep := podOf("sleep", "")
+	sleep := PodOf("sleep", "")
 	p.Step(ctx, "sleep -> httpbin (both sidecars)", "kubectl exec "+sleep+" -c sleep -- "+curlHeaders, Curl(walkthrough.SeedOK))
 	p.Step(ctx, "istio-proxy -> httpbin, plain http", "kubectl exec "+sleep+" -c istio-proxy -- "+curlHeaders, Curl(walkthrough.SeedReset))
 	p.Step(ctx, "istio-proxy -> httpbin, https without a client certificate",
@@ -210,7 +210,7 @@ func (p *Replayer) Traffic(ctx context.Context) {
 	r.Note("waiting for the legacy pod (not a seed command)")
 	p.Step(ctx, "legacy sleep available", "kubectl wait --for=condition=Available deploy/sleep -n legacy --timeout=170s", Succeeds)
 	p.Step(ctx, "legacy -> httpbin.default fails",
-		"kubectl exec "+podOf("sleep", "legacy")+" -c sleep -n legacy -- curl httpbin.default:8000/headers -o /dev/null -s -w '%{http_code}\\n'",
+		"kubectl exec "+PodOf("sleep", "legacy")+" -c sleep -n legacy -- curl httpbin.default:8000/headers -o /dev/null -s -w '%{http_code}\\n'",
 		Curl(walkthrough.SeedReset))
 }
 
