@@ -91,6 +91,7 @@ type dconn struct {
 	req  h1.Head
 	info *connInfo
 	w    clientWatch
+	x    xchg // the exchange in progress
 	// dropped lists the request fields the server sidecar dropped (see
 	// dropInbound), for the access log.
 	dropped []string
@@ -137,8 +138,11 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 	var (
 		u   *upConn
 		err error
-		x   xchg
 	)
+	// The exchange's state lives in the connection (one exchange at a
+	// time), not in a fresh allocation per request.
+	x := &d.x
+	x.bodyErr, x.watching, x.rt = nil, false, nil
 	if rt := p.cfg.RequestTimeout; rt > 0 {
 		// The whole exchange is bounded: at the limit the upstream
 		// connection is closed, which ends whatever is waiting on it.
@@ -211,7 +215,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 			d.w.start(d, u)
 			x.watching = true
 		}
-		res, retry := p.relayResponse(d, u, isHead, &x)
+		res, retry := p.relayResponse(d, u, isHead, x)
 		if retry && attempt == 0 {
 			up.done(u, false)
 			continue

@@ -421,13 +421,19 @@ func (h *Head) WriteFields(w *bufio.Writer, drop func(name []byte) bool) {
 	}
 }
 
+// writeInt writes v in decimal into w's free buffer space (a string from
+// strconv would be an allocation per call).
+func writeInt(w *bufio.Writer, v int64) {
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), v, 10))
+}
+
 // WriteFraming writes the framing fields for a body relayed as-is.
 func (h *Head) WriteFraming(w *bufio.Writer) {
 	if h.Chunked {
 		w.WriteString("Transfer-Encoding: chunked\r\n")
 	} else if h.ContentLength >= 0 {
 		w.WriteString("Content-Length: ")
-		w.WriteString(strconv.FormatInt(h.ContentLength, 10))
+		writeInt(w, h.ContentLength)
 		w.WriteString("\r\n")
 	}
 	if h.Upgrade {
@@ -693,7 +699,7 @@ func WriteRequestHead(w *bufio.Writer, req *Head, extra []byte, drop func([]byte
 // Connection header to send ("close").
 func WriteResponseHead(w *bufio.Writer, resp *Head, conn string) {
 	w.WriteString("HTTP/1.1 ")
-	w.WriteString(strconv.Itoa(resp.Status))
+	writeInt(w, int64(resp.Status))
 	w.WriteByte(' ')
 	w.Write(resp.Bytes(resp.Reason))
 	w.WriteString("\r\n")
