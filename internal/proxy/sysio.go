@@ -32,6 +32,7 @@ type sysIO struct {
 	rmu, wmu        sync.Mutex
 	rbuf, wbuf      []byte
 	rn, wn          int
+	rnowait         bool // readNoWait: EAGAIN returns instead of parking
 	rerrno, werrno  syscall.Errno
 	readFn, writeFn func(fd uintptr) bool
 }
@@ -62,6 +63,10 @@ func (s *sysIO) doRead(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if s.rnowait {
+				s.rerrno = e
+				return true
+			}
 			return false // wait on the netpoller
 		}
 		s.rerrno = e
@@ -69,16 +74,24 @@ func (s *sysIO) doRead(fd uintptr) bool {
 	}
 }
 
-func (s *sysIO) Read(p []byte) (int, error) {
+func (s *sysIO) Read(p []byte) (int, error) { return s.read(p, false) }
+
+// readNoWait reads what the socket holds now; errWouldBlock if nothing.
+func (s *sysIO) readNoWait(p []byte) (int, error) { return s.read(p, true) }
+
+func (s *sysIO) read(p []byte, nowait bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	s.rmu.Lock()
-	s.rbuf, s.rn, s.rerrno = p, 0, 0
+	s.rbuf, s.rn, s.rerrno, s.rnowait = p, 0, 0, nowait
 	err := s.rc.Read(s.readFn)
 	n, errno := s.rn, s.rerrno
 	s.rbuf = nil
 	s.rmu.Unlock()
+	if err == nil && errno == syscall.EAGAIN {
+		return 0, errWouldBlock
+	}
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("read", errno)
 	}
@@ -90,6 +103,17 @@ func (s *sysIO) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// errWouldBlock is a read without waiting that found nothing. It is a
+// temporary net.Error, so crypto/tls keeps a partly read record for the
+// next Read instead of failing the connection.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
 
 func (s *sysIO) doWrite(fd uintptr) bool {
 	p := s.wbuf
