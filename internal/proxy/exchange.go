@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -220,9 +221,9 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 			up.done(u, false)
 			continue
 		}
-		if res.upKeep && res.reason == "" {
-			u.io.readBy(time.Time{})
-		}
+		// A kept connection keeps the read deadline of its last response:
+		// nothing reads it until the next exchange sets its own, and the
+		// pool's check of idle connections (peerGone) ignores deadlines.
 		up.done(u, res.upKeep && res.reason == "")
 		if res.status != statusClientClosed {
 			if err := d.bw.Flush(); err != nil {
@@ -505,8 +506,17 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func
 		// starts, its head must be complete within RequestHeadersTimeout.
 		d.io.readBy(limitFor(p.cfg.IdleTimeout))
 		_, err := d.br.Peek(1)
-		if err == nil {
+		// A head that is all in already needs no deadline of its own (nor
+		// clearing after): saves two deadline moves per request. The idle
+		// deadline stays on the connection during the exchange; whatever
+		// reads it meanwhile (a request body, the client watch, a relay)
+		// sets its own.
+		headDeadline := false
+		if err == nil && !headBuffered(d.br, first && h2 != nil) {
+			headDeadline = true
 			d.io.readBy(limitFor(p.cfg.RequestHeadersTimeout))
+		}
+		if err == nil {
 			if first && h2 != nil && prefaceNext(d.br) {
 				d.io.readBy(time.Time{})
 				// The reader is not pooled again: http2's frame reader
@@ -543,13 +553,32 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func
 			}
 			return
 		}
-		d.io.readBy(time.Time{})
+		if headDeadline {
+			d.io.readBy(time.Time{})
+		}
 		res := next(d)
 		if !res.keep {
 			return
 		}
 	}
 }
+
+// headBuffered reports whether br holds a whole request head: a request
+// line (not the empty lines a client may send before one) and the empty
+// line that ends the head. With mayBeH2, bytes that could still be the
+// start of the HTTP/2 preface (which contains an empty line) do not count.
+func headBuffered(br *bufio.Reader, mayBeH2 bool) bool {
+	buf, _ := br.Peek(br.Buffered())
+	if len(buf) == 0 || buf[0] == '\r' || buf[0] == '\n' {
+		return false
+	}
+	if mayBeH2 && len(buf) < len(h2Preface) && bytes.HasPrefix([]byte(h2Preface), buf[:min(len(buf), 3)]) {
+		return false
+	}
+	return bytes.Index(buf, crlfcrlf) > 0
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
 
 // prefaceNext reports whether br's next bytes are the HTTP/2 client
 // preface. It reads only as far as they match it: an HTTP/1.x request
