@@ -145,13 +145,21 @@ func (h *Head) Read(br *bufio.Reader, request bool) error {
 	return h.finish(request)
 }
 
-func isTokenChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
+func isTokenChar(c byte) bool { return tokenChars[c] }
+
+// tokenChars are RFC 9110 tchar: letters, digits and !#$%&'*+-.^_`|~ (a
+// table, as every byte of every field name is checked).
+var tokenChars = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+			t[c] = true
+		default:
+			t[c] = bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), byte(c)) >= 0
+		}
 	}
-	return bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
-}
+	return t
+}()
 
 func (h *Head) parseStart(start int, request bool) error {
 	line := h.buf[start:]
@@ -251,6 +259,11 @@ func (h *Head) finish(request bool) error {
 	te := false
 	for _, f := range h.fields {
 		name, value := h.Bytes(f.name), h.Bytes(f.value)
+		switch len(name) {
+		case len("content-length"), len("transfer-encoding"), len("connection"), len("upgrade"), len("expect"), len("host"):
+		default:
+			continue // none of the fields below: most fields stop here
+		}
 		switch {
 		case ASCIIEqualFold(name, "content-length"):
 			n, err := parseContentLength(value)
@@ -366,9 +379,33 @@ func ASCIIEqualFold(b []byte, s string) bool {
 // the forward proxy's own. Upgrade and Connection are re-added by the writer
 // for an upgrade.
 func (h *Head) hopByHop(name []byte) bool {
-	for _, s := range [...]string{"connection", "keep-alive", "proxy-connection", "proxy-authorization",
-		"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"} {
-		if ASCIIEqualFold(name, s) {
+	switch len(name) {
+	case 2:
+		if ASCIIEqualFold(name, "te") {
+			return true
+		}
+	case 7:
+		if ASCIIEqualFold(name, "trailer") || ASCIIEqualFold(name, "upgrade") {
+			return true
+		}
+	case 10:
+		if ASCIIEqualFold(name, "connection") || ASCIIEqualFold(name, "keep-alive") {
+			return true
+		}
+	case 16:
+		if ASCIIEqualFold(name, "proxy-connection") {
+			return true
+		}
+	case 17:
+		if ASCIIEqualFold(name, "transfer-encoding") {
+			return true
+		}
+	case 18:
+		if ASCIIEqualFold(name, "proxy-authenticate") {
+			return true
+		}
+	case 19:
+		if ASCIIEqualFold(name, "proxy-authorization") {
 			return true
 		}
 	}
