@@ -85,7 +85,7 @@ type batchedTLS struct {
 	raw *batchConn
 	rmu sync.Mutex
 	// rerr is an error met while gathering records after a successful
-	// read, returned by the next Read.
+	// read (not a timeout), returned by the next Read.
 	rerr error
 }
 
@@ -151,7 +151,10 @@ func (c *batchedTLS) Read(p []byte) (int, error) {
 		m, err := c.Conn.Read(p[n:])
 		n += m
 		if err != nil {
-			if err != errWouldBlock {
+			// Nothing more in (errWouldBlock), or a deadline that passed
+			// meanwhile: the next Read tries afresh, under whatever
+			// deadline is set by then. Anything else comes with it.
+			if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 				c.rerr = err
 			}
 			break
