@@ -374,39 +374,27 @@ func ASCIIEqualFold(b []byte, s string) bool {
 	return true
 }
 
+// hopByHopByLen lists the RFC 9110 connection-specific fields and the
+// forward proxy's own by the length of their names, so a field name is
+// compared only with the names of its length (most match none).
+var hopByHopByLen = func() (t [len("proxy-authorization") + 1][]string) {
+	for _, s := range []string{"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+		"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"} {
+		t[len(s)] = append(t[len(s)], s)
+	}
+	return t
+}()
+
 // hopByHop reports whether a field must not be forwarded: the RFC 9110
 // connection-specific fields, any field the Connection header names, and
 // the forward proxy's own. Upgrade and Connection are re-added by the writer
 // for an upgrade.
 func (h *Head) hopByHop(name []byte) bool {
-	switch len(name) {
-	case 2:
-		if ASCIIEqualFold(name, "te") {
-			return true
-		}
-	case 7:
-		if ASCIIEqualFold(name, "trailer") || ASCIIEqualFold(name, "upgrade") {
-			return true
-		}
-	case 10:
-		if ASCIIEqualFold(name, "connection") || ASCIIEqualFold(name, "keep-alive") {
-			return true
-		}
-	case 16:
-		if ASCIIEqualFold(name, "proxy-connection") {
-			return true
-		}
-	case 17:
-		if ASCIIEqualFold(name, "transfer-encoding") {
-			return true
-		}
-	case 18:
-		if ASCIIEqualFold(name, "proxy-authenticate") {
-			return true
-		}
-	case 19:
-		if ASCIIEqualFold(name, "proxy-authorization") {
-			return true
+	if len(name) < len(hopByHopByLen) {
+		for _, s := range hopByHopByLen[len(name)] {
+			if ASCIIEqualFold(name, s) {
+				return true
+			}
 		}
 	}
 	for _, t := range h.connTokens {
