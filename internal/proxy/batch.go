@@ -36,11 +36,24 @@ type batchConn struct {
 	on  bool
 	buf *[]byte
 	err error // sticky: after a failed batch nothing more may be sent
+	// noWait: reads return errWouldBlock instead of waiting. Set and read
+	// only under batchedTLS.rmu: by its Read around the records it
+	// gathers, and by the tls.Conn reads it makes (every read of the
+	// connection goes through batchedTLS.Read).
+	noWait bool
 }
 
 func newBatchConn(c net.Conn) *batchConn { return &batchConn{Conn: c, io: fastIO(c)} }
 
-func (b *batchConn) Read(p []byte) (int, error) { return b.io.Read(p) }
+func (b *batchConn) Read(p []byte) (int, error) {
+	if b.noWait {
+		if s, ok := b.io.(*sysIO); ok {
+			return s.readNoWait(p)
+		}
+		return 0, errWouldBlock
+	}
+	return b.io.Read(p)
+}
 
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -70,6 +83,10 @@ func (b *batchConn) CloseWrite() error {
 type batchedTLS struct {
 	*tls.Conn
 	raw *batchConn
+	rmu sync.Mutex
+	// rerr is an error met while gathering records after a successful
+	// read (not a timeout), returned by the next Read.
+	rerr error
 }
 
 // tlsOf returns the tls.Conn of c (a batchedTLS or a bare tls.Conn), or
@@ -108,6 +125,43 @@ func (c *batchedTLS) Write(p []byte) (int, error) {
 	}
 	m, err := c.Conn.Write(p)
 	return n + m, err
+}
+
+// Read reads like tls.Conn.Read, which returns at most one record (16 KiB)
+// per call; for a buffer larger than a record it then takes the records
+// that are already in (decrypted from what the socket holds, never
+// waiting for more), so a body relayed with a 64 KiB buffer goes on with
+// one write(2) per 64 KiB instead of one per record.
+func (c *batchedTLS) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if len(p) <= batchMin && c.rerr == nil {
+		return c.Conn.Read(p)
+	}
+	if err := c.rerr; err != nil {
+		c.rerr = nil
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil || n == 0 {
+		return n, err
+	}
+	c.raw.noWait = true
+	for n < len(p) {
+		m, err := c.Conn.Read(p[n:])
+		n += m
+		if err != nil {
+			// Nothing more in (errWouldBlock), or a deadline that passed
+			// meanwhile: the next Read tries afresh, under whatever
+			// deadline is set by then. Anything else comes with it.
+			if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+				c.rerr = err
+			}
+			break
+		}
+	}
+	c.raw.noWait = false
+	return n, nil
 }
 
 func (c *batchedTLS) writeBatch(p []byte) (int, error) {

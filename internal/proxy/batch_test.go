@@ -9,6 +9,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/meshauth/meshauth/internal/ca/catest"
 )
@@ -28,6 +31,18 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // writes counted) and the server's tls.Conn, both with handshakes done.
 func batchedPair(t *testing.T) (*batchedTLS, *countingConn, *tls.Conn) {
 	t.Helper()
+	var cc *countingConn
+	bt, srv := tlsPairOver(t, func(c net.Conn) net.Conn {
+		cc = &countingConn{Conn: c}
+		return cc
+	})
+	return bt, cc, srv
+}
+
+// tlsPairOver returns a client batchedTLS over wrap(a TCP loopback
+// connection) and the server's tls.Conn, both with handshakes done.
+func tlsPairOver(t *testing.T, wrap func(net.Conn) net.Conn) (*batchedTLS, *tls.Conn) {
+	t.Helper()
 	ca := catest.New(t)
 	srvCert := ca.Issue(t, "spiffe://cluster.local/ns/default/sa/server")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -42,7 +57,9 @@ func batchedPair(t *testing.T) (*batchedTLS, *countingConn, *tls.Conn) {
 			srvCh <- nil
 			return
 		}
-		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{srvCert.TLS}, MinVersion: tls.VersionTLS13})
+		// Full-size records from the first byte, so tests know how
+		// many records a write makes.
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{srvCert.TLS}, MinVersion: tls.VersionTLS13, DynamicRecordSizingDisabled: true})
 		if tc.Handshake() != nil {
 			tc.Close()
 			srvCh <- nil
@@ -54,8 +71,7 @@ func batchedPair(t *testing.T) (*batchedTLS, *countingConn, *tls.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := &countingConn{Conn: c}
-	raw := newBatchConn(cc)
+	raw := newBatchConn(wrap(c))
 	tc := tls.Client(raw, &tls.Config{RootCAs: ca.Pool(), InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
@@ -65,7 +81,7 @@ func batchedPair(t *testing.T) (*batchedTLS, *countingConn, *tls.Conn) {
 		t.Fatal("server handshake failed")
 	}
 	t.Cleanup(func() { tc.Close(); srv.Close() })
-	return newBatchedTLS(tc, raw), cc, srv
+	return newBatchedTLS(tc, raw), srv
 }
 
 func TestBatchedTLSOneSyscallPerLargeWrite(t *testing.T) {
@@ -151,5 +167,108 @@ func TestBatchedTLSStickyError(t *testing.T) {
 	}
 	if _, err := bt.Write(make([]byte, 10)); err == nil {
 		t.Fatal("write after a failed batch succeeded")
+	}
+}
+
+// socketHolds waits until the socket under bt has at least n bytes queued
+// for reading (SIOCINQ), so a test knows what a read without waiting finds.
+func socketHolds(t *testing.T, bt *batchedTLS, n int) {
+	t.Helper()
+	rc, err := tcpOf(bt).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		var q int
+		rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if q >= n {
+			return
+		}
+		if i == 5000 {
+			t.Fatalf("socket holds %d bytes, want %d", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A Read with room for several records returns every record already in
+// the socket at once (one write downstream instead of one per record),
+// and the bytes come out whole and in order.
+func TestBatchedTLSReadGathersRecords(t *testing.T) {
+	bt, srv := tlsPairOver(t, func(c net.Conn) net.Conn { return c })
+	msg := make([]byte, 3*batchMin+100) // four records
+	rand.Read(msg)
+	if _, err := srv.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	socketHolds(t, bt, len(msg)+4*(5+16+1)) // payload plus each record's header, tag and type
+	buf := make([]byte, 64<<10)
+	n, err := bt.Read(buf)
+	if err != nil || n != len(msg) {
+		t.Fatalf("read %d bytes (%v), want all %d of the four records in the socket", n, err, len(msg))
+	}
+	if !bytes.Equal(buf[:n], msg) {
+		t.Fatal("gathered bytes differ from what was written")
+	}
+	// A small buffer still gets at most what fits, nothing gathered.
+	srv.Write(msg[:100])
+	if n, err := bt.Read(buf[:10]); n != 10 || err != nil {
+		t.Fatalf("small read: %d, %v", n, err)
+	}
+}
+
+// Gathering never waits: what the writer has sent is returned before it
+// sends more (it sends the next part only once the reader has all of the
+// first). A Read that waited for more would deadlock here.
+func TestBatchedTLSReadDoesNotWait(t *testing.T) {
+	bt, srv := tlsPairOver(t, func(c net.Conn) net.Conn { return c })
+	const part = batchMin + 100
+	total := make(chan int, 64)
+	go func() {
+		defer close(total)
+		sum := 0
+		buf := make([]byte, 64<<10)
+		for sum < 2*part {
+			n, err := bt.Read(buf)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			sum += n
+			total <- sum
+		}
+	}()
+	waitTotal := func(want int) {
+		for sum := range total {
+			if sum == want {
+				return
+			}
+			if sum > want {
+				t.Fatalf("read %d bytes, only %d were sent", sum, want)
+			}
+		}
+		t.Fatalf("reader stopped before %d bytes", want)
+	}
+	srv.Write(make([]byte, part))
+	waitTotal(part)
+	srv.Write(make([]byte, part))
+	waitTotal(2 * part)
+}
+
+// An end met while gathering (the peer's close_notify after its data)
+// comes with the next Read, after the data.
+func TestBatchedTLSReadEndAfterData(t *testing.T) {
+	bt, srv := tlsPairOver(t, func(c net.Conn) net.Conn { return c })
+	msg := make([]byte, batchMin+10)
+	srv.Write(msg)
+	srv.Close()
+	socketHolds(t, bt, len(msg)+2*(5+16+1)+(5+2+16+1))
+	buf := make([]byte, 64<<10)
+	n, err := bt.Read(buf)
+	if n != len(msg) || err != nil {
+		t.Fatalf("read %d, %v; want %d bytes and no error yet", n, err, len(msg))
+	}
+	if n, err := bt.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("read after the data: %d, %v; want 0, EOF", n, err)
 	}
 }

@@ -68,11 +68,11 @@ func (p *Proxy) decide(host string, port uint32, origDst bool) outbound {
 
 // decideOutbound is decide over a given route table and passthrough rule.
 func decideOutbound(t *routeTable, denyUnknownDest bool, host string, port uint32, origDst bool) outbound {
-	o := outbound{
-		target:  net.JoinHostPort(host, strconv.Itoa(int(port))),
-		origDst: origDst && host != "" && port != 0,
+	o := outbound{origDst: origDst && host != "" && port != 0}
+	o.route, o.target = t.lookup(host, port)
+	if o.target == "" {
+		o.target = net.JoinHostPort(host, strconv.Itoa(int(port)))
 	}
-	o.route = t.lookup(host, port)
 	switch {
 	case o.route == nil && denyUnknownDest:
 		o.verdict = denyUnknown

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -91,6 +92,7 @@ type dconn struct {
 	req  h1.Head
 	info *connInfo
 	w    clientWatch
+	x    xchg // the exchange in progress
 	// dropped lists the request fields the server sidecar dropped (see
 	// dropInbound), for the access log.
 	dropped []string
@@ -137,8 +139,11 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 	var (
 		u   *upConn
 		err error
-		x   xchg
 	)
+	// The exchange's state lives in the connection (one exchange at a
+	// time), not in a fresh allocation per request.
+	x := &d.x
+	x.bodyErr, x.watching, x.rt = nil, false, nil
 	if rt := p.cfg.RequestTimeout; rt > 0 {
 		// The whole exchange is bounded: at the limit the upstream
 		// connection is closed, which ends whatever is waiting on it.
@@ -211,14 +216,14 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 			d.w.start(d, u)
 			x.watching = true
 		}
-		res, retry := p.relayResponse(d, u, isHead, &x)
+		res, retry := p.relayResponse(d, u, isHead, x)
 		if retry && attempt == 0 {
 			up.done(u, false)
 			continue
 		}
-		if res.upKeep && res.reason == "" {
-			u.io.readBy(time.Time{})
-		}
+		// A kept connection keeps the read deadline of its last response:
+		// nothing reads it until the next exchange sets its own, and the
+		// pool's check of idle connections (peerGone) ignores deadlines.
 		up.done(u, res.upKeep && res.reason == "")
 		if res.status != statusClientClosed {
 			if err := d.bw.Flush(); err != nil {
@@ -501,8 +506,17 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func
 		// starts, its head must be complete within RequestHeadersTimeout.
 		d.io.readBy(limitFor(p.cfg.IdleTimeout))
 		_, err := d.br.Peek(1)
-		if err == nil {
+		// A head that is all in already needs no deadline of its own (nor
+		// clearing after): saves two deadline moves per request. The idle
+		// deadline stays on the connection during the exchange; whatever
+		// reads it meanwhile (a request body, the client watch, a relay)
+		// sets its own.
+		headDeadline := false
+		if err == nil && !headBuffered(d.br, first && h2 != nil) {
+			headDeadline = true
 			d.io.readBy(limitFor(p.cfg.RequestHeadersTimeout))
+		}
+		if err == nil {
 			if first && h2 != nil && prefaceNext(d.br) {
 				d.io.readBy(time.Time{})
 				// The reader is not pooled again: http2's frame reader
@@ -539,13 +553,32 @@ func (p *Proxy) serveH1(c net.Conn, info *connInfo, h2 func(net.Conn), next func
 			}
 			return
 		}
-		d.io.readBy(time.Time{})
+		if headDeadline {
+			d.io.readBy(time.Time{})
+		}
 		res := next(d)
 		if !res.keep {
 			return
 		}
 	}
 }
+
+// headBuffered reports whether br holds a whole request head: a request
+// line (not the empty lines a client may send before one) and the empty
+// line that ends the head. With mayBeH2, bytes that could still be the
+// start of the HTTP/2 preface (which contains an empty line) do not count.
+func headBuffered(br *bufio.Reader, mayBeH2 bool) bool {
+	buf, _ := br.Peek(br.Buffered())
+	if len(buf) == 0 || buf[0] == '\r' || buf[0] == '\n' {
+		return false
+	}
+	if mayBeH2 && len(buf) < len(h2Preface) && bytes.HasPrefix([]byte(h2Preface), buf[:min(len(buf), 3)]) {
+		return false
+	}
+	return bytes.Index(buf, crlfcrlf) > 0
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
 
 // prefaceNext reports whether br's next bytes are the HTTP/2 client
 // preface. It reads only as far as they match it: an HTTP/1.x request

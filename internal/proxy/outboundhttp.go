@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,10 +22,9 @@ import (
 // poolSide is the client sidecar's upstream for one request: a pooled
 // connection to ep, mTLS or plaintext by the route's mode.
 type poolSide struct {
-	p    *Proxy
-	key  string
-	ep   string
-	dial func(ctx context.Context, addr string) (net.Conn, error)
+	p   *Proxy
+	key poolKey
+	tls *tls.Config // nil: plaintext
 }
 
 func (s *poolSide) get(d *dconn, fresh bool) (*upConn, error) {
@@ -34,7 +34,15 @@ func (s *poolSide) get(d *dconn, fresh bool) (*upConn, error) {
 		}
 	}
 	gen := s.p.pool.gen.Load() // before the handshake that verifies the server
-	c, err := s.dial(context.Background(), s.ep)
+	var (
+		c   net.Conn
+		err error
+	)
+	if s.tls != nil {
+		c, err = s.p.dialTLS(context.Background(), s.key.ep, s.tls)
+	} else {
+		c, err = plainDial(context.Background(), s.key.ep)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -83,8 +91,7 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 			res = p.localError(d, http.StatusBadGateway, "unknown_destination", hostport+" is not a mesh service and outbound passthrough is off")
 		case passthrough:
 			info.mode = "passthrough"
-			side.key, side.ep = "plain|"+hostport, hostport
-			side.dial = plainDial
+			side.key, side.tls = poolKey{"plain", hostport}, nil
 			res = p.exchange(d, side, nil, nil, hostport)
 		case noEndpoints:
 			info.mode = string(o.route.mode)
@@ -94,12 +101,9 @@ func (p *Proxy) serveOutboundH1(c net.Conn, info *connInfo) {
 			rt := o.route
 			info.mode = string(rt.mode)
 			dest = o.endpoint()
-			side.key, side.ep = rt.transportKey+"|"+dest, dest
-			if rt.mode == policy.ClientDisable {
-				side.dial = plainDial
-			} else {
-				cfg := p.upstreamFor(rt).httpTLS
-				side.dial = func(ctx context.Context, addr string) (net.Conn, error) { return p.dialTLS(ctx, addr, cfg) }
+			side.key, side.tls = poolKey{rt.transportKey, dest}, nil
+			if rt.mode != policy.ClientDisable {
+				side.tls = p.upstreamFor(rt).httpTLS
 			}
 			res = p.exchange(d, side, nil, nil, hostport)
 		}

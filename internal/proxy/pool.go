@@ -10,10 +10,14 @@ import (
 // endpoint and TLS settings; a connection verified under an older bundle
 // or policy is verified again before it is reused.
 
+// poolKey names the idle connections that may serve a request: the
+// route's TLS settings (route.transportKey, or "plain") and the endpoint.
+type poolKey struct{ transport, ep string }
+
 // connPool keeps idle upstream connections per endpoint, newest first.
 type connPool struct {
 	mu      sync.Mutex
-	idle    map[string][]*upConn
+	idle    map[poolKey][]*upConn
 	maxIdle int
 	timeout time.Duration
 	// gen is bumped whenever the bundle, certificate or policy changes; a
@@ -26,10 +30,10 @@ type connPool struct {
 }
 
 func newConnPool(timeout time.Duration) *connPool {
-	return &connPool{idle: map[string][]*upConn{}, maxIdle: 256, timeout: timeout}
+	return &connPool{idle: map[poolKey][]*upConn{}, maxIdle: 256, timeout: timeout}
 }
 
-func (p *connPool) get(key string) *upConn {
+func (p *connPool) get(key poolKey) *upConn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := p.idle[key]
@@ -57,7 +61,7 @@ func (p *connPool) get(key string) *upConn {
 	return nil
 }
 
-func (p *connPool) put(key string, u *upConn) {
+func (p *connPool) put(key poolKey, u *upConn) {
 	u.idle = time.Now()
 	p.mu.Lock()
 	if l := p.idle[key]; len(l) < p.maxIdle {

@@ -45,7 +45,15 @@ func (r *route) next() string {
 // caller may use: service names, the virtual IP, and endpoint addresses.
 type routeTable struct {
 	snap   *policy.Snapshot
-	byHost map[string]*route
+	byHost map[string]hostRoute
+}
+
+// hostRoute is a routeTable entry: the route and its key ("host:port",
+// canonical), kept so a request that names the route canonically reuses
+// the key as its target instead of building the same string again.
+type hostRoute struct {
+	r   *route
+	key string
 }
 
 // isHTTPProtocol reports whether a service port is HTTP/1.x, by the same
@@ -55,7 +63,7 @@ func isHTTPProtocol(proto, name string) bool {
 }
 
 func buildRoutes(s *policy.Snapshot) *routeTable {
-	t := &routeTable{snap: s, byHost: map[string]*route{}}
+	t := &routeTable{snap: s, byHost: map[string]hostRoute{}}
 	if s == nil {
 		return t
 	}
@@ -94,29 +102,82 @@ func buildRoutes(s *policy.Snapshot) *routeTable {
 			r.transportKey = string(r.mode) + "|" + r.sni + "|" + strings.Join(ids, ",")
 			ps := strconv.Itoa(int(p.Port))
 			for _, h := range svc.Hosts {
-				t.byHost[normHost(h)+":"+ps] = r
+				t.add(normHost(h)+":"+ps, r, true)
 			}
 			if svc.Address != "" {
-				t.byHost[net.JoinHostPort(normIP(svc.Address), ps)] = r
+				t.add(net.JoinHostPort(normIP(svc.Address), ps), r, true)
 			}
 			// A transparent caller may also dial an endpoint directly.
 			for _, ep := range svc.Endpoints {
-				k := net.JoinHostPort(normIP(ep.Address), strconv.Itoa(int(target)))
-				if _, ok := t.byHost[k]; !ok {
-					t.byHost[k] = r
-				}
+				t.add(net.JoinHostPort(normIP(ep.Address), strconv.Itoa(int(target))), r, false)
 			}
 		}
 	}
 	return t
 }
 
-// lookup finds the route for host (a name or IP, no port) and port.
-func (t *routeTable) lookup(host string, port uint32) *route {
-	if ip := net.ParseIP(host); ip != nil {
-		return t.byHost[net.JoinHostPort(ip.String(), strconv.Itoa(int(port)))]
+// add indexes r under key; replace says whether an entry already there
+// gives way.
+func (t *routeTable) add(key string, r *route, replace bool) {
+	if _, ok := t.byHost[key]; ok && !replace {
+		return
 	}
-	return t.byHost[normHost(host)+":"+strconv.Itoa(int(port))]
+	t.byHost[key] = hostRoute{r: r, key: key}
+}
+
+// lookup finds the route for host (a name or IP, no port) and port. When
+// host is spelled canonically (lower case, no trailing dot; an IP in its
+// canonical text), hostport is the table's own "host:port" string for it,
+// which is what net.JoinHostPort would build; otherwise "". It allocates
+// nothing for a canonical name.
+func (t *routeTable) lookup(host string, port uint32) (r *route, hostport string) {
+	var kb [128]byte
+	k := kb[:0]
+	canonical := true
+	if mayBeIP(host) {
+		if ip := net.ParseIP(host); ip != nil {
+			s := ip.String()
+			canonical = s == host
+			if strings.IndexByte(s, ':') >= 0 {
+				k = append(append(append(k, '['), s...), ']')
+			} else {
+				k = append(k, s...)
+			}
+			return t.find(k, port, canonical)
+		}
+	}
+	n := normHost(host)
+	canonical = n == host
+	return t.find(append(k, n...), port, canonical)
+}
+
+// find looks up k+":"+port.
+func (t *routeTable) find(k []byte, port uint32, canonical bool) (*route, string) {
+	k = strconv.AppendUint(append(k, ':'), uint64(port), 10)
+	e, ok := t.byHost[string(k)]
+	if !ok {
+		return nil, ""
+	}
+	if !canonical {
+		return e.r, ""
+	}
+	return e.r, e.key
+}
+
+// mayBeIP reports whether s could be an IP literal: only hex digits,
+// dots and colons (anything else and net.ParseIP fails, after allocating
+// its error).
+func mayBeIP(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
 }
 
 func normHost(h string) string {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -23,6 +24,17 @@ import (
 type sysIO struct {
 	c  *net.TCPConn
 	rc syscall.RawConn
+	// The callbacks passed to rc are bound once (readFn, writeFn) and
+	// take their arguments and results from these fields, so a Read or
+	// Write allocates nothing (a closure per call costs two allocations).
+	// rmu and wmu keep concurrent Reads (Writes) apart, as net.Conn allows
+	// them.
+	rmu, wmu        sync.Mutex
+	rbuf, wbuf      []byte
+	rn, wn          int
+	rnowait         bool // readNoWait: EAGAIN returns instead of parking
+	rerrno, werrno  syscall.Errno
+	readFn, writeFn func(fd uintptr) bool
 }
 
 // newSysIO returns a sysIO for a TCP connection, or nil for anything else.
@@ -35,33 +47,51 @@ func newSysIO(c net.Conn) *sysIO {
 	if err != nil {
 		return nil
 	}
-	return &sysIO{c: tc, rc: rc}
+	s := &sysIO{c: tc, rc: rc}
+	s.readFn, s.writeFn = s.doRead, s.doWrite
+	return s
 }
 
-func (s *sysIO) Read(p []byte) (int, error) {
+func (s *sysIO) doRead(fd uintptr) bool {
+	p := s.rbuf
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case 0:
+			s.rn = int(r)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			if s.rnowait {
+				s.rerrno = e
+				return true
+			}
+			return false // wait on the netpoller
+		}
+		s.rerrno = e
+		return true
+	}
+}
+
+func (s *sysIO) Read(p []byte) (int, error) { return s.read(p, false) }
+
+// readNoWait reads what the socket holds now; errWouldBlock if nothing.
+func (s *sysIO) readNoWait(p []byte) (int, error) { return s.read(p, true) }
+
+func (s *sysIO) read(p []byte, nowait bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := s.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case 0:
-				n = int(r)
-				return true
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait on the netpoller
-			}
-			errno = e
-			return true
-		}
-	})
+	s.rmu.Lock()
+	s.rbuf, s.rn, s.rerrno, s.rnowait = p, 0, 0, nowait
+	err := s.rc.Read(s.readFn)
+	n, errno := s.rn, s.rerrno
+	s.rbuf = nil
+	s.rmu.Unlock()
+	if err == nil && errno == syscall.EAGAIN {
+		return 0, errWouldBlock
+	}
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("read", errno)
 	}
@@ -74,28 +104,43 @@ func (s *sysIO) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s *sysIO) Write(p []byte) (int, error) {
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := s.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
-			switch e {
-			case 0:
-				n += int(r)
-				continue
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait until writable
-			}
-			errno = e
-			return true
+// errWouldBlock is a read without waiting that found nothing. It is a
+// temporary net.Error, so crypto/tls keeps a partly read record for the
+// next Read instead of failing the connection.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+func (s *sysIO) doWrite(fd uintptr) bool {
+	p := s.wbuf
+	for s.wn < len(p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[s.wn])), uintptr(len(p)-s.wn))
+		switch e {
+		case 0:
+			s.wn += int(r)
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // wait until writable
 		}
+		s.werrno = e
 		return true
-	})
+	}
+	return true
+}
+
+func (s *sysIO) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	s.wbuf, s.wn, s.werrno = p, 0, 0
+	err := s.rc.Write(s.writeFn)
+	n, errno := s.wn, s.werrno
+	s.wbuf = nil
+	s.wmu.Unlock()
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("write", errno)
 	}

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -108,5 +110,65 @@ func TestFastIOPeeked(t *testing.T) {
 	got, err := io.ReadAll(rw)
 	if err != nil || string(got) != "GET / HTTP/1.1\r\n" {
 		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+// A kept upstream connection keeps the read deadline of its last response
+// (exchange does not clear it): the pool's check of idle connections must
+// still see a healthy one as healthy once that deadline has passed, and a
+// closed one as gone.
+func TestPeerGoneIgnoresReadDeadline(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(aLongTimeAgo)
+	if peerGone(c) {
+		t.Fatal("healthy idle connection with a past read deadline reported gone")
+	}
+	s.Close()
+	for i := 0; !peerGone(c); i++ {
+		if i == 5000 {
+			t.Fatal("connection closed by its peer not reported gone")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// headBuffered decides whether serveH1 may skip the request head's own
+// deadline: only for a whole head already read, never for bytes that may
+// still become more (empty lines first, a partial head, a partial HTTP/2
+// preface).
+func TestHeadBuffered(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		mayBeH2 bool
+		want    bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, true},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n", false, true},
+		{"GET / HTTP/1.1\r\nHost: a\r\n", false, false},
+		{"GET / HTTP/1.1\r\n", true, false},
+		{"\r\n\r\nGET / HTTP/1.1\r\n", false, false},
+		{"\r\nGET / HTTP/1.1\r\n\r\n", false, false},
+		{"PRI * HTTP/2.0\r\n\r\n", true, false},
+		{"PRI * HTTP/2.0\r\n\r\n", false, true},
+		{h2Preface, true, true},
+	} {
+		br := bufio.NewReader(strings.NewReader(tc.in))
+		br.Peek(1)
+		if got := headBuffered(br, tc.mayBeH2); got != tc.want {
+			t.Errorf("headBuffered(%q, mayBeH2=%v) = %v, want %v", tc.in, tc.mayBeH2, got, tc.want)
+		}
 	}
 }

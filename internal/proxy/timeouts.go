@@ -149,11 +149,19 @@ type clientWatch struct {
 	up   atomic.Pointer[upConn]
 	gone atomic.Bool
 	wg   sync.WaitGroup
+	// mu orders fire's clearing of the read deadline against stop's
+	// moving it to the past: a watch that stop has begun to end does not
+	// start its read.
+	mu       sync.Mutex
+	stopping bool
 }
 
 func (w *clientWatch) start(d *dconn, u *upConn) {
 	w.up.Store(u)
 	w.gone.Store(false)
+	w.mu.Lock()
+	w.stopping = false
+	w.mu.Unlock()
 	w.wg.Add(1)
 	if w.t == nil {
 		w.d = d
@@ -165,8 +173,16 @@ func (w *clientWatch) start(d *dconn, u *upConn) {
 
 func (w *clientWatch) fire() {
 	defer w.wg.Done()
-	// The read deadline is none here (serveH1 cleared it after the head);
+	// serveH1 leaves the request head's (or the idle) read deadline on
+	// the connection during the exchange; the watch reads with none, and
 	// stop moves it to the past to end this Peek.
+	w.mu.Lock()
+	if w.stopping {
+		w.mu.Unlock()
+		return
+	}
+	w.d.c.SetReadDeadline(time.Time{})
+	w.mu.Unlock()
 	if _, err := w.d.br.Peek(1); err != nil && !isTimeout(err) {
 		w.gone.Store(true)
 		if u := w.up.Load(); u != nil {
@@ -181,7 +197,10 @@ func (w *clientWatch) stop(d *dconn) bool {
 		w.wg.Done() // never fired
 		return false
 	}
+	w.mu.Lock()
+	w.stopping = true
 	d.c.SetReadDeadline(aLongTimeAgo)
+	w.mu.Unlock()
 	w.wg.Wait()
 	d.c.SetReadDeadline(time.Time{})
 	return w.gone.Load()
@@ -224,7 +243,10 @@ func peerGone(c net.Conn) bool {
 	}
 	gone := false
 	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
+	// Control, not Read: the peek does not wait, and a read deadline
+	// left on the idle connection by its last exchange (see exchange)
+	// must not make it look gone.
+	err = rc.Control(func(fd uintptr) {
 		for {
 			_, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 			if e == syscall.EINTR {
@@ -233,7 +255,7 @@ func peerGone(c net.Conn) bool {
 			// Nothing to read (EAGAIN) is the only healthy answer: 0
 			// bytes is EOF, bytes are unasked, an error is an error.
 			gone = e != syscall.EAGAIN
-			return true
+			return
 		}
 	})
 	return gone || err != nil

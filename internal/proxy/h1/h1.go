@@ -145,13 +145,21 @@ func (h *Head) Read(br *bufio.Reader, request bool) error {
 	return h.finish(request)
 }
 
-func isTokenChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
+func isTokenChar(c byte) bool { return tokenChars[c] }
+
+// tokenChars are RFC 9110 tchar: letters, digits and !#$%&'*+-.^_`|~ (a
+// table, as every byte of every field name is checked).
+var tokenChars = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+			t[c] = true
+		default:
+			t[c] = bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), byte(c)) >= 0
+		}
 	}
-	return bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
-}
+	return t
+}()
 
 func (h *Head) parseStart(start int, request bool) error {
 	line := h.buf[start:]
@@ -251,6 +259,11 @@ func (h *Head) finish(request bool) error {
 	te := false
 	for _, f := range h.fields {
 		name, value := h.Bytes(f.name), h.Bytes(f.value)
+		switch len(name) {
+		case len("content-length"), len("transfer-encoding"), len("connection"), len("upgrade"), len("expect"), len("host"):
+		default:
+			continue // none of the fields below: most fields stop here
+		}
 		switch {
 		case ASCIIEqualFold(name, "content-length"):
 			n, err := parseContentLength(value)
@@ -361,15 +374,27 @@ func ASCIIEqualFold(b []byte, s string) bool {
 	return true
 }
 
+// hopByHopByLen lists the RFC 9110 connection-specific fields and the
+// forward proxy's own by the length of their names, so a field name is
+// compared only with the names of its length (most match none).
+var hopByHopByLen = func() (t [len("proxy-authorization") + 1][]string) {
+	for _, s := range []string{"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+		"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"} {
+		t[len(s)] = append(t[len(s)], s)
+	}
+	return t
+}()
+
 // hopByHop reports whether a field must not be forwarded: the RFC 9110
 // connection-specific fields, any field the Connection header names, and
 // the forward proxy's own. Upgrade and Connection are re-added by the writer
 // for an upgrade.
 func (h *Head) hopByHop(name []byte) bool {
-	for _, s := range [...]string{"connection", "keep-alive", "proxy-connection", "proxy-authorization",
-		"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"} {
-		if ASCIIEqualFold(name, s) {
-			return true
+	if len(name) < len(hopByHopByLen) {
+		for _, s := range hopByHopByLen[len(name)] {
+			if ASCIIEqualFold(name, s) {
+				return true
+			}
 		}
 	}
 	for _, t := range h.connTokens {
@@ -421,13 +446,19 @@ func (h *Head) WriteFields(w *bufio.Writer, drop func(name []byte) bool) {
 	}
 }
 
+// writeInt writes v in decimal into w's free buffer space (a string from
+// strconv would be an allocation per call).
+func writeInt(w *bufio.Writer, v int64) {
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), v, 10))
+}
+
 // WriteFraming writes the framing fields for a body relayed as-is.
 func (h *Head) WriteFraming(w *bufio.Writer) {
 	if h.Chunked {
 		w.WriteString("Transfer-Encoding: chunked\r\n")
 	} else if h.ContentLength >= 0 {
 		w.WriteString("Content-Length: ")
-		w.WriteString(strconv.FormatInt(h.ContentLength, 10))
+		writeInt(w, h.ContentLength)
 		w.WriteString("\r\n")
 	}
 	if h.Upgrade {
@@ -693,7 +724,7 @@ func WriteRequestHead(w *bufio.Writer, req *Head, extra []byte, drop func([]byte
 // Connection header to send ("close").
 func WriteResponseHead(w *bufio.Writer, resp *Head, conn string) {
 	w.WriteString("HTTP/1.1 ")
-	w.WriteString(strconv.Itoa(resp.Status))
+	writeInt(w, int64(resp.Status))
 	w.WriteByte(' ')
 	w.Write(resp.Bytes(resp.Reason))
 	w.WriteString("\r\n")
