@@ -68,6 +68,69 @@ type fleetEntry struct {
 	streams int
 }
 
+// origin is the part of the record's key before its instance name: the
+// lineage's first serial, or the SPIFFE ID for a certificate with no
+// lineage here.
+func (r *SidecarRecord) origin() string {
+	return strings.TrimSuffix(r.Key, "/"+r.Instance)
+}
+
+// How many sidecar records one holder of a key can make. A lineage is one
+// sidecar, which may come back under a new instance name (a new pod name
+// for the same certs directory), so a few records; a certificate with no
+// lineage here (the Secret controller's istio.<sa>, shared by every pod
+// of the ServiceAccount) speaks for many pods. The instance name is the
+// caller's to choose: without a bound, one stolen key could fill the store
+// (on Kubernetes the Secret that also holds the revocations) with records.
+const (
+	maxInstancesPerLineage  = 8
+	maxInstancesPerIdentity = 1024
+)
+
+// makeRoomLocked is called, with fleetMu held, before a record for a new
+// key of origin is added. It drops every disconnected record whose
+// certificate has expired (such a sidecar is never waited for and can
+// only come back with a new certificate), and, when origin already has
+// its quota of records, the one of them disconnected longest. It returns
+// the keys to delete from the store, or an error when every record of the
+// origin is connected.
+func (c *CA) makeRoomLocked(origin string, lineage bool, now time.Time) ([]string, error) {
+	var drop []string
+	var oldest *fleetEntry
+	n := 0
+	for k, e := range c.fleet {
+		if e.streams > 0 {
+			if e.rec.origin() == origin {
+				n++
+			}
+			continue
+		}
+		if !e.rec.CertNotAfter.IsZero() && e.rec.CertNotAfter.Before(now) {
+			drop = append(drop, k)
+			delete(c.fleet, k)
+			continue
+		}
+		if e.rec.origin() == origin {
+			n++
+			if oldest == nil || e.rec.Since.Before(oldest.rec.Since) {
+				oldest = e
+			}
+		}
+	}
+	limit := maxInstancesPerIdentity
+	if lineage {
+		limit = maxInstancesPerLineage
+	}
+	if n >= limit {
+		if oldest == nil {
+			return drop, refuse(KindFailedPrecondition, "too_many_instances", "%d sidecars of %s are connected under other instance names, at most %d", n, origin, limit)
+		}
+		drop = append(drop, oldest.rec.Key)
+		delete(c.fleet, oldest.rec.Key)
+	}
+	return drop, nil
+}
+
 // maxInstance bounds the instance name a sidecar gives (a pod name is at
 // most 253 characters).
 const maxInstance = 253
@@ -170,7 +233,8 @@ func (c *CA) OpenBundleStream(leaf *x509.Certificate, id identity.ID, instance s
 	}
 	serial := identity.SerialHex(leaf)
 	origin := c.lineageOrigin(serial)
-	if origin == "" {
+	lineage := origin != ""
+	if !lineage {
 		origin = id.String()
 	}
 	key := origin + "/" + instance
@@ -178,8 +242,28 @@ func (c *CA) OpenBundleStream(leaf *x509.Certificate, id identity.ID, instance s
 	c.fleetMu.Lock()
 	e := c.fleet[key]
 	if e == nil {
-		e = &fleetEntry{rec: SidecarRecord{Key: key, Instance: instance}}
-		c.fleet[key] = e
+		drop, err := c.makeRoomLocked(origin, lineage, now)
+		if err == nil {
+			e = &fleetEntry{rec: SidecarRecord{Key: key, Instance: instance}}
+			c.fleet[key] = e
+		}
+		c.fleetMu.Unlock()
+		for _, k := range drop {
+			if derr := c.store.DeleteSidecar(k); derr != nil {
+				c.log.Error("drop sidecar record", "sidecar", k, "error", derr)
+			} else {
+				c.log.Info("sidecar record dropped to make room (certificate expired, or the oldest disconnected instance of its lineage)", "sidecar", k)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.fleetMu.Lock()
+		if e2 := c.fleet[key]; e2 != nil {
+			e = e2
+		} else { // forgotten in between
+			c.fleet[key] = e
+		}
 	}
 	if e.streams == 0 {
 		e.rec.Connected, e.rec.Since = true, now.UTC()

@@ -511,3 +511,58 @@ meshauth_ca_bundle_acks_total{result="refused"} 1
 		t.Fatal(err)
 	}
 }
+
+// TestFleetInstanceFlood: the instance name is the caller's to choose, so
+// one holder of a workload key could make a sidecar record per name and
+// fill the store (on Kubernetes the Secret that also holds revocations).
+// A lineage keeps at most a few records: a new name replaces the one
+// disconnected longest, and with all of them connected a new name is
+// refused. A disconnected record whose certificate has expired is dropped
+// when a new one is made.
+func TestFleetInstanceFlood(t *testing.T) {
+	clk := newClock(t0)
+	dir := t.TempDir()
+	c := newCA(t, dir, clk, nil)
+	leaf := leafFor(t, c, self(sleepID))
+	var open []*sidecar
+	for i := range 20 {
+		s := &sidecar{t: t, c: c, id: sleepID, name: fmt.Sprintf("sleep-%d", i), leaf: leaf}
+		if i < 8 {
+			s.connect()
+			open = append(open, s)
+			continue
+		}
+		if _, err := c.OpenBundleStream(s.leaf, s.id, s.name); ca.ReasonOf(err) != "too_many_instances" {
+			t.Fatalf("instance %d of one lineage, all others connected: %v, want too_many_instances", i, err)
+		}
+	}
+	for _, s := range open {
+		s.stream.Close()
+		clk.add(time.Second)
+	}
+	for i := 20; i < 60; i++ {
+		s := &sidecar{t: t, c: c, id: sleepID, name: fmt.Sprintf("sleep-%d", i), leaf: leaf}
+		s.connect()
+		s.stream.Close()
+	}
+	st := rotationStatus(t, c)
+	if len(st.Sidecars) != 8 {
+		t.Fatalf("one lineage has %d sidecar records after 60 instance names, want 8", len(st.Sidecars))
+	}
+	if names := fmt.Sprint(st.Sidecars); !strings.Contains(names, "sleep-59") || strings.Contains(names, "sleep-0 ") {
+		t.Fatalf("the newest names are not the ones kept: %v", names)
+	}
+	// The store holds what the CA shows: a restarted CA reads 8.
+	c.Close()
+	c = newCA(t, dir, clk, nil)
+	if st := rotationStatus(t, c); len(st.Sidecars) != 8 {
+		t.Fatalf("the store holds %d sidecar records, want 8", len(st.Sidecars))
+	}
+	// Expired certificates' records go when another sidecar arrives.
+	clk.add(25 * time.Hour)
+	other := &sidecar{t: t, c: c, id: httpbinID, name: "httpbin-1", leaf: leafFor(t, c, self(httpbinID))}
+	other.connect()
+	if st := rotationStatus(t, c); len(st.Sidecars) != 1 || st.Sidecars[0].Instance != "httpbin-1" {
+		t.Fatalf("expired records kept: %+v", st.Sidecars)
+	}
+}

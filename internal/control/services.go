@@ -156,6 +156,7 @@ func (c *caService) SyncTrustBundle(stream grpc.BidiStreamingServer[pb.BundleAck
 	}
 	bs, err := s.ca.OpenBundleStream(peerCerts(ctx)[0], id, hello.Instance)
 	if err != nil {
+		s.log.Warn("refused bundle stream", "spiffe_id", id.String(), "instance", hello.Instance, "reason", ca.ReasonOf(err), "error", err)
 		return s.toStatus(ctx, err)
 	}
 	defer bs.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -166,4 +167,91 @@ func fingerprints(t *testing.T, pemRoots []string) []string {
 		out = append(out, identity.Fingerprint(r))
 	}
 	return out
+}
+
+// TestBundleStreamInstanceFlood: the instance name on the bundle stream is
+// the caller's to choose. The attacker holds sleep's certificate and key
+// and opens the stream under many names, to fill the CA store (on
+// Kubernetes the Secret that also holds the revocations) with sidecar
+// records, each of which a root rotation would wait for. One lineage keeps
+// at most 8 records: with 8 connected a ninth name is refused; names that
+// come and go replace the oldest disconnected record.
+func TestBundleStreamInstanceFlood(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	sleepCert, err := tls.LoadX509KeyPair(m.Sleep.CertsDir+"/cert-chain.pem", m.Sleep.CertsDir+"/key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := client.Dial(ctx, client.Options{Dir: m.StateDir,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &sleepCert, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ca := pb.NewCertificateAuthorityClient(conn)
+	open := func(name string) (context.CancelFunc, error) {
+		sctx, scancel := context.WithCancel(ctx)
+		st, err := ca.SyncTrustBundle(sctx)
+		if err == nil {
+			err = st.Send(&pb.BundleAck{Instance: name})
+		}
+		if err == nil {
+			_, err = st.Recv()
+		}
+		return scancel, err
+	}
+	records := func() int {
+		out, errOut, code := m.Ctl(t, "ca", "rotation", "status", "-o", "json")
+		if code != 0 {
+			t.Fatalf("rotation status: %s", errOut)
+		}
+		var st careport.Rotation
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, s := range st.Sidecars {
+			if s.SPIFFEID == "spiffe://cluster.local/ns/default/sa/sleep" {
+				n++
+			}
+		}
+		return n
+	}
+	var held []context.CancelFunc
+	refused := 0
+	for i := range 30 {
+		c, err := open(fmt.Sprintf("forged-%d", i))
+		if err != nil {
+			c()
+			if status.Code(err) != codes.FailedPrecondition || control.ReasonFromError(err) != "too_many_instances" {
+				t.Fatalf("stream %d refused with %v, want FailedPrecondition too_many_instances", i, err)
+			}
+			refused++
+			continue
+		}
+		held = append(held, c)
+	}
+	if refused == 0 || len(held) > 8 {
+		t.Fatalf("30 instance names of one lineage: %d streams held, %d refused; want at most 8 held", len(held), refused)
+	}
+	m.WaitLog(t, "control", 5*time.Second, "refused bundle stream", "too_many_instances")
+	for _, c := range held {
+		c()
+	}
+	waitUntil(t, 20*time.Second, "the held streams end", func() bool {
+		_, err := open("forged-probe")
+		return err == nil
+	})
+	for i := range 40 {
+		c, err := open(fmt.Sprintf("churn-%d", i))
+		if err != nil {
+			t.Fatalf("a new name after the others disconnected: %v", err)
+		}
+		c()
+	}
+	if n := records(); n > 8 {
+		t.Fatalf("sleep's lineage has %d sidecar records in the store after 70 names, want at most 8", n)
+	}
 }
