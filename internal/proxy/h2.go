@@ -62,9 +62,9 @@ type h2State struct {
 	// in serves inbound connections, out the app's outbound ones: the
 	// same settings, each counting protocol errors under its direction.
 	in, out *h2Server
-	// toAppH2 reaches the app over h2c (prior knowledge); toAppH1 over
-	// HTTP/1.1 (an HTTP port's app).
-	toAppH2 *http.Transport
+	// app holds the h2c (prior knowledge) connections to the app;
+	// toAppH1 reaches an HTTP port's app over HTTP/1.1.
+	app     *h2Pool
 	toAppH1 *http.Transport
 	// pool holds the client sidecar's HTTP/2 upstream connections.
 	pool *h2Pool
@@ -85,19 +85,6 @@ func (p *Proxy) newH2State() *h2State {
 	dialApp := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return dialer.DialContext(ctx, network, addr)
 	}
-	s.toAppH2 = &http.Transport{
-		Protocols:          h2Only(),
-		DialContext:        dialApp,
-		DisableCompression: true,
-		// The response head's decoded size (HPACK's header list).
-		MaxResponseHeaderBytes: h2MaxHeaderBytes,
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout:  p.cfg.IdleTimeout / 2,
-			PingTimeout:      15 * time.Second,
-			WriteByteTimeout: p.cfg.BodyIdleTimeout,
-		},
-		Proxy: nil,
-	}
 	s.toAppH1 = &http.Transport{
 		DialContext:         dialApp,
 		DisableCompression:  true,
@@ -109,7 +96,7 @@ func (p *Proxy) newH2State() *h2State {
 		MaxResponseHeaderBytes: h2MaxHeaderBytes,
 		Proxy:                  nil,
 	}
-	s.pool = newH2Pool(p)
+	s.app, s.pool = newH2Pool(p), newH2Pool(p)
 	return s
 }
 
@@ -244,7 +231,7 @@ func (p *Proxy) drainH2() {
 	p.h2.in.drain()
 	p.h2.out.drain()
 	p.h2.toAppH1.CloseIdleConnections()
-	p.h2.toAppH2.CloseIdleConnections()
+	p.h2.app.closeIdle() // streams in flight to the app finish
 	p.h2.pool.closeAll()
 }
 

@@ -271,6 +271,25 @@ func (hp *h2Pool) dial(ctx context.Context, key, addr string, dial func(context.
 	return cc, err
 }
 
+// closeIdle closes the pooled connections with no request in flight or
+// reserved (Proxy.Close: the others finish their streams).
+func (hp *h2Pool) closeIdle() {
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	for k, l := range hp.conns {
+		kept := l[:0]
+		for _, x := range l {
+			if x.cc.InFlight() == 0 {
+				x.cc.Close()
+				continue
+			}
+			kept = append(kept, x)
+		}
+		clear(l[len(kept):])
+		hp.conns[k] = kept
+	}
+}
+
 // closeAll closes every pooled connection (Proxy.Close).
 func (hp *h2Pool) closeAll() {
 	hp.mu.Lock()
