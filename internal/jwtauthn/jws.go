@@ -75,15 +75,12 @@ func parseToken(raw string) (*token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("header: %v", err)
 	}
-	hv, err := strictJSON(hb)
+	h, err := jsonObject(hb)
 	if err != nil {
 		return nil, fmt.Errorf("header: %v", err)
 	}
-	h, ok := hv.(map[string]any)
-	if !ok {
-		return nil, errors.New("header: not a JSON object")
-	}
 	t := &token{signed: parts[0] + "." + parts[1]}
+	var ok bool
 	if t.alg, ok = h["alg"].(string); !ok {
 		return nil, errors.New("header: no alg")
 	}
@@ -123,15 +120,12 @@ const maxNumericDate = 1 << 62
 
 func parseClaims(b []byte) (claimSet, error) {
 	var c claimSet
-	v, err := strictJSON(b)
+	all, err := jsonObject(b)
 	if err != nil {
 		return c, fmt.Errorf("malformed claims: %v", err)
 	}
-	all, ok := v.(map[string]any)
-	if !ok {
-		return c, errors.New("malformed claims: not a JSON object")
-	}
 	c.all = all
+	var ok bool
 	str := func(name string, dst *string) error {
 		if x, present := all[name]; present {
 			if *dst, ok = x.(string); !ok {
@@ -177,6 +171,19 @@ func parseClaims(b []byte) (claimSet, error) {
 		return c, errors.New("malformed claims: aud is not a string or an array of strings")
 	}
 	return c, nil
+}
+
+// jsonObject is strictJSON for a JSON object.
+func jsonObject(b []byte) (map[string]any, error) {
+	v, err := strictJSON(b)
+	if err != nil {
+		return nil, err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, errors.New("not a JSON object")
+	}
+	return m, nil
 }
 
 // strictJSON decodes one JSON value (objects as map[string]any, numbers
