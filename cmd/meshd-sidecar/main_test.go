@@ -15,8 +15,11 @@ import (
 // image build it, has the sidecar and none of the control plane, the CA
 // store, the config loader (YAML), the registry, the policy engine,
 // the push server, Kubernetes, cobra (text/template), the
-// Prometheus client library, gRPC tracing (html/template) or pprof's HTTP
-// handlers; and the Makefile and the image do build it that way.
+// Prometheus client library, gRPC tracing (html/template), pprof's HTTP
+// handlers or go-jose (JWTs are checked on crypto/*), and the proxy's
+// HTTP/2 is net/http's own, not a second stack from golang.org/x/net/http2
+// (which stays linked only for gRPC's framer); and the Makefile and the
+// image do build it that way.
 func TestSmallSidecar(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-tags", "grpcnotrace", ".").CombinedOutput()
 	if err != nil {
@@ -31,6 +34,7 @@ func TestSmallSidecar(t *testing.T) {
 		"github.com/spf13/cobra", "text/template", "html/template",
 		"github.com/prometheus/client_golang", "github.com/prometheus/common", "github.com/prometheus/procfs",
 		"golang.org/x/net/trace", "net/http/pprof", "expvar",
+		"github.com/go-jose",
 	}
 	for _, dep := range deps {
 		switch dep {
@@ -44,6 +48,13 @@ func TestSmallSidecar(t *testing.T) {
 				t.Errorf("meshd-sidecar depends on %s", dep)
 			}
 		}
+	}
+	imports, err := exec.Command("go", "list", "-f", `{{join .Imports " "}}`, mod+"internal/proxy").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list internal/proxy: %v\n%s", err, imports)
+	}
+	if slices.Contains(strings.Fields(string(imports)), "golang.org/x/net/http2") {
+		t.Error("internal/proxy imports golang.org/x/net/http2: its HTTP/2 is net/http's own")
 	}
 	for _, want := range []string{mod + "internal/sidecar", mod + "internal/proxy", mod + "internal/agent", mod + "internal/metrics", mod + "internal/push/pushclient", mod + "internal/meshapi/sidecarapi"} {
 		if !slices.Contains(deps, want) {

@@ -8,14 +8,14 @@
 // aud must hold. Only asymmetric algorithms are accepted ("none" and the
 // HMAC family never: a JWKS is public).
 //
-// JOSE parsing and signature checks are go-jose/v4's; this package decides
-// which token, which keys and which claims.
+// JOSE parsing and signature checks are this package's own, on crypto/*
+// (jws.go): a sidecar maps every byte of its binary, and go-jose/v4 was
+// mostly what is never used here (JWE, HMAC, key wrapping, a JSON fork).
 package jwtauthn
 
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,9 +23,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/meshauth/meshauth/internal/policy"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
@@ -37,9 +34,9 @@ import (
 type Rule = policy.JWTRule
 
 // AllowedAlgorithms are the signature algorithms a token may use.
-var AllowedAlgorithms = []jose.SignatureAlgorithm{
-	jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
-	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA,
+var AllowedAlgorithms = []string{
+	"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+	"ES256", "ES384", "ES512", "EdDSA",
 }
 
 // Leeway is the clock skew allowed on exp, nbf and iat.
@@ -92,7 +89,7 @@ type Verifier struct {
 
 type keySet struct {
 	mu      sync.Mutex // one fetch at a time per URI
-	keys    *jose.JSONWebKeySet
+	keys    []jwk
 	fetched time.Time
 	tried   time.Time
 }
@@ -128,17 +125,13 @@ func (v *Verifier) Verify(ctx context.Context, raw string, rules []Rule) (*Resul
 	if strings.Count(raw, ".") != 2 {
 		return nil, fail("malformed token: not a compact JWS (header.payload.signature)")
 	}
-	tok, err := jwt.ParseSigned(raw, AllowedAlgorithms)
+	tok, err := parseToken(raw)
 	if err != nil {
 		return nil, fail("malformed or unsupported token: %v", err)
 	}
-	if len(tok.Headers) != 1 {
-		return nil, fail("a token has exactly one signature")
-	}
-	var peek jwt.Claims
-	if err := tok.UnsafeClaimsWithoutVerification(&peek); err != nil {
-		return nil, fail("malformed claims: %v", err)
-	}
+	// The issuer, unverified, picks the rule (and so the keys) to verify
+	// with.
+	peek := struct{ Issuer string }{tok.claims.iss}
 	var rule *Rule
 	for i := range rules {
 		if rules[i].Issuer == peek.Issuer {
@@ -149,7 +142,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, rules []Rule) (*Resul
 	if rule == nil {
 		return nil, fail("issuer %q is not allowed", peek.Issuer)
 	}
-	kid := tok.Headers[0].KeyID
+	kid := tok.kid
 	res, verr := v.verifyWith(ctx, tok, rule, kid, false)
 	if verr == errNoKey {
 		// The issuer may have rotated its keys: fetch again (rate
@@ -168,55 +161,58 @@ func (v *Verifier) Verify(ctx context.Context, raw string, rules []Rule) (*Resul
 
 var errNoKey = errors.New("no key verifies")
 
-func (v *Verifier) verifyWith(ctx context.Context, tok *jwt.JSONWebToken, rule *Rule, kid string, refetch bool) (*Result, error) {
-	set, err := v.keys(ctx, rule.JwksURI, refetch)
+func (v *Verifier) verifyWith(ctx context.Context, tok *token, rule *Rule, kid string, refetch bool) (*Result, error) {
+	keys, err := v.keys(ctx, rule.JwksURI, refetch)
 	if err != nil {
 		return nil, fail("keys of issuer %q unavailable: %v", rule.Issuer, err)
 	}
-	candidates := set.Keys
-	if kid != "" {
-		candidates = set.Key(kid)
-	}
-	alg := tok.Headers[0].Algorithm
-	for _, k := range candidates {
-		if k.Use == "enc" || (k.Algorithm != "" && k.Algorithm != alg) {
+	for _, k := range keys {
+		if kid != "" && k.kid != kid {
 			continue
 		}
-		pub := k.Public()
-		if !pub.Valid() {
+		if k.use == "enc" || (k.alg != "" && k.alg != tok.alg) {
 			continue
 		}
-		var std jwt.Claims
-		var all map[string]any
-		if err := tok.Claims(pub.Key, &std, &all); err != nil {
+		if !verifySignature(tok, k.key) {
 			continue
 		}
-		return v.checkClaims(std, all, rule)
+		return v.checkClaims(tok.claims, rule)
 	}
 	return nil, errNoKey
 }
 
-func (v *Verifier) checkClaims(std jwt.Claims, all map[string]any, rule *Rule) (*Result, error) {
-	exp := jwt.Expected{Issuer: rule.Issuer, AnyAudience: rule.Audiences, Time: v.now()}
-	if err := std.ValidateWithLeeway(exp, Leeway); err != nil {
-		switch {
-		case errors.Is(err, jwt.ErrExpired):
-			return nil, fail("token expired at %s", std.Expiry.Time().UTC().Format(time.RFC3339))
-		case errors.Is(err, jwt.ErrNotValidYet):
-			return nil, fail("token not valid before %s", std.NotBefore.Time().UTC().Format(time.RFC3339))
-		case errors.Is(err, jwt.ErrInvalidAudience):
-			return nil, fail("audience %v is not one of %v", []string(std.Audience), rule.Audiences)
-		case errors.Is(err, jwt.ErrIssuedInTheFuture):
-			return nil, fail("token issued in the future")
-		}
-		return nil, fail("claims refused: %v", err)
+func (v *Verifier) checkClaims(c claimSet, rule *Rule) (*Result, error) {
+	now := v.now()
+	switch {
+	case c.iss != rule.Issuer:
+		return nil, fail("claims refused: issuer %q", c.iss)
+	case len(rule.Audiences) > 0 && !anyOf(rule.Audiences, c.aud):
+		return nil, fail("audience %v is not one of %v", c.aud, rule.Audiences)
+	case c.nbf != nil && now.Add(Leeway).Before(*c.nbf):
+		return nil, fail("token not valid before %s", c.nbf.UTC().Format(time.RFC3339))
+	case c.exp != nil && now.Add(-Leeway).After(*c.exp):
+		return nil, fail("token expired at %s", c.exp.UTC().Format(time.RFC3339))
+	case c.iat != nil && now.Add(Leeway).Before(*c.iat):
+		return nil, fail("token issued in the future")
 	}
-	r := &Result{Issuer: std.Issuer, Subject: std.Subject, Principal: std.Issuer + "/" + std.Subject,
-		Audiences: []string(std.Audience), Claims: all}
-	if azp, ok := all["azp"].(string); ok {
+	r := &Result{Issuer: c.iss, Subject: c.sub, Principal: c.iss + "/" + c.sub,
+		Audiences: c.aud, Claims: c.all}
+	if azp, ok := c.all["azp"].(string); ok {
 		r.Presenter = azp
 	}
 	return r, nil
+}
+
+// anyOf reports whether want and have share a value.
+func anyOf(want, have []string) bool {
+	for _, w := range want {
+		for _, h := range have {
+			if w == h {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // maxJWKSBytes bounds a fetched key set.
@@ -225,7 +221,7 @@ const maxJWKSBytes = 1 << 20
 // keys returns the key set of uri, fetching it when absent, older than
 // Refresh, or when refetch is asked and the last attempt is older than
 // MinRefetch. A failed fetch keeps the keys already held.
-func (v *Verifier) keys(ctx context.Context, uri string, refetch bool) (*jose.JSONWebKeySet, error) {
+func (v *Verifier) keys(ctx context.Context, uri string, refetch bool) ([]jwk, error) {
 	v.mu.Lock()
 	if v.sets == nil {
 		v.sets = map[string]*keySet{}
@@ -260,7 +256,7 @@ func (v *Verifier) keys(ctx context.Context, uri string, refetch bool) (*jose.JS
 	return ks.keys, nil
 }
 
-func (v *Verifier) fetch(ctx context.Context, uri string) (*jose.JSONWebKeySet, error) {
+func (v *Verifier) fetch(ctx context.Context, uri string) ([]jwk, error) {
 	if !strings.HasPrefix(uri, "https://") {
 		return nil, fmt.Errorf("jwksUri %q is not https", uri)
 	}
@@ -285,11 +281,11 @@ func (v *Verifier) fetch(ctx context.Context, uri string) (*jose.JSONWebKeySet, 
 	if len(body) > maxJWKSBytes {
 		return nil, fmt.Errorf("GET %s: key set larger than %d bytes", uri, maxJWKSBytes)
 	}
-	var set jose.JSONWebKeySet
-	if err := json.Unmarshal(body, &set); err != nil {
+	set, err := parseJWKS(body)
+	if err != nil {
 		return nil, fmt.Errorf("GET %s: not a JWKS: %v", uri, err)
 	}
-	return &set, nil
+	return set, nil
 }
 
 // TokenFrom finds the request's token for rules: in each rule's headers

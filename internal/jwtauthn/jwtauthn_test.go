@@ -69,16 +69,7 @@ func newKey(t testing.TB, kid string) jose.JSONWebKey {
 }
 
 func sign(t testing.TB, k jose.JSONWebKey, claims any) string {
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", k.KeyID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := jwt.Signed(s).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw
+	return signAlg(t, jose.ES256, k, claims)
 }
 
 type claims struct {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -11,23 +10,26 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // HTTP/2 is terminated per request (issue #14), on both sides, with
-// golang.org/x/net/http2 — the codec net/http itself bundles — rather
-// than a codec of our own: the server side (http2.Server.ServeConn) takes
-// a connection the proxy already sniffed and, for mTLS, verified, which
-// net/http's own server (it serves only from a Listener) cannot; the
-// client side (http2.Transport) multiplexes requests over connections the
-// proxy dials itself. Its defences against the HTTP/2 abuse of the last
-// years are what the adversarial suite checks: rapid reset
-// (CVE-2023-44487), CONTINUATION floods (CVE-2023-45288), HPACK bombs
-// (decoded header bytes bounded by MaxHeaderBytes), SETTINGS and PING
-// floods (bounded control-frame queue).
+// net/http's own HTTP/2 (the copy of golang.org/x/net/http2 it bundles and
+// every Go binary with net/http links anyway), not a codec of our own and
+// not a second copy from x/net: the server side is an http.Server that
+// speaks only HTTP/2 with prior knowledge (Protocols: UnencryptedHTTP2; on
+// a mesh connection "unencrypted" means over the mTLS the proxy already
+// terminated and verified), fed the connections the proxy hands it
+// through a listener of its own (h2Server); the client side is
+// http.Transport with UnencryptedHTTP2 over connections the proxy dials
+// itself (the app over h2c; the server sidecar over mTLS with ALPN h2,
+// one http.ClientConn each in h2Pool). Its defences against the HTTP/2
+// abuse of the last years are what the adversarial suite checks: rapid
+// reset (CVE-2023-44487), CONTINUATION floods (CVE-2023-45288), HPACK
+// bombs (decoded header bytes bounded by MaxHeaderBytes), SETTINGS and
+// PING floods (bounded control-frame queue).
 //
 //   - inbound (h2in.go): every request is end-user authenticated (the
 //     port's JWT origins) and authorized by the policy engine (a gRPC call
@@ -44,7 +46,7 @@ import (
 const alpnH2 = "h2"
 
 // h2Preface is the client connection preface (RFC 9113 3.4).
-const h2Preface = http2.ClientPreface
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // Limits of the HTTP/2 server (both sides).
 const (
@@ -57,57 +59,31 @@ const (
 
 // h2State is the proxy's HTTP/2 machinery, built once in New.
 type h2State struct {
-	// hs is the http2.Servers' base configuration; its Shutdown sends
-	// every HTTP/2 connection GOAWAY (Proxy.Close: drain).
-	hs *http.Server
 	// in serves inbound connections, out the app's outbound ones: the
 	// same settings, each counting protocol errors under its direction.
-	in, out *http2.Server
-	// toAppH2 reaches the app over h2c (prior knowledge); toAppH1 over
-	// HTTP/1.1 (an HTTP port's app).
-	toAppH2 *http2.Transport
+	in, out *h2Server
+	// app holds the h2c (prior knowledge) connections to the app;
+	// toAppH1 reaches an HTTP port's app over HTTP/1.1.
+	app     *h2Pool
 	toAppH1 *http.Transport
 	// pool holds the client sidecar's HTTP/2 upstream connections.
 	pool *h2Pool
 }
 
+// h2Only is the protocol set of every HTTP/2 server and client here:
+// HTTP/2 with prior knowledge on a connection the proxy provides, and
+// nothing else (no HTTP/1 fallback, no TLS of net/http's own).
+func h2Only() *http.Protocols {
+	var ps http.Protocols
+	ps.SetUnencryptedHTTP2(true)
+	return &ps
+}
+
 func (p *Proxy) newH2State() *h2State {
-	s := &h2State{hs: &http.Server{MaxHeaderBytes: h2MaxHeaderBytes}}
-	server := func(dir string) *http2.Server {
-		srv := &http2.Server{
-			MaxConcurrentStreams: h2MaxStreams,
-			IdleTimeout:          p.cfg.IdleTimeout,
-			// A client that stops reading (TCP) holds a connection no
-			// longer than a body without a byte moving.
-			WriteByteTimeout: p.cfg.BodyIdleTimeout,
-			ReadIdleTimeout:  p.cfg.IdleTimeout / 2,
-			PingTimeout:      15 * time.Second,
-			// Protocol errors (rapid reset, bad frames, ...) are counted
-			// as meshauth_sidecar_connections_closed_total{reason="http2_<kind>"}.
-			CountError: func(kind string) { p.m.Closed.WithLabelValues(dir, "http2_"+kind).Inc() },
-		}
-		// Both register their connections with hs, whose Shutdown
-		// sends them GOAWAY.
-		if err := http2.ConfigureServer(s.hs, srv); err != nil {
-			panic("proxy: http2.ConfigureServer: " + err.Error()) // only for bad TLS settings; we set none
-		}
-		s.hs.TLSNextProto = nil
-		return srv
-	}
-	s.in, s.out = server("inbound"), server("outbound")
+	s := &h2State{}
+	s.in, s.out = p.newH2Server("inbound"), p.newH2Server("outbound")
 	dialApp := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return dialer.DialContext(ctx, network, addr)
-	}
-	s.toAppH2 = &http2.Transport{
-		AllowHTTP:          true,
-		DisableCompression: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dialApp(ctx, network, addr)
-		},
-		MaxHeaderListSize: h2MaxHeaderBytes,
-		ReadIdleTimeout:   p.cfg.IdleTimeout / 2,
-		PingTimeout:       15 * time.Second,
-		WriteByteTimeout:  p.cfg.BodyIdleTimeout,
 	}
 	s.toAppH1 = &http.Transport{
 		DialContext:         dialApp,
@@ -120,24 +96,142 @@ func (p *Proxy) newH2State() *h2State {
 		MaxResponseHeaderBytes: h2MaxHeaderBytes,
 		Proxy:                  nil,
 	}
-	s.pool = newH2Pool(p)
+	s.app, s.pool = newH2Pool(p), newH2Pool(p)
 	return s
 }
 
+// h2Server serves HTTP/2 on connections the proxy hands it (serve). An
+// http.Server serves only what a Listener accepts, so serve passes each
+// connection through l, with the handler of its direction and connection
+// (h2Served), which the server's handler finds in the request's context.
+// hs.Shutdown sends every connection GOAWAY (drain).
+type h2Server struct {
+	hs    *http.Server
+	l     *connListener
+	start sync.Once
+}
+
+func (p *Proxy) newH2Server(dir string) *h2Server {
+	return &h2Server{l: newConnListener(), hs: &http.Server{
+		Protocols: h2Only(),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Context().Value(h2ConnKey{}).(http.Handler).ServeHTTP(w, r)
+		}),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, h2ConnKey{}, c.(*h2Served).h)
+		},
+		// OPTIONS * is the app's to answer (h2Target), not net/http's.
+		DisableGeneralOptionsHandler: true,
+		// The decoded header block of one request (HPACK's header list).
+		MaxHeaderBytes: h2MaxHeaderBytes,
+		IdleTimeout:    p.cfg.IdleTimeout,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: h2MaxStreams,
+			// A client that stops reading (TCP) holds a connection no
+			// longer than a body without a byte moving.
+			WriteByteTimeout: p.cfg.BodyIdleTimeout,
+			SendPingTimeout:  p.cfg.IdleTimeout / 2,
+			PingTimeout:      15 * time.Second,
+			// Protocol errors (rapid reset, bad frames, ...) are counted
+			// as meshauth_sidecar_connections_closed_total{reason="http2_<kind>"}.
+			CountError: func(kind string) { p.m.Closed.WithLabelValues(dir, "http2_"+kind).Inc() },
+		},
+	}}
+}
+
+// h2ConnKey is the context key of a connection's handler.
+type h2ConnKey struct{}
+
+// h2Served is a connection on its way to an h2Server: it hides the
+// connection's type (net/http would redo a *tls.Conn's handshake and
+// pick the protocol by ALPN; here the preface decides, as the sniffer
+// did) and tells serve when the server closed it.
+type h2Served struct {
+	net.Conn
+	h    http.Handler
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *h2Served) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.done) })
+	return err
+}
+
+// serve serves HTTP/2 on c (whose next bytes are the client preface)
+// with h until the connection ends.
+func (s *h2Server) serve(c net.Conn, h http.Handler) {
+	s.start.Do(func() { go s.hs.Serve(s.l) })
+	sc := &h2Served{Conn: c, h: h, done: make(chan struct{})}
+	if !s.l.push(sc) {
+		c.Close() // the proxy is closing
+		return
+	}
+	<-sc.done
+}
+
+// drain sends every connection GOAWAY (streams in flight finish, new
+// ones go elsewhere) and serves no new one. It does not wait: the
+// already-cancelled context makes Shutdown return once GOAWAY is under
+// way.
+func (s *h2Server) drain() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.hs.Shutdown(ctx)
+	s.l.Close()
+}
+
+// connListener is a net.Listener whose connections come from push.
+type connListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// push hands c to Accept; false once the listener is closed.
+func (l *connListener) push(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.UnixAddr{Name: "h2", Net: "unix"} }
+
 // serveH2 serves HTTP/2 on c (whose next bytes are the client preface)
 // with h until the connection ends; srv is h2State.in or out.
-func (p *Proxy) serveH2(srv *http2.Server, c net.Conn, h http.Handler) {
-	srv.ServeConn(c, &http2.ServeConnOpts{BaseConfig: p.h2.hs, Handler: h})
+func (p *Proxy) serveH2(srv *h2Server, c net.Conn, h http.Handler) {
+	srv.serve(c, h)
 }
 
 // drainH2 sends every HTTP/2 connection GOAWAY: streams in flight finish,
 // new ones go elsewhere.
 func (p *Proxy) drainH2() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	p.h2.hs.Shutdown(ctx)
+	p.h2.in.drain()
+	p.h2.out.drain()
 	p.h2.toAppH1.CloseIdleConnections()
-	p.h2.toAppH2.CloseIdleConnections()
+	p.h2.app.closeIdle() // streams in flight to the app finish
 	p.h2.pool.closeAll()
 }
 

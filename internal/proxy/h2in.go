@@ -32,7 +32,7 @@ type inboundH2 struct {
 // port's protocol: an HTTP port's app is reached over HTTP/1.1, any other
 // over h2c.
 func (p *Proxy) serveInboundH2(c net.Conn, info *connInfo, proto string) {
-	h := &inboundH2{p: p, c: c, info: info, tr: p.h2.toAppH2}
+	h := &inboundH2{p: p, c: c, info: info, tr: p.h2.app.transport("h2c|"+info.app, plainDial)}
 	if proto == "HTTP" {
 		h.tr = p.h2.toAppH1
 	}

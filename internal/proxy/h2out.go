@@ -2,15 +2,12 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/policy"
@@ -98,8 +95,11 @@ func (h *outboundH2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // verified under an older bundle or policy generation has its server
 // verified again (as connPool does) before it takes another request.
 type h2Pool struct {
-	p     *Proxy
-	t     *http2.Transport // settings of the connections; it dials none
+	p *Proxy
+	// t holds the settings of the connections and makes each
+	// (NewClientConn) over the connection its h2Dialing dials; it pools
+	// none itself.
+	t     *http.Transport
 	mu    sync.Mutex
 	conns map[string][]*h2Conn
 	// dialing holds, per key, the dial in progress: requests that find no
@@ -114,19 +114,39 @@ type h2Dial struct {
 }
 
 type h2Conn struct {
-	cc  *http2.ClientConn
+	cc  *http.ClientConn
 	c   net.Conn
 	gen uint64
 }
 
+// h2Dialing is how h2Pool.t dials a connection (in the context of
+// NewClientConn) and where it leaves the connection for verifyConn.
+type h2Dialing struct {
+	dial func(context.Context, string) (net.Conn, error)
+	c    net.Conn
+}
+
+type h2DialKey struct{}
+
 func newH2Pool(p *Proxy) *h2Pool {
-	return &h2Pool{p: p, conns: map[string][]*h2Conn{}, dialing: map[string]*h2Dial{}, t: &http2.Transport{
-		AllowHTTP:          true,
-		DisableCompression: true,
-		MaxHeaderListSize:  h2MaxHeaderBytes,
-		IdleConnTimeout:    p.cfg.IdleTimeout / 2,
-		ReadIdleTimeout:    p.cfg.IdleTimeout / 2,
-		WriteByteTimeout:   p.cfg.BodyIdleTimeout,
+	return &h2Pool{p: p, conns: map[string][]*h2Conn{}, dialing: map[string]*h2Dial{}, t: &http.Transport{
+		// HTTP/2 with prior knowledge over what dial returns: plaintext
+		// (h2c) or mTLS the proxy already negotiated (ALPN h2).
+		Protocols: h2Only(),
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			d := ctx.Value(h2DialKey{}).(*h2Dialing)
+			c, err := d.dial(ctx, addr)
+			d.c = c
+			return c, err
+		},
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: h2MaxHeaderBytes,
+		IdleConnTimeout:        p.cfg.IdleTimeout / 2,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout:  p.cfg.IdleTimeout / 2,
+			WriteByteTimeout: p.cfg.BodyIdleTimeout,
+		},
+		Proxy: nil,
 	}}
 }
 
@@ -157,19 +177,17 @@ func (rt h2PoolRT) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // retryableH2 reports an error of a connection that closed or got GOAWAY
-// before it took the request.
+// before it took the request (net/http's HTTP/2 exports no error types:
+// "http2: client conn not usable", "... is closed", "server sent GOAWAY",
+// "received Server's graceful shutdown GOAWAY").
 func retryableH2(err error) bool {
-	var ga http2.GoAwayError
-	if errors.As(err, &ga) {
-		return true
-	}
 	s := err.Error()
 	return strings.Contains(s, "client conn not usable") || strings.Contains(s, "client conn is closed") || strings.Contains(s, "GOAWAY")
 }
 
 // get returns a connection for key with a stream reserved, dialling one
 // when none can take another request.
-func (hp *h2Pool) get(ctx context.Context, key, addr string, dial func(context.Context, string) (net.Conn, error)) (*http2.ClientConn, error) {
+func (hp *h2Pool) get(ctx context.Context, key, addr string, dial func(context.Context, string) (net.Conn, error)) (*http.ClientConn, error) {
 	for {
 		cc, wait := hp.pick(key)
 		if cc != nil {
@@ -193,7 +211,7 @@ func (hp *h2Pool) get(ctx context.Context, key, addr string, dial func(context.C
 // pick reserves a stream on a pooled connection for key. With none that
 // has room it returns the channel of a dial in progress to wait for, or
 // nil, nil after registering the caller as the one to dial.
-func (hp *h2Pool) pick(key string) (*http2.ClientConn, *h2Dial) {
+func (hp *h2Pool) pick(key string) (*http.ClientConn, *h2Dial) {
 	gen := hp.p.pool.gen.Load()
 	hp.mu.Lock()
 	defer hp.mu.Unlock()
@@ -201,7 +219,7 @@ func (hp *h2Pool) pick(key string) (*http2.ClientConn, *h2Dial) {
 	kept := l[:0]
 	var pick *h2Conn
 	for _, x := range l {
-		if st := x.cc.State(); st.Closed || st.Closing {
+		if x.cc.Err() != nil {
 			continue
 		}
 		if x.gen != gen {
@@ -213,7 +231,7 @@ func (hp *h2Pool) pick(key string) (*http2.ClientConn, *h2Dial) {
 			x.gen = gen
 		}
 		kept = append(kept, x)
-		if pick == nil && x.cc.ReserveNewRequest() {
+		if pick == nil && x.cc.Reserve() == nil {
 			pick = x
 		}
 	}
@@ -231,27 +249,45 @@ func (hp *h2Pool) pick(key string) (*http2.ClientConn, *h2Dial) {
 
 // dial opens a connection for key (the caller pick chose), reserves a
 // stream on it, pools it and wakes the requests waiting for it.
-func (hp *h2Pool) dial(ctx context.Context, key, addr string, dial func(context.Context, string) (net.Conn, error)) (*http2.ClientConn, error) {
+func (hp *h2Pool) dial(ctx context.Context, key, addr string, dial func(context.Context, string) (net.Conn, error)) (*http.ClientConn, error) {
 	gen := hp.p.pool.gen.Load() // before the handshake that verifies the server
-	var cc *http2.ClientConn
-	c, err := dial(ctx, addr)
+	d := &h2Dialing{dial: dial}
+	cc, err := hp.t.NewClientConn(context.WithValue(ctx, h2DialKey{}, d), "http", addr)
 	if err == nil {
-		if cc, err = hp.t.NewClientConn(c); err != nil {
-			c.Close()
-		} else {
-			cc.ReserveNewRequest()
+		if err = cc.Reserve(); err != nil {
+			cc.Close()
+			cc = nil
 		}
 	}
 	hp.mu.Lock()
 	if cc != nil {
-		hp.conns[key] = append(hp.conns[key], &h2Conn{cc: cc, c: c, gen: gen})
+		hp.conns[key] = append(hp.conns[key], &h2Conn{cc: cc, c: d.c, gen: gen})
 	}
-	d := hp.dialing[key]
-	d.err = err
-	close(d.done)
+	w := hp.dialing[key]
+	w.err = err
+	close(w.done)
 	delete(hp.dialing, key)
 	hp.mu.Unlock()
 	return cc, err
+}
+
+// closeIdle closes the pooled connections with no request in flight or
+// reserved (Proxy.Close: the others finish their streams).
+func (hp *h2Pool) closeIdle() {
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	for k, l := range hp.conns {
+		kept := l[:0]
+		for _, x := range l {
+			if x.cc.InFlight() == 0 {
+				x.cc.Close()
+				continue
+			}
+			kept = append(kept, x)
+		}
+		clear(l[len(kept):])
+		hp.conns[k] = kept
+	}
 }
 
 // closeAll closes every pooled connection (Proxy.Close).

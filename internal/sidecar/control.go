@@ -70,10 +70,20 @@ func (c *controlConn) roots() *identity.Bundle {
 	return c.initial
 }
 
+// controlDialOptions are the gRPC options of the sidecar's connections to
+// the control plane: two streams that idle for hours (trust bundle,
+// policy) and a call per renewal, each message small. gRPC's default
+// 32 KiB read buffer and 32 KiB write buffer per connection would stay
+// allocated all that time in every pod; the read buffer is redundant over
+// TLS (tls.Conn buffers a whole record, so the framer's small reads are
+// copies, not syscalls), and the write buffer is taken from a pool only
+// while a write is under way.
+var controlDialOptions = []grpc.DialOption{grpc.WithReadBufferSize(0), grpc.WithSharedWriteBuffer(true)}
+
 // dial opens a connection; with mtls it presents the workload certificate,
 // otherwise the join token.
 func (c *controlConn) dial(ctx context.Context, mtls bool) (*grpc.ClientConn, error) {
-	o := client.Options{Dir: c.dir, Addr: c.addr, Roots: c.roots, TrustDomain: c.initial.TrustDomain}
+	o := client.Options{Dir: c.dir, Addr: c.addr, Roots: c.roots, TrustDomain: c.initial.TrustDomain, DialOptions: controlDialOptions}
 	if mtls {
 		o.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if s := c.store.SVID(); s != nil {

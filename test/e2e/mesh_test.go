@@ -41,10 +41,13 @@ func needPieces(t *testing.T) {
 		// cobra prints the parent's help for an unknown subcommand with
 		// exit 0, so check the usage line names the subcommand.
 		want := "Usage:\n  " + p.bin + " " + strings.Join(p.args[:len(p.args)-1], " ")
+		// `meshd sidecar` execs meshd-sidecar when it sits beside meshd
+		// (TestMain builds both), whose usage line names itself.
+		exec := "Usage:\n  " + p.bin + "-" + strings.Join(p.args[:len(p.args)-1], "-") + " "
 		if p.flag != "" && err == nil && !strings.Contains(string(out), p.flag) {
 			t.Skipf("skipping the seed replay: %s has no %s flag yet (issue 4: config from a directory)", p.what, p.flag)
 		}
-		if err != nil || !strings.Contains(string(out), want) {
+		if err != nil || !strings.Contains(string(out), want) && !strings.Contains(string(out), exec) {
 			t.Skipf("skipping the seed replay: this build has no %s yet (`%s %s` did not show its usage)", p.what, p.bin, strings.Join(p.args, " "))
 		}
 	}
