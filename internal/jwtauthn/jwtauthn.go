@@ -92,6 +92,7 @@ type keySet struct {
 	keys    []jwk
 	fetched time.Time
 	tried   time.Time
+	err     error // the last fetch's, while no keys are held
 }
 
 // New returns a Verifier whose JWKS client uses meshauth's TLS profile and
@@ -220,7 +221,11 @@ const maxJWKSBytes = 1 << 20
 
 // keys returns the key set of uri, fetching it when absent, older than
 // Refresh, or when refetch is asked and the last attempt is older than
-// MinRefetch. A failed fetch keeps the keys already held.
+// MinRefetch. A failed fetch keeps the keys already held. With no keys
+// held, a failed fetch is not tried again before MinRefetch either: the
+// tokens that make the sidecar fetch come from whoever sends requests, and
+// must not turn it into a client hammering the issuer (or waiting on it,
+// one request at a time) once per request.
 func (v *Verifier) keys(ctx context.Context, uri string, refetch bool) ([]jwk, error) {
 	v.mu.Lock()
 	if v.sets == nil {
@@ -243,15 +248,19 @@ func (v *Verifier) keys(ctx context.Context, uri string, refetch bool) ([]jwk, e
 	defer ks.mu.Unlock()
 	now := v.now()
 	stale := ks.keys == nil || now.Sub(ks.fetched) >= refresh || (refetch && now.Sub(ks.tried) >= minRefetch)
-	if stale && (ks.keys == nil || now.Sub(ks.tried) >= minRefetch) {
+	if stale && (ks.tried.IsZero() || now.Sub(ks.tried) >= minRefetch) {
 		ks.tried = now
 		set, err := v.fetch(ctx, uri)
 		switch {
 		case err == nil:
-			ks.keys, ks.fetched = set, now
+			ks.keys, ks.fetched, ks.err = set, now, nil
 		case ks.keys == nil:
+			ks.err = err
 			return nil, err
 		}
+	}
+	if ks.keys == nil && ks.err != nil {
+		return nil, ks.err
 	}
 	return ks.keys, nil
 }

@@ -172,6 +172,39 @@ func TestKeyRotation(t *testing.T) {
 	}
 }
 
+// TestJWKSFailureNotRetriedPerToken: while an issuer's key endpoint fails
+// and no keys are held, the tokens requests carry (the sender's to make)
+// cause one fetch per MinRefetch, not one each.
+func TestJWKSFailureNotRetriedPerToken(t *testing.T) {
+	var fetches atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	v := New(pool)
+	clock := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	v.Now = func() time.Time { return clock }
+	k := newKey(t, "k1")
+	c := jwt.Claims{Issuer: "iss", Expiry: jwt.NewNumericDate(clock.Add(time.Hour))}
+	rules := []Rule{{Issuer: "iss", JwksURI: srv.URL}}
+	for range 20 {
+		if _, err := v.Verify(context.Background(), sign(t, k, c), rules); err == nil || !strings.Contains(err.Error(), "unavailable") {
+			t.Fatalf("token while the key endpoint fails: %v", err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("20 tokens while the key endpoint fails made %d fetches, want 1", n)
+	}
+	clock = clock.Add(6 * time.Second) // past MinRefetch
+	_, _ = v.Verify(context.Background(), sign(t, k, c), rules)
+	if n := fetches.Load(); n != 2 {
+		t.Fatalf("after MinRefetch: %d fetches, want 2", n)
+	}
+}
+
 // TestJWKSNeedsTrustedTLS: keys are fetched only from an endpoint whose
 // certificate the verifier trusts, and only over https.
 func TestJWKSNeedsTrustedTLS(t *testing.T) {

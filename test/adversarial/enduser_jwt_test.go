@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,10 +148,17 @@ spec:
 // inherited by the sidecars). The server closes at the test's end.
 func serveJWKS(t *testing.T, key func() jose.JSONWebKey) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serveIssuer(t, func(w http.ResponseWriter, r *http.Request) {
 		k := key()
 		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{k.Public()}})
-	}))
+	})
+}
+
+// serveIssuer serves h over TLS on loopback, trusted by the sidecars the
+// test starts (see serveJWKS).
+func serveIssuer(t *testing.T, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
 	caFile := filepath.Join(t.TempDir(), "jwks-ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
@@ -158,4 +166,56 @@ func serveJWKS(t *testing.T, key func() jose.JSONWebKey) *httptest.Server {
 	}
 	t.Setenv("SSL_CERT_FILE", caFile)
 	return srv
+}
+
+// TestJWKSOutageNotFetchedPerRequest: while an issuer's key endpoint is
+// down, every request with a token is refused (401) — and the attacker,
+// who sends them, must not make the sidecar fetch the keys once per
+// request (hammering the issuer, and queueing requests behind a fetch
+// that can take 10 s). At most one fetch per 5 s (MinRefetch).
+func TestJWKSOutageNotFetchedPerRequest(t *testing.T) {
+	var fetches atomic.Int32
+	srv := serveIssuer(t, func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	})
+	policy := `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: httpbin-jwt, namespace: default}
+spec:
+  targets: [{name: httpbin}]
+  peers: [{mtls: {mode: PERMISSIVE}}]
+  origins:
+  - jwt:
+      issuer: https://issuer.example
+      jwksUri: ` + srv.URL + `/jwks
+  principalBinding: USE_ORIGIN
+`
+	m := startMesh(t, meshOptions{Config: map[string]string{"jwt.yaml": policy}})
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(jwt.Claims{Issuer: "https://issuer.example", Subject: "alice", Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour))}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := range 30 {
+		body, stderr, code := curl(t, "-i", "-H", "Authorization: Bearer "+tok, "http://"+m.Httpbin.InboundAddr+"/headers")
+		if code != 0 {
+			t.Fatalf("curl: exit %d: %s", code, stderr)
+		}
+		if st := statusOf(body); st != 401 {
+			t.Fatalf("request %d while the issuer's keys are unavailable: want 401, got:\n%s", i, body)
+		}
+	}
+	allowed := 1 + int32(time.Since(start)/(5*time.Second))
+	if n := fetches.Load(); n < 1 || n > allowed {
+		t.Fatalf("30 requests in %v made %d key fetches, want 1..%d", time.Since(start).Round(time.Millisecond), n, allowed)
+	}
 }
