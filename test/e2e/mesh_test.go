@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,6 +72,27 @@ type mesh struct {
 	control     *exec.Cmd
 	sidecarArgs []string
 	sidecarSA   map[string]string // pod -> service account
+	quiet       bool              // meshctl logs only failures
+	controlLog  lockedBuffer      // everything the control plane wrote
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process's output goroutine and
+// a reader.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // meshOptions changes how newMeshWith builds the mesh; the zero value is
@@ -128,7 +150,7 @@ func (m *mesh) startControlCmd(out io.Writer) *exec.Cmd {
 	m.t.Helper()
 	cmd := m.c.NodeCommand(context.Background(), filepath.Join(bin, "meshd"), "control",
 		"--dir", m.stateDir, "--listen", m.addr, "--metrics-listen", m.c.NodeIP()+":15014", "--config", m.configDir)
-	var w io.Writer = prefixWriter(m.t, "control")
+	var w io.Writer = io.MultiWriter(prefixWriter(m.t, "control"), &m.controlLog)
 	if out != nil {
 		w = io.MultiWriter(w, out)
 	}
@@ -197,8 +219,18 @@ func (m *mesh) meshctlErr(args ...string) (string, string, int) {
 	} else if err != nil {
 		m.t.Fatalf("meshctl %v: %v", args, err)
 	}
-	m.t.Logf("$ meshctl %s (exit %d)\n%s%s", strings.Join(args, " "), code, out, stderr.String())
+	if !m.quiet || code != 0 {
+		m.t.Logf("$ meshctl %s (exit %d)\n%s%s", strings.Join(args, " "), code, out, stderr.String())
+	}
 	return string(out), stderr.String(), code
+}
+
+// meshctlQuiet is meshctlErr that logs only a failure, for polling.
+func (m *mesh) meshctlQuiet(args ...string) (string, string, int) {
+	m.t.Helper()
+	m.quiet = true
+	defer func() { m.quiet = false }()
+	return m.meshctlErr(args...)
 }
 
 // token creates a join token for ns/sa.
