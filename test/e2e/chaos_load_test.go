@@ -95,9 +95,9 @@ type pairLoad struct {
 	// started counts requests by their start slot when they start; sent
 	// and ok when they have ended.
 	started, sent, ok []int
-	fails    []failure
-	capped   []time.Time // ticks not sent: in-flight limit reached
-	inflight atomic.Int64
+	fails             []failure
+	capped            []time.Time // ticks not sent: in-flight limit reached
+	inflight          atomic.Int64
 }
 
 // failure is one failed request: when it started, when it ended, why.
