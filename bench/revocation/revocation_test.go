@@ -52,16 +52,9 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			return m.Run()
 		}
-		dir, err := os.MkdirTemp("", "meshauth-revocation-bin-")
-		if err != nil {
-			buildErr = err
-			return m.Run()
-		}
-		defer os.RemoveAll(dir)
-		bin = dir
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %w: %s", err, out)
+		bin, buildErr = localmesh.BuildTemp("meshauth-revocation-bin-", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl")
+		if bin != "" {
+			defer os.RemoveAll(bin)
 		}
 		return m.Run()
 	}()
