@@ -111,7 +111,7 @@ bench-smoke:
 # down for 10 minutes, sidecars and an app are killed, packets are lost,
 # pods partitioned, the CA's disk filled and its store corrupted; about
 # 30 minutes. Needs root. Rewrites the chaos table of docs/reliability.md.
-# `make test` runs the short form (TestChaos in test/e2e, about 3 minutes).
+# `make test` runs the short form (TestChaos in test/e2e, about 2 minutes).
 chaos: deps build
 	MESHAUTH_CHAOS=long MESHAUTH_CHAOS_REPORT=$(CURDIR)/docs/reliability.md \
 	  $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 90m ./test/e2e

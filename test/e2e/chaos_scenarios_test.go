@@ -234,7 +234,7 @@ func (cm *chaosMesh) controlDown() (string, string) {
 		return "never", ""
 	}
 	return fmt.Sprintf("%.1f", ok.Sub(back).Seconds()),
-		fmt.Sprintf("recovery = from the restart until every sidecar is connected and no certificate request fails; %d sidecars had a renewal failing when it came back", pending)
+		fmt.Sprintf("recovery = from the restart until every sidecar is connected and no certificate request fails; sidecars with a renewal failing when it came back: %d", pending)
 }
 
 // restartSidecar SIGKILLs pod's sidecar, waits a second, starts it again

@@ -26,7 +26,7 @@ import (
 // failed request where the mesh can survive the fault, and on any failed
 // request of a pair the fault did not touch.
 //
-// `go test ./test/e2e` (make test) runs the short form (about 2-3 minutes);
+// `go test ./test/e2e` (make test) runs the short form (about 2 minutes);
 // `make chaos` the long form (MESHAUTH_CHAOS=long: the control plane down
 // for 10 minutes, 100 certificate rotations), which writes its table into
 // docs/reliability.md (MESHAUTH_CHAOS_REPORT). No timing is asserted:
