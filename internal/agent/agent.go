@@ -331,12 +331,14 @@ func (a *Agent) rotate(ctx context.Context) error {
 			return &StartupError{Err: err}
 		}
 		wait := withJitter(backoff)
+		cur := a.store.SVID()
 		if permanent {
 			wait = a.cfg.MaxBackoff
+		} else if cur != nil {
+			wait = beforeExpiry(wait, cur.NotAfter().Sub(a.now()))
 		}
 		retryAt = a.now().Add(wait)
 		backoff = min(2*backoff, a.cfg.MaxBackoff)
-		cur := a.store.SVID()
 		attrs := []any{"error", caMessage(err), "retry_in", wait.String()}
 		if cur != nil {
 			attrs = append(attrs, "serial", cur.Serial(), "expires", cur.NotAfter().UTC().Format(time.RFC3339))
@@ -361,6 +363,20 @@ func (a *Agent) recoveryHint() string {
 		return fmt.Sprintf("write a new join token into %s (meshctl token create -n %s -s %s > %s); it is read again when it changes", f, a.cfg.ID.Namespace, a.cfg.ID.ServiceAccount, f)
 	}
 	return "restart the sidecar with a new join token (--token-file is read again when it changes)"
+}
+
+// beforeExpiry shortens a retry wait so that the next attempt comes before
+// the current certificate expires: at most half of its remaining life
+// (10 ms at least). A CA that is back within the certificate's life is
+// then reached in time, whatever the backoff had grown to during the
+// outage (issue #17: a 1-minute certificate and a 20 s outage could end
+// with the next attempt after the expiry). An expired certificate leaves
+// the wait as it is.
+func beforeExpiry(wait, left time.Duration) time.Duration {
+	if left <= 0 {
+		return wait
+	}
+	return min(wait, max(left/2, min(10*time.Millisecond, left)))
 }
 
 func later(a, b time.Time) time.Time {

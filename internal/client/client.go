@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshauth/meshauth/internal/identity"
 	"github.com/meshauth/meshauth/internal/tlsprofile"
@@ -52,6 +53,29 @@ type Options struct {
 	AdminToken bool
 	// DialOptions are appended to the gRPC dial options.
 	DialOptions []grpc.DialOption
+}
+
+// Keepalive is how every client of the control plane finds out that its
+// connection is dead when no FIN or RST ever reaches it (issue #17, found
+// by the chaos suite: after a partition the control plane had dropped its
+// end, and the sidecars' Discovery and trust-bundle streams, which only
+// receive, waited on the dead connection for good: no policy push and no
+// revocation reached them). A ping every 10 s, the connection closed (and
+// so the streams ended and redialed) when one goes 5 s unanswered; also
+// without an open stream, so a connection kept for renewals is checked too.
+// ServerKeepalive is the control plane's side of the agreement.
+var Keepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+
+// ServerKeepalive are the control plane's gRPC server options that match
+// Keepalive: clients may ping every 5 s (gRPC's default enforcement, 5
+// minutes, answers a 10 s ping with GOAWAY "too_many_pings"), and the
+// server pings its side as well, so that it forgets a dead sidecar's
+// streams (meshauth_push_sidecars_connected) within half a minute.
+func ServerKeepalive() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
+	}
 }
 
 // Dial returns a connection to the control plane. gRPC connects lazily:
@@ -105,7 +129,7 @@ func Dial(ctx context.Context, o Options) (*grpc.ClientConn, error) {
 		}
 		tok = strings.TrimSpace(string(b))
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithKeepaliveParams(Keepalive)}
 	if tok != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearerCreds(tok)))
 	}

@@ -204,7 +204,7 @@ func New(cfg Config) (*Server, error) {
 	// bundle of the moment (roots rotate, serials get revoked).
 	tlsCfg.ClientAuth = tls.RequestClientCert
 	s.tlsConfig = tlsCfg
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(client.ServerKeepalive(),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		// Reuse handler goroutines: signing grows a fresh goroutine's stack
 		// several times (profiled: ~5% of CPU in copystack). Requests beyond
@@ -221,7 +221,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.InitialConnWindowSize(1<<20),
 		grpc.ChainUnaryInterceptor(s.adminUnary),
 		grpc.ChainStreamInterceptor(s.adminStream),
-	)
+	)...)
 	pb.RegisterCertificateAuthorityServer(s.grpc, &caService{s: s})
 	pb.RegisterAdminServer(s.grpc, &adminService{s: s})
 	if s.plane, err = newPlane(s, cfg.Plane); err != nil {

@@ -198,3 +198,20 @@ func Listening(addr string) error {
 	}
 	return c.Close()
 }
+
+// BuildTemp builds pkgs (`go build` arguments, e.g. "../../cmd/meshd" from
+// a test's directory) into a new temporary directory named after prefix,
+// for tests that run the real binaries. It returns the directory (the
+// caller removes it, also when err is set) and the build's error with its
+// output.
+func BuildTemp(prefix string, pkgs ...string) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...).CombinedOutput()
+	if err != nil {
+		return dir, fmt.Errorf("go build: %w: %s", err, out)
+	}
+	return dir, nil
+}

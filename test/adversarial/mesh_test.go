@@ -57,16 +57,9 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			return m.Run() // every mesh test skips in -short mode
 		}
-		dir, err := os.MkdirTemp("", "meshauth-adversarial-bin-")
-		if err != nil {
-			buildErr = err
-			return m.Run()
-		}
-		defer os.RemoveAll(dir)
-		bin = dir
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %w: %s", err, out)
+		bin, buildErr = localmesh.BuildTemp("meshauth-adversarial-bin-", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl")
+		if bin != "" {
+			defer os.RemoveAll(bin)
 		}
 		// A real etcd and kube-apiserver for the tests of the CA replicas
 		// on Kubernetes (kubetest.Need skips them, or fails them with

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshauth/meshauth/internal/localmesh"
 	"github.com/meshauth/meshauth/internal/netns"
 )
 
@@ -38,17 +39,10 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			return m.Run() // every test skips in -short mode
 		}
-		dir, err := os.MkdirTemp("", "meshauth-e2e-bin-")
-		if err != nil {
-			buildErr = err
-			return m.Run()
-		}
-		defer os.RemoveAll(dir)
-		bin = dir
-		// Build from the module root so the binaries are the ones under test.
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl", "../../samples/httpbin/cmd/httpbin", "../../samples/sleep")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %w: %s", err, out)
+		// The binaries under test, built from this tree.
+		bin, buildErr = localmesh.BuildTemp("meshauth-e2e-bin-", "../../cmd/meshd", "../../cmd/meshd-sidecar", "../../cmd/meshctl", "../../samples/httpbin/cmd/httpbin", "../../samples/sleep")
+		if bin != "" {
+			defer os.RemoveAll(bin)
 		}
 		return m.Run()
 	}()
