@@ -207,7 +207,17 @@ func startControlPlane(ctx context.Context, meshd, dir string) (*proc, error) {
 
 // joinToken asks the control plane in dir for a join token for ns/sa.
 func joinToken(ctx context.Context, dir, ns, sa string) (string, error) {
-	conn, err := client.Dial(ctx, client.Options{Dir: dir, AdminToken: true})
+	return joinTokenAt(ctx, dir, "", nil, ns, sa)
+}
+
+// joinTokenAt is joinToken for a control plane at addr ("": DIR/control.addr)
+// reached through dial (nil: from here).
+func joinTokenAt(ctx context.Context, dir, addr string, dial dialFunc, ns, sa string) (string, error) {
+	o := client.Options{Dir: dir, Addr: addr, AdminToken: true}
+	if dial != nil {
+		o.DialOptions = append(o.DialOptions, grpcDialer(dial))
+	}
+	conn, err := client.Dial(ctx, o)
 	if err != nil {
 		return "", err
 	}

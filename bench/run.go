@@ -93,6 +93,8 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	}
 	defer backend.stop()
 	e := &env{dir: dir, pki: p, backend: backendAddr, workers: cfg.Workers}
+	// After the variants' sidecars have stopped (defers run last first).
+	defer e.closePods()
 
 	var started []*variant
 	defer func() {
@@ -290,6 +292,9 @@ func startVariant(ctx context.Context, e *env, cfg *config, name string) (*varia
 	switch name {
 	case "direct":
 		return &variant{name: "direct", label: "direct (no proxy)", addr: e.backend, target: e.backend}, nil
+	}
+	if isPodVariant(name) {
+		return startPodVariant(ctx, e, cfg, name)
 	}
 	if name == "meshauth" || strings.HasPrefix(name, "meshauth@") || strings.HasPrefix(name, "meshauth+") {
 		return startMeshauth(ctx, e, cfg, name)
