@@ -65,15 +65,21 @@ func isPodVariant(name string) bool { return strings.HasPrefix(name, "pod-") }
 
 // closePods stops the shared processes and removes every namespace, veth
 // and iptables rule of the pod cluster (they all live in the namespaces).
-func (e *env) closePods() {
+// It returns the namespaces it removed.
+func (e *env) closePods() []string {
 	if e.pods == nil {
-		return
+		return nil
 	}
 	stopAll(e.pods.procs)
+	names := []string{e.pods.c.NodeNetNS()}
+	for _, p := range e.pods.c.Pods() {
+		names = append(names, p.NetNS)
+	}
 	if err := e.pods.c.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: removing the pod namespaces:", err)
 	}
 	e.pods = nil
+	return names
 }
 
 // startPodVariant starts pod-direct, pod-explicit or pod-transparent.
@@ -444,4 +450,21 @@ func (v *variant) command(ctx context.Context, name string, args ...string) *exe
 // grpcDialer is the gRPC dial option that dials through d.
 func grpcDialer(d dialFunc) grpc.DialOption {
 	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d(ctx, "tcp", addr) })
+}
+
+// transparentOverhead writes what the transparent mode costs over the
+// explicit mode, both measured in the same pods' run (pods.go).
+func (rep *report) transparentOverhead(b *strings.Builder) {
+	ex, tr := rep.find("pod-explicit"), rep.find("pod-transparent")
+	if ex == nil || tr == nil {
+		return
+	}
+	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	w("Pods: each variant's client runs in a network-namespace pod (`ip netns exec`) and its server in another, on one bridge through veth pairs (internal/netns, as test/e2e builds them); ratios and added p50 of the pod rows are to pod direct. ")
+	w("pod explicit: the client sidecar is the app's HTTP proxy on 127.0.0.1:15001 and the server sidecar listens on the pod's port %d (`--inbound`), no iptables; ", podInboundPort)
+	w("pod transparent: `meshd init-net` in both pods, the app sends plain HTTP to the service VIP, REDIRECTed to the client sidecar (`--transparent`, SO_ORIGINAL_DST), which opens mTLS to the server pod's app port, REDIRECTed there to the server sidecar's capture port; the sidecars run as uid 1337, which the rules exclude; certificates from `meshd control` in the node namespace.\n\n")
+	w("Transparent over explicit (same run, medians): keep-alive %s, one request per connection %s, p50 %s ms, p99 %s ms, CPU of both sidecars per 1k req/s %s, upload %s.\n\n",
+		ratio(tr.med(mKA), ex.med(mKA)), ratio(tr.med(mClose), ex.med(mClose)),
+		signed(tr.med(mP50)-ex.med(mP50)), signed(tr.med(mP99)-ex.med(mP99)),
+		ratio(tr.med(mCPU1k), ex.med(mCPU1k)), ratio(tr.med(mUpload), ex.med(mUpload)))
 }

@@ -51,6 +51,7 @@ type report struct {
 	raw      map[string][]float64
 	ca       *caReport
 	fortio   string
+	podNetns []string // the pod variants' network namespaces, removed at the end
 	// loadStart and loadEnd are /proc/loadavg before and after.
 	loadStart, loadEnd string
 }
@@ -94,7 +95,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	defer backend.stop()
 	e := &env{dir: dir, pki: p, backend: backendAddr, workers: cfg.Workers}
 	// After the variants' sidecars have stopped (defers run last first).
-	defer e.closePods()
+	defer func() { rep.podNetns = e.closePods() }()
 
 	var started []*variant
 	defer func() {
