@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -236,23 +235,7 @@ func joinTokenAt(ctx context.Context, dir, addr string, dial dialFunc, ns, sa st
 // waitReady polls the sidecar's /healthz/ready until it has its
 // certificate and config.
 func waitReady(ctx context.Context, admin string, p *proc) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + admin + "/healthz/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if p.exited() {
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail())
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s not ready at http://%s/healthz/ready: %v\n%s", p.name, admin, err, p.tail())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return waitReadyVia(ctx, nil, admin, p)
 }
 
 func firstLine(b []byte) string {

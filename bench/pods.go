@@ -130,7 +130,7 @@ func startPodVariant(ctx context.Context, e *env, cfg *config, name string) (*va
 		}
 	}()
 	for _, side := range []*netns.Pod{server, client} {
-		p, err := pe.startSidecar(ctx, e.dir, cfg, meshd, mode, side, server)
+		p, err := pe.startSidecar(ctx, cfg, meshd, mode, side, server)
 		if err != nil {
 			return nil, err
 		}
@@ -161,11 +161,11 @@ func (e *env) podCluster(ctx context.Context, cfg *config) error {
 // build adds the pods, apps, capture rules and control plane.
 func (pe *podEnv) build(ctx context.Context, dir string, cfg *config) error {
 	c := pe.c
-	e := &env{dir: dir}
 	var err error
-	// The sidecars run as uid 1337: they must reach the binaries in e.dir
-	// and their own files.
-	if err := os.Chmod(e.dir, 0o755); err != nil {
+	// The sidecars run as uid 1337: they must reach the binaries in dir
+	// and their own files (dir holds nothing but this run's throwaway
+	// keys and configs; the control plane's state stays 0700).
+	if err := os.Chmod(dir, 0o755); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(pe.dir, 0o755); err != nil {
@@ -199,7 +199,7 @@ func (pe *podEnv) build(ctx context.Context, dir string, cfg *config) error {
 		}
 	}
 	// Capture as the injector's init container installs it.
-	initNet, err := cfg.controlBinary(e.dir)
+	initNet, err := cfg.controlBinary(dir)
 	if err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func (pe *podEnv) build(ctx context.Context, dir string, cfg *config) error {
 			return err
 		}
 	}
-	return pe.startControl(ctx, e.dir, initNet)
+	return pe.startControl(ctx, dir, initNet)
 }
 
 // startControl runs `meshd control` in the node namespace, reachable from
@@ -245,7 +245,7 @@ func (pe *podEnv) startControl(ctx context.Context, dir, meshd string) error {
 
 // startSidecar starts the sidecar of pod p as uid 1337, with a snapshot for
 // mode, and waits until it has its certificate.
-func (pe *podEnv) startSidecar(ctx context.Context, dir string, cfg *config, meshd, mode string, p, server *netns.Pod) (*proc, error) {
+func (pe *podEnv) startSidecar(ctx context.Context, cfg *config, meshd, mode string, p, server *netns.Pod) (*proc, error) {
 	sa := "client"
 	if p == server {
 		sa = "server"
@@ -416,8 +416,11 @@ func waitDial(ctx context.Context, dial dialFunc, addr string, p *proc) error {
 	}
 }
 
-// waitReadyVia polls the sidecar's /healthz/ready inside its pod.
+// waitReadyVia is waitReady through dial (nil: from here), e.g. inside a pod.
 func waitReadyVia(ctx context.Context, dial dialFunc, admin string, p *proc) error {
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
 	c := &http.Client{Transport: &http.Transport{DialContext: dial}, Timeout: 2 * time.Second}
 	defer c.CloseIdleConnections()
 	deadline := time.Now().Add(30 * time.Second)

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/meshauth/meshauth/internal/netns"
 )
@@ -28,25 +25,12 @@ func TestBenchPodsSmoke(t *testing.T) {
 	if findTool("wrk") == "" || findTool("fortio") == "" {
 		t.Skip("pod variants need wrk and fortio (apt-get install wrk; go install fortio.org/fortio@v1.68.2)")
 	}
-	cfg := config{
-		Variants: []string{"pod-direct", "pod-explicit", "pod-transparent"},
-		Command:  "go test ./bench -run TestBenchPodsSmoke",
-		Log:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-	}
-	applyQuick(&cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	rep, err := run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	for _, p := range rep.problems {
-		t.Errorf("harness problem: %s", p)
-	}
+	variants := []string{"pod-direct", "pod-explicit", "pod-transparent"}
+	rep := smokeRun(t, config{Variants: variants, Command: "go test ./bench -run TestBenchPodsSmoke"})
 	for _, s := range rep.skipped {
 		t.Errorf("skipped: %s", s)
 	}
-	for _, name := range cfg.Variants {
+	for _, name := range variants {
 		r := rep.find(name)
 		if r == nil {
 			t.Errorf("%s was not measured", name)
