@@ -33,25 +33,9 @@ func TestBenchSmoke(t *testing.T) {
 	if err := os.WriteFile(out, []byte(other), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config{
-		Out:     out,
-		CA:      true,
-		Raw:     true,
-		Command: "go test ./bench -run TestBenchSmoke",
-		Log:     slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-	}
-	applyQuick(&cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	rep, err := run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
+	rep := smokeRun(t, config{Out: out, CA: true, Raw: true, Command: "go test ./bench -run TestBenchSmoke"})
 	for _, s := range rep.skipped {
 		t.Logf("not measured (install it to include it): %s", s)
-	}
-	for _, p := range rep.problems {
-		t.Errorf("harness problem: %s", p)
 	}
 
 	if rep.find("direct") == nil {
@@ -120,6 +104,24 @@ func TestBenchSmoke(t *testing.T) {
 	if n := strings.Count(string(b), sectionHeader); n != 1 {
 		t.Errorf("after a second write: %d headings, want 1", n)
 	}
+}
+
+// smokeRun runs the harness with cfg at the smoke settings (applyQuick),
+// logging to t, and fails t on an error or any problem the run reports.
+func smokeRun(t *testing.T, cfg config) *report {
+	t.Helper()
+	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	applyQuick(&cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rep, err := run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	for _, p := range rep.problems {
+		t.Errorf("harness problem: %s", p)
+	}
+	return rep
 }
 
 type testWriter struct{ t *testing.T }

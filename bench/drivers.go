@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -59,7 +58,7 @@ func runWrk(ctx context.Context, dir string, v *variant, conns int, d time.Durat
 	args = append(args, "http://"+v.addr+"/")
 	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(cctx, "wrk", args...).CombinedOutput()
+	out, err := v.command(cctx, "wrk", args...).CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
@@ -135,7 +134,7 @@ func runFortio(ctx context.Context, dir, fortio string, v *variant, qps, conns i
 	args = append(args, v.url("/"))
 	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, fortio, args...)
+	cmd := v.command(cctx, fortio, args...)
 	cmd.Env = os.Environ()
 	if v.proxy {
 		cmd.Env = append(cmd.Env, "HTTP_PROXY=http://"+v.addr, "NO_PROXY=")
@@ -241,7 +240,7 @@ func (s *sampler) stop() (cpu, wall, rss, anon float64) {
 // httpClient returns a client for v: through the explicit proxy if v has
 // one, with a fresh connection pool.
 func httpClient(v *variant) *http.Client {
-	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 4}
+	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 4, DialContext: v.dial}
 	if v.proxy {
 		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: v.addr})
 	}
@@ -267,7 +266,7 @@ func checkVariant(ctx context.Context, v *variant, roots *tls.Config) error {
 	if v.serverTLS == "" {
 		return nil
 	}
-	return refusesNoCert(v.serverTLS)
+	return refusesNoCert(ctx, v.serverTLS, v.serverDial)
 }
 
 func getOnce(ctx context.Context, c *http.Client, u string) error {
@@ -292,11 +291,20 @@ func getOnce(ctx context.Context, c *http.Client, u string) error {
 
 // refusesNoCert connects to a server-side mTLS port without a client
 // certificate and fails if it gets an HTTP response back.
-func refusesNoCert(addr string) error {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", addr,
-		// The server's identity is not what this check is about.
-		&tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+func refusesNoCert(ctx context.Context, addr string, dial dialFunc) error {
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
+		return fmt.Errorf("server side %s: %w", addr, err)
+	}
+	// The server's identity is not what this check is about.
+	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+	if err := conn.HandshakeContext(ctx); err != nil {
+		conn.Close()
 		return nil // refused during the handshake
 	}
 	defer conn.Close()

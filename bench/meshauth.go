@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,7 +206,17 @@ func startControlPlane(ctx context.Context, meshd, dir string) (*proc, error) {
 
 // joinToken asks the control plane in dir for a join token for ns/sa.
 func joinToken(ctx context.Context, dir, ns, sa string) (string, error) {
-	conn, err := client.Dial(ctx, client.Options{Dir: dir, AdminToken: true})
+	return joinTokenAt(ctx, dir, "", nil, ns, sa)
+}
+
+// joinTokenAt is joinToken for a control plane at addr ("": DIR/control.addr)
+// reached through dial (nil: from here).
+func joinTokenAt(ctx context.Context, dir, addr string, dial dialFunc, ns, sa string) (string, error) {
+	o := client.Options{Dir: dir, Addr: addr, AdminToken: true}
+	if dial != nil {
+		o.DialOptions = append(o.DialOptions, grpcDialer(dial))
+	}
+	conn, err := client.Dial(ctx, o)
 	if err != nil {
 		return "", err
 	}
@@ -226,23 +235,7 @@ func joinToken(ctx context.Context, dir, ns, sa string) (string, error) {
 // waitReady polls the sidecar's /healthz/ready until it has its
 // certificate and config.
 func waitReady(ctx context.Context, admin string, p *proc) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + admin + "/healthz/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if p.exited() {
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail())
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s not ready at http://%s/healthz/ready: %v\n%s", p.name, admin, err, p.tail())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return waitReadyVia(ctx, nil, admin, p)
 }
 
 func firstLine(b []byte) string {

@@ -29,6 +29,11 @@ type variant struct {
 	// aux are other processes the variant needs (meshauth's control
 	// plane), stopped with it but not measured.
 	aux []*proc
+	// netns is the pod (network namespace) the load tools run in, and
+	// dial dials from there; serverDial reaches serverTLS (pods.go). ""
+	// and nil: the host's loopback.
+	netns            string
+	dial, serverDial dialFunc
 }
 
 // url is the request URL for path on this variant.
@@ -44,6 +49,9 @@ type env struct {
 	// HTTP/2: meshauth's port is GRPC and the client app uses an
 	// --upstream port with h2c.
 	grpc bool
+	// pods is the network-namespace cluster of the pod variants, built
+	// by the first one (pods.go); closePods removes it.
+	pods *podEnv
 }
 
 // peer describes a peer proxy pair and how to start it.

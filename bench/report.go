@@ -112,9 +112,18 @@ func (rep *report) best(metric string, higher bool) (string, float64) {
 	return name, val
 }
 
-// addedP50 is a variant's p50 at the fixed rate minus direct's.
+// base is the direct variant r is compared with: pod-direct for the pod
+// variants (same veth/bridge path), direct for the rest.
+func (rep *report) base(r *result) *result {
+	if isPodVariant(r.v.name) {
+		return rep.find("pod-direct")
+	}
+	return rep.find("direct")
+}
+
+// addedP50 is a variant's p50 at the fixed rate minus its direct's.
 func (rep *report) addedP50(r *result) float64 {
-	d := rep.find("direct")
+	d := rep.base(r)
 	if d == nil {
 		return math.NaN()
 	}
@@ -144,15 +153,20 @@ func (rep *report) markdown() string {
 
 	w("| variant | keep-alive req/s | x direct | 1 req/conn req/s | x direct | p50 / p90 / p99 ms at %d req/s | added p50 ms | CPU of both proxies, vCPU per 1k req/s | RSS per proxy MB (private) | %s upload MiB/s (CPU-s of both proxies per GiB) |\n", cfg.QPS, sizeName(cfg.UploadSize))
 	w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-	direct := rep.find("direct")
 	dm := func(metric string) float64 {
-		if direct == nil {
-			return math.NaN()
+		if d := rep.find("direct"); d != nil {
+			return d.med(metric)
 		}
-		return direct.med(metric)
+		return math.NaN()
 	}
 	var errNotes []string
 	for _, r := range rep.results {
+		bm := func(metric string) float64 {
+			if d := rep.base(r); d != nil {
+				return d.med(metric)
+			}
+			return math.NaN()
+		}
 		cpu, rss := "-", "-"
 		upload := fmtNum(r.med(mUpload), 0)
 		if len(r.v.procs) > 0 {
@@ -160,12 +174,12 @@ func (rep *report) markdown() string {
 			upload += " (" + fmtNum(r.med(mUploadCPU), 2) + ")"
 		}
 		added := "-"
-		if r.v.name != "direct" {
+		if rep.base(r) != r {
 			added = signed(rep.addedP50(r))
 		}
 		w("| %s | %s | %s | %s | %s | %s / %s / %s | %s | %s | %s | %s |\n", r.v.label,
-			fmtNum(r.med(mKA), 0), ratio(r.med(mKA), dm(mKA)),
-			fmtNum(r.med(mClose), 0), ratio(r.med(mClose), dm(mClose)),
+			fmtNum(r.med(mKA), 0), ratio(r.med(mKA), bm(mKA)),
+			fmtNum(r.med(mClose), 0), ratio(r.med(mClose), bm(mClose)),
 			fmtNum(r.med(mP50), 3), fmtNum(r.med(mP90), 3), fmtNum(r.med(mP99), 3), added,
 			cpu, rss, upload)
 		for _, k := range []struct{ metric, what string }{{mKAErr, "keep-alive"}, {mCloseErr, "one request per connection"}, {mLatErr, "fixed rate"}} {
@@ -185,6 +199,7 @@ func (rep *report) markdown() string {
 	if m := rep.find("meshauth"); m != nil {
 		rep.targets(&b, m, dm)
 	}
+	rep.transparentOverhead(&b)
 
 	if len(rep.raw) > 0 {
 		w("Raw limits (same run, medians): loopback TCP %s MiB/s; Go TLS 1.3 mTLS bulk %s MiB/s (one connection, in process); full TLS 1.3 mTLS handshakes %s/s, %s per CPU-second (client and server in one process, all cores, no resumption, Go's default key exchange).\n\n",

@@ -51,6 +51,7 @@ type report struct {
 	raw      map[string][]float64
 	ca       *caReport
 	fortio   string
+	podNetns []string // the pod variants' network namespaces, removed at the end
 	// loadStart and loadEnd are /proc/loadavg before and after.
 	loadStart, loadEnd string
 }
@@ -93,6 +94,8 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	}
 	defer backend.stop()
 	e := &env{dir: dir, pki: p, backend: backendAddr, workers: cfg.Workers}
+	// After the variants' sidecars have stopped (defers run last first).
+	defer func() { rep.podNetns = e.closePods() }()
 
 	var started []*variant
 	defer func() {
@@ -290,6 +293,9 @@ func startVariant(ctx context.Context, e *env, cfg *config, name string) (*varia
 	switch name {
 	case "direct":
 		return &variant{name: "direct", label: "direct (no proxy)", addr: e.backend, target: e.backend}, nil
+	}
+	if isPodVariant(name) {
+		return startPodVariant(ctx, e, cfg, name)
 	}
 	if name == "meshauth" || strings.HasPrefix(name, "meshauth@") || strings.HasPrefix(name, "meshauth+") {
 		return startMeshauth(ctx, e, cfg, name)

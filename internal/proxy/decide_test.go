@@ -227,3 +227,24 @@ func TestOutboundPathsActOnDecision(t *testing.T) {
 		}, "three passthrough lines in the access log")
 	})
 }
+
+// BenchmarkDecide is the outbound decision a request makes, by service name
+// (the explicit proxy's absolute URI) and by virtual IP (transparent
+// capture: the original destination of the connection).
+func BenchmarkDecide(b *testing.B) {
+	table := buildRoutes(&policy.Snapshot{Outbound: []policy.OutboundService{{
+		Name: "httpbin", Namespace: "default", Hosts: []string{"httpbin.default"}, Address: "10.96.0.10",
+		Ports:     []policy.OutboundPort{{Name: "http", Port: 8000, TargetPort: 80, Protocol: "HTTP", TLSMode: policy.ClientIstioMutual}},
+		Endpoints: []policy.Endpoint{{Address: "10.1.0.5"}},
+	}}})
+	for _, host := range []string{"httpbin.default", "10.96.0.10"} {
+		b.Run(host, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if o := decideOutbound(table, false, host, 8000, true); o.verdict != toMesh {
+					b.Fatalf("%s: verdict %v", host, o.verdict)
+				}
+			}
+		})
+	}
+}

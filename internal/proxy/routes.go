@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -135,13 +136,19 @@ func (t *routeTable) lookup(host string, port uint32) (r *route, hostport string
 	k := kb[:0]
 	canonical := true
 	if mayBeIP(host) {
-		if ip := net.ParseIP(host); ip != nil {
-			s := ip.String()
-			canonical = s == host
-			if strings.IndexByte(s, ':') >= 0 {
-				k = append(append(append(k, '['), s...), ']')
-			} else {
-				k = append(k, s...)
+		// netip parses and prints without allocating; Unmap prints an
+		// IPv4-mapped address as net.IP.String does. mayBeIP lets no zone
+		// ("%eth0") through.
+		if ip, err := netip.ParseAddr(host); err == nil {
+			ip = ip.Unmap()
+			if ip.Is6() {
+				k = append(k, '[')
+			}
+			start := len(k)
+			k = ip.AppendTo(k)
+			canonical = string(k[start:]) == host
+			if ip.Is6() {
+				k = append(k, ']')
 			}
 			return t.find(k, port, canonical)
 		}
