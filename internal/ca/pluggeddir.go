@@ -128,13 +128,17 @@ func (p *pluggedDir) checkFrom(from string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--from: %w", err)
 	}
-	curReal, err := filepath.EvalSymlinks(p.dir)
+	curAbs, err := filepath.Abs(p.dir)
+	if err != nil {
+		return "", fmt.Errorf("--cacerts %s: %w", p.dir, err)
+	}
+	curReal, err := filepath.EvalSymlinks(curAbs)
 	if err != nil {
 		return "", fmt.Errorf("--cacerts %s: %w", p.dir, err)
 	}
 	parent := filepath.Dir(curReal)
 	if filepath.Dir(real) != parent || real == curReal {
-		return "", fmt.Errorf("--from %s: the new CA's directory must be beside the --cacerts directory, in %s (e.g. %s-next)", from, parent, curReal)
+		return "", fmt.Errorf("--from %s: the new CA's directory must be beside the --cacerts directory, in %s (e.g. %s-new)", from, parent, curReal)
 	}
 	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("--from %s is not a directory", from)

@@ -281,3 +281,15 @@ func checkSignsUnder(t *testing.T, c *ca.CA, root string) {
 	}
 	t.Fatalf("root %s not in the bundle", root[:16])
 }
+
+// TestPluggedDirRelativeCacerts: with a relative --cacerts (as the docs'
+// transcript runs it) a NEWDIR beside it is found to be beside it.
+func TestPluggedDirRelativeCacerts(t *testing.T) {
+	cacerts, newDir := stagedSetup(t)
+	t.Chdir(filepath.Dir(cacerts))
+	c := openPlugged(t, t.TempDir(), "cacerts", newClock(time.Now()))
+	defer c.Close()
+	if _, err := c.RotateRoot(0, newDir); err != nil {
+		t.Fatal(err)
+	}
+}
