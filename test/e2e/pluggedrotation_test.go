@@ -142,6 +142,7 @@ func TestPluggedRootRotationEndToEnd(t *testing.T) {
 		return n == 2
 	})
 	traffic := startTraffic(t, sleep.OutboundProxy)
+	t.Cleanup(func() { traffic() })
 	oldRoot := signingRoot(t, ctl)
 
 	t.Logf("$ meshctl ca rotate-root --from %s\n%s", newDir, ctl("ca", "rotate-root", "--from", newDir))

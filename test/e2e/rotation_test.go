@@ -249,7 +249,8 @@ func signingRoot(t *testing.T, ctl func(...string) string) string {
 }
 
 // waitIssuer waits until w's certificate (its certs directory) is signed
-// by the root whose SHA-256 is root.
+// by the root whose SHA-256 is root (directly, or through the intermediates
+// of its chain: the top one is signed by root).
 func waitIssuer(t *testing.T, w *localmesh.Workload, root string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -257,7 +258,7 @@ func waitIssuer(t *testing.T, w *localmesh.Workload, root string, timeout time.D
 		s, b, err := agent.ReadFiles(w.CertsDir, "cluster.local")
 		if err == nil {
 			for _, r := range b.Roots {
-				if identity.Fingerprint(r) == root && s.Chain[0].CheckSignatureFrom(r) == nil {
+				if identity.Fingerprint(r) == root && s.Chain[len(s.Chain)-1].CheckSignatureFrom(r) == nil {
 					return
 				}
 			}
