@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -72,65 +69,12 @@ func TestPluggedRootRotationEndToEnd(t *testing.T) {
 	cacerts, newDir := filepath.Join(dir, "cacerts"), filepath.Join(dir, "cacerts-new")
 	opensslCAInto(t, cacerts, "Example Root CA")
 	opensslCAInto(t, newDir, "Example Root CA 2")
-	lm, err := localmesh.New(localmesh.Config{
-		Dir: filepath.Join(dir, "mesh"), Meshd: filepath.Join(bin, "meshd"), Meshctl: filepath.Join(bin, "meshctl"),
-		StartTimeout: 30 * time.Second, ControlArgs: []string{"--tick", "1s", "--cacerts", cacerts},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		lm.Close()
-		if t.Failed() {
-			for _, n := range []string{"control", "httpbin", "sleep"} {
-				t.Logf("--- %s.log (tail)\n%s", n, localmesh.Tail(filepath.Join(lm.LogDir(), n+".log"), 25))
-			}
-		}
-	})
-	if err := lm.WriteConfig("mesh.yaml", meshConfig("MUTUAL_TLS")); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := lm.StartControl(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ttl := []string{"--cert-ttl", "2m"}
-	httpbin, err := lm.StartWorkload(ctx, localmesh.WorkloadSpec{Name: "httpbin", Namespace: "default", ServiceAccount: "httpbin",
-		Service: "httpbin", ServicePort: 8000, App: []string{filepath.Join(bin, "meshctl"), "sample", "httpbin", "--listen", "127.0.0.1:{{port}}"}, SidecarArgs: ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sleep, err := lm.StartWorkload(ctx, localmesh.WorkloadSpec{Name: "sleep", Namespace: "default", ServiceAccount: "sleep", SidecarArgs: ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sleep.WaitOutbound(ctx, "httpbin", "default", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	ctl := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(lm.Meshctl(), append([]string{"--dir", lm.StateDir}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("meshctl %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
+	lm, ws := rotationMesh(t, filepath.Join(dir, "mesh"), []string{"--tick", "1s", "--cacerts", cacerts})
+	httpbin, sleep := ws[0], ws[1]
+	ctl := meshctlIn(t, lm)
 	wait := func(what string, timeout time.Duration, cond func(*careport.Rotation) bool) *careport.Rotation {
 		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for {
-			var st careport.Rotation
-			if err := json.Unmarshal([]byte(ctl("ca", "rotation", "status", "-o", "json")), &st); err != nil {
-				t.Fatal(err)
-			}
-			if cond(&st) {
-				return &st
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within %s; rotation status:\n%s", what, timeout, ctl("ca", "rotation", "status"))
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
+		return waitRotation(t, ctl, what, timeout, cond)
 	}
 	wait("both sidecars on the bundle stream, ACKed", 30*time.Second, func(st *careport.Rotation) bool {
 		n := 0
@@ -175,14 +119,7 @@ func TestPluggedRootRotationEndToEnd(t *testing.T) {
 	}
 
 	// The control plane restarted on the --cacerts dir signs with the new CA.
-	cp := lm.Control()
-	if err := cp.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-cp.Done()
-	if err := lm.StartControl(ctx); err != nil {
-		t.Fatal(err)
-	}
+	killAndRestartControl(t, lm)
 	if got := signingRoot(t, ctl); got != newRoot {
 		t.Fatalf("after restart signing %s, want %s", got, newRoot)
 	}
