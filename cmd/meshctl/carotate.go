@@ -45,7 +45,11 @@ for and why, and how many live certificates chain to each root.
 With an operator's CA on Kubernetes (Secret cacerts), the new CA is the
 operator's: put it in Secret cacerts-next (the same four keys) and run
 'rotate-root --from cacerts-next'; the steps are the same, and retiring the
-old root copies cacerts-next into cacerts and deletes cacerts-next.
+old root copies cacerts-next into cacerts and deletes cacerts-next. Locally
+(meshd control --cacerts DIR), put the new CA's four files in a directory
+beside DIR and run 'rotate-root --from /absolute/path/to/it': the control
+plane copies them into its state dir (cacerts-next/), and retiring the old
+root writes them into DIR.
 
 --retire ends step 3 now: refused while a live certificate chains to the
 old root (they are listed), unless --force, which retires it anyway and
@@ -55,14 +59,15 @@ prints every certificate that no longer verifies.`,
   meshctl ca rotate-root --retire --force
   kubectl -n istio-system create secret generic cacerts-next --from-file=ca-cert.pem \
     --from-file=ca-key.pem --from-file=cert-chain.pem --from-file=root-cert.pem
-  meshctl ca rotate-root --from cacerts-next`,
+  meshctl ca rotate-root --from cacerts-next
+  meshctl ca rotate-root --from /etc/meshauth/cacerts-new`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRotate(cmd, g, f) },
 	}
 	rotate.Flags().DurationVar(&f.overlap, "min-overlap", 0, "least time the new root is trusted before it signs, even once every sidecar has ACKed it (default: the server's --rotation-overlap)")
 	rotate.Flags().DurationVar(&f.overlap, "overlap", 0, "the same as --min-overlap")
 	rotate.Flags().BoolVar(&f.retire, "retire", false, "retire the old root now (step 3); refused while live certificates chain to it, unless --force")
-	rotate.Flags().StringVar(&f.from, "from", "", "stage the operator's new CA instead of making a root (Kubernetes, plugged-in CA: cacerts-next)")
+	rotate.Flags().StringVar(&f.from, "from", "", "stage the operator's new CA instead of making a root (plugged-in CA: cacerts-next on Kubernetes; locally an absolute directory beside --cacerts)")
 	rotate.Flags().BoolVar(&f.force, "force", false, "with --retire: retire even though live certificates chain to the old root (they stop verifying)")
 	return rotate
 }

@@ -72,7 +72,9 @@ type Config struct {
 	RotationOverlap time.Duration
 	// CACertsDir, if set, holds the plugged-in CA files (ca-cert.pem,
 	// ca-key.pem, cert-chain.pem, root-cert.pem); the CA signs with them
-	// instead of a self-signed root, and root rotation is the operator's job.
+	// instead of a self-signed root. A root rotation stages the operator's
+	// next CA (RotateRoot with from, a directory beside CACertsDir) in
+	// Dir/cacerts-next and, once it is done, writes it into CACertsDir.
 	CACertsDir string
 	// Backend, if set, holds the keys the CA signs with instead of the
 	// store or CACertsDir (e.g. internal/kube's Secret backend, which keeps
@@ -269,7 +271,7 @@ func (c *CA) open() error {
 	case c.cfg.Backend != nil:
 		c.backend = c.cfg.Backend
 	case c.cfg.CACertsDir != "":
-		b, err := LoadPluggedDir(c.cfg.CACertsDir, c.cfg.Clock())
+		b, err := openPluggedDir(c.cfg.CACertsDir, c.cfg.Dir, c.cfg.Clock)
 		if err != nil {
 			return err
 		}

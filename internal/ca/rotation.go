@@ -73,7 +73,10 @@ func (r *Rotation) String() string {
 func (c *CA) RotateRoot(minOverlap time.Duration, from string) (*Rotation, error) {
 	rot, isRotator := c.backend.(Rotator)
 	stager, isStager := c.backend.(Stager)
+	_, isDir := c.backend.(*pluggedDir)
 	switch {
+	case from == "" && !isRotator && isStager && isDir:
+		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with %s, an operator's CA: put the new CA's four files (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) in a directory beside it and stage it with `meshctl ca rotate-root --from /absolute/path/to/it`", c.backend.Source())
 	case from == "" && !isRotator && isStager:
 		return nil, refuse(KindFailedPrecondition, "plugged_in", "this CA signs with %s, an operator's CA: put the new CA in Secret cacerts-next (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) and stage it with `meshctl ca rotate-root --from cacerts-next`", c.backend.Source())
 	case from == "" && !isRotator:
@@ -110,6 +113,9 @@ func (c *CA) RotateRoot(minOverlap time.Duration, from string) (*Rotation, error
 				return nil, e
 			}
 			return nil, refuse(KindInvalid, "bad_staged_ca", "%v", err)
+		}
+		if _, err := c.store.Bump(); err != nil { // the bundle gains the staged root
+			return nil, internal("bump bundle version", err)
 		}
 	} else if err := c.addRoot(rot, now, Pending); err != nil {
 		return nil, err

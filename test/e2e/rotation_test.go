@@ -39,75 +39,12 @@ import (
 //     certificate chains to it.
 func TestRootRotationEndToEnd(t *testing.T) {
 	needBinaries(t)
-	dir := t.TempDir()
-	lm, err := localmesh.New(localmesh.Config{
-		Dir: dir, Meshd: filepath.Join(bin, "meshd"), Meshctl: filepath.Join(bin, "meshctl"),
-		StartTimeout: 30 * time.Second, ControlArgs: []string{"--tick", "1s"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		lm.Close()
-		if t.Failed() {
-			for _, n := range []string{"control", "httpbin", "sleep", "stale"} {
-				t.Logf("--- %s.log (tail)\n%s", n, localmesh.Tail(filepath.Join(lm.LogDir(), n+".log"), 25))
-			}
-		}
-	})
-	if err := lm.WriteConfig("mesh.yaml", meshConfig("MUTUAL_TLS")); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := lm.StartControl(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ttl := []string{"--cert-ttl", "2m"}
-	httpbin, err := lm.StartWorkload(ctx, localmesh.WorkloadSpec{Name: "httpbin", Namespace: "default", ServiceAccount: "httpbin",
-		Service: "httpbin", ServicePort: 8000, App: []string{filepath.Join(bin, "meshctl"), "sample", "httpbin", "--listen", "127.0.0.1:{{port}}"}, SidecarArgs: ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sleep, err := lm.StartWorkload(ctx, localmesh.WorkloadSpec{Name: "sleep", Namespace: "default", ServiceAccount: "sleep", SidecarArgs: ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stale, err := lm.StartWorkload(ctx, localmesh.WorkloadSpec{Name: "stale", Namespace: "default", ServiceAccount: "stale", SidecarArgs: ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sleep.WaitOutbound(ctx, "httpbin", "default", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	ctl := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(lm.Meshctl(), append([]string{"--dir", lm.StateDir}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("meshctl %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	status := func() *careport.Rotation {
-		t.Helper()
-		var st careport.Rotation
-		if err := json.Unmarshal([]byte(ctl("ca", "rotation", "status", "-o", "json")), &st); err != nil {
-			t.Fatal(err)
-		}
-		return &st
-	}
+	lm, ws := rotationMesh(t, t.TempDir(), []string{"--tick", "1s"}, "stale")
+	httpbin, sleep, stale := ws[0], ws[1], ws[2]
+	ctl := meshctlIn(t, lm)
 	wait := func(what string, timeout time.Duration, cond func(*careport.Rotation) bool) *careport.Rotation {
 		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for {
-			st := status()
-			if cond(st) {
-				return st
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within %s; rotation status:\n%s", what, timeout, ctl("ca", "rotation", "status"))
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
+		return waitRotation(t, ctl, what, timeout, cond)
 	}
 	acked := func(st *careport.Rotation, instance string) *careport.SidecarAck {
 		for i := range st.Sidecars {
@@ -145,14 +82,7 @@ func TestRootRotationEndToEnd(t *testing.T) {
 	t.Logf("$ meshctl ca rotation status\n%s", ctl("ca", "rotation", "status"))
 
 	// The control plane dies between the steps, and comes back.
-	cp := lm.Control()
-	if err := cp.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-cp.Done()
-	if err := lm.StartControl(ctx); err != nil {
-		t.Fatal(err)
-	}
+	killAndRestartControl(t, lm)
 	st = wait("httpbin and sleep back on the restarted control plane", 60*time.Second, func(st *careport.Rotation) bool {
 		return acked(st, "httpbin").Connected && acked(st, "sleep").Connected
 	})
@@ -249,7 +179,8 @@ func signingRoot(t *testing.T, ctl func(...string) string) string {
 }
 
 // waitIssuer waits until w's certificate (its certs directory) is signed
-// by the root whose SHA-256 is root.
+// by the root whose SHA-256 is root (directly, or through the intermediates
+// of its chain: the top one is signed by root).
 func waitIssuer(t *testing.T, w *localmesh.Workload, root string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -257,7 +188,7 @@ func waitIssuer(t *testing.T, w *localmesh.Workload, root string, timeout time.D
 		s, b, err := agent.ReadFiles(w.CertsDir, "cluster.local")
 		if err == nil {
 			for _, r := range b.Roots {
-				if identity.Fingerprint(r) == root && s.Chain[0].CheckSignatureFrom(r) == nil {
+				if identity.Fingerprint(r) == root && s.Chain[len(s.Chain)-1].CheckSignatureFrom(r) == nil {
 					return
 				}
 			}
@@ -267,5 +198,106 @@ func waitIssuer(t *testing.T, w *localmesh.Workload, root string, timeout time.D
 			t.Fatalf("%s has no certificate from the new root within %s (%v):\n%s", w.Spec.Name, timeout, err, data)
 		}
 		time.Sleep(time.Second)
+	}
+}
+
+// rotationMesh starts a local mesh whose control plane runs with
+// controlArgs, httpbin (serving) and sleep, each with a 2-minute
+// certificate TTL, plus a plain workload for each name in more; it
+// returns once sleep reaches httpbin. On failure the logs' tails are
+// printed.
+func rotationMesh(t *testing.T, dir string, controlArgs []string, more ...string) (*localmesh.Mesh, []*localmesh.Workload) {
+	t.Helper()
+	lm, err := localmesh.New(localmesh.Config{
+		Dir: dir, Meshd: filepath.Join(bin, "meshd"), Meshctl: filepath.Join(bin, "meshctl"),
+		StartTimeout: 30 * time.Second, ControlArgs: controlArgs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := append([]string{"httpbin", "sleep"}, more...)
+	t.Cleanup(func() {
+		lm.Close()
+		if t.Failed() {
+			for _, n := range append([]string{"control"}, names...) {
+				t.Logf("--- %s.log (tail)\n%s", n, localmesh.Tail(filepath.Join(lm.LogDir(), n+".log"), 25))
+			}
+		}
+	})
+	if err := lm.WriteConfig("mesh.yaml", meshConfig("MUTUAL_TLS")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := lm.StartControl(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ttl := []string{"--cert-ttl", "2m"}
+	var ws []*localmesh.Workload
+	for _, n := range names {
+		spec := localmesh.WorkloadSpec{Name: n, Namespace: "default", ServiceAccount: n, SidecarArgs: ttl}
+		if n == "httpbin" {
+			spec.Service, spec.ServicePort = "httpbin", 8000
+			spec.App = []string{filepath.Join(bin, "meshctl"), "sample", "httpbin", "--listen", "127.0.0.1:{{port}}"}
+		}
+		w, err := lm.StartWorkload(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	if err := ws[1].WaitOutbound(ctx, "httpbin", "default", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return lm, ws
+}
+
+// meshctlIn runs meshctl against lm's control plane and returns its
+// output; a failure fails the test.
+func meshctlIn(t *testing.T, lm *localmesh.Mesh) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(lm.Meshctl(), append([]string{"--dir", lm.StateDir}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("meshctl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+}
+
+func rotationStatus(t *testing.T, ctl func(...string) string) *careport.Rotation {
+	t.Helper()
+	var st careport.Rotation
+	if err := json.Unmarshal([]byte(ctl("ca", "rotation", "status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	return &st
+}
+
+// waitRotation polls `meshctl ca rotation status` until cond holds.
+func waitRotation(t *testing.T, ctl func(...string) string, what string, timeout time.Duration, cond func(*careport.Rotation) bool) *careport.Rotation {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if st := rotationStatus(t, ctl); cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s; rotation status:\n%s", what, timeout, ctl("ca", "rotation", "status"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// killAndRestartControl kills lm's control plane (SIGKILL) and starts it
+// again on the same state.
+func killAndRestartControl(t *testing.T, lm *localmesh.Mesh) {
+	t.Helper()
+	cp := lm.Control()
+	if err := cp.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-cp.Done()
+	if err := lm.StartControl(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
