@@ -353,8 +353,18 @@ func (c *CA) reload() error {
 			prev[a.id] = a.maxIssued.Load()
 		}
 	}
+	// Records under authority 0 were written before plugged-in CAs had an
+	// ID of their own (on files and on Kubernetes): which of today's
+	// authorities signed them is not known, so every authority counts them
+	// (legacyAuthority), and a root is never retired under a certificate
+	// it may have signed.
+	legacy := legacyAuthority(auths)
 	for _, a := range auths {
-		a.maxIssued.Store(max(maxes[a.id], prev[a.id]))
+		m := max(maxes[a.id], prev[a.id])
+		if legacy {
+			m = max(m, maxes[0])
+		}
+		a.maxIssued.Store(m)
 	}
 	version, err := c.store.BundleVersion()
 	if err != nil {
@@ -703,4 +713,17 @@ func (c *CA) renewalLimit(caller Caller) (time.Duration, string, error) {
 func hashToken(token string) string {
 	sum := sha256.Sum256([]byte(token))
 	return hex.EncodeToString(sum[:])
+}
+
+// legacyAuthority reports whether issuance records under authority ID 0
+// are of an unknown authority: none of auths has ID 0 (IDs of store roots
+// start at 1; plugged-in authorities' are hashes of their certificate
+// since the staged rotation, 0 before it).
+func legacyAuthority(auths []*authority) bool {
+	for _, a := range auths {
+		if a.id == 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -293,3 +293,49 @@ func TestPluggedDirRelativeCacerts(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPluggedDirLegacyRecordsKeepOldRoot: certificates issued before
+// plugged-in authorities had IDs are logged under authority 0. Which root
+// signed them is unknown, so a rotation must not retire the old root while
+// one of them is valid: the workload holding it would be refused by every
+// peer with the new bundle.
+func TestPluggedDirLegacyRecordsKeepOldRoot(t *testing.T) {
+	cacerts, newDir := stagedSetup(t)
+	state := t.TempDir()
+	clk := newClock(time.Now())
+	st, err := ca.OpenStore(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := clk.now()
+	legacy := &ca.IssuanceRecord{Serial: "0a0b0c", SPIFFEID: httpbinID.String(), NotBefore: now.Unix(), NotAfter: now.Add(24 * time.Hour).Unix(),
+		IssuedAt: now.Unix(), Requester: "join_token:0123456789ab", Authority: 0}
+	if err := st.RecordIssuance(legacy, []byte("0a0b0c"), "", now); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	c := openPlugged(t, state, cacerts, clk)
+	defer func() { c.Close() }()
+	s := &sidecar{t: t, c: c, id: sleepID, name: "sleep-1", leaf: leafFor(t, c, self(sleepID))}
+	s.connect()
+	s.receive(true)
+	if _, err := c.RotateRoot(0, newDir); err != nil {
+		t.Fatal(err)
+	}
+	s.receive(true)
+	leafFor(t, c, ca.Caller{ID: sleepID, Method: "mtls", Subject: identity.SerialHex(s.leaf)})
+	clk.add(2 * time.Minute)
+	tick(t, c)
+	if r := rotationStatus(t, c); r.Phase != careport.PhaseReissuing || len(c.Bundle().Roots) != 2 {
+		t.Fatalf("with a pre-upgrade certificate valid: phase %s, %d roots; want reissuing, both roots", r.Phase, len(c.Bundle().Roots))
+	}
+	if _, err := c.RetireOldRoots(false); err == nil || !strings.Contains(err.Error(), "0a0b0c") {
+		t.Fatalf("retire without force: %v, want a refusal naming the pre-upgrade certificate", err)
+	}
+	clk.add(25 * time.Hour)
+	tick(t, c)
+	if r := rotationStatus(t, c); r.Phase != careport.PhaseDone || len(c.Bundle().Roots) != 1 {
+		t.Fatalf("after the pre-upgrade certificate expired: phase %s, %d roots", r.Phase, len(c.Bundle().Roots))
+	}
+}

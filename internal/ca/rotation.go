@@ -337,9 +337,10 @@ func (c *CA) liveCerts(id uint64, now time.Time, limit int) ([]string, error) {
 			newestSelf[k] = max(newestSelf[k], r.IssuedAt)
 		}
 	}
+	legacy := legacyAuthority(c.state.Load().authorities)
 	var out []string
 	for _, r := range recs {
-		if r.Authority != id || r.NotAfter <= now.Unix() || superseded[r.Serial] {
+		if (r.Authority != id && !(legacy && r.Authority == 0)) || r.NotAfter <= now.Unix() || superseded[r.Serial] {
 			continue
 		}
 		if _, ok := revoked[r.Serial]; ok {
