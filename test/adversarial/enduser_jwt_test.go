@@ -45,19 +45,7 @@ func TestEndUserJWT(t *testing.T) {
 		return current
 	})
 
-	policy := `apiVersion: authentication.istio.io/v1alpha1
-kind: Policy
-metadata: {name: httpbin-jwt, namespace: default}
-spec:
-  targets: [{name: httpbin}]
-  peers: [{mtls: {mode: PERMISSIVE}}]
-  origins:
-  - jwt:
-      issuer: https://issuer.example
-      audiences: [httpbin]
-      jwksUri: ` + srv.URL + `/jwks
-  principalBinding: USE_ORIGIN
----
+	policy := jwtPolicy(srv.URL+"/jwks", "[httpbin]") + `---
 apiVersion: rbac.istio.io/v1alpha1
 kind: RbacConfig
 metadata: {name: default}
@@ -179,18 +167,7 @@ func TestJWKSOutageNotFetchedPerRequest(t *testing.T) {
 		fetches.Add(1)
 		http.Error(w, "down", http.StatusServiceUnavailable)
 	})
-	policy := `apiVersion: authentication.istio.io/v1alpha1
-kind: Policy
-metadata: {name: httpbin-jwt, namespace: default}
-spec:
-  targets: [{name: httpbin}]
-  peers: [{mtls: {mode: PERMISSIVE}}]
-  origins:
-  - jwt:
-      issuer: https://issuer.example
-      jwksUri: ` + srv.URL + `/jwks
-  principalBinding: USE_ORIGIN
-`
+	policy := jwtPolicy(srv.URL+"/jwks", "[]")
 	m := startMesh(t, meshOptions{Config: map[string]string{"jwt.yaml": policy}})
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -218,4 +195,23 @@ spec:
 	if n := fetches.Load(); n < 1 || n > allowed {
 		t.Fatalf("30 requests in %v made %d key fetches, want 1..%d", time.Since(start).Round(time.Millisecond), n, allowed)
 	}
+}
+
+// jwtPolicy is a Policy on httpbin that takes end-user JWTs of
+// https://issuer.example with keys from jwksURI and the audiences given
+// (a YAML list).
+func jwtPolicy(jwksURI, audiences string) string {
+	return `apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: httpbin-jwt, namespace: default}
+spec:
+  targets: [{name: httpbin}]
+  peers: [{mtls: {mode: PERMISSIVE}}]
+  origins:
+  - jwt:
+      issuer: https://issuer.example
+      audiences: ` + audiences + `
+      jwksUri: ` + jwksURI + `
+  principalBinding: USE_ORIGIN
+`
 }

@@ -34,18 +34,7 @@ import (
 // own sidecar ACKs.
 func TestForgedBundleACKs(t *testing.T) {
 	m := startMesh(t, meshOptions{})
-	rotation := func() *careport.Rotation {
-		t.Helper()
-		out, errOut, code := m.Ctl(t, "ca", "rotation", "status", "-o", "json")
-		if code != 0 {
-			t.Fatalf("rotation status: %s", errOut)
-		}
-		var st careport.Rotation
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			t.Fatal(err)
-		}
-		return &st
-	}
+	rotation := func() *careport.Rotation { return rotationStatus(t, m) }
 	find := func(st *careport.Rotation, spiffeID string) *careport.SidecarAck {
 		for i := range st.Sidecars {
 			if st.Sidecars[i].SPIFFEID == spiffeID {
@@ -203,16 +192,8 @@ func TestBundleStreamInstanceFlood(t *testing.T) {
 		return scancel, err
 	}
 	records := func() int {
-		out, errOut, code := m.Ctl(t, "ca", "rotation", "status", "-o", "json")
-		if code != 0 {
-			t.Fatalf("rotation status: %s", errOut)
-		}
-		var st careport.Rotation
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			t.Fatal(err)
-		}
 		n := 0
-		for _, s := range st.Sidecars {
+		for _, s := range rotationStatus(t, m).Sidecars {
 			if s.SPIFFEID == "spiffe://cluster.local/ns/default/sa/sleep" {
 				n++
 			}
@@ -254,4 +235,18 @@ func TestBundleStreamInstanceFlood(t *testing.T) {
 	if n := records(); n > 8 {
 		t.Fatalf("sleep's lineage has %d sidecar records in the store after 70 names, want at most 8", n)
 	}
+}
+
+// rotationStatus is `meshctl ca rotation status -o json` against m.
+func rotationStatus(t *testing.T, m *mesh) *careport.Rotation {
+	t.Helper()
+	out, errOut, code := m.Ctl(t, "ca", "rotation", "status", "-o", "json")
+	if code != 0 {
+		t.Fatalf("rotation status: %s", errOut)
+	}
+	var st careport.Rotation
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	return &st
 }
