@@ -327,7 +327,14 @@ func (c *CA) liveCerts(id uint64, now time.Time, limit int) ([]string, error) {
 	revoked := c.state.Load().bundle.ident.Revoked
 	cutoff := now.Add(-retireGrace).Unix()
 	superseded := map[string]bool{}
-	newestSelf := map[string]int64{} // requester+identity -> latest IssuedAt
+	// A certificate the control plane issued itself ("self...") is
+	// replaced, not renewed: the newest one for the same requester and
+	// identity supersedes the older ones. The log keeps seconds, so a tie
+	// is broken by the authority: one signed by another root than id in
+	// the same second was signed after the switch (the control plane
+	// following it), so it is the newer.
+	newestSelf := map[string]int64{}  // requester+identity -> latest IssuedAt
+	newestOther := map[string]int64{} // the same, of authorities other than id
 	for _, r := range recs {
 		if p := r.RenewedFrom(); p != "" && r.IssuedAt <= cutoff {
 			superseded[p] = true
@@ -335,6 +342,11 @@ func (c *CA) liveCerts(id uint64, now time.Time, limit int) ([]string, error) {
 		if r.RenewedFrom() == "" && r.IssuedAt <= cutoff {
 			k := r.Requester + " " + r.SPIFFEID
 			newestSelf[k] = max(newestSelf[k], r.IssuedAt)
+			if r.Authority != id && r.Authority != 0 {
+				if v, ok := newestOther[k]; !ok || r.IssuedAt > v {
+					newestOther[k] = r.IssuedAt
+				}
+			}
 		}
 	}
 	legacy := legacyAuthority(c.state.Load().authorities)
@@ -346,8 +358,11 @@ func (c *CA) liveCerts(id uint64, now time.Time, limit int) ([]string, error) {
 		if _, ok := revoked[r.Serial]; ok {
 			continue
 		}
-		if len(r.Requester) >= 4 && r.Requester[:4] == "self" && newestSelf[r.Requester+" "+r.SPIFFEID] > r.IssuedAt {
-			continue
+		if len(r.Requester) >= 4 && r.Requester[:4] == "self" {
+			k := r.Requester + " " + r.SPIFFEID
+			if other, ok := newestOther[k]; newestSelf[k] > r.IssuedAt || (ok && other >= r.IssuedAt) {
+				continue
+			}
 		}
 		out = append(out, r.SPIFFEID+" serial "+r.Serial)
 	}

@@ -566,3 +566,41 @@ func TestFleetInstanceFlood(t *testing.T) {
 		t.Fatalf("expired records kept: %+v", st.Sidecars)
 	}
 }
+
+// TestRotationServerCertSameSecond: the control plane's own certificate
+// ("self", no lineage) issued by the old root just before the switch and
+// reissued by the new root right after it, in the same second (the
+// issuance log keeps seconds), does not hold the old root back: the
+// control plane serves only its newest certificate. Before the fix the
+// old one counted as live until it expired (24 h), and the rotation never
+// finished (CI, TestRootRotationEndToEnd, control plane restarted in the
+// second of the switch).
+func TestRotationServerCertSameSecond(t *testing.T) {
+	clk := newClock(t0)
+	cp := identity.MustParse("spiffe://cluster.local/ns/meshauth-system/sa/meshd")
+	c := newCA(t, t.TempDir(), clk, func(c *ca.Config) { c.Reserved = []identity.ID{cp} })
+	own := ca.Caller{ID: cp, Method: "self"}
+	leafFor(t, c, own) // at start
+	old := leafFor(t, c, self(sleepID))
+	s := &sidecar{t: t, c: c, id: sleepID, name: "sleep-1", leaf: old}
+	s.connect()
+	if _, err := c.RotateRoot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(10 * time.Second)
+	beforeSwitch := leafFor(t, c, own) // the control plane restarts: old root still signs
+	s.receive(true)                    // the same second: signing switches
+	if st := rotationStatus(t, c); st.Phase != careport.PhaseReissuing {
+		t.Fatalf("phase %s", st.Phase)
+	}
+	afterSwitch := leafFor(t, c, own) // the control plane follows the switch
+	if afterSwitch.CheckSignatureFrom(beforeSwitch) == nil || identity.SerialHex(afterSwitch) == identity.SerialHex(beforeSwitch) {
+		t.Fatal("test setup: expected two distinct server certificates")
+	}
+	leafFor(t, c, ca.Caller{ID: sleepID, Method: "mtls", Subject: identity.SerialHex(old)})
+	clk.add(2 * time.Minute)
+	tick(t, c)
+	if st := rotationStatus(t, c); st.Phase != careport.PhaseDone || len(st.Forced) != 0 {
+		t.Fatalf("old root held back: phase %s, live %+v", st.Phase, st.Live)
+	}
+}

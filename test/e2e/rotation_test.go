@@ -157,10 +157,15 @@ func startTraffic(t *testing.T, proxy string) func() (sent, failed int64) {
 		}
 	}()
 	var once sync.Once
-	return func() (int64, int64) {
+	done := func() (int64, int64) {
 		once.Do(func() { close(stop); wg.Wait() })
 		return n.Load(), bad.Load()
 	}
+	// A test that fails before calling done still stops the traffic before
+	// the mesh closes (cleanups run last-registered first), so nothing
+	// logs after the test has ended.
+	t.Cleanup(func() { done() })
+	return done
 }
 
 // signingRoot is the SHA-256 of the root that signs now, from ca status.
