@@ -657,6 +657,9 @@ func (c *CA) sign(ctx context.Context, caller Caller, csrData []byte, ttl time.D
 				break
 			}
 		}
+		if caller.Method == "mtls" {
+			c.fleetRenewed(caller.Subject, hexSerial, notAfter)
+		}
 		chain := make([]string, 0, 1+len(a.chainPEM))
 		chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 		chain = append(chain, a.chainPEM...)

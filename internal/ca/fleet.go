@@ -390,6 +390,33 @@ func (c *CA) CloseStream(key string) {
 	}
 }
 
+// fleetRenewed follows a renewal over mTLS: a bundle stream keeps the TLS
+// connection it was opened on, so its record names the certificate of
+// that handshake. Renewed from it (from = the presented serial), the
+// sidecar now holds a certificate that lives longer; without this a
+// sidecar that renewed on a live stream and then went away would stop
+// being waited for at its first certificate's expiry, while its renewed
+// one still lets it serve with the old bundle. Only the CA's own issuance
+// moves the record (nothing the sidecar says), and only forward: it waits
+// longer, never less. A scan of the fleet per renewal, as makeRoomLocked
+// does per new sidecar.
+func (c *CA) fleetRenewed(from, serial string, notAfter time.Time) {
+	c.fleetMu.Lock()
+	var recs []SidecarRecord
+	for _, e := range c.fleet {
+		if e.rec.Serial == from && notAfter.After(e.rec.CertNotAfter) {
+			e.rec.Serial, e.rec.CertNotAfter = serial, notAfter.UTC()
+			recs = append(recs, e.rec)
+		}
+	}
+	c.fleetMu.Unlock()
+	for i := range recs {
+		if err := c.store.PutSidecar(&recs[i]); err != nil {
+			c.log.Error("record sidecar renewal", "sidecar", recs[i].Key, "error", err)
+		}
+	}
+}
+
 // ForgetSidecars drops sidecars the operator knows are gone for good
 // (decommissioned, their certificates destroyed), by key, SPIFFE ID or
 // instance name; it returns the keys it dropped. A sidecar that is

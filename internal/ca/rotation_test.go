@@ -604,3 +604,39 @@ func TestRotationServerCertSameSecond(t *testing.T) {
 		t.Fatalf("old root held back: phase %s, live %+v", st.Phase, st.Live)
 	}
 }
+
+// TestFleetFollowsRenewal: a sidecar that renews over mTLS while its
+// bundle stream stays open (the stream keeps the TLS connection of its
+// first certificate) and then goes away is waited for until its renewed
+// certificate expires, not the first one: until then it may still serve
+// with the old bundle. Before the fix the record kept the first
+// certificate's expiry and the switch went ahead an hour early here.
+func TestFleetFollowsRenewal(t *testing.T) {
+	clk := newClock(t0)
+	c := newCA(t, t.TempDir(), clk, func(cfg *ca.Config) { cfg.DefaultTTL = 2 * time.Hour })
+	first := leafFor(t, c, self(sleepID))
+	s := &sidecar{t: t, c: c, id: sleepID, name: "sleep-1", leaf: first}
+	s.connect()
+	s.receive(true)
+	clk.add(time.Hour)
+	renewed := leafFor(t, c, ca.Caller{ID: sleepID, Method: "mtls", Subject: identity.SerialHex(first)})
+	if !renewed.NotAfter.After(first.NotAfter) {
+		t.Fatal("test setup: the renewal should outlive the first certificate")
+	}
+	s.stream.Close()
+	if _, err := c.RotateRoot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	clk.set(first.NotAfter.Add(time.Minute)) // the first certificate has expired
+	tick(t, c)
+	st := rotationStatus(t, c)
+	why := blocking(st)
+	if st.Phase != careport.PhaseDistributing || st.Waiting != 1 || !strings.Contains(why[0], identity.SerialHex(renewed)) {
+		t.Fatalf("after the first certificate expired: phase %s, waiting %d, %q", st.Phase, st.Waiting, why)
+	}
+	clk.set(renewed.NotAfter.Add(time.Minute))
+	tick(t, c)
+	if st := rotationStatus(t, c); st.Phase != careport.PhaseReissuing {
+		t.Fatalf("after the renewed certificate expired: phase %s", st.Phase)
+	}
+}
