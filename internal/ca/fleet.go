@@ -396,7 +396,9 @@ func (c *CA) CloseStream(key string) {
 // sidecar now holds a certificate that lives longer; without this a
 // sidecar that renewed on a live stream and then went away would stop
 // being waited for at its first certificate's expiry, while its renewed
-// one still lets it serve with the old bundle. Only the CA's own issuance
+// one still lets it serve with the old bundle. (Our agent also reopens its
+// stream when its certificate changes, agent.FollowBundle; this holds when
+// that reopen fails or the sidecar does not.) Only the CA's own issuance
 // moves the record (nothing the sidecar says), and only forward: it waits
 // longer, never less. A scan of the fleet per renewal, as makeRoomLocked
 // does per new sidecar.
