@@ -31,9 +31,19 @@ import (
 // inboundhttp.go (serveInboundH1), the client sidecar's in outboundhttp.go
 // (serveOutboundH1, connectH1), the idle upstream connections in pool.go.
 
+// connBufSize is the size of each connection's read and write buffers
+// (net/http's too). Every downstream and upstream connection holds one of
+// each while it is open, so at 16 connections a side they were most of a
+// sidecar's heap at 16 KiB (BENCHMARKS.md, issue #15, "Sidecar memory
+// under load"). Nothing needs them larger: a head line longer than the
+// reader is gathered by h1.Head.Read (the head is bounded, 64 KiB, not
+// each line), a chunk line by the relay, and bodies move through the
+// relay's 64 KiB buffer, which bufio reads into and writes from directly.
+const connBufSize = 4 << 10
+
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, connBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, connBufSize) }}
 )
 
 func getReader(r io.Reader) *bufio.Reader {
