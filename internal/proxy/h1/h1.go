@@ -577,6 +577,21 @@ func RelayBody(w *bufio.Writer, br *bufio.Reader, h *Head, untilEOF bool, buf []
 	return 0, nil
 }
 
+// RelayBuffered relays a Content-Length body that is already all in br's
+// buffer (a small message read with its head) straight from there, and
+// reports whether it did; RelayBody does the rest, with a relay buffer.
+// Like RelayBody it leaves the end of the body in w for the caller to
+// flush.
+func RelayBuffered(w *bufio.Writer, br *bufio.Reader, h *Head) (bool, error) {
+	if h.Chunked || h.ContentLength < 0 || h.ContentLength > int64(br.Buffered()) {
+		return false, nil
+	}
+	b, _ := br.Peek(int(h.ContentLength))
+	_, err := w.Write(b)
+	br.Discard(len(b))
+	return true, err
+}
+
 func copyN(w *bufio.Writer, r io.Reader, n int64, buf []byte) (int64, error) {
 	var done int64
 	for done < n {

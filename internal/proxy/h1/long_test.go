@@ -83,3 +83,35 @@ func TestChunkLinesLongerThanTheReader(t *testing.T) {
 		}
 	}
 }
+
+func TestRelayBuffered(t *testing.T) {
+	body := strings.Repeat("b", 40)
+	msg := "HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + body + "NEXT"
+	for _, tc := range []struct {
+		size int
+		want bool // the body is whole in a reader of this size
+	}{{4 << 10, true}, {16, false}} {
+		br := bufio.NewReaderSize(strings.NewReader(msg), tc.size)
+		var h Head
+		if err := h.Read(br, false); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		w := bufio.NewWriter(&out)
+		done, err := RelayBuffered(w, br, &h)
+		if err != nil || done != tc.want {
+			t.Fatalf("reader %d: done %v, %v; want %v", tc.size, done, err, tc.want)
+		}
+		if !done {
+			// Nothing consumed: RelayBody relays all of it.
+			if _, err := RelayBody(w, br, &h, false, make([]byte, 3), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Flush()
+		rest, _ := io.ReadAll(br)
+		if out.String() != body || string(rest) != "NEXT" {
+			t.Fatalf("reader %d: relayed %q, left %q", tc.size, out.String(), rest)
+		}
+	}
+}
