@@ -33,12 +33,13 @@ import (
 
 // connBufSize is the size of each connection's read and write buffers
 // (net/http's too). Every downstream and upstream connection holds one of
-// each while it is open, so at 16 connections a side they were most of a
-// sidecar's heap at 16 KiB (BENCHMARKS.md, issue #15, "Sidecar memory
-// under load"). Nothing needs them larger: a head line longer than the
-// reader is gathered by h1.Head.Read (the head is bounded, 64 KiB, not
-// each line), a chunk line by the relay, and bodies move through the
-// relay's 64 KiB buffer, which bufio reads into and writes from directly.
+// each while it is open: at 16 KiB, with 16 keep-alive clients, they were
+// 1.05 MB of the 1.8 MB a sidecar's heap profile showed under load
+// (BENCHMARKS.md, issue #15, "Sidecar memory under load"). Nothing needs
+// them larger: a head line longer than the reader is gathered by
+// h1.Head.Read (the head is bounded, 64 KiB, not each line), a chunk line
+// by the relay, and bodies move through the relay's 64 KiB buffer, which
+// bufio reads into and writes from directly.
 const connBufSize = 4 << 10
 
 var (
@@ -448,8 +449,9 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 
 // relayBody relays a message body (h1.RelayBody). One already whole in
 // br's buffer, as a small message is, goes from there without a 64 KiB
-// relay buffer: at 1,000 small requests a second those were a sidecar's
-// largest allocations, and sync.Pool lets them go at every GC.
+// relay buffer (under small requests, two of those were live in each
+// sidecar's heap profile, and sync.Pool drops and reallocates them across
+// GCs), and without copying it through one.
 func relayBody(w *bufio.Writer, br *bufio.Reader, h *h1.Head, untilEOF bool, dropTrailer func([]byte) bool) error {
 	if done, err := h1.RelayBuffered(w, br, h); done {
 		return err
