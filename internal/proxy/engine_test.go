@@ -36,6 +36,16 @@ func semanticsApp(t *testing.T) *httptest.Server {
 		}
 	})
 	mux.HandleFunc("/nocontent", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })
+	mux.HandleFunc("/long", func(w http.ResponseWriter, r *http.Request) {
+		// Answers with a field and a trailer as long as the request's
+		// X-Long (a chunked response: the body is flushed before the end).
+		n := len(r.Header.Get("X-Long"))
+		w.Header().Set("Trailer", "X-Long-Trailer")
+		w.Header().Set("X-Long-Back", strings.Repeat("b", n))
+		fmt.Fprintf(w, "%d", n)
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-Long-Trailer", strings.Repeat("t", n))
+	})
 	mux.HandleFunc("/close", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		io.WriteString(w, "bye")
@@ -161,6 +171,32 @@ func TestHTTPSemantics(t *testing.T) {
 			t.Errorf("%v new mTLS handshakes for 5 sequential requests on new client connections; want at most 1", n)
 		}
 	})
+}
+
+// TestLongHeadLines: a header line or trailer longer than a connection's
+// read buffer (4 KiB) goes through both sidecars both ways, up to the
+// whole head's limit (64 KiB; h1's tests pin the limit itself). Read with
+// a large buffer: Go's client takes trailers up to its reader's size.
+func TestLongHeadLines(t *testing.T) {
+	cli, _ := semanticsPair(t)
+	conn, err := net.Dial("tcp", cli.OutboundAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReaderSize(conn, 128<<10)
+	for _, n := range []int{5 << 10, 20 << 10, 60 << 10} {
+		fmt.Fprintf(conn, "GET http://httpbin:8000/long HTTP/1.1\r\nHost: httpbin:8000\r\nX-Long: %s\r\n\r\n", strings.Repeat("x", n))
+		resp, err := http.ReadResponse(br, nil)
+		checkBody(t, resp, err, 200, fmt.Sprint(n))
+		if got := len(resp.Header.Get("X-Long-Back")); got != n {
+			t.Errorf("%d-byte field: the response's came back with %d bytes", n, got)
+		}
+		if got := len(resp.Trailer.Get("X-Long-Trailer")); got != n {
+			t.Errorf("%d-byte field: the trailer came back with %d bytes", n, got)
+		}
+	}
 }
 
 func checkBody(t *testing.T, resp *http.Response, err error, status int, want string) {

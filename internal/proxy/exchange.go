@@ -31,9 +31,20 @@ import (
 // inboundhttp.go (serveInboundH1), the client sidecar's in outboundhttp.go
 // (serveOutboundH1, connectH1), the idle upstream connections in pool.go.
 
+// connBufSize is the size of each connection's read and write buffers
+// (net/http's too). Every downstream and upstream connection holds one of
+// each while it is open: at 16 KiB, with 16 keep-alive clients, they were
+// 1.05 MB of the 1.8 MB a sidecar's heap profile showed under load
+// (BENCHMARKS.md, issue #15, "Sidecar memory under load"). Nothing needs
+// them larger: a head line longer than the reader is gathered by
+// h1.Head.Read (the head is bounded, 64 KiB, not each line), a chunk line
+// by the relay, and bodies move through the relay's 64 KiB buffer, which
+// bufio reads into and writes from directly.
+const connBufSize = 4 << 10
+
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, connBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, connBufSize) }}
 )
 
 func getReader(r io.Reader) *bufio.Reader {
@@ -185,9 +196,7 @@ func (p *Proxy) exchange(d *dconn, up upstreamSide, extra []byte, drop func([]by
 			x.bodyErr = bodyErr
 			go func(u *upConn) {
 				d.io.readIdle(p.cfg.BodyIdleTimeout)
-				bp := bufPool.Get().(*[]byte)
-				_, err := h1.RelayBody(u.bw, d.br, req, false, *bp, dropInbound)
-				bufPool.Put(bp)
+				err := relayBody(u.bw, d.br, req, false, dropInbound)
 				if err == nil {
 					err = u.bw.Flush()
 				}
@@ -407,13 +416,13 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	if hasBody {
 		// A streamed response may last; silence may not.
 		u.io.readIdle(p.cfg.BodyIdleTimeout)
-		bp := bufPool.Get().(*[]byte)
 		if dechunk {
+			bp := bufPool.Get().(*[]byte)
 			_, err = h1.CopyAll(d.bw, httputil.NewChunkedReader(u.br), *bp)
+			bufPool.Put(bp)
 		} else {
-			_, err = h1.RelayBody(d.bw, u.br, resp, untilEOF, *bp, nil)
+			err = relayBody(d.bw, u.br, resp, untilEOF, nil)
 		}
-		bufPool.Put(bp)
 		if err != nil && isTimeout(err) {
 			p.timedOut(d, timeoutBodyIdle, "response body")
 		}
@@ -436,6 +445,21 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 		keep, upKeep = false, false
 	}
 	return exchangeResult{status: resp.Status, keep: keep, upKeep: upKeep}, false
+}
+
+// relayBody relays a message body (h1.RelayBody). One already whole in
+// br's buffer, as a small message is, goes from there without a 64 KiB
+// relay buffer (under small requests, two of those were live in each
+// sidecar's heap profile, and sync.Pool drops and reallocates them across
+// GCs), and without copying it through one.
+func relayBody(w *bufio.Writer, br *bufio.Reader, h *h1.Head, untilEOF bool, dropTrailer func([]byte) bool) error {
+	if done, err := h1.RelayBuffered(w, br, h); done {
+		return err
+	}
+	bp := bufPool.Get().(*[]byte)
+	_, err := h1.RelayBody(w, br, h, untilEOF, *bp, dropTrailer)
+	bufPool.Put(bp)
+	return err
 }
 
 // localError answers a request on the sidecar's own behalf.

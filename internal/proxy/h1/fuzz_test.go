@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net/http/httputil"
+	"slices"
 	"testing"
 )
 
@@ -31,7 +32,16 @@ func FuzzHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.0 200\r\n\r\nbody"), false)
 	f.Fuzz(func(t *testing.T, b []byte, request bool) {
 		var h Head
-		if err := h.Read(bufio.NewReader(bytes.NewReader(b)), request); err != nil {
+		err := h.Read(bufio.NewReader(bytes.NewReader(b)), request)
+		// The smallest reader bufio allows (16 bytes) takes every line of
+		// the head in pieces: the outcome must be the same.
+		var hs Head
+		errs := hs.Read(bufio.NewReaderSize(bytes.NewReader(b), 16), request)
+		if (err == nil) != (errs == nil) || err == nil && (!bytes.Equal(h.buf, hs.buf) || !slices.Equal(h.fields, hs.fields) ||
+			h.ContentLength != hs.ContentLength || h.Chunked != hs.Chunked || h.Close != hs.Close) {
+			t.Fatalf("a 16-byte reader reads %q as %+v (%v), a 4 KiB one as %+v (%v)", b, hs, errs, h, err)
+		}
+		if err != nil {
 			return
 		}
 		if h.Chunked && h.ContentLength >= 0 {
@@ -97,10 +107,22 @@ func FuzzChunked(f *testing.F) {
 		var out bytes.Buffer
 		w := bufio.NewWriter(&out)
 		buf := make([]byte, 7)
-		if _, err := copyChunked(w, bufio.NewReader(bytes.NewReader(b)), buf, nil); err != nil {
+		_, err := copyChunked(w, bufio.NewReader(bytes.NewReader(b)), buf, nil)
+		w.Flush()
+		// A 16-byte reader gets every longer chunk line in pieces, which
+		// the relay gathers in its buffer: the same bytes come out.
+		var outs bytes.Buffer
+		ws := bufio.NewWriter(&outs)
+		_, errs := copyChunked(ws, bufio.NewReaderSize(bytes.NewReader(b), 16), make([]byte, 64<<10), nil)
+		ws.Flush()
+		// (Not the other way round: the first relay's 7-byte buffer
+		// refuses a chunk line longer than its reader.)
+		if err == nil && (errs != nil || !bytes.Equal(out.Bytes(), outs.Bytes())) {
+			t.Fatalf("relay of %q: %q with a 4 KiB reader, %q (%v) with a 16-byte one", b, out.Bytes(), outs.Bytes(), errs)
+		}
+		if err != nil {
 			return
 		}
-		w.Flush()
 		want, err1 := io.ReadAll(httputil.NewChunkedReader(bytes.NewReader(b)))
 		got, err2 := io.ReadAll(httputil.NewChunkedReader(bytes.NewReader(out.Bytes())))
 		if err1 != nil || err2 != nil || !bytes.Equal(got, want) {

@@ -95,15 +95,21 @@ func (h *Head) reset() {
 
 // Read reads one message head from br. request selects the start line
 // grammar. io.EOF before any byte means the peer closed between messages.
+// A line may be longer than br's buffer: the head as a whole is bounded
+// (64 KiB), not each line, so the proxy's small per-connection readers
+// take the same heads as a large one would.
 func (h *Head) Read(br *bufio.Reader, request bool) error {
 	h.reset()
 	nlines := 0
 	for {
 		line, err := br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
-			return ErrHeadTooLarge
+			line, err = h.longLine(br, line)
 		}
 		if err != nil {
+			if err == ErrHeadTooLarge {
+				return err
+			}
 			if err == io.EOF && len(h.buf) == 0 && len(line) == 0 {
 				return io.EOF
 			}
@@ -143,6 +149,33 @@ func (h *Head) Read(br *bufio.Reader, request bool) error {
 		return ErrBadHead
 	}
 	return h.finish(request)
+}
+
+// longLine reads the rest of a line that did not fit in br's buffer
+// (first is its start, which ReadSlice returned with ErrBufferFull). The
+// pieces are gathered at the end of h.buf, within the head's limit; the
+// whole line is returned as a slice of h.buf's spare capacity (h.buf
+// itself keeps its length, so Read appends the line in place). After an
+// error the pieces stay counted in h.buf: Len reports bytes were read.
+func (h *Head) longLine(br *bufio.Reader, first []byte) ([]byte, error) {
+	start := len(h.buf)
+	line, err := first, bufio.ErrBufferFull
+	for {
+		if len(h.buf)+len(line) > maxHeadBytes {
+			return nil, ErrHeadTooLarge
+		}
+		h.buf = append(h.buf, line...)
+		if err != bufio.ErrBufferFull {
+			break
+		}
+		line, err = br.ReadSlice('\n')
+	}
+	if err != nil {
+		return nil, err
+	}
+	line = h.buf[start:]
+	h.buf = h.buf[:start]
+	return line, nil
 }
 
 func isTokenChar(c byte) bool { return tokenChars[c] }
@@ -544,6 +577,21 @@ func RelayBody(w *bufio.Writer, br *bufio.Reader, h *Head, untilEOF bool, buf []
 	return 0, nil
 }
 
+// RelayBuffered relays a Content-Length body that is already all in br's
+// buffer (a small message read with its head) straight from there, and
+// reports whether it did; RelayBody does the rest, with a relay buffer.
+// Like RelayBody it leaves the end of the body in w for the caller to
+// flush.
+func RelayBuffered(w *bufio.Writer, br *bufio.Reader, h *Head) (bool, error) {
+	if h.Chunked || h.ContentLength < 0 || h.ContentLength > int64(br.Buffered()) {
+		return false, nil
+	}
+	b, _ := br.Peek(int(h.ContentLength))
+	_, err := w.Write(b)
+	br.Discard(len(b))
+	return true, err
+}
+
 func copyN(w *bufio.Writer, r io.Reader, n int64, buf []byte) (int64, error) {
 	var done int64
 	for done < n {
@@ -608,7 +656,7 @@ func CopyAll(w *bufio.Writer, r io.Reader, buf []byte) (int64, error) {
 func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, dropTrailer func(name []byte) bool) (int64, error) {
 	var total int64
 	for {
-		line, err := readChunkLine(br)
+		line, err := readChunkLine(br, buf)
 		if err != nil {
 			return total, err
 		}
@@ -621,7 +669,7 @@ func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, dropTrailer func
 		if size == 0 {
 			// Trailer section: fields until an empty line.
 			for {
-				tl, err := readChunkLine(br)
+				tl, err := readChunkLine(br, buf)
 				if err != nil {
 					return total, err
 				}
@@ -640,7 +688,7 @@ func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, dropTrailer func
 		if err != nil {
 			return total, err
 		}
-		crlf, err := readChunkLine(br)
+		crlf, err := readChunkLine(br, buf)
 		if err != nil {
 			return total, err
 		}
@@ -656,9 +704,24 @@ func copyChunked(w *bufio.Writer, br *bufio.Reader, buf []byte, dropTrailer func
 }
 
 // readChunkLine reads a CRLF-terminated line (without the CRLF). A bare LF
-// is refused: it is where request smuggling between parsers happens.
-func readChunkLine(br *bufio.Reader) ([]byte, error) {
+// is refused: it is where request smuggling between parsers happens. A
+// line longer than br's buffer is gathered in scratch (the relay's
+// buffer, free while a line is read) and refused past len(scratch).
+func readChunkLine(br *bufio.Reader, scratch []byte) ([]byte, error) {
 	line, err := br.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		n := 0
+		for err == bufio.ErrBufferFull && n+len(line) <= len(scratch) {
+			n += copy(scratch[n:], line)
+			line, err = br.ReadSlice('\n')
+		}
+		if err == nil && n+len(line) <= len(scratch) {
+			n += copy(scratch[n:], line)
+			line = scratch[:n]
+		} else if err == nil || err == bufio.ErrBufferFull {
+			err = bufio.ErrBufferFull
+		}
+	}
 	if err != nil {
 		if err == io.EOF {
 			return nil, io.ErrUnexpectedEOF
