@@ -293,7 +293,7 @@ func (p *Proxy) Start() error {
 		p.CaptureAddr = l.Addr()
 	}
 	if p.cfg.Outbound != "" {
-		l, err := listenLocal(p.cfg.Outbound, !p.cfg.Transparent)
+		l, err := listenLocal(p.cfg.Outbound)
 		if err != nil {
 			return fail(fmt.Errorf("proxy: outbound listener: %w", err))
 		}
@@ -309,7 +309,7 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return fail(fmt.Errorf("proxy: upstream %q: port: %w", u.Service, err))
 		}
-		l, err := listenLocal(u.Listen, false)
+		l, err := listenLocal(u.Listen)
 		if err != nil {
 			return fail(fmt.Errorf("proxy: upstream listener for %s: %w", u.Service, err))
 		}
