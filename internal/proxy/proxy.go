@@ -494,14 +494,15 @@ func (p *Proxy) Ready() error {
 
 // reserveStack grows a new connection goroutine's stack to what serving
 // a request needs (8 KiB) while the goroutine is one frame deep. A
-// goroutine starts with a small stack (2-4 KiB here) and the request
-// path outgrows it in its deepest frames, reading the upstream's TLS
-// record: the runtime then copies the stack and adjusts every frame on
-// it, looking up each one's stack map, which cost about 30k instructions
-// per connection, most of what a connection cost the client sidecar
-// (callgrind, BenchmarkConnPerRequest). Growing it here copies one frame.
-// A goroutine that needs less pays for zeroing 6 KiB (under 1k
-// instructions); its stack goes back to the runtime's cache when it ends.
+// goroutine starts with the runtime's average stack size (a few KiB), and
+// the request path outgrew it in its deepest frames, reading the
+// upstream's TLS record: the runtime then copies the stack and adjusts
+// every frame on it through a stack-map lookup, 36k of the 76k
+// instructions a connection cost the client sidecar (callgrind,
+// BenchmarkConnPerRequest; BENCHMARKS.md). Growing it here copies one
+// frame (3k). A goroutine that needs less pays for zeroing 6 KiB (under
+// 1k instructions); its stack goes back to the runtime's cache when it
+// ends, and the GC shrinks one that stays idle with little in use.
 //
 //go:noinline
 func reserveStack() {
