@@ -146,6 +146,69 @@ func BenchmarkRequest(b *testing.B) {
 	}
 }
 
+// BenchmarkConnPerRequest is BenchmarkRequest's one request per
+// connection without Go's HTTP client: each iteration dials the client
+// sidecar, writes one absolute-URI GET with "Connection: close" and reads
+// the response, which the sidecar ends by closing. So the only goroutine
+// started per connection is the client sidecar's own (the server sidecar
+// gets the request over a pooled mTLS connection and keeps its app
+// connection). "keepalive" sends the same requests without "Connection:
+// close" over one connection; per request, close minus keepalive is what
+// a connection costs (callgrind, docs/bench.md).
+func BenchmarkConnPerRequest(b *testing.B) {
+	cli, _ := benchPair(b)
+	addr := cli.OutboundAddr.String()
+	for _, keepAlive := range []bool{false, true} {
+		name, hdr := "close", "Connection: close\r\n"
+		if keepAlive {
+			name, hdr = "keepalive", ""
+		}
+		req := []byte("GET http://httpbin:8000/ HTTP/1.1\r\nHost: httpbin:8000\r\n" + hdr + "\r\n")
+		b.Run(name, func(b *testing.B) {
+			var (
+				c  net.Conn
+				br = bufio.NewReader(nil)
+			)
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if c == nil {
+					var err error
+					if c, err = net.Dial("tcp", addr); err != nil {
+						b.Fatal(err)
+					}
+					br.Reset(c)
+				}
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || resp.Close == keepAlive {
+					b.Fatalf("status %d, close %v", resp.StatusCode, resp.Close)
+				}
+				if !keepAlive {
+					// The sidecar closes after the response: read its EOF
+					// so that the connection is gone on both sides.
+					if _, err := br.ReadByte(); err != io.EOF {
+						b.Fatalf("after the response: %v, want EOF", err)
+					}
+					c.Close()
+					c = nil
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkBulk streams bytes through a CONNECT tunnel: client sidecar ->
 // mTLS -> server sidecar -> a sink app, reporting MB/s.
 func BenchmarkBulk(b *testing.B) {
