@@ -307,6 +307,18 @@ func (p *Proxy) timedOut(d *dconn, kind, msg string) {
 	p.log.Debug("timeout", "direction", dir, "kind", kind, "peer", d.info.src, "detail", msg)
 }
 
+// abortBody stops the request body's goroutine, if one runs, and waits
+// for it: the upstream is closed and the client's read ends at once.
+func (x *xchg) abortBody(d *dconn, u *upConn) {
+	if x.bodyErr == nil {
+		return
+	}
+	u.c.Close()
+	d.io.readBy(aLongTimeAgo)
+	<-x.bodyErr
+	x.bodyErr = nil
+}
+
 // relayResponse reads the upstream's response (and any 1xx before it) and
 // writes it downstream. retry reports a reused connection that failed before
 // any response byte, for a request without a body: safe to send again.
@@ -378,10 +390,25 @@ func (p *Proxy) relayResponse(d *dconn, u *upConn, isHead bool, x *xchg) (exchan
 	}
 	keep := !req.Close && req.Minor == 1
 	if resp.Status == 101 {
+		// The request body is still going up on its own goroutine, which
+		// reads the client connection's buffer: the switch waits for it
+		// (a client uses the new protocol only once its request is all
+		// sent, RFC 9110 7.8), or ends it when the switch is refused. A
+		// tunnel started beside it would have two goroutines reading one
+		// buffer, and the buffer back in the pool while one still did.
 		if !req.Upgrade {
+			x.abortBody(d, u)
 			r := p.localError(d, http.StatusBadGateway, "upstream_bad_response", "upstream switched protocols without an upgrade request")
 			r.keep = false
 			return r, false
+		}
+		if x.bodyErr != nil {
+			berr := <-x.bodyErr
+			x.bodyErr = nil
+			if berr != nil {
+				u.c.Close()
+				return exchangeResult{status: statusClientClosed, reason: reasonClientClosed}, false
+			}
 		}
 		h1.WriteResponseHead(d.bw, resp, "")
 		u.io.readBy(time.Time{})

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -95,10 +96,18 @@ func TestLocalListenersNoKeepAlive(t *testing.T) {
 			}
 			// A partial request head: the connection stays open, idle.
 			c.Write([]byte("G"))
+			// The kernel lists the socket as soon as it completes the
+			// handshake, before the sidecar's accept (which is where Go
+			// sets keep-alive): wait until the listener's accept queue is
+			// empty, so what is read is the sidecar's setting.
 			ka, found := false, false
-			for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); {
-				ka, found = keepAliveTimer(t, addr, c.LocalAddr())
-				time.Sleep(10 * time.Millisecond)
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				if acceptQueue(t, addr) != 0 {
+					continue
+				}
+				if ka, found = keepAliveTimer(t, addr, c.LocalAddr()); found {
+					break
+				}
 			}
 			c.Close()
 			if !found {
@@ -128,4 +137,28 @@ func keepAliveTimer(t *testing.T, local, remote net.Addr) (ka, found bool) {
 		}
 	}
 	return false, false
+}
+
+// acceptQueue is the number of connections waiting in the accept queue of
+// the listening socket on addr: for a LISTEN socket (state 0A) the
+// rx_queue field of /proc/net/tcp holds it. -1 if not found.
+func acceptQueue(t *testing.T, addr net.Addr) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skip("no /proc/net/tcp:", err)
+	}
+	l := procAddr(addr.(*net.TCPAddr).AddrPort(), false)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[1] == l && f[3] == "0A" {
+			if _, rx, ok := strings.Cut(f[4], ":"); ok {
+				n, err := strconv.ParseInt(rx, 16, 64)
+				if err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return -1
 }

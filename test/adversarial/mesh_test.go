@@ -408,7 +408,8 @@ func (m *mesh) waitBaseline(t *testing.T, w *localmesh.Workload, base usage, sla
 }
 
 // runApp is the echo app: GET/POST anything answers with what it received
-// (appSaw as JSON); /hang never answers while the client stays; /slow-body
+// (appSaw as JSON); /hang never answers while the client stays;
+// /upgrade-early answers 101 before reading the body and echoes; /slow-body
 // sends headers, then one byte, then nothing. It speaks HTTP/1.1 and h2c
 // (prior knowledge), for ports declared GRPC or HTTP2.
 func runApp(addr string) {
@@ -417,6 +418,27 @@ func runApp(addr string) {
 		case "/hang":
 			<-r.Context().Done()
 			return
+		case "/upgrade-early":
+			// Switches protocols before reading the request body, then
+			// echoes every byte that follows the head (the body, then
+			// the tunnel's bytes).
+			conn, brw, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			brw.Flush()
+			buf := make([]byte, 4096)
+			for {
+				n, err := brw.Read(buf)
+				if n > 0 {
+					conn.Write(buf[:n])
+				}
+				if err != nil {
+					return
+				}
+			}
 		case "/slow-body":
 			w.Header().Set("Content-Length", "100")
 			w.WriteHeader(200)
