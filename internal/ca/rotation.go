@@ -343,9 +343,7 @@ func (c *CA) liveCerts(id uint64, now time.Time, limit int) ([]string, error) {
 			k := r.Requester + " " + r.SPIFFEID
 			newestSelf[k] = max(newestSelf[k], r.IssuedAt)
 			if r.Authority != id && r.Authority != 0 {
-				if v, ok := newestOther[k]; !ok || r.IssuedAt > v {
-					newestOther[k] = r.IssuedAt
-				}
+				newestOther[k] = max(newestOther[k], r.IssuedAt)
 			}
 		}
 	}
@@ -360,7 +358,9 @@ func (c *CA) liveCerts(id uint64, now time.Time, limit int) ([]string, error) {
 		}
 		if len(r.Requester) >= 4 && r.Requester[:4] == "self" {
 			k := r.Requester + " " + r.SPIFFEID
-			if other, ok := newestOther[k]; newestSelf[k] > r.IssuedAt || (ok && other >= r.IssuedAt) {
+			// (IssuedAt > 0: a key with no other authority's record, 0
+			// here, never ties.)
+			if newestSelf[k] > r.IssuedAt || newestOther[k] >= r.IssuedAt {
 				continue
 			}
 		}
